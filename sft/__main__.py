@@ -1,0 +1,114 @@
+"""Command line: `python -m sft <command> ...` (`python -m sft --help` lists the commands).
+
+User errors (bad data, a missing model folder, an unknown setting) end with exit code 2 and
+one paragraph saying what is wrong and how to fix it, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parse_overrides(extra: list[str]) -> dict[str, str]:
+    """Turn `--some-flag VALUE` pairs (any config or TrainingArguments field) into a dict."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"Unexpected argument {arg!r}; settings are given as --name VALUE.")
+        name = arg[2:]
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            value = extra[i + 1]
+            i += 2
+        else:
+            value = "true"  # a bare flag switches a boolean on
+            i += 1
+        out[name.replace("-", "_")] = value
+    return out
+
+
+def _parse_column_map(pairs: list[str]) -> dict[str, str]:
+    """Read `COLUMN=FIELD` pairs, e.g. `response=output`."""
+    out = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ValueError(f"--column-map takes COLUMN=FIELD pairs such as response=output, got {kv!r}.")
+        column, target = kv.split("=", 1)
+        out[column] = target
+    return out
+
+
+def cmd_inspect_data(args: argparse.Namespace) -> int:
+    """Show what training will see: counts, token statistics, rendered examples."""
+    from transformers import AutoTokenizer
+
+    from sft.data import DataConfig
+    from sft.inspect_data import format_stats, inspect_data, render_example
+    from sft.modeling import load_tokenizer
+
+    column_map = _parse_column_map(args.column_map or [])
+    cfg = DataConfig(
+        data=args.data,
+        max_length=args.max_length,
+        prompt_loss_weight=args.prompt_loss_weight,
+        on_bad_rows=args.on_bad_rows,
+        template=args.template,
+        truncation=args.truncation,
+        column_map=column_map,
+    )
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else AutoTokenizer.from_pretrained(args.data)
+    stats, ds, _ = inspect_data(cfg, tokenizer)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(format_stats(stats))
+    colour = sys.stdout.isatty() and not args.json
+    for i in range(min(args.show, len(ds))):
+        print(f"\n--- example {i} ---", file=sys.stderr if args.json else sys.stdout)
+        print(render_example(ds[i], tokenizer, colour), file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect-data", help="statistics and weighted examples of a dataset")
+    p.add_argument("--data", required=True, help="a .json/.jsonl/.parquet/.csv file, a folder, or a hub dataset id")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer folder or hub id")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt + response + EOS)")
+    p.add_argument("--prompt-loss-weight", type=float, default=0.0, help="w: 0 masked, 1 unmasked")
+    p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    p.add_argument("--template", default="alpaca", help="prompt template name")
+    p.add_argument("--truncation", choices=["trim", "drop"], default="trim")
+    p.add_argument("--column-map", nargs="*", metavar="COLUMN=FIELD", help="e.g. response=output context=input")
+    p.add_argument("--show", type=int, default=0, metavar="K", help="render K examples with their weights")
+    p.add_argument("--json", action="store_true", help="print one JSON object (examples go to stderr)")
+    p.set_defaults(func=cmd_inspect_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; user errors print one paragraph and return 2."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if getattr(args, "accepts_overrides", False):
+            args.overrides = _parse_overrides(extra)
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

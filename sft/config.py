@@ -1,0 +1,255 @@
+"""Experiment configuration: one dataclass per concern, named presets, and overrides.
+
+A notebook's parameters cell and the command line override the same fields, by bare name
+(`learning_rate`, `prompt_loss_weight`) or dotted name (`train.learning_rate`). A name that is
+not a field here but is a `transformers.TrainingArguments` field goes to `train.extra`, so
+every Trainer option stays reachable without being repeated here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from sft.data import DataConfig
+
+
+@dataclass
+class ModelConfig:
+    """The base model to fine-tune."""
+
+    model: str = "model/demo/base"  # a local folder (save_pretrained layout) or a hub id such as Qwen/Qwen2.5-0.5B
+    tokenizer: str | None = None  # None = the model's own tokenizer
+    dtype: str = "auto"  # "auto": bf16 on a GPU that supports it, else fp32; or "float32" / "bfloat16" / "float16"
+    attn_implementation: str | None = None  # None = transformers' default (sdpa); "flash_attention_2" on a GPU
+    trust_remote_code: bool = False  # never run code from a model repo unless you ask for it
+
+
+@dataclass
+class TrainConfig:
+    """The Trainer run: schedule, batching, logging, checkpoints (see sft/train.py)."""
+
+    run_name: str = "masked"  # names the folders model/<preset>/<run>/ and tensorboard_events/<preset>/<run>_finetune_tfb/
+    model_root: str = "model"  # checkpoints and the final model go under <model_root>/<preset>/<run_name>/
+    tensorboard_root: str = "tensorboard_events"  # TensorBoard events under <tensorboard_root>/<preset>/<run>_finetune_tfb/
+    num_train_epochs: float = 3.0  # passes over the training split
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4  # examples per micro-batch per process
+    per_device_eval_batch_size: int = 8  # examples per evaluation batch per process
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (the loss is normalised over all of them)
+    learning_rate: float = 2e-5  # peak learning rate of AdamW
+    lr_scheduler_type: str = "cosine"  # decay after warmup
+    warmup_ratio: float = 0.03  # share of the steps spent warming up linearly
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    logging_steps: int = 10  # optimizer steps between training logs (loss, response_loss, prompt_loss, tokens/s)
+    eval_steps: int = 100  # optimizer steps between held-out evaluations
+    save_steps: int = 200  # optimizer steps between checkpoints
+    save_total_limit: int | None = None  # keep at most N checkpoints (None = all; see auto_clean.py)
+    seed: int = 42  # model init of new heads, dropout and the data order: same seed = same order in every regime
+    bf16: str = "auto"  # "auto" = on where the GPU supports it; "true" / "false"
+    resume: bool = False  # continue from the last complete checkpoint of this run
+    extra: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field, e.g. {"optim": "adamw_torch_fused"}
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the offline demo: synthetic data and the tiny base model built by the project."""
+
+    n_train: int = 4000  # synthetic training rows
+    n_heldout: int = 400  # held-out rows (losses during and after training)
+    n_test: int = 400  # test rows (exact-match benchmark)
+    data_seed: int = 0  # seed of the synthetic generator
+    dataset_dir: str = "Dataset/demo"  # where the synthetic splits are written
+    base_dir: str = "model/demo/base"  # where the tiny base model and tokenizer are built
+    vocab_size: int = 1024  # BPE vocabulary of the demo tokenizer
+    hidden_size: int = 128  # width of the tiny Qwen2
+    num_hidden_layers: int = 4  # depth
+    num_attention_heads: int = 4  # query heads
+    num_key_value_heads: int = 2  # grouped-query attention, as in Qwen2.5
+    intermediate_size: int = 512  # MLP width
+    model_seed: int = 0  # random init of the base model
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run needs, grouped by concern."""
+
+    preset: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    demo: DemoConfig | None = None  # set for the offline demo, which builds its own data and base model
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (saved in every run's manifest)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        """Rebuild a config from `to_dict()` output (e.g. a run manifest)."""
+        return cls(
+            preset=d["preset"],
+            data=DataConfig(**d["data"]),
+            model=ModelConfig(**d["model"]),
+            train=TrainConfig(**d["train"]),
+            demo=DemoConfig(**d["demo"]) if d.get("demo") else None,
+        )
+
+
+def _demo() -> ExperimentConfig:
+    demo = DemoConfig()
+    return ExperimentConfig(
+        preset="demo",
+        data=DataConfig(
+            data=f"{demo.dataset_dir}/train.jsonl",
+            eval_data=f"{demo.dataset_dir}/heldout.jsonl",
+            max_length=256,
+        ),
+        model=ModelConfig(model=demo.base_dir, dtype="float32"),
+        train=TrainConfig(
+            num_train_epochs=3.0,
+            per_device_train_batch_size=16,
+            per_device_eval_batch_size=32,
+            learning_rate=3e-3,
+            warmup_ratio=0.05,
+            weight_decay=0.0,
+            logging_steps=10,
+            eval_steps=50,
+            save_steps=100,
+        ),
+        demo=demo,
+    )
+
+
+def _qwen25_alpaca() -> ExperimentConfig:
+    return ExperimentConfig(
+        preset="qwen2.5-0.5b-alpaca",
+        # Dataset/ when it holds a file (the original project's layout), else the hub copy; see resolve_paths().
+        data=DataConfig(data="yahma/alpaca-cleaned", eval_size=0.02, max_length=512),
+        # model/qwen2.5/transformers/0.5b/1 when present (a Kaggle-style download), else the hub id.
+        model=ModelConfig(model="Qwen/Qwen2.5-0.5B", dtype="auto"),
+        train=TrainConfig(
+            num_train_epochs=3.0,  # the reference experiment
+            per_device_train_batch_size=4,  # the reference experiment
+            per_device_eval_batch_size=8,
+            gradient_accumulation_steps=4,  # 16 examples per optimizer step on one GPU
+            learning_rate=2e-5,
+            lr_scheduler_type="cosine",
+            warmup_ratio=0.03,
+            logging_steps=10,
+            eval_steps=500,
+            save_steps=1000,
+            bf16="auto",
+        ),
+    )
+
+
+PRESETS = {"demo": _demo, "qwen2.5-0.5b-alpaca": _qwen25_alpaca}
+LOCAL_QWEN_DIR = "model/qwen2.5/transformers/0.5b/1"  # where users of the original project keep the base model
+LOCAL_DATA_DIR = "Dataset"  # where users of the original project keep alpaca-cleaned
+
+
+def resolve_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Prefer local copies of the reference model and data over the hub, when they exist."""
+    from pathlib import Path
+
+    from sft.data import SUFFIXES
+
+    if cfg.preset != "qwen2.5-0.5b-alpaca":
+        return cfg
+    if cfg.model.model == "Qwen/Qwen2.5-0.5B" and (Path(LOCAL_QWEN_DIR) / "config.json").exists():
+        cfg.model.model = LOCAL_QWEN_DIR
+    local = Path(LOCAL_DATA_DIR)
+    has_file = local.is_dir() and any(
+        p.suffix in SUFFIXES and "demo" not in p.parts for p in local.rglob("*") if p.is_file()
+    )
+    if cfg.data.data == "yahma/alpaca-cleaned" and has_file:
+        files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+        cfg.data.data = str(files[0]) if len(files) == 1 else LOCAL_DATA_DIR
+    return cfg
+
+
+def _sections(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"data": cfg.data, "model": cfg.model, "train": cfg.train, "demo": cfg.demo}
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    """Turn a command-line string into the field's type."""
+    if not isinstance(value, str):
+        return value
+    text = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if value.lower() in ("none", "null") and "None" in str(typ):
+        return None
+    try:
+        if "dict" in str(text):
+            return json.loads(value)
+        if "bool" in str(text) and "str" not in str(text):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if "float" in str(text):
+            return float(value)
+        if "int" in str(text):
+            return int(value)
+    except ValueError:
+        raise ValueError(f"Cannot read {value!r} as {text} for {name}.") from None
+    return value
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """Return a copy of cfg with fields set by bare or dotted name; unknown names are errors."""
+    cfg = copy.deepcopy(cfg)
+    sections = _sections(cfg)
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if "." in key:
+            section, name = key.split(".", 1)
+            targets = [section] if section in sections else []
+        else:
+            section, name = None, key
+            targets = [s for s, obj in sections.items() if obj is not None and name in _field_types(obj)]
+        if len(targets) > 1:
+            raise ValueError(f"{key!r} is ambiguous ({', '.join(targets)}); write it as section.{key}.")
+        if targets:
+            obj = sections[targets[0]]
+            if obj is None:
+                raise ValueError(f"{key!r}: this preset has no {targets[0]} section.")
+            types = _field_types(obj)
+            if name not in types:
+                raise ValueError(f"{targets[0]} has no field {name!r}; fields: {', '.join(types)}.")
+            setattr(obj, name, _coerce(value, types[name], key))
+        elif name == "preset":
+            raise ValueError("Choose the preset with load_config(preset), not as an override.")
+        elif name in _training_argument_types():
+            cfg.train.extra[name] = _coerce(value, _training_argument_types()[name], key)
+        else:
+            raise ValueError(
+                f"Unknown setting {key!r}: not a field of the data, model, train or demo config, nor a "
+                "transformers.TrainingArguments field. See sft/config.py for the settings and what they do."
+            )
+    # Re-run the checks of DataConfig.__post_init__ on the new values.
+    cfg.data = DataConfig(**dataclasses.asdict(cfg.data))
+    return cfg
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(obj)}
+
+
+def _training_argument_types() -> dict[str, Any]:
+    from transformers import TrainingArguments
+
+    return {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
+
+
+def load_config(preset: str = "demo", **overrides: Any) -> ExperimentConfig:
+    """The named preset with overrides applied (the entry point of notebooks and the CLI)."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}. Presets: {', '.join(PRESETS)}.")
+    return resolve_local_paths(apply_overrides(PRESETS[preset](), overrides))

@@ -1,0 +1,497 @@
+"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
+
+The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
+-> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
+
+Every user error is a `ValueError` that names the file, the row and the field, and says
+how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from sft.prompts import get_template
+
+REQUIRED = ("instruction", "output")  # columns every row must have, after the column mapping
+OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
+# Column names that real datasets use for the same fields; looked for only when the canonical
+# name is absent, and overridden by an explicit `column_map`.
+ALIASES = {
+    "instruction": ("instruction", "prompt", "question", "query"),
+    "input": ("input", "context"),
+    "output": ("output", "response", "answer", "completion"),
+}
+SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")  # what a file or a folder may hold
+PROMPT_TAIL_TOKENS = 16  # a trimmed prompt keeps its last tokens, so "### Response:" stays next to the response
+IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
+
+
+@dataclass
+class DataConfig:
+    """Where the rows come from and how they become weighted token sequences."""
+
+    data: str = "Dataset/demo/train.jsonl"  # a .json/.jsonl/.parquet/.csv file, a folder of them, or a hub dataset id
+    eval_data: str | None = None  # an explicit held-out file; None = a seeded split of `data`
+    eval_size: float = 0.05  # held-out share of `data` (< 1) or number of rows (>= 1), when eval_data is None
+    split_seed: int = 42  # the held-out split is a function of (data, split_seed) only
+    column_map: dict[str, str] = field(default_factory=dict)  # {"your column": "instruction" | "input" | "output"}
+    on_bad_rows: str = "error"  # "error": stop at the first bad row; "skip": drop bad rows, count them by reason
+    template: str = "alpaca"  # prompt template name (sft.prompts)
+    max_length: int = 512  # tokens per example, prompt + response + EOS
+    prompt_loss_weight: float = 0.0  # w: 0 = masked (response only), 1 = unmasked (whole sequence)
+    truncation: str = "trim"  # "trim": keep the response, cut the prompt's middle; "drop": drop over-long examples
+    max_rows: int | None = None  # use only the first N valid rows (quick experiments); None = all
+    cache_dir: str = ".cache/sft"  # tokenized datasets are cached here, keyed by data, tokenizer and settings
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prompt_loss_weight <= 1.0:
+            raise ValueError(
+                f"prompt_loss_weight must be in [0, 1], got {self.prompt_loss_weight}: "
+                "0 trains on the response only (masked), 1 on the whole sequence (unmasked)."
+            )
+        if self.on_bad_rows not in ("error", "skip"):
+            raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}.")
+        if self.truncation not in ("trim", "drop"):
+            raise ValueError(f"truncation must be 'trim' or 'drop', got {self.truncation!r}.")
+        if self.max_length < 2 * PROMPT_TAIL_TOKENS:
+            raise ValueError(f"max_length must be at least {2 * PROMPT_TAIL_TOKENS}, got {self.max_length}.")
+        if self.eval_size <= 0:
+            raise ValueError(f"eval_size must be > 0 (a share < 1 or a row count), got {self.eval_size}.")
+
+
+@dataclass
+class LoadReport:
+    """What loading saw: counts by reason, so nothing is dropped silently."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_dropped: Counter = field(default_factory=Counter)  # reason -> count
+    ignored_columns: list[str] = field(default_factory=list)  # extra columns (ids, categories, ...)
+    column_mapping: dict[str, str] = field(default_factory=dict)  # canonical field -> column found
+    first_bad_rows: list[str] = field(default_factory=list)  # where the first skipped rows were, for the user
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        d = asdict(self)
+        d["rows_dropped"] = dict(self.rows_dropped)
+        return d
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    """Decode UTF-8 (a BOM is allowed), or say where the bad byte is and how to convert."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} (byte {e.start}) is not valid UTF-8 ({raw[e.start:e.start + 1]!r}). "
+            f"Re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed_{path.name}`."
+        ) from None
+
+
+def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
+    """Yield (location, record) for each row of one file; location names the file and row."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ValueError(f"{path}: the file is empty. Put instruction rows in it or point --data elsewhere.")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = _decode(path, raw)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
+                "A .json file must hold one list of objects; use .jsonl for one object per line."
+            ) from None
+        if not isinstance(records, list):
+            raise ValueError(
+                f"{path}: expected a JSON list of row objects, got a {type(records).__name__}. "
+                "Wrap the rows in [...] or save them as .jsonl, one object per line."
+            )
+        for i, rec in enumerate(records, 1):
+            yield f"{path}: row {i}", rec
+    elif suffix == ".jsonl":
+        text = _decode(path, raw)
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                where = f"{path}: line {i}"
+                if on_bad_rows == "skip":
+                    report.rows_read += 1  # never yielded, but read
+                    _skip(report, where, "invalid JSON")
+                    continue
+                raise ValueError(
+                    f"{where}: invalid JSON ({e.msg} at column {e.colno}). Fix the line, or pass "
+                    "--on-bad-rows skip to drop such lines (they are counted and reported)."
+                ) from None
+            yield f"{path}: line {i}", rec
+    elif suffix == ".csv":
+        text = _decode(path, raw)
+        # csv keeps every cell a string; an empty cell is "" (caught by validation), never NaN.
+        reader = csv.DictReader(text.splitlines())
+        for i, rec in enumerate(reader, 1):
+            yield f"{path}: row {i} (line {reader.line_num})", rec
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise ValueError(f"{path}: not a readable Parquet file ({e}). Re-export it, or use .jsonl.") from None
+        for i, rec in enumerate(table.to_pylist(), 1):
+            yield f"{path}: row {i}", rec
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}.")
+
+
+def _skip(report: LoadReport, where: str, reason: str) -> None:
+    """Count a dropped row by reason and remember where the first few were."""
+    report.rows_dropped[reason] += 1
+    if len(report.first_bad_rows) < 5:
+        report.first_bad_rows.append(f"{where}: {reason}")
+
+
+def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str) -> dict[str, str]:
+    """Map canonical fields to the columns that hold them, or explain what is missing."""
+    for col, target in column_map.items():
+        if target not in REQUIRED + OPTIONAL:
+            raise ValueError(
+                f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, output."
+            )
+    mapping = {target: col for col, target in column_map.items() if col in columns}
+    for target in REQUIRED + OPTIONAL:
+        if target not in mapping:
+            found = next((a for a in ALIASES[target] if a in columns), None)
+            if found is not None:
+                mapping[target] = found
+    missing = [t for t in REQUIRED if t not in mapping]
+    if missing:
+        looked = "; ".join(f"{t}: {', '.join(ALIASES[t])}" for t in missing)
+        raise ValueError(
+            f"{where}: no column for {', '.join(missing)} (looked for {looked}). The columns are: "
+            f"{', '.join(columns) or '(none)'}. Map yours with --column-map YOUR_COLUMN=output "
+            "(DataConfig.column_map in Python)."
+        )
+    return mapping
+
+
+def _check_row(rec: Any, mapping: dict[str, str]) -> tuple[dict[str, str] | None, str, str]:
+    """Return (row, "", "") for a valid record, else (None, field, problem)."""
+    if not isinstance(rec, dict):
+        return None, "(row)", f"is a {type(rec).__name__}, not an object with fields"
+    row = {}
+    for name in REQUIRED:
+        col = mapping[name]
+        value = rec.get(col)
+        label = name if col == name else f"{name} (column {col!r})"
+        if col not in rec:
+            return None, label, "is missing"
+        if value is None:
+            return None, label, "is null"
+        if not isinstance(value, str):
+            return None, label, f"must be a string, got {type(value).__name__} {value!r:.40}"
+        if not value.strip():
+            return None, label, "is empty"
+        row[name] = value
+    col = mapping.get("input")
+    value = rec.get(col) if col is not None else None
+    if value is not None and not isinstance(value, str):
+        label = "input" if col == "input" else f"input (column {col!r})"
+        return None, label, f"must be a string or missing, got {type(value).__name__} {value!r:.40}"
+    row["input"] = value or ""
+    return row, "", ""
+
+
+def _files_of(source: Path) -> list[Path]:
+    """The data files of a file or a folder (sorted, so the row order is stable)."""
+    if source.is_file():
+        return [source]
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise ValueError(
+            f"{source}: the folder holds no data file ({', '.join(SUFFIXES)}). Put your dataset file in it, "
+            "or pass --data with a file path or a hub dataset id such as yahma/alpaca-cleaned."
+        )
+    return files
+
+
+def _records_from_hub(dataset_id: str) -> tuple[str, list[Any]]:
+    """Load the train split of a hub dataset (needs the network, or a populated HF cache)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, split="train")
+    except Exception as e:  # the hub client raises many types (offline, 404, auth); say what to do instead
+        raise ValueError(
+            f"{dataset_id!r} is not a local file or folder, and loading it from the Hugging Face Hub failed "
+            f"({type(e).__name__}: {str(e)[:200]}). Download the dataset into Dataset/ and pass that path, "
+            "or check the id and your network."
+        ) from None
+    return dataset_id, ds.to_list()
+
+
+def load_rows(
+    source: str | Path, column_map: dict[str, str] | None = None, on_bad_rows: str = "error"
+) -> tuple[list[dict[str, str]], LoadReport]:
+    """Load and validate instruction rows from a file, a folder or a hub dataset id."""
+    if on_bad_rows not in ("error", "skip"):
+        raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}.")
+    column_map = dict(column_map or {})
+    report = LoadReport(source=str(source))
+    path = Path(source)
+    if path.exists():
+        parts = [(str(f), _read_file(f, on_bad_rows, report)) for f in _files_of(path)]
+    elif "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
+        name, records = _records_from_hub(str(source))
+        parts = [(name, ((f"{name}: row {i}", r) for i, r in enumerate(records, 1)))]
+    else:
+        raise ValueError(
+            f"{source}: no such file or folder. Pass a .json/.jsonl/.parquet/.csv file, a folder of them, "
+            "or a hub dataset id such as yahma/alpaca-cleaned."
+        )
+
+    rows: list[dict[str, str]] = []
+    ignored: dict[str, None] = {}
+    for name, records in parts:
+        records = list(records)
+        not_object = next((where for where, r in records if not isinstance(r, dict)), None)
+        if not_object is not None and on_bad_rows == "error":  # say so before guessing at columns
+            _, fld, problem = _check_row(dict(records)[not_object], {})
+            raise ValueError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
+                             '{"instruction": ..., "input": ..., "output": ...}.')
+        columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
+        mapping = _resolve_columns(columns, column_map, name)
+        report.column_mapping = {**report.column_mapping, **mapping}
+        ignored.update(dict.fromkeys(c for c in columns if c not in mapping.values()))
+        for where, rec in records:
+            report.rows_read += 1
+            row, fld, problem = _check_row(rec, mapping)
+            if row is not None:
+                rows.append(row)
+                continue
+            if on_bad_rows == "skip":
+                _skip(report, where, f"{fld} {problem}")
+                continue
+            raise ValueError(
+                f"{where}, field {fld}: {problem}. Fix the row, or pass --on-bad-rows skip to drop bad rows "
+                "(they are counted by reason and reported)."
+            )
+    report.rows_kept = len(rows)
+    report.ignored_columns = list(ignored)
+    if not rows:
+        raise ValueError(
+            f"{source}: no valid rows ({report.rows_read} read; dropped: {dict(report.rows_dropped)}). "
+            "Check the file and the column mapping."
+        )
+    return rows, report
+
+
+def fingerprint_rows(rows: list[dict[str, str]]) -> str:
+    """A short content hash of the validated rows (order included), for manifests and caches."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["instruction"], r["input"], r["output"]], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def split_indices(n: int, eval_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, held-out) row indices: the same for every run with the same data and seed."""
+    k = int(round(eval_size * n)) if eval_size < 1 else int(eval_size)
+    if not 1 <= k < n:
+        raise ValueError(
+            f"eval_size={eval_size} gives {k} held-out rows out of {n}; it must leave at least one row on each "
+            "side. Use a share such as 0.05 or a row count below the number of rows."
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+def tokenize_example(
+    prompt_ids: list[int],
+    response_ids: list[int],
+    eos_id: int,
+    prompt_loss_weight: float,
+    max_length: int,
+    truncation: str = "trim",
+) -> tuple[dict[str, list] | None, str]:
+    """Concatenate prompt and response ids with weights; return (example or None, status).
+
+    status is "ok", "prompt_trimmed", "response_trimmed", "both_trimmed" or "dropped".
+    Labels are the input ids themselves (the model shifts them), -100 where the weight is 0.
+    """
+    response = list(response_ids) + [eos_id]  # EOS is a response token: the model must learn to stop
+    n_p, n_r = len(prompt_ids), len(response)
+    status = "ok"
+    if n_p + n_r > max_length:
+        if truncation == "drop":
+            return None, "dropped"
+        # The response keeps what the prompt leaves, and at least half the window, so it is never cut to nothing.
+        keep_r = min(n_r, max(max_length - n_p, max_length // 2))
+        keep_p = max_length - keep_r
+        trimmed_p, trimmed_r = keep_p < n_p, keep_r < n_r
+        if trimmed_p:  # cut the middle (usually the input): keep the instruction and the "### Response:" cue
+            tail = min(PROMPT_TAIL_TOKENS, keep_p // 2)
+            prompt_ids = list(prompt_ids[: keep_p - tail]) + list(prompt_ids[n_p - tail :])
+        if trimmed_r:  # a cut response has no EOS: the model must not learn to stop mid-answer
+            response = response[:keep_r]
+        status = {(True, True): "both_trimmed", (True, False): "prompt_trimmed"}.get(
+            (trimmed_p, trimmed_r), "response_trimmed"
+        )
+    w = float(prompt_loss_weight)
+    input_ids = list(prompt_ids) + response
+    n_p = len(prompt_ids)
+    weights = [w] * n_p + [1.0] * len(response)
+    labels = [t if wt > 0 else IGNORE_INDEX for t, wt in zip(input_ids, weights)]
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "loss_weights": weights,
+        "response_mask": [0] * n_p + [1] * len(response),
+        "length": len(input_ids),
+    }, status
+
+
+def _prompt_prefix_ids(tokenizer) -> list[int]:
+    """The BOS the tokenizer would add by itself (Llama-style), or nothing (Qwen, GPT-2)."""
+    bos = tokenizer.bos_token_id
+    if bos is not None and tokenizer("x")["input_ids"][:1] == [bos]:
+        return [bos]
+    return []
+
+
+def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> dict[str, list]:
+    """The batched `datasets.map` function: prompt and response tokenized apart, then joined."""
+    template = get_template(cfg.template)
+    prompts = [template.render(i, x) for i, x in zip(batch["instruction"], batch["input"])]
+    # Apart, so that no BPE merge crosses the prompt/response boundary: the prompt's tokens are
+    # then exactly a prefix of the example's tokens, as at generation time.
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(batch["output"], add_special_tokens=False)["input_ids"]
+    prefix = _prompt_prefix_ids(tokenizer)
+    out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "loss_weights", "response_mask", "length")}
+    out["truncation"] = []
+    for p, r in zip(prompt_ids, response_ids):
+        ex, status = tokenize_example(
+            prefix + p, r, tokenizer.eos_token_id, cfg.prompt_loss_weight, cfg.max_length, cfg.truncation
+        )
+        if ex is None:
+            continue  # counted by the caller from the row counts
+        for k, v in ex.items():
+            out[k].append(v)
+        out["truncation"].append(status)
+    return out
+
+
+def check_tokenizer(tokenizer) -> None:
+    """Refuse a tokenizer that cannot mark the end of a response."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            "The tokenizer has no EOS token, so the model could never learn to stop. Set one, e.g. "
+            "tokenizer.eos_token = '<|endoftext|>', or use the base model's own tokenizer."
+        )
+
+
+def fingerprint_tokenizer(tokenizer) -> str:
+    """A content hash of a fast tokenizer (vocabulary, merges, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256((text + str(tokenizer.eos_token_id)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TokenizeReport:
+    """Counts from tokenization: dropped and truncated examples, and token totals."""
+
+    examples_in: int
+    examples_out: int
+    examples_dropped_too_long: int
+    examples_truncated: int
+    truncation_counts: dict[str, int]
+
+
+def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
+    """Tokenize validated rows into a `datasets.Dataset`, cached on disk across runs."""
+    import datasets
+
+    check_tokenizer(tokenizer)
+    key = json.dumps(
+        [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,
+         cfg.max_length, cfg.truncation, CACHE_VERSION]
+    )
+    fp = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = Path(cfg.cache_dir) / f"tokenized-{name}-{fp}.arrow"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_list(rows)
+    ds = ds.map(
+        tokenize_rows_batch,
+        batched=True,
+        batch_size=1000,
+        fn_kwargs={"tokenizer": tokenizer, "cfg": cfg},
+        remove_columns=ds.column_names,
+        cache_file_name=str(cache),
+        load_from_cache_file=True,
+        new_fingerprint=fp,
+        desc=f"Tokenizing {name}",
+    )
+    counts = Counter(ds["truncation"])
+    report = TokenizeReport(
+        examples_in=len(rows),
+        examples_out=len(ds),
+        examples_dropped_too_long=len(rows) - len(ds),
+        examples_truncated=sum(v for k, v in counts.items() if k != "ok"),
+        truncation_counts=dict(counts),
+    )
+    return ds, report
+
+
+CACHE_VERSION = 1  # bump when tokenize_example changes, so old caches are not reused
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def length_stats(ds, tokenizer=None, rows: list[dict[str, str]] | None = None) -> dict[str, float]:
+    """Token statistics of a tokenized dataset, with the two length ratios of the literature."""
+    lengths = np.asarray(ds["length"])
+    response_tokens = int(sum(sum(m) for m in ds["response_mask"]))
+    total = int(lengths.sum())
+    prompt_tokens = total - response_tokens
+    stats = {
+        "examples": int(len(lengths)),
+        "prompt_tokens": prompt_tokens,
+        "response_tokens": response_tokens,  # response tokens including each EOS
+        "length_mean": float(lengths.mean()),
+        "length_p50": float(np.percentile(lengths, 50)),
+        "length_p99": float(np.percentile(lengths, 99)),
+        "length_max": int(lengths.max()),
+        # Huerta-Enochian & Ko (2024): generation ratio R_g = completion tokens / prompt tokens.
+        "generation_ratio_Rg": response_tokens / max(prompt_tokens, 1),
+    }
+    if tokenizer is not None and rows is not None:
+        # Shi et al. (2024): instruction (with input) length over output length, on the raw fields.
+        instr = tokenizer([r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in rows],
+                          add_special_tokens=False)["input_ids"]
+        outs = tokenizer([r["output"] for r in rows], add_special_tokens=False)["input_ids"]
+        stats["instruction_output_ratio"] = sum(map(len, instr)) / max(sum(map(len, outs)), 1)
+    return stats
