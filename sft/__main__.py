@@ -75,6 +75,34 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune with the preset, the flags and any config or TrainingArguments override."""
+    from sft.config import load_config
+    from sft.train import train
+
+    overrides = dict(args.overrides)
+    for name in ("prompt_loss_weight", "run_name", "max_steps"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.resume:
+        overrides["resume"] = True
+    if args.overwrite:
+        overrides["overwrite"] = True
+    cfg = load_config(args.preset, **overrides)
+    train(cfg)
+    return 0
+
+
+def cmd_build_demo(args: argparse.Namespace) -> int:
+    """Write the synthetic data and build the tiny base model of the demo preset."""
+    from sft.config import load_config
+    from sft.demo import ensure_demo_assets
+
+    cfg = load_config("demo", **args.overrides)
+    print(f"demo base model: {ensure_demo_assets(cfg.demo)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
@@ -92,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=0, metavar="K", help="render K examples with their weights")
     p.add_argument("--json", action="store_true", help="print one JSON object (examples go to stderr)")
     p.set_defaults(func=cmd_inspect_data)
+
+    p = sub.add_parser("train", help="fine-tune (the notebooks run the same code)",
+                       description="Any other --name VALUE sets a config field (sft/config.py) or a "
+                                   "transformers.TrainingArguments field, e.g. --learning-rate 1e-4.")
+    p.add_argument("--preset", default="demo", help="demo | qwen2.5-0.5b-alpaca")
+    p.add_argument("--prompt-loss-weight", type=float, help="w: 0 masked, 1 unmasked, or anything between")
+    p.add_argument("--run-name", help="folder name under model/<preset>/ (default: the preset's)")
+    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start the run again, deleting its old checkpoints")
+    p.set_defaults(func=cmd_train, accepts_overrides=True)
+
+    p = sub.add_parser("build-demo", help="write the demo data and build its tiny base model")
+    p.set_defaults(func=cmd_build_demo, accepts_overrides=True)
     return parser
 
 

@@ -33,7 +33,7 @@ class ModelConfig:
 class TrainConfig:
     """The Trainer run: schedule, batching, logging, checkpoints (see sft/train.py)."""
 
-    run_name: str = "masked"  # names the folders model/<preset>/<run>/ and tensorboard_events/<preset>/<run>_finetune_tfb/
+    run_name: str | None = None  # None = "masked" (w = 0), "unmasked" (w = 1) or "plw<w>"; names the folders model/<preset>/<run>/ and tensorboard_events/<preset>/<run>_finetune_tfb/
     model_root: str = "model"  # checkpoints and the final model go under <model_root>/<preset>/<run_name>/
     tensorboard_root: str = "tensorboard_events"  # TensorBoard events under <tensorboard_root>/<preset>/<run>_finetune_tfb/
     num_train_epochs: float = 3.0  # passes over the training split
@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 42  # model init of new heads, dropout and the data order: same seed = same order in every regime
     bf16: str = "auto"  # "auto" = on where the GPU supports it; "true" / "false"
     resume: bool = False  # continue from the last complete checkpoint of this run
+    overwrite: bool = False  # start again, deleting this run's old checkpoints (else an existing run is an error)
     extra: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field, e.g. {"optim": "adamw_torch_fused"}
 
 
@@ -66,7 +67,7 @@ class DemoConfig:
     data_seed: int = 0  # seed of the synthetic generator
     dataset_dir: str = "Dataset/demo"  # where the synthetic splits are written
     base_dir: str = "model/demo/base"  # where the tiny base model and tokenizer are built
-    vocab_size: int = 1024  # BPE vocabulary of the demo tokenizer
+    vocab_size: int = 1280  # BPE vocabulary of the demo tokenizer: the smallest multiple of 128 with every demo word one token
     hidden_size: int = 128  # width of the tiny Qwen2
     num_hidden_layers: int = 4  # depth
     num_attention_heads: int = 4  # query heads
@@ -252,4 +253,12 @@ def load_config(preset: str = "demo", **overrides: Any) -> ExperimentConfig:
     """The named preset with overrides applied (the entry point of notebooks and the CLI)."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}. Presets: {', '.join(PRESETS)}.")
-    return resolve_local_paths(apply_overrides(PRESETS[preset](), overrides))
+    cfg = resolve_local_paths(apply_overrides(PRESETS[preset](), overrides))
+    if cfg.train.run_name is None:
+        cfg.train.run_name = default_run_name(cfg.data.prompt_loss_weight)
+    return cfg
+
+
+def default_run_name(prompt_loss_weight: float) -> str:
+    """masked (w = 0), unmasked (w = 1), plw<w> in between."""
+    return {0.0: "masked", 1.0: "unmasked"}.get(float(prompt_loss_weight), f"plw{prompt_loss_weight:g}")

@@ -1,0 +1,675 @@
+"""Synthetic alpaca-schema instruction tasks with exactly checkable answers, for the offline demo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+# A fixed vocabulary keeps the corpus small enough for a tiny model and a ~1k BPE vocab to cover.
+WORDS: tuple[str, ...] = tuple(
+    """
+    apple baby bag ball bank bed bell bird boat body book bottle box boy bread bridge brother
+    butter cake car card cat chair cheese child city clock cloud coat coffee cook corn cow cup
+    day desk dog door dream drum duck earth egg eye face farm father field fire fish flag floor
+    flower food foot forest friend frog game garden girl glass gold grass green hand hat head
+    heart hill home horse house ice island jacket juice key king kite lake lamp leaf letter light
+    lion map milk moon morning mother mountain mouse music name nest night nose ocean orange
+    paper park pen pencil people pig plane plant queen rain river road rock room rose salt sand
+    school sea seed sheep ship shoe shop sister sky snow song spoon star stone street sugar sun
+    table tea teacher tiger time tree train truck water wind window winter wolf wood world
+    big blue bright cold dark deep early easy fast gentle happy hot kind large late little long
+    loud new old quiet quick red round sad short slow small soft strong sweet tall warm white
+    wild young ask bring build buy carry catch climb draw drink eat find fly give grow help
+    jump keep laugh learn move open paint play read run see sing sit sleep swim talk walk
+    wash watch write
+    """.split()
+)  # ~200 common lowercase English words; every word in the data comes from here or NAMES
+
+NAMES: tuple[str, ...] = (
+    "Anna", "Ben", "Clara", "David", "Emma", "Frank", "Grace", "Henry", "Iris", "Jack",
+    "Kate", "Leo", "Maria", "Nick", "Olga", "Paul", "Rosa", "Sam", "Tom", "Vera",
+)  # capitalised names for the `extract` family; WORDS is all lowercase so names are unambiguous
+
+EMAIL_DOMAINS: tuple[str, ...] = ("mail.com", "post.org", "inbox.net", "letter.io")  # hosts for extract-email rows
+
+ONES: tuple[str, ...] = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+)  # English words for 0..19
+TENS: tuple[str, ...] = (
+    "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+)  # English words for the tens digit, indexed by digit (0 and 1 are handled by ONES)
+
+MAX_LIST_LEN = 12  # longest word/number list in sort/reverse; 12 words is a few dozen output tokens
+MAX_DRAW_FACTOR = 50  # build_demo_dataset gives up after n * this draws, so an exhausted family fails loudly
+
+
+@dataclass(frozen=True)
+class Family:
+    """One task family: a row generator and an independent answer checker."""
+
+    name: str
+    uses_input: bool
+    make: Callable[[random.Random], tuple[str, str, str]]
+    answer: Callable[[str, str], str]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def spell_number(n: int) -> str:
+    """Spell 0..9999 in English words, e.g. 347 -> 'three hundred forty-seven'."""
+    if not 0 <= n <= 9999:
+        raise ValueError(f"spell_number supports 0..9999, got {n}; pass a smaller number")
+    if n < 20:
+        return ONES[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return TENS[tens] + (f"-{ONES[ones]}" if ones else "")
+    if n < 1000:
+        hundreds, rest = divmod(n, 100)
+        return f"{ONES[hundreds]} hundred" + (f" {spell_number(rest)}" if rest else "")
+    thousands, rest = divmod(n, 1000)
+    return f"{ONES[thousands]} thousand" + (f" {spell_number(rest)}" if rest else "")
+
+
+def find_ints(text: str) -> list[int]:
+    """Return every integer written with digits in text, in order."""
+    return [int(m) for m in re.findall(r"\d+", text)]
+
+
+def find_quoted(text: str) -> str:
+    """Return the single-quoted target in an instruction, e.g. "the letter 'e'" -> 'e'."""
+    match = re.search(r"'([^']+)'", text)
+    if match is None:
+        raise ValueError(f"no quoted target in instruction {text!r}; quote the letter or word like 'e'")
+    return match.group(1)
+
+
+def draw_sentence(rng: random.Random, lo: int, hi: int) -> list[str]:
+    """Draw a lowercase word-soup sentence of lo..hi words from WORDS."""
+    return [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
+
+
+def draw_number(rng: random.Random, max_digits: int) -> int:
+    """Draw a number whose digit count is uniform in 1..max_digits, so short and long numbers are equally common."""
+    digits = rng.randint(1, max_digits)
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def join_items(items: Iterable[object]) -> str:
+    """Join list items the way inputs and outputs write lists: comma plus space."""
+    return ", ".join(str(item) for item in items)
+
+
+def split_items(text: str) -> list[str]:
+    """Split a comma-separated list written by join_items."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def has_any(text: str, keys: Sequence[str]) -> bool:
+    """Return True when any key occurs in text, case-insensitively."""
+    low = text.lower()
+    return any(key in low for key in keys)
+
+
+# ---------------------------------------------------------------- add
+
+
+ADD_TEMPLATES: tuple[Callable[[list[int]], str], ...] = (
+    lambda ns: "What is " + " + ".join(map(str, ns)) + "?",
+    lambda ns: "Add " + join_items(ns[:-1]) + f" and {ns[-1]}.",
+    lambda ns: "Compute the sum of " + join_items(ns[:-1]) + f" and {ns[-1]}.",
+    lambda ns: "Calculate " + " plus ".join(map(str, ns)) + ".",
+    lambda ns: "Find the total of " + join_items(ns[:-1]) + f" and {ns[-1]}. Answer with the number only.",
+)  # paraphrases for addition; all digits in the instruction are operands
+
+
+def make_add(rng: random.Random) -> tuple[str, str, str]:
+    """Make a two- or three-operand addition of two/three-digit numbers."""
+    nums = [rng.randint(10, 999) for _ in range(rng.choice((2, 2, 3)))]
+    return rng.choice(ADD_TEMPLATES)(nums), "", str(sum(nums))
+
+
+def answer_add(instruction: str, input: str) -> str:
+    """Sum every number in the instruction."""
+    return str(sum(find_ints(instruction)))
+
+
+# ---------------------------------------------------------------- sort
+
+
+SORT_WORD_TEMPLATES: dict[bool, tuple[str, ...]] = {
+    False: (
+        "Sort the following words in alphabetical order.",
+        "Put these words in alphabetical order.",
+        "Arrange the words below alphabetically.",
+        "Sort this list of words from A to Z.",
+    ),
+    True: (
+        "Sort the following words in reverse alphabetical order.",
+        "Arrange the words below from Z to A.",
+        "Put these words in reverse alphabetical order.",
+        "Sort this list of words in descending alphabetical order.",
+    ),
+}  # keyed by descending; the answer parser looks for 'reverse', 'z to a' or 'descending'
+SORT_NUMBER_TEMPLATES: dict[bool, tuple[str, ...]] = {
+    False: (
+        "Sort the following numbers in ascending order.",
+        "Arrange these numbers from smallest to largest.",
+        "Put the numbers below in increasing order.",
+        "Order this list of numbers from lowest to highest.",
+    ),
+    True: (
+        "Sort the following numbers in descending order.",
+        "Arrange these numbers from largest to smallest.",
+        "Put the numbers below in decreasing order.",
+        "Order this list of numbers from highest to lowest.",
+    ),
+}  # keyed by descending; the answer parser looks for 'descending', 'largest to', 'decreasing', 'highest to'
+SORT_DESCENDING_KEYS: tuple[str, ...] = (
+    "reverse", "z to a", "descending", "largest to", "decreasing", "highest to",
+)  # any of these in the instruction marks a descending sort
+
+
+def make_sort(rng: random.Random) -> tuple[str, str, str]:
+    """Make a word or number list to sort ascending or descending."""
+    descending = rng.random() < 0.5
+    size = rng.randint(3, MAX_LIST_LEN)
+    if rng.random() < 0.5:
+        words = rng.sample(WORDS, size)
+        output = join_items(sorted(words, reverse=descending))
+        return rng.choice(SORT_WORD_TEMPLATES[descending]), join_items(words), output
+    nums = [rng.randint(0, 999) for _ in range(size)]
+    return rng.choice(SORT_NUMBER_TEMPLATES[descending]), join_items(nums), join_items(sorted(nums, reverse=descending))
+
+
+def answer_sort(instruction: str, input: str) -> str:
+    """Sort the input list numerically or alphabetically, in the direction the instruction asks."""
+    items = split_items(input)
+    descending = has_any(instruction, SORT_DESCENDING_KEYS)
+    if all(item.isdigit() for item in items):
+        return join_items(sorted((int(item) for item in items), reverse=descending))
+    return join_items(sorted(items, reverse=descending))
+
+
+# ---------------------------------------------------------------- reverse
+
+
+REVERSE_WORD_TEMPLATES: tuple[str, ...] = (
+    "Reverse the letters of the word below.",
+    "Spell the following word backwards.",
+    "Write the word below with its letters in reverse order.",
+    "What is the input word spelled backwards?",
+)  # reverse the characters of a single word
+REVERSE_LIST_TEMPLATES: tuple[str, ...] = (
+    "Reverse the order of the items in the list.",
+    "List these items in reverse order.",
+    "Write the following list backwards, last item first.",
+    "Give the items below in the opposite order.",
+)  # reverse the order of a comma-separated list
+
+
+def make_reverse(rng: random.Random) -> tuple[str, str, str]:
+    """Make a word to spell backwards or a list to reverse."""
+    if rng.random() < 0.5:
+        word = rng.choice([w for w in WORDS if len(w) >= 3])
+        return rng.choice(REVERSE_WORD_TEMPLATES), word, word[::-1]
+    size = rng.randint(3, 8)
+    items: list[object] = rng.sample(WORDS, size) if rng.random() < 0.5 else [rng.randint(0, 99) for _ in range(size)]
+    return rng.choice(REVERSE_LIST_TEMPLATES), join_items(items), join_items(items[::-1])
+
+
+def answer_reverse(instruction: str, input: str) -> str:
+    """Reverse a comma-separated input list, or the letters of a single-word input."""
+    if "," in input:
+        return join_items(split_items(input)[::-1])
+    return input.strip()[::-1]
+
+
+# ---------------------------------------------------------------- count
+
+
+COUNT_LETTER_TEMPLATES: tuple[str, ...] = (
+    "How many times does the letter '{t}' appear in the text below?",
+    "Count the occurrences of the letter '{t}' in the input.",
+    "How often does the letter '{t}' occur in the following sentence?",
+    "Count how many times the letter '{t}' is used in the text.",
+)  # count one letter; the parser keys on the word 'letter'
+COUNT_WORD_TEMPLATES: tuple[str, ...] = (
+    "How many times does the word '{t}' appear in the text below?",
+    "Count the occurrences of the word '{t}' in the input.",
+    "How often is '{t}' used in the following sentence?",
+    "Count how many times '{t}' occurs in the text.",
+)  # count one whole word
+COUNT_ALL_TEMPLATES: tuple[str, ...] = (
+    "How many words are in the sentence below?",
+    "Count the words in the input.",
+    "How many words does the following text contain?",
+    "Give the number of words in the text below.",
+)  # count all words; no quoted target
+
+
+def make_count(rng: random.Random) -> tuple[str, str, str]:
+    """Make a letter count, a word count, or a total word count over a short sentence."""
+    kind = rng.randrange(3)
+    words = draw_sentence(rng, 4, 10)
+    if kind == 0:
+        # Pick from the sentence's own letters most of the time so the answer is rarely zero.
+        letter = rng.choice("".join(words)) if rng.random() < 0.9 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+        text = " ".join(words)
+        return rng.choice(COUNT_LETTER_TEMPLATES).format(t=letter), text, str(text.count(letter))
+    if kind == 1:
+        target = rng.choice(WORDS)
+        for _ in range(rng.randint(0, 3)):  # plant repeats so counts above one are common
+            words.insert(rng.randint(0, len(words)), target)
+        return rng.choice(COUNT_WORD_TEMPLATES).format(t=target), " ".join(words), str(words.count(target))
+    return rng.choice(COUNT_ALL_TEMPLATES), " ".join(words), str(len(words))
+
+
+def answer_count(instruction: str, input: str) -> str:
+    """Count the quoted letter or word in the input, or all its words when nothing is quoted."""
+    if "'" not in instruction:
+        return str(len(input.split()))
+    target = find_quoted(instruction)
+    if has_any(instruction, ("letter",)):
+        return str(input.count(target))
+    return str(input.split().count(target))
+
+
+# ---------------------------------------------------------------- case
+
+
+CASE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "upper": (
+        "Convert the text below to uppercase.",
+        "Rewrite the input in all capital letters.",
+        "Change the following text to upper case.",
+        "Write the sentence below using only capital letters.",
+    ),
+    "lower": (
+        "Convert the text below to lowercase.",
+        "Rewrite the input in all small letters.",
+        "Change the following text to lower case.",
+        "Write the sentence below with no capital letters.",
+    ),
+    "title": (
+        "Capitalize the first letter of each word in the input.",
+        "Convert the text below to title case.",
+        "Rewrite the following text so every word starts with a capital letter.",
+        "Put the sentence below in title case.",
+    ),
+}  # keyed by target case; the parser checks title, then lower, then upper keywords
+CASE_TITLE_KEYS: tuple[str, ...] = ("title case", "each word", "every word")  # marks title case
+CASE_LOWER_KEYS: tuple[str, ...] = ("lowercase", "lower case", "small letters", "no capital")  # marks lower case
+
+
+def title_word(word: str) -> str:
+    """Capitalise the first letter of a word and lowercase the rest."""
+    return word[:1].upper() + word[1:].lower()
+
+
+def make_case(rng: random.Random) -> tuple[str, str, str]:
+    """Make an upper, lower, or title case conversion of a short sentence."""
+    target = rng.choice(("upper", "lower", "title"))
+    words = draw_sentence(rng, 3, 9)
+    if target == "lower":
+        # Lowercasing a lowercase input would be a copy task, so start from upper or title case.
+        words = [w.upper() for w in words] if rng.random() < 0.5 else [title_word(w) for w in words]
+    text = " ".join(words)
+    out = {"upper": text.upper(), "lower": text.lower(), "title": " ".join(title_word(w) for w in words)}[target]
+    return rng.choice(CASE_TEMPLATES[target]), text, out
+
+
+def answer_case(instruction: str, input: str) -> str:
+    """Convert the input to the case the instruction names."""
+    if has_any(instruction, CASE_TITLE_KEYS):
+        return " ".join(title_word(w) for w in input.split())
+    if has_any(instruction, CASE_LOWER_KEYS):
+        return input.lower()
+    return input.upper()
+
+
+# ---------------------------------------------------------------- extract
+
+
+EXTRACT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "numbers": (
+        "List all the numbers that appear in the sentence below.",
+        "Extract every number from the input, in order.",
+        "Which numbers are mentioned in the following text?",
+        "Write down the numbers found in the text below, separated by commas.",
+    ),
+    "email": (
+        "Find the email address in the text below.",
+        "What is the email address mentioned in the input?",
+        "Extract the email address from the following sentence.",
+        "Copy the email address out of the text below.",
+    ),
+    "names": (
+        "List the capitalized words in the sentence below.",
+        "Extract all the names from the input, in order.",
+        "Which people are named in the following text?",
+        "Write down every capitalized name in the text below, separated by commas.",
+    ),
+}  # keyed by what to extract; the parser checks email, then number, then name keywords
+
+
+def make_extract(rng: random.Random) -> tuple[str, str, str]:
+    """Make a sentence with planted numbers, names, or one email address to extract."""
+    kind = rng.choice(("numbers", "email", "names"))
+    words = draw_sentence(rng, 4, 9)
+    if kind == "email":
+        name = rng.choice(NAMES).lower()
+        local = name if rng.random() < 0.5 else f"{name}.{rng.choice(WORDS)}"
+        planted = [f"{local}@{rng.choice(EMAIL_DOMAINS)}"]
+    elif kind == "numbers":
+        planted = [str(draw_number(rng, 3)) for _ in range(rng.randint(1, 4))]
+    else:
+        planted = rng.sample(NAMES, rng.randint(1, 3))
+    # Insert at increasing positions so the planted items keep their order in the sentence.
+    positions = sorted(rng.randint(0, len(words)) for _ in planted)
+    for offset, (pos, item) in enumerate(zip(positions, planted)):
+        words.insert(pos + offset, item)
+    return rng.choice(EXTRACT_TEMPLATES[kind]), " ".join(words), join_items(planted)
+
+
+def answer_extract(instruction: str, input: str) -> str:
+    """Extract the email, the numbers, or the capitalised words from the input, as asked."""
+    if has_any(instruction, ("email",)):
+        match = re.search(r"[a-z0-9.]+@[a-z]+\.[a-z]+", input)
+        if match is None:
+            raise ValueError(f"no email address in input {input!r}; include one like anna@mail.com")
+        return match.group(0)
+    if has_any(instruction, ("number",)):
+        return join_items(re.findall(r"\d+", input))
+    return join_items(w for w in input.split() if w[:1].isupper())
+
+
+# ---------------------------------------------------------------- compare
+
+
+COMPARE_TEMPLATES: dict[bool, tuple[str, ...]] = {
+    True: (
+        "Which is larger, {a} or {b}?",
+        "Which number is bigger: {a} or {b}?",
+        "Of {a} and {b}, which is greater?",
+        "Tell me the larger of the two numbers {a} and {b}.",
+    ),
+    False: (
+        "Which is smaller, {a} or {b}?",
+        "Which number is less: {a} or {b}?",
+        "Of {a} and {b}, which is lower?",
+        "Tell me the smaller of the two numbers {a} and {b}.",
+    ),
+}  # keyed by larger; the parser looks for 'small', 'less', 'lower'
+COMPARE_SMALLER_KEYS: tuple[str, ...] = ("small", "less", "lower")  # marks a pick-the-minimum question
+
+
+def make_compare(rng: random.Random) -> tuple[str, str, str]:
+    """Make a question asking for the larger or smaller of two distinct numbers."""
+    a = draw_number(rng, 4)
+    b = draw_number(rng, 4)
+    while b == a:
+        b = draw_number(rng, 4)
+    larger = rng.random() < 0.5
+    return rng.choice(COMPARE_TEMPLATES[larger]).format(a=a, b=b), "", str(max(a, b) if larger else min(a, b))
+
+
+def answer_compare(instruction: str, input: str) -> str:
+    """Pick the smaller or larger number in the instruction, as asked."""
+    nums = find_ints(instruction)
+    return str(min(nums) if has_any(instruction, COMPARE_SMALLER_KEYS) else max(nums))
+
+
+# ---------------------------------------------------------------- spell
+
+
+SPELL_TEMPLATES: tuple[str, ...] = (
+    "Write the number {n} in words.",
+    "Spell out {n} in English.",
+    "How is {n} written in words?",
+    "Express the number {n} in English words.",
+)  # paraphrases for spelling a number out
+
+
+def make_spell(rng: random.Random) -> tuple[str, str, str]:
+    """Make a number to spell out in English words."""
+    n = draw_number(rng, 4)
+    return rng.choice(SPELL_TEMPLATES).format(n=n), "", spell_number(n)
+
+
+def answer_spell(instruction: str, input: str) -> str:
+    """Spell out the number in the instruction."""
+    (n,) = find_ints(instruction)
+    return spell_number(n)
+
+
+# ---------------------------------------------------------------- repeat
+
+
+REPEAT_TEMPLATES: tuple[str, ...] = (
+    "Repeat the word '{w}' {k} times.",
+    "Write '{w}' {k} times, separated by spaces.",
+    "Say the word '{w}' {k} times in a row.",
+    "Print '{w}' exactly {k} times.",
+)  # paraphrases for repeating a word; the count is written with digits
+
+
+def make_repeat(rng: random.Random) -> tuple[str, str, str]:
+    """Make a word to repeat 2..9 times."""
+    word = rng.choice(WORDS)
+    k = rng.randint(2, 9)
+    return rng.choice(REPEAT_TEMPLATES).format(w=word, k=k), "", " ".join([word] * k)
+
+
+def answer_repeat(instruction: str, input: str) -> str:
+    """Repeat the quoted word as many times as the instruction says."""
+    (k,) = find_ints(instruction)
+    return " ".join([find_quoted(instruction)] * k)
+
+
+# ---------------------------------------------------------------- acronym
+
+
+ACRONYM_TEMPLATES: tuple[str, ...] = (
+    "Make an acronym from the words below.",
+    "Form an acronym using the first letter of each word in the input.",
+    "Write the initials of the following words as one uppercase word.",
+    "What acronym do the words below make?",
+)  # paraphrases for building an acronym
+
+
+def make_acronym(rng: random.Random) -> tuple[str, str, str]:
+    """Make 2..6 words to turn into an uppercase acronym."""
+    words = draw_sentence(rng, 2, 6)
+    return rng.choice(ACRONYM_TEMPLATES), " ".join(words), "".join(w[0] for w in words).upper()
+
+
+def answer_acronym(instruction: str, input: str) -> str:
+    """Join the uppercased first letters of the input words."""
+    return "".join(w[0].upper() for w in input.split())
+
+
+# ---------------------------------------------------------------- last_word
+
+
+LAST_WORD_TEMPLATES: tuple[str, ...] = (
+    "What is the last word of the sentence below?",
+    "Return the final word of the input.",
+    "Which word comes last in the following text?",
+    "Give only the last word of the text below.",
+)  # paraphrases for picking the last word
+
+
+def make_last_word(rng: random.Random) -> tuple[str, str, str]:
+    """Make a sentence whose last word is the answer."""
+    words = draw_sentence(rng, 3, 10)
+    return rng.choice(LAST_WORD_TEMPLATES), " ".join(words), words[-1]
+
+
+def answer_last_word(instruction: str, input: str) -> str:
+    """Return the last whitespace-separated word of the input."""
+    return input.split()[-1]
+
+
+# ---------------------------------------------------------------- registry
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("add", False, make_add, answer_add),
+        Family("sort", True, make_sort, answer_sort),
+        Family("reverse", True, make_reverse, answer_reverse),
+        Family("count", True, make_count, answer_count),
+        Family("case", True, make_case, answer_case),
+        Family("extract", True, make_extract, answer_extract),
+        Family("compare", False, make_compare, answer_compare),
+        Family("spell", False, make_spell, answer_spell),
+        Family("repeat", False, make_repeat, answer_repeat),
+        Family("acronym", True, make_acronym, answer_acronym),
+        Family("last_word", True, make_last_word, answer_last_word),
+    )
+}  # every task family, in the fixed order rows cycle through
+
+
+def resolve_families(families: Sequence[str] | None) -> list[str]:
+    """Return the requested family names in order, defaulting to all, rejecting unknown names."""
+    if families is None:
+        return list(FAMILIES)
+    names = list(families)
+    if not names:
+        raise ValueError(f"families is empty; pass None for all or some of {list(FAMILIES)}")
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; choose from {list(FAMILIES)}")
+    return names
+
+
+def make_row(family: str, rng: random.Random) -> dict:
+    """Draw one row of a family as an alpaca-schema dict with its family name."""
+    instruction, input, output = FAMILIES[family].make(rng)
+    return {"instruction": instruction, "input": input, "output": output, "family": family}
+
+
+def generate_rows(n: int, seed: int, families: Sequence[str] | None = None) -> list[dict]:
+    """Generate n rows cycling over families, deterministic in seed."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    names = resolve_families(families)
+    rng = random.Random(seed)
+    return [make_row(names[i % len(names)], rng) for i in range(n)]
+
+
+# ---------------------------------------------------------------- dataset files
+
+
+def derive_seed(seed: int, split: str) -> int:
+    """Derive a per-split seed so splits never share a random stream, even across base seeds."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{split}".encode()).digest()[:8], "big")
+
+
+def fill_split(n: int, seed: int, families: list[str], seen: set[tuple[str, str]]) -> list[dict]:
+    """Draw n rows balanced over families, skipping (instruction, input) pairs in seen, and add the new ones to seen."""
+    # Per-family quotas keep the split balanced even when dedup rejects more draws of one family.
+    quotas = [n // len(families) + (1 if i < n % len(families) else 0) for i in range(len(families))]
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    draws = 0
+    while len(rows) < n:
+        for i, family in enumerate(families):
+            if quotas[i] == 0:
+                continue
+            draws += 1
+            if draws > MAX_DRAW_FACTOR * max(n, 1):
+                raise ValueError(
+                    f"could not draw {n} unique rows (family {family!r} looks exhausted); lower the split sizes"
+                )
+            row = make_row(family, rng)
+            key = (row["instruction"], row["input"])
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(row)
+            quotas[i] -= 1
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Write rows as UTF-8 JSON Lines with stable formatting."""
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def build_demo_dataset(
+    out_dir: str | Path, n_train: int, n_heldout: int, n_test: int, seed: int = 0
+) -> dict[str, Path]:
+    """Write train/heldout/test JSONL splits, disjoint on (instruction, input), plus manifest.json."""
+    for name, count in (("n_train", n_train), ("n_heldout", n_heldout), ("n_test", n_test)):
+        if count < 0:
+            raise ValueError(f"{name} must be >= 0, got {count}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    families = list(FAMILIES)
+    seen: set[tuple[str, str]] = set()
+    splits = {
+        "train": fill_split(n_train, derive_seed(seed, "train"), families, seen),
+        "heldout": fill_split(n_heldout, derive_seed(seed, "heldout"), families, seen),
+        "test": fill_split(n_test, derive_seed(seed, "test"), families, seen),
+    }
+    # Test rows carry the gold answer under its own key so evaluation never reads `output` by accident.
+    splits["test"] = [{**row, "answer": row["output"]} for row in splits["test"]]
+    paths = {name: out / f"{name}.jsonl" for name in splits}
+    for name, rows in splits.items():
+        write_jsonl(paths[name], rows)
+    manifest = {
+        "description": "Synthetic alpaca-schema instruction tasks with exact answers (sft.synthetic); "
+        "splits are disjoint on (instruction, input).",
+        "seed": seed,
+        "counts": {name: len(rows) for name, rows in splits.items()},
+        "families": families,
+        "family_counts": {
+            name: {f: sum(r["family"] == f for r in rows) for f in families} for name, rows in splits.items()
+        },
+        "files": {name: path.name for name, path in paths.items()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+# ---------------------------------------------------------------- scoring and stats
+
+
+def score_exact(prediction: str, answer: str) -> bool:
+    """Return True when prediction equals answer after stripping surrounding whitespace."""
+    return prediction.strip() == answer.strip()
+
+
+def length_stats(rows: Iterable[dict]) -> dict[str, dict[str, float]]:
+    """Return per-family mean instruction/input/output character lengths and the prompt-to-output ratio."""
+    sums: dict[str, list[int]] = {}
+    for row in rows:
+        if "family" not in row:
+            raise ValueError("length_stats needs rows with a 'family' key; use generate_rows or the JSONL splits")
+        acc = sums.setdefault(row["family"], [0, 0, 0, 0])
+        acc[0] += len(row["instruction"])
+        acc[1] += len(row.get("input") or "")
+        acc[2] += len(row["output"])
+        acc[3] += 1
+    order = [f for f in FAMILIES if f in sums] + [f for f in sums if f not in FAMILIES]
+    return {
+        family: {
+            "instruction_chars_mean": sums[family][0] / sums[family][3],
+            "input_chars_mean": sums[family][1] / sums[family][3],
+            "output_chars_mean": sums[family][2] / sums[family][3],
+            "ratio": (sums[family][0] + sums[family][1]) / max(sums[family][2], 1),
+        }
+        for family in order
+    }

@@ -1,0 +1,298 @@
+"""Fine-tuning on the HF Trainer with a weighted token loss that logs prompt and response loss apart.
+
+The loss of an optimizer step is  sum_t(w_t * nll_t) / sum_t(w_t)  over every micro-batch of the
+step and every process, with w_t = 1 on response tokens (and EOS) and `prompt_loss_weight` on
+prompt tokens. Besides it, every log has the unweighted mean loss over response tokens
+(`response_loss`) and over prompt tokens (`prompt_loss`), which mean the same in every regime,
+so the masked and unmasked curves can be compared on one chart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from sft.checkpoints import last_complete_checkpoint, list_checkpoints
+from sft.collate import WeightedLMCollator
+from sft.config import ExperimentConfig
+from sft.data import fingerprint_rows, load_rows, split_indices, tokenize_rows
+from sft.manifest import write_manifest
+from sft.modeling import load_model, load_tokenizer
+
+SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL of the next token, [B, T] (the last position has no target: 0).
+
+    The targets are shifted instead of the logits: `logits[:, :-1]` would copy the whole
+    tokens x vocabulary tensor, shifting the ids copies B x T integers.
+    """
+    targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100)
+    return nll.view_as(input_ids)
+
+
+def target_weights(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights and masks aligned with `token_nll`: position t scores token t + 1."""
+
+    def shift(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, 1:], (0, 1), value=0)
+
+    valid = shift(batch["attention_mask"]).to(torch.float32)
+    response = shift(batch["response_mask"]).to(torch.float32) * valid
+    return {"weights": shift(batch["loss_weights"]) * valid, "response": response, "prompt": valid - response}
+
+
+class WeightedLossTrainer(Trainer):
+    """A Trainer whose loss is the weighted token loss, normalised over the whole optimizer step."""
+
+    # Our loss is already divided by the weight of the whole accumulated step (see
+    # _get_num_items_in_batch), so the Trainer must not divide it again by the accumulation steps.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
+        self._last_log_time = time.perf_counter()
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
+        """The total loss weight of the optimizer step: all its micro-batches, on all processes.
+
+        The Trainer counts labels != -100 here; with weights the normaliser is their sum.
+        """
+        total = sum(target_weights(b)["weights"].sum() for b in batch_samples)
+        total = torch.as_tensor(total, dtype=torch.float32, device=device)
+        if self.args.world_size > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        return total
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """sum(w * nll) / sum(w), with sum(w) over the whole step when training."""
+        masks = target_weights(inputs)
+        model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        outputs = model(**model_inputs, use_cache=False)
+        nll = token_nll(outputs.logits, inputs["input_ids"])
+        weighted = (nll * masks["weights"]).sum()
+        if model.training and num_items_in_batch is not None:
+            loss = weighted / num_items_in_batch.clamp_min(1e-8)
+            # DDP averages gradients over processes, while our denominator already covers them all.
+            loss = loss * self.accelerator.num_processes
+        else:
+            loss = weighted / masks["weights"].sum().clamp_min(1e-8)
+        with torch.no_grad():
+            sums = torch.stack([
+                (nll * masks["response"]).sum(), masks["response"].sum(),
+                (nll * masks["prompt"]).sum(), masks["prompt"].sum(),
+                inputs["attention_mask"].sum().to(nll.dtype),
+            ]).double().cpu()
+            self._sums["train" if model.training else "eval"] += sums
+        return (loss, outputs) if return_outputs else loss
+
+    def _drain(self, split: str) -> dict[str, float]:
+        """Reduce the accumulated sums over processes, reset them, and turn them into means."""
+        sums = self._sums[split].clone().to(self.args.device)  # clone: .to() is a no-op on the CPU
+        if self.args.world_size > 1:
+            sums = self.accelerator.reduce(sums.to(torch.float32), reduction="sum").double()
+        self._sums[split].zero_()
+        r_nll, r_n, p_nll, p_n, tokens = sums.tolist()
+        out = {"response_loss": r_nll / r_n if r_n else float("nan")}
+        out["response_perplexity"] = math.exp(min(out["response_loss"], 50.0))
+        if p_n:  # a packed or prompt-free batch may have none
+            out["prompt_loss"] = p_nll / p_n
+        out["tokens"] = tokens
+        return out
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add response/prompt loss and tokens per second to every training log."""
+        if "loss" in logs and not any(k.startswith("eval_") for k in logs):
+            metrics = self._drain("train")
+            now = time.perf_counter()
+            logs["train_tokens_per_second"] = round(metrics.pop("tokens") / max(now - self._last_log_time, 1e-9), 1)
+            self._last_log_time = now
+            logs.update({k: round(v, 6) for k, v in metrics.items()})
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        """Run the Trainer's evaluation, then add the held-out response/prompt loss and perplexity."""
+        self._sums["eval"].zero_()
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        metrics = self._drain("eval")
+        metrics.pop("tokens")
+        output.metrics.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+        return output
+
+
+# ---------------------------------------------------------------- a run
+
+
+def run_dir(cfg: ExperimentConfig) -> Path:
+    """model/<preset>/<run>/: checkpoints, the final model and its manifest."""
+    return Path(cfg.train.model_root) / cfg.preset / cfg.train.run_name
+
+
+def tensorboard_dir(cfg: ExperimentConfig) -> Path:
+    """tensorboard_events/<preset>/<run>_finetune_tfb/ (the original project's layout)."""
+    return Path(cfg.train.tensorboard_root) / cfg.preset / f"{cfg.train.run_name}_finetune_tfb"
+
+
+def use_bf16(setting: str) -> bool:
+    """bf16 mixed precision where asked, or 'auto' = where the GPU supports it."""
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return str(setting).lower() in ("true", "1", "yes")
+
+
+def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
+    """TrainingArguments with every field the run relies on set explicitly."""
+    t = cfg.train
+    args = dict(
+        output_dir=str(run_dir(cfg)),
+        run_name=t.run_name,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        average_tokens_across_devices=True,  # our normaliser is summed over processes (see the Trainer above)
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a share of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=use_bf16(t.bf16),
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,  # the same example order in every regime: paired comparisons
+        train_sampling_strategy="random",
+        remove_unused_columns=False,  # keep loss_weights and response_mask for compute_loss
+        label_names=["labels"],
+        prediction_loss_only=True,  # never gather vocabulary-sized logits during evaluation
+        report_to=[],  # TensorBoard is added as a callback with the project's folder layout
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+    args.update(t.extra)
+    return TrainingArguments(**args)
+
+
+@dataclass
+class PreparedData:
+    """The tokenized splits and what loading saw."""
+
+    train: Any
+    eval: Any
+    info: dict[str, Any]
+
+
+def prepare_data(cfg: ExperimentConfig, tokenizer) -> PreparedData:
+    """Load, validate, split and tokenize; the held-out split depends on (data, split_seed) only."""
+    d = cfg.data
+    rows, report = load_rows(d.data, d.column_map, d.on_bad_rows)
+    if d.eval_data:
+        train_rows = rows
+        eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
+    else:
+        train_idx, eval_idx = split_indices(len(rows), d.eval_size, d.split_seed)
+        train_rows, eval_rows, eval_report = [rows[i] for i in train_idx], [rows[i] for i in eval_idx], None
+    if d.max_rows is not None:
+        train_rows = train_rows[: d.max_rows]
+    train, train_tok = tokenize_rows(train_rows, tokenizer, d, name="train")
+    eval_, eval_tok = tokenize_rows(eval_rows, tokenizer, d, name="eval")
+    info = {
+        "load": report.to_dict(),
+        "eval_load": eval_report.to_dict() if eval_report else None,
+        "train_tokenize": vars(train_tok),
+        "eval_tokenize": vars(eval_tok),
+        "data_fingerprint": fingerprint_rows(rows),
+        "train_fingerprint": fingerprint_rows(train_rows),
+        "eval_fingerprint": fingerprint_rows(eval_rows),
+        "train_examples": len(train),
+        "eval_examples": len(eval_),
+    }
+    return PreparedData(train=train, eval=eval_, info=info)
+
+
+def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None):
+    """Everything a run needs, wired into a WeightedLossTrainer (nothing is trained yet)."""
+    args = build_training_arguments(cfg)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    if data is None:
+        with args.main_process_first(desc="tokenizing the data"):  # once, then read from the cache by other ranks
+            data = prepare_data(cfg, tokenizer)
+    model = model if model is not None else load_model(cfg.model)
+    model.config.use_cache = False  # no KV cache while training
+    tb = TensorBoardCallback()
+    # transformers 5 dropped TrainingArguments.logging_dir: the callback takes its folder from this attribute.
+    tb.logging_dir = str(tensorboard_dir(cfg))
+    trainer = WeightedLossTrainer(
+        model=model,
+        args=args,
+        data_collator=WeightedLMCollator(pad_token_id=tokenizer.pad_token_id),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=[tb],
+    )
+    trainer.prepared_data = data
+    return trainer
+
+
+def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
+    """The checkpoint to resume from, or None; refuse to silently overwrite an earlier run."""
+    out = run_dir(cfg)
+    existing = list_checkpoints(out)
+    if cfg.train.resume:
+        last = last_complete_checkpoint(out)
+        return str(last) if last else None  # nothing complete yet: start from scratch
+    if existing and not cfg.train.overwrite:
+        raise ValueError(
+            f"{out} already holds checkpoints ({', '.join(p.name for p in existing)}). Pass --resume to continue "
+            "that run, --overwrite to start it again from scratch, or --run-name NEW for a new run."
+        )
+    return None
+
+
+def train(cfg: ExperimentConfig) -> WeightedLossTrainer:
+    """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest."""
+    from sft.demo import ensure_demo_assets
+
+    if cfg.demo is not None:
+        ensure_demo_assets(cfg.demo)
+    checkpoint = resume_checkpoint(cfg)
+    if checkpoint is None and cfg.train.overwrite:
+        import shutil
+
+        for old in list_checkpoints(run_dir(cfg)):
+            shutil.rmtree(old)
+    trainer = build_trainer(cfg)
+    out = run_dir(cfg)
+    if trainer.is_world_process_zero():
+        write_manifest(out, cfg, trainer.prepared_data.info, status="training")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(out))  # the final model (safetensors) and tokenizer, at the run folder's top
+    if trainer.is_world_process_zero():
+        summary = {"train": result.metrics, "eval": trainer.evaluate()}
+        write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=summary)
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    else:
+        trainer.evaluate()  # every process takes part in the collective evaluation
+    return trainer

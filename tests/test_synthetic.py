@@ -1,0 +1,149 @@
+import json
+import random
+import re
+
+import pytest
+
+from sft.synthetic import (
+    FAMILIES,
+    WORDS,
+    build_demo_dataset,
+    generate_rows,
+    length_stats,
+    score_exact,
+    spell_number,
+)
+
+
+def test_same_seed_same_rows_and_other_seed_other_rows():
+    assert generate_rows(60, seed=3) == generate_rows(60, seed=3)
+    assert generate_rows(60, seed=3) != generate_rows(60, seed=4)
+
+
+def test_generate_uses_a_local_rng_only():
+    random.seed(123)
+    before = random.random()
+    random.seed(123)
+    generate_rows(20, seed=0)
+    assert random.random() == before
+
+
+def test_families_cover_input_and_no_input_and_each_has_templates():
+    assert len(FAMILIES) >= 8
+    assert {f.uses_input for f in FAMILIES.values()} == {True, False}
+    rows = generate_rows(len(FAMILIES) * 300, seed=0)
+    assert {r["family"] for r in rows} == set(FAMILIES)
+    for name, family in FAMILIES.items():
+        mine = [r for r in rows if r["family"] == name]
+        assert len(mine) == 300  # balanced by cycling
+        assert all((r["input"] != "") == family.uses_input for r in mine)
+        # Paraphrases: at least 4 distinct instruction shapes once digits and quoted targets are masked.
+        shapes = {re.sub(r"\d+", "#", re.sub(r"'[^']*'", "'#'", r["instruction"])) for r in mine}
+        assert len(shapes) >= 4, (name, shapes)
+
+
+def test_output_lengths_span_one_word_to_dozens():
+    words = [len(r["output"].replace(",", " ").split()) for r in generate_rows(2000, seed=1)]
+    assert min(words) == 1
+    assert max(words) >= 12
+
+
+def test_every_generated_answer_recomputes_from_instruction_and_input():
+    for r in generate_rows(3000, seed=7):
+        assert FAMILIES[r["family"]].answer(r["instruction"], r["input"]) == r["output"], r
+
+
+def test_answer_parsers_on_hand_written_rows():
+    assert FAMILIES["add"].answer("What is 12 + 30 + 5?", "") == "47"
+    assert FAMILIES["sort"].answer("Arrange these numbers from largest to smallest.", "3, 10, 7") == "10, 7, 3"
+    assert FAMILIES["sort"].answer("Put these words in alphabetical order.", "pear, dog, apple") == "apple, dog, pear"
+    assert FAMILIES["reverse"].answer("Spell the following word backwards.", "lamp") == "pmal"
+    assert FAMILIES["count"].answer("Count the occurrences of the letter 'a' in the input.", "banana cat") == "4"
+    assert FAMILIES["case"].answer("Convert the text below to title case.", "big red dog") == "Big Red Dog"
+    assert FAMILIES["extract"].answer("Find the email address in the text below.", "write to anna@mail.com now") == (
+        "anna@mail.com"
+    )
+    assert FAMILIES["compare"].answer("Which is smaller, 40 or 9?", "") == "9"
+    assert FAMILIES["spell"].answer("Write the number 347 in words.", "") == "three hundred forty-seven"
+    assert FAMILIES["repeat"].answer("Repeat the word 'cat' 3 times.", "") == "cat cat cat"
+    assert FAMILIES["acronym"].answer("Make an acronym from the words below.", "big red dog") == "BRD"
+    assert FAMILIES["last_word"].answer("Return the final word of the input.", "a b c") == "c"
+
+
+@pytest.mark.parametrize(
+    "n, words",
+    [(0, "zero"), (13, "thirteen"), (40, "forty"), (101, "one hundred one"), (9999, "nine thousand nine hundred ninety-nine")],
+)
+def test_spell_number(n, words):
+    assert spell_number(n) == words
+
+
+def test_vocabulary_is_small_and_lowercase():
+    assert 150 <= len(WORDS) <= 250
+    assert len(set(WORDS)) == len(WORDS)
+    assert all(w.isalpha() and w.islower() for w in WORDS)
+
+
+def test_unknown_family_and_negative_n_are_value_errors():
+    with pytest.raises(ValueError, match="choose from"):
+        generate_rows(3, seed=0, families=["nope"])
+    with pytest.raises(ValueError, match="n must be"):
+        generate_rows(-1, seed=0)
+    assert {r["family"] for r in generate_rows(10, seed=0, families=["add", "spell"])} == {"add", "spell"}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_demo_dataset_splits_are_correct_disjoint_and_reproducible(tmp_path):
+    paths = build_demo_dataset(tmp_path / "a", n_train=600, n_heldout=120, n_test=120, seed=5)
+    again = build_demo_dataset(tmp_path / "b", n_train=600, n_heldout=120, n_test=120, seed=5)
+    assert set(paths) == {"train", "heldout", "test"}
+    for name in ("train", "heldout", "test", "manifest"):
+        file = f"{name}.json" if name == "manifest" else f"{name}.jsonl"
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    assert again["train"].name == "train.jsonl"
+
+    splits = {name: read_jsonl(path) for name, path in paths.items()}
+    assert {name: len(rows) for name, rows in splits.items()} == {"train": 600, "heldout": 120, "test": 120}
+    keys = {name: [(r["instruction"], r["input"]) for r in rows] for name, rows in splits.items()}
+    for name, pairs in keys.items():
+        assert len(set(pairs)) == len(pairs), f"duplicates within {name}"
+    assert not set(keys["train"]) & set(keys["heldout"])
+    assert not set(keys["train"]) & set(keys["test"])
+    assert not set(keys["heldout"]) & set(keys["test"])
+
+    for name, rows in splits.items():
+        assert {r["family"] for r in rows} == set(FAMILIES)
+        for r in rows:
+            assert r["output"] == FAMILIES[r["family"]].answer(r["instruction"], r["input"])
+    assert all(set(r) == {"instruction", "input", "output", "family"} for r in splits["train"] + splits["heldout"])
+    assert all(r["answer"] == r["output"] for r in splits["test"])
+
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["seed"] == 5
+    assert manifest["counts"] == {"train": 600, "heldout": 120, "test": 120}
+    assert manifest["families"] == list(FAMILIES)
+
+
+def test_demo_dataset_seed_changes_the_files(tmp_path):
+    a = build_demo_dataset(tmp_path / "a", 50, 10, 10, seed=0)
+    b = build_demo_dataset(tmp_path / "b", 50, 10, 10, seed=1)
+    assert a["train"].read_bytes() != b["train"].read_bytes()
+
+
+def test_score_exact_strips_whitespace_only():
+    assert score_exact("  42\n", "42")
+    assert not score_exact("42.", "42")
+    assert not score_exact("Apple", "apple")
+
+
+def test_length_stats_ratio_differs_across_families():
+    stats = length_stats(generate_rows(1100, seed=2))
+    assert list(stats) == list(FAMILIES)
+    assert set(stats["add"]) >= {"instruction_chars_mean", "output_chars_mean", "ratio"}
+    ratios = [s["ratio"] for s in stats.values()]
+    assert max(ratios) > 10 * min(ratios)
+    with pytest.raises(ValueError, match="family"):
+        length_stats([{"instruction": "x", "input": "", "output": "y"}])
