@@ -201,6 +201,7 @@ class PreparedData:
     train: Any
     eval: Any
     info: dict[str, Any]
+    eval_rows: list[dict[str, str]]  # the held-out rows as text, for generations
 
 
 def prepare_data(cfg: ExperimentConfig, tokenizer) -> PreparedData:
@@ -228,7 +229,7 @@ def prepare_data(cfg: ExperimentConfig, tokenizer) -> PreparedData:
         "train_examples": len(train),
         "eval_examples": len(eval_),
     }
-    return PreparedData(train=train, eval=eval_, info=info)
+    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)
 
 
 def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None):
@@ -271,7 +272,7 @@ def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
     return None
 
 
-def train(cfg: ExperimentConfig) -> WeightedLossTrainer:
+def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = None) -> WeightedLossTrainer:
     """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest."""
     from sft.demo import ensure_demo_assets
 
@@ -283,7 +284,7 @@ def train(cfg: ExperimentConfig) -> WeightedLossTrainer:
 
         for old in list_checkpoints(run_dir(cfg)):
             shutil.rmtree(old)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, tokenizer=tokenizer, data=data)
     out = run_dir(cfg)
     if trainer.is_world_process_zero():
         write_manifest(out, cfg, trainer.prepared_data.info, status="training")

@@ -30,3 +30,48 @@ def qwen_tokenizer():
 def gsm8k_path() -> Path:
     """GSM8K in the alpaca schema, from ../shared."""
     return _need(GSM8K)
+
+
+SMALL_DEMO = dict(n_train=320, n_heldout=64, n_test=64, hidden_size=64, intermediate_size=256, num_hidden_layers=2)
+
+
+def demo_config(root: Path, **overrides):
+    """The demo preset, small, with every path under `root` (nothing is written to the repo)."""
+    from sft.config import load_config
+
+    root = Path(root)
+    paths = {
+        "demo.dataset_dir": str(root / "Dataset/demo"),
+        "demo.base_dir": str(root / "model/demo/base"),
+        "data.data": str(root / "Dataset/demo/train.jsonl"),
+        "data.eval_data": str(root / "Dataset/demo/heldout.jsonl"),
+        "model.model": str(root / "model/demo/base"),
+        "model_root": str(root / "model"),
+        "tensorboard_root": str(root / "tensorboard_events"),
+        "cache_dir": str(root / ".cache"),
+    }
+    small = {f"demo.{k}": v for k, v in SMALL_DEMO.items()}
+    return load_config("demo", **{**paths, **small, "per_device_train_batch_size": 8, **overrides})
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A folder with the small demo's data and tiny base model, built once per test session."""
+    from sft.demo import ensure_demo_assets
+
+    root = tmp_path_factory.mktemp("demo")
+    ensure_demo_assets(demo_config(root).demo)
+    return root
+
+
+def demo_cli_args(root: Path) -> list[str]:
+    """The same small, relocated demo as command-line overrides, for subprocess tests."""
+    cfg = demo_config(root)
+    pairs = {
+        "--demo.dataset-dir": cfg.demo.dataset_dir, "--demo.base-dir": cfg.demo.base_dir,
+        "--data.data": cfg.data.data, "--data.eval-data": cfg.data.eval_data, "--model.model": cfg.model.model,
+        "--model-root": cfg.train.model_root, "--tensorboard-root": cfg.train.tensorboard_root,
+        "--cache-dir": cfg.data.cache_dir, "--per-device-train-batch-size": "8",
+        **{f"--demo.{k.replace('_', '-')}": str(v) for k, v in SMALL_DEMO.items()},
+    }
+    return [x for kv in pairs.items() for x in kv]

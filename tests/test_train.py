@@ -1,0 +1,146 @@
+"""sft/train.py: the weighted loss, its normalisation over a whole step, logs, checkpoints and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, demo_cli_args, demo_config
+from sft.checkpoints import can_resume_from, last_complete_checkpoint, list_checkpoints
+from sft.manifest import load_run_config, read_manifest
+from sft.train import build_trainer, run_dir, tensorboard_dir, token_nll, train
+
+
+def test_token_nll_matches_the_models_own_shifted_loss(demo_root):
+    trainer = build_trainer(demo_config(demo_root, prompt_loss_weight=1.0, run_name="nll"))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            labels=batch["labels"].masked_fill(batch["attention_mask"] == 0, -100))
+        nll = token_nll(out.logits, batch["input_ids"])
+    # With w = 1 every real token is a target: our unshifted labels + shift in token_nll equal HF's loss.
+    valid = torch.nn.functional.pad(batch["attention_mask"][:, 1:], (0, 1)).bool()
+    torch.testing.assert_close(nll[valid].mean(), out.loss, rtol=1e-5, atol=1e-6)
+
+
+def _step_gradients(trainer, batches):
+    """Loss and gradients of one optimizer step made of `batches`, through the Trainer's own code."""
+    model = trainer.model
+    model.zero_grad()
+    n = trainer._get_num_items_in_batch(batches, torch.device("cpu"))
+    loss = sum(trainer.training_step(model, dict(b), n) for b in batches)
+    return loss, [p.grad.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("w", [0.0, 0.1, 1.0])
+def test_gradient_accumulation_4x2_equals_batch_8(demo_root, w):
+    trainer = build_trainer(demo_config(demo_root, prompt_loss_weight=w, run_name=f"ga{w}"))
+    examples = [trainer.train_dataset[i] for i in range(8)]
+    collate = trainer.data_collator
+    big_loss, big = _step_gradients(trainer, [collate(examples)])
+    acc_loss, acc = _step_gradients(trainer, [collate(examples[i:i + 2]) for i in range(0, 8, 2)])
+    # float32 on the CPU: the same sums in another order, so equal to ~1e-6 relative.
+    torch.testing.assert_close(acc_loss, big_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(acc, big):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # The bug this guards against: averaging per-micro-batch means weighs the tokens of short micro-batches up.
+    trainer.model.zero_grad()
+    for i in range(0, 8, 2):
+        (trainer.compute_loss(trainer.model, dict(collate(examples[i:i + 2]))) / 4).backward()
+    naive = torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+    exact = torch.cat([g.flatten() for g in big])
+    assert (naive - exact).norm() > 1e-2 * exact.norm()
+
+
+def test_accumulated_training_run_matches_big_batch_run(demo_root):
+    common = dict(max_steps=2, optim="sgd", learning_rate=0.5, warmup_ratio=0.0, lr_scheduler_type="constant",
+                  eval_steps=1000, save_steps=1000, prompt_loss_weight=0.1, overwrite=True)
+    runs = {}
+    for name, bs, ga in (("bs8", 8, 1), ("bs2ga4", 2, 4)):
+        cfg = demo_config(demo_root, run_name=name, per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+                          **common)
+        trainer = train(cfg)
+        runs[name] = (load_file(run_dir(cfg) / "model.safetensors"),
+                      [h["loss"] for h in trainer.state.log_history if "loss" in h])
+    (w_big, loss_big), (w_acc, loss_acc) = runs["bs8"], runs["bs2ga4"]
+    assert loss_big == pytest.approx(loss_acc, rel=1e-5)
+    for k in w_big:
+        torch.testing.assert_close(w_acc[k], w_big[k], rtol=1e-4, atol=1e-6)
+
+
+def test_short_run_lowers_held_out_response_loss_and_logs_everything(demo_root):
+    cfg = demo_config(demo_root, run_name="short", max_steps=30, logging_steps=5, eval_steps=15, save_steps=15,
+                      learning_rate=3e-3, overwrite=True)
+    trainer = train(cfg)
+    history = trainer.state.log_history
+    evals = [h["eval_response_loss"] for h in history if "eval_response_loss" in h]
+    before = trainer.evaluate  # noqa: F841 (the trained model is evaluated below against a fresh base model)
+    base = build_trainer(demo_config(demo_root, run_name="short-base"))
+    base_loss = base.evaluate()["eval_response_loss"]
+    assert evals[-1] < base_loss - 1.0, (base_loss, evals)
+    train_logs = [h for h in history if "loss" in h and "response_loss" in h]
+    assert train_logs and all({"prompt_loss", "response_perplexity", "train_tokens_per_second"} <= h.keys()
+                              for h in train_logs)
+    assert {"eval_prompt_loss", "eval_response_perplexity"} <= next(h for h in history if "eval_loss" in h).keys()
+
+    # Checkpoints, final model, manifest that loads back, TensorBoard tags.
+    out = run_dir(cfg)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-15", "checkpoint-30"]
+    assert all(can_resume_from(p) for p in list_checkpoints(out))
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    manifest = read_manifest(out)
+    assert manifest["status"] == "complete" and manifest["data"]["data_fingerprint"]
+    assert load_run_config(out) == cfg
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir(cfg))).Reload()
+    assert {"train/response_loss", "train/prompt_loss", "eval/response_loss", "eval/prompt_loss",
+            "eval/response_perplexity"} <= set(events.Tags()["scalars"])
+
+
+def test_existing_run_is_not_overwritten_silently(demo_root):
+    cfg = demo_config(demo_root, run_name="twice", max_steps=2, save_steps=1, eval_steps=100, overwrite=True)
+    train(cfg)
+    again = demo_config(demo_root, run_name="twice", max_steps=2)
+    with pytest.raises(ValueError, match="--resume to continue"):
+        train(again)
+
+
+def _cli(root, *args):
+    return [sys.executable, "-m", "sft", "train", *demo_cli_args(root), "--seed", "7", "--logging-steps", "5",
+            "--eval-steps", "1000", *args]
+
+
+def test_resume_after_sigkill_gives_the_same_weights(demo_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    steps = ["--max-steps", "60", "--save-steps", "10", "--prompt-loss-weight", "0.1"]
+    subprocess.run(_cli(demo_root, "--run-name", "straight", "--overwrite", *steps), check=True, env=env,
+                   capture_output=True, cwd=tmp_path)
+    cfg = demo_config(demo_root, run_name="killed")
+    proc = subprocess.Popen(_cli(demo_root, "--run-name", "killed", "--overwrite", *steps), env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        last = last_complete_checkpoint(run_dir(cfg))
+        if last is not None and last.name == "checkpoint-20":
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (run_dir(cfg) / "model.safetensors").exists()
+    subprocess.run(_cli(demo_root, "--run-name", "killed", "--resume", *steps), check=True, env=env,
+                   capture_output=True, cwd=tmp_path)
+    straight = load_file(run_dir(demo_config(demo_root, run_name="straight")) / "model.safetensors")
+    resumed = load_file(run_dir(cfg) / "model.safetensors")
+    # CPU, same seed, same data order: resuming restores the model, optimizer, scheduler and RNG states.
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    history = json.loads((run_dir(cfg) / "log_history.json").read_text())
+    assert history[-1]["step"] == 60
