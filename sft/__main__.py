@@ -103,6 +103,14 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole offline study (what `make demo` runs)."""
+    from sft.demo import run_demo
+
+    run_demo(overrides=args.overrides)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
@@ -134,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-demo", help="write the demo data and build its tiny base model")
     p.set_defaults(func=cmd_build_demo, accepts_overrides=True)
+
+    p = sub.add_parser("demo", help="the whole offline study: build, fine-tune both regimes, evaluate, compare")
+    p.set_defaults(func=cmd_demo, accepts_overrides=True)
     return parser
 
 

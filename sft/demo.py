@@ -46,3 +46,35 @@ def ensure_demo_assets(demo: DemoConfig) -> Path:
 
     paths = ensure_demo_dataset(demo)
     return ensure_demo_base(demo.base_dir, paths["train"], tiny_model_config(demo))
+
+
+def run_notebook(notebook: str, run_dir: Path, parameters: dict) -> Path:
+    """Execute a notebook with papermill; the executed copy goes into the run folder, not over the original."""
+    import papermill
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / notebook.replace(".ipynb", ".executed.ipynb")
+    papermill.execute_notebook(notebook, str(out), parameters=parameters, kernel_name="python3", log_output=False,
+                               progress_bar=True)
+    return out
+
+
+def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overrides: dict | None = None) -> None:
+    """The whole offline study: build, fine-tune masked and unmasked (notebooks), evaluate, compare."""
+    import time
+
+    from sft.config import load_config
+    from sft.train import run_dir
+
+    overrides = dict(overrides or {})
+    cfg = load_config("demo", **overrides)
+    t0 = time.perf_counter()
+    ensure_demo_assets(cfg.demo)
+    runs = {}
+    for run, notebook in NOTEBOOKS.items():
+        runs[run] = run_dir(load_config("demo", run_name=run, **overrides))
+        if "train" in steps:
+            t = time.perf_counter()
+            out = run_notebook(notebook, runs[run], {"overrides": overrides})
+            print(f"[demo] {notebook}: {time.perf_counter() - t:.0f} s, executed copy in {out}", flush=True)
+    print(f"[demo] done in {time.perf_counter() - t0:.0f} s", flush=True)

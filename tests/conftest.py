@@ -35,10 +35,8 @@ def gsm8k_path() -> Path:
 SMALL_DEMO = dict(n_train=320, n_heldout=64, n_test=64, hidden_size=64, intermediate_size=256, num_hidden_layers=2)
 
 
-def demo_config(root: Path, **overrides):
-    """The demo preset, small, with every path under `root` (nothing is written to the repo)."""
-    from sft.config import load_config
-
+def demo_overrides(root: Path) -> dict:
+    """Overrides that make the demo preset small and put every path under `root`."""
     root = Path(root)
     paths = {
         "demo.dataset_dir": str(root / "Dataset/demo"),
@@ -51,7 +49,14 @@ def demo_config(root: Path, **overrides):
         "cache_dir": str(root / ".cache"),
     }
     small = {f"demo.{k}": v for k, v in SMALL_DEMO.items()}
-    return load_config("demo", **{**paths, **small, "per_device_train_batch_size": 8, **overrides})
+    return {**paths, **small, "per_device_train_batch_size": 8}
+
+
+def demo_config(root: Path, **overrides):
+    """The demo preset, small, with every path under `root` (nothing is written to the repo)."""
+    from sft.config import load_config
+
+    return load_config("demo", **{**demo_overrides(root), **overrides})
 
 
 @pytest.fixture(scope="session")
