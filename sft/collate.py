@@ -36,3 +36,26 @@ class WeightedLMCollator:
             batch[key] = out
         batch["attention_mask"] = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
         return batch
+
+
+@dataclass
+class PackedWeightedLMCollator:
+    """Padding-free packing: a batch's examples concatenated into one row, position_ids restarting at 0.
+
+    The model gets no attention mask, so transformers finds the example boundaries from the
+    position_ids and keeps examples from attending to each other (a block-diagonal mask with
+    SDPA, variable-length kernels with FlashAttention). The batch holds the same examples as
+    in the padded modes, so every batching mode makes the same optimizer steps. Written here
+    rather than using transformers' DataCollatorWithFlattening because the loss needs the
+    loss_weights and response_mask columns carried along.
+    """
+
+    pad_token_id: int  # unused (nothing is padded); kept so both collators build the same way
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in ("input_ids", "labels", "loss_weights", "response_mask"):
+            dtype = torch.float32 if key == "loss_weights" else torch.long
+            batch[key] = torch.cat([torch.as_tensor(ex[key], dtype=dtype) for ex in examples])[None, :]
+        batch["position_ids"] = torch.cat([torch.arange(len(ex["input_ids"])) for ex in examples])[None, :]
+        return batch

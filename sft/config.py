@@ -50,6 +50,9 @@ class TrainConfig:
     eval_steps: int = 100  # optimizer steps between held-out evaluations
     save_steps: int = 200  # optimizer steps between checkpoints
     save_total_limit: int | None = None  # keep at most N checkpoints (None = all; see auto_clean.py)
+    auto_clean: dict[str, Any] | None = None  # prune checkpoints after each save, e.g. {"keep_last": 1, "keep_best": 1, "metric": "eval_response_loss", "strip_optimizer": true} (sft/prune.py PrunePolicy; None = off)
+    batching: str = "auto"  # padded | grouped (similar lengths per batch) | packed (one row, no padding) | auto (by device)
+    selective_head: bool = True  # LM head and cross-entropy only where the loss weight is non-zero (sft/loss.py)
     seed: int = 42  # model init of new heads, dropout and the data order: same seed = same order in every regime
     bf16: str = "auto"  # "auto" = on where the GPU supports it; "true" / "false"
     resume: bool = False  # continue from the last complete checkpoint of this run
@@ -61,7 +64,7 @@ class TrainConfig:
 class DemoConfig:
     """Sizes of the offline demo: synthetic data and the tiny base model built by the project."""
 
-    n_train: int = 4000  # synthetic training rows
+    n_train: int = 8000  # synthetic training rows; measured: 2 epochs of 8000 fresh rows beat 3 epochs of 4000 (tuning, see _demo)
     n_heldout: int = 400  # held-out rows (losses during and after training)
     n_test: int = 400  # test rows (exact-match benchmark)
     data_seed: int = 0  # seed of the synthetic generator
@@ -113,15 +116,17 @@ def _demo() -> ExperimentConfig:
         ),
         model=ModelConfig(model=demo.base_dir, dtype="float32"),
         train=TrainConfig(
-            num_train_epochs=3.0,
-            per_device_train_batch_size=16,
+            # Measured on 2 CPU cores (tuning runs, same conditions): batch 8 (2000 optimizer steps) learns
+            # far more per example than batch 16, and lr 2e-3 beat 1e-3 and 5e-3 (5e-3 stalled at response loss ~3.5).
+            num_train_epochs=2.0,
+            per_device_train_batch_size=8,
             per_device_eval_batch_size=32,
-            learning_rate=3e-3,
+            learning_rate=2e-3,
             warmup_ratio=0.05,
             weight_decay=0.0,
             logging_steps=10,
-            eval_steps=50,
-            save_steps=100,
+            eval_steps=250,  # 8 held-out evaluations: each costs ~1 s, more would eat into the 3-minute budget
+            save_steps=500,
         ),
         demo=demo,
     )

@@ -17,40 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
+from sft import attention
 from sft.checkpoints import last_complete_checkpoint, list_checkpoints
-from sft.collate import WeightedLMCollator
+from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
 from sft.data import fingerprint_rows, load_rows, split_indices, tokenize_rows
+from sft.loss import selected_nll, shift_left, target_weights, token_nll
 from sft.manifest import write_manifest
 from sft.modeling import load_model, load_tokenizer
 
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
-
-
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-position NLL of the next token, [B, T] (the last position has no target: 0).
-
-    The targets are shifted instead of the logits: `logits[:, :-1]` would copy the whole
-    tokens x vocabulary tensor, shifting the ids copies B x T integers.
-    """
-    targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)
-    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100)
-    return nll.view_as(input_ids)
-
-
-def target_weights(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights and masks aligned with `token_nll`: position t scores token t + 1."""
-
-    def shift(x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, 1:], (0, 1), value=0)
-
-    valid = shift(batch["attention_mask"]).to(torch.float32)
-    response = shift(batch["response_mask"]).to(torch.float32) * valid
-    return {"weights": shift(batch["loss_weights"]) * valid, "response": response, "prompt": valid - response}
 
 
 class WeightedLossTrainer(Trainer):
@@ -60,8 +39,9 @@ class WeightedLossTrainer(Trainer):
     # _get_num_items_in_batch), so the Trainer must not divide it again by the accumulation steps.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, selective_head: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.selective_head = selective_head  # head and cross-entropy only at positions that need them
         self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
         self._last_log_time = time.perf_counter()
 
@@ -79,24 +59,59 @@ class WeightedLossTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """sum(w * nll) / sum(w), with sum(w) over the whole step when training."""
         masks = target_weights(inputs)
-        model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        outputs = model(**model_inputs, use_cache=False)
-        nll = token_nll(outputs.logits, inputs["input_ids"])
-        weighted = (nll * masks["weights"]).sum()
+        weighted, nll, scored, outputs = self._token_nll(model, inputs, masks)
         if model.training and num_items_in_batch is not None:
             loss = weighted / num_items_in_batch.clamp_min(1e-8)
             # DDP averages gradients over processes, while our denominator already covers them all.
             loss = loss * self.accelerator.num_processes
         else:
             loss = weighted / masks["weights"].sum().clamp_min(1e-8)
-        with torch.no_grad():
-            sums = torch.stack([
-                (nll * masks["response"]).sum(), masks["response"].sum(),
-                (nll * masks["prompt"]).sum(), masks["prompt"].sum(),
-                inputs["attention_mask"].sum().to(nll.dtype),
-            ]).double().cpu()
-            self._sums["train" if model.training else "eval"] += sums
+        self._accumulate(nll, masks, scored, "train" if model.training else "eval")
         return (loss, outputs) if return_outputs else loss
+
+    def _token_nll(self, model, inputs, masks):
+        """(sum of w * nll, per-position NLL [B, T] (detached), mask of positions scored, model outputs)."""
+        model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        if not self.selective_head:
+            outputs = model(**model_inputs, use_cache=False)
+            nll = token_nll(outputs.logits, inputs["input_ids"])
+            return (nll * masks["weights"]).sum(), nll.detach(), masks["response"] + masks["prompt"], outputs
+        # logits_to_keep=1: the model's own head runs on one position only; we take the final hidden states.
+        outputs = model(**model_inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        hidden = outputs.hidden_states[-1].flatten(0, 1)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        targets = shift_left(inputs["input_ids"]).flatten()
+        weights = masks["weights"].flatten()
+        nll = torch.zeros_like(weights)
+        scored = (weights > 0).to(weights.dtype)
+        trained = weights.nonzero().squeeze(1)  # the only positions whose logits reach the gradient
+        weighted, nll_trained = selected_nll(hidden[trained], head, targets[trained], weights[trained])
+        nll[trained] = nll_trained
+        # Zero-weight positions are scored (without gradient) only when a log will report them:
+        # every evaluation, and the training steps that end in a log (masked regime's prompt_loss).
+        if not model.training or self._logs_this_step():
+            seen = (masks["response"] + masks["prompt"]).flatten() > 0
+            extra = (seen & (weights == 0)).nonzero().squeeze(1)
+            with torch.no_grad():
+                _, nll[extra] = selected_nll(hidden[extra].detach(), head, targets[extra], weights[extra])
+            scored[extra] = 1.0
+        # outputs.logits holds the last position only; nothing downstream reads it (prediction_loss_only).
+        return weighted, nll.view_as(masks["weights"]), scored.view_as(masks["weights"]), outputs
+
+    def _logs_this_step(self) -> bool:
+        """True while computing an optimizer step that ends with a training log."""
+        step = self.state.global_step + 1
+        return step % max(self.args.logging_steps, 1) == 0 or (step == 1 and self.args.logging_first_step)
+
+    def _accumulate(self, nll, masks, scored, split: str) -> None:
+        """Add this micro-batch's response/prompt NLL sums and token count to the running log sums."""
+        seen_prompt = masks["prompt"] * scored  # prompt positions scored in this micro-batch
+        sums = torch.stack([
+            (nll * masks["response"]).sum(), masks["response"].sum(),
+            (nll * seen_prompt).sum(), seen_prompt.sum(),
+            (masks["response"] + masks["prompt"]).sum(),
+        ]).double().cpu()
+        self._sums[split] += sums
 
     def _drain(self, split: str) -> dict[str, float]:
         """Reduce the accumulated sums over processes, reset them, and turn them into means."""
@@ -153,6 +168,15 @@ def use_bf16(setting: str) -> bool:
     return str(setting).lower() in ("true", "1", "yes")
 
 
+def resolve_batching(setting: str) -> str:
+    """'auto' = packed: no padding, the same batches as padded, fastest in bench/throughput.py."""
+    if setting == "auto":
+        return "packed"
+    if setting not in ("padded", "grouped", "packed"):
+        raise ValueError(f"batching must be auto, padded, grouped or packed, got {setting!r}.")
+    return setting
+
+
 def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
     """TrainingArguments with every field the run relies on set explicitly."""
     t = cfg.train
@@ -181,7 +205,9 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         save_total_limit=t.save_total_limit,
         seed=t.seed,
         data_seed=t.seed,  # the same example order in every regime: paired comparisons
-        train_sampling_strategy="random",
+        # grouped: batches of similar lengths (little padding); otherwise a plain seeded shuffle.
+        train_sampling_strategy="group_by_length" if resolve_batching(t.batching) == "grouped" else "random",
+        length_column_name="length",
         remove_unused_columns=False,  # keep loss_weights and response_mask for compute_loss
         label_names=["labels"],
         prediction_loss_only=True,  # never gather vocabulary-sized logits during evaluation
@@ -235,23 +261,35 @@ def prepare_data(cfg: ExperimentConfig, tokenizer) -> PreparedData:
 def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None):
     """Everything a run needs, wired into a WeightedLossTrainer (nothing is trained yet)."""
     args = build_training_arguments(cfg)
+    batching = resolve_batching(cfg.train.batching)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     if data is None:
         with args.main_process_first(desc="tokenizing the data"):  # once, then read from the cache by other ranks
             data = prepare_data(cfg, tokenizer)
     model = model if model is not None else load_model(cfg.model)
     model.config.use_cache = False  # no KV cache while training
+    if batching == "packed" and cfg.model.attn_implementation is None:
+        # One causal SDPA per packed example (sft/attention.py); set model.attn_implementation to
+        # "flash_attention_2" on a GPU with flash-attn installed for its variable-length kernel.
+        model.set_attn_implementation(attention.NAME)
     tb = TensorBoardCallback()
     # transformers 5 dropped TrainingArguments.logging_dir: the callback takes its folder from this attribute.
     tb.logging_dir = str(tensorboard_dir(cfg))
+    callbacks = [tb]
+    if cfg.train.auto_clean is not None:  # prune checkpoints as they are saved (sft/prune.py)
+        from sft.prune import auto_clean_callback
+
+        callbacks.append(auto_clean_callback(cfg.train.auto_clean))
     trainer = WeightedLossTrainer(
         model=model,
         args=args,
-        data_collator=WeightedLMCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=(PackedWeightedLMCollator if batching == "packed" else WeightedLMCollator)(
+            pad_token_id=tokenizer.pad_token_id),
+        selective_head=cfg.train.selective_head,
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        callbacks=[tb],
+        callbacks=callbacks,
     )
     trainer.prepared_data = data
     return trainer

@@ -1,0 +1,95 @@
+"""The weighted token loss, with the language-model head applied only where it is needed.
+
+A causal LM's head turns every position's hidden state into vocabulary-sized logits. With the
+prompt masked (w = 0) about half the positions never reach the loss, and for Qwen2.5-0.5B the
+logits of a 16K-token step are ~10 GB in fp32 before their gradient. So the head runs here on
+the selected positions only, in chunks, with the gradient of each chunk computed while its
+logits exist (as Liger's fused linear cross-entropy does): the full tokens x vocabulary tensor
+is never materialised. Written here rather than taken from Liger because the loss needs
+per-token weights and per-token NLLs (for the response/prompt logs), which Liger's kernel
+does not return, and because it must run on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+HEAD_CHUNK_TOKENS = 1024  # positions per head chunk: 1024 x 151,936 fp32 logits = 0.6 GB at a time
+
+
+def shift_left(x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+    """x[:, t + 1] at position t (the last position gets `fill`): aligns token t + 1 with its predictor."""
+    return F.pad(x[:, 1:], (0, 1), value=fill)
+
+
+def target_weights(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights and masks aligned with the predicting position: position t scores token t + 1.
+
+    A packed batch has no attention mask (every position is real), and no position may predict
+    the first token of the next example: those are found from position_ids == 0.
+    """
+    mask = batch.get("attention_mask")
+    valid = shift_left(mask).to(torch.float32) if mask is not None else shift_left(torch.ones_like(batch["input_ids"]))
+    valid = valid.to(torch.float32)
+    if mask is None and "position_ids" in batch:  # packed: no target across an example boundary
+        valid = valid * shift_left(batch["position_ids"] != 0).to(torch.float32)
+    response = shift_left(batch["response_mask"]).to(torch.float32) * valid
+    return {"weights": shift_left(batch["loss_weights"]) * valid, "response": response, "prompt": valid - response}
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL of the next token from full logits, [B, T] (reference implementation).
+
+    The targets are shifted instead of the logits: `logits[:, :-1]` would copy the whole
+    tokens x vocabulary tensor, shifting the ids copies B x T integers.
+    """
+    targets = shift_left(input_ids, fill=-100)
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100)
+    return nll.view_as(input_ids)
+
+
+class _WeightedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i w_i * CE(h_i @ W^T, y_i) and the per-row NLL, chunk by chunk, gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, token_weights, chunk):
+        needs_grad = hidden.requires_grad or weight.requires_grad
+        nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if needs_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+        for s in range(0, hidden.shape[0], chunk):
+            h, y = hidden[s : s + chunk], targets[s : s + chunk]
+            logits = (h @ weight.T).float()  # the only [chunk, vocab] tensor; freed after this iteration
+            lse = torch.logsumexp(logits, dim=-1)
+            nll[s : s + chunk] = lse - logits.gather(1, y[:, None]).squeeze(1)
+            if needs_grad:
+                # d(w_i * nll_i)/d logits_i = w_i * (softmax_i - onehot(y_i)), built in place in `logits`.
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(len(y), device=y.device), y] -= 1.0
+                probs.mul_(token_weights[s : s + chunk, None])
+                grad_h[s : s + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_w.addmm_(probs.T, h.float())
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(nll)
+        return (nll * token_weights).sum(), nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_nll):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_loss.to(grad_h.dtype) if ctx.needs_input_grad[0] else None
+        gw = (grad_w * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None, None
+
+
+def selected_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
+                 chunk: int = HEAD_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of w * nll, per-row nll) for selected rows of hidden states [K, H] through a bias-free head."""
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("The selective head supports bias-free output layers (Qwen, Llama, Mistral); set "
+                         "selective_head=False in the train config for this model.")
+    if hidden.shape[0] == 0:
+        zero = hidden.sum() * 0.0 + head.weight.sum() * 0.0  # keeps the graph connected for DDP
+        return zero, hidden.new_zeros(0, dtype=torch.float32)
+    return _WeightedLinearCrossEntropy.apply(hidden, head.weight, targets, token_weights.to(torch.float32), chunk)

@@ -1,0 +1,103 @@
+"""sft/loss.py and the batching modes: the selective head and packing change the cost, never the loss."""
+
+import pytest
+import torch
+
+from conftest import demo_config
+from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
+from sft.loss import selected_nll, target_weights
+from sft.train import build_trainer, train
+
+
+def test_selective_head_equals_full_head_loss_and_gradients():
+    torch.manual_seed(0)
+    k, h, v = 37, 16, 300
+    hidden = torch.randn(k, h, dtype=torch.float64, requires_grad=True)
+    head = torch.nn.Linear(h, v, bias=False).double()
+    targets = torch.randint(0, v, (k,))
+    w = torch.rand(k, dtype=torch.float64)
+    loss, nll = selected_nll(hidden, head, targets, w.float(), chunk=8)  # several chunks, a ragged last one
+    ref_nll = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="none")
+    ref = (ref_nll * w.float().double()).sum()
+    torch.testing.assert_close(nll, ref_nll.float().detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-6, atol=1e-6)
+    g_h, g_w = torch.autograd.grad(loss * 3.0, (hidden, head.weight))
+    r_h, r_w = torch.autograd.grad(ref * 3.0, (hidden, head.weight))
+    # float64 inputs, float32 logits inside: equal to float32 precision.
+    torch.testing.assert_close(g_h, r_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_w, r_w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.1, 1.0])
+def test_trainer_selective_head_matches_full_logits(demo_root, w):
+    trainer = build_trainer(demo_config(demo_root, prompt_loss_weight=w, run_name="sel"))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    results = []
+    for selective in (True, False):
+        trainer.selective_head = selective
+        trainer.model.zero_grad()
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+    (l_sel, g_sel), (l_full, g_full) = results
+    torch.testing.assert_close(l_sel, l_full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_sel, g_full):  # float32: the same sums in another order
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_packed_example_losses_equal_the_example_alone(demo_root):
+    trainer = build_trainer(demo_config(demo_root, prompt_loss_weight=1.0, run_name="pack"))
+    model = trainer.model.eval()
+    examples = [trainer.train_dataset[i] for i in range(5)]
+    packed = PackedWeightedLMCollator(pad_token_id=0)(examples)
+    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
+    with torch.no_grad():
+        trainer.selective_head = False
+        _, nll_packed, _, _ = trainer._token_nll(model, packed, target_weights(packed))
+        start = 0
+        for ex in examples:
+            alone = WeightedLMCollator(pad_token_id=0)([ex])
+            _, nll_alone, _, _ = trainer._token_nll(model, alone, target_weights(alone))
+            n = len(ex["input_ids"])
+            # Positions 0..n-2 predict the example's own tokens; n-1 would predict the next example's first.
+            torch.testing.assert_close(nll_packed[0, start:start + n - 1], nll_alone[0, :n - 1], rtol=1e-4, atol=1e-5)
+            assert target_weights(packed)["weights"][0, start + n - 1] == 0
+            start += n
+    # Without isolation the same tokens would see the previous examples: the losses would differ.
+    with torch.no_grad():
+        leaky = model(input_ids=packed["input_ids"], attention_mask=torch.ones_like(packed["input_ids"])).logits
+    n0 = len(examples[0]["input_ids"])
+    from sft.loss import token_nll
+
+    assert not torch.allclose(token_nll(leaky, packed["input_ids"])[0, n0:n0 + 10], nll_packed[0, n0:n0 + 10],
+                              atol=1e-3)
+
+
+@pytest.mark.parametrize("batching", ["grouped", "packed"])
+def test_batching_modes_give_the_same_loss_on_one_step(demo_root, batching):
+    losses = {}
+    for mode in ("padded", batching):
+        trainer = build_trainer(demo_config(demo_root, prompt_loss_weight=0.1, run_name=mode, batching=mode))
+        examples = [trainer.train_dataset[i] for i in range(8)]
+        batch = trainer.data_collator(examples)
+        trainer.model.train()
+        losses[mode] = trainer.compute_loss(trainer.model, dict(batch)).item()
+    assert losses[batching] == pytest.approx(losses["padded"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_default_batching_reaches_padded_held_out_loss(demo_root):
+    """A short run per mode and seed: the default's held-out response loss is within the seed spread."""
+    final = {}
+    for mode in ("padded", "auto"):
+        for seed in (1, 2):
+            cfg = demo_config(demo_root, run_name=f"b-{mode}-{seed}", batching=mode, seed=seed, max_steps=40,
+                              eval_steps=40, save_steps=1000, learning_rate=3e-3, overwrite=True)
+            trainer = train(cfg)
+            final[mode, seed] = [h["eval_response_loss"] for h in trainer.state.log_history
+                                 if "eval_response_loss" in h][-1]
+    padded = [final["padded", s] for s in (1, 2)]
+    default = [final["auto", s] for s in (1, 2)]
+    spread = max(padded) - min(padded)
+    assert abs(sum(default) / 2 - sum(padded) / 2) <= max(spread, 1e-3), final
