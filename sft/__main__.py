@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 
@@ -111,6 +112,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Held-out metrics and lm-eval tasks for every model, summarised under evaluation_results/."""
+    from sft.evaluate import evaluate_models, parse_models
+    from sft.report import format_psql, load_result
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    run = evaluate_models(parse_models(args.models), tasks=tasks, name=args.name, limit=limit,
+                          batch_size=args.batch_size, out=args.out, test_data=args.test_data,
+                          max_gen_toks=args.max_gen_toks)
+    scores = load_result(run).scores
+    print(format_psql([list(scores.columns)] + scores.values.tolist()))
+    print(f"results: {run}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Plot and tabulate one or more evaluation results into assets/."""
+    from sft.report import compare
+
+    print(compare(args.results, out=args.out))
+    print(f"written: {args.out}/Comparison.png, {args.out}/Dataset_results.xlsx")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
@@ -145,11 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole offline study: build, fine-tune both regimes, evaluate, compare")
     p.set_defaults(func=cmd_demo, accepts_overrides=True)
+
+    p = sub.add_parser("evaluate", help="held-out losses and lm-eval benchmarks of several models, summarised")
+    p.add_argument("--models", required=True, metavar="LABEL=PATH,...",
+                   help="e.g. base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups (default for the demo: sft_demo)")
+    p.add_argument("--name", help="folder under --out (default: the preset of the runs)")
+    p.add_argument("--limit", type=float, help="items per task (a number below 1 is a share), for quick checks")
+    p.add_argument("--batch-size", type=int, default=16, help="one fixed batch size for every model")
+    p.add_argument("--out", default="evaluation_results", help="results go to OUT/NAME/<YYYYmmdd_HHMMSS>/")
+    p.add_argument("--test-data", help="test JSONL of the sft_demo tasks (default: the demo's test.jsonl)")
+    p.add_argument("--max-gen-toks", type=int, default=64, help="tokens generated per answer at most")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="plot and spreadsheet of evaluation results (assets/)")
+    p.add_argument("results", nargs="+", metavar="RESULT_DIR", help="evaluation_results/<name>/<timestamp> folders")
+    p.add_argument("--out", default="assets", help="folder for Comparison.png and Dataset_results.xlsx")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user errors print one paragraph and return 2."""
+    logging.basicConfig(level=logging.INFO, format="[sft] %(message)s")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):

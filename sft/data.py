@@ -428,6 +428,7 @@ class TokenizeReport:
     examples_dropped_too_long: int
     examples_truncated: int
     truncation_counts: dict[str, int]
+    from_cache: bool = False  # True when an earlier run (or the main process) already tokenized these rows
 
 
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
@@ -442,6 +443,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     fp = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = Path(cfg.cache_dir) / f"tokenized-{name}-{fp}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
+    from_cache = cache.exists()
     ds = datasets.Dataset.from_list(rows)
     ds = ds.map(
         tokenize_rows_batch,
@@ -461,6 +463,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
         examples_dropped_too_long=len(rows) - len(ds),
         examples_truncated=sum(v for k, v in counts.items() if k != "ok"),
         truncation_counts=dict(counts),
+        from_cache=from_cache,
     )
     return ds, report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -27,17 +28,22 @@ def tiny_model_config(demo: DemoConfig):
 
 def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
     """Write the synthetic splits to demo.dataset_dir unless the same ones are already there."""
-    from sft.synthetic import build_demo_dataset
+    from sft import synthetic
 
     out = Path(demo.dataset_dir)
     paths = {name: out / f"{name}.jsonl" for name in ("train", "heldout", "test")}
     manifest = out / "manifest.json"
     wanted = {"train": demo.n_train, "heldout": demo.n_heldout, "test": demo.n_test}
+    # The generator's own source is part of the key: editing a task family rebuilds the data.
+    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
     if manifest.is_file() and all(p.is_file() for p in paths.values()):
         m = json.loads(manifest.read_text())
-        if m.get("seed") == demo.data_seed and m.get("counts") == wanted:
+        if m.get("seed") == demo.data_seed and m.get("counts") == wanted and m.get("generator") == generator:
             return paths
-    return build_demo_dataset(out, demo.n_train, demo.n_heldout, demo.n_test, seed=demo.data_seed)
+    built = synthetic.build_demo_dataset(out, demo.n_train, demo.n_heldout, demo.n_test, seed=demo.data_seed)
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "generator": generator}, indent=2) + "\n")
+    return built
 
 
 def ensure_demo_assets(demo: DemoConfig) -> Path:

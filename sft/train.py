@@ -10,7 +10,10 @@ so the masked and unmasked curves can be compared on one chart.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from sft.loss import selected_nll, shift_left, target_weights, token_nll
 from sft.manifest import write_manifest
 from sft.modeling import load_model, load_tokenizer
 
+logger = logging.getLogger("sft")
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
 
 
@@ -212,6 +216,10 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         label_names=["labels"],
         prediction_loss_only=True,  # never gather vocabulary-sized logits during evaluation
         report_to=[],  # TensorBoard is added as a callback with the project's folder layout
+        # Without CUDA, processes started by torchrun / accelerate join a gloo group only when told so
+        # (and a single process must not be told so: it would look for a process group).
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
@@ -244,6 +252,9 @@ def prepare_data(cfg: ExperimentConfig, tokenizer) -> PreparedData:
         train_rows = train_rows[: d.max_rows]
     train, train_tok = tokenize_rows(train_rows, tokenizer, d, name="train")
     eval_, eval_tok = tokenize_rows(eval_rows, tokenizer, d, name="eval")
+    for name, tok in (("train", train_tok), ("held-out", eval_tok)):
+        logger.info("rank %s: %s split, %d examples, tokenized %s", os.environ.get("RANK", "0"), name,
+                    tok.examples_out, "earlier (read from the cache)" if tok.from_cache else "now")
     info = {
         "load": report.to_dict(),
         "eval_load": eval_report.to_dict() if eval_report else None,
@@ -258,9 +269,10 @@ def prepare_data(cfg: ExperimentConfig, tokenizer) -> PreparedData:
     return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)
 
 
-def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None):
+def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None,
+                  args: TrainingArguments | None = None):
     """Everything a run needs, wired into a WeightedLossTrainer (nothing is trained yet)."""
-    args = build_training_arguments(cfg)
+    args = args if args is not None else build_training_arguments(cfg)
     batching = resolve_batching(cfg.train.batching)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     if data is None:
@@ -314,24 +326,24 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest."""
     from sft.demo import ensure_demo_assets
 
-    if cfg.demo is not None:
-        ensure_demo_assets(cfg.demo)
+    args = build_training_arguments(cfg)  # under torchrun / accelerate this also joins the process group
     checkpoint = resume_checkpoint(cfg)
-    if checkpoint is None and cfg.train.overwrite:
-        import shutil
-
-        for old in list_checkpoints(run_dir(cfg)):
-            shutil.rmtree(old)
-    trainer = build_trainer(cfg, tokenizer=tokenizer, data=data)
+    with args.main_process_first(desc="preparing the run folder"):  # rank 0 builds and deletes, the others wait
+        if args.process_index == 0:
+            if cfg.demo is not None:
+                ensure_demo_assets(cfg.demo)
+            if checkpoint is None and cfg.train.overwrite:
+                for old in list_checkpoints(run_dir(cfg)):
+                    shutil.rmtree(old)
+    trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args)
     out = run_dir(cfg)
     if trainer.is_world_process_zero():
         write_manifest(out, cfg, trainer.prepared_data.info, status="training")
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))  # the final model (safetensors) and tokenizer, at the run folder's top
+    metrics = trainer.evaluate()  # every process takes part in the (sharded) evaluation
     if trainer.is_world_process_zero():
-        summary = {"train": result.metrics, "eval": trainer.evaluate()}
-        write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=summary)
+        write_manifest(out, cfg, trainer.prepared_data.info, status="complete",
+                       results={"train": result.metrics, "eval": metrics})
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    else:
-        trainer.evaluate()  # every process takes part in the collective evaluation
     return trainer
