@@ -18,7 +18,7 @@ from sft.train import build_trainer, run_dir, tensorboard_dir, token_nll, train
 
 
 def test_token_nll_matches_the_models_own_shifted_loss(demo_root):
-    trainer = build_trainer(demo_config(demo_root, prompt_loss_weight=1.0, run_name="nll"))
+    trainer = build_trainer(demo_config(demo_root, prompt_loss_weight=1.0, run_name="nll", batching="padded"))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     with torch.no_grad():
         out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
