@@ -5,6 +5,8 @@ import re
 import pytest
 
 from sft.synthetic import (
+    DECOR_PREFIXES,
+    DECOR_SUFFIXES,
     FAMILIES,
     WORDS,
     build_demo_dataset,
@@ -54,20 +56,58 @@ def test_every_generated_answer_recomputes_from_instruction_and_input():
 
 
 def test_answer_parsers_on_hand_written_rows():
-    assert FAMILIES["add"].answer("What is 12 + 30 + 5?", "") == "47"
+    assert FAMILIES["add"].answer("What is 2 + 5?", "") == "7"
     assert FAMILIES["sort"].answer("Arrange these numbers from largest to smallest.", "3, 10, 7") == "10, 7, 3"
     assert FAMILIES["sort"].answer("Put these words in alphabetical order.", "pear, dog, apple") == "apple, dog, pear"
     assert FAMILIES["reverse"].answer("Spell the following word backwards.", "lamp") == "pmal"
-    assert FAMILIES["count"].answer("Count the occurrences of the letter 'a' in the input.", "banana cat") == "4"
+    assert FAMILIES["count"].answer("Question: Count the words in the input. Be brief.", "big red dog") == "3"
     assert FAMILIES["case"].answer("Convert the text below to title case.", "big red dog") == "Big Red Dog"
-    assert FAMILIES["extract"].answer("Find the email address in the text below.", "write to anna@mail.com now") == (
-        "anna@mail.com"
-    )
-    assert FAMILIES["compare"].answer("Which is smaller, 40 or 9?", "") == "9"
-    assert FAMILIES["spell"].answer("Write the number 347 in words.", "") == "three hundred forty-seven"
-    assert FAMILIES["repeat"].answer("Repeat the word 'cat' 3 times.", "") == "cat cat cat"
-    assert FAMILIES["acronym"].answer("Make an acronym from the words below.", "big red dog") == "BRD"
+    assert FAMILIES["extract"].answer("Who is named in the sentence below?", "a big Anna dog") == "Anna"
+    assert FAMILIES["compare"].answer("Which is smaller, 4 or 9? Thanks!", "") == "4"
+    assert FAMILIES["spell"].answer("Write the number 17 in words.", "") == "seventeen"
     assert FAMILIES["last_word"].answer("Return the final word of the input.", "a b c") == "c"
+    assert FAMILIES["antonym"].answer("Give the antonym of the word 'hot'.", "") == "cold"
+    assert FAMILIES["antonym"].answer("What is the opposite of 'cold'?", "") == "hot"
+    assert FAMILIES["capital"].answer("Try this: What is the capital of France?", "") == "Paris"
+    assert FAMILIES["capital"].answer("Austria has which city as its capital?", "") == "Vienna"
+    assert FAMILIES["weekday"].answer("Name the day after Sunday.", "") == "Monday"
+    assert FAMILIES["weekday"].answer("If today is Monday, what day was yesterday?", "") == "Sunday"
+    assert FAMILIES["month"].answer("What month comes before January?", "") == "December"
+    assert FAMILIES["month"].answer("Which month follows May?", "") == "June"
+    assert FAMILIES["month"].answer("What is month number 9 of the year?", "") == "September"
+    assert FAMILIES["category"].answer("Classify the following word as animal, fruit, color or vehicle.", "plum") == (
+        "fruit"
+    )
+    assert FAMILIES["parity"].answer("Is 37 odd or even?", "") == "odd"
+    assert FAMILIES["parity"].answer("Answer odd or even: 0.", "") == "even"
+
+
+def test_decorations_keep_every_parser_keyword_out():
+    # Prefixes/suffixes must not carry digits, quotes or words the parsers key on.
+    for text in DECOR_PREFIXES + DECOR_SUFFIXES:
+        assert not re.search(r"[\d']", text)
+        low = text.lower()
+        for key in ("small", "less", "lower", "before", "preced", "yesterday", "reverse", "descending", "title"):
+            assert key not in low, (text, key)
+
+
+def test_most_families_are_lookups_with_short_outputs():
+    # Most families answer with 1-3 words; sort/reverse/case keep long copy-from-prompt outputs.
+    rows = generate_rows(len(FAMILIES) * 200, seed=4)
+    mean_words = {
+        name: sum(len(r["output"].replace(",", " ").split()) for r in rows if r["family"] == name) / 200
+        for name in FAMILIES
+    }
+    assert sum(m <= 3 for m in mean_words.values()) >= len(FAMILIES) // 2 + 1, mean_words
+    assert max(mean_words.values()) >= 4, mean_words
+
+
+def test_small_domain_families_have_enough_unique_rows():
+    # Templates x domain x decorations must leave room for disjoint train/held-out/test splits.
+    rows = generate_rows(len(FAMILIES) * 3000, seed=9)
+    for name in FAMILIES:
+        unique = {(r["instruction"], r["input"]) for r in rows if r["family"] == name}
+        assert len(unique) >= 1200, (name, len(unique))
 
 
 @pytest.mark.parametrize(
@@ -125,6 +165,15 @@ def test_demo_dataset_splits_are_correct_disjoint_and_reproducible(tmp_path):
     assert manifest["seed"] == 5
     assert manifest["counts"] == {"train": 600, "heldout": 120, "test": 120}
     assert manifest["families"] == list(FAMILIES)
+
+
+def test_default_demo_sizes_build_without_exhausting_a_family(tmp_path):
+    from sft.config import DemoConfig
+
+    demo = DemoConfig()
+    paths = build_demo_dataset(tmp_path, demo.n_train, demo.n_heldout, demo.n_test, seed=demo.data_seed)
+    test = read_jsonl(paths["test"])
+    assert len(test) == demo.n_test and {r["family"] for r in test} == set(FAMILIES)
 
 
 def test_demo_dataset_seed_changes_the_files(tmp_path):
