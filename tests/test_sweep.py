@@ -1,0 +1,55 @@
+"""sft/sweep.py: a 2 x 2 sweep end to end, and a resumed sweep that redoes nothing finished."""
+
+import json
+
+import pytest
+
+from conftest import demo_overrides
+from sft.sweep import mean_interval, pair_label, parse_weights, run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def test_parse_weights_and_interval():
+    assert parse_weights("1,0,0.1,0.1") == [0.0, 0.1, 1.0]
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        parse_weights("0,2")
+    m, lo, hi = mean_interval([1.0, 3.0])
+    assert m == 2.0 and lo < 1.0 and hi > 3.0  # two seeds: a wide Student-t interval
+    assert mean_interval([5.0]) == (5.0, 5.0, 5.0)
+
+
+def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
+    overrides = {**demo_overrides(demo_root), "max_steps": 4, "save_steps": 2, "eval_steps": 4, "logging_steps": 2}
+    results = tmp_path / "evaluation_results"
+    kwargs = dict(limit=2, overrides=overrides, results_root=str(results), plot=tmp_path / "plw_sweep.png")
+    root = run_sweep("demo", [0.0, 1.0], [1, 2], "t", **kwargs)
+    records = (root / "sweep.csv").read_text().splitlines()
+    assert records[0].startswith("dataset,metric,prompt_loss_weight,seeds,mean,ci_low,ci_high")
+    assert any(line.startswith("heldout,response_loss,0.0,2,") for line in records)
+    assert list((root / "summary").glob("summary_*.csv")) and (tmp_path / "plw_sweep.png").stat().st_size > 10_000
+    header = next((root / "summary").glob("summary_*.csv")).read_text().splitlines()[0]
+    assert header == "dataset,version,metric,mode,w=0,w=1"
+
+    runs = demo_root / "model/demo/sweep-t"
+    finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/model.safetensors")}
+    assert len(finished) == 4
+    # Interrupt one pair mid-training (checkpoint-2 kept, final model gone) and lose another's evaluation.
+    broken = runs / pair_label(1.0, 2)
+    for name in ("model.safetensors", "run_manifest.json", "log_history.json"):
+        (broken / name).unlink()
+    import shutil
+
+    shutil.rmtree(broken / "checkpoint-4")
+    kept = (broken / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+    shutil.rmtree(results / "sweep-t" / pair_label(0.0, 1))
+    run_sweep("demo", [0.0, 1.0], [1, 2], "t", **kwargs)
+    for path, mtime in finished.items():
+        if path.parent != broken:
+            assert path.stat().st_mtime_ns == mtime, f"{path.parent.name} was trained again"
+    manifest = json.loads((broken / "run_manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    history = json.loads((broken / "log_history.json").read_text())
+    assert history[-1]["step"] == 4 and (broken / "checkpoint-4").is_dir()
+    assert (broken / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == kept  # resumed, not restarted
+    assert len(list((results / "sweep-t" / pair_label(0.0, 1)).glob("*/summary/summary_*.csv"))) == 1
