@@ -137,6 +137,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train and evaluate every (prompt-loss weight, seed) pair, then summarise and plot."""
+    from sft.sweep import parse_weights, run_sweep
+
+    seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
+    if not seeds:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+    run_sweep(args.preset, parse_weights(args.prompt_loss_weights), seeds, args.name or args.preset,
+              limit=args.limit, overrides=args.overrides, plot=args.plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
@@ -168,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-demo", help="write the demo data and build its tiny base model")
     p.set_defaults(func=cmd_build_demo, accepts_overrides=True)
+
+    p = sub.add_parser("sweep", help="train and evaluate every (prompt-loss weight, seed) pair; summary and plot",
+                       description="Any other --name VALUE overrides a config or TrainingArguments field for every pair.")
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--prompt-loss-weights", default="0,0.01,0.1,0.5,1", help="comma-separated weights in [0, 1]")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 1..N per weight")
+    p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/sweep-<name>/")
+    p.add_argument("--limit", type=float, help="test items per task (lm-eval --limit)")
+    p.add_argument("--plot", default="assets/plw_sweep.png", help="where the plot goes")
+    p.set_defaults(func=cmd_sweep, accepts_overrides=True)
 
     p = sub.add_parser("demo", help="the whole offline study: build, fine-tune both regimes, evaluate, compare")
     p.set_defaults(func=cmd_demo, accepts_overrides=True)

@@ -1,0 +1,435 @@
+"""Summaries, confidence intervals, plot and spreadsheet of evaluation results.
+
+`python -m sft evaluate` writes its tables with the writers here (OpenCompass's summary layout:
+`dataset,version,metric,mode,<model>...`, scores 0-100 with two decimals, `-` where missing);
+`python -m sft compare` reads one or more result folders back and draws the comparison.
+
+Intervals are percentile bootstraps over test items. A pairwise difference resamples the same
+items for both models (a paired bootstrap). A group row (e.g. the demo's average over task
+families) resamples items within each member task (stratified) and recombines the member means
+with the group's own weights, so the interval is about exactly the number in the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_BOOT = 10_000  # bootstrap resamples per interval
+BOOT_SEED = 0  # numpy seed of every bootstrap: the same items are drawn for every pair of models
+LEVEL = 0.95  # confidence level of every interval
+RULE = 128  # width of the ^^^/$$$/--- rules in the summary .txt, as in OpenCompass
+MAX_DRAWS = 4_000_000  # item draws held in memory at once while bootstrapping (32 MB of indices)
+
+
+@dataclass
+class Row:
+    """One line of the summary: a dataset and metric, scored for every model."""
+
+    dataset: str
+    version: str
+    metric: str
+    mode: str  # "gen" (generate_until), "ppl" (loglikelihood), or "mixed" for a group of both
+    scores: dict[str, float | None]  # model -> score on the summary's scale (None = missing)
+    # model -> one {item id: score in [0, 1]} per member task (one for a plain task); None when the
+    # metric is not a mean over items (perplexity, BLEU), which a resampled mean would misdescribe.
+    items: dict[str, list[dict[Any, float]]] | None = None
+    size_weighted: bool = False  # a group's mean weights its member tasks by item count (else equally)
+    scale: float = 100.0  # summary score = scale x mean item score
+    is_group: bool = False
+
+
+# ---------------------------------------------------------------- the summary (OpenCompass layout)
+
+
+def format_score(value: float | None) -> str:
+    """Two decimals, or '-' for a missing score."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}"
+
+
+def summary_table(rows: list[Row], models: list[str]) -> list[list[str]]:
+    """The summary as a header plus one list of strings per row."""
+    table = [["dataset", "version", "metric", "mode", *models]]
+    for r in rows:
+        table.append([r.dataset, r.version, r.metric, r.mode, *(format_score(r.scores.get(m)) for m in models)])
+    return table
+
+
+def format_csv(table: list[list[str]]) -> str:
+    """The table as CSV (fields with commas are quoted, which OpenCompass's names never need)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(table)
+    return buf.getvalue()
+
+
+def format_markdown(table: list[list[str]]) -> str:
+    """The table as a GitHub markdown table, cells kept verbatim ('12.30' and '-' stay as written)."""
+    from tabulate import tabulate
+
+    return tabulate(table[1:], headers=table[0], tablefmt="github", disable_numparse=True) + "\n"
+
+
+def format_psql(table: list[list[str]]) -> str:
+    """The table in tabulate's psql layout, for terminals and the .txt summary."""
+    from tabulate import tabulate
+
+    return tabulate(table[1:], headers=table[0], tablefmt="psql", disable_numparse=True)
+
+
+def format_summary_txt(table: list[list[str]], time_str: str) -> str:
+    """The .txt summary: the table as psql, csv and markdown under OpenCompass's headings and rules."""
+    divider = "-" * RULE + " THIS IS A DIVIDER " + "-" * RULE + "\n\n"
+    sections = [("tabulate format", format_psql(table) + "\n"), ("csv format", format_csv(table)),
+                ("markdown format", format_markdown(table))]
+    blocks = [f"{title}\n" + "^" * RULE + "\n" + body + "$" * RULE + "\n\n" for title, body in sections]
+    return f"{time_str}\n" + divider.join(blocks)
+
+
+def write_summary(table: list[list[str]], summary_dir: str | Path, time_str: str) -> dict[str, Path]:
+    """Write summary_<time>.csv, .md and .txt into summary_dir; return their paths by suffix."""
+    out = Path(summary_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = {"csv": format_csv(table), "md": format_markdown(table), "txt": format_summary_txt(table, time_str)}
+    paths = {}
+    for suffix, text in texts.items():
+        paths[suffix] = out / f"summary_{time_str}.{suffix}"
+        paths[suffix].write_text(text, encoding="utf-8")
+    return paths
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def bootstrap_mean(strata: list, weights: list[float] | None = None, n_boot: int = N_BOOT,
+                   seed: int = BOOT_SEED, level: float = LEVEL) -> tuple[float, float, float]:
+    """(estimate, low, high) of a weighted mean of stratum means, items resampled within each stratum.
+
+    One stratum is the plain bootstrap of a mean. Given per-item differences a_i - b_i it is the
+    paired bootstrap of a difference of means, since the mean is linear in the items.
+    Weights default to equal (a macro average); they are normalised to sum to 1.
+    """
+    arrays = [np.asarray(s, dtype=np.float64) for s in strata]
+    w = np.ones(len(arrays)) if weights is None else np.asarray(weights, dtype=np.float64)
+    keep = [i for i, a in enumerate(arrays) if a.size and w[i] > 0]
+    if not keep:
+        raise ValueError("bootstrap_mean needs at least one non-empty stratum with a positive weight.")
+    arrays, w = [arrays[i] for i in keep], w[keep] / w[keep].sum()
+    estimate = float(sum(wi * a.mean() for wi, a in zip(w, arrays)))
+    rng = np.random.default_rng(seed)
+    stats = np.zeros(n_boot)
+    chunk = max(1, MAX_DRAWS // max(a.size for a in arrays))
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        for wi, a in zip(w, arrays):
+            stats[start:start + k] += wi * a[rng.integers(0, a.size, size=(k, a.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    return estimate, float(low), float(high)
+
+
+def _strata(row: Row, model: str, other: str | None = None) -> tuple[list[np.ndarray], list[float]]:
+    """Per-stratum item scores of a model (minus the other's, on the items both have) and weights."""
+    strata = []
+    for k, items in enumerate(row.items[model]):
+        if other is None:
+            strata.append(np.array([items[i] for i in sorted(items, key=str)]))
+        else:
+            theirs = row.items[other][k]
+            common = sorted(set(items) & set(theirs), key=str)
+            strata.append(np.array([items[i] - theirs[i] for i in common]))
+    weights = [len(s) for s in strata] if row.size_weighted else [1.0 if len(s) else 0.0 for s in strata]
+    return strata, weights
+
+
+def confidence_rows(rows: list[Row], models: list[str], n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> list[dict]:
+    """Each model's score on each row with its bootstrap interval (rows without item scores are skipped)."""
+    out = []
+    for r in rows:
+        for m in models:
+            if r.items is None or m not in r.items or r.scores.get(m) is None:
+                continue
+            strata, weights = _strata(r, m)
+            if not any(len(s) for s in strata):
+                continue
+            est, low, high = bootstrap_mean(strata, weights, n_boot, seed)
+            out.append({"dataset": r.dataset, "metric": r.metric, "model": m, "n": sum(map(len, strata)),
+                        "score": round(r.scale * est, 4), "ci_low": round(r.scale * low, 4),
+                        "ci_high": round(r.scale * high, 4)})
+    return out
+
+
+def model_pairs(models: list[str]) -> list[tuple[str, str]]:
+    """Every pair (a, b) with a listed after b: with the base model first, a - b is a gain over it."""
+    return [(a, b) for b, a in itertools.combinations(models, 2)]
+
+
+def difference_rows(rows: list[Row], models: list[str], n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> list[dict]:
+    """a - b in points for every pair of models on every row, with a paired bootstrap interval."""
+    out = []
+    for r in rows:
+        if r.items is None:
+            continue
+        for a, b in model_pairs(models):
+            if a not in r.items or b not in r.items:
+                continue
+            strata, weights = _strata(r, a, b)
+            if not any(len(s) for s in strata):
+                continue
+            est, low, high = bootstrap_mean(strata, weights, n_boot, seed)
+            out.append({"dataset": r.dataset, "metric": r.metric, "model_a": a, "model_b": b,
+                        "n": sum(map(len, strata)), "diff": round(r.scale * est, 2),
+                        "ci_low": round(r.scale * low, 2), "ci_high": round(r.scale * high, 2),
+                        "significant": "yes" if low > 0 or high < 0 else "no"})
+    return out
+
+
+DIFF_COLUMNS = ["dataset", "metric", "model_a", "model_b", "n", "diff", "ci_low", "ci_high", "significant"]
+CONF_COLUMNS = ["dataset", "metric", "model", "n", "score", "ci_low", "ci_high"]
+
+
+def write_records(records: list[dict], columns: list[str], path_stem: str | Path) -> list[Path]:
+    """Write records as <stem>.csv and a markdown <stem>.md (numbers with two decimals)."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table = [columns] + [[_cell(rec[c]) for c in columns] for rec in records]
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    csv_path.write_text(format_csv(table), encoding="utf-8")
+    md_path.write_text(format_markdown(table), encoding="utf-8")
+    return [csv_path, md_path]
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------- compare: read results back
+
+
+def find_result_dir(path: str | Path) -> Path:
+    """A result folder (with settings.json), or the newest one under an evaluation name folder."""
+    p = Path(path)
+    if (p / "settings.json").is_file():
+        return p
+    runs = sorted(d for d in p.glob("*") if (d / "settings.json").is_file()) if p.is_dir() else []
+    if not runs:
+        raise ValueError(f"{path} is not an evaluation result folder (no settings.json in it or below it). "
+                         "Pass evaluation_results/<name>/<timestamp>, as written by `python -m sft evaluate`.")
+    return runs[-1]
+
+
+@dataclass
+class Result:
+    """One evaluation, read back from its folder."""
+
+    path: Path
+    settings: dict
+    scores: Any  # DataFrame: the summary csv, models as columns
+    confidence: Any  # DataFrame: dataset, metric, model, n, score, ci_low, ci_high
+    differences: Any  # DataFrame: DIFF_COLUMNS
+    heldout: dict
+    models: list[str] = field(default_factory=list)
+
+
+def load_result(path: str | Path) -> Result:
+    """Read a result folder written by `sft.evaluate.evaluate_models`."""
+    import pandas as pd
+
+    p = find_result_dir(path)
+    settings = json.loads((p / "settings.json").read_text())
+    summary = p / "summary" / f"summary_{settings['timestamp']}.csv"
+    scores = pd.read_csv(summary, dtype=str, keep_default_na=False)
+    conf_path, diff_path = p / "summary" / "confidence.csv", p / "summary" / "differences.csv"
+    confidence = pd.read_csv(conf_path) if conf_path.is_file() else pd.DataFrame(columns=CONF_COLUMNS)
+    differences = pd.read_csv(diff_path) if diff_path.is_file() else pd.DataFrame(columns=DIFF_COLUMNS)
+    heldout = json.loads((p / "heldout.json").read_text()) if (p / "heldout.json").is_file() else {}
+    return Result(p, settings, scores, confidence, differences, heldout, list(settings["models"]))
+
+
+def _relabel(results: list[Result]) -> list[dict[str, str]]:
+    """Model labels unique across results: a repeated label gets its result's name and timestamp."""
+    counts: dict[str, int] = {}
+    for r in results:
+        for m in r.models:
+            counts[m] = counts.get(m, 0) + 1
+    return [{m: m if counts[m] == 1 else f"{m} ({r.settings['name']}/{r.settings['timestamp']})" for m in r.models}
+            for r in results]
+
+
+def long_scores(results: list[Result]):
+    """One row per (dataset, metric, model): score and interval, in the summaries' row order."""
+    import pandas as pd
+
+    frames = []
+    for r, names in zip(results, _relabel(results)):
+        s = r.scores.melt(id_vars=["dataset", "version", "metric", "mode"], value_vars=r.models,
+                          var_name="model", value_name="score")
+        s["score"] = pd.to_numeric(s["score"].replace("-", None), errors="coerce")
+        ci = r.confidence[["dataset", "metric", "model", "ci_low", "ci_high"]]
+        s = s.merge(ci, on=["dataset", "metric", "model"], how="left")
+        s["model"] = s["model"].map(names)
+        s["preset"] = r.settings.get("preset")
+        frames.append(s)
+    out = pd.concat(frames, ignore_index=True)
+    order = list(dict.fromkeys(zip(out["dataset"], out["metric"])))
+    out["_row"] = [order.index(k) for k in zip(out["dataset"], out["metric"])]
+    return out.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
+
+
+def heldout_frame(results: list[Result]):
+    """Held-out response loss, perplexity and token accuracy of every model."""
+    import pandas as pd
+
+    rows = []
+    for r, names in zip(results, _relabel(results)):
+        for m, metrics in r.heldout.get("models", {}).items():
+            rows.append({"model": names.get(m, m), **metrics})
+    return pd.DataFrame(rows)
+
+
+def _tick_label(dataset: str, groups: set[str]) -> str:
+    """A member task shown without its group's prefix ('sft_demo_add' -> 'add'); a group marked as the average."""
+    if dataset in groups:
+        return f"{dataset}\n(average)"
+    for g in sorted(groups, key=len, reverse=True):
+        if dataset.startswith(g + "_"):
+            return dataset[len(g) + 1:]
+    return dataset
+
+
+def plot_comparison(scores, path: str | Path, title: str) -> Path:
+    """Grouped bars per dataset and model, 95% bootstrap intervals as whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and in tests
+    import matplotlib.pyplot as plt
+
+    rows = list(dict.fromkeys(zip(scores["dataset"], scores["metric"])))
+    models = list(dict.fromkeys(scores["model"]))
+    groups = set(scores.loc[scores["metric"].str.contains("average"), "dataset"])
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(min(16.0, max(8.0, 0.3 * len(rows) * len(models) + 2)), 5.5))
+    x = np.arange(len(rows))
+    colours = plt.get_cmap("tab10").colors
+    for k, m in enumerate(models):
+        sub = scores[scores["model"] == m].set_index(["dataset", "metric"])
+        y = np.array([sub["score"].get(r, np.nan) for r in rows], dtype=float)
+        low = np.array([sub["ci_low"].get(r, np.nan) for r in rows], dtype=float)
+        high = np.array([sub["ci_high"].get(r, np.nan) for r in rows], dtype=float)
+        err = np.vstack([np.where(np.isnan(low), 0, y - low), np.where(np.isnan(high), 0, high - y)])
+        xs = x + (k - (len(models) - 1) / 2) * width
+        ax.bar(xs, np.nan_to_num(y), width, yerr=err, capsize=2, label=m, color=colours[k % len(colours)],
+               error_kw={"elinewidth": 0.8})
+        for xi, yi, top in zip(xs, y, np.where(np.isnan(high), y, high)):
+            if not np.isnan(yi):  # the value above its whisker: a zero bar is otherwise invisible
+                ax.text(xi, top + 1, f"{yi:.0f}", ha="center", va="bottom", fontsize=6)
+    for i, (d, _) in enumerate(rows):
+        if d in groups:  # set the averages apart from the tasks they average
+            ax.axvline(i - 0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(x, [_tick_label(d, groups) for d, _ in rows], rotation=30, ha="right")
+    metrics = ", ".join(dict.fromkeys(m for _, m in rows if "average" not in m))
+    ax.set_ylabel(f"score, 0-100 ({metrics})")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(title="model", ncols=min(len(models), 4), loc="upper left", bbox_to_anchor=(0, -0.22), frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_workbook(scores, differences, heldout, path: str | Path) -> Path:
+    """Dataset_results.xlsx: sheets Scores (wide, with intervals), Differences and Heldout."""
+    import pandas as pd
+
+    wide = scores.pivot_table(index=["dataset", "metric"], columns="model", values=["score", "ci_low", "ci_high"],
+                              sort=False, dropna=False)
+    models = list(dict.fromkeys(scores["model"]))
+    columns = {}
+    for m in models:
+        columns[m] = wide[("score", m)]
+        columns[f"{m} 95% CI low"] = wide[("ci_low", m)]
+        columns[f"{m} 95% CI high"] = wide[("ci_high", m)]
+    wide = pd.DataFrame(columns).reset_index()
+    meta = scores.drop_duplicates(["dataset", "metric"])[["dataset", "version", "metric", "mode"]]
+    wide = meta.merge(wide, on=["dataset", "metric"], how="left")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pd.ExcelWriter(path, engine="openpyxl") as xw:
+        for name, frame in (("Scores", wide), ("Differences", differences), ("Heldout", heldout)):
+            frame.to_excel(xw, sheet_name=name, index=False)
+            sheet = xw.sheets[name]
+            for col in sheet.columns:  # wide enough to read each column's header and values
+                sheet.column_dimensions[col[0].column_letter].width = min(
+                    60, max(len(str(c.value)) if c.value is not None else 0 for c in col) + 2)
+    return path
+
+
+def scores_markdown(scores) -> str:
+    """Markdown table: one row per dataset and metric, one column per model, 'score [low, high]'."""
+    models = list(dict.fromkeys(scores["model"]))
+    table = [["dataset", "metric", *models]]
+    for (d, metric), sub in scores.groupby(["dataset", "metric"], sort=False):
+        cells = []
+        for m in models:
+            rec = sub[sub["model"] == m]
+            if rec.empty or np.isnan(rec["score"].iloc[0]):
+                cells.append("-")
+            elif np.isnan(rec["ci_low"].iloc[0]):
+                cells.append(f"{rec['score'].iloc[0]:.2f}")
+            else:
+                cells.append(f"{rec['score'].iloc[0]:.2f} [{rec['ci_low'].iloc[0]:.2f}, {rec['ci_high'].iloc[0]:.2f}]")
+        table.append([d, metric, *cells])
+    return format_markdown(table)
+
+
+def heldout_markdown(heldout) -> str:
+    """Markdown table of the held-out response metrics."""
+    if heldout.empty:
+        return ""
+    table = [["model", "response loss", "response perplexity", "response token accuracy (%)", "prompt loss"]]
+    for _, r in heldout.iterrows():
+        prompt = r.get("prompt_loss")
+        table.append([r["model"], f"{r['response_loss']:.4f}", f"{r['response_perplexity']:.3f}",
+                      f"{100 * r['response_token_accuracy']:.2f}",
+                      "-" if prompt is None or (isinstance(prompt, float) and math.isnan(prompt)) else f"{prompt:.4f}"])
+    return format_markdown(table)
+
+
+def compare(result_dirs: list[str | Path], out: str | Path = "assets") -> str:
+    """Write Comparison.png and Dataset_results.xlsx into `out`; return the markdown tables."""
+    import pandas as pd
+
+    if not result_dirs:
+        raise ValueError("compare needs at least one result folder, e.g. evaluation_results/demo/<timestamp>.")
+    results = [load_result(p) for p in result_dirs]
+    scores = long_scores(results)
+    names = _relabel(results)
+    diffs = [r.differences.assign(model_a=r.differences["model_a"].map(n), model_b=r.differences["model_b"].map(n))
+             for r, n in zip(results, names)]
+    differences = pd.concat(diffs, ignore_index=True) if diffs else pd.DataFrame(columns=DIFF_COLUMNS)
+    heldout = heldout_frame(results)
+    presets = ", ".join(dict.fromkeys(str(r.settings.get("preset")) for r in results))
+    n_items = ", ".join(dict.fromkeys(str(r.settings.get("limit") or "all") for r in results))
+    title = f"Preset {presets}: test scores by task and model (95% bootstrap CI; items per task: {n_items})"
+    out = Path(out)
+    plot_comparison(scores, out / "Comparison.png", title)
+    write_workbook(scores, differences, heldout, out / "Dataset_results.xlsx")
+    text = f"### Test scores (preset {presets}; score [95% CI])\n\n" + scores_markdown(scores)
+    held = heldout_markdown(heldout)
+    if held:
+        text += "\n### Held-out response metrics\n\n" + held
+    return text

@@ -1,0 +1,136 @@
+"""Evaluation end to end, offline: a tiny base model against a few steps of tuning, on the demo's lm-eval tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, demo_config
+from sft.__main__ import main
+from sft.evaluate import parse_models
+from sft.synthetic import FAMILIES
+
+LIMIT = 2  # items per family: enough to exercise pairing and the bootstrap, quick on two CPU cores
+
+
+@pytest.fixture(scope="module")
+def evaluated(demo_root, tmp_path_factory):
+    """The small demo's base model and an 8-step fine-tune, evaluated by the CLI in an offline subprocess."""
+    from sft.train import run_dir, train
+
+    cfg = demo_config(demo_root, run_name="evaltuned", max_steps=8, eval_steps=1000, save_steps=1000,
+                      logging_steps=4, overwrite=True)
+    train(cfg)
+    tuned = run_dir(cfg)
+    out = tmp_path_factory.mktemp("evaluation")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(out / "hf_datasets")}  # an empty datasets cache: nothing comes from earlier runs
+    cmd = [sys.executable, "-m", "sft", "evaluate", "--models", f"base={cfg.model.model},tuned={tuned}",
+           "--limit", str(LIMIT), "--batch-size", "8", "--max-gen-toks", "16", "--name", "test",
+           "--out", str(out / "evaluation_results")]
+    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (out / "evaluation_results" / "test").iterdir()
+    return {"run": run, "tuned": tuned, "stdout": proc.stdout, "out": out}
+
+
+def test_result_folder_has_every_file(evaluated):
+    run = evaluated["run"]
+    ts = run.name
+    for rel in (f"summary/summary_{ts}.csv", f"summary/summary_{ts}.md", f"summary/summary_{ts}.txt",
+                "summary/differences.csv", "summary/differences.md", "summary/confidence.csv",
+                "results/base.json", "results/tuned.json", "heldout.json", "settings.json"):
+        assert (run / rel).is_file(), rel
+    for model in ("base", "tuned"):
+        for family in FAMILIES:
+            preds = (run / "predictions" / model / f"sft_demo_{family}.jsonl").read_text().splitlines()
+            assert len(preds) == LIMIT
+            sample = json.loads(preds[0])
+            assert sample["arguments"][0][0].endswith("### Response:\n")  # the training template, verbatim
+            assert "<|endoftext|>" in sample["arguments"][0][1]["until"]
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["limit"] == LIMIT and settings["batch_size"] == 8 and settings["tasks"] == ["sft_demo"]
+    assert settings["models"]["tuned"]["manifest"]["run_name"] == "evaltuned"
+    assert settings["warnings"] == []  # the base listed is the one the run was tuned from
+
+
+def test_summary_has_a_row_per_family_and_the_average(evaluated):
+    run = evaluated["run"]
+    summary = pd.read_csv(run / "summary" / f"summary_{run.name}.csv", dtype=str)
+    assert list(summary.columns) == ["dataset", "version", "metric", "mode", "base", "tuned"]
+    assert list(summary["dataset"]) == [f"sft_demo_{f}" for f in FAMILIES] + ["sft_demo"]
+    assert list(summary["metric"]) == ["exact_match"] * len(FAMILIES) + ["naive_average"]
+    assert set(summary["mode"]) == {"gen"} and summary["version"].str.fullmatch(r"[0-9a-f]{6}").all()
+    scores = summary[["base", "tuned"]].astype(float)
+    assert ((scores >= 0) & (scores <= 100)).all().all()
+    assert summary[["base", "tuned"]].apply(lambda c: c.str.fullmatch(r"\d+\.\d\d")).all().all()
+    assert "sft_demo_last_word" in evaluated["stdout"]  # the CLI prints the table
+
+
+def test_held_out_loss_is_the_training_split_weighted_by_tokens(evaluated):
+    heldout = json.loads((evaluated["run"] / "heldout.json").read_text())["models"]
+    assert heldout["tuned"]["response_loss"] < heldout["base"]["response_loss"]
+    assert 0 <= heldout["base"]["response_token_accuracy"] <= heldout["tuned"]["response_token_accuracy"] <= 1
+    # The Trainer's own final evaluation of the same split: equal only if split and weighting are the same.
+    manifest = json.loads((evaluated["tuned"] / "run_manifest.json").read_text())
+    assert heldout["tuned"]["response_loss"] == pytest.approx(manifest["results"]["eval"]["eval_response_loss"],
+                                                              rel=1e-4)
+
+
+def test_differences_cover_every_row_with_an_interval(evaluated):
+    diffs = pd.read_csv(evaluated["run"] / "summary" / "differences.csv")
+    assert len(diffs) == len(FAMILIES) + 1
+    assert set(zip(diffs["model_a"], diffs["model_b"])) == {("tuned", "base")}
+    assert (diffs["ci_low"] <= diffs["diff"] + 1e-9).all() and (diffs["diff"] <= diffs["ci_high"] + 1e-9).all()
+    assert diffs.loc[diffs["dataset"] == "sft_demo", "n"].item() == LIMIT * len(FAMILIES)
+
+
+def test_compare_writes_plot_workbook_and_markdown(evaluated, capsys):
+    assets = evaluated["out"] / "assets"
+    assert main(["compare", str(evaluated["run"].parent), "--out", str(assets)]) == 0  # a name folder: its newest run
+    text = capsys.readouterr().out
+    assert "| sft_demo " in text and "tuned" in text and "Held-out" in text
+    assert (assets / "Comparison.png").stat().st_size > 10_000
+    sheets = pd.read_excel(assets / "Dataset_results.xlsx", sheet_name=None)
+    assert list(sheets) == ["Scores", "Differences", "Heldout"]
+    assert {"base", "tuned", "tuned 95% CI low"} <= set(sheets["Scores"].columns)
+    assert len(sheets["Scores"]) == len(FAMILIES) + 1 and len(sheets["Heldout"]) == 2
+
+
+def test_held_out_data_changed_since_training_is_refused(evaluated, tmp_path, capsys):
+    import shutil
+
+    stale = tmp_path / "stale"
+    shutil.copytree(evaluated["tuned"], stale, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors"))
+    manifest = json.loads((stale / "run_manifest.json").read_text())
+    manifest["data"]["eval_fingerprint"] = "0" * 16  # as if the held-out file was rewritten after training
+    (stale / "run_manifest.json").write_text(json.dumps(manifest))
+    assert main(["evaluate", "--models", f"stale={stale}", "--out", str(tmp_path / "out")]) == 2
+    assert "data changed after training" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_parse_models_keeps_order_and_rejects_bad_specs():
+    assert list(parse_models("base=a,masked=b/c")) == ["base", "masked"]
+    for bad in ("base", "base=a,base=b", "=a", "my model=a", ""):
+        with pytest.raises(ValueError):
+            parse_models(bad)
+
+
+def test_user_errors_exit_with_code_2(demo_root, tmp_path, capsys):
+    base = str(demo_root / "model/demo/base")
+    assert main(["evaluate", "--models", "base", "--out", str(tmp_path)]) == 2
+    assert main(["evaluate", "--models", f"base={base}", "--out", str(tmp_path)]) == 2  # no fine-tuned run
+    assert "run_manifest.json" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_cli_lists_both_commands():
+    out = subprocess.run([sys.executable, "-m", "sft", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    assert "evaluate" in out and "compare" in out
