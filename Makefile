@@ -3,7 +3,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
-export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test install clean-demo
 

@@ -83,4 +83,14 @@ def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overr
             t = time.perf_counter()
             out = run_notebook(notebook, runs[run], {"overrides": overrides})
             print(f"[demo] {notebook}: {time.perf_counter() - t:.0f} s, executed copy in {out}", flush=True)
+    if "evaluate" in steps:
+        from sft.evaluate import evaluate_models
+        from sft.report import compare
+
+        t = time.perf_counter()
+        models = {"base": cfg.demo.base_dir, **{run: str(path) for run, path in runs.items()}}
+        result = evaluate_models(models, name="demo")
+        print(compare([result], out="assets"), flush=True)
+        print(f"[demo] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
+              "plot and spreadsheet in assets/", flush=True)
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s", flush=True)
