@@ -1,0 +1,288 @@
+"""Case studies: the same prompts through several models, side by side (driven by eval.py).
+
+Each model's prompts are rendered with the template it was trained with (from its run
+manifest), generated in batches, and saved as a markdown table, the raw generations (JSONL)
+and the settings used (JSON) under evaluation_results/case_study/.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sft.checkpoints import CHECKPOINT_RE
+from sft.generate import GenerationSettings, generate_responses, render_prompts
+from sft.manifest import MANIFEST, git_commit, package_versions, read_manifest
+from sft.prompts import get_template
+
+DEFAULT_TEMPLATE = "alpaca"  # for a base model when no fine-tuned run says otherwise
+OUT_DIR = "evaluation_results/case_study"  # where case studies are saved, one timestamp per study
+BUILTIN_FAMILIES = ("add", "sort", "reverse", "count", "case", "extract", "compare", "spell")  # one prompt each
+BUILTIN_SEED = 2024  # the built-in prompts are drawn from sft.synthetic with this seed: the same every time
+
+
+@dataclass
+class ModelSpec:
+    """One column of the study: a model folder, its name, and how its prompts are rendered."""
+
+    name: str
+    path: Path
+    template: str = DEFAULT_TEMPLATE
+    run: Path | None = None  # the fine-tuning run it comes from (a folder with run_manifest.json), if any
+
+
+@dataclass
+class CaseStudy:
+    """Prompts, models, settings and what each model generated."""
+
+    rows: list[dict[str, str]]
+    models: list[ModelSpec]
+    settings: GenerationSettings
+    outputs: dict[str, list[str]] = field(default_factory=dict)  # model name -> one output per row
+    seconds: dict[str, float] = field(default_factory=dict)  # model name -> generation time
+    timestamp: str = field(default_factory=lambda: datetime.now().strftime("%Y%m%d_%H%M%S"))
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def builtin_prompts() -> list[dict[str, str]]:
+    """Eight demo prompts, one per synthetic task family, with the reference answer as `output`."""
+    from sft.synthetic import generate_rows
+
+    rows = generate_rows(len(BUILTIN_FAMILIES), seed=BUILTIN_SEED, families=BUILTIN_FAMILIES)
+    return [{k: r[k] for k in ("instruction", "input", "output", "family")} for r in rows]
+
+
+def read_prompts(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a JSONL prompts file: `instruction` (required), `input` and a reference `output` (optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Prompts file {path} does not exist; pass a JSONL file with one "
+                         '{"instruction": ..., "input": ...} object per line.')
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where} is not valid JSON ({e.msg}); write one JSON object per line, "
+                             'e.g. {"instruction": "Add 2 and 3."}.') from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object; write it as "
+                             '{"instruction": ..., "input": ...}.')
+        instruction = row.get("instruction")
+        if not isinstance(instruction, str) or not instruction.strip():
+            problem = "has no 'instruction'" if instruction is None else "has an empty or non-text 'instruction'"
+            raise ValueError(f"{where} {problem}; every prompt needs a non-empty instruction string.")
+        for key in ("input", "output"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise ValueError(f"{where}: {key!r} must be a string (or left out), got {type(row[key]).__name__}.")
+        rows.append({"instruction": instruction, "input": row.get("input") or "",
+                     **({"output": row["output"]} if row.get("output") is not None else {})})
+    if not rows:
+        raise ValueError(f"Prompts file {path} holds no prompts (it is empty or blank); write one JSON object "
+                         "with an 'instruction' per line.")
+    return rows
+
+
+def parse_models(spec: str) -> list[tuple[str, Path]]:
+    """Read `name=path,name=path` (the same syntax as `sft evaluate`) and check each folder holds a model."""
+    from sft.evaluate import parse_models as parse_labels
+
+    pairs = [(name, Path(path)) for name, path in parse_labels(spec).items()]
+    for name, path in pairs:
+        check_model_folder(name, path)
+    return pairs
+
+
+def check_model_folder(name: str, path: Path) -> None:
+    """A clear error for a folder that is missing or holds no saved model yet."""
+    if not path.is_dir():
+        raise ValueError(f"Model folder {str(path)!r} (for {name!r}) does not exist; fix the path, or train the "
+                         "run first with `python -m sft train`.")
+    if not (path / "config.json").is_file():
+        status = read_manifest(path).get("status") if (path / MANIFEST).is_file() else None
+        hint = (f"its {MANIFEST} says status {status!r}: wait for the run to finish or pass one of its "
+                f"checkpoints, e.g. {path}/checkpoint-N" if status else "pass a folder written by save_pretrained")
+        raise ValueError(f"Model folder {str(path)!r} (for {name!r}) holds no model (no config.json); {hint}.")
+
+
+def run_of(path: Path) -> Path | None:
+    """The run folder (with run_manifest.json) a model folder or one of its checkpoints belongs to."""
+    if (path / MANIFEST).is_file():
+        return path
+    if CHECKPOINT_RE.match(path.name) and (path.parent / MANIFEST).is_file():
+        return path.parent
+    return None
+
+
+def trained_template(run: Path) -> str:
+    """The prompt template a run was trained with, from its manifest."""
+    manifest = read_manifest(run)
+    return manifest.get("template") or manifest.get("config", {}).get("data", {}).get("template", DEFAULT_TEMPLATE)
+
+
+def resolve_models(pairs: list[tuple[str, Path]], template: str | None = None) -> list[ModelSpec]:
+    """Attach to each model its run and template: `template` if given, else its run's, else the runs'."""
+    specs = [ModelSpec(name, path, run=run_of(path)) for name, path in pairs]
+    trained = {s.name: trained_template(s.run) for s in specs if s.run}
+    if template is not None:
+        get_template(template)
+        default = template
+    elif len(set(trained.values())) > 1 and len(trained) < len(specs):
+        listed = ", ".join(f"{n}: {t}" for n, t in trained.items())
+        raise ValueError(f"The fine-tuned runs were trained with different templates ({listed}), so a model "
+                         "without a run manifest has no template to inherit; pass --template NAME.")
+    else:
+        default = next(iter(trained.values()), DEFAULT_TEMPLATE)
+    for s in specs:
+        s.template = template or trained.get(s.name, default)
+        try:
+            get_template(s.template)
+        except ValueError as e:
+            raise ValueError(f"{s.name} ({s.path}) was trained with template {s.template!r}, which is not "
+                             f"registered here. {e}") from None
+    return specs
+
+
+# ---------------------------------------------------------------- generating
+
+
+def run_case_study(specs: list[ModelSpec], rows: list[dict[str, str]], settings: GenerationSettings,
+                   log=print) -> CaseStudy:
+    """Generate every prompt with every model, loading each model once and freeing it after."""
+    import torch
+
+    from sft.modeling import load_model, load_tokenizer
+
+    study = CaseStudy(rows=rows, models=specs, settings=settings)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for spec in specs:
+        prompts = render_prompts(spec.template, rows)
+        tokenizer, model = load_tokenizer(spec.path), load_model(spec.path).to(device)
+        start = time.perf_counter()
+        study.outputs[spec.name] = generate_responses(model, tokenizer, prompts, settings)
+        study.seconds[spec.name] = round(time.perf_counter() - start, 3)
+        log(f"{spec.name}: {len(rows)} prompts in {study.seconds[spec.name]:.1f} s ({spec.path})")
+        del model
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return study
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def escape_cell(text: str) -> str:
+    """Text safe inside a markdown table cell: pipes escaped, line breaks as <br>."""
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return "<br>".join(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+
+
+def prompt_cell(row: dict[str, str]) -> str:
+    """The instruction, with the input below it when there is one."""
+    return row["instruction"] + (f"\n\nInput: {row['input']}" if row.get("input") else "")
+
+
+def format_table(study: CaseStudy) -> str:
+    """One row per prompt, one column per model (and the reference answer, when the prompts have one)."""
+    has_reference = any("output" in r for r in study.rows)
+    header = ["#", "prompt"] + (["reference"] if has_reference else []) + [s.name for s in study.models]
+    lines = ["| " + " | ".join(escape_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for i, row in enumerate(study.rows):
+        cells = [str(i + 1), prompt_cell(row)] + ([row.get("output", "")] if has_reference else [])
+        cells += [study.outputs[s.name][i] for s in study.models]
+        lines.append("| " + " | ".join(escape_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def settings_dict(study: CaseStudy, prompts_source: str) -> dict[str, Any]:
+    """What was run, for the <ts>.json beside the table."""
+    return {
+        "timestamp": study.timestamp,
+        "generation": asdict(study.settings),
+        "prompts": {"source": prompts_source, "count": len(study.rows)},
+        "models": [{"name": s.name, "path": str(s.path), "template": s.template,
+                    "run": str(s.run) if s.run else None, "seconds": study.seconds.get(s.name)}
+                   for s in study.models],
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+
+
+def records(study: CaseStudy) -> list[dict[str, Any]]:
+    """One raw generation per (prompt, model), with the rendered prompt and the settings."""
+    settings = asdict(study.settings)
+    out = []
+    for spec in study.models:
+        prompts = render_prompts(spec.template, study.rows)
+        for i, row in enumerate(study.rows):
+            out.append({"prompt_index": i, "instruction": row["instruction"], "input": row.get("input", ""),
+                        "reference": row.get("output"), "model": spec.name, "path": str(spec.path),
+                        "template": spec.template, "prompt": prompts[i], "output": study.outputs[spec.name][i],
+                        "settings": settings})
+    return out
+
+
+def save_case_study(study: CaseStudy, out_dir: str | Path = OUT_DIR, prompts_source: str = "builtin") -> dict[str, Path]:
+    """Write <ts>.md (the table), <ts>.jsonl (raw generations) and <ts>.json (settings) to out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem, n = study.timestamp, 1
+    while any((out_dir / f"{stem}{ext}").exists() for ext in (".md", ".jsonl", ".json")):
+        stem, n = f"{study.timestamp}_{n}", n + 1  # two studies in one second keep both
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "jsonl", "json")}
+    paths["md"].write_text(format_table(study) + "\n", encoding="utf-8")
+    with paths["jsonl"].open("w", encoding="utf-8") as f:
+        for rec in records(study):
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    paths["json"].write_text(json.dumps(settings_dict(study, prompts_source), indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+def log_to_tensorboard(study: CaseStudy) -> list[Path]:
+    """Add each fine-tuned model's generations as text to its run's TensorBoard folder, at its last step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from sft.manifest import load_run_config
+    from sft.train import tensorboard_dir
+
+    written = []
+    for spec in study.models:
+        if spec.run is None:
+            continue  # a base model has no run, hence no TensorBoard folder
+        try:
+            folder = tensorboard_dir(load_run_config(spec.run))
+        except TypeError as e:  # a manifest written by a different version of sft.config
+            raise ValueError(f"{spec.run}/{MANIFEST} does not match this version of sft ({e}), so its "
+                             "TensorBoard folder is unknown; run without --tensorboard.") from None
+        one = CaseStudy(rows=study.rows, models=[spec], settings=study.settings, outputs=study.outputs,
+                        timestamp=study.timestamp)
+        mode = "sampled" if study.settings.do_sample else "greedy"
+        text = (f"case study {study.timestamp}: {mode}, max_new_tokens={study.settings.max_new_tokens}, "
+                f"template {spec.template}, model {spec.path}\n\n{format_table(one)}")
+        writer = SummaryWriter(log_dir=str(folder))
+        writer.add_text(f"case_study/{spec.name}", text, global_step=last_step(spec))
+        writer.close()
+        written.append(folder)
+    return written
+
+
+def last_step(spec: ModelSpec) -> int:
+    """The training step the model was saved at: a checkpoint's number, or the run's last logged step."""
+    match = CHECKPOINT_RE.match(spec.path.name)
+    if match:
+        return int(match.group(1))
+    history = spec.run / "log_history.json" if spec.run else None
+    if history and history.is_file():
+        return max((h.get("step", 0) for h in json.loads(history.read_text())), default=0)
+    return 0
