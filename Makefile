@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test sweep bench install clean-demo
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,18 @@ test: install
 
 demo: install
 	$(PY) -m sft demo
+	$(PY) eval.py --models base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked --tensorboard
+
+# The study beyond two points: prompt-loss weights x seeds on the demo (about 30 minutes on 2 CPU cores).
+sweep: install
+	$(PY) -m sft sweep --preset demo --prompt-loss-weights 0,0.1,0.5,1 --seeds 2 --name demo
+
+# Benchmarks (need ../shared; TRL is a benchmark-only dependency).
+bench: install
+	$(PY) -m pip install -q -r bench/requirements.txt
+	$(PY) bench/preprocess.py
+	$(PY) bench/throughput.py
+	$(PY) bench/generation_speed.py
 
 clean-demo:
 	rm -rf Dataset/demo model/demo tensorboard_events/demo .cache/sft

@@ -80,3 +80,25 @@ def demo_cli_args(root: Path) -> list[str]:
         **{f"--demo.{k.replace('_', '-')}": str(v) for k, v in SMALL_DEMO.items()},
     }
     return [x for kv in pairs.items() for x in kv]
+
+
+def load_script(name: str):
+    """A top-level script (eval.py, auto_clean.py) as a module: `eval` cannot be imported by name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from more CPU threads, and on a busy machine threads waiting on each
+    other make every step several times slower; the setting is restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,6 +1,5 @@
 """eval.py and sft/case_study.py: prompts through several models side by side; sft/generate.py's batching."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, demo_config
+from conftest import ROOT, demo_config, load_script
 from sft import case_study as cs
 from sft.generate import GenerationSettings, generate_responses, generate_token_ids, render_prompts
 from sft.modeling import load_tokenizer
@@ -19,22 +18,7 @@ from sft.synthetic import generate_rows
 from sft.train import run_dir, tensorboard_dir, train
 
 
-def load_script(name):
-    """A top-level script as a module (eval.py cannot be imported as `eval`)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more CPU threads, and on a busy machine threads waiting on each
-    other make every step several times slower; the setting is restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import torch
 
-from conftest import ROOT, demo_cli_args, demo_config
+from conftest import ROOT, demo_cli_args, demo_config, load_script
 from sft.checkpoints import can_resume_from, is_complete, last_complete_checkpoint, list_checkpoints
 from sft.prune import PrunePolicy, auto_clean_callback, metric_at, plan_prune, prune_run, scan_checkpoints, watch
 from sft.train import run_dir, train
@@ -20,24 +19,7 @@ from sft.train import run_dir, train
 STEPS = (2, 4, 6, 8)  # the fixture run saves and evaluates every 2 steps
 
 
-def load_script(name):
-    """A top-level script as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more CPU threads, and on a busy machine threads waiting on each
-    other make every step several times slower; the setting is restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +76,7 @@ def test_keeps_the_newest_and_the_best_by_response_loss(run):
     assert actions == {s: "keep" if s in kept else "delete" for s in STEPS}
     assert names(run) == [f"checkpoint-{s}" for s in STEPS if s in kept]
     reasons = {d.checkpoint.step: d.reason for d in decisions}
-    assert "newest complete checkpoint" in reasons[8] and f"best #1 by eval_response_loss" in reasons[best_two[0]]
+    assert "newest complete checkpoint" in reasons[8] and "best #1 by eval_response_loss" in reasons[best_two[0]]
     assert freed > 0 and all(d.freed > 0 for d in decisions if d.action == "delete")
 
 

@@ -80,7 +80,6 @@ def test_short_run_lowers_held_out_response_loss_and_logs_everything(demo_root):
     trainer = train(cfg)
     history = trainer.state.log_history
     evals = [h["eval_response_loss"] for h in history if "eval_response_loss" in h]
-    before = trainer.evaluate  # noqa: F841 (the trained model is evaluated below against a fresh base model)
     base = build_trainer(demo_config(demo_root, run_name="short-base"))
     base_loss = base.evaluate()["eval_response_loss"]
     assert evals[-1] < base_loss - 1.0, (base_loss, evals)
