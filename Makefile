@@ -25,7 +25,7 @@ demo: install
 
 # The study beyond two points: prompt-loss weights x seeds on the demo (about 30 minutes on 2 CPU cores).
 sweep: install
-	$(PY) -m sft sweep --preset demo --prompt-loss-weights 0,0.1,0.5,1 --seeds 2 --name demo
+	$(PY) -m sft sweep --preset demo --prompt-loss-weights 0,0.01,0.1,0.5,1 --seeds 2 --name demo
 
 # Benchmarks (need ../shared; TRL is a benchmark-only dependency).
 bench: install
