@@ -114,19 +114,20 @@ class WeightedLossTrainer(Trainer):
             (nll * masks["response"]).sum(), masks["response"].sum(),
             (nll * seen_prompt).sum(), seen_prompt.sum(),
             (masks["response"] + masks["prompt"]).sum(),
-        ]).double().cpu()
-        self._sums[split] += sums
+        ]).double()
+        # Kept on the device until a log reads them: a .cpu() here would wait on the GPU every micro-batch.
+        self._sums[split] = self._sums[split].to(sums.device) + sums
 
     def _drain(self, split: str) -> dict[str, float]:
         """Reduce the accumulated sums over processes, reset them, and turn them into means."""
-        sums = self._sums[split].clone().to(self.args.device)  # clone: .to() is a no-op on the CPU
+        sums = self._sums[split].to(self.args.device)
         if self.args.world_size > 1:
             sums = self.accelerator.reduce(sums.to(torch.float32), reduction="sum").double()
-        self._sums[split].zero_()
+        self._sums[split] = torch.zeros_like(self._sums[split])
         r_nll, r_n, p_nll, p_n, tokens = sums.tolist()
         out = {"response_loss": r_nll / r_n if r_n else float("nan")}
         out["response_perplexity"] = math.exp(min(out["response_loss"], 50.0))
-        if p_n:  # a packed or prompt-free batch may have none
+        if p_n:  # none scored: a masked run between logging steps
             out["prompt_loss"] = p_nll / p_n
         out["tokens"] = tokens
         return out
@@ -143,7 +144,7 @@ class WeightedLossTrainer(Trainer):
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):
         """Run the Trainer's evaluation, then add the held-out response/prompt loss and perplexity."""
-        self._sums["eval"].zero_()
+        self._sums["eval"] = torch.zeros_like(self._sums["eval"])
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         metrics = self._drain("eval")
