@@ -153,17 +153,21 @@ def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_em, ax_loss) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (ax_em, ax_loss) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [2, 1]})
     datasets = list(dict.fromkeys(r["dataset"] for r in records if r["dataset"] != "heldout"))
     cmap = plt.get_cmap("tab20")
     for i, dataset in enumerate(datasets):
         rows = sorted((r for r in records if r["dataset"] == dataset), key=lambda r: r["prompt_loss_weight"])
         x = [r["prompt_loss_weight"] for r in rows]
-        is_group = i == 0 or "average" in dataset or dataset.endswith("demo")
-        style = dict(color="black", lw=2.5, zorder=5) if is_group else dict(color=cmap(i % 20), lw=1.2, alpha=0.9)
-        ax_em.plot(x, [r["mean"] for r in rows], marker="o", ms=3, label=dataset, **style)
-        ax_em.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.12,
-                           color=style["color"])
+        if "average" in rows[0]["metric"]:  # the group: bold, with its interval over seeds
+            ax_em.plot(x, [r["mean"] for r in rows], marker="o", color="black", lw=2.5, zorder=5,
+                       label=f"{dataset} (average)")
+            ax_em.fill_between(x, [max(r["ci_low"], 0) for r in rows], [min(r["ci_high"], 100) for r in rows],
+                               color="black", alpha=0.15, zorder=4, label="95% interval of the average")
+        else:  # families: means only, or the bands of 15 lines would hide each other
+            ax_em.plot(x, [r["mean"] for r in rows], marker="o", ms=3, lw=1.1, color=cmap(i % 20),
+                       label=dataset.removeprefix("sft_demo_"))
+    ax_em.set_ylim(-2, 102)
     rows = sorted((r for r in records if (r["dataset"], r["metric"]) == ("heldout", "response_loss")),
                   key=lambda r: r["prompt_loss_weight"])
     x = [r["prompt_loss_weight"] for r in rows]
@@ -173,14 +177,16 @@ def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: 
         ax.set_xscale("symlog", linthresh=0.01)  # shows 0, 0.01, 0.1 and 1 evenly
         ax.set_xticks(weights)
         ax.set_xticklabels([f"{w:g}" for w in weights])
+        ax.set_xlim(-0.002, 1.3)
         ax.set_xlabel("prompt-loss weight w  (0 = masked, 1 = unmasked)")
         ax.grid(alpha=0.3)
     ax_em.set_ylabel("exact match (%)")
-    ax_em.set_title(f"{preset}: test exact match per task family (mean of {n_seeds} seeds, 95% t-interval)")
-    ax_em.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax_em.set_title(f"{preset}: test exact match per task family (mean of {n_seeds} seeds)")
+    handles, labels = ax_em.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=9, fontsize=8, frameon=False)
     ax_loss.set_ylabel("held-out response loss (nats/token)")
-    ax_loss.set_title("held-out response loss")
-    fig.tight_layout()
+    ax_loss.set_title("held-out response loss (95% over seeds)")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
