@@ -342,7 +342,11 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
         write_manifest(out, cfg, trainer.prepared_data.info, status="training")
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))  # the final model (safetensors) and tokenizer, at the run folder's top
-    metrics = trainer.evaluate()  # every process takes part in the (sharded) evaluation
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if evals and evals[-1]["step"] == trainer.state.global_step:  # the last step was just evaluated
+        metrics = evals[-1]
+    else:
+        metrics = trainer.evaluate()  # every process takes part in the (sharded) evaluation
     if trainer.is_world_process_zero():
         write_manifest(out, cfg, trainer.prepared_data.info, status="complete",
                        results={"train": result.metrics, "eval": metrics})
