@@ -132,11 +132,9 @@ def _sync() -> None:
 
 
 def _has_flash_attn() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 if __name__ == "__main__":
