@@ -328,6 +328,33 @@ def split_indices(n: int, eval_size: float, seed: int) -> tuple[np.ndarray, np.n
 # ---------------------------------------------------------------- tokenization
 
 
+def truncate_example(
+    prompt_ids: list[int], response: list[int], max_length: int, truncation: str = "trim"
+) -> tuple[list[int], list[int], str] | None:
+    """Fit (prompt, response + EOS) into max_length; return (prompt, response, status), None if dropped.
+
+    status is "ok", "prompt_trimmed", "response_trimmed" or "both_trimmed".
+    """
+    n_p, n_r = len(prompt_ids), len(response)
+    if n_p + n_r <= max_length:
+        return list(prompt_ids), list(response), "ok"
+    if truncation == "drop":
+        return None
+    # The response keeps what the prompt leaves, and at least half the window, so it is never cut to nothing.
+    keep_r = min(n_r, max(max_length - n_p, max_length // 2))
+    keep_p = max_length - keep_r
+    trimmed_p, trimmed_r = keep_p < n_p, keep_r < n_r
+    if trimmed_p:  # cut the middle (usually the input): keep the instruction and the "### Response:" cue
+        tail = min(PROMPT_TAIL_TOKENS, keep_p // 2)
+        prompt_ids = list(prompt_ids[: keep_p - tail]) + list(prompt_ids[n_p - tail :])
+    # A cut response loses its EOS (the last token): the model must not learn to stop mid-answer.
+    response = list(response[:keep_r])
+    status = {(True, True): "both_trimmed", (True, False): "prompt_trimmed"}.get(
+        (trimmed_p, trimmed_r), "response_trimmed"
+    )
+    return list(prompt_ids), response, status
+
+
 def tokenize_example(
     prompt_ids: list[int],
     response_ids: list[int],
@@ -338,37 +365,23 @@ def tokenize_example(
 ) -> tuple[dict[str, list] | None, str]:
     """Concatenate prompt and response ids with weights; return (example or None, status).
 
-    status is "ok", "prompt_trimmed", "response_trimmed", "both_trimmed" or "dropped".
+    status is that of `truncate_example`, or "dropped".
     Labels are the input ids themselves (the model shifts them), -100 where the weight is 0.
     """
-    response = list(response_ids) + [eos_id]  # EOS is a response token: the model must learn to stop
-    n_p, n_r = len(prompt_ids), len(response)
-    status = "ok"
-    if n_p + n_r > max_length:
-        if truncation == "drop":
-            return None, "dropped"
-        # The response keeps what the prompt leaves, and at least half the window, so it is never cut to nothing.
-        keep_r = min(n_r, max(max_length - n_p, max_length // 2))
-        keep_p = max_length - keep_r
-        trimmed_p, trimmed_r = keep_p < n_p, keep_r < n_r
-        if trimmed_p:  # cut the middle (usually the input): keep the instruction and the "### Response:" cue
-            tail = min(PROMPT_TAIL_TOKENS, keep_p // 2)
-            prompt_ids = list(prompt_ids[: keep_p - tail]) + list(prompt_ids[n_p - tail :])
-        if trimmed_r:  # a cut response has no EOS: the model must not learn to stop mid-answer
-            response = response[:keep_r]
-        status = {(True, True): "both_trimmed", (True, False): "prompt_trimmed"}.get(
-            (trimmed_p, trimmed_r), "response_trimmed"
-        )
+    # EOS is a response token: the model must learn to stop.
+    fitted = truncate_example(prompt_ids, list(response_ids) + [eos_id], max_length, truncation)
+    if fitted is None:
+        return None, "dropped"
+    prompt, response, status = fitted
     w = float(prompt_loss_weight)
-    input_ids = list(prompt_ids) + response
-    n_p = len(prompt_ids)
-    weights = [w] * n_p + [1.0] * len(response)
+    input_ids = prompt + response
+    weights = [w] * len(prompt) + [1.0] * len(response)
     labels = [t if wt > 0 else IGNORE_INDEX for t, wt in zip(input_ids, weights)]
     return {
         "input_ids": input_ids,
         "labels": labels,
         "loss_weights": weights,
-        "response_mask": [0] * n_p + [1] * len(response),
+        "response_mask": [0] * len(prompt) + [1] * len(response),
         "length": len(input_ids),
     }, status
 
@@ -398,17 +411,13 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     prefix, eos = _prompt_prefix_ids(tokenizer), tokenizer.eos_token_id
     rows, n_prompt, status = [], [], []
     for p, r in zip(prompt_ids, response_ids):
-        p = prefix + p if prefix else p
-        if len(p) + len(r) + 1 <= cfg.max_length:  # the common case, without building per-token lists
-            rows.append(p + r + [eos])
-            n_prompt.append(len(p))
-            status.append("ok")
-            continue
-        ex, st = tokenize_example(p, r, eos, cfg.prompt_loss_weight, cfg.max_length, cfg.truncation)
-        if ex is not None:  # dropped examples are counted by the caller from the row counts
-            rows.append(ex["input_ids"])
-            n_prompt.append(len(ex["input_ids"]) - sum(ex["response_mask"]))
-            status.append(st)
+        fitted = truncate_example(prefix + p, r + [eos], cfg.max_length, cfg.truncation)
+        if fitted is None:
+            continue  # dropped examples are counted by the caller from the row counts
+        prompt, response, st = fitted
+        rows.append(prompt + response)
+        n_prompt.append(len(prompt))
+        status.append(st)
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
@@ -508,7 +517,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     return ds, report
 
 
-CACHE_VERSION = 2  # bump when tokenize_example changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when tokenization or weighting changes, so old caches are not reused
 
 
 # ---------------------------------------------------------------- statistics
