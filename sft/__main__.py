@@ -47,8 +47,6 @@ def _parse_column_map(pairs: list[str]) -> dict[str, str]:
 
 def cmd_inspect_data(args: argparse.Namespace) -> int:
     """Show what training will see: counts, token statistics, rendered examples."""
-    from transformers import AutoTokenizer
-
     from sft.data import DataConfig
     from sft.inspect_data import format_stats, inspect_data, render_example
     from sft.modeling import load_tokenizer
@@ -63,16 +61,14 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
         truncation=args.truncation,
         column_map=column_map,
     )
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else AutoTokenizer.from_pretrained(args.data)
+    tokenizer = load_tokenizer(args.tokenizer)
     stats, ds, _ = inspect_data(cfg, tokenizer)
-    if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        print(format_stats(stats))
-    colour = sys.stdout.isatty() and not args.json
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    examples = sys.stderr if args.json else sys.stdout  # stdout stays one JSON object with --json
+    colour = examples.isatty()
     for i in range(min(args.show, len(ds))):
-        print(f"\n--- example {i} ---", file=sys.stderr if args.json else sys.stdout)
-        print(render_example(ds[i], tokenizer, colour), file=sys.stderr if args.json else sys.stdout)
+        print(f"\n--- example {i} ---", file=examples)
+        print(render_example(ds[i], tokenizer, colour), file=examples)
     return 0
 
 
