@@ -7,6 +7,7 @@ reads the facts from disk and `apply_plan` carries the decisions out, so `auto_c
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -15,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sft.checkpoints import STATE_FILE, WEIGHT_FILES, checkpoint_step, list_checkpoints
+from sft.checkpoints import STATE_FILE, WEIGHT_FILES, can_resume_from, checkpoint_step, list_checkpoints
 from sft.manifest import MANIFEST
 
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # with rng_state*.pth: needed only to resume
@@ -168,7 +169,7 @@ def scan_checkpoints(run_dir: str | Path, metric: str, min_age: float = MIN_AGE,
             history = state["log_history"]
             c.metric, c.metric_step = metric_at(history, metric, c.step)
             c.logged = frozenset(k for h in history for k, v in h.items() if isinstance(v, (int, float)))
-            c.resumable = (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
+            c.resumable = can_resume_from(path)
             c.best_model_checkpoint = state.get("best_model_checkpoint")
         out.append(c)
     return out
@@ -337,13 +338,9 @@ def auto_clean_callback(settings: dict[str, Any], log: Callable[[str], None] = p
     return _callback_class()(policy_from_config(settings), log)
 
 
-_CALLBACK: list[type] = []  # the class, built once on first use
-
-
+@functools.cache
 def _callback_class() -> type:
-    """Build AutoCleanCallback on first use, so auto_clean.py starts without importing transformers."""
-    if _CALLBACK:
-        return _CALLBACK[0]
+    """Build AutoCleanCallback once, on first use, so auto_clean.py starts without importing transformers."""
     from transformers import TrainerCallback
 
     class AutoCleanCallback(TrainerCallback):
@@ -371,7 +368,6 @@ def _callback_class() -> type:
             if changed:
                 self.log(f"auto_clean at step {state.global_step}:\n" + format_plan(changed))
 
-    _CALLBACK.append(AutoCleanCallback)
     return AutoCleanCallback
 
 
