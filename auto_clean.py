@@ -6,16 +6,33 @@
 
 The policy is sft/prune.py; the same one runs inside training with `--auto-clean '{"keep_best": 1}'`.
 User errors (a damaged trainer_state.json, an unknown metric) end with exit code 2 and one paragraph.
+Ctrl-C (SIGINT) or SIGTERM stops it within a second in any state, after the checkpoint being deleted is gone
+(never half of one), with a summary and exit code 0.
 """
 
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
-import time
-from pathlib import Path
 
-from sft.prune import MIN_AGE, PrunePolicy, format_bytes, format_plan, prune_run, watch, worth_showing
+
+def exit_before_start(signum, frame) -> None:
+    """A stop that comes while the imports below load: nothing was touched yet, so just leave."""
+    print("stopped before starting: nothing was changed", flush=True)
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":  # main() installs the real handlers; tests importing this file keep pytest's own
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, exit_before_start)
+
+import argparse  # noqa: E402 (after the handlers on purpose)
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from sft.prune import (  # noqa: E402
+    MIN_AGE, PrunePolicy, StopOnSignals, format_bytes, format_plan, prune_run, watch, worth_showing,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Prune once, or watch; user errors print one paragraph and return 2."""
+    """Prune once, or watch; user errors print one paragraph and return 2; Ctrl-C / SIGTERM stop cleanly (0)."""
     args = build_parser().parse_args(argv)
     try:
         policy = PrunePolicy(keep_last=args.keep_last, keep_best=args.keep_best, metric=args.metric,
@@ -57,24 +74,26 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(args.run_dir).is_dir():
                 raise ValueError(f"Run folder {args.run_dir} does not exist; pass a folder holding checkpoint-N "
                                  "folders, e.g. model/demo/masked.")
-            decisions, _ = prune_run(args.run_dir, policy, args.dry_run)
-            print(format_plan(decisions, args.dry_run) if decisions else
-                  f"{args.run_dir} holds no checkpoint-N folders: nothing to do.")
-            return 0
-        if args.watch <= 0:
+        elif args.watch <= 0:
             raise ValueError(f"--watch takes a positive number of seconds, got {args.watch:g}.")
-        print(f"watching {args.run_dir} every {args.watch:g} s (Ctrl-C to stop)", flush=True)
-        freed, shown = 0, None
-        try:
-            for decisions, n in watch(args.run_dir, policy, args.watch, args.dry_run, args.max_iterations,
-                                      args.until_complete):
-                freed += n
-                if worth_showing(decisions, shown):
-                    print(time.strftime("[%H:%M:%S]\n") + format_plan(decisions, args.dry_run), flush=True)
-                    shown = decisions
-        except KeyboardInterrupt:
-            print("stopped (Ctrl-C)")
-        print(f"{'would have freed' if args.dry_run else 'freed'} {format_bytes(freed)} in all while watching")
+        with StopOnSignals() as stop:
+            if args.watch is None:
+                decisions, _ = prune_run(args.run_dir, policy, args.dry_run, stop=stop)
+                print(format_plan(decisions, args.dry_run) if decisions else
+                      f"{args.run_dir} holds no checkpoint-N folders: nothing to do.")
+            else:
+                print(f"watching {args.run_dir} every {args.watch:g} s (Ctrl-C to stop)", flush=True)
+                freed, shown = 0, None
+                for decisions, n in watch(args.run_dir, policy, args.watch, args.dry_run, args.max_iterations,
+                                          args.until_complete, stop=stop):
+                    freed += n
+                    if worth_showing(decisions, shown):
+                        print(time.strftime("[%H:%M:%S]\n") + format_plan(decisions, args.dry_run), flush=True)
+                        shown = decisions
+                print(f"{'would have freed' if args.dry_run else 'freed'} {format_bytes(freed)} in all while "
+                      "watching")
+            if stop.is_set():
+                print(f"stopped ({stop.reason})", flush=True)
         return 0
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

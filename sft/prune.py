@@ -11,6 +11,8 @@ import functools
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -237,22 +239,29 @@ def rank(checkpoints: list[Checkpoint], policy: PrunePolicy) -> list[Checkpoint]
 # ---------------------------------------------------------------- carrying it out
 
 
-def apply_plan(decisions: list[Decision], dry_run: bool = False) -> int:
-    """Delete and strip as decided; return the bytes freed (or that would be, with dry_run)."""
+def apply_plan(decisions: list[Decision], dry_run: bool = False, stop: threading.Event | None = None) -> int:
+    """Delete and strip as decided; return the bytes freed (or that would be, with dry_run).
+
+    A set `stop` is honoured between checkpoints, never inside one: the decisions not carried out become
+    "skip" ("stop requested"), so the plan printed afterwards says what really happened.
+    """
     freed = 0
     for d in decisions:
+        if d.action not in ("delete", "strip"):
+            continue
+        if stop is not None and stop.is_set():
+            d.action, d.reason, d.freed = "skip", "stop requested before this one was reached", 0
+            continue
         if d.action == "delete":
             if not dry_run:
                 # Renamed first (atomic), so an interrupted delete never leaves a half checkpoint-N behind.
                 trash = d.checkpoint.path.with_name(f".{d.checkpoint.name}{TRASH_SUFFIX}")
                 d.checkpoint.path.rename(trash)
                 shutil.rmtree(trash, ignore_errors=True)
-            freed += d.freed
-        elif d.action == "strip":
-            if not dry_run:
-                for f in resume_only_files(d.checkpoint.path):
-                    f.unlink(missing_ok=True)
-            freed += d.freed
+        elif not dry_run:
+            for f in resume_only_files(d.checkpoint.path):
+                f.unlink(missing_ok=True)
+        freed += d.freed
     return freed
 
 
@@ -286,7 +295,7 @@ def format_plan(decisions: list[Decision], dry_run: bool = False) -> str:
 
 
 def prune_run(run_dir: str | Path, policy: PrunePolicy, dry_run: bool = False, protected: tuple[str, ...] = (),
-              now: float | None = None) -> tuple[list[Decision], int]:
+              now: float | None = None, stop: threading.Event | None = None) -> tuple[list[Decision], int]:
     """Scan, plan and apply once; every checkpoint is read before anything is deleted."""
     if not dry_run and Path(run_dir).is_dir():  # finish deletes that an earlier run was stopped in
         for trash in Path(run_dir).glob(f".checkpoint-*{TRASH_SUFFIX}"):
@@ -296,7 +305,7 @@ def prune_run(run_dir: str | Path, policy: PrunePolicy, dry_run: bool = False, p
     if finished and finished[-1].best_model_checkpoint:  # load_best_model_at_end will load it
         protected = (*protected, Path(finished[-1].best_model_checkpoint).name)
     decisions = plan_prune(checkpoints, policy, protected)
-    return decisions, apply_plan(decisions, dry_run)
+    return decisions, apply_plan(decisions, dry_run, stop)
 
 
 def run_is_complete(run_dir: str | Path) -> bool:
@@ -308,17 +317,61 @@ def run_is_complete(run_dir: str | Path) -> bool:
 
 
 def watch(run_dir: str | Path, policy: PrunePolicy, interval: float, dry_run: bool = False,
-          max_iterations: int | None = None, until_complete: bool = False) -> Iterator[tuple[list[Decision], int]]:
-    """Prune every `interval` seconds as checkpoints appear, yielding each pass's decisions and bytes freed."""
+          max_iterations: int | None = None, until_complete: bool = False,
+          stop: threading.Event | None = None) -> Iterator[tuple[list[Decision], int]]:
+    """Prune every `interval` seconds as checkpoints appear, yielding each pass's decisions and bytes freed.
+
+    Returns as soon as `stop` is set: its wait replaces a sleep, so a stop is seen at once, not after the interval.
+    """
+    stop = stop if stop is not None else threading.Event()
     i = 0
-    while True:
+    while not stop.is_set():
         complete = until_complete and run_is_complete(run_dir)
         # Once the run is complete nothing writes to its checkpoints any more: no need to wait min_age.
-        yield prune_run(run_dir, replace(policy, min_age=0.0) if complete else policy, dry_run)
+        yield prune_run(run_dir, replace(policy, min_age=0.0) if complete else policy, dry_run, stop=stop)
         i += 1
-        if complete or (max_iterations is not None and i >= max_iterations):
+        if complete or (max_iterations is not None and i >= max_iterations) or stop.wait(interval):
             return
-        time.sleep(interval)
+
+
+class StopFlag(threading.Event):
+    """An Event that also remembers which signals set it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signals: list[str] = []
+
+    @property
+    def reason(self) -> str:
+        """'Ctrl-C', 'SIGTERM', or both, in the order they came."""
+        return ", ".join(dict.fromkeys(self.signals)) or "stop requested"
+
+
+class StopOnSignals:
+    """Within `with StopOnSignals() as stop:`, Ctrl-C (SIGINT) and SIGTERM set `stop` instead of raising.
+
+    The handlers are installed explicitly because a process started from a non-interactive shell's background job
+    inherits SIGINT *ignored*, and Python then never turns Ctrl-C into KeyboardInterrupt: a watcher started that way
+    ran forever (issue 15). Setting a flag rather than raising lets the loop stop at a safe point, never between
+    renaming a checkpoint away and deleting it. The previous handlers come back on exit.
+    """
+
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def __enter__(self) -> StopFlag:
+        """Install the handlers; return the flag they set."""
+        self.stop = StopFlag()
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.NAMES}
+        return self.stop
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.stop.signals.append(self.NAMES.get(signum, str(signum)))
+        self.stop.set()
+
+    def __exit__(self, *exc: Any) -> None:
+        """Restore the previous handlers."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def worth_showing(decisions: list[Decision], shown: list[Decision] | None) -> bool:

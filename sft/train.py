@@ -271,7 +271,7 @@ def prepare_data(cfg: ExperimentConfig, tokenizer) -> PreparedData:
 
 
 def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None,
-                  args: TrainingArguments | None = None):
+                  args: TrainingArguments | None = None, callbacks: list | None = None):
     """Everything a run needs, wired into a WeightedLossTrainer (nothing is trained yet)."""
     args = args if args is not None else build_training_arguments(cfg)
     batching = resolve_batching(cfg.train.batching)
@@ -288,7 +288,7 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
     tb = TensorBoardCallback()
     # transformers 5 dropped TrainingArguments.logging_dir: the callback takes its folder from this attribute.
     tb.logging_dir = str(tensorboard_dir(cfg))
-    callbacks = [tb]
+    callbacks = [tb, *(callbacks or [])]  # the caller's own TrainerCallbacks run after TensorBoard's
     if cfg.train.auto_clean is not None:  # prune checkpoints as they are saved (sft/prune.py)
         from sft.prune import auto_clean_callback
 
@@ -323,7 +323,8 @@ def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
     return None
 
 
-def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = None) -> WeightedLossTrainer:
+def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = None,
+          callbacks: list | None = None) -> WeightedLossTrainer:
     """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest."""
     from sft.demo import ensure_demo_assets
 
@@ -336,7 +337,7 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
             if checkpoint is None and cfg.train.overwrite:
                 for old in list_checkpoints(run_dir(cfg)):
                     shutil.rmtree(old)
-    trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args)
+    trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args, callbacks=callbacks)
     out = run_dir(cfg)
     if trainer.is_world_process_zero():
         write_manifest(out, cfg, trainer.prepared_data.info, status="training")

@@ -6,12 +6,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, demo_cli_args, demo_config, load_script
+from conftest import ROOT, demo_cli_args, demo_config, demo_overrides, load_script
 from sft.checkpoints import can_resume_from, is_complete, last_complete_checkpoint, list_checkpoints
 from sft.prune import PrunePolicy, auto_clean_callback, metric_at, plan_prune, prune_run, scan_checkpoints, watch
 from sft.train import run_dir, train
@@ -192,33 +193,55 @@ def test_callback_prunes_during_training_on_the_main_process_only(demo_root, run
     assert names(run) == [f"checkpoint-{s}" for s in STEPS] and other.history == []
 
 
+def start_watcher(out, env, cwd, *extra, interval="0.2", sigint_ignored=False):
+    """auto_clean.py --watch on `out`; with sigint_ignored, started as a background job of a script would be."""
+    # A non-interactive shell's background job inherits SIGINT ignored (the cause of issue 15's hang).
+    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    return subprocess.Popen([sys.executable, str(ROOT / "auto_clean.py"), str(out), "--watch", interval, *extra],
+                            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pre)
+
+
+def stop_within_a_second(proc, sig):
+    """Send `sig` and return (stdout, stderr, seconds until exit); fail if it takes more than a second."""
+    t = time.perf_counter()
+    proc.send_signal(sig)
+    try:
+        stdout, stderr = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"auto_clean.py --watch ignored {sig!r} for 10 s: {proc.communicate()}")
+    return stdout, stderr, time.perf_counter() - t
+
+
 def test_watch_prunes_beside_a_training_run_and_resume_still_works(demo_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    cfg = demo_config(demo_root, run_name="watched")
-    out = run_dir(cfg)
-    steps = ["--max-steps", "40", "--save-steps", "2", "--eval-steps", "2", "--logging-steps", "2", "--seed", "7"]
-    train_cmd = [sys.executable, "-m", "sft", "train", *demo_cli_args(demo_root), "--run-name", "watched", *steps]
-    trainer = subprocess.Popen([*train_cmd, "--overwrite"], env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    watcher = subprocess.Popen([sys.executable, str(ROOT / "auto_clean.py"), str(out), "--watch", "0.2",
-                                "--min-age", "0.5", "--keep-last", "1", "--keep-best", "1", "--strip-optimizer"],
-                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = {"max_steps": 40, "save_steps": 2, "eval_steps": 2, "logging_steps": 2, "seed": 7}
+    cfg = demo_config(demo_root, run_name="watched", **steps)
+    out, ready = run_dir(cfg), tmp_path / "ready"
+    overrides = {**demo_overrides(demo_root), "run_name": "watched", "overwrite": True, **steps}
+    # Training pauses after saving checkpoint-8 until the watcher has deleted checkpoint-2, then waits to be
+    # killed: the test does not depend on how fast training runs next to the watcher (issue 15).
+    trainer = subprocess.Popen([sys.executable, str(ROOT / "tests" / "paused_train.py"), str(ready), "8",
+                                "checkpoint-2", json.dumps(overrides)],
+                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watcher = start_watcher(out, env, tmp_path, "--min-age", "0.5", "--keep-last", "1", "--keep-best", "1",
+                            "--strip-optimizer", sigint_ignored=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and trainer.poll() is None:
-            last = last_complete_checkpoint(out)
-            # Stop the training mid-run, once the watcher has pruned early checkpoints while it ran.
-            if last is not None and int(last.name.split("-")[1]) >= 8 and not (out / "checkpoint-2").exists():
-                trainer.send_signal(signal.SIGKILL)
-                break
+        while not ready.exists() and trainer.poll() is None and time.time() < deadline:
             time.sleep(0.05)
+        assert ready.exists(), f"training never reached step 8: {trainer.poll()=}, {trainer.stderr.read()[-2000:]}"
+        assert ready.read_text() == "pruned", ready.read_text()
+        trainer.kill()  # SIGKILL mid-run, as a crash would
         trainer.wait()
-        assert trainer.returncode == -signal.SIGKILL, "training finished before the watcher pruned anything"
-        time.sleep(1.0)  # a last pass or two of the watcher over the killed run
+        stdout, stderr, took = stop_within_a_second(watcher, signal.SIGINT)  # Ctrl-C
     finally:
-        watcher.send_signal(signal.SIGINT)  # Ctrl-C
-        stdout, stderr = watcher.communicate(timeout=60)
+        for proc in (trainer, watcher):
+            if proc.poll() is None:
+                proc.kill()
     assert watcher.returncode == 0, stderr
+    assert took < 1.0, f"the watcher took {took:.2f} s to stop"
     assert "delete" in stdout and "stopped (Ctrl-C)" in stdout and "freed" in stdout
 
     resume_from = last_complete_checkpoint(out)
@@ -227,6 +250,8 @@ def test_watch_prunes_beside_a_training_run_and_resume_still_works(demo_root, tm
     survivors = set(names(out))
     assert len(complete) <= 3  # newest + best (+ one saved after the watcher's last pass)
 
+    train_cmd = [sys.executable, "-m", "sft", "train", *demo_cli_args(demo_root), "--run-name", "watched",
+                 *[x for k, v in steps.items() for x in (f"--{k.replace('_', '-')}", str(v))]]
     subprocess.run([*train_cmd, "--resume"], check=True, env=env, cwd=tmp_path, capture_output=True)
     manifest = json.loads((out / "run_manifest.json").read_text())
     history = json.loads((out / "log_history.json").read_text())
@@ -234,3 +259,47 @@ def test_watch_prunes_beside_a_training_run_and_resume_still_works(demo_root, tm
     resumed_at = int(resume_from.name.split("-")[1])
     # Resumed, not restarted: every checkpoint saved afterwards comes after the one it resumed from.
     assert all(int(n.split("-")[1]) > resumed_at for n in set(names(out)) - survivors)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_watcher_stops_within_a_second_while_sleeping(run, tmp_path, sig):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    watcher = start_watcher(run, env, tmp_path, "--keep-best", "0", interval="30", sigint_ignored=True)
+    assert watcher.stdout.readline().startswith("watching")
+    time.sleep(0.5)  # past its first pass, now waiting for the next
+    stdout, stderr, took = stop_within_a_second(watcher, sig)
+    assert watcher.returncode == 0 and took < 1.0, (took, stderr)
+    assert f"stopped ({'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'})" in stdout
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_watcher_stops_cleanly_whenever_the_signal_comes(run, tmp_path, delay):
+    """Starting up, importing, scanning: whatever it is doing, SIGTERM ends it at once and no checkpoint is half gone."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    watcher = start_watcher(run, env, tmp_path, "--keep-best", "0", "--min-age", "0")
+    time.sleep(delay)
+    stdout, stderr, took = stop_within_a_second(watcher, signal.SIGTERM)
+    # Before Python runs the script, the default action ends it (-15); from the first lines on, it exits 0.
+    assert watcher.returncode in (0, -signal.SIGTERM) and took < 1.0, (watcher.returncode, took, stderr)
+    assert "Traceback" not in stderr
+    for path in run.iterdir():  # every checkpoint is either whole or gone: no .deleting leftovers, no half folders
+        assert not path.name.endswith(".deleting")
+        if path.name.startswith("checkpoint-"):
+            assert is_complete(path) and can_resume_from(path) or path.name == "checkpoint-8"
+
+
+def test_a_stop_is_honoured_between_checkpoints_never_inside_one(run):
+    class StopAfterFirstCheck(threading.Event):
+        """Not set for the first checkpoint acted on, set from the second on: a signal during the first delete."""
+
+        checks = 0
+
+        def is_set(self):
+            self.checks += 1
+            return self.checks > 1
+
+    decisions, freed = prune_run(run, PrunePolicy(keep_last=1, keep_best=0), stop=StopAfterFirstCheck())
+    assert [d.action for d in decisions] == ["delete", "skip", "skip", "keep"]
+    assert "stop requested" in decisions[1].reason and freed == decisions[0].freed > 0
+    assert names(run) == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]  # checkpoint-2 wholly gone, the rest whole
+    assert not list(run.glob(".*deleting"))
