@@ -11,6 +11,16 @@ import json
 import logging
 import sys
 
+from sft.config import load_config
+from sft.data import DataConfig
+from sft.demo import ensure_assets, ensure_demo_assets, run_demo
+from sft.evaluate import evaluate_models, parse_models
+from sft.inspect_data import format_stats, inspect_data, render_example
+from sft.modeling import load_tokenizer
+from sft.report import compare, format_psql, load_result
+from sft.sweep import parse_weights, run_sweep
+from sft.train import train
+
 
 def _parse_overrides(extra: list[str]) -> dict[str, str]:
     """Turn `--some-flag VALUE` pairs (any config or TrainingArguments field) into a dict."""
@@ -47,10 +57,6 @@ def _parse_column_map(pairs: list[str]) -> dict[str, str]:
 
 def cmd_inspect_data(args: argparse.Namespace) -> int:
     """Show what training will see: counts, token statistics, rendered examples."""
-    from sft.data import DataConfig
-    from sft.inspect_data import format_stats, inspect_data, render_example
-    from sft.modeling import load_tokenizer
-
     column_map = _parse_column_map(args.column_map or [])
     cfg = DataConfig(
         data=args.data,
@@ -74,9 +80,6 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune with the preset, the flags and any config or TrainingArguments override."""
-    from sft.config import load_config
-    from sft.train import train
-
     overrides = dict(args.overrides)
     for name in ("prompt_loss_weight", "run_name", "max_steps"):
         if getattr(args, name) is not None:
@@ -86,15 +89,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.overwrite:
         overrides["overwrite"] = True
     cfg = load_config(args.preset, **overrides)
+    ensure_assets(cfg)  # the demo builds its data and base model on first use
     train(cfg)
     return 0
 
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
     """Write the synthetic data and build the tiny base model of the demo preset."""
-    from sft.config import load_config
-    from sft.demo import ensure_demo_assets
-
     cfg = load_config("demo", **args.overrides)
     print(f"demo base model: {ensure_demo_assets(cfg.demo)}")
     return 0
@@ -102,17 +103,12 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole offline study (what `make demo` runs)."""
-    from sft.demo import run_demo
-
     run_demo(overrides=args.overrides)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Held-out metrics and lm-eval tasks for every model, summarised under evaluation_results/."""
-    from sft.evaluate import evaluate_models, parse_models
-    from sft.report import format_psql, load_result
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     run = evaluate_models(parse_models(args.models), tasks=tasks, name=args.name, limit=limit,
@@ -126,8 +122,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Plot and tabulate one or more evaluation results into assets/."""
-    from sft.report import compare
-
     print(compare(args.results, out=args.out))
     print(f"written: {args.out}/Comparison.png, {args.out}/Dataset_results.xlsx")
     return 0
@@ -135,8 +129,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Train and evaluate every (prompt-loss weight, seed) pair, then summarise and plot."""
-    from sft.sweep import parse_weights, run_sweep
-
     seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
     if not seeds:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")

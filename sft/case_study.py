@@ -15,13 +15,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sft.checkpoints import CHECKPOINT_RE
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from sft.evaluate import parse_models as parse_labels
 from sft.generate import GenerationSettings, generate_responses, render_prompts
-from sft.manifest import MANIFEST, git_commit, package_versions, read_manifest
+from sft.layout import CASE_STUDY_DIR, CHECKPOINT_RE, MANIFEST, tensorboard_dir
+from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
+from sft.modeling import load_model, load_tokenizer
 from sft.prompts import get_template
+from sft.synthetic import generate_rows
 
 DEFAULT_TEMPLATE = "alpaca"  # for a base model when no fine-tuned run says otherwise
-OUT_DIR = "evaluation_results/case_study"  # where case studies are saved, one timestamp per study
+OUT_DIR = CASE_STUDY_DIR  # where case studies are saved, one timestamp per study
 BUILTIN_FAMILIES = ("add", "sort", "reverse", "count", "case", "extract", "compare", "spell")  # one prompt each
 BUILTIN_SEED = 2024  # the built-in prompts are drawn from sft.synthetic with this seed: the same every time
 
@@ -29,7 +35,6 @@ BUILTIN_SEED = 2024  # the built-in prompts are drawn from sft.synthetic with th
 @dataclass
 class ModelSpec:
     """One column of the study: a model folder, its name, and how its prompts are rendered."""
-
     name: str
     path: Path
     template: str = DEFAULT_TEMPLATE
@@ -39,7 +44,6 @@ class ModelSpec:
 @dataclass
 class CaseStudy:
     """Prompts, models, settings and what each model generated."""
-
     rows: list[dict[str, str]]
     models: list[ModelSpec]
     settings: GenerationSettings
@@ -53,8 +57,6 @@ class CaseStudy:
 
 def builtin_prompts() -> list[dict[str, str]]:
     """Eight demo prompts, one per synthetic task family, with the reference answer as `output`."""
-    from sft.synthetic import generate_rows
-
     rows = generate_rows(len(BUILTIN_FAMILIES), seed=BUILTIN_SEED, families=BUILTIN_FAMILIES)
     return [{k: r[k] for k in ("instruction", "input", "output", "family")} for r in rows]
 
@@ -95,8 +97,6 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
 
 def parse_models(spec: str) -> list[tuple[str, Path]]:
     """Read `name=path,name=path` (the same syntax as `sft evaluate`) and check each folder holds a model."""
-    from sft.evaluate import parse_models as parse_labels
-
     pairs = [(name, Path(path)) for name, path in parse_labels(spec).items()]
     for name, path in pairs:
         check_model_folder(name, path)
@@ -159,10 +159,6 @@ def resolve_models(pairs: list[tuple[str, Path]], template: str | None = None) -
 def run_case_study(specs: list[ModelSpec], rows: list[dict[str, str]], settings: GenerationSettings,
                    log=print) -> CaseStudy:
     """Generate every prompt with every model, loading each model once and freeing it after."""
-    import torch
-
-    from sft.modeling import load_model, load_tokenizer
-
     study = CaseStudy(rows=rows, models=specs, settings=settings)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for spec in specs:
@@ -251,11 +247,6 @@ def save_case_study(study: CaseStudy, out_dir: str | Path = OUT_DIR, prompts_sou
 
 def log_to_tensorboard(study: CaseStudy) -> list[Path]:
     """Add each fine-tuned model's generations as text to its run's TensorBoard folder, at its last step."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from sft.manifest import load_run_config
-    from sft.train import tensorboard_dir
-
     written = []
     for spec in study.models:
         if spec.run is None:

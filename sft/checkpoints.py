@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # the Trainer's folder name: checkpoint-<global step>
+from sft.layout import CHECKPOINT_RE
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one of these holds the weights
 STATE_FILE = "trainer_state.json"  # written by the Trainer after the weights, optimizer and RNG states
 

@@ -13,9 +13,13 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sft.data import DataConfig
+from transformers import TrainingArguments
+
+from sft.data import SUFFIXES, DataConfig
+from sft.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR, MODEL_ROOT, TENSORBOARD_ROOT
 
 
 @dataclass
@@ -34,8 +38,8 @@ class TrainConfig:
     """The Trainer run: schedule, batching, logging, checkpoints (see sft/train.py)."""
 
     run_name: str | None = None  # None = "masked" (w = 0), "unmasked" (w = 1) or "plw<w>"; names the folders model/<preset>/<run>/ and tensorboard_events/<preset>/<run>_finetune_tfb/
-    model_root: str = "model"  # checkpoints and the final model go under <model_root>/<preset>/<run_name>/
-    tensorboard_root: str = "tensorboard_events"  # TensorBoard events under <tensorboard_root>/<preset>/<run>_finetune_tfb/
+    model_root: str = MODEL_ROOT  # checkpoints and the final model go under <model_root>/<preset>/<run_name>/
+    tensorboard_root: str = TENSORBOARD_ROOT  # TensorBoard events under <tensorboard_root>/<preset>/<run>_finetune_tfb/
     num_train_epochs: float = 3.0  # passes over the training split
     max_steps: int = -1  # > 0 overrides num_train_epochs
     per_device_train_batch_size: int = 4  # examples per micro-batch per process
@@ -158,16 +162,10 @@ def _qwen25_alpaca() -> ExperimentConfig:
 
 
 PRESETS = {"demo": _demo, "qwen2.5-0.5b-alpaca": _qwen25_alpaca}
-LOCAL_QWEN_DIR = "model/qwen2.5/transformers/0.5b/1"  # where users of the original project keep the base model
-LOCAL_DATA_DIR = "Dataset"  # where users of the original project keep alpaca-cleaned
 
 
 def resolve_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """Prefer local copies of the reference model and data over the hub, when they exist."""
-    from pathlib import Path
-
-    from sft.data import SUFFIXES
-
     if cfg.preset != "qwen2.5-0.5b-alpaca":
         return cfg
     if cfg.model.model == "Qwen/Qwen2.5-0.5B" and (Path(LOCAL_QWEN_DIR) / "config.json").exists():
@@ -251,8 +249,6 @@ def _field_types(obj: Any) -> dict[str, Any]:
 
 
 def _training_argument_types() -> dict[str, Any]:
-    from transformers import TrainingArguments
-
     return {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
 
 

@@ -13,6 +13,8 @@ import csv
 import hashlib
 import itertools
 import json
+import logging
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from sft.prompts import get_template
+
+logger = logging.getLogger("sft")
 
 REQUIRED = ("instruction", "output")  # columns every row must have, after the column mapping
 OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
@@ -547,3 +551,49 @@ def length_stats(ds, tokenizer=None, rows: list[dict[str, str]] | None = None) -
         outs = tokenizer([r["output"] for r in rows], add_special_tokens=False)["input_ids"]
         stats["instruction_output_ratio"] = sum(map(len, instr)) / max(sum(map(len, outs)), 1)
     return stats
+
+
+# ---------------------------------------------------------------- the splits a run uses
+
+
+@dataclass
+class PreparedData:
+    """The tokenized splits and what loading saw."""
+
+    train: Any
+    eval: Any
+    info: dict[str, Any]
+    eval_rows: list[dict[str, str]]  # the held-out rows as text, for generations
+
+
+def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
+    """Load, validate, split and tokenize; the held-out split depends on (data, split_seed) only.
+
+    Training and evaluation both call this, so they see the same held-out rows, tokenized alike.
+    """
+    rows, report = load_rows(d.data, d.column_map, d.on_bad_rows)
+    if d.eval_data:
+        train_rows = rows
+        eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
+    else:
+        train_idx, eval_idx = split_indices(len(rows), d.eval_size, d.split_seed)
+        train_rows, eval_rows, eval_report = [rows[i] for i in train_idx], [rows[i] for i in eval_idx], None
+    if d.max_rows is not None:
+        train_rows = train_rows[: d.max_rows]
+    train, train_tok = tokenize_rows(train_rows, tokenizer, d, name="train")
+    eval_, eval_tok = tokenize_rows(eval_rows, tokenizer, d, name="eval")
+    for name, tok in (("train", train_tok), ("held-out", eval_tok)):
+        logger.info("rank %s: %s split, %d examples, tokenized %s", os.environ.get("RANK", "0"), name,
+                    tok.examples_out, "earlier (read from the cache)" if tok.from_cache else "now")
+    info = {
+        "load": report.to_dict(),
+        "eval_load": eval_report.to_dict() if eval_report else None,
+        "train_tokenize": vars(train_tok),
+        "eval_tokenize": vars(eval_tok),
+        "data_fingerprint": fingerprint_rows(rows),
+        "train_fingerprint": fingerprint_rows(train_rows),
+        "eval_fingerprint": fingerprint_rows(eval_rows),
+        "train_examples": len(train),
+        "eval_examples": len(eval_),
+    }
+    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
-from sft.config import DemoConfig
+import papermill
+from filelock import FileLock
+
+from sft import synthetic
+from sft.config import DemoConfig, ExperimentConfig, load_config
+from sft.evaluate import evaluate_models
+from sft.layout import ASSETS_DIR, run_dir
+from sft.modeling import TinyModelConfig, ensure_demo_base
+from sft.report import compare
 
 NOTEBOOKS = {"masked": "finetune_masked.ipynb", "unmasked": "finetune_unmasked.ipynb"}  # run name -> notebook
 
 
 def tiny_model_config(demo: DemoConfig):
     """The TinyModelConfig of a demo config."""
-    from sft.modeling import TinyModelConfig
-
     return TinyModelConfig(
         vocab_size=demo.vocab_size,
         hidden_size=demo.hidden_size,
@@ -28,8 +35,6 @@ def tiny_model_config(demo: DemoConfig):
 
 def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
     """Write the synthetic splits to demo.dataset_dir unless the same ones are already there."""
-    from sft import synthetic
-
     out = Path(demo.dataset_dir)
     paths = {name: out / f"{name}.jsonl" for name in ("train", "heldout", "test")}
     manifest = out / "manifest.json"
@@ -47,19 +52,26 @@ def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
 
 
 def ensure_demo_assets(demo: DemoConfig) -> Path:
-    """Build (or reuse) the demo data and base model; return the base model folder."""
-    from sft.modeling import ensure_demo_base
+    """Build (or reuse) the demo data and base model; return the base model folder.
 
-    paths = ensure_demo_dataset(demo)
-    return ensure_demo_base(demo.base_dir, paths["train"], tiny_model_config(demo))
+    Under a file lock: two notebooks started at once, or the ranks of a torchrun job, build them once.
+    """
+    Path(demo.dataset_dir).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{Path(demo.dataset_dir)}.lock"):
+        paths = ensure_demo_dataset(demo)
+        return ensure_demo_base(demo.base_dir, paths["train"], tiny_model_config(demo))
 
 
-def run_notebook(notebook: str, run_dir: Path, parameters: dict) -> Path:
+def ensure_assets(cfg: ExperimentConfig) -> None:
+    """What every entry point calls before training: the demo preset builds its data and base model here."""
+    if cfg.demo is not None:
+        ensure_demo_assets(cfg.demo)
+
+
+def run_notebook(notebook: str, folder: Path, parameters: dict) -> Path:
     """Execute a notebook with papermill; the executed copy goes into the run folder, not over the original."""
-    import papermill
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    out = run_dir / notebook.replace(".ipynb", ".executed.ipynb")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / notebook.replace(".ipynb", ".executed.ipynb")
     papermill.execute_notebook(notebook, str(out), parameters=parameters, kernel_name="python3", log_output=False,
                                progress_bar=True)
     return out
@@ -67,11 +79,6 @@ def run_notebook(notebook: str, run_dir: Path, parameters: dict) -> Path:
 
 def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overrides: dict | None = None) -> None:
     """The whole offline study: build, fine-tune masked and unmasked (notebooks), evaluate, compare."""
-    import time
-
-    from sft.config import load_config
-    from sft.train import run_dir
-
     overrides = dict(overrides or {})
     cfg = load_config("demo", **overrides)
     t0 = time.perf_counter()
@@ -84,13 +91,10 @@ def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overr
             out = run_notebook(notebook, runs[run], {"overrides": overrides})
             print(f"[demo] {notebook}: {time.perf_counter() - t:.0f} s, executed copy in {out}", flush=True)
     if "evaluate" in steps:
-        from sft.evaluate import evaluate_models
-        from sft.report import compare
-
         t = time.perf_counter()
         models = {"base": cfg.demo.base_dir, **{run: str(path) for run, path in runs.items()}}
         result = evaluate_models(models, name="demo")
-        print(compare([result], out="assets"), flush=True)
+        print(compare([result], out=ASSETS_DIR), flush=True)
         print(f"[demo] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
               "plot and spreadsheet in assets/", flush=True)
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s", flush=True)

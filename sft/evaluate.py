@@ -20,8 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+from lm_eval.utils import handle_non_serializable
 
-from sft.report import BOOT_SEED, CONF_COLUMNS, DIFF_COLUMNS, N_BOOT, Row
+from sft.collate import WeightedLMCollator
+from sft.data import fingerprint_tokenizer, prepare_data
+from sft.layout import MANIFEST, RESULTS_ROOT
+from sft.loss import HEAD_CHUNK_TOKENS, shift_left, target_weights
+from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
+from sft.modeling import BUILD_INFO, load_model, load_tokenizer
+from sft.prompts import get_template
+from sft.report import (
+    BOOT_SEED, CONF_COLUMNS, DIFF_COLUMNS, N_BOOT, Row, confidence_rows, difference_rows, summary_table, write_records,
+    write_summary,
+)
+from sft.synthetic import FAMILIES
 
 DEMO_GROUP = "sft_demo"  # the demo's lm-eval group; its tasks are sft_demo_<family>
 MAX_GEN_TOKS = 64  # longest demo answer is ~40 tokens; a model that never stops is cut here
@@ -56,9 +73,6 @@ def parse_models(spec: str) -> dict[str, str]:
 
 def describe_model(path: str) -> dict[str, Any]:
     """What a model is: its path and manifest (a fine-tuned run) or build info (the demo base)."""
-    from sft.manifest import MANIFEST, read_manifest
-    from sft.modeling import BUILD_INFO
-
     p = Path(path)
     info: dict[str, Any] = {"path": str(path)}
     if (p / MANIFEST).is_file():
@@ -85,8 +99,6 @@ def device() -> torch.device:
 
 def base_model_warnings(models: dict[str, str], info: dict[str, dict], tokenizers: dict) -> list[str]:
     """Flag a listed base model that is no longer the one a run was tuned from (its tokenizer changed since)."""
-    from sft.data import fingerprint_tokenizer
-
     prints = {label: fingerprint_tokenizer(tok) for label, tok in tokenizers.items()}
     for label in models:
         info[label]["tokenizer_fingerprint"] = prints[label]
@@ -106,9 +118,7 @@ def base_model_warnings(models: dict[str, str], info: dict[str, dict], tokenizer
 
 def heldout_split(cfg, tokenizer, fingerprint: str | None = None):
     """The held-out split training used, tokenized for this tokenizer; refused if its rows changed since."""
-    from sft.train import prepare_data
-
-    data = prepare_data(cfg, tokenizer)  # the split and tokenization of training
+    data = prepare_data(cfg.data, tokenizer)  # the split and tokenization of training
     found = data.info["eval_fingerprint"]
     if fingerprint and found != fingerprint:
         d = cfg.data
@@ -121,9 +131,6 @@ def heldout_split(cfg, tokenizer, fingerprint: str | None = None):
 @torch.no_grad()
 def heldout_metrics(model, dataset, pad_token_id: int, batch_size: int = BATCH_SIZE) -> dict[str, float]:
     """Response loss, perplexity and token accuracy on a tokenized split, summed over tokens."""
-    from sft.collate import WeightedLMCollator
-    from sft.loss import HEAD_CHUNK_TOKENS, shift_left, target_weights
-
     collate = WeightedLMCollator(pad_token_id=pad_token_id)
     keys = ("input_ids", "labels", "loss_weights", "response_mask")
     head = model.get_output_embeddings()
@@ -187,10 +194,6 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
     sft.prompts, the code training used, so lm-eval reads it verbatim (`doc_to_text: prompt`)
     instead of a Jinja re-implementation of the template.
     """
-    import yaml
-
-    from sft.prompts import get_template
-    from sft.synthetic import FAMILIES
 
     rows = read_test_rows(test_data)
     tmpl = get_template(template)
@@ -238,8 +241,6 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
 
 def task_manager(tasks: list[str], include_path: Path | None):
     """An lm-eval TaskManager that knows the requested tasks, or a ValueError naming the unknown ones."""
-    from lm_eval.tasks import TaskManager
-
     local = {p.stem for p in include_path.glob("*.yaml")} if include_path else set()
     # Indexing lm-eval's ~200 built-in task folders takes seconds: only when a task needs them.
     defaults = any(t not in local for t in tasks)
@@ -253,8 +254,6 @@ def task_manager(tasks: list[str], include_path: Path | None):
 
 def group_config(tm, name: str) -> dict:
     """The YAML config of a group (its aggregate_metric_list), or {} when it has no file of its own."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     entry = tm.task_index.get(name)
     path = getattr(entry, "yaml_path", None)
     if not path:
@@ -265,9 +264,6 @@ def group_config(tm, name: str) -> dict:
 
 def run_benchmarks(model, tokenizer, tasks: list[str], tm, limit: float | None, batch_size: int) -> dict:
     """lm-eval's simple_evaluate on a loaded model, with per-sample logs."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-
     # lm-eval logs every task's config at INFO, for every model: keep its warnings only.
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
@@ -389,7 +385,6 @@ def _timestamp_dir(root: Path) -> tuple[str, Path]:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    from lm_eval.utils import handle_non_serializable
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -398,7 +393,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def evaluate_models(models: dict[str, str], tasks: list[str] | None = None, name: str | None = None,
-                    limit: float | None = None, batch_size: int = BATCH_SIZE, out: str | Path = "evaluation_results",
+                    limit: float | None = None, batch_size: int = BATCH_SIZE, out: str | Path = RESULTS_ROOT,
                     test_data: str | Path | None = None, max_gen_toks: int = MAX_GEN_TOKS, n_boot: int = N_BOOT,
                     seed: int = BOOT_SEED) -> Path:
     """Evaluate every model and write the result folder; return its path.
@@ -413,11 +408,6 @@ def evaluate_models(models: dict[str, str], tasks: list[str] | None = None, name
         settings.json                       models (paths, manifests), tasks, limit, batch size, versions
         lm_eval_tasks/                      the generated demo task configs and their data
     """
-    from lm_eval.utils import handle_non_serializable
-
-    from sft.manifest import git_commit, load_run_config, package_versions
-    from sft.modeling import load_model, load_tokenizer
-    from sft.report import confidence_rows, difference_rows, summary_table, write_records, write_summary
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")

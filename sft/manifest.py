@@ -10,7 +10,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "run_manifest.json"  # at the top of every run folder, beside the final model
+from sft.config import ExperimentConfig
+from sft.layout import MANIFEST
+
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "lm-eval")  # versions recorded
 
 
@@ -74,8 +76,6 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({e}); re-run the training or restore the file.") from None
 
 
-def load_run_config(run_dir: str | Path):
+def load_run_config(run_dir: str | Path) -> ExperimentConfig:
     """The ExperimentConfig a run was trained with."""
-    from sft.config import ExperimentConfig
-
     return ExperimentConfig.from_dict(read_manifest(run_dir)["config"])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sft.checkpoints import STATE_FILE, WEIGHT_FILES, can_resume_from, checkpoint_step, list_checkpoints
-from sft.manifest import MANIFEST
+from sft.layout import MANIFEST
 
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # with rng_state*.pth: needed only to resume
 LOWER_IS_BETTER = ("loss", "perplexity", "ppl")  # name fragments of metrics where lower is better

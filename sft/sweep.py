@@ -19,8 +19,11 @@ import numpy as np
 
 from sft.checkpoints import list_checkpoints
 from sft.config import load_config
-from sft.manifest import MANIFEST
+from sft.demo import ensure_assets
+from sft.evaluate import evaluate_models
+from sft.layout import MANIFEST, RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
 from sft.report import format_markdown, write_summary
+from sft.train import train
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
 
@@ -50,9 +53,7 @@ def latest_evaluation(folder: Path) -> Path | None:
 
 def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str, Any]) -> Path:
     """Train one pair unless it is complete; an interrupted pair resumes from its last checkpoint."""
-    from sft.train import run_dir, train
-
-    run_name = f"sweep-{name}/{pair_label(w, seed)}"
+    run_name = sweep_run_name(name, pair_label(w, seed))
     cfg = load_config(preset, **{**overrides, "prompt_loss_weight": w, "seed": seed, "run_name": run_name})
     out = run_dir(cfg)
     manifest = out / MANIFEST
@@ -61,19 +62,18 @@ def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str,
         return out
     cfg.train.resume = bool(list_checkpoints(out))
     cfg.train.overwrite = not cfg.train.resume
+    ensure_assets(cfg)
     print(f"[sweep] {run_name}: training" + (" (resuming)" if cfg.train.resume else ""), flush=True)
     train(cfg)
     return out
 
 
 def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, limit: float | None = None,
-              overrides: dict[str, Any] | None = None, results_root: str = "evaluation_results",
-              plot: str | Path | None = "assets/plw_sweep.png") -> Path:
+              overrides: dict[str, Any] | None = None, results_root: str = RESULTS_ROOT,
+              plot: str | Path | None = SWEEP_PLOT) -> Path:
     """Train and evaluate every pair (skipping finished ones), then write the sweep summary and plot."""
-    from sft.evaluate import evaluate_models
-
     overrides = dict(overrides or {})
-    root = Path(results_root) / f"sweep-{name}"
+    root = sweep_results_dir(name, results_root)
     for seed in seeds:
         for w in weights:
             run = train_pair(preset, name, w, seed, overrides)

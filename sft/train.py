@@ -15,8 +15,6 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,10 +25,12 @@ from sft import attention
 from sft.checkpoints import last_complete_checkpoint, list_checkpoints
 from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
-from sft.data import fingerprint_rows, load_rows, split_indices, tokenize_rows
+from sft.data import PreparedData, prepare_data
+from sft.layout import run_dir, tensorboard_dir
 from sft.loss import selected_nll, shift_left, target_weights, token_nll
 from sft.manifest import write_manifest
 from sft.modeling import load_model, load_tokenizer
+from sft.prune import auto_clean_callback
 
 logger = logging.getLogger("sft")
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
@@ -156,16 +156,6 @@ class WeightedLossTrainer(Trainer):
 # ---------------------------------------------------------------- a run
 
 
-def run_dir(cfg: ExperimentConfig) -> Path:
-    """model/<preset>/<run>/: checkpoints, the final model and its manifest."""
-    return Path(cfg.train.model_root) / cfg.preset / cfg.train.run_name
-
-
-def tensorboard_dir(cfg: ExperimentConfig) -> Path:
-    """tensorboard_events/<preset>/<run>_finetune_tfb/ (the original project's layout)."""
-    return Path(cfg.train.tensorboard_root) / cfg.preset / f"{cfg.train.run_name}_finetune_tfb"
-
-
 def use_bf16(setting: str) -> bool:
     """bf16 mixed precision where asked, or 'auto' = where the GPU supports it."""
     if setting == "auto":
@@ -229,47 +219,6 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
     return TrainingArguments(**args)
 
 
-@dataclass
-class PreparedData:
-    """The tokenized splits and what loading saw."""
-
-    train: Any
-    eval: Any
-    info: dict[str, Any]
-    eval_rows: list[dict[str, str]]  # the held-out rows as text, for generations
-
-
-def prepare_data(cfg: ExperimentConfig, tokenizer) -> PreparedData:
-    """Load, validate, split and tokenize; the held-out split depends on (data, split_seed) only."""
-    d = cfg.data
-    rows, report = load_rows(d.data, d.column_map, d.on_bad_rows)
-    if d.eval_data:
-        train_rows = rows
-        eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
-    else:
-        train_idx, eval_idx = split_indices(len(rows), d.eval_size, d.split_seed)
-        train_rows, eval_rows, eval_report = [rows[i] for i in train_idx], [rows[i] for i in eval_idx], None
-    if d.max_rows is not None:
-        train_rows = train_rows[: d.max_rows]
-    train, train_tok = tokenize_rows(train_rows, tokenizer, d, name="train")
-    eval_, eval_tok = tokenize_rows(eval_rows, tokenizer, d, name="eval")
-    for name, tok in (("train", train_tok), ("held-out", eval_tok)):
-        logger.info("rank %s: %s split, %d examples, tokenized %s", os.environ.get("RANK", "0"), name,
-                    tok.examples_out, "earlier (read from the cache)" if tok.from_cache else "now")
-    info = {
-        "load": report.to_dict(),
-        "eval_load": eval_report.to_dict() if eval_report else None,
-        "train_tokenize": vars(train_tok),
-        "eval_tokenize": vars(eval_tok),
-        "data_fingerprint": fingerprint_rows(rows),
-        "train_fingerprint": fingerprint_rows(train_rows),
-        "eval_fingerprint": fingerprint_rows(eval_rows),
-        "train_examples": len(train),
-        "eval_examples": len(eval_),
-    }
-    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)
-
-
 def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None,
                   args: TrainingArguments | None = None, callbacks: list | None = None):
     """Everything a run needs, wired into a WeightedLossTrainer (nothing is trained yet)."""
@@ -278,7 +227,7 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     if data is None:
         with args.main_process_first(desc="tokenizing the data"):  # once, then read from the cache by other ranks
-            data = prepare_data(cfg, tokenizer)
+            data = prepare_data(cfg.data, tokenizer)
     model = model if model is not None else load_model(cfg.model)
     model.config.use_cache = False  # no KV cache while training
     if batching == "packed" and cfg.model.attn_implementation is None:
@@ -290,8 +239,6 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
     tb.logging_dir = str(tensorboard_dir(cfg))
     callbacks = [tb, *(callbacks or [])]  # the caller's own TrainerCallbacks run after TensorBoard's
     if cfg.train.auto_clean is not None:  # prune checkpoints as they are saved (sft/prune.py)
-        from sft.prune import auto_clean_callback
-
         callbacks.append(auto_clean_callback(cfg.train.auto_clean))
     trainer = WeightedLossTrainer(
         model=model,
@@ -325,18 +272,17 @@ def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
 
 def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = None,
           callbacks: list | None = None) -> WeightedLossTrainer:
-    """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest."""
-    from sft.demo import ensure_demo_assets
+    """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest.
 
+    The base model and data must exist: the entry points (CLI, notebooks, `sft demo`, the sweep) build the
+    demo's with sft.demo.ensure_assets first.
+    """
     args = build_training_arguments(cfg)  # under torchrun / accelerate this also joins the process group
     checkpoint = resume_checkpoint(cfg)
     with args.main_process_first(desc="preparing the run folder"):  # rank 0 builds and deletes, the others wait
-        if args.process_index == 0:
-            if cfg.demo is not None:
-                ensure_demo_assets(cfg.demo)
-            if checkpoint is None and cfg.train.overwrite:
-                for old in list_checkpoints(run_dir(cfg)):
-                    shutil.rmtree(old)
+        if args.process_index == 0 and checkpoint is None and cfg.train.overwrite:
+            for old in list_checkpoints(run_dir(cfg)):
+                shutil.rmtree(old)
     trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args, callbacks=callbacks)
     out = run_dir(cfg)
     if trainer.is_world_process_zero():

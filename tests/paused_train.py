@@ -16,7 +16,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from sft.config import load_config
-from sft.train import run_dir, train
+from sft.layout import run_dir
+from sft.train import train
 
 WAIT_FOR_PRUNE = 120.0  # seconds; the watcher prunes within a second or two, this only bounds a broken one
 

@@ -12,11 +12,11 @@ import torch
 from conftest import ROOT, demo_config, load_script
 from sft import case_study as cs
 from sft.generate import GenerationSettings, generate_responses, generate_token_ids, render_prompts
+from sft.layout import run_dir, tensorboard_dir
 from sft.modeling import load_tokenizer
 from sft.prompts import TEMPLATES, Template
 from sft.synthetic import generate_rows
-from sft.train import run_dir, tensorboard_dir, train
-
+from sft.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,8 @@ LIMIT = 2  # items per family: enough to exercise pairing and the bootstrap, qui
 @pytest.fixture(scope="module")
 def evaluated(demo_root, tmp_path_factory):
     """The small demo's base model and an 8-step fine-tune, evaluated by the CLI in an offline subprocess."""
-    from sft.train import run_dir, train
+    from sft.layout import run_dir
+    from sft.train import train
 
     cfg = demo_config(demo_root, run_name="evaltuned", max_steps=8, eval_steps=1000, save_steps=1000,
                       logging_steps=4, overwrite=True)

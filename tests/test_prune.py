@@ -14,8 +14,9 @@ import pytest
 
 from conftest import ROOT, demo_cli_args, demo_config, demo_overrides, load_script
 from sft.checkpoints import can_resume_from, is_complete, last_complete_checkpoint, list_checkpoints
+from sft.layout import run_dir
 from sft.prune import PrunePolicy, auto_clean_callback, metric_at, plan_prune, prune_run, scan_checkpoints, watch
-from sft.train import run_dir, train
+from sft.train import train
 
 STEPS = (2, 4, 6, 8)  # the fixture run saves and evaluates every 2 steps
 

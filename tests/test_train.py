@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, demo_cli_args, demo_config
 from sft.checkpoints import can_resume_from, last_complete_checkpoint, list_checkpoints
+from sft.layout import run_dir, tensorboard_dir
 from sft.manifest import load_run_config, read_manifest
-from sft.train import build_trainer, run_dir, tensorboard_dir, token_nll, train
+from sft.train import build_trainer, token_nll, train
 
 
 def test_token_nll_matches_the_models_own_shifted_loss(demo_root):
