@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sft.prompts import get_template
 
@@ -154,8 +157,6 @@ def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tup
         for i, rec in enumerate(reader, 1):
             yield f"{path}: row {i} (line {reader.line_num})", rec
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         try:
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a damaged file
@@ -239,8 +240,6 @@ def _files_of(source: Path) -> list[Path]:
 
 def _records_from_hub(dataset_id: str) -> tuple[str, list[Any]]:
     """Load the train split of a hub dataset (needs the network, or a populated HF cache)."""
-    import datasets
-
     try:
         ds = datasets.load_dataset(dataset_id, split="train")
     except Exception as e:  # the hub client raises many types (offline, 404, auth); say what to do instead
@@ -404,8 +403,6 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     Returns an Arrow table built from flat numpy arrays: converting millions of per-token
     Python numbers into Arrow was most of the preprocessing time.
     """
-    import pyarrow as pa
-
     template = get_template(cfg.template)
     prompts = [template.render(i, x) for i, x in zip(batch["instruction"], batch["input"])]
     # Apart, so that no BPE merge crosses the prompt/response boundary: the prompt's tokens are
@@ -486,8 +483,6 @@ class TokenizeReport:
 
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
     """Tokenize validated rows into a `datasets.Dataset`, cached on disk across runs."""
-    import datasets
-
     check_tokenizer(tokenizer)
     key = json.dumps(
         [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicLayer
 
 from sft.prompts import get_template
 
@@ -182,8 +183,6 @@ def record(rows: _Rows, tokens: torch.Tensor, stop: set[int], new: list[list[int
 
 def can_join(cache) -> bool:
     """True for a cache whose layers `join` knows how to pad (plain full-attention layers)."""
-    from transformers.cache_utils import DynamicLayer
-
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 

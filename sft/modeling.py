@@ -13,7 +13,9 @@ import tokenizers
 import torch
 import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
+)
 
 from sft.prompts import render_prompt
 
@@ -241,8 +243,6 @@ def _check_local(path: str, what: str) -> None:
 
 def load_tokenizer(model_cfg) -> PreTrainedTokenizerFast:
     """The tokenizer of a ModelConfig (or a path), with a pad token (= EOS where it has none)."""
-    from transformers import AutoTokenizer
-
     if isinstance(model_cfg, (str, Path)):
         path, remote = str(model_cfg), False
     else:
@@ -266,8 +266,6 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def load_model(model_cfg):
     """The causal LM of a ModelConfig (or a path), from a local folder or the hub, safetensors only."""
-    from transformers import AutoModelForCausalLM
-
     if isinstance(model_cfg, (str, Path)):
         path, dtype, attn, remote = str(model_cfg), "auto", None, False
     else:
