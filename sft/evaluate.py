@@ -2,8 +2,9 @@
 
 For every model (loaded once): response loss, perplexity and token accuracy on the held-out split
 that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper.
-The demo's synthetic test set becomes local lm-eval tasks, one per task family, plus their group
-average. Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
+The demo's synthetic test set becomes local lm-eval tasks, one per task family, scored by exact match
+and edit similarity, plus their averages over the short-output, the long-output and all families.
+Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
 """
 
 from __future__ import annotations
