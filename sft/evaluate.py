@@ -2,8 +2,9 @@
 
 For every model (loaded once): response loss, perplexity and token accuracy on the held-out split
 that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper.
-The demo's synthetic test set becomes local lm-eval tasks, one per task family, plus their group
-average. Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
+The demo's synthetic test set becomes local lm-eval tasks, one per task family, scored by exact match
+and edit similarity, plus their averages over the short-output, the long-output and all families.
+Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 from lm_eval.utils import handle_non_serializable
+from rapidfuzz.distance import Levenshtein
 
 from sft.collate import WeightedLMCollator
 from sft.data import fingerprint_tokenizer, prepare_data
@@ -41,6 +43,9 @@ from sft.report import (
 from sft.synthetic import FAMILIES
 
 DEMO_GROUP = "sft_demo"  # the demo's lm-eval group; its tasks are sft_demo_<family>
+SHORT_GROUP = f"{DEMO_GROUP}_short"  # subgroup of the families with short answers (Family.long_output False)
+LONG_GROUP = f"{DEMO_GROUP}_long"  # subgroup of the long-output copy families (Family.long_output True)
+DEMO_METRICS = ("exact_match", "edit_similarity")  # every demo task's metrics, in the summaries' order
 MAX_GEN_TOKS = 64  # longest demo answer is ~40 tokens; a model that never stops is cut here
 BATCH_SIZE = 16  # one fixed batch size for every model (generation and held-out losses)
 TASKS_DIR = "lm_eval_tasks"  # generated task configs and data, inside the result folder
@@ -171,6 +176,28 @@ def heldout_metrics(model, dataset, pad_token_id: int, batch_size: int = BATCH_S
 # ---------------------------------------------------------------- the demo's lm-eval tasks
 
 
+def edit_similarity(references: list[str], predictions: list[str]) -> float:
+    """Character-level normalised Levenshtein similarity of a generation to its answer, in [0, 1] (1 = identical).
+
+    The graded companion of exact match: a long answer nearly copied scores near 1 rather
+    than 0. Surrounding whitespace is stripped, so only the answer's characters count. lm-eval
+    calls it per sample (one reference, one prediction); summaries report 100 x the mean.
+    """
+    (answer,), (prediction,) = references, predictions
+    return Levenshtein.normalized_similarity(prediction.strip(), answer.strip())
+
+
+class _Function(str):
+    """A `!function module.name` reference in a task YAML, resolved by lm-eval's loader."""
+
+
+class _TaskDumper(yaml.SafeDumper):
+    """YAML dumper of the task configs: safe_dump plus `!function` tags."""
+
+
+_TaskDumper.add_representer(_Function, lambda dumper, ref: dumper.represent_scalar("!function", str(ref)))
+
+
 def read_test_rows(path: str | Path) -> list[dict]:
     """The rows of a test JSONL file that carries a `family` per row (as the demo's test.jsonl does)."""
     p = Path(path)
@@ -194,7 +221,6 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
     sft.prompts, the code training used, so lm-eval reads it verbatim (`doc_to_text: prompt`)
     instead of a Jinja re-implementation of the template.
     """
-
     rows = read_test_rows(test_data)
     tmpl = get_template(template)
     found = list(dict.fromkeys(r["family"] for r in rows))
@@ -221,22 +247,38 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
             "num_fewshot": 0,
             "generation_kwargs": {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False},
             # Exact match on the raw generation, no stripping: emitting exactly the answer and then
-            # EOS is part of what instruction tuning teaches.
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-            "metadata": {"version": 1, "template": template,
+            # EOS is part of what instruction tuning teaches. Edit similarity grades the same
+            # generation, so a long copy that is nearly right is told apart from one that is not.
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True},
+                            {"metric": _Function(f"{__name__}.edit_similarity"), "aggregation": "mean",
+                             "higher_is_better": True}],
+            "metadata": {"version": 2, "template": template,
                          "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16]},
         }
-        (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
         names.append(name)
-    group = {
-        "group": DEMO_GROUP,
-        "task": names,
-        # weight_by_size false: every family counts the same in the average (families differ by a row or two).
-        "aggregate_metric_list": [{"metric": "exact_match", "aggregation": "mean", "weight_by_size": False}],
-        "metadata": {"version": 1},
-    }
-    (out / f"{DEMO_GROUP}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+    # Short- and long-output families as subgroups of the demo group: lm-eval averages a group over
+    # its leaf tasks, so sft_demo stays the mean over all families. A family this code does not
+    # know (an older test file) belongs to sft_demo only.
+    by_length = {SHORT_GROUP: [f"{DEMO_GROUP}_{f}" for f in families if f in FAMILIES and not FAMILIES[f].long_output],
+                 LONG_GROUP: [f"{DEMO_GROUP}_{f}" for f in families if f in FAMILIES and FAMILIES[f].long_output]}
+    subgroups = [g for g, members in by_length.items() if members]
+    for g in subgroups:
+        write_group(out, g, by_length[g])
+    write_group(out, DEMO_GROUP, subgroups + [f"{DEMO_GROUP}_{f}" for f in families if f not in FAMILIES])
     return names
+
+
+def write_group(out: Path, name: str, members: list[str]) -> None:
+    """Write the lm-eval group config <out>/<name>.yaml: the plain mean of every demo metric over its leaf tasks."""
+    group = {
+        "group": name,
+        "task": members,
+        # weight_by_size false: every family counts the same in the average (families differ by a row or two).
+        "aggregate_metric_list": [{"metric": m, "aggregation": "mean", "weight_by_size": False} for m in DEMO_METRICS],
+        "metadata": {"version": 2},
+    }
+    (out / f"{name}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
 
 
 def task_manager(tasks: list[str], include_path: Path | None):
@@ -248,7 +290,8 @@ def task_manager(tasks: list[str], include_path: Path | None):
     unknown = [t for t in tasks if t not in tm.all_tasks]
     if unknown:
         raise ValueError(f"Unknown lm-eval task(s): {', '.join(unknown)}. List the known ones with `lm-eval ls tasks`; "
-                         f"the demo's tasks are {DEMO_GROUP} and {DEMO_GROUP}_<family>.")
+                         f"the demo's tasks are {DEMO_GROUP}, {SHORT_GROUP}, {LONG_GROUP} and "
+                         f"{DEMO_GROUP}_<family>.")
     return tm
 
 

@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from tabulate import tabulate
 
 N_BOOT = 10_000  # bootstrap resamples per interval
 BOOT_SEED = 0  # numpy seed of every bootstrap: the same items are drawn for every pair of models
@@ -74,15 +78,11 @@ def format_csv(table: list[list[str]]) -> str:
 
 def format_markdown(table: list[list[str]]) -> str:
     """The table as a GitHub markdown table, cells kept verbatim ('12.30' and '-' stay as written)."""
-    from tabulate import tabulate
-
     return tabulate(table[1:], headers=table[0], tablefmt="github", disable_numparse=True) + "\n"
 
 
 def format_psql(table: list[list[str]]) -> str:
     """The table in tabulate's psql layout, for terminals and the .txt summary."""
-    from tabulate import tabulate
-
     return tabulate(table[1:], headers=table[0], tablefmt="psql", disable_numparse=True)
 
 
@@ -242,8 +242,6 @@ class Result:
 
 def load_result(path: str | Path) -> Result:
     """Read a result folder written by `sft.evaluate.evaluate_models`."""
-    import pandas as pd
-
     p = find_result_dir(path)
     settings = json.loads((p / "settings.json").read_text())
     summary = p / "summary" / f"summary_{settings['timestamp']}.csv"
@@ -267,8 +265,6 @@ def _relabel(results: list[Result]) -> list[dict[str, str]]:
 
 def long_scores(results: list[Result]):
     """One row per (dataset, metric, model): score and interval, in the summaries' row order."""
-    import pandas as pd
-
     frames = []
     for r, names in zip(results, _relabel(results)):
         s = r.scores.melt(id_vars=["dataset", "version", "metric", "mode"], value_vars=r.models,
@@ -287,8 +283,6 @@ def long_scores(results: list[Result]):
 
 def heldout_frame(results: list[Result]):
     """Held-out response loss, perplexity and token accuracy of every model."""
-    import pandas as pd
-
     rows = []
     for r, names in zip(results, _relabel(results)):
         for m, metrics in r.heldout.get("models", {}).items():
@@ -306,20 +300,28 @@ def _tick_label(dataset: str, groups: set[str]) -> str:
     return dataset
 
 
-def plot_comparison(scores, path: str | Path, title: str) -> Path:
-    """Grouped bars per dataset and model, 95% bootstrap intervals as whiskers."""
-    import matplotlib
+def base_metric(metric: str) -> str:
+    """The metric a summary row reports: 'naive_average:edit_similarity' -> 'edit_similarity'."""
+    return metric.split(":", 1)[-1]
 
-    matplotlib.use("Agg")  # files only: no display on servers and in tests
-    import matplotlib.pyplot as plt
 
-    rows = list(dict.fromkeys(zip(scores["dataset"], scores["metric"])))
-    models = list(dict.fromkeys(scores["model"]))
-    groups = set(scores.loc[scores["metric"].str.contains("average"), "dataset"])
+def comparison_panels(rows: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The (dataset, metric) rows of each panel: one panel per metric when every dataset reports the same
+    metrics (the demo's exact match and edit similarity), else one panel with every row (benchmarks that
+    each report their own metrics)."""
+    metrics = list(dict.fromkeys(base_metric(m) for _, m in rows))
+    per_dataset: dict[str, set[str]] = {}
+    for d, m in rows:
+        per_dataset.setdefault(d, set()).add(base_metric(m))
+    if len(metrics) < 2 or any(found != set(metrics) for found in per_dataset.values()):
+        return [rows]
+    return [[r for r in rows if base_metric(r[1]) == metric] for metric in metrics]
+
+
+def _draw_bars(ax, scores, rows: list[tuple[str, str]], models: list[str], groups: set[str], colours) -> None:
+    """One panel of grouped bars with whiskers, the value above each bar."""
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(min(16.0, max(8.0, 0.3 * len(rows) * len(models) + 2)), 5.5))
     x = np.arange(len(rows))
-    colours = plt.get_cmap("tab10").colors
     for k, m in enumerate(models):
         sub = scores[scores["model"] == m].set_index(["dataset", "metric"])
         y = np.array([sub["score"].get(r, np.nan) for r in rows], dtype=float)
@@ -333,28 +335,42 @@ def plot_comparison(scores, path: str | Path, title: str) -> Path:
             if not np.isnan(yi):  # the value above its whisker: a zero bar is otherwise invisible
                 ax.text(xi, top + 1, f"{yi:.0f}", ha="center", va="bottom", fontsize=6)
     for i, (d, _) in enumerate(rows):
-        if d in groups:  # set the averages apart from the tasks they average
+        if d in groups:  # set each average apart from the tasks it averages and from the tasks after it
             ax.axvline(i - 0.5, color="grey", linestyle=":", linewidth=1)
+            if i + 1 < len(rows):
+                ax.axvline(i + 0.5, color="grey", linestyle=":", linewidth=1)
     ax.set_xticks(x, [_tick_label(d, groups) for d, _ in rows], rotation=30, ha="right")
-    metrics = ", ".join(dict.fromkeys(m for _, m in rows if "average" not in m))
+    metrics = ", ".join(dict.fromkeys(m for _, m in rows if "average" not in m)) or base_metric(rows[0][1])
     ax.set_ylabel(f"score, 0-100 ({metrics})")
     ax.set_ylim(0, 105)
-    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(title="model", ncols=min(len(models), 4), loc="upper left", bbox_to_anchor=(0, -0.22), frameon=False)
+
+
+def plot_comparison(scores, path: str | Path, title: str) -> Path:
+    """Grouped bars per dataset and model, 95% bootstrap intervals as whiskers; one panel per metric."""
+    rows = list(dict.fromkeys(zip(scores["dataset"], scores["metric"])))
+    models = list(dict.fromkeys(scores["model"]))
+    groups = set(scores.loc[scores["metric"].str.contains("average"), "dataset"])
+    panels = comparison_panels(rows)
+    longest = max(len(p) for p in panels)
+    # A Figure without pyplot: no global state and no backend switch, so notebooks keep their inline plots.
+    fig = Figure(figsize=(min(16.0, max(8.0, 0.3 * longest * len(models) + 2)), 5.5 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        _draw_bars(ax, scores, panel, models, groups, matplotlib.colormaps["tab10"].colors)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].legend(title="model", ncols=min(len(models), 4), loc="upper left", bbox_to_anchor=(0, -0.22),
+                       frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def write_workbook(scores, differences, heldout, path: str | Path) -> Path:
     """Dataset_results.xlsx: sheets Scores (wide, with intervals), Differences and Heldout."""
-    import pandas as pd
-
     wide = scores.pivot_table(index=["dataset", "metric"], columns="model", values=["score", "ci_low", "ci_high"],
                               sort=False, dropna=False)
     models = list(dict.fromkeys(scores["model"]))
@@ -396,6 +412,18 @@ def scores_markdown(scores) -> str:
     return format_markdown(table)
 
 
+def differences_markdown(differences) -> str:
+    """Markdown table of the group rows' differences (a - b, paired bootstrap interval); per task in the files."""
+    groups = differences[differences["metric"].str.contains("average")] if not differences.empty else differences
+    if groups.empty:
+        return ""
+    table = [["dataset", "metric", "a - b", "difference [95% CI]", "significant"]]
+    for _, r in groups.iterrows():
+        table.append([r["dataset"], r["metric"], f"{r['model_a']} - {r['model_b']}",
+                      f"{r['diff']:+.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]", r["significant"]])
+    return format_markdown(table)
+
+
 def heldout_markdown(heldout) -> str:
     """Markdown table of the held-out response metrics."""
     if heldout.empty:
@@ -411,8 +439,6 @@ def heldout_markdown(heldout) -> str:
 
 def compare(result_dirs: list[str | Path], out: str | Path = "assets") -> str:
     """Write Comparison.png and Dataset_results.xlsx into `out`; return the markdown tables."""
-    import pandas as pd
-
     if not result_dirs:
         raise ValueError("compare needs at least one result folder, e.g. evaluation_results/demo/<timestamp>.")
     results = [load_result(p) for p in result_dirs]
@@ -429,6 +455,9 @@ def compare(result_dirs: list[str | Path], out: str | Path = "assets") -> str:
     plot_comparison(scores, out / "Comparison.png", title)
     write_workbook(scores, differences, heldout, out / "Dataset_results.xlsx")
     text = f"### Test scores (preset {presets}; score [95% CI])\n\n" + scores_markdown(scores)
+    diff = differences_markdown(differences)
+    if diff:
+        text += "\n### Differences of the averages (paired bootstrap; every task in Dataset_results.xlsx)\n\n" + diff
     held = heldout_markdown(heldout)
     if held:
         text += "\n### Held-out response metrics\n\n" + held

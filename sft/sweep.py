@@ -15,17 +15,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 from sft.checkpoints import list_checkpoints
 from sft.config import load_config
 from sft.demo import ensure_assets
-from sft.evaluate import evaluate_models
+from sft.evaluate import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, evaluate_models
 from sft.layout import MANIFEST, RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
-from sft.report import format_markdown, write_summary
+from sft.report import base_metric, format_markdown, model_pairs, write_summary
+from sft.synthetic import FAMILIES
 from sft.train import train
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
+DIFF_COLUMNS = ["dataset", "metric", "w_a", "w_b", "seeds", "diff", "ci_low", "ci_high", "significant", "values"]
+METRIC_LABELS = {"exact_match": "exact match (%)", "edit_similarity": "edit similarity (0-100, 100 = identical)"}
+GROUP_STYLES = {DEMO_GROUP: ("black", "all"), SHORT_GROUP: ("tab:blue", "short-output"),
+                LONG_GROUP: ("tab:red", "long-output")}  # colour and words of each demo group's curve
 
 
 def pair_label(w: float, seed: int) -> str:
@@ -141,53 +148,129 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
         writer.writerows(records)
     (root / "sweep.md").write_text(format_markdown(table))
     print(format_markdown(table), flush=True)
+    diffs = difference_records(pairs, keys, weights, seeds)
+    if diffs:
+        with (root / "differences.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=DIFF_COLUMNS)
+            writer.writeheader()
+            writer.writerows(diffs)
+        diff_table = [DIFF_COLUMNS[:-1]] + [[_diff_cell(d, c) for c in DIFF_COLUMNS[:-1]] for d in diffs]
+        (root / "differences.md").write_text(format_markdown(diff_table))
+        shown = [row for d, row in zip(diffs, diff_table[1:])
+                 if d["w_b"] == weights[0] and ("average" in d["metric"] or d["dataset"] == "heldout")]
+        print(f"Differences from w={weights[0]:g} (paired by seed, 95% t-interval; every pair in differences.csv):\n"
+              + format_markdown([DIFF_COLUMNS[:-1]] + shown), flush=True)
     if plot:
         plot_sweep(records, weights, preset, len(seeds), Path(plot))
     return root
 
 
+def difference_records(pairs: dict, keys: list[tuple[str, str]], weights: list[float], seeds: list[int]) -> list[dict]:
+    """w_a - w_b (w_a the larger weight) on every row: the mean of per-seed differences, 95% t-interval over seeds.
+
+    Paired by seed, as the two runs of a seed share their example order; w = 1 minus w = 0 is
+    unmasked minus masked.
+    """
+    out = []
+    for dataset, metric in keys:
+        for a, b in model_pairs(weights):
+            values = [pairs[a, s][dataset, metric] - pairs[b, s][dataset, metric] for s in seeds
+                      if (dataset, metric) in pairs[a, s] and (dataset, metric) in pairs[b, s]]
+            if values:
+                m, lo, hi = mean_interval(values)
+                out.append({"dataset": dataset, "metric": metric, "w_a": a, "w_b": b, "seeds": len(values),
+                            "diff": round(m, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
+                            "significant": "yes" if len(values) > 1 and (lo > 0 or hi < 0) else "no",
+                            "values": " ".join(f"{v:.4f}" for v in values)})
+    return out
+
+
+def _diff_cell(record: dict, column: str) -> str:
+    """A differences.md cell: scores with two decimals, held-out metrics with four."""
+    value = record[column]
+    if column in ("diff", "ci_low", "ci_high"):
+        return f"{value:+.4f}" if record["dataset"] == "heldout" else f"{value:+.2f}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: int, path: Path) -> Path:
-    """Each family's score and the held-out response loss against w: mean over seeds, 95% band."""
-    import matplotlib
+    """Scores and held-out response loss against w, mean over seeds: per metric, the group averages with their
+    95% bands (all, short- and long-output families) above the families' means; the loss beside them."""
+    scored = [r for r in records if r["dataset"] != "heldout"]
+    metrics = list(dict.fromkeys(base_metric(r["metric"]) for r in scored if "average" not in r["metric"]))
+    fig = Figure(figsize=(6.5 * len(metrics) + 5, 10.5))  # no pyplot: no global state, no backend switch
+    axes = fig.subplots(2, len(metrics) + 1, squeeze=False)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def curve(dataset: str, metric: str) -> list[dict]:
+        return sorted((r for r in records if (r["dataset"], r["metric"]) == (dataset, metric)),
+                      key=lambda r: r["prompt_loss_weight"])
 
-    fig, (ax_em, ax_loss) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [2, 1]})
-    datasets = list(dict.fromkeys(r["dataset"] for r in records if r["dataset"] != "heldout"))
-    cmap = plt.get_cmap("tab20")
-    for i, dataset in enumerate(datasets):
-        rows = sorted((r for r in records if r["dataset"] == dataset), key=lambda r: r["prompt_loss_weight"])
-        x = [r["prompt_loss_weight"] for r in rows]
-        if "average" in rows[0]["metric"]:  # the group: bold, with its interval over seeds
-            ax_em.plot(x, [r["mean"] for r in rows], marker="o", color="black", lw=2.5, zorder=5,
-                       label=f"{dataset} (average)")
-            ax_em.fill_between(x, [max(r["ci_low"], 0) for r in rows], [min(r["ci_high"], 100) for r in rows],
-                               color="black", alpha=0.15, zorder=4, label="95% interval of the average")
-        else:  # families: means only, or the bands of 15 lines would hide each other
-            ax_em.plot(x, [r["mean"] for r in rows], marker="o", ms=3, lw=1.1, color=cmap(i % 20),
-                       label=dataset.removeprefix("sft_demo_"))
-    ax_em.set_ylim(-2, 102)
-    rows = sorted((r for r in records if (r["dataset"], r["metric"]) == ("heldout", "response_loss")),
-                  key=lambda r: r["prompt_loss_weight"])
+    families = list(dict.fromkeys(r["dataset"] for r in scored if "average" not in r["metric"]))
+    groups = list(dict.fromkeys(r["dataset"] for r in scored if "average" in r["metric"]))
+    cmap = matplotlib.colormaps["tab20"]
+    for col, metric in enumerate(metrics):
+        ax_group, ax_family = axes[0, col], axes[1, col]
+        for k, dataset in enumerate(groups):
+            options = list(dict.fromkeys(r["metric"] for r in scored if r["dataset"] == dataset))
+            match = [m for m in options if base_metric(m) == metric]
+            if not match and len(options) == len(metrics) == 1:  # a group of one metric is just 'naive_average'
+                match = options
+            rows = curve(dataset, match[0]) if match else []
+            if not rows:
+                continue
+            colour, words = GROUP_STYLES.get(dataset, (cmap((2 * k + 1) % 20), dataset))
+            x, y = [r["prompt_loss_weight"] for r in rows], [r["mean"] for r in rows]
+            label = f"{words} ({_family_count(dataset, families)}{dataset})"
+            if dataset == DEMO_GROUP and len(groups) > 1:  # between its two parts: a thin line, its band in sweep.csv
+                ax_group.plot(x, y, marker="o", ms=4, color=colour, lw=1.2, ls="--", zorder=6, label=label)
+                continue
+            low, high = [max(r["ci_low"], 0) for r in rows], [min(r["ci_high"], 100) for r in rows]
+            ax_group.plot(x, y, marker="o", color=colour, lw=2.5, zorder=5, label=label + ", 95% band")
+            ax_group.fill_between(x, low, high, color=colour, alpha=0.12, zorder=4)
+            for edge in (low, high):  # band edges drawn too: two overlapping bands stay legible
+                ax_group.plot(x, edge, color=colour, lw=0.8, ls=":", zorder=4)
+        for i, dataset in enumerate(families):  # means only: the bands of 15 lines would hide each other
+            rows = curve(dataset, metric)
+            if rows:
+                family = FAMILIES.get(dataset.removeprefix(f"{DEMO_GROUP}_"))
+                ax_family.plot([r["prompt_loss_weight"] for r in rows], [r["mean"] for r in rows], marker="o", ms=3,
+                               lw=1.1, color=cmap(i % 20), ls="--" if family and family.long_output else "-",
+                               label=dataset.removeprefix(f"{DEMO_GROUP}_"))
+        label = METRIC_LABELS.get(metric, metric)
+        ax_group.set_title(f"{label}: group averages, 95% t-interval over {n_seeds} seeds", fontsize=10)
+        ax_family.set_title(f"{label} per task family (dashed: long outputs)", fontsize=10)
+        for ax in (ax_group, ax_family):
+            ax.set_ylim(-2, 102)
+            ax.set_ylabel(label)
+        ax_group.legend(loc="upper left", fontsize=8)
+    ax_loss, ax_legend = axes[0, -1], axes[1, -1]
+    rows = curve("heldout", "response_loss")
     x = [r["prompt_loss_weight"] for r in rows]
     ax_loss.plot(x, [r["mean"] for r in rows], marker="o", color="black")
     ax_loss.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2, color="gray")
-    for ax in (ax_em, ax_loss):
+    ax_loss.set_ylabel("held-out response loss (nats/token)")
+    ax_loss.set_title("held-out response loss (95% over seeds)", fontsize=10)
+    for ax in (a for a in axes.flat if a is not ax_legend):
         ax.set_xscale("symlog", linthresh=0.01)  # shows 0, 0.01, 0.1 and 1 evenly
         ax.set_xticks(weights)
         ax.set_xticklabels([f"{w:g}" for w in weights])
         ax.set_xlim(-0.002, 1.3)
         ax.set_xlabel("prompt-loss weight w  (0 = masked, 1 = unmasked)")
         ax.grid(alpha=0.3)
-    ax_em.set_ylabel("exact match (%)")
-    ax_em.set_title(f"{preset}: test exact match per task family (mean of {n_seeds} seeds)")
-    handles, labels = ax_em.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=9, fontsize=8, frameon=False)
-    ax_loss.set_ylabel("held-out response loss (nats/token)")
-    ax_loss.set_title("held-out response loss (95% over seeds)")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below
+    ax_legend.axis("off")  # the families' legend, beside the panels that draw them
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    ax_legend.legend(handles, labels, title="task family", loc="center", ncols=2, fontsize=9, frameon=False)
+    fig.suptitle(f"{preset}: test scores and held-out loss against the prompt-loss weight (mean of {n_seeds} seeds)")
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
+
+
+def _family_count(group: str, families: list[str]) -> str:
+    """'11 families, ' for a demo group whose members are known, else ''."""
+    names = [d.removeprefix(f"{DEMO_GROUP}_") for d in families]
+    known = [FAMILIES[n] for n in names if n in FAMILIES]
+    members = {DEMO_GROUP: names, SHORT_GROUP: [f for f in known if not f.long_output],
+               LONG_GROUP: [f for f in known if f.long_output]}.get(group)
+    return f"{len(members)} families, " if members else ""

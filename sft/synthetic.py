@@ -57,6 +57,7 @@ class Family:
     uses_input: bool
     make: Callable[[random.Random], tuple[str, str, str]]
     answer: Callable[[str, str], str]
+    long_output: bool = False  # a copy task whose answer is many tokens; the evaluation reports these apart
 
 
 # ---------------------------------------------------------------- helpers
@@ -643,14 +644,14 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("add", False, make_add, answer_add),
-        Family("sort", True, make_sort, answer_sort),
-        Family("reverse", True, make_reverse, answer_reverse),
+        Family("sort", True, make_sort, answer_sort, long_output=True),
+        Family("reverse", True, make_reverse, answer_reverse, long_output=True),
         Family("count", True, make_count, answer_count),
-        Family("case", True, make_case, answer_case),
+        Family("case", True, make_case, answer_case, long_output=True),
         Family("extract", True, make_extract, answer_extract),
         Family("compare", False, make_compare, answer_compare),
         Family("spell", False, make_spell, answer_spell),
-        Family("last_word", True, make_last_word, answer_last_word),
+        Family("last_word", True, make_last_word, answer_last_word, long_output=True),
         Family("antonym", False, make_antonym, answer_antonym),
         Family("capital", False, make_capital, answer_capital),
         Family("weekday", False, make_weekday, answer_weekday),

@@ -12,10 +12,17 @@ import pytest
 
 from conftest import ROOT, demo_config
 from sft.__main__ import main
-from sft.evaluate import parse_models
+from sft.evaluate import (DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, parse_models, task_manager,
+                          write_demo_tasks)
 from sft.synthetic import FAMILIES
 
 LIMIT = 2  # items per family: enough to exercise pairing and the bootstrap, quick on two CPU cores
+SHORT = [f for f in FAMILIES if not FAMILIES[f].long_output]
+LONG = [f for f in FAMILIES if FAMILIES[f].long_output]
+# Summary rows of the demo: each subgroup's families then its average, then the average of all families;
+# every dataset scored with exact match and edit similarity.
+DATASETS = [f"sft_demo_{f}" for f in SHORT] + [SHORT_GROUP] + [f"sft_demo_{f}" for f in LONG] + [LONG_GROUP, DEMO_GROUP]
+GROUPS = (SHORT_GROUP, LONG_GROUP, DEMO_GROUP)
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +67,37 @@ def test_result_folder_has_every_file(evaluated):
     assert settings["warnings"] == []  # the base listed is the one the run was tuned from
 
 
-def test_summary_has_a_row_per_family_and_the_average(evaluated):
+def test_summary_has_both_metrics_per_family_and_the_three_averages(evaluated):
     run = evaluated["run"]
     summary = pd.read_csv(run / "summary" / f"summary_{run.name}.csv", dtype=str)
     assert list(summary.columns) == ["dataset", "version", "metric", "mode", "base", "tuned"]
-    assert list(summary["dataset"]) == [f"sft_demo_{f}" for f in FAMILIES] + ["sft_demo"]
-    assert list(summary["metric"]) == ["exact_match"] * len(FAMILIES) + ["naive_average"]
+    assert list(summary["dataset"]) == [d for d in DATASETS for _ in range(2)]
+    assert list(summary["metric"]) == [m for d in DATASETS for m in (
+        ("naive_average:exact_match", "naive_average:edit_similarity") if d in GROUPS
+        else ("exact_match", "edit_similarity"))]
     assert set(summary["mode"]) == {"gen"} and summary["version"].str.fullmatch(r"[0-9a-f]{6}").all()
     scores = summary[["base", "tuned"]].astype(float)
     assert ((scores >= 0) & (scores <= 100)).all().all()
     assert summary[["base", "tuned"]].apply(lambda c: c.str.fullmatch(r"\d+\.\d\d")).all().all()
-    assert "sft_demo_last_word" in evaluated["stdout"]  # the CLI prints the table
+    # An exact match is an edit similarity of 100, so the graded score is never below exact match.
+    em, es = scores[summary["metric"].str.endswith("exact_match")], scores[summary["metric"].str.endswith("similarity")]
+    assert (es.to_numpy() >= em.to_numpy() - 1e-9).all()
+    # Each average is the plain mean over its families, for both metrics.
+    by_row = scores.set_index([summary["dataset"], summary["metric"]])
+    for group, members in ((SHORT_GROUP, SHORT), (LONG_GROUP, LONG), (DEMO_GROUP, list(FAMILIES))):
+        for metric in ("exact_match", "edit_similarity"):
+            mean = by_row.loc[[(f"sft_demo_{f}", metric) for f in members]].mean()
+            assert by_row.loc[(group, f"naive_average:{metric}")].to_numpy() == pytest.approx(mean.to_numpy(),
+                                                                                               abs=0.02)
+    assert "sft_demo_last_word" in evaluated["stdout"] and "sft_demo_long" in evaluated["stdout"]  # printed
+
+
+def test_every_sample_is_scored_with_both_metrics(evaluated):
+    for line in (evaluated["run"] / "predictions" / "tuned" / "sft_demo_sort.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        prediction = sample["filtered_resps"][0]
+        assert sample["edit_similarity"] == edit_similarity([sample["target"]], [prediction])
+        assert sample["exact_match"] == float(prediction == sample["target"])
 
 
 def test_held_out_loss_is_the_training_split_weighted_by_tokens(evaluated):
@@ -85,10 +112,17 @@ def test_held_out_loss_is_the_training_split_weighted_by_tokens(evaluated):
 
 def test_differences_cover_every_row_with_an_interval(evaluated):
     diffs = pd.read_csv(evaluated["run"] / "summary" / "differences.csv")
-    assert len(diffs) == len(FAMILIES) + 1
+    assert len(diffs) == 2 * len(DATASETS)
     assert set(zip(diffs["model_a"], diffs["model_b"])) == {("tuned", "base")}
     assert (diffs["ci_low"] <= diffs["diff"] + 1e-9).all() and (diffs["diff"] <= diffs["ci_high"] + 1e-9).all()
-    assert diffs.loc[diffs["dataset"] == "sft_demo", "n"].item() == LIMIT * len(FAMILIES)
+    n = diffs.set_index(["dataset", "metric"])["n"]
+    for group, members in ((SHORT_GROUP, SHORT), (LONG_GROUP, LONG), (DEMO_GROUP, FAMILIES)):
+        for metric in ("exact_match", "edit_similarity"):  # a group's items: all of its families'
+            assert n[group, f"naive_average:{metric}"] == LIMIT * len(members)
+    conf = pd.read_csv(evaluated["run"] / "summary" / "confidence.csv")
+    assert set(conf["metric"]) == {"exact_match", "edit_similarity", "naive_average:exact_match",
+                                   "naive_average:edit_similarity"}
+    assert len(conf) == 2 * 2 * len(DATASETS)  # two models
 
 
 def test_compare_writes_plot_workbook_and_markdown(evaluated, capsys):
@@ -96,11 +130,14 @@ def test_compare_writes_plot_workbook_and_markdown(evaluated, capsys):
     assert main(["compare", str(evaluated["run"].parent), "--out", str(assets)]) == 0  # a name folder: its newest run
     text = capsys.readouterr().out
     assert "| sft_demo " in text and "tuned" in text and "Held-out" in text
+    assert "| sft_demo_long  | naive_average:edit_similarity | tuned - base" in text  # the averages' differences
     assert (assets / "Comparison.png").stat().st_size > 10_000
     sheets = pd.read_excel(assets / "Dataset_results.xlsx", sheet_name=None)
     assert list(sheets) == ["Scores", "Differences", "Heldout"]
     assert {"base", "tuned", "tuned 95% CI low"} <= set(sheets["Scores"].columns)
-    assert len(sheets["Scores"]) == len(FAMILIES) + 1 and len(sheets["Heldout"]) == 2
+    assert len(sheets["Scores"]) == 2 * len(DATASETS) and len(sheets["Heldout"]) == 2
+    assert len(sheets["Differences"]) == 2 * len(DATASETS)
+    assert "edit_similarity" in set(sheets["Scores"]["metric"]) and SHORT_GROUP in set(sheets["Differences"]["dataset"])
 
 
 def test_held_out_data_changed_since_training_is_refused(evaluated, tmp_path, capsys):
@@ -114,6 +151,42 @@ def test_held_out_data_changed_since_training_is_refused(evaluated, tmp_path, ca
     assert main(["evaluate", "--models", f"stale={stale}", "--out", str(tmp_path / "out")]) == 2
     assert "data changed after training" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("prediction, answer, expected", [
+    ("cat, dog, fish", "cat, dog, fish", 100.0),  # identical
+    ("", "cat, dog, fish", 0.0),  # nothing generated
+    ("abcdefghiX", "abcdefghij", 90.0),  # one substitution in 10 characters
+    ("1, 2, 4, 3", "1, 2, 3, 4", 80.0),  # a partly sorted list: two of its 10 characters differ
+    ("apple, pear, plum, fig", "apple, fig, pear, plum", 100 * (1 - 10 / 22)),  # one item misplaced: 10 edits
+    ("  tiger\n", "tiger", 100.0),  # surrounding whitespace does not count
+    ("red  sun", "red sun", 100 * (1 - 1 / 8)),  # whitespace inside does: one insertion in 8 characters
+])
+def test_edit_similarity_on_known_pairs(prediction, answer, expected):
+    assert 100 * edit_similarity(references=[answer], predictions=[prediction]) == pytest.approx(expected)
+
+
+def test_demo_tasks_carry_both_metrics_and_the_groups_by_output_length(demo_root, tmp_path):
+    import yaml
+
+    out = tmp_path / "tasks"
+    names = write_demo_tasks(demo_root / "Dataset/demo/test.jsonl", out, "alpaca", ["<|endoftext|>"])
+    assert sorted(LONG) == ["case", "last_word", "reverse", "sort"]  # Family.long_output marks the copy tasks
+    groups = {g: yaml.safe_load((out / f"{g}.yaml").read_text()) for g in GROUPS}
+    assert groups[DEMO_GROUP]["task"] == [SHORT_GROUP, LONG_GROUP]
+    assert groups[SHORT_GROUP]["task"] == [f"sft_demo_{f}" for f in SHORT]
+    assert groups[LONG_GROUP]["task"] == [f"sft_demo_{f}" for f in LONG]
+    assert sorted(names) == sorted(groups[SHORT_GROUP]["task"] + groups[LONG_GROUP]["task"])
+    for g in groups.values():  # every family counts the same in each average, for both metrics
+        assert [(a["metric"], a["weight_by_size"]) for a in g["aggregate_metric_list"]] == [
+            ("exact_match", False), ("edit_similarity", False)]
+    # lm-eval resolves the metric function and scores a generation with both metrics.
+    task = task_manager(["sft_demo_sort"], out).load(["sft_demo_sort"])["tasks"]["sft_demo_sort"]
+    doc = next(iter(task.test_docs()))
+    half = doc["answer"][: len(doc["answer"]) // 2]
+    assert task.process_results(doc, [doc["answer"]]) == {"exact_match": 1.0, "edit_similarity": 1.0}
+    scored = task.process_results(doc, [half])
+    assert scored["exact_match"] == 0.0 and scored["edit_similarity"] == pytest.approx(len(half) / len(doc["answer"]))
 
 
 def test_parse_models_keeps_order_and_rejects_bad_specs():

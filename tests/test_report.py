@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sft.report import (Row, bootstrap_mean, confidence_rows, difference_rows, format_score, model_pairs,
-                        summary_table, write_summary)
+from sft.report import (Row, base_metric, bootstrap_mean, comparison_panels, confidence_rows, difference_rows,
+                        format_score, model_pairs, summary_table, write_summary)
 
 GOLDEN = Path(__file__).parent / "golden"
 TIME = "20250101_120000"
@@ -89,3 +89,14 @@ def test_rows_without_item_scores_get_no_interval():
 
 def test_every_pair_of_models_is_compared_later_minus_earlier():
     assert model_pairs(MODELS) == [("masked", "base"), ("unmasked", "base"), ("unmasked", "masked")]
+
+
+def test_comparison_has_a_panel_per_metric_when_every_dataset_reports_the_same_ones():
+    demo = [("sft_demo_add", "exact_match"), ("sft_demo_add", "edit_similarity"),
+            ("sft_demo", "naive_average:exact_match"), ("sft_demo", "naive_average:edit_similarity")]
+    assert base_metric("naive_average:edit_similarity") == "edit_similarity"
+    assert comparison_panels(demo) == [[demo[0], demo[2]], [demo[1], demo[3]]]
+    benchmarks = [("mmlu", "acc"), ("hellaswag", "acc"), ("hellaswag", "acc_norm")]  # as before: one panel
+    assert comparison_panels(benchmarks) == [benchmarks]
+    one_metric = [("sft_demo_add", "exact_match"), ("sft_demo", "naive_average")]  # results from before the metric
+    assert comparison_panels(one_metric) == [one_metric]

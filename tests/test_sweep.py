@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import demo_overrides
-from sft.sweep import mean_interval, pair_label, parse_weights, run_sweep
+from sft.sweep import difference_records, mean_interval, pair_label, parse_weights, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -19,6 +19,14 @@ def test_parse_weights_and_interval():
     assert mean_interval([5.0]) == (5.0, 5.0, 5.0)
 
 
+def test_sweep_differences_pair_runs_by_seed():
+    key = ("sft_demo_long", "naive_average:edit_similarity")
+    pairs = {(0.0, 1): {key: 10.0}, (0.0, 2): {key: 30.0}, (1.0, 1): {key: 15.0}, (1.0, 2): {key: 36.0}}
+    (d,) = difference_records(pairs, [key], [0.0, 1.0], [1, 2])
+    assert (d["w_a"], d["w_b"], d["seeds"], d["diff"], d["values"]) == (1.0, 0.0, 2, 5.5, "5.0000 6.0000")
+    assert d["ci_low"] == pytest.approx(5.5 - 12.706 * 0.5) and d["significant"] == "no"  # t(1) over 2 seeds
+
+
 def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     overrides = {**demo_overrides(demo_root), "max_steps": 4, "save_steps": 2, "eval_steps": 4, "logging_steps": 2}
     results = tmp_path / "evaluation_results"
@@ -30,6 +38,13 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     assert list((root / "summary").glob("summary_*.csv")) and (tmp_path / "plw_sweep.png").stat().st_size > 10_000
     header = next((root / "summary").glob("summary_*.csv")).read_text().splitlines()[0]
     assert header == "dataset,version,metric,mode,w=0,w=1"
+    for group in ("sft_demo", "sft_demo_short", "sft_demo_long"):  # each average on both metrics, with intervals
+        for metric in ("exact_match", "edit_similarity"):
+            assert any(line.startswith(f"{group},naive_average:{metric},1.0,2,") for line in records)
+    diffs = (root / "differences.csv").read_text().splitlines()
+    assert diffs[0] == "dataset,metric,w_a,w_b,seeds,diff,ci_low,ci_high,significant,values"
+    assert any(line.startswith("sft_demo_long,naive_average:edit_similarity,1.0,0.0,2,") for line in diffs)
+    assert (root / "differences.md").is_file()
 
     runs = demo_root / "model/demo/sweep-t"
     finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/model.safetensors")}
