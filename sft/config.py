@@ -13,8 +13,10 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from sft.checks import data_files
 from sft.data import DataConfig
 
 
@@ -164,21 +166,16 @@ LOCAL_DATA_DIR = "Dataset"  # where users of the original project keep alpaca-cl
 
 def resolve_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """Prefer local copies of the reference model and data over the hub, when they exist."""
-    from pathlib import Path
-
-    from sft.data import SUFFIXES
-
     if cfg.preset != "qwen2.5-0.5b-alpaca":
         return cfg
-    if cfg.model.model == "Qwen/Qwen2.5-0.5B" and (Path(LOCAL_QWEN_DIR) / "config.json").exists():
+    # A folder there means the user downloaded into it: an incomplete one is reported by sft.checks, not
+    # silently replaced by the hub copy.
+    if cfg.model.model == "Qwen/Qwen2.5-0.5B" and Path(LOCAL_QWEN_DIR).is_dir():
         cfg.model.model = LOCAL_QWEN_DIR
-    local = Path(LOCAL_DATA_DIR)
-    has_file = local.is_dir() and any(
-        p.suffix in SUFFIXES and "demo" not in p.parts for p in local.rglob("*") if p.is_file()
-    )
-    if cfg.data.data == "yahma/alpaca-cleaned" and has_file:
-        files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in SUFFIXES)
-        cfg.data.data = str(files[0]) if len(files) == 1 else LOCAL_DATA_DIR
+    if cfg.data.data == "yahma/alpaca-cleaned":
+        files = data_files(LOCAL_DATA_DIR)  # a ValueError when Dataset/ holds files but no usable one
+        if files:
+            cfg.data.data = str(files[0]) if len(files) == 1 else LOCAL_DATA_DIR
     return cfg
 
 

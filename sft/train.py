@@ -25,6 +25,7 @@ from transformers.integrations import TensorBoardCallback
 
 from sft import attention
 from sft.checkpoints import last_complete_checkpoint, list_checkpoints
+from sft.checks import check_inputs
 from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
 from sft.data import fingerprint_rows, load_rows, split_indices, tokenize_rows
@@ -327,6 +328,9 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest."""
     from sft.demo import ensure_demo_assets
 
+    # Model folder, tokenizer and data folder checked before anything is written (exit code 2 on the CLI).
+    checked = check_inputs(cfg, tokenizer=tokenizer)  # None for the demo, which builds its model below
+    tokenizer = checked if checked is not None else tokenizer
     args = build_training_arguments(cfg)  # under torchrun / accelerate this also joins the process group
     checkpoint = resume_checkpoint(cfg)
     with args.main_process_first(desc="preparing the run folder"):  # rank 0 builds and deletes, the others wait
