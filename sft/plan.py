@@ -236,8 +236,9 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
                   "head_tokens_per_epoch": head_tokens, "attention_forward_per_epoch": attn,
                   "formula": "6 N_body T + 6 V d T_head + 3 A per epoch; evaluations 2 (N_body + V d) T + A"},
         "memory_bytes": memory, "peak_memory_bytes": peak,
-        "memory_note": (f"weights, gradients and both AdamW states in {'fp32' if pb == 4 else 'bf16'} (model.dtype "
-                        f"{cfg.model.dtype!r} on a bf16 GPU; bf16=True autocasts, no fp32 master copy); activations "
+        "memory_note": (("fp32 weights, gradients and AdamW states, bf16 autocast" if pb == 4 else
+                         "bf16 weights, gradients and AdamW states: bf16=True only autocasts, there is no fp32 master "
+                         "copy") + f" (model.dtype {cfg.model.dtype!r} on a bf16 GPU); activations "
                         f"of {t.per_device_train_batch_size} x {int(lengths.max())} tokens in bf16, no gradient "
                         "checkpointing; estimate, +-30%"),
         "gpus": gpus,
