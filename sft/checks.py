@@ -15,17 +15,12 @@ from typing import Any
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from sft.data import SUFFIXES
-from sft.modeling import load_tokenizer
+from sft.modeling import load_tokenizer, looks_local
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of sharded files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # a fast tokenizer, as Qwen2.5 ships it
 NOT_DATA = ("readme", ".")  # names (lowercase prefixes) in Dataset/ that are never data: README.md, .gitkeep
 DOWNLOAD = "hf download Qwen/Qwen2.5-0.5B --local-dir {path}"  # the fix for an incomplete reference model folder
-
-
-def looks_local(path: str) -> bool:
-    """A filesystem path rather than a hub id (Qwen/Qwen2.5-0.5B)."""
-    return Path(path).exists() or path.startswith((".", "/", "~", "model/")) or bool(Path(path).suffix)
 
 
 def check_model_dir(path: str | Path, weights: bool = True, tokenizer: bool = True) -> dict[str, Any]:
@@ -106,8 +101,13 @@ def check_inputs(cfg, weights: bool = True, tokenizer=None):
         raise ValueError(f"{cfg.data.data}/ holds no data file: put your dataset there (e.g. alpaca_data_cleaned.json) "
                          "or pass --data PATH or a hub id such as yahma/alpaca-cleaned.")
     model = cfg.model.model
-    if not looks_local(model):  # a hub id: transformers checks it while downloading
-        return tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    if not looks_local(model):  # a hub id: transformers checks the files while downloading
+        try:
+            return tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+        except OSError as e:  # offline, unknown id, gated: say where a download goes instead
+            raise ValueError(f"Cannot load {model!r} from the Hugging Face Hub ({type(e).__name__}): download it "
+                             f"with `{DOWNLOAD.format(path='model/qwen2.5/transformers/0.5b/1')}` (the preset's "
+                             "local folder), or pass --model.model PATH.") from None
     config = check_model_dir(model, weights=weights, tokenizer=cfg.model.tokenizer is None)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     check_tokenizer_matches(model, config, tokenizer)

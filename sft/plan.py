@@ -29,11 +29,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from sft.checks import check_inputs, looks_local
+from sft.checks import check_inputs
 from sft.config import ExperimentConfig
 from sft.data import load_rows, split_indices, tokenize_rows
 from sft.loss import HEAD_CHUNK_TOKENS
-from sft.modeling import load_tokenizer
+from sft.modeling import load_tokenizer, looks_local
 
 GIB = 1024**3
 

@@ -2,11 +2,14 @@
 notebooks, evaluate, compare, eval.py and auto_clean.py; and the one-line errors for bad downloads."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from conftest import SHARED
+from conftest import ROOT, SHARED
 from sft.config import LOCAL_QWEN_DIR
 
 PRESET = "qwen2.5-0.5b-alpaca"
@@ -140,3 +143,32 @@ def test_reference_chain_runs_end_to_end(tmp_path):
     assert "heldout" in summary and "response_token_accuracy" in summary
     # auto_clean.py (--keep-last 1 --keep-best 0) kept the newest checkpoint and deleted the older one.
     assert [p.name for p in (root / "model" / PRESET / "masked").glob("checkpoint-*")] == [f"checkpoint-{NOTEBOOK_OVERRIDES['max_steps']}"]
+
+
+def test_hub_ids_are_not_taken_for_folders():
+    from sft.modeling import looks_local
+
+    assert not looks_local("Qwen/Qwen2.5-0.5B")  # its ".5B" is no file suffix: the preset's hub fallback works
+    assert looks_local("model/qwen2.5/transformers/0.5b/1") and looks_local("./mine") and looks_local("a/b/c")
+
+
+def test_unreachable_hub_model_is_a_clear_error(tmp_path, monkeypatch):
+    """No local model folder and no network: the plan and training say where to download, exit code 2."""
+    import sft.checks
+    from sft.config import load_config
+
+    (tmp_path / "Dataset").mkdir()
+    (tmp_path / "Dataset" / "rows.json").write_text(json.dumps([{"instruction": "a", "output": "b"}] * 4))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "sft", "plan", "--preset", PRESET], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "Cannot read the config of 'Qwen/Qwen2.5-0.5B'" in res.stderr and LOCAL_QWEN_DIR in res.stderr
+
+    def offline(_):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sft.checks, "load_tokenizer", offline)
+    with pytest.raises(ValueError, match="Cannot load 'Qwen/Qwen2.5-0.5B' from the Hugging Face Hub"):
+        sft.checks.check_inputs(load_config(PRESET))
