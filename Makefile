@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test sweep bench install clean-demo
+.PHONY: demo test sweep bench install clean-demo reference-check
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ demo: install
 # The study beyond two points: prompt-loss weights x seeds on the demo (about 30 minutes on 2 CPU cores).
 sweep: install
 	$(PY) -m sft sweep --preset demo --prompt-loss-weights 0,0.01,0.1,0.5,1 --seeds 2 --name demo
+
+# The reference experiment's commands end to end on a tiny Qwen2.5 stand-in (needs ../shared; offline, CPU, ~2-4 min).
+# Works in .cache/reference-check/, never in your model/ or Dataset/.
+reference-check: install
+	$(PY) -m sft reference-check --workdir .cache/reference-check --shared ../shared
 
 # Benchmarks (need ../shared; TRL is a benchmark-only dependency).
 bench: install

@@ -17,6 +17,8 @@ from sft.demo import ensure_assets, ensure_demo_assets, run_demo
 from sft.evaluate import evaluate_models, parse_models
 from sft.inspect_data import format_stats, inspect_data, render_example
 from sft.modeling import load_tokenizer
+from sft.plan import MFU, format_plan, plan_run
+from sft.reference import reference_check
 from sft.report import compare, format_psql, load_result
 from sft.sweep import parse_weights, run_sweep
 from sft.train import train
@@ -110,6 +112,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Held-out metrics and lm-eval tasks for every model, summarised under evaluation_results/."""
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
+    if args.heldout_only:
+        if tasks:
+            raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
+        tasks = []
+    elif tasks == []:
+        raise ValueError("--tasks is empty; pass lm-eval task names such as mmlu,gsm8k (or sft_demo), "
+                         "or --heldout-only.")
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     run = evaluate_models(parse_models(args.models), tasks=tasks, name=args.name, limit=limit,
                           batch_size=args.batch_size, out=args.out, test_data=args.test_data,
@@ -134,6 +143,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
     run_sweep(args.preset, parse_weights(args.prompt_loss_weights), seeds, args.name or args.preset,
               limit=args.limit, overrides=args.overrides, plot=args.plot)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Tokenize the data and print what the run will cost: tokens, steps, FLOPs, memory, time."""
+    overrides = dict(args.overrides)
+    if args.prompt_loss_weight is not None:
+        overrides["prompt_loss_weight"] = args.prompt_loss_weight
+    plan = plan_run(load_config(args.preset, **overrides), world_size=args.world_size, mfu=args.mfu)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def cmd_reference_check(args: argparse.Namespace) -> int:
+    """Run the reference experiment's commands on a tiny stand-in of Qwen2.5-0.5B in a scratch folder."""
+    reference_check(args.workdir, args.shared, main)
     return 0
 
 
@@ -166,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start the run again, deleting its old checkpoints")
     p.set_defaults(func=cmd_train, accepts_overrides=True)
 
+    p = sub.add_parser("plan", help="what a run will cost before it starts: tokens, steps, FLOPs, memory, GPU time",
+                       description="Any other --name VALUE overrides a config or TrainingArguments field, as for train.")
+    p.add_argument("--preset", default="demo", help="demo | qwen2.5-0.5b-alpaca")
+    p.add_argument("--prompt-loss-weight", type=float, help="w: 0 masked, 1 unmasked (changes the head's work)")
+    p.add_argument("--world-size", type=int, default=1, help="data-parallel processes (GPUs)")
+    p.add_argument("--mfu", type=float, default=MFU, help=f"assumed model FLOPs utilisation ({MFU})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_plan, accepts_overrides=True)
+
+    p = sub.add_parser("reference-check", help="the reference commands end to end on a tiny Qwen2.5 stand-in "
+                                               "(offline, CPU, about 2 minutes)")
+    p.add_argument("--workdir", default=".cache/reference-check",
+                   help="scratch folder (never your model/ or Dataset/); emptied first if an earlier check made it")
+    p.add_argument("--shared", default="../shared", help="the folder with tokenizers/qwen2.5 and data/gsm8k_alpaca.json")
+    p.set_defaults(func=cmd_reference_check)
+
     p = sub.add_parser("build-demo", help="write the demo data and build its tiny base model")
     p.set_defaults(func=cmd_build_demo, accepts_overrides=True)
 
@@ -186,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", required=True, metavar="LABEL=PATH,...",
                    help="e.g. base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked")
     p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups (default for the demo: sft_demo)")
+    p.add_argument("--heldout-only", action="store_true",
+                   help="held-out response loss and token accuracy only, no lm-eval task (fast; offline)")
     p.add_argument("--name", help="folder under --out (default: the preset of the runs)")
     p.add_argument("--limit", type=float, help="items per task (a number below 1 is a share), for quick checks")
     p.add_argument("--batch-size", type=int, default=16, help="one fixed batch size for every model")

@@ -18,7 +18,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from sft.data import SUFFIXES, DataConfig
+from sft.checks import data_files
+from sft.data import DataConfig
 from sft.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR, MODEL_ROOT, TENSORBOARD_ROOT
 
 
@@ -144,7 +145,9 @@ def _qwen25_alpaca() -> ExperimentConfig:
         # Dataset/ when it holds a file (the original project's layout), else the hub copy; see resolve_paths().
         data=DataConfig(data="yahma/alpaca-cleaned", eval_size=0.02, max_length=512),
         # model/qwen2.5/transformers/0.5b/1 when present (a Kaggle-style download), else the hub id.
-        model=ModelConfig(model="Qwen/Qwen2.5-0.5B", dtype="auto"),
+        # fp32 master weights, bf16 compute (bf16="auto" autocasts): weights loaded in bf16 would make AdamW's
+        # updates at lr 2e-5 fall below bf16's resolution (~0.4% of a weight) and be rounded away.
+        model=ModelConfig(model="Qwen/Qwen2.5-0.5B", dtype="float32"),
         train=TrainConfig(
             num_train_epochs=3.0,  # the reference experiment
             per_device_train_batch_size=4,  # the reference experiment
@@ -168,15 +171,14 @@ def resolve_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """Prefer local copies of the reference model and data over the hub, when they exist."""
     if cfg.preset != "qwen2.5-0.5b-alpaca":
         return cfg
-    if cfg.model.model == "Qwen/Qwen2.5-0.5B" and (Path(LOCAL_QWEN_DIR) / "config.json").exists():
+    # A folder there means the user downloaded into it: an incomplete one is reported by sft.checks, not
+    # silently replaced by the hub copy.
+    if cfg.model.model == "Qwen/Qwen2.5-0.5B" and Path(LOCAL_QWEN_DIR).is_dir():
         cfg.model.model = LOCAL_QWEN_DIR
-    local = Path(LOCAL_DATA_DIR)
-    has_file = local.is_dir() and any(
-        p.suffix in SUFFIXES and "demo" not in p.parts for p in local.rglob("*") if p.is_file()
-    )
-    if cfg.data.data == "yahma/alpaca-cleaned" and has_file:
-        files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in SUFFIXES)
-        cfg.data.data = str(files[0]) if len(files) == 1 else LOCAL_DATA_DIR
+    if cfg.data.data == "yahma/alpaca-cleaned":
+        files = data_files(LOCAL_DATA_DIR)  # a ValueError when Dataset/ holds files but no usable one
+        if files:
+            cfg.data.data = str(files[0]) if len(files) == 1 else LOCAL_DATA_DIR
     return cfg
 
 

@@ -412,6 +412,13 @@ def _is_mean(per_leaf: list[dict], value: float, size_weighted: bool) -> bool:
     return abs(est - float(value)) < 1e-6
 
 
+def heldout_rows(heldout: dict[str, dict]) -> list[Row]:
+    """Summary rows of a held-out-only evaluation: response token accuracy (0-100) and response loss (nats)."""
+    models = list(heldout)
+    return [Row("heldout", short_hash(metric), metric, "ppl", {m: scale * heldout[m][metric] for m in models},
+                scale=scale) for metric, scale in (("response_token_accuracy", 100.0), ("response_loss", 1.0))]
+
+
 # ---------------------------------------------------------------- the whole evaluation
 
 
@@ -471,10 +478,9 @@ def evaluate_models(models: dict[str, str], tasks: list[str] | None = None, name
     if tasks is None:
         if cfg.demo is None:
             raise ValueError(f"Preset {cfg.preset!r} has no default tasks; pass lm-eval task names, "
-                             "e.g. --tasks mmlu,gsm8k.")
+                             "e.g. --tasks mmlu,gsm8k, or --heldout-only for the held-out metrics alone.")
         tasks = [DEMO_GROUP]
-    if not tasks:
-        raise ValueError("--tasks is empty; pass lm-eval task names such as mmlu,gsm8k (or sft_demo).")
+    # tasks == []: held-out metrics only (--heldout-only), no lm-eval run; they become the summary's rows.
     demo_tasks = any(t == DEMO_GROUP or t.startswith(DEMO_GROUP + "_") for t in tasks)
     if demo_tasks and test_data is None:
         if cfg.demo is None:
@@ -495,7 +501,7 @@ def evaluate_models(models: dict[str, str], tasks: list[str] | None = None, name
             stop = list(dict.fromkeys(t.eos_token for t in tokenizers.values()))  # generation stops at EOS
             include = run / TASKS_DIR
             write_demo_tasks(test_data, include, cfg.data.template, stop, max_gen_toks)
-        tm = task_manager(tasks, include)
+        tm = task_manager(tasks, include) if tasks else None
     except BaseException:
         shutil.rmtree(run, ignore_errors=True)  # nothing evaluated yet: leave no empty result folder behind
         if not any(run.parent.iterdir()):
@@ -512,7 +518,7 @@ def evaluate_models(models: dict[str, str], tasks: list[str] | None = None, name
         t1 = time.perf_counter()
         print(f"[{label}] held-out response loss {heldout[label]['response_loss']:.4f}, token accuracy "
               f"{100 * heldout[label]['response_token_accuracy']:.2f}% ({t1 - t0:.1f} s)", flush=True)
-        res = run_benchmarks(model, tokenizer, tasks, tm, limit, batch_size)
+        res = run_benchmarks(model, tokenizer, tasks, tm, limit, batch_size) if tasks else {"results": {}}
         samples[label] = res.pop("samples", {})
         results[label] = res
         (run / "results").mkdir(exist_ok=True)
@@ -527,7 +533,7 @@ def evaluate_models(models: dict[str, str], tasks: list[str] | None = None, name
 
     groups = {g: group_config(tm, g) for g in next(iter(results.values())).get("group_subtasks", {})}
     labels = list(models)
-    rows = summary_rows(results, samples, tasks, groups)
+    rows = summary_rows(results, samples, tasks, groups) if tasks else heldout_rows(heldout)
     write_summary(summary_table(rows, labels), run / "summary", ts)
     write_records(difference_rows(rows, labels, n_boot, seed), DIFF_COLUMNS, run / "summary" / "differences")
     write_records(confidence_rows(rows, labels, n_boot, seed), CONF_COLUMNS, run / "summary" / "confidence")

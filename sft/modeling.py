@@ -232,10 +232,16 @@ def ensure_demo_base(out_dir: str | Path, corpus_path: str | Path, cfg: TinyMode
 # ---------------------------------------------------------------- loading any base model (demo or real)
 
 
+def looks_local(path: str) -> bool:
+    """A filesystem path rather than a hub id: owner/name ids such as Qwen/Qwen2.5-0.5B (whose '.5B' is no file
+    suffix) go to the hub."""
+    return (Path(path).exists() or path.startswith((".", "/", "~", "model/", "model\\\\", "Dataset/"))
+            or path.count("/") > 1)
+
+
 def _check_local(path: str, what: str) -> None:
     """A path-like name that does not exist gets a clear message instead of a hub lookup error."""
-    looks_local = path.startswith((".", "/", "~")) or path.startswith(("model/", "model\\\\")) or Path(path).suffix
-    if looks_local and not Path(path).exists():
+    if looks_local(path) and not Path(path).exists():
         hint = ("run `make demo` or `python -m sft build-demo` to build the demo base model"
                 if "demo" in path else "download the model there, or pass a hub id such as Qwen/Qwen2.5-0.5B")
         raise ValueError(f"{what} folder {path!r} does not exist: {hint}.")

@@ -23,6 +23,7 @@ from transformers.integrations import TensorBoardCallback
 
 from sft import attention
 from sft.checkpoints import last_complete_checkpoint, list_checkpoints
+from sft.checks import check_inputs
 from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
 from sft.data import PreparedData, prepare_data
@@ -275,8 +276,10 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest.
 
     The base model and data must exist: the entry points (CLI, notebooks, `sft demo`, the sweep) build the
-    demo's with sft.demo.ensure_assets first.
+    demo's with sft.demo.ensure_assets first. They are checked before anything is written.
     """
+    checked = check_inputs(cfg, tokenizer=tokenizer)  # model folder, tokenizer, data folder (exit code 2 on the CLI)
+    tokenizer = checked if checked is not None else tokenizer
     args = build_training_arguments(cfg)  # under torchrun / accelerate this also joins the process group
     checkpoint = resume_checkpoint(cfg)
     with args.main_process_first(desc="preparing the run folder"):  # rank 0 builds and deletes, the others wait

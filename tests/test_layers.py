@@ -15,10 +15,12 @@ PACKAGE = ROOT / "sft"
 LAYERS = [
     {"layout", "prompts", "loss", "attention", "synthetic", "plots"},  # no sibling imports
     {"data", "checkpoints", "generate", "report"},  # rows and tokens; checkpoint folders; decoding; tables and plots
-    {"config", "collate", "modeling", "prune", "inspect_data"},  # settings; batches; models; pruning
+    {"collate", "modeling", "prune", "inspect_data"},  # batches; models and tokenizers; pruning; data statistics
+    {"checks", "config"},  # a downloaded model and data checked; settings and presets
     {"manifest"},  # run manifests (read the config back)
-    {"train", "evaluate"},  # the Trainer; held-out metrics and lm-eval
-    {"case_study", "demo", "sweep"},  # studies built from training and evaluation
+    {"train", "evaluate", "plan"},  # the Trainer; held-out metrics and lm-eval; a run's cost before it starts
+    {"case_study", "demo", "sweep", "reference"},  # studies built from training and evaluation; the offline
+    # reference chain
     {"__main__"},  # the command line
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

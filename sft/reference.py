@@ -1,0 +1,173 @@
+"""The reference experiment (Qwen2.5-0.5B on alpaca-cleaned) end to end, offline, on a stand-in.
+
+`build_reference_fixture` lays out what a user has after downloading: the base model folder in
+the Hugging Face layout at `model/qwen2.5/transformers/0.5b/1/` and the data at
+`Dataset/alpaca_data_cleaned.json`. The model is a randomly initialised `Qwen2ForCausalLM` with
+Qwen2.5-0.5B's configuration but 2 layers of width 56 (its 151,936-row tied embedding, rope theta,
+7:1 query to key-value heads and special ids kept); the tokenizer and the alpaca-schema rows
+(GSM8K) come from `../shared`. `reference_check` then runs the README's reference commands in
+that folder: both notebooks with papermill on the `qwen2.5-0.5b-alpaca` preset (overrides for
+steps and lengths only), `sft evaluate`, `sft compare`, `eval.py`, `auto_clean.py`, and checks
+that every promised file is there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import papermill
+import torch
+from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+from sft.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: notebooks, eval.py, auto_clean.py
+PRESET = "qwen2.5-0.5b-alpaca"
+DATA_FILE = "alpaca_data_cleaned.json"  # the name alpaca-cleaned's own repository gives its file
+# Qwen2.5-0.5B's config.json (the values the model card's download holds).
+QWEN25_05B = dict(
+    architectures=["Qwen2ForCausalLM"], model_type="qwen2", attention_dropout=0.0, bos_token_id=151643,
+    eos_token_id=151643, hidden_act="silu", hidden_size=896, initializer_range=0.02, intermediate_size=4864,
+    max_position_embeddings=32768, max_window_layers=24, num_attention_heads=14, num_hidden_layers=24,
+    num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1000000.0, sliding_window=32768,
+    tie_word_embeddings=True, torch_dtype="bfloat16", use_cache=True, use_sliding_window=False, vocab_size=151936,
+)
+# The stand-in: fewer, narrower layers. 7 query heads of width 8 over 1 key-value head keep the 14:2 ratio and
+# hidden = heads x head_dim (as 896 = 14 x 64); the MLP keeps the 4864/896 ratio.
+TINY = dict(hidden_size=56, intermediate_size=304, num_hidden_layers=2, max_window_layers=2, num_attention_heads=7,
+            num_key_value_heads=1)
+# What both notebooks are changed by: steps, lengths and the held-out size, nothing else of the preset.
+# Kept small because the LM head over Qwen's 151,936-token vocabulary is most of the CPU time.
+NOTEBOOK_OVERRIDES = {"max_steps": 2, "max_length": 64, "eval_size": 8, "eval_steps": 1, "save_steps": 1,
+                      "logging_steps": 1}
+NOTEBOOKS = {"masked": ("finetune_masked.ipynb", 0.0), "unmasked": ("finetune_unmasked.ipynb", 1.0)}
+
+
+def qwen25_config(tiny: bool = True) -> Qwen2Config:
+    """Qwen2.5-0.5B's configuration, or the stand-in's (tiny=True)."""
+    values = {k: v for k, v in QWEN25_05B.items() if k not in ("architectures", "model_type", "torch_dtype",
+                                                                "rope_theta")}
+    values.update(TINY if tiny else {})
+    config = Qwen2Config(**values, rope_parameters={"rope_type": "default", "rope_theta": QWEN25_05B["rope_theta"]})
+    config.architectures = list(QWEN25_05B["architectures"])
+    return config
+
+
+def build_reference_fixture(root: str | Path, shared: str | Path, tiny: bool = True, seed: int = 0) -> dict[str, Path]:
+    """Write model/qwen2.5/transformers/0.5b/1/ and Dataset/alpaca_data_cleaned.json under root, as downloaded.
+
+    tiny=False writes the full-size config.json and tokenizer without weights (enough for `sft plan`).
+    """
+    root, shared = Path(root), Path(shared)
+    tokenizer_dir, data = shared / "tokenizers" / "qwen2.5", shared / "data" / "gsm8k_alpaca.json"
+    for need in (tokenizer_dir, data):
+        if not need.exists():
+            raise ValueError(f"{need} is absent: the reference fixture needs the project's ../shared folder "
+                             "(a Qwen2.5 tokenizer and GSM8K in the alpaca schema).")
+    model_dir = root / LOCAL_QWEN_DIR
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if tiny:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = Qwen2ForCausalLM(qwen25_config(tiny))
+        model.to(torch.bfloat16).save_pretrained(str(model_dir))  # the download's weights are bf16 safetensors
+    # config.json as the download writes it (transformers 4 keys: rope_theta, torch_dtype), not as transformers 5
+    # would re-save it, so loading the real file is what is tested.
+    config = {**QWEN25_05B, **(TINY if tiny else {}), "transformers_version": "4.40.1"}
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    eos = QWEN25_05B["eos_token_id"]
+    GenerationConfig(bos_token_id=QWEN25_05B["bos_token_id"], eos_token_id=eos, do_sample=False,
+                     max_new_tokens=2048).save_pretrained(str(model_dir))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(model_dir))
+    data_dir = root / LOCAL_DATA_DIR
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data, data_dir / DATA_FILE)
+    return {"model": model_dir, "data": data_dir / DATA_FILE}
+
+
+def expected_files(root: str | Path, evaluation: Path, case_study: Path) -> list[Path]:
+    """Every file the README promises for the reference experiment, under root."""
+    root = Path(root)
+    files = []
+    for run, (notebook, _) in NOTEBOOKS.items():
+        out = root / "model" / PRESET / run
+        files += [out / "run_manifest.json", out / "log_history.json", out / "model.safetensors", out / "config.json",
+                  out / "tokenizer.json", out / notebook.replace(".ipynb", ".executed.ipynb")]
+        files += [out / f"checkpoint-{NOTEBOOK_OVERRIDES['max_steps']}" / f for f in
+                  ("model.safetensors", "trainer_state.json")]
+        files.append(root / "tensorboard_events" / PRESET / f"{run}_finetune_tfb")
+    ts = evaluation.name
+    files += [evaluation / "summary" / f"summary_{ts}.{s}" for s in ("csv", "md", "txt")]
+    files += [evaluation / "summary" / f"{n}.{s}" for n in ("differences", "confidence") for s in ("csv", "md")]
+    files += [evaluation / "heldout.json", evaluation / "settings.json"]
+    files += [root / "assets" / "Comparison.png", root / "assets" / "Dataset_results.xlsx"]
+    files += [case_study.with_suffix(s) for s in (".md", ".jsonl", ".json")]
+    return files
+
+
+def _script(name: str):
+    """A top-level script of the repository (eval.py, auto_clean.py) as a module."""
+    spec = importlib.util.spec_from_file_location(f"sft_reference_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(main, args: list[str], root: Path, log) -> None:
+    """One command of the chain, run in root through its own main() (the code path of the command line, without
+    paying a fresh interpreter's imports for each); a non-zero exit raises."""
+    t, cwd = time.perf_counter(), os.getcwd()
+    os.chdir(root)
+    try:
+        code = main(args)
+    finally:
+        os.chdir(cwd)
+    if code != 0:
+        raise RuntimeError(f"`{' '.join(args)}` exited with code {code} (its error is printed above)")
+    log(f"[reference-check] {' '.join(args[:3])} ...: {time.perf_counter() - t:.0f} s")
+
+
+def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print) -> dict[str, object]:
+    """Build the fixture in workdir and run the reference commands there, as a GPU user would; return what ran.
+
+    sft_cli is `sft.__main__.main` (passed in, since the command line imports this module).
+    """
+    root = Path(workdir).resolve()
+    if (root / "model").exists() or (root / "Dataset").exists():
+        if not (root / ".reference-check").is_file():
+            raise ValueError(f"{root} already holds model/ or Dataset/ not made by reference-check: pass an empty "
+                             "or new --workdir, so no real model or data is overwritten.")
+        shutil.rmtree(root)  # an earlier check's folder: start clean
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".reference-check").write_text("written by `python -m sft reference-check`; safe to delete\n")
+    t0 = time.perf_counter()
+    build_reference_fixture(root, shared)
+    log(f"[reference-check] fixture in {root}: {time.perf_counter() - t0:.0f} s")
+    runs = {}
+    for run, (notebook, w) in NOTEBOOKS.items():
+        t = time.perf_counter()
+        out = root / "model" / PRESET / run / notebook.replace(".ipynb", ".executed.ipynb")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        papermill.execute_notebook(str(ROOT / notebook), str(out), cwd=str(root), kernel_name="python3",
+                                   parameters={"preset": PRESET, "overrides": NOTEBOOK_OVERRIDES},
+                                   progress_bar=False, log_output=False)
+        runs[run] = out.parent
+        log(f"[reference-check] {notebook} (w = {w:g}): {time.perf_counter() - t:.0f} s")
+    models = f"base={LOCAL_QWEN_DIR},masked=model/{PRESET}/masked,unmasked=model/{PRESET}/unmasked"
+    _run(sft_cli, ["evaluate", "--models", models, "--heldout-only"], root, log)
+    evaluation = max((root / "evaluation_results" / PRESET).iterdir())  # <YYYYmmdd_HHMMSS>: the newest
+    _run(sft_cli, ["compare", str(evaluation)], root, log)
+    _run(_script("eval").main, ["--models", models, "--max-new-tokens", "8"], root, log)
+    case_study = max((root / "evaluation_results" / "case_study").glob("*.md")).with_suffix("")
+    _run(_script("auto_clean").main, [f"model/{PRESET}/masked", "--keep-last", "1", "--keep-best", "0",
+                                      "--min-age", "0"], root, log)
+    missing = [str(p.relative_to(root)) for p in expected_files(root, evaluation, case_study) if not p.exists()]
+    if missing:
+        raise RuntimeError(f"the reference chain ran but these promised files are missing: {', '.join(missing)}")
+    log(f"[reference-check] all promised files present; {time.perf_counter() - t0:.0f} s in all")
+    return {"root": root, "runs": runs, "evaluation": evaluation, "case_study": case_study}

@@ -1,0 +1,147 @@
+"""`python -m sft plan` and the step arithmetic: against the Trainer itself, the seed's run and a hand count."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import SHARED, demo_config
+from sft.config import load_config
+from sft.data import split_indices
+from sft.plan import GPUS, optimizer_steps, plan_run
+from sft.prompts import render_prompt
+
+ALPACA_CLEANED_ROWS = 51_760  # yahma/alpaca-cleaned's train split
+
+
+def test_the_seeds_step_count_and_the_presets():
+    # The seed's run: all 51,760 rows, 3 epochs of batch 4, no accumulation, no held-out rows.
+    assert optimizer_steps(ALPACA_CLEANED_ROWS, 4, 1, 3.0)["max_steps"] == 38_820
+    # The preset as configured: 2% held out (1,035 rows), batch 4 x 4 accumulation.
+    cfg = load_config("qwen2.5-0.5b-alpaca")
+    d, t = cfg.data, cfg.train
+    train, held = split_indices(ALPACA_CLEANED_ROWS, d.eval_size, d.split_seed)
+    assert (len(train), len(held)) == (50_725, 1_035)
+    steps = optimizer_steps(len(train), t.per_device_train_batch_size, t.gradient_accumulation_steps,
+                            t.num_train_epochs)
+    assert steps == {"micro_batches_per_epoch": 12_682, "steps_per_epoch": 3_171, "max_steps": 9_513,
+                     "examples_per_step": 16}
+    # --gradient-accumulation-steps 1 keeps the seed's step size; the held-out rows still make it 38,046.
+    assert optimizer_steps(len(train), 4, 1, 3.0)["max_steps"] == 38_046
+    # Several processes: accelerate gives each ceil(batches / world) micro-batches.
+    assert optimizer_steps(len(train), 4, 4, 3.0, world_size=8)["max_steps"] == 3 * math.ceil(math.ceil(12_682 / 8) / 4)
+
+
+@pytest.mark.slow
+def test_step_arithmetic_equals_the_trainers(demo_root, one_thread):
+    from sft.train import build_trainer, train
+
+    # A real run: 30 rows, batch 4 (8 micro-batches, the last of 2), accumulation 3, 2 epochs -> 3 x 2 steps.
+    cfg = demo_config(demo_root, max_rows=30, per_device_train_batch_size=4, gradient_accumulation_steps=3,
+                      num_train_epochs=2.0, eval_steps=1000, save_steps=1000, logging_steps=1000, run_name="steps",
+                      overwrite=True)
+    trainer = train(cfg)
+    assert trainer.state.max_steps == trainer.state.global_step == optimizer_steps(30, 4, 3, 2.0)["max_steps"] == 6
+    # The Trainer's own count for other shapes, drop_last and fractional epochs included.
+    for batch, accum, epochs, drop_last in ((8, 1, 1.0, False), (7, 2, 1.5, False), (7, 2, 2.0, True),
+                                            (3, 4, 0.3, False)):
+        c = demo_config(demo_root, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+                        num_train_epochs=epochs, dataloader_drop_last=drop_last, run_name="steps")
+        t = build_trainer(c, model=trainer.model, tokenizer=trainer.processing_class, data=trainer.prepared_data)
+        n = len(t.train_dataset)
+        expected = t.set_initial_training_values(t.args, t.get_train_dataloader())[-1]
+        assert optimizer_steps(n, batch, accum, epochs, drop_last=drop_last)["max_steps"] == expected, (batch, accum)
+
+
+ROWS = [
+    {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+    {"instruction": "Name a colour.", "input": "", "output": "Blue is a colour of the sky."},
+    {"instruction": "Reverse the word.", "input": "stressed", "output": "desserts"},
+    {"instruction": "Translate to French.", "input": "Good morning, my friend.", "output": "Bonjour, mon ami."},
+    {"instruction": "Say hello.", "input": "", "output": "Hello! How can I help you today?"},
+]
+
+
+@pytest.fixture(scope="module")
+def plan_root(tmp_path_factory):
+    """The real Qwen2.5-0.5B config.json and tokenizer (no weights: a plan does not need them) and 5 rows."""
+    from sft.reference import build_reference_fixture
+
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} is absent: the plan tests need the project's ../shared folder beside the repo")
+    root = tmp_path_factory.mktemp("plan")
+    build_reference_fixture(root, SHARED, tiny=False)
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (root / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:2]))
+    return root
+
+
+def _plan(root, monkeypatch, **overrides):
+    monkeypatch.chdir(root)  # the preset finds model/ and Dataset/ in the working folder, as a user's would
+    cfg = load_config("qwen2.5-0.5b-alpaca", data=str(root / "rows.jsonl"), eval_data=str(root / "held.jsonl"),
+                      cache_dir=str(root / ".cache"), **overrides)
+    return plan_run(cfg)
+
+
+def test_plan_figures_against_a_hand_count(plan_root, monkeypatch, qwen_tokenizer):
+    tok = qwen_tokenizer
+    prompt = [len(tok(render_prompt("alpaca", r["instruction"], r["input"] or None), add_special_tokens=False)
+                  ["input_ids"]) for r in ROWS]
+    response = [len(tok(r["output"], add_special_tokens=False)["input_ids"]) + 1 for r in ROWS]  # + EOS
+    lengths = np.array(prompt) + np.array(response)
+    p = _plan(plan_root, monkeypatch, per_device_train_batch_size=5, gradient_accumulation_steps=1)
+
+    d = p["data"]
+    assert (d["train_examples"], d["heldout_examples"], d["truncated"]) == (5, 2, 0)
+    assert (d["prompt_tokens"], d["response_tokens"]) == (sum(prompt), sum(response))
+    # One batch of 5: padded and grouped pad every example to the longest; packed pads nothing.
+    pad = 5 * int(lengths.max()) - int(lengths.sum())
+    assert p["by_batching"]["padded"]["padding_per_epoch"] == p["by_batching"]["grouped"]["padding_per_epoch"] == pad
+    assert p["by_batching"]["packed"] == {"tokens_per_epoch": int(lengths.sum()), "padding_per_epoch": 0,
+                                          "padding_share": 0.0}
+    assert p["batching"] == "packed" and p["steps"]["max_steps"] == 3  # one step per epoch, 3 epochs
+
+    m = p["model"]  # Qwen2.5-0.5B's published size, from config.json alone
+    assert m["parameters"] == 494_032_768 and m["embedding_parameters"] == 151_936 * 896 and m["tied_embeddings"]
+    body = 494_032_768 - 151_936 * 896
+    attention = sum(4 * 24 * 896 * n * (n + 1) / 2 for n in lengths)
+    # w = 0 with the selective head: the head runs on the response tokens only.
+    train = 3 * (6 * body * lengths.sum() + 6 * 151_936 * 896 * sum(response) + 3 * attention)
+    assert p["flops"]["train"] == pytest.approx(train, rel=1e-12)
+    held = lengths[:2]
+    n_evals = 3 // 500 + 1  # eval_steps 500 > 3 steps: only the final evaluation
+    assert p["flops"]["eval"] == pytest.approx(
+        n_evals * (2 * 494_032_768 * held.sum() + sum(4 * 24 * 896 * n * (n + 1) / 2 for n in held)), rel=1e-12)
+
+    mem = p["memory_bytes"]  # bf16 weights (model.dtype auto on a GPU), gradients and AdamW's two states
+    assert (mem["weights"], mem["gradients"], mem["adamw_states"]) == (2 * 494_032_768, 2 * 494_032_768,
+                                                                       4 * 494_032_768)
+    per_token = 2 * (4 * 896 + 4 * 896 + 4 * 128 + 4 * 4864) + 8 * 896
+    assert mem["activations"] == 5 * int(lengths.max()) * 24 * per_token
+    for g, gpu in zip(p["gpus"], GPUS):
+        assert g["hours"] * 3600 == pytest.approx(p["flops"]["total"] / (gpu.peak_flops * 0.4))
+        assert g["fits"]
+
+
+def test_plan_steps_and_unmasked_head(plan_root, monkeypatch):
+    p = _plan(plan_root, monkeypatch, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+              prompt_loss_weight=1.0, batching="padded")
+    # ceil(5 / 2) = 3 micro-batches, ceil(3 / 2) = 2 steps per epoch, 3 epochs.
+    assert p["steps"]["micro_batches_per_epoch"] == 3 and p["steps"]["max_steps"] == 6
+    assert p["batching"] == "padded" and p["by_batching"]["padded"]["padding_per_epoch"] > 0
+    # w = 1: the head runs on every position that has a next token.
+    assert p["flops"]["head_tokens_per_epoch"] == p["data"]["real_tokens_per_epoch"] - 5
+
+
+def test_plan_cli_prints_and_errors(plan_root, monkeypatch, capsys):
+    from sft.__main__ import main
+
+    monkeypatch.chdir(plan_root)
+    assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "rows.jsonl", "--eval-data", "held.jsonl"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer steps" in out and "H100 SXM" in out and "RTX 4090" in out and "494,032,768 parameters" in out
+    # No data: Dataset/ holds nothing usable and the hub copy is unreachable offline.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "no/such.json"]) == 2
+    assert "no/such.json: no such file or folder" in capsys.readouterr().err
