@@ -70,7 +70,7 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
         column_map=column_map,
     )
     tokenizer = load_tokenizer(args.tokenizer)
-    stats, ds, _ = inspect_data(cfg, tokenizer)
+    stats, ds, _ = inspect_data(cfg, tokenizer, by=args.by)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     examples = sys.stderr if args.json else sys.stdout  # stdout stays one JSON object with --json
     colour = examples.isatty()
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default="alpaca", help="prompt template name")
     p.add_argument("--truncation", choices=["trim", "drop"], default="trim")
     p.add_argument("--column-map", nargs="*", metavar="COLUMN=FIELD", help="e.g. response=output context=input")
+    p.add_argument("--by", metavar="COLUMN", help="also give the statistics per value of this column (the demo: family)")
     p.add_argument("--show", type=int, default=0, metavar="K", help="render K examples with their weights")
     p.add_argument("--json", action="store_true", help="print one JSON object (examples go to stderr)")
     p.set_defaults(func=cmd_inspect_data)

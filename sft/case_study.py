@@ -28,7 +28,8 @@ from sft.synthetic import generate_rows
 
 DEFAULT_TEMPLATE = "alpaca"  # for a base model when no fine-tuned run says otherwise
 OUT_DIR = CASE_STUDY_DIR  # where case studies are saved, one timestamp per study
-BUILTIN_FAMILIES = ("add", "sort", "reverse", "count", "case", "extract", "compare", "spell")  # one prompt each
+# One prompt each: four short-answer families and the four long-output ones.
+BUILTIN_FAMILIES = ("add", "count", "extract", "capital", "count_up", "count_down", "day_list", "month_list")
 BUILTIN_SEED = 2024  # the built-in prompts are drawn from sft.synthetic with this seed: the same every time
 
 

@@ -252,9 +252,14 @@ def _records_from_hub(dataset_id: str) -> tuple[str, list[Any]]:
 
 
 def load_rows(
-    source: str | Path, column_map: dict[str, str] | None = None, on_bad_rows: str = "error"
+    source: str | Path, column_map: dict[str, str] | None = None, on_bad_rows: str = "error",
+    keep_column: str | None = None,
 ) -> tuple[list[dict[str, str]], LoadReport]:
-    """Load and validate instruction rows from a file, a folder or a hub dataset id."""
+    """Load and validate instruction rows from a file, a folder or a hub dataset id.
+
+    `keep_column` carries one more column into every row under its own name (as a string), e.g. the demo's
+    `family` for statistics by group; a row without it is an error naming the row.
+    """
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}.")
     column_map = dict(column_map or {})
@@ -283,10 +288,15 @@ def load_rows(
         columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
         mapping = _resolve_columns(columns, column_map, name)
         report.column_mapping = {**report.column_mapping, **mapping}
-        ignored.update(dict.fromkeys(c for c in columns if c not in mapping.values()))
+        ignored.update(dict.fromkeys(c for c in columns if c not in mapping.values() and c != keep_column))
         for where, rec in records:
             report.rows_read += 1
             row, fld, problem = _check_row(rec, mapping)
+            if row is not None and keep_column is not None:
+                if rec.get(keep_column) is None:
+                    raise ValueError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
+                                     f"value to be grouped by it; drop the grouping or fill the column.")
+                row[keep_column] = str(rec[keep_column])
             if row is not None:
                 rows.append(row)
                 continue

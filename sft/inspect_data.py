@@ -9,9 +9,17 @@ from sft.data import DataConfig, length_stats, load_rows, tokenize_rows
 COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}
 
 
-def inspect_data(cfg: DataConfig, tokenizer) -> tuple[dict[str, Any], Any, list[dict[str, str]]]:
-    """Load, validate and tokenize `cfg.data`; return (stats, tokenized dataset, rows)."""
-    rows, report = load_rows(cfg.data, cfg.column_map, cfg.on_bad_rows)
+def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dict[str, Any], Any, list[dict[str, str]]]:
+    """Load, validate and tokenize `cfg.data`; return (stats, tokenized dataset, rows).
+
+    `by` names a column (e.g. the demo's `family`): the statistics are then also given per value of it,
+    under `stats["groups"]`, in order of first appearance.
+    """
+    rows, report = load_rows(cfg.data, cfg.column_map, cfg.on_bad_rows, keep_column=by)
+    groups: dict[str, list[dict[str, str]]] = {}
+    if by is not None:
+        for row in rows:
+            groups.setdefault(row.pop(by), []).append(row)
     ds, tok = tokenize_rows(rows, tokenizer, cfg, name="inspect")
     dropped = dict(report.rows_dropped)
     if tok.examples_dropped_too_long:
@@ -29,6 +37,19 @@ def inspect_data(cfg: DataConfig, tokenizer) -> tuple[dict[str, Any], Any, list[
         "prompt_loss_weight": cfg.prompt_loss_weight,
         **length_stats(ds, tokenizer, rows),
     }
+    if by is not None:
+        stats["groups"] = {}
+        for value, group in groups.items():
+            # Each group tokenized on its own: with truncation=drop the rows of `ds` no longer line up with `rows`.
+            group_ds, _ = tokenize_rows(group, tokenizer, cfg, name="inspect")
+            g = length_stats(group_ds, tokenizer, group)
+            stats["groups"][value] = {
+                "examples": g["examples"],
+                "prompt_tokens_mean": g["prompt_tokens"] / max(g["examples"], 1),
+                "response_tokens_mean": g["response_tokens"] / max(g["examples"], 1),  # with EOS
+                "instruction_output_ratio": g["instruction_output_ratio"],
+                "generation_ratio_Rg": g["generation_ratio_Rg"],
+            }
     return stats, ds, rows
 
 
@@ -61,4 +82,10 @@ def format_stats(stats: dict[str, Any]) -> str:
               "instruction_output_ratio", "generation_ratio_Rg"):
         v = stats.get(k)
         lines.append(f"  {k:26s} {v:.3f}" if isinstance(v, float) else f"  {k:26s} {v}")
+    if stats.get("groups"):
+        lines += ["", "| group | examples | prompt tokens | response tokens (with EOS) | instruction/output | R_g |",
+                  "|---|---|---|---|---|---|"]
+        for value, g in stats["groups"].items():
+            lines.append(f"| {value} | {g['examples']} | {g['prompt_tokens_mean']:.1f} | {g['response_tokens_mean']:.1f} "
+                         f"| {g['instruction_output_ratio']:.2f} | {g['generation_ratio_Rg']:.3f} |")
     return "\n".join(lines)

@@ -93,7 +93,7 @@ def test_summary_has_both_metrics_per_family_and_the_three_averages(evaluated):
 
 
 def test_every_sample_is_scored_with_both_metrics(evaluated):
-    for line in (evaluated["run"] / "predictions" / "tuned" / "sft_demo_sort.jsonl").read_text().splitlines():
+    for line in (evaluated["run"] / "predictions" / "tuned" / "sft_demo_count_up.jsonl").read_text().splitlines():
         sample = json.loads(line)
         prediction = sample["filtered_resps"][0]
         assert sample["edit_similarity"] == edit_similarity([sample["target"]], [prediction])
@@ -181,7 +181,7 @@ def test_demo_tasks_carry_both_metrics_and_the_groups_by_output_length(demo_root
         assert [(a["metric"], a["weight_by_size"]) for a in g["aggregate_metric_list"]] == [
             ("exact_match", False), ("edit_similarity", False)]
     # lm-eval resolves the metric function and scores a generation with both metrics.
-    task = task_manager(["sft_demo_sort"], out).load(["sft_demo_sort"])["tasks"]["sft_demo_sort"]
+    task = task_manager(["sft_demo_count_up"], out).load(["sft_demo_count_up"])["tasks"]["sft_demo_count_up"]
     doc = next(iter(task.test_docs()))
     half = doc["answer"][: len(doc["answer"]) // 2]
     assert task.process_results(doc, [doc["answer"]]) == {"exact_match": 1.0, "edit_similarity": 1.0}

@@ -1,0 +1,50 @@
+"""inspect_data: statistics by group (the demo's per-family length ratios) agree with the groups inspected alone."""
+
+import json
+
+import pytest
+
+from sft.data import DataConfig
+from sft.inspect_data import format_stats, inspect_data
+
+ROWS = [
+    {"instruction": "Count from 3 to 9.", "input": "", "output": "3, 4, 5, 6, 7, 8, 9", "family": "count_up"},
+    {"instruction": "Name the capital of Peru.", "input": "", "output": "Lima", "family": "capital"},
+    {"instruction": "Count from 10 to 14.", "input": "", "output": "10, 11, 12, 13, 14", "family": "count_up"},
+    {"instruction": "Name the capital of Chile.", "input": "", "output": "Santiago", "family": "capital"},
+    {"instruction": "Which word is last?", "input": "red cat sat", "output": "sat", "family": "last_word"},
+]
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_stats_by_group_equal_each_group_inspected_alone(qwen_tokenizer, tmp_path):
+    cfg = DataConfig(data=str(write(tmp_path / "all.jsonl", ROWS)), cache_dir=str(tmp_path / "cache"))
+    stats, ds, rows = inspect_data(cfg, qwen_tokenizer, by="family")
+    assert list(stats["groups"]) == ["count_up", "capital", "last_word"]  # order of first appearance
+    assert "family" not in stats["ignored_columns"] and all("family" not in r for r in rows)
+    assert sum(g["examples"] for g in stats["groups"].values()) == len(ds) == 5
+    for family, g in stats["groups"].items():
+        alone = [{k: v for k, v in r.items() if k != "family"} for r in ROWS if r["family"] == family]
+        cfg_alone = DataConfig(data=str(write(tmp_path / f"{family}.jsonl", alone)), cache_dir=cfg.cache_dir)
+        ref, _, _ = inspect_data(cfg_alone, qwen_tokenizer)
+        assert g["examples"] == ref["examples"] == len(alone)
+        assert g["prompt_tokens_mean"] == pytest.approx(ref["prompt_tokens"] / len(alone))
+        assert g["response_tokens_mean"] == pytest.approx(ref["response_tokens"] / len(alone))
+        assert g["instruction_output_ratio"] == pytest.approx(ref["instruction_output_ratio"])
+        assert g["generation_ratio_Rg"] == pytest.approx(ref["generation_ratio_Rg"])
+    # Counted by hand for one group: the two answers' tokens, plus one EOS each.
+    answers = qwen_tokenizer(["Lima", "Santiago"], add_special_tokens=False)["input_ids"]
+    assert stats["groups"]["capital"]["response_tokens_mean"] == (len(answers[0]) + len(answers[1]) + 2) / 2
+    assert stats["groups"]["count_up"]["generation_ratio_Rg"] > stats["groups"]["capital"]["generation_ratio_Rg"]
+    assert "| capital | 2 | " in format_stats(stats)
+
+
+def test_grouping_by_a_missing_column_names_the_row(qwen_tokenizer, tmp_path):
+    rows = [dict(ROWS[0]), {k: v for k, v in ROWS[1].items() if k != "family"}]
+    path = write(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError, match=r"bad.jsonl: line 2, field family: is missing"):
+        inspect_data(DataConfig(data=str(path), cache_dir=str(tmp_path / "cache")), qwen_tokenizer, by="family")
