@@ -56,7 +56,7 @@ class Family:
     uses_input: bool
     make: Callable[[random.Random], tuple[str, str, str]]
     answer: Callable[[str, str], str]
-    long_output: bool = False  # answers of many tokens (4-15 items); the evaluation reports these families apart
+    long_output: bool = False  # answers of many tokens (3-15 items); the evaluation reports these families apart
 
 
 # ---------------------------------------------------------------- helpers
@@ -491,7 +491,7 @@ def answer_parity(instruction: str, input: str) -> str:
 
 
 # ---------------------------------------------------------------- long outputs: sequences
-# The long-output families answer with 4-15 items (10-45 tokens) from a short prompt: a range to count
+# The long-output families answer with 3-15 items (10-36 tokens per family on average) from a short prompt: a range to count
 # or a span of days or months. Each next item follows from the one before (a successor table the tiny
 # model learns in minutes) and the prompt says where to start and stop; copying or reordering a list
 # from the prompt (sort, reverse) was measured not to be learned at the demo's size and budget.
