@@ -171,7 +171,7 @@ def test_demo_tasks_carry_both_metrics_and_the_groups_by_output_length(demo_root
 
     out = tmp_path / "tasks"
     names = write_demo_tasks(demo_root / "Dataset/demo/test.jsonl", out, "alpaca", ["<|endoftext|>"])
-    assert sorted(LONG) == ["case", "last_word", "reverse", "sort"]  # Family.long_output marks the copy tasks
+    assert sorted(LONG) == ["count_down", "count_up", "day_list", "month_list"]  # marked by Family.long_output
     groups = {g: yaml.safe_load((out / f"{g}.yaml").read_text()) for g in GROUPS}
     assert groups[DEMO_GROUP]["task"] == [SHORT_GROUP, LONG_GROUP]
     assert groups[SHORT_GROUP]["task"] == [f"sft_demo_{f}" for f in SHORT]
