@@ -20,6 +20,7 @@ from sft.modeling import load_tokenizer, looks_local
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of sharded files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # a fast tokenizer, as Qwen2.5 ships it
 NOT_DATA = ("readme", ".")  # names (lowercase prefixes) in Dataset/ that are never data: README.md, .gitkeep
+LOCK_SUFFIX = ".lock"  # file locks are never data: the demo's Dataset/demo.lock sits beside the user's files
 DOWNLOAD = "hf download Qwen/Qwen2.5-0.5B --local-dir {path}"  # the fix for an incomplete reference model folder
 
 
@@ -84,7 +85,7 @@ def data_files(folder: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     files = sorted(f for f in root.rglob("*") if f.is_file() and "demo" not in f.relative_to(root).parts
-                   and not f.name.lower().startswith(NOT_DATA))
+                   and not f.name.lower().startswith(NOT_DATA) and f.suffix.lower() != LOCK_SUFFIX)
     usable = [f for f in files if f.suffix.lower() in SUFFIXES and f.stat().st_size > 0]
     if files and not usable:
         raise ValueError(f"{root}/ holds no usable data file (found {', '.join(f.name for f in files[:5])}): put the "

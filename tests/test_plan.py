@@ -15,7 +15,8 @@ from sft.prompts import render_prompt
 ALPACA_CLEANED_ROWS = 51_760  # yahma/alpaca-cleaned's train split
 
 
-def test_the_seeds_step_count_and_the_presets():
+def test_the_seeds_step_count_and_the_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the preset as resolved in an empty folder, whatever this checkout's Dataset/ holds
     # The seed's run: all 51,760 rows, 3 epochs of batch 4, no accumulation, no held-out rows.
     assert optimizer_steps(ALPACA_CLEANED_ROWS, 4, 1, 3.0)["max_steps"] == 38_820
     # The preset as configured: 2% held out (1,035 rows), batch 4 x 4 accumulation.
@@ -114,9 +115,13 @@ def test_plan_figures_against_a_hand_count(plan_root, monkeypatch, qwen_tokenize
     assert p["flops"]["eval"] == pytest.approx(
         n_evals * (2 * 494_032_768 * held.sum() + sum(4 * 24 * 896 * n * (n + 1) / 2 for n in held)), rel=1e-12)
 
-    mem = p["memory_bytes"]  # bf16 weights (model.dtype auto on a GPU), gradients and AdamW's two states
-    assert (mem["weights"], mem["gradients"], mem["adamw_states"]) == (2 * 494_032_768, 2 * 494_032_768,
-                                                                       4 * 494_032_768)
+    mem = p["memory_bytes"]  # the preset: fp32 weights (bf16 autocast), fp32 gradients and AdamW's two fp32 states
+    assert (mem["weights"], mem["gradients"], mem["adamw_states"]) == (4 * 494_032_768, 4 * 494_032_768,
+                                                                       8 * 494_032_768)
+    bf16 = _plan(plan_root, monkeypatch, per_device_train_batch_size=5, gradient_accumulation_steps=1,
+                 dtype="bfloat16")["memory_bytes"]  # pure bf16: half of each
+    assert (bf16["weights"], bf16["gradients"], bf16["adamw_states"]) == (2 * 494_032_768, 2 * 494_032_768,
+                                                                          4 * 494_032_768)
     per_token = 2 * (4 * 896 + 4 * 896 + 4 * 128 + 4 * 4864) + 8 * 896
     assert mem["activations"] == 5 * int(lengths.max()) * 24 * per_token
     for g, gpu in zip(p["gpus"], GPUS):
