@@ -11,6 +11,8 @@ import json
 import logging
 import sys
 
+import torch
+
 from sft.config import load_config
 from sft.data import DataConfig
 from sft.demo import ensure_assets, ensure_demo_assets, run_demo
@@ -92,7 +94,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["overwrite"] = True
     cfg = load_config(args.preset, **overrides)
     ensure_assets(cfg)  # the demo builds its data and base model on first use
-    train(cfg)
+    try:
+        train(cfg)
+    finally:
+        # Under torchrun / accelerate: leave the process group before the interpreter exits. Otherwise Gloo's
+        # worker threads can still hold tensors at finalisation and a rank aborts after training finished
+        # ("terminate called without an active exception", SIGABRT; seen under load in test_distributed).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 
