@@ -16,12 +16,13 @@ import torch
 from sft.config import load_config
 from sft.data import DataConfig
 from sft.demo import ensure_assets, ensure_demo_assets, run_demo
-from sft.evaluate import evaluate_models, parse_models
+from sft.evaluate import FORMATS, estimate_costs, evaluate_models, format_costs, parse_models
 from sft.inspect_data import format_stats, inspect_data, render_example
 from sft.modeling import load_tokenizer
 from sft.plan import MFU, format_plan, plan_run
 from sft.reference import reference_check
-from sft.report import compare, format_psql, load_result
+from sft.compare import compare, load_result
+from sft.report import format_psql
 from sft.sweep import parse_weights, run_sweep
 from sft.train import train
 
@@ -128,10 +129,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif tasks == []:
         raise ValueError("--tasks is empty; pass lm-eval task names such as mmlu,gsm8k (or sft_demo), "
                          "or --heldout-only.")
-    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    run = evaluate_models(parse_models(args.models), tasks=tasks, name=args.name, limit=limit,
-                          batch_size=args.batch_size, out=args.out, test_data=args.test_data,
-                          max_gen_toks=args.max_gen_toks)
+    settings = dict(tasks=tasks, name=args.name, limit=args.limit, batch_size=args.batch_size, out=args.out,
+                    test_data=args.test_data, max_gen_toks=args.max_gen_toks, prompt_format=args.prompt_format,
+                    task_data=args.task_data or [], include_path=args.include_path or [],
+                    num_fewshot=args.num_fewshot, assume_prompt_tokens_per_s=args.assume_prompt_tokens_per_s,
+                    assume_generated_tokens_per_s=args.assume_generated_tokens_per_s)
+    if args.dry_run:
+        print(format_costs(estimate_costs(parse_models(args.models), **settings)))
+        return 0
+    run = evaluate_models(parse_models(args.models), **settings)
     scores = load_result(run).scores
     print(format_psql([list(scores.columns)] + scores.values.tolist()))
     print(f"results: {run}")
@@ -245,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="evaluation_results", help="results go to OUT/NAME/<YYYYmmdd_HHMMSS>/")
     p.add_argument("--test-data", help="test JSONL of the sft_demo tasks (default: the demo's test.jsonl)")
     p.add_argument("--max-gen-toks", type=int, default=64, help="tokens generated per answer at most")
+    p.add_argument("--prompt-format", choices=FORMATS, default="auto",
+                   help="raw: lm-eval's prompts as they are; chat: in each model's chat template (a fine-tuned "
+                        "model's is its training template); both; auto (default): base models raw, fine-tuned both")
+    p.add_argument("--task-data", nargs="+", metavar="NAME=FOLDER",
+                   help="lm-eval's task (or group) NAME reads its rows from FOLDER/<split>.jsonl (a group: one "
+                        "sub-folder per task), e.g. gsm8k=data/gsm8k: its own YAML, only the data location changed")
+    p.add_argument("--include-path", nargs="+", metavar="FOLDER", help="folders of your own lm-eval task YAMLs")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
+    p.add_argument("--assume-prompt-tokens-per-s", type=float, default=20_000.0,
+                   help="--dry-run's time estimate: prompt tokens scored per second (an assumption; set yours)")
+    p.add_argument("--assume-generated-tokens-per-s", type=float, default=500.0,
+                   help="--dry-run's time estimate: tokens generated per second over a batch (an assumption)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load the tasks and print what the evaluation will cost (requests, tokens, time); run nothing")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="plot and spreadsheet of evaluation results (assets/)")

@@ -9,6 +9,7 @@ how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by rea
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import itertools
@@ -445,6 +446,18 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
         "response_mask": column(response.astype(np.int8)), "length": pa.array(lengths),
         "truncation": pa.array(status, type=pa.string()),
     })
+
+
+def with_training_template(tokenizer, template: str):
+    """A copy of the tokenizer whose chat_template renders the training prompt, token for token.
+
+    The Trainer saves this copy with the final model and every checkpoint, so apply_chat_template,
+    pipelines, vLLM and lm-eval's --apply_chat_template give a fine-tuned model the prompt it was
+    trained on. The base model's own chat template (Qwen's ChatML) stays in the base folder.
+    """
+    out = copy.deepcopy(tokenizer)
+    out.chat_template = get_template(template).chat_template(bos_token=bool(_prompt_prefix_ids(tokenizer)))
+    return out
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -11,11 +11,11 @@ import papermill
 from filelock import FileLock
 
 from sft import synthetic
+from sft.compare import compare
 from sft.config import DemoConfig, ExperimentConfig, load_config
 from sft.evaluate import evaluate_models
 from sft.layout import ASSETS_DIR, run_dir
 from sft.modeling import TinyModelConfig, ensure_demo_base
-from sft.report import compare
 
 NOTEBOOKS = {"masked": "finetune_masked.ipynb", "unmasked": "finetune_unmasked.ipynb"}  # run name -> notebook
 

@@ -1,9 +1,10 @@
 """Evaluation of several models: held-out response metrics and lm-evaluation-harness tasks, summarised.
 
 For every model (loaded once): response loss, perplexity and token accuracy on the held-out split
-that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper.
-The demo's synthetic test set becomes local lm-eval tasks, one per task family, scored by exact match
-and edit similarity, plus their averages over the short-output, the long-output and all families.
+that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper,
+with the raw prompt and, for the fine-tuned runs, in their chat template (the training template
+they carry, sft.data.with_training_template). Tasks come from sft/tasks.py (the demo's own, or
+lm-eval's on local data); rows from sft/results.py; tables and intervals from sft/report.py.
 Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
 """
 
@@ -11,23 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import re
 import shutil
+import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
-from lm_eval.tasks import TaskManager
-from lm_eval.tasks._yaml_loader import load_yaml
 from lm_eval.utils import handle_non_serializable
-from rapidfuzz.distance import Levenshtein
 
 from sft.collate import WeightedLMCollator
 from sft.data import fingerprint_tokenizer, prepare_data
@@ -35,23 +33,55 @@ from sft.layout import MANIFEST, RESULTS_ROOT
 from sft.loss import HEAD_CHUNK_TOKENS, shift_left, target_weights
 from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
 from sft.modeling import BUILD_INFO, load_model, load_tokenizer
-from sft.prompts import get_template
 from sft.report import (
-    BOOT_SEED, CONF_COLUMNS, DIFF_COLUMNS, N_BOOT, Row, confidence_rows, difference_rows, summary_table, write_records,
-    write_summary,
+    BOOT_SEED, CONF_COLUMNS, DIFF_COLUMNS, N_BOOT, confidence_rows, difference_rows, summary_table, write_records,
+    format_markdown, write_summary,
 )
-from sft.synthetic import FAMILIES
+from sft.results import CHAT, heldout_rows, merge_results, summary_rows, with_suffix
+from sft.tasks import (
+    DEMO_GROUP, MAX_GEN_TOKS, group_config, is_demo_task, leaf_tasks, load_tasks, parse_task_data, request_costs,
+    task_manager, write_demo_tasks, write_local_tasks,
+)
 
-DEMO_GROUP = "sft_demo"  # the demo's lm-eval group; its tasks are sft_demo_<family>
-SHORT_GROUP = f"{DEMO_GROUP}_short"  # subgroup of the families with short answers (Family.long_output False)
-LONG_GROUP = f"{DEMO_GROUP}_long"  # subgroup of the long-output copy families (Family.long_output True)
-DEMO_METRICS = ("exact_match", "edit_similarity")  # every demo task's metrics, in the summaries' order
-MAX_GEN_TOKS = 64  # longest demo answer is ~40 tokens; a model that never stops is cut here
 BATCH_SIZE = 16  # one fixed batch size for every model (generation and held-out losses)
-TASKS_DIR = "lm_eval_tasks"  # generated task configs and data, inside the result folder
-UNSCALED = ("perplexity", "bits_per_byte", "bleu", "chrf", "ter")  # lm-eval metrics not in [0, 1]: kept as they are
-MODES = {"generate_until": "gen"}  # OpenCompass's mode column; loglikelihood kinds are "ppl"
+TASKS_DIR = "lm_eval_tasks"  # generated task configs (the demo's, local-data copies of lm-eval's), in the result folder
 LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+FORMATS = ("auto", "raw", "chat", "both")  # --prompt-format choices (see EvalConfig.prompt_format)
+
+
+@dataclass
+class EvalConfig:
+    """What `sft evaluate` runs, and where its results go."""
+
+    tasks: list[str] | None = None  # lm-eval tasks or groups; None = the demo's sft_demo; [] = held-out metrics only
+    name: str | None = None  # results go to <out>/<name>/<timestamp>/ (None = the runs' preset)
+    limit: float | None = None  # items per task (a number below 1 is a share), for quick checks
+    batch_size: int = BATCH_SIZE  # one fixed batch size for every model
+    out: str = RESULTS_ROOT  # root of the result folders
+    test_data: str | None = None  # test JSONL of the sft_demo tasks (None = the demo's test.jsonl)
+    max_gen_toks: int = MAX_GEN_TOKS  # tokens generated per answer at most, in the demo's tasks
+    # auto: base models the raw prompt, fine-tuned runs both the raw prompt and their chat template (the training
+    # template); raw / chat / both: every model so (chat needs a chat template in the model's tokenizer). The demo's
+    # own tasks already render the training template, so they run raw only.
+    prompt_format: str = "auto"
+    task_data: list[str] = field(default_factory=list)  # NAME=FOLDER: lm-eval's task NAME reads its rows from FOLDER
+    include_path: list[str] = field(default_factory=list)  # folders of your own lm-eval task or group YAMLs
+    num_fewshot: int | None = None  # few-shot examples per prompt (None = each task's own default)
+    # --dry-run's time estimate assumes these throughputs (not measured here: set your hardware's).
+    assume_prompt_tokens_per_s: float = 20_000.0  # prompt and continuation tokens scored per second
+    assume_generated_tokens_per_s: float = 500.0  # tokens generated per second, over a batch
+    n_boot: int = N_BOOT  # bootstrap resamples per interval
+    seed: int = BOOT_SEED  # bootstrap seed
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"--limit must be positive (items per task, or a share below 1), got {self.limit}.")
+        if self.limit is not None and self.limit >= 1:
+            self.limit = int(self.limit)  # a count of items, as lm-eval expects
+        if self.prompt_format not in FORMATS:
+            raise ValueError(f"--prompt-format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}.")
 
 
 # ---------------------------------------------------------------- models
@@ -173,253 +203,151 @@ def heldout_metrics(model, dataset, pad_token_id: int, batch_size: int = BATCH_S
     }
 
 
-# ---------------------------------------------------------------- the demo's lm-eval tasks
+# ---------------------------------------------------------------- lm-eval
 
 
-def edit_similarity(references: list[str], predictions: list[str]) -> float:
-    """Character-level normalised Levenshtein similarity of a generation to its answer, in [0, 1] (1 = identical).
-
-    The graded companion of exact match: a long answer nearly copied scores near 1 rather
-    than 0. Surrounding whitespace is stripped, so only the answer's characters count. lm-eval
-    calls it per sample (one reference, one prediction); summaries report 100 x the mean.
-    """
-    (answer,), (prediction,) = references, predictions
-    return Levenshtein.normalized_similarity(prediction.strip(), answer.strip())
-
-
-class _Function(str):
-    """A `!function module.name` reference in a task YAML, resolved by lm-eval's loader."""
-
-
-class _TaskDumper(yaml.SafeDumper):
-    """YAML dumper of the task configs: safe_dump plus `!function` tags."""
+def prompt_formats(models: dict[str, str], info: dict[str, dict], tokenizers: dict, choice: str) -> dict[str, list]:
+    """{label: the prompt formats it is evaluated in}: "raw" (lm-eval's prompt as is) and/or "chat" (its template)."""
+    formats = {}
+    for label in models:
+        tuned = "manifest" in info[label]
+        formats[label] = {"auto": ["raw", "chat"] if tuned else ["raw"], "raw": ["raw"], "chat": ["chat"],
+                          "both": ["raw", "chat"]}[choice]
+        if "chat" in formats[label] and not tokenizers[label].chat_template:
+            raise ValueError(f"{label} ({models[label]}) has no chat template in its tokenizer, so --prompt-format "
+                             f"{choice} cannot render its prompts. Use --prompt-format auto or raw, or retrain it "
+                             "with this version (fine-tuned models save their training template).")
+    return formats
 
 
-_TaskDumper.add_representer(_Function, lambda dumper, ref: dumper.represent_scalar("!function", str(ref)))
-
-
-def read_test_rows(path: str | Path) -> list[dict]:
-    """The rows of a test JSONL file that carries a `family` per row (as the demo's test.jsonl does)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"Test data {path} not found. Build the demo data with `python -m sft build-demo`, "
-                         "or pass --test-data PATH.")
-    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    bad = next((i for i, r in enumerate(rows, 1) if not {"instruction", "output", "family"} <= set(r)), None)
-    if bad is not None or not rows:
-        raise ValueError(f"{path}: line {bad or 1} lacks instruction, output or family. The {DEMO_GROUP} tasks need "
-                         "the demo's test rows; for other data pass lm-eval task names with --tasks.")
-    return rows
-
-
-def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, stop: list[str],
-                     max_gen_toks: int = MAX_GEN_TOKS) -> list[str]:
-    """Write one lm-eval task per family of the test rows, and their group, into out_dir; return the task names.
-
-    Written per evaluation rather than shipped as package YAML, because the test file and the
-    prompt template come from the runs being evaluated. The prompt is rendered here by
-    sft.prompts, the code training used, so lm-eval reads it verbatim (`doc_to_text: prompt`)
-    instead of a Jinja re-implementation of the template.
-    """
-    rows = read_test_rows(test_data)
-    tmpl = get_template(template)
-    found = list(dict.fromkeys(r["family"] for r in rows))
-    families = [f for f in FAMILIES if f in found] + sorted(f for f in found if f not in FAMILIES)
-    out = Path(out_dir).resolve()
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    names = []
-    for family in families:
-        lines = [json.dumps({"instruction": r["instruction"], "input": r.get("input") or "",
-                             "prompt": tmpl.render(r["instruction"], r.get("input") or ""),
-                             "answer": r.get("answer", r["output"]), "family": family}, ensure_ascii=False)
-                 for r in rows if r["family"] == family]
-        data = out / "data" / f"{family}.jsonl"
-        data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        name = f"{DEMO_GROUP}_{family}"
-        config = {
-            "task": name,
-            "dataset_path": "json",  # datasets' local JSON loader: no hub access
-            "dataset_kwargs": {"data_files": {"test": str(data)}},
-            "test_split": "test",
-            "output_type": "generate_until",
-            "doc_to_text": "prompt",
-            "doc_to_target": "answer",
-            "num_fewshot": 0,
-            "generation_kwargs": {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False},
-            # Exact match on the raw generation, no stripping: emitting exactly the answer and then
-            # EOS is part of what instruction tuning teaches. Edit similarity grades the same
-            # generation, so a long copy that is nearly right is told apart from one that is not.
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True},
-                            {"metric": _Function(f"{__name__}.edit_similarity"), "aggregation": "mean",
-                             "higher_is_better": True}],
-            "metadata": {"version": 2, "template": template,
-                         "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16]},
-        }
-        (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
-        names.append(name)
-    # Short- and long-output families as subgroups of the demo group: lm-eval averages a group over
-    # its leaf tasks, so sft_demo stays the mean over all families. A family this code does not
-    # know (an older test file) belongs to sft_demo only.
-    by_length = {SHORT_GROUP: [f"{DEMO_GROUP}_{f}" for f in families if f in FAMILIES and not FAMILIES[f].long_output],
-                 LONG_GROUP: [f"{DEMO_GROUP}_{f}" for f in families if f in FAMILIES and FAMILIES[f].long_output]}
-    subgroups = [g for g, members in by_length.items() if members]
-    for g in subgroups:
-        write_group(out, g, by_length[g])
-    write_group(out, DEMO_GROUP, subgroups + [f"{DEMO_GROUP}_{f}" for f in families if f not in FAMILIES])
-    return names
-
-
-def write_group(out: Path, name: str, members: list[str]) -> None:
-    """Write the lm-eval group config <out>/<name>.yaml: the plain mean of every demo metric over its leaf tasks."""
-    group = {
-        "group": name,
-        "task": members,
-        # weight_by_size false: every family counts the same in the average (families differ by a row or two).
-        "aggregate_metric_list": [{"metric": m, "aggregation": "mean", "weight_by_size": False} for m in DEMO_METRICS],
-        "metadata": {"version": 2},
-    }
-    (out / f"{name}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
-
-
-def task_manager(tasks: list[str], include_path: Path | None):
-    """An lm-eval TaskManager that knows the requested tasks, or a ValueError naming the unknown ones."""
-    local = {p.stem for p in include_path.glob("*.yaml")} if include_path else set()
-    # Indexing lm-eval's ~200 built-in task folders takes seconds: only when a task needs them.
-    defaults = any(t not in local for t in tasks)
-    tm = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=defaults)
-    unknown = [t for t in tasks if t not in tm.all_tasks]
-    if unknown:
-        raise ValueError(f"Unknown lm-eval task(s): {', '.join(unknown)}. List the known ones with `lm-eval ls tasks`; "
-                         f"the demo's tasks are {DEMO_GROUP}, {SHORT_GROUP}, {LONG_GROUP} and "
-                         f"{DEMO_GROUP}_<family>.")
-    return tm
-
-
-def group_config(tm, name: str) -> dict:
-    """The YAML config of a group (its aggregate_metric_list), or {} when it has no file of its own."""
-    entry = tm.task_index.get(name)
-    path = getattr(entry, "yaml_path", None)
-    if not path:
-        return {}
-    cfg = load_yaml(path, resolve_func=False)
-    return cfg if cfg.get("group") == name else {}
-
-
-def run_benchmarks(model, tokenizer, tasks: list[str], tm, limit: float | None, batch_size: int) -> dict:
-    """lm-eval's simple_evaluate on a loaded model, with per-sample logs."""
-    # lm-eval logs every task's config at INFO, for every model: keep its warnings only.
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, batch_size=batch_size,
+def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig, chat: bool) -> dict:
+    """lm-eval's simple_evaluate on a loaded model, raw or in its chat template, with per-sample logs."""
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+    limit = int(settings.limit) if settings.limit is not None and settings.limit >= 1 else settings.limit
+    # Few-shot examples as earlier user/assistant turns in the chat template: how a chat model sees examples.
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, batch_size=settings.batch_size,
+                           num_fewshot=settings.num_fewshot, apply_chat_template=chat, fewshot_as_multiturn=chat,
                            log_samples=True)
 
 
-# ---------------------------------------------------------------- from lm-eval results to summary rows
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False, default=handle_non_serializable) + "\n")
 
 
-def short_hash(obj: Any) -> str:
-    """OpenCompass-style 6-character version hash of a config."""
-    return hashlib.md5(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:6]
-
-
-def task_version(config: dict) -> str:
-    """Hash of a task config without its machine-specific paths (config file, data file folders)."""
-    cfg = json.loads(json.dumps(config, default=str))
-    (cfg.get("metadata") or {}).pop("config_source", None)
-    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
-    if isinstance(files, dict):
-        cfg["dataset_kwargs"]["data_files"] = {k: Path(v).name if isinstance(v, str) else v for k, v in files.items()}
-    return short_hash(cfg)
-
-
-def _leaves(name: str, subtasks: dict[str, list[str]]) -> list[str]:
-    if name not in subtasks:
-        return [name]
-    return [leaf for child in subtasks[name] for leaf in _leaves(child, subtasks)]
-
-
-def _metric_keys(entry: dict) -> list[str]:
-    """The 'metric,filter' keys of a results entry (not stderrs, not counts)."""
-    return [k for k, v in entry.items() if "," in k and "_stderr" not in k and isinstance(v, (int, float))]
-
-
-def _item_scores(samples: list[dict], metric: str, filt: str) -> dict[Any, float] | None:
-    """{doc_id: score} of one metric and filter, or None when the per-sample values are not numbers."""
-    out = {}
-    for s in samples:
-        if s.get("filter") == filt and metric in s:
-            v = s[metric]
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                return None
-            out[s["doc_id"]] = float(v)
-    return out
-
-
-def summary_rows(results: dict[str, dict], samples: dict[str, dict[str, list]], requested: list[str],
-                 groups: dict[str, dict]) -> list[Row]:
-    """Summary rows in the order asked for: each group's members, then the group's average."""
-    first = next(iter(results.values()))
-    subtasks = first.get("group_subtasks", {})
-    configs = first.get("configs", {})
-    order: list[str] = []
-
-    def walk(name: str) -> None:
-        for child in subtasks.get(name, []):
-            walk(child)
-        if name not in order and name in first["results"]:
-            order.append(name)
-
-    for name in requested:
-        walk(name)
-    order += [n for n in first["results"] if n not in order]  # tags expand to tasks not named above
-
-    rows = []
-    for name in order:
-        is_group = name in subtasks
-        leaves = _leaves(name, subtasks)
-        modes = {MODES.get(configs.get(leaf, {}).get("output_type"), "ppl") for leaf in leaves}
-        mode = modes.pop() if len(modes) == 1 else "mixed"
-        keys = list(dict.fromkeys(k for r in results.values() for k in _metric_keys(r["results"].get(name, {}))))
-        agg = {a["metric"]: a for a in groups.get(name, {}).get("aggregate_metric_list") or []}
-        for key in keys:
-            metric, filt = key.split(",", 1)
-            scale = 1.0 if any(u in metric for u in UNSCALED) else 100.0
-            label = metric if filt == "none" else f"{metric}_{filt}"
-            size_weighted = bool(agg.get(metric, {}).get("weight_by_size", True))
-            if is_group:
-                kind = "weighted_average" if size_weighted else "naive_average"
-                label = kind if len(keys) == 1 else f"{kind}:{label}"
-                version = short_hash({"group": groups.get(name) or name,
-                                      "members": {leaf: task_version(configs.get(leaf, {})) for leaf in leaves}})
-            else:
-                version = task_version(configs.get(name, {}))
-            scores, items = {}, {}
-            for model, res in results.items():
-                value = res["results"].get(name, {}).get(key)
-                scores[model] = None if value is None else scale * float(value)
-                per_leaf = [_item_scores(samples[model].get(leaf, []), metric, filt) for leaf in leaves]
-                # Intervals only where the reported score is the mean of the item scores.
-                if value is not None and all(p for p in per_leaf) and _is_mean(per_leaf, value, size_weighted):
-                    items[model] = per_leaf
-            rows.append(Row(name, version, label, mode, scores, items or None, size_weighted, scale, is_group))
-    return rows
-
-
-def _is_mean(per_leaf: list[dict], value: float, size_weighted: bool) -> bool:
-    means = [sum(p.values()) / len(p) for p in per_leaf]
-    sizes = [len(p) for p in per_leaf]
-    est = sum(m * n for m, n in zip(means, sizes)) / sum(sizes) if size_weighted else sum(means) / len(means)
-    return abs(est - float(value)) < 1e-6
-
-
-def heldout_rows(heldout: dict[str, dict]) -> list[Row]:
-    """Summary rows of a held-out-only evaluation: response token accuracy (0-100) and response loss (nats)."""
-    models = list(heldout)
-    return [Row("heldout", short_hash(metric), metric, "ppl", {m: scale * heldout[m][metric] for m in models},
-                scale=scale) for metric, scale in (("response_token_accuracy", 100.0), ("response_loss", 1.0))]
+def evaluate_one(label: str, path: str, plan: "Plan", run: Path) -> tuple[dict, dict, dict, dict]:
+    """Held-out metrics and every lm-eval pass of one model; its raw results are written as they come."""
+    t0 = time.perf_counter()
+    tokenizer = plan.tokenizers[label]
+    model = load_model(path).to(device())
+    heldout = heldout_metrics(model, heldout_split(plan.run_cfg, tokenizer, plan.fingerprint), tokenizer.pad_token_id,
+                              plan.settings.batch_size)
+    t1 = time.perf_counter()
+    print(f"[{label}] held-out response loss {heldout['response_loss']:.4f}, token accuracy "
+          f"{100 * heldout['response_token_accuracy']:.2f}% ({t1 - t0:.1f} s)", flush=True)
+    parts = []
+    for fmt in plan.formats[label]:
+        tasks = plan.tasks if fmt == "raw" else plan.chat_tasks
+        if not tasks:
+            continue
+        res = run_benchmarks(model, tokenizer, tasks, plan.tm, plan.settings, chat=fmt == "chat")
+        samples = res.pop("samples", {})
+        if fmt == "chat":
+            res, samples = with_suffix(res, samples, CHAT)
+        stem = label if fmt == "raw" else label + CHAT
+        (run / "results").mkdir(exist_ok=True)
+        (run / "results" / f"{stem}.json").write_text(json.dumps(res, indent=2, default=handle_non_serializable))
+        for task, recs in samples.items():
+            _write_jsonl(run / "predictions" / label / f"{task}.jsonl", recs)
+        parts.append((res, samples))
+    timings = {"heldout_s": round(t1 - t0, 2), "benchmarks_s": round(time.perf_counter() - t1, 2)}
+    print(f"[{label}] lm-eval tasks done ({timings['benchmarks_s']:.1f} s)", flush=True)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return (*merge_results(parts), heldout, timings)
 
 
 # ---------------------------------------------------------------- the whole evaluation
+
+
+@dataclass
+class Plan:
+    """Everything checked and loaded before any model runs."""
+
+    models: dict[str, str]
+    settings: EvalConfig
+    info: dict[str, dict]  # label -> path, manifest or build info
+    source: str  # the fine-tuned run whose manifest gives the held-out split and template
+    run_cfg: Any  # that run's ExperimentConfig
+    tokenizers: dict[str, Any]
+    formats: dict[str, list[str]]  # label -> "raw" / "chat"
+    tasks: list[str]  # lm-eval names run raw ([] = held-out metrics only)
+    chat_tasks: list[str]  # the same without the demo's tasks (already in the training template)
+    test_data: Path | None
+    warnings: list[str]
+    tm: Any = None  # the lm-eval TaskManager, once the task configs are written
+    loaded: dict = field(default_factory=dict)  # leaf task name -> Task, its data loaded
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info[self.source]["manifest"]["eval_fingerprint"]
+
+
+def plan_evaluation(models: dict[str, str], settings: EvalConfig) -> Plan:
+    """Check the models, their held-out split and the tasks, and load the tokenizers; nothing is written."""
+    info = {label: describe_model(path) for label, path in models.items()}
+    source = next((label for label, i in info.items() if "manifest" in i), None)
+    if source is None:
+        raise ValueError("None of the models has a run_manifest.json, so the held-out split and the prompt template "
+                         "are unknown. Include at least one fine-tuned run of this project, e.g. "
+                         "masked=model/demo/masked.")
+    cfg = load_run_config(models[source])
+    for label, i in info.items():  # every run must have been tuned on the split evaluated here
+        fp = i.get("manifest", {}).get("eval_fingerprint")
+        if fp and fp != info[source]["manifest"]["eval_fingerprint"]:
+            raise ValueError(f"{label} was trained with another held-out split than {source} (eval fingerprints "
+                             "differ), so one held-out loss cannot serve both. Evaluate them separately.")
+    tasks = settings.tasks
+    if tasks is None:
+        if cfg.demo is None:
+            raise ValueError(f"Preset {cfg.preset!r} has no default tasks; pass lm-eval task names, "
+                             "e.g. --tasks mmlu,gsm8k, or --heldout-only for the held-out metrics alone.")
+        tasks = [DEMO_GROUP]
+    test_data = settings.test_data
+    if any(is_demo_task(t) for t in tasks) and test_data is None:
+        if cfg.demo is None:
+            raise ValueError(f"The {DEMO_GROUP} tasks need the demo's test rows: pass --test-data PATH.")
+        test_data = Path(cfg.demo.dataset_dir) / "test.jsonl"
+    tokenizers = {label: load_tokenizer(path) for label, path in models.items()}  # also checks every path
+    warnings = base_model_warnings(models, info, tokenizers)
+    for w in warnings:
+        print(f"warning: {w}", flush=True)
+    plan = Plan(models, settings, info, source, cfg, tokenizers,
+                prompt_formats(models, info, tokenizers, settings.prompt_format), list(tasks),
+                [t for t in tasks if not is_demo_task(t)], Path(test_data) if test_data else None, warnings)
+    heldout_split(cfg, tokenizers[source], plan.fingerprint)  # stale data is refused before any model is loaded
+    return plan
+
+
+def prepare_tasks(plan: Plan, folder: Path) -> None:
+    """Write the task configs into folder and load every task's data once (a task that cannot load is refused)."""
+    if not plan.tasks:
+        return
+    s, includes = plan.settings, [Path(p).resolve() for p in plan.settings.include_path]
+    if plan.test_data is not None:
+        stop = list(dict.fromkeys(t.eos_token for t in plan.tokenizers.values()))  # generation stops at EOS
+        write_demo_tasks(plan.test_data, folder / "demo", plan.run_cfg.data.template, stop, s.max_gen_toks)
+        includes.append(folder / "demo")
+    task_data = parse_task_data(s.task_data)
+    if task_data:  # lm-eval's own task definitions, reading local rows: written after (so overriding) lm-eval's
+        write_local_tasks(task_manager(plan.tasks + list(task_data), includes), task_data, folder / "local",
+                          s.num_fewshot)
+        includes.append(folder / "local")
+    plan.tm = task_manager(plan.tasks, includes)
+    plan.loaded = load_tasks(plan.tm, plan.tasks, task_data)
 
 
 def _timestamp_dir(root: Path) -> tuple[str, Path]:
@@ -434,128 +362,123 @@ def _timestamp_dir(root: Path) -> tuple[str, Path]:
             time.sleep(1)
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, default=handle_non_serializable) + "\n")
-
-
-def evaluate_models(models: dict[str, str], tasks: list[str] | None = None, name: str | None = None,
-                    limit: float | None = None, batch_size: int = BATCH_SIZE, out: str | Path = RESULTS_ROOT,
-                    test_data: str | Path | None = None, max_gen_toks: int = MAX_GEN_TOKS, n_boot: int = N_BOOT,
-                    seed: int = BOOT_SEED) -> Path:
-    """Evaluate every model and write the result folder; return its path.
+def evaluate_models(models: dict[str, str], **settings: Any) -> Path:
+    """Evaluate every model and write the result folder; return its path. settings: EvalConfig's fields.
 
     <out>/<name>/<YYYYmmdd_HHMMSS>/
-        summary/summary_<ts>.csv|.md|.txt   OpenCompass-style table, one column per model
+        summary/summary_<ts>.csv|.md|.txt   OpenCompass-style table, one column per model (chat rows: <task>@chat)
         summary/differences.csv|.md         every pair a - b, paired bootstrap 95% CI
         summary/confidence.csv|.md          every model's score with its bootstrap 95% CI
-        results/<model>.json                lm-eval's results (without samples)
+        results/<model>[@chat].json         lm-eval's results (without samples), per prompt format
         predictions/<model>/<task>.jsonl    lm-eval's per-sample log: prompt, generation, score
         heldout.json                        held-out response loss, perplexity, token accuracy
-        settings.json                       models (paths, manifests), tasks, limit, batch size, versions
-        lm_eval_tasks/                      the generated demo task configs and their data
+        settings.json                       models (paths, manifests, prompt formats), tasks, limit, versions
+        lm_eval_tasks/                      the generated task configs (demo; local-data copies of lm-eval's)
     """
-
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
-    if limit is not None and limit <= 0:
-        raise ValueError(f"--limit must be positive (items per task, or a share below 1), got {limit}.")
-    info = {label: describe_model(path) for label, path in models.items()}
-    source = next((label for label, i in info.items() if "manifest" in i), None)
-    if source is None:
-        raise ValueError("None of the models has a run_manifest.json, so the held-out split and the prompt template "
-                         "are unknown. Include at least one fine-tuned run of this project, e.g. "
-                         "masked=model/demo/masked.")
-    cfg = load_run_config(models[source])
-    for label, i in info.items():  # every run must have been tuned on the split evaluated here
-        fp = i.get("manifest", {}).get("eval_fingerprint")
-        if fp and fp != info[source]["manifest"]["eval_fingerprint"]:
-            raise ValueError(f"{label} was trained with another held-out split than {source} (eval fingerprints "
-                             "differ), so one held-out loss cannot serve both. Evaluate them separately.")
-    if tasks is None:
-        if cfg.demo is None:
-            raise ValueError(f"Preset {cfg.preset!r} has no default tasks; pass lm-eval task names, "
-                             "e.g. --tasks mmlu,gsm8k, or --heldout-only for the held-out metrics alone.")
-        tasks = [DEMO_GROUP]
-    # tasks == []: held-out metrics only (--heldout-only), no lm-eval run; they become the summary's rows.
-    demo_tasks = any(t == DEMO_GROUP or t.startswith(DEMO_GROUP + "_") for t in tasks)
-    if demo_tasks and test_data is None:
-        if cfg.demo is None:
-            raise ValueError(f"The {DEMO_GROUP} tasks need the demo's test rows: pass --test-data PATH.")
-        test_data = Path(cfg.demo.dataset_dir) / "test.jsonl"
-    tokenizers = {label: load_tokenizer(path) for label, path in models.items()}  # also checks every path
-    warnings = base_model_warnings(models, info, tokenizers)
-    for w in warnings:
-        print(f"warning: {w}", flush=True)
-    fingerprint = info[source]["manifest"]["eval_fingerprint"]
-    heldout_split(cfg, tokenizers[source], fingerprint)  # stale data is refused before any model is loaded
-
-    name = name or cfg.preset
-    ts, run = _timestamp_dir(Path(out) / name)
+    plan = plan_evaluation(models, EvalConfig(**settings))
+    name = plan.settings.name or plan.run_cfg.preset
+    ts, run = _timestamp_dir(Path(plan.settings.out) / name)
     try:
-        include = None
-        if demo_tasks:
-            stop = list(dict.fromkeys(t.eos_token for t in tokenizers.values()))  # generation stops at EOS
-            include = run / TASKS_DIR
-            write_demo_tasks(test_data, include, cfg.data.template, stop, max_gen_toks)
-        tm = task_manager(tasks, include) if tasks else None
+        prepare_tasks(plan, run / TASKS_DIR)
     except BaseException:
-        shutil.rmtree(run, ignore_errors=True)  # nothing evaluated yet: leave no empty result folder behind
+        shutil.rmtree(run, ignore_errors=True)  # nothing evaluated yet: leave no half-written result folder
         if not any(run.parent.iterdir()):
             run.parent.rmdir()
         raise
-
     results, samples, heldout, timings = {}, {}, {}, {}
     for label, path in models.items():
-        t0 = time.perf_counter()
-        tokenizer = tokenizers[label]
-        model = load_model(path).to(device())
-        split = heldout_split(cfg, tokenizer, fingerprint)
-        heldout[label] = heldout_metrics(model, split, tokenizer.pad_token_id, batch_size)
-        t1 = time.perf_counter()
-        print(f"[{label}] held-out response loss {heldout[label]['response_loss']:.4f}, token accuracy "
-              f"{100 * heldout[label]['response_token_accuracy']:.2f}% ({t1 - t0:.1f} s)", flush=True)
-        res = run_benchmarks(model, tokenizer, tasks, tm, limit, batch_size) if tasks else {"results": {}}
-        samples[label] = res.pop("samples", {})
-        results[label] = res
-        (run / "results").mkdir(exist_ok=True)
-        (run / "results" / f"{label}.json").write_text(json.dumps(res, indent=2, default=handle_non_serializable))
-        for task, recs in samples[label].items():
-            _write_jsonl(run / "predictions" / label / f"{task}.jsonl", recs)
-        timings[label] = {"heldout_s": round(t1 - t0, 2), "benchmarks_s": round(time.perf_counter() - t1, 2)}
-        print(f"[{label}] lm-eval tasks done ({timings[label]['benchmarks_s']:.1f} s)", flush=True)
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        results[label], samples[label], heldout[label], timings[label] = evaluate_one(label, path, plan, run)
+    write_summaries(plan, run, ts, results, samples, heldout)
+    write_settings(plan, run, name, ts, timings)
+    return run
 
-    groups = {g: group_config(tm, g) for g in next(iter(results.values())).get("group_subtasks", {})}
-    labels = list(models)
-    rows = summary_rows(results, samples, tasks, groups) if tasks else heldout_rows(heldout)
+
+def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict, heldout: dict) -> None:
+    """The summary, differences and confidence tables, and heldout.json."""
+    s, labels = plan.settings, list(plan.models)
+    chat = [t + CHAT for t in plan.chat_tasks] if any("chat" in f for f in plan.formats.values()) else []
+    groups = {g: group_config(plan.tm, g.removesuffix(CHAT)) for r in results.values() for g in r["group_subtasks"]}
+    rows = summary_rows(results, samples, plan.tasks + chat, groups) if plan.tasks else heldout_rows(heldout)
     write_summary(summary_table(rows, labels), run / "summary", ts)
-    write_records(difference_rows(rows, labels, n_boot, seed), DIFF_COLUMNS, run / "summary" / "differences")
-    write_records(confidence_rows(rows, labels, n_boot, seed), CONF_COLUMNS, run / "summary" / "confidence")
-    d = cfg.data
+    write_records(difference_rows(rows, labels, s.n_boot, s.seed), DIFF_COLUMNS, run / "summary" / "differences")
+    write_records(confidence_rows(rows, labels, s.n_boot, s.seed), CONF_COLUMNS, run / "summary" / "confidence")
+    d = plan.run_cfg.data
     (run / "heldout.json").write_text(json.dumps({
-        "source_run": {"model": source, "path": models[source]},
+        "source_run": {"model": plan.source, "path": plan.models[plan.source]},
         "data": {"data": d.data, "eval_data": d.eval_data, "eval_size": d.eval_size, "split_seed": d.split_seed,
                  "template": d.template, "max_length": d.max_length, "truncation": d.truncation,
-                 "eval_fingerprint": info[source]["manifest"]["eval_fingerprint"]},
+                 "eval_fingerprint": plan.fingerprint},
         "weighting": "sums over response tokens (EOS included) / token count, over the whole split",
         "models": heldout,
     }, indent=2))
+
+
+def write_settings(plan: Plan, run: Path, name: str, ts: str, timings: dict) -> None:
+    """settings.json: what was evaluated, how, with which versions."""
+    s, test_data = plan.settings, plan.test_data
+    for label, formats in plan.formats.items():
+        plan.info[label]["prompt_formats"] = formats
     (run / "settings.json").write_text(json.dumps({
-        "name": name, "timestamp": ts, "preset": cfg.preset, "models": info, "tasks": tasks,
-        "test_data": str(test_data) if test_data else None,
-        "test_data_sha256": hashlib.sha256(Path(test_data).read_bytes()).hexdigest()[:16] if test_data else None,
-        "limit": limit, "batch_size": batch_size,
-        "max_gen_toks": max_gen_toks, "template": cfg.data.template,
-        "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95, "interval": "percentile",
+        "name": name, "timestamp": ts, "preset": plan.run_cfg.preset, "models": plan.info, "tasks": plan.tasks,
+        "chat_tasks": plan.chat_tasks, "test_data": str(test_data) if test_data else None,
+        "test_data_sha256": hashlib.sha256(test_data.read_bytes()).hexdigest()[:16] if test_data else None,
+        "limit": s.limit, "batch_size": s.batch_size, "max_gen_toks": s.max_gen_toks,
+        "prompt_format": s.prompt_format, "task_data": s.task_data, "include_path": s.include_path,
+        "num_fewshot": s.num_fewshot, "template": plan.run_cfg.data.template,
+        "bootstrap": {"resamples": s.n_boot, "seed": s.seed, "level": 0.95, "interval": "percentile",
                       "groups": "stratified: items resampled within each member task, member means combined "
                                 "with the group's weights (equal for naive_average)"},
-        "warnings": warnings, "device": str(device()), "timings_s": timings, "versions": package_versions(),
+        "warnings": plan.warnings, "device": str(device()), "timings_s": timings, "versions": package_versions(),
         "git_commit": git_commit(),
     }, indent=2, default=str))
-    return run
+
+
+# ---------------------------------------------------------------- what an evaluation will cost (--dry-run)
+
+
+def estimate_costs(models: dict[str, str], **settings: Any) -> dict:
+    """Every (model, prompt format, task): requests, their kind, prompt tokens, the bound on generated tokens, and
+    a time at the stated throughputs. Tasks are loaded as for the evaluation; no model runs, nothing is written."""
+    plan = plan_evaluation(models, EvalConfig(**settings))
+    s, rows = plan.settings, []
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_tasks(plan, Path(tmp))
+        for label, formats in plan.formats.items():
+            for fmt in formats:
+                names = plan.tasks if fmt == "raw" else plan.chat_tasks
+                for leaf in dict.fromkeys(x for name in names for x in leaf_tasks(plan.tm, name)):
+                    cost = request_costs(plan.loaded[leaf], plan.tokenizers[label], fmt == "chat", s.limit,
+                                         s.num_fewshot)
+                    seconds = cost["prompt_tokens"] / s.assume_prompt_tokens_per_s + \
+                        cost["max_generated_tokens"] / s.assume_generated_tokens_per_s
+                    rows.append({"model": label, "format": fmt, "task": leaf, **cost, "seconds_at_most": seconds})
+    return {"rows": rows, "assume_prompt_tokens_per_s": s.assume_prompt_tokens_per_s,
+            "assume_generated_tokens_per_s": s.assume_generated_tokens_per_s,
+            "heldout_examples": len(heldout_split(plan.run_cfg, plan.tokenizers[plan.source], plan.fingerprint))}
+
+
+def format_costs(costs: dict) -> str:
+    """The dry run's table, a total per model, and the throughputs it assumed."""
+    rows = costs["rows"]
+    table = [["model", "format", "task", "kind", "requests", "prompt tokens", "generated tokens (at most)",
+              "time (at most)"]]
+    table += [[r["model"], r["format"], r["task"], r["kind"], f"{r['requests']:,}", f"{r['prompt_tokens']:,}",
+               f"{r['max_generated_tokens']:,}", _duration(r["seconds_at_most"])] for r in rows]
+    for label in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == label]
+        table.append([label, "all", "total", "", f"{sum(r['requests'] for r in mine):,}",
+                      f"{sum(r['prompt_tokens'] for r in mine):,}",
+                      f"{sum(r['max_generated_tokens'] for r in mine):,}",
+                      _duration(sum(r["seconds_at_most"] for r in mine))])
+    total = sum(r["seconds_at_most"] for r in rows)
+    return (format_markdown(table) + f"\nAll models: at most {_duration(total)}, assuming "
+            f"{costs['assume_prompt_tokens_per_s']:,.0f} prompt tokens/s (log-likelihood and prefill) and "
+            f"{costs['assume_generated_tokens_per_s']:,.0f} generated tokens/s (set them with --assume-prompt-tokens-"
+            "per-s / --assume-generated-tokens-per-s to your hardware's). Generation is bounded by each task's "
+            f"max_gen_toks; most answers stop earlier. Plus held-out metrics on {costs['heldout_examples']:,} "
+            "examples per model.")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else \
+        f"{seconds:.0f} s"

@@ -7,6 +7,8 @@ run's manifest).  To add one, call `register_template(Template(name=..., ...))`.
 
 from __future__ import annotations
 
+import json
+import string
 from dataclasses import dataclass
 
 
@@ -24,6 +26,67 @@ class Template:
         if input:  # None and "" both mean "no input", as in Stanford Alpaca
             return self.prompt_input.format(instruction=instruction, input=input)
         return self.prompt_no_input.format(instruction=instruction)
+
+    def chat_template(self, bos_token: bool = False) -> str:
+        """This template as a Jinja chat template, saved with every fine-tuned model's tokenizer.
+
+        `apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True)` renders
+        exactly `render(instruction)`; the input travels as a second text part of the user message,
+        `{"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "text", "text": input}]}`.
+        A user turn already ends with the response cue ("### Response:\n"), so add_generation_prompt adds
+        nothing; an assistant turn is its content and EOS, as training saw it (inside `{% generation %}`, so
+        `return_assistant_tokens_mask` works). Other roles are an error: the template has no place for them.
+        bos_token: start with the BOS token, for tokenizers that add one by themselves (Llama-style).
+        """
+        return CHAT_TEMPLATE.format(
+            name=self.name, bos="{{- bos_token -}}\n" if bos_token else "",
+            with_input=_jinja_expression(self.prompt_input), no_input=_jinja_expression(self.prompt_no_input))
+
+
+# The Jinja skeleton of Template.chat_template: {name}, {bos}, {with_input} and {no_input} are filled in by
+# str.format, which is why Jinja's own braces are doubled here.
+CHAT_TEMPLATE = """\
+{{#- The training prompt of this model (sft.prompts template '{name}'): the user message is the instruction, \
+or [instruction, input] as two text parts. -#}}
+{bos}{{%- for message in messages -%}}
+{{%- if message['role'] == 'user' -%}}
+{{%- if message['content'] is string -%}}
+{{%- set parts = [message['content']] -%}}
+{{%- else -%}}
+{{%- set parts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}}
+{{%- endif -%}}
+{{%- if parts | length == 0 or parts | length > 2 -%}}
+{{{{- raise_exception('The {name} template takes a user message of 1 or 2 text parts (instruction, input).') -}}}}
+{{%- endif -%}}
+{{%- set instruction = parts[0] -%}}
+{{%- set input = parts[1] if parts | length > 1 else '' -%}}
+{{%- if input -%}}
+{{{{- {with_input} -}}}}
+{{%- else -%}}
+{{{{- {no_input} -}}}}
+{{%- endif -%}}
+{{%- elif message['role'] == 'assistant' -%}}
+{{%- generation -%}}
+{{{{- message['content'] + eos_token -}}}}
+{{%- endgeneration -%}}
+{{%- else -%}}
+{{{{- raise_exception('The {name} template has no ' + message['role'] + ' role: pass user and assistant messages.') -}}}}
+{{%- endif -%}}
+{{%- endfor -%}}
+"""
+
+
+def _jinja_expression(fmt: str) -> str:
+    """A str.format prompt ('...{instruction}...') as a Jinja expression joining string literals and variables."""
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(fmt):
+        if literal:
+            parts.append(json.dumps(literal, ensure_ascii=False))  # JSON's escapes (\n, \") are Jinja's too
+        if name is not None:
+            if name not in ("instruction", "input"):
+                raise ValueError(f"A prompt template may use {{instruction}} and {{input}} only, not {{{name}}}.")
+            parts.append(name)
+    return " ~ ".join(parts)
 
 
 # Stanford Alpaca's wording (tatsu-lab/stanford_alpaca train.py, PROMPT_DICT), with the newline

@@ -16,12 +16,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
+import re
 import shutil
 import time
 from pathlib import Path
 
 import papermill
 import torch
+import yaml
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
 from sft.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR
@@ -159,7 +162,13 @@ def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print)
         runs[run] = out.parent
         log(f"[reference-check] {notebook} (w = {w:g}): {time.perf_counter() - t:.0f} s")
     models = f"base={LOCAL_QWEN_DIR},masked=model/{PRESET}/masked,unmasked=model/{PRESET}/unmasked"
-    _run(sft_cli, ["evaluate", "--models", models, "--heldout-only"], root, log)
+    _run(sft_cli, ["evaluate", "--models", models, "--heldout-only", "--name", f"{PRESET}-heldout"], root, log)
+    # The README's step 4 on lm-eval's own task definitions, reading local rows: raw prompts for the base model,
+    # raw and in their training template for the fine-tuned runs.
+    task_data = write_benchmark_data(root, shared)
+    _run(sft_cli, ["evaluate", "--models", models, "--tasks", ",".join(BENCH_TASKS),
+                   "--task-data", *(f"{t}={p.relative_to(root)}" for t, p in task_data.items()),
+                   "--include-path", f"{BENCH_DIR}/tasks"], root, log)
     evaluation = max((root / "evaluation_results" / PRESET).iterdir())  # <YYYYmmdd_HHMMSS>: the newest
     _run(sft_cli, ["compare", str(evaluation)], root, log)
     _run(_script("eval").main, ["--models", models, "--max-new-tokens", "8"], root, log)
@@ -170,4 +179,82 @@ def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print)
     if missing:
         raise RuntimeError(f"the reference chain ran but these promised files are missing: {', '.join(missing)}")
     log(f"[reference-check] all promised files present; {time.perf_counter() - t0:.0f} s in all")
-    return {"root": root, "runs": runs, "evaluation": evaluation, "case_study": case_study}
+    heldout = max((root / "evaluation_results" / f"{PRESET}-heldout").iterdir())
+    return {"root": root, "runs": runs, "evaluation": evaluation, "heldout": heldout, "case_study": case_study}
+
+
+# ---------------------------------------------------------------- benchmark data, offline
+
+
+BENCH_DIR = "Dataset/benchmarks"  # under the check's folder: one folder of local rows per lm-eval task
+MMLU_GROUP = "mmlu_reference"  # two real MMLU subject tasks under one size-weighted group, as mmlu averages its 57
+MMLU_SUBJECTS = {"elementary_mathematics": 6, "high_school_mathematics": 10}  # test rows each: unequal, so size
+# weighting shows in the group's average
+BENCH_TASKS = ("gsm8k", "arc_challenge", "hellaswag", MMLU_GROUP)  # what the check evaluates, raw and templated
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _options(rng: random.Random, answer: int) -> tuple[list[str], int]:
+    """Four distinct numbers, the answer among them; (choices, index of the answer)."""
+    wrong = rng.sample([answer + d for d in range(-9, 10) if d], 3)
+    choices = wrong + [answer]
+    rng.shuffle(choices)
+    return [str(c) for c in choices], choices.index(answer)
+
+
+def gsm8k_rows(shared_rows: list[dict]) -> list[dict]:
+    """GSM8K test-style rows (question, answer ending in '#### N') from the alpaca-schema copy in ../shared."""
+    out = []
+    for r in shared_rows:
+        numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", r["output"])
+        if numbers:  # the final answer is the solution's last number, as GSM8K's '####' line gives it
+            out.append({"question": r["instruction"], "answer": f"{r['output']}\n#### {numbers[-1].replace(',', '')}"})
+    return out
+
+
+def write_benchmark_data(root: str | Path, shared: str | Path, n: int = 8, seed: int = 0) -> dict[str, Path]:
+    """Local rows, in each hub dataset's own schema, for BENCH_TASKS; return {task or group: folder} for --task-data.
+
+    Also writes the MMLU_GROUP config into <root>/<BENCH_DIR>/tasks/ (pass it with --include-path).
+    """
+    rng, bench = random.Random(seed), Path(root) / BENCH_DIR
+    gsm = gsm8k_rows(json.loads((Path(shared) / "data" / "gsm8k_alpaca.json").read_text(encoding="utf-8")))
+    _jsonl(bench / "gsm8k" / "train.jsonl", gsm[:16])  # few-shot examples (gsm8k is 5-shot)
+    _jsonl(bench / "gsm8k" / "test.jsonl", gsm[-n:])
+    arc = []
+    for i in range(n):
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        choices, k = _options(rng, a + b)
+        arc.append({"id": f"sft-arc-{i}", "question": f"A jar holds {a} marbles and {b} more are added. How many "
+                    "marbles are in the jar?", "choices": {"text": choices, "label": list("ABCD")},
+                    "answerKey": "ABCD"[k]})
+    _jsonl(bench / "arc_challenge" / "test.jsonl", arc)
+    swag = []
+    for i in range(n):
+        day, label = rng.randrange(7), rng.randrange(4)
+        offsets = rng.sample(range(2, 7), 3)  # three wrong days; tomorrow (offset 1) goes in at `label`
+        offsets.insert(label, 1)
+        endings = [f"it will be {WEEKDAYS[(day + o) % 7]}." for o in offsets]
+        ctx_a, ctx_b = f"Today is {WEEKDAYS[day]}.", "tomorrow"
+        swag.append({"ind": i, "activity_label": "Telling the day", "ctx_a": ctx_a, "ctx_b": ctx_b,
+                     "ctx": f"{ctx_a} {ctx_b}", "endings": endings, "source_id": f"sft-{i}", "split": "val",
+                     "split_type": "indomain", "label": str(label)})
+    _jsonl(bench / "hellaswag" / "validation.jsonl", swag)
+    for subject, rows in MMLU_SUBJECTS.items():
+        items = []
+        for _ in range(rows + 5):
+            a, b = rng.randint(2, 12), rng.randint(2, 12)
+            choices, k = _options(rng, a * b)
+            items.append({"question": f"What is {a} times {b}?", "subject": subject, "choices": choices, "answer": k})
+        _jsonl(bench / MMLU_GROUP / subject / "dev.jsonl", items[:5])
+        _jsonl(bench / MMLU_GROUP / subject / "test.jsonl", items[5:])
+    group = {"group": MMLU_GROUP, "task": [f"mmlu_{s}" for s in MMLU_SUBJECTS],
+             "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}], "metadata": {"version": 1}}
+    (bench / "tasks").mkdir(parents=True, exist_ok=True)
+    (bench / "tasks" / f"{MMLU_GROUP}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+    return {t: bench / t for t in BENCH_TASKS}

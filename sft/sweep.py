@@ -22,10 +22,11 @@ from matplotlib.figure import Figure
 from sft.checkpoints import list_checkpoints
 from sft.config import load_config
 from sft.demo import ensure_assets
-from sft.evaluate import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, evaluate_models
+from sft.evaluate import evaluate_models
 from sft.layout import MANIFEST, RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
 from sft.report import base_metric, format_markdown, model_pairs, write_summary
 from sft.synthetic import FAMILIES
+from sft.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP
 from sft.train import train
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t

@@ -26,7 +26,7 @@ from sft.checkpoints import last_complete_checkpoint, list_checkpoints
 from sft.checks import check_inputs
 from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
-from sft.data import PreparedData, prepare_data
+from sft.data import PreparedData, prepare_data, with_training_template
 from sft.layout import run_dir, tensorboard_dir
 from sft.loss import selected_nll, shift_left, target_weights, token_nll
 from sft.manifest import write_manifest
@@ -249,7 +249,7 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
         selective_head=cfg.train.selective_head,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        processing_class=tokenizer,
+        processing_class=with_training_template(tokenizer, cfg.data.template),  # saved with every checkpoint
         callbacks=callbacks,
     )
     trainer.prepared_data = data

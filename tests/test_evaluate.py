@@ -12,8 +12,8 @@ import pytest
 
 from conftest import ROOT, demo_config
 from sft.__main__ import main
-from sft.evaluate import (DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, parse_models, task_manager,
-                          write_demo_tasks)
+from sft.evaluate import parse_models
+from sft.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, task_manager, write_demo_tasks
 from sft.synthetic import FAMILIES
 
 LIMIT = 2  # items per family: enough to exercise pairing and the bootstrap, quick on two CPU cores
@@ -181,7 +181,7 @@ def test_demo_tasks_carry_both_metrics_and_the_groups_by_output_length(demo_root
         assert [(a["metric"], a["weight_by_size"]) for a in g["aggregate_metric_list"]] == [
             ("exact_match", False), ("edit_similarity", False)]
     # lm-eval resolves the metric function and scores a generation with both metrics.
-    task = task_manager(["sft_demo_count_up"], out).load(["sft_demo_count_up"])["tasks"]["sft_demo_count_up"]
+    task = task_manager(["sft_demo_count_up"], [out]).load(["sft_demo_count_up"])["tasks"]["sft_demo_count_up"]
     doc = next(iter(task.test_docs()))
     half = doc["answer"][: len(doc["answer"]) // 2]
     assert task.process_results(doc, [doc["answer"]]) == {"exact_match": 1.0, "edit_similarity": 1.0}

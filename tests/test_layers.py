@@ -14,8 +14,10 @@ PACKAGE = ROOT / "sft"
 
 LAYERS = [
     {"layout", "prompts", "loss", "attention", "synthetic", "plots"},  # no sibling imports
-    {"data", "checkpoints", "generate", "report"},  # rows and tokens; checkpoint folders; decoding; tables and plots
-    {"collate", "modeling", "prune", "inspect_data"},  # batches; models and tokenizers; pruning; data statistics
+    {"data", "checkpoints", "generate", "report", "tasks"},  # rows and tokens; checkpoint folders; decoding; tables
+    # and intervals; lm-eval task configs
+    {"collate", "modeling", "prune", "inspect_data", "results", "compare"},  # batches; models and tokenizers; pruning; data
+    # statistics; lm-eval results to summary rows; results read back, plotted and tabulated
     {"checks", "config"},  # a downloaded model and data checked; settings and presets
     {"manifest"},  # run manifests (read the config back)
     {"train", "evaluate", "plan"},  # the Trainer; held-out metrics and lm-eval; a run's cost before it starts
