@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models to compare, e.g. base=model/demo/base,masked=model/demo/masked")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompts", metavar="FILE.jsonl",
-                     help="one JSON object per line: instruction (required), input, output (a reference answer)")
+                     help="one JSON object per line: instruction (required), input, output (a reference answer); "
+                          "default: the demo's built-in prompts for demo runs, else 8 held-out rows of the runs' data")
     src.add_argument("--prompt", metavar="TEXT", help="a single instruction")
     p.add_argument("--input", metavar="TEXT", help="the input of --prompt")
     p.add_argument("--template", help="render every prompt with this template (default: each run's own)")
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--prompt is empty; pass the instruction text.")
         rows, source = [{"instruction": args.prompt, "input": args.input or ""}], "--prompt"
     else:
-        rows, source = cs.builtin_prompts(), "builtin"
+        rows, source = cs.default_prompts(specs)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                   batch_size=args.batch_size)

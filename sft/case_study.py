@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from sft.data import prepare_data
 from sft.evaluate import parse_models as parse_labels
 from sft.generate import GenerationSettings, generate_responses, render_prompts
 from sft.layout import CASE_STUDY_DIR, CHECKPOINT_RE, MANIFEST, tensorboard_dir
@@ -31,6 +32,7 @@ OUT_DIR = CASE_STUDY_DIR  # where case studies are saved, one timestamp per stud
 # One prompt each: four short-answer families and the four long-output ones.
 BUILTIN_FAMILIES = ("add", "count", "extract", "capital", "count_up", "count_down", "day_list", "month_list")
 BUILTIN_SEED = 2024  # the built-in prompts are drawn from sft.synthetic with this seed: the same every time
+HELDOUT_PROMPTS = 8  # prompts taken from the held-out split when the runs are not the demo's
 
 
 @dataclass
@@ -49,6 +51,7 @@ class CaseStudy:
     models: list[ModelSpec]
     settings: GenerationSettings
     outputs: dict[str, list[str]] = field(default_factory=dict)  # model name -> one output per row
+    prompts: dict[str, list[str]] = field(default_factory=dict)  # model name -> the rendered prompt of each row
     seconds: dict[str, float] = field(default_factory=dict)  # model name -> generation time
     timestamp: str = field(default_factory=lambda: datetime.now().strftime("%Y%m%d_%H%M%S"))
 
@@ -60,6 +63,41 @@ def builtin_prompts() -> list[dict[str, str]]:
     """Eight demo prompts, one per synthetic task family, with the reference answer as `output`."""
     rows = generate_rows(len(BUILTIN_FAMILIES), seed=BUILTIN_SEED, families=BUILTIN_FAMILIES)
     return [{k: r[k] for k in ("instruction", "input", "output", "family")} for r in rows]
+
+
+def heldout_prompts(specs: list[ModelSpec], n: int = HELDOUT_PROMPTS) -> list[dict[str, str]]:
+    """The first n held-out rows of the fine-tuned runs' own data (the split training and evaluation use)."""
+    run = next((s.run for s in specs if s.run), None)
+    if run is None:
+        raise ValueError("No model comes from a fine-tuning run (none has a run_manifest.json), so there are no "
+                         "held-out rows to prompt with; pass --prompts FILE.jsonl or --prompt TEXT.")
+    cfg = load_run_config(run)
+    rows = prepare_data(cfg.data, load_tokenizer(run)).eval_rows[:n]
+    return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows]
+
+
+def default_prompts(specs: list[ModelSpec]) -> tuple[list[dict[str, str]], str]:
+    """The demo's built-in prompts for demo runs, else a few held-out rows of the runs' data; (rows, source)."""
+    runs = [load_run_config(s.run) for s in specs if s.run]
+    if not runs or any(cfg.demo is not None for cfg in runs):
+        return builtin_prompts(), "builtin"
+    return heldout_prompts(specs), f"held-out rows of {runs[0].data.eval_data or runs[0].data.data}"
+
+
+def render_for(spec: ModelSpec, tokenizer, rows: list[dict[str, str]]) -> list[str]:
+    """A fine-tuned model's prompts through the chat template it carries (its training template); others through
+    the template of `spec` (the runs' own, so that a base model sees the same prompt)."""
+    if spec.run is None or not tokenizer.chat_template or spec.template != trained_template(spec.run):
+        return render_prompts(spec.template, rows)
+    return [tokenizer.apply_chat_template([{"role": "user", "content": _content(r)}], add_generation_prompt=True,
+                                          tokenize=False) for r in rows]
+
+
+def _content(row: dict[str, str]):
+    """A user message of the training template: the instruction, or [instruction, input] as two text parts."""
+    if not row.get("input"):
+        return row["instruction"]
+    return [{"type": "text", "text": row["instruction"]}, {"type": "text", "text": row["input"]}]
 
 
 def read_prompts(path: str | Path) -> list[dict[str, str]]:
@@ -163,8 +201,8 @@ def run_case_study(specs: list[ModelSpec], rows: list[dict[str, str]], settings:
     study = CaseStudy(rows=rows, models=specs, settings=settings)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for spec in specs:
-        prompts = render_prompts(spec.template, rows)
         tokenizer, model = load_tokenizer(spec.path), load_model(spec.path).to(device)
+        study.prompts[spec.name] = prompts = render_for(spec, tokenizer, rows)
         start = time.perf_counter()
         study.outputs[spec.name] = generate_responses(model, tokenizer, prompts, settings)
         study.seconds[spec.name] = round(time.perf_counter() - start, 3)
@@ -221,7 +259,7 @@ def records(study: CaseStudy) -> list[dict[str, Any]]:
     settings = asdict(study.settings)
     out = []
     for spec in study.models:
-        prompts = render_prompts(spec.template, study.rows)
+        prompts = study.prompts.get(spec.name) or render_prompts(spec.template, study.rows)
         for i, row in enumerate(study.rows):
             out.append({"prompt_index": i, "instruction": row["instruction"], "input": row.get("input", ""),
                         "reference": row.get("output"), "model": spec.name, "path": str(spec.path),

@@ -141,7 +141,10 @@ def _draw_bars(ax, scores, rows: list[tuple[str, str]], models: list[str], group
             ax.axvline(i - 0.5, color="grey", linestyle=":", linewidth=1)
             if i + 1 < len(rows):
                 ax.axvline(i + 0.5, color="grey", linestyle=":", linewidth=1)
-    ax.set_xticks(x, [_tick_label(d, groups) for d, _ in rows], rotation=30, ha="right")
+    # Benchmarks report several metrics each (acc and acc_norm, gsm8k's two filters): then each bar names its metric.
+    several = len({base_metric(m) for _, m in rows}) > 1
+    ticks = [_tick_label(d, groups) + (f"\n{base_metric(m)}" if several else "") for d, m in rows]
+    ax.set_xticks(x, ticks, rotation=30, ha="right")
     metrics = ", ".join(dict.fromkeys(m for _, m in rows if "average" not in m)) or base_metric(rows[0][1])
     ax.set_ylabel(f"score, 0-100 ({metrics})")
     ax.set_ylim(0, 105)

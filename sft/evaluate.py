@@ -222,6 +222,9 @@ def prompt_formats(models: dict[str, str], info: dict[str, dict], tokenizers: di
 
 def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig, chat: bool) -> dict:
     """lm-eval's simple_evaluate on a loaded model, raw or in its chat template, with per-sample logs."""
+    # A model's generation_config.max_new_tokens (Qwen2.5 ships 2,048) would override the bound lm-eval sets per task
+    # through max_length (transformers gives max_new_tokens precedence): each task's max_gen_toks must hold.
+    model.generation_config.max_new_tokens = None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
     limit = int(settings.limit) if settings.limit is not None and settings.limit >= 1 else settings.limit
     # Few-shot examples as earlier user/assistant turns in the chat template: how a chat model sees examples.

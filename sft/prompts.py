@@ -35,7 +35,9 @@ class Template:
         `{"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "text", "text": input}]}`.
         A user turn already ends with the response cue ("### Response:\n"), so add_generation_prompt adds
         nothing; an assistant turn is its content and EOS, as training saw it (inside `{% generation %}`, so
-        `return_assistant_tokens_mask` works). Other roles are an error: the template has no place for them.
+        `return_assistant_tokens_mask` works). The template has no system slot: a system message (lm-eval sends a
+        task's description so, e.g. MMLU's "The following are multiple choice questions...") opens the next
+        instruction, where the raw prompt has it too. Other roles are an error.
         bos_token: start with the BOS token, for tokenizers that add one by themselves (Llama-style).
         """
         return CHAT_TEMPLATE.format(
@@ -48,8 +50,11 @@ class Template:
 CHAT_TEMPLATE = """\
 {{#- The training prompt of this model (sft.prompts template '{name}'): the user message is the instruction, \
 or [instruction, input] as two text parts. -#}}
-{bos}{{%- for message in messages -%}}
-{{%- if message['role'] == 'user' -%}}
+{bos}{{%- set ns = namespace(system='') -%}}
+{{%- for message in messages -%}}
+{{%- if message['role'] == 'system' -%}}
+{{%- set ns.system = message['content'] -%}}
+{{%- elif message['role'] == 'user' -%}}
 {{%- if message['content'] is string -%}}
 {{%- set parts = [message['content']] -%}}
 {{%- else -%}}
@@ -58,7 +63,8 @@ or [instruction, input] as two text parts. -#}}
 {{%- if parts | length == 0 or parts | length > 2 -%}}
 {{{{- raise_exception('The {name} template takes a user message of 1 or 2 text parts (instruction, input).') -}}}}
 {{%- endif -%}}
-{{%- set instruction = parts[0] -%}}
+{{%- set instruction = ns.system ~ parts[0] -%}}
+{{%- set ns.system = '' -%}}
 {{%- set input = parts[1] if parts | length > 1 else '' -%}}
 {{%- if input -%}}
 {{{{- {with_input} -}}}}
@@ -70,7 +76,7 @@ or [instruction, input] as two text parts. -#}}
 {{{{- message['content'] + eos_token -}}}}
 {{%- endgeneration -%}}
 {{%- else -%}}
-{{{{- raise_exception('The {name} template has no ' + message['role'] + ' role: pass user and assistant messages.') -}}}}
+{{{{- raise_exception('The {name} template has no ' + message['role'] + ' role: pass system, user and assistant messages.') -}}}}
 {{%- endif -%}}
 {{%- endfor -%}}
 """

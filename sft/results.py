@@ -118,8 +118,9 @@ def summary_rows(results: dict[str, dict], samples: dict[str, dict[str, list]], 
             if is_group:
                 kind = "weighted_average" if size_weighted else "naive_average"
                 label = kind if len(keys) == 1 else f"{kind}:{label}"
-                version = short_hash({"group": groups.get(name) or name,
-                                      "members": {leaf: task_version(configs.get(leaf, {})) for leaf in leaves}})
+                # The task definition's version: the same for the raw and the @chat pass.
+                version = short_hash({"group": groups.get(name) or name.removesuffix(CHAT), "members": {
+                    leaf.removesuffix(CHAT): task_version(configs.get(leaf, {})) for leaf in leaves}})
             else:
                 version = task_version(configs.get(name, {}))
             scores, items = {}, {}

@@ -29,6 +29,7 @@ LONG_GROUP = f"{DEMO_GROUP}_long"  # subgroup of the long-output families (Famil
 DEMO_METRICS = ("exact_match", "edit_similarity")  # every demo task's metrics, in the summaries' order
 MAX_GEN_TOKS = 64  # longest demo answer is ~40 tokens; a model that never stops is cut here
 LM_EVAL_MAX_GEN_TOKS = 256  # what lm-eval's HF model generates at most when a task sets no max_gen_toks
+SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")  # where a task config names splits
 LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets' local loaders
 
 
@@ -258,6 +259,8 @@ def write_local_tasks(tm: TaskManager, task_data: dict[str, Path], out: Path, nu
             loader = LOADERS[Path(next(iter(files.values()))).suffix]
             config = {"include": str(entry.yaml_path), "task": leaf, "dataset_path": loader, "dataset_name": None,
                       "dataset_kwargs": {"data_files": files}}
+            # A split the task names but the folder lacks (arc's train, unused at 0 shots) would fail to load.
+            config |= {key: None for key in SPLIT_KEYS if entry.cfg.get(key) and entry.cfg[key] not in files}
             (out / f"{leaf}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             written.append(leaf)
     return written

@@ -65,8 +65,11 @@ def test_chat_template_renders_the_prompt_text_with_and_without_input():
     two = [{"type": "text", "text": "Sort."}, {"type": "text", "text": "b a"}]
     turns = [{"role": "user", "content": two}, {"role": "assistant", "content": "a b"}]
     assert tmpl.render(messages=turns, eos_token="</s>") == ALPACA.render("Sort.", "b a") + "a b</s>"
-    with pytest.raises(Exception, match="no system role"):
-        tmpl.render(messages=[{"role": "system", "content": "x"}], eos_token="</s>")
+    # A system message (lm-eval's task description) opens the next instruction, as in the raw prompt.
+    described = [{"role": "system", "content": "About algebra.\n\n"}, {"role": "user", "content": "2 + 2?"}]
+    assert tmpl.render(messages=described, eos_token="</s>") == ALPACA.render("About algebra.\n\n2 + 2?")
+    with pytest.raises(Exception, match="no tool role"):
+        tmpl.render(messages=[{"role": "tool", "content": "x"}], eos_token="</s>")
 
 
 def test_fine_tuned_tokenizer_reproduces_training_prompt_ids_on_every_gsm8k_row(qwen_tokenizer, gsm8k_path):

@@ -119,15 +119,29 @@ def test_dataset_folder_without_a_usable_file(fixture_root, tmp_path, monkeypatc
     _fails_cleanly(root, monkeypatch, capsys, "plan", "--preset", PRESET, expect=("Dataset/ holds no usable",))
 
 
-@pytest.mark.slow
-def test_reference_chain_runs_end_to_end(tmp_path):
-    """Both notebooks on the preset, evaluate, compare, eval.py, auto_clean.py: every promised file appears."""
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """The whole reference chain, run once for the module (offline, as on a GPU user's machine without network)."""
     from sft.__main__ import main
-    from sft.reference import NOTEBOOK_OVERRIDES, reference_check
+    from sft.reference import reference_check
 
     _need_shared()
-    out = reference_check(tmp_path / "ref", SHARED, main, log=lambda msg: None)  # raises if a promised file is missing
-    root = out["root"]
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    saved = {k: os.environ.get(k) for k in offline}
+    os.environ.update(offline)
+    try:  # raises if a promised file is missing
+        yield reference_check(tmp_path_factory.mktemp("ref") / "ref", SHARED, main, log=lambda msg: None)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.mark.slow
+def test_reference_chain_runs_end_to_end(chain):
+    """Both notebooks on the preset, evaluate, compare, eval.py, auto_clean.py: every promised file appears."""
+    from sft.reference import NOTEBOOK_OVERRIDES
+
+    root = chain["root"]
     for run, w in (("masked", 0.0), ("unmasked", 1.0)):
         manifest = json.loads((root / "model" / PRESET / run / "run_manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["preset"] == PRESET and manifest["prompt_loss_weight"] == w
@@ -135,14 +149,158 @@ def test_reference_chain_runs_end_to_end(tmp_path):
         assert config["model"]["model"] == LOCAL_QWEN_DIR and config["data"]["data"] == "Dataset/alpaca_data_cleaned.json"
         assert config["train"]["gradient_accumulation_steps"] == 4 and config["train"]["per_device_train_batch_size"] == 4
         assert config["train"]["max_steps"] == NOTEBOOK_OVERRIDES["max_steps"]
-    heldout = json.loads((out["evaluation"] / "heldout.json").read_text())
-    assert list(heldout["models"]) == ["base", "masked", "unmasked"]
-    assert all(m["examples"] == NOTEBOOK_OVERRIDES["eval_size"] for m in heldout["models"].values())
-    summary = (out["evaluation"] / "summary" / f"summary_{out['evaluation'].name}.csv").read_text()
+    for evaluation in (chain["evaluation"], chain["heldout"]):
+        heldout = json.loads((evaluation / "heldout.json").read_text())
+        assert list(heldout["models"]) == ["base", "masked", "unmasked"]
+        assert all(m["examples"] == NOTEBOOK_OVERRIDES["eval_size"] for m in heldout["models"].values())
+    summary = (chain["heldout"] / "summary" / f"summary_{chain['heldout'].name}.csv").read_text()
     assert summary.splitlines()[0] == "dataset,version,metric,mode,base,masked,unmasked"
     assert "heldout" in summary and "response_token_accuracy" in summary
     # auto_clean.py (--keep-last 1 --keep-best 0) kept the newest checkpoint and deleted the older one.
     assert [p.name for p in (root / "model" / PRESET / "masked").glob("checkpoint-*")] == [f"checkpoint-{NOTEBOOK_OVERRIDES['max_steps']}"]
+
+
+def _summary(evaluation):
+    import pandas as pd
+
+    return pd.read_csv(evaluation / "summary" / f"summary_{evaluation.name}.csv", dtype=str, keep_default_na=False)
+
+
+@pytest.mark.slow
+def test_benchmark_rows_are_lm_evals_own_results(chain):
+    """Every summary row is lm-eval's number for that task (or group), metric and filter, raw and @chat."""
+    from sft.reference import BENCH_TASKS, MMLU_SUBJECTS
+
+    evaluation, summary = chain["evaluation"], _summary(chain["evaluation"])
+    settings = json.loads((evaluation / "settings.json").read_text())
+    assert settings["models"]["base"]["prompt_formats"] == ["raw"]  # base: raw prompts; fine-tuned: both
+    assert settings["models"]["masked"]["prompt_formats"] == ["raw", "chat"]
+    leaves = ["gsm8k", "arc_challenge", "hellaswag", *(f"mmlu_{s}" for s in MMLU_SUBJECTS), "mmlu_reference"]
+    expected = set()
+    for model in ("base", "masked", "unmasked"):
+        for suffix in ("", "@chat") if model != "base" else ("",):
+            res = json.loads((evaluation / "results" / f"{model}{suffix}.json").read_text())
+            assert set(res["results"]) == set(leaves)
+            for task, entry in res["results"].items():
+                for key, value in entry.items():
+                    if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+                        continue
+                    metric, filt = key.split(",")
+                    label = metric if filt == "none" else f"{metric}_{filt}"
+                    if task == "mmlu_reference":
+                        label = "weighted_average"
+                    row = summary[(summary["dataset"] == task + suffix) & (summary["metric"] == label)]
+                    assert len(row) == 1, (task, label)
+                    assert float(row[model].iloc[0]) == pytest.approx(100 * value, abs=0.005), (model, task, label)
+                    expected.add((task + suffix, label))
+    assert set(zip(summary["dataset"], summary["metric"])) == expected
+    assert {"exact_match_strict-match", "exact_match_flexible-extract", "acc", "acc_norm",
+            "weighted_average"} <= set(summary["metric"])
+    assert set(summary.loc[summary["dataset"].str.endswith("@chat"), "base"]) == {"-"}  # base: no chat pass
+    modes = dict(zip(summary["dataset"], summary["mode"]))
+    assert modes["gsm8k"] == "gen" and modes["arc_challenge@chat"] == "ppl" and modes["mmlu_reference"] == "ppl"
+    # The group's average weighs its subjects by their item counts (6 and 10), as mmlu does its 57.
+    res = json.loads((evaluation / "results" / "masked.json").read_text())["results"]
+    sizes = list(MMLU_SUBJECTS.values())
+    accs = [res[f"mmlu_{s}"]["acc,none"] for s in MMLU_SUBJECTS]
+    assert res["mmlu_reference"]["acc,none"] == pytest.approx(sum(a * n for a, n in zip(accs, sizes)) / sum(sizes))
+    assert settings["tasks"] == list(BENCH_TASKS)
+
+
+@pytest.mark.slow
+def test_differences_workbook_and_plot_hold_every_benchmark_row(chain):
+    import pandas as pd
+
+    from sft.compare import comparison_panels, load_result, long_scores
+
+    evaluation, summary = chain["evaluation"], _summary(chain["evaluation"])
+    rows = set(zip(summary["dataset"], summary["metric"]))
+    diffs = pd.read_csv(evaluation / "summary" / "differences.csv")
+    # Every row whose score is a mean over items has an interval for each pair that has it (base: raw rows only).
+    assert set(zip(diffs["dataset"], diffs["metric"])) == rows
+    chat = diffs[diffs["dataset"].str.endswith("@chat")]
+    assert set(zip(chat["model_a"], chat["model_b"])) == {("unmasked", "masked")}
+    sheet = pd.read_excel(chain["root"] / "assets" / "Dataset_results.xlsx", sheet_name="Scores")
+    assert set(zip(sheet["dataset"], sheet["metric"])) == rows
+    scores = long_scores([load_result(evaluation)])
+    drawn = {r for panel in comparison_panels(list(dict.fromkeys(zip(scores["dataset"], scores["metric"]))))
+             for r in panel}
+    assert drawn == rows and (chain["root"] / "assets" / "Comparison.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_fine_tuned_folders_carry_the_training_template(chain):
+    """The final model and its checkpoint render, via apply_chat_template, the prompt ids training used."""
+    from transformers import AutoTokenizer
+
+    from sft.data import DataConfig, load_rows, tokenize_rows_batch
+
+    root = chain["root"]
+    rows, _ = load_rows(str(root / "Dataset" / "alpaca_data_cleaned.json"))
+    rows = rows[:200]
+    base = AutoTokenizer.from_pretrained(root / LOCAL_QWEN_DIR)
+    assert "<|im_start|>" in base.chat_template  # the base folder keeps Qwen's ChatML
+    table = tokenize_rows_batch({k: [r[k] for r in rows] for k in ("instruction", "input", "output")}, base,
+                                DataConfig(data="unused", max_length=100_000)).to_pydict()
+    expected = [ids[:len(ids) - sum(m)] for ids, m in zip(table["input_ids"], table["response_mask"])]
+    for folder in (root / "model" / PRESET / "masked", root / "model" / PRESET / "masked" / "checkpoint-2"):
+        tok = AutoTokenizer.from_pretrained(folder)
+        got = [tok.apply_chat_template([{"role": "user", "content": r["instruction"]}], add_generation_prompt=True,
+                                       tokenize=True)["input_ids"] for r in rows]
+        assert got == expected, folder
+
+
+@pytest.mark.slow
+def test_case_study_of_real_runs_prompts_with_held_out_rows(chain):
+    settings = json.loads(chain["case_study"].with_suffix(".json").read_text())
+    assert settings["prompts"]["source"].startswith("held-out rows of Dataset/alpaca_data_cleaned.json")
+    records = [json.loads(line) for line in chain["case_study"].with_suffix(".jsonl").read_text().splitlines()]
+    gsm8k = json.loads((chain["root"] / "Dataset" / "alpaca_data_cleaned.json").read_text())
+    questions = {r["instruction"] for r in gsm8k}
+    assert len({r["prompt_index"] for r in records}) == 8 and all(r["instruction"] in questions for r in records)
+    assert all(r["prompt"].endswith("### Response:\n") for r in records)
+
+
+@pytest.mark.slow
+def test_task_without_local_data_is_one_paragraph_and_writes_nothing(chain, monkeypatch, capsys):
+    from sft.__main__ import main
+
+    root = chain["root"]
+    monkeypatch.chdir(root)
+    models = f"base={LOCAL_QWEN_DIR},masked=model/{PRESET}/masked"
+    before = sorted((root / "evaluation_results").rglob("*"))
+    assert main(["evaluate", "--models", models, "--tasks", "arc_easy", "--name", "nodata"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: lm-eval task arc_easy could not load its data") and "\n" not in err
+    assert "--task-data arc_easy=FOLDER with test.jsonl" in err and "allenai/ai2_arc" in err
+    assert sorted((root / "evaluation_results").rglob("*")) == before  # nothing half-written
+    # A local folder that lacks the few-shot split gsm8k needs is named before anything loads.
+    (root / "no_train").mkdir()
+    (root / "no_train" / "test.jsonl").write_text((root / "Dataset/benchmarks/gsm8k/test.jsonl").read_text())
+    assert main(["evaluate", "--models", models, "--tasks", "gsm8k", "--task-data", "gsm8k=no_train"]) == 2
+    assert "needs train.jsonl" in capsys.readouterr().err
+    assert sorted((root / "evaluation_results").rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_dry_run_prints_every_task_and_its_cost(chain, monkeypatch, capsys):
+    from sft.__main__ import main
+    from sft.reference import BENCH_DIR, BENCH_TASKS, MMLU_SUBJECTS
+
+    monkeypatch.chdir(chain["root"])
+    task_data = [f"{t}={BENCH_DIR}/{t}" for t in BENCH_TASKS]
+    assert main(["evaluate", "--models", f"base={LOCAL_QWEN_DIR},masked=model/{PRESET}/masked",
+                 "--tasks", ",".join(BENCH_TASKS), "--task-data", *task_data, "--include-path", f"{BENCH_DIR}/tasks",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 1 + 5 * 3 + 2  # header, rule, 5 tasks x (base raw, masked raw, masked chat), 2 totals
+    gsm = next(line for line in lines if line.startswith("| base ") and "| gsm8k " in line)
+    assert "generate_until" in gsm and "| 8 " in gsm and "2,048" in gsm  # 8 questions x at most 256 tokens
+    mmlu = next(line for line in lines if "mmlu_high_school_mathematics" in line)
+    assert "multiple_choice" in mmlu and f"| {4 * MMLU_SUBJECTS['high_school_mathematics']} " in mmlu
+    assert "assuming 20,000 prompt tokens/s" in out
+    assert not (chain["root"] / "evaluation_results" / PRESET / "dry").exists()
 
 
 def test_hub_ids_are_not_taken_for_folders():
