@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 
 import yaml
+from jinja2.exceptions import TemplateError
+from lm_eval.defaults import DEFAULT_OTHER_SEED
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 from rapidfuzz.distance import Levenshtein
@@ -299,8 +301,12 @@ def load_tasks(tm: TaskManager, tasks: list[str], task_data: dict[str, Path]) ->
 def render_chat(tokenizer):
     """The chat rendering lm-eval's HF model applies (HFLM.apply_chat_template), for a tokenizer alone."""
     def render(history: list[dict], add_generation_prompt: bool = True) -> str:
-        return tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             continue_final_message=not add_generation_prompt)
+        kwargs = {"tokenize": False, "add_generation_prompt": add_generation_prompt,
+                  "continue_final_message": not add_generation_prompt}
+        try:
+            return tokenizer.apply_chat_template(history, **kwargs)
+        except TemplateError:  # as HFLM does: a template without a system role gets the history without it
+            return tokenizer.apply_chat_template([m for m in history if m["role"] != "system"], **kwargs)
     return render
 
 
@@ -308,6 +314,7 @@ def request_costs(task, tokenizer, chat: bool, limit: float | None, num_fewshot:
     """One task's requests as lm-eval builds them: how many, of which kind, their tokens, the generation bound."""
     if num_fewshot is not None:
         task.set_config(key="num_fewshot", value=num_fewshot)
+    task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)  # the few-shot draw simple_evaluate makes, for every model alike
     n = None if limit is None else int(limit) if limit >= 1 else max(1, int(limit * len(task.eval_docs)))
     task.build_all_requests(limit=n, apply_chat_template=chat, fewshot_as_multiturn=chat,
                             chat_template=render_chat(tokenizer) if chat else None)
