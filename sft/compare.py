@@ -145,8 +145,7 @@ def _draw_bars(ax, scores, rows: list[tuple[str, str]], models: list[str], group
     several = len({base_metric(m) for _, m in rows}) > 1
     ticks = [_tick_label(d, groups) + (f"\n{base_metric(m)}" if several else "") for d, m in rows]
     ax.set_xticks(x, ticks, rotation=30, ha="right")
-    metrics = ", ".join(dict.fromkeys(m for _, m in rows if "average" not in m)) or base_metric(rows[0][1])
-    ax.set_ylabel(f"score, 0-100 ({metrics})")
+    ax.set_ylabel("score, 0-100" if several else f"score, 0-100 ({base_metric(rows[0][1])})")
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -165,8 +164,8 @@ def plot_comparison(scores, path: str | Path, title: str) -> Path:
     for ax, panel in zip(axes[:, 0], panels):
         _draw_bars(ax, scores, panel, models, groups, matplotlib.colormaps["tab10"].colors)
     axes[0, 0].set_title(title)
-    axes[-1, 0].legend(title="model", ncols=min(len(models), 4), loc="upper left", bbox_to_anchor=(0, -0.22),
-                       frameon=False)
+    # Beside the top panel, clear of the bars and of tick labels of any height (a benchmark's names run long).
+    axes[0, 0].legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -257,11 +257,11 @@ def evaluate_one(label: str, path: str, plan: "Plan", run: Path) -> tuple[dict, 
             continue
         res = run_benchmarks(model, tokenizer, tasks, plan.tm, plan.settings, chat=fmt == "chat")
         samples = res.pop("samples", {})
+        stem = label if fmt == "raw" else label + CHAT
+        (run / "results").mkdir(exist_ok=True)  # lm-eval's own results, task names as lm-eval gives them
+        (run / "results" / f"{stem}.json").write_text(json.dumps(res, indent=2, default=handle_non_serializable))
         if fmt == "chat":
             res, samples = with_suffix(res, samples, CHAT)
-        stem = label if fmt == "raw" else label + CHAT
-        (run / "results").mkdir(exist_ok=True)
-        (run / "results" / f"{stem}.json").write_text(json.dumps(res, indent=2, default=handle_non_serializable))
         for task, recs in samples.items():
             _write_jsonl(run / "predictions" / label / f"{task}.jsonl", recs)
         parts.append((res, samples))
