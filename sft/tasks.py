@@ -103,25 +103,7 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
         data = out / "data" / f"{family}.jsonl"
         data.write_text("\n".join(lines) + "\n", encoding="utf-8")
         name = f"{DEMO_GROUP}_{family}"
-        config = {
-            "task": name,
-            "dataset_path": "json",  # datasets' local JSON loader: no hub access
-            "dataset_kwargs": {"data_files": {"test": str(data)}},
-            "test_split": "test",
-            "output_type": "generate_until",
-            "doc_to_text": "prompt",
-            "doc_to_target": "answer",
-            "num_fewshot": 0,
-            "generation_kwargs": {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False},
-            # Exact match on the raw generation, no stripping: emitting exactly the answer and then
-            # EOS is part of what instruction tuning teaches. Edit similarity grades the same
-            # generation, so a long copy that is nearly right is told apart from one that is not.
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True},
-                            {"metric": _Function(f"{__name__}.edit_similarity"), "aggregation": "mean",
-                             "higher_is_better": True}],
-            "metadata": {"version": 2, "template": template,
-                         "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16]},
-        }
+        config = demo_task_config(name, data, template, stop, max_gen_toks)
         (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
         names.append(name)
     # Short- and long-output families as subgroups of the demo group: lm-eval averages a group over
@@ -134,6 +116,29 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
         write_group(out, g, by_length[g])
     write_group(out, DEMO_GROUP, subgroups + [f"{DEMO_GROUP}_{f}" for f in families if f not in FAMILIES])
     return names
+
+
+def demo_task_config(name: str, data: Path, template: str, stop: list[str], max_gen_toks: int) -> dict:
+    """The lm-eval config of one demo family: greedy generation until EOS, exact match and edit similarity."""
+    return {
+        "task": name,
+        "dataset_path": "json",  # datasets' local JSON loader: no hub access
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "prompt",
+        "doc_to_target": "answer",
+        "num_fewshot": 0,
+        "generation_kwargs": {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False},
+        # Exact match on the raw generation, no stripping: emitting exactly the answer and then
+        # EOS is part of what instruction tuning teaches. Edit similarity grades the same
+        # generation, so a long copy that is nearly right is told apart from one that is not.
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": _Function(f"{__name__}.edit_similarity"), "aggregation": "mean",
+                         "higher_is_better": True}],
+        "metadata": {"version": 2, "template": template,
+                     "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16]},
+    }
 
 
 def write_group(out: Path, name: str, members: list[str]) -> None:
