@@ -23,7 +23,7 @@ demo: install
 	$(PY) -m sft demo
 	$(PY) eval.py --models base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked --tensorboard
 
-# The study beyond two points: 4 prompt-loss weights x 3 seeds on the demo (12 runs; see the README for the time).
+# The study beyond two points: 4 prompt-loss weights x 3 seeds on the demo (12 runs; docs/results.md has the time).
 sweep: install
 	$(PY) -m sft sweep --preset demo --prompt-loss-weights 0,0.1,0.5,1 --seeds 3 --name demo
 

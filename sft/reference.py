@@ -5,7 +5,7 @@ the Hugging Face layout at `model/qwen2.5/transformers/0.5b/1/` and the data at
 `Dataset/alpaca_data_cleaned.json`. The model is a randomly initialised `Qwen2ForCausalLM` with
 Qwen2.5-0.5B's configuration but 2 layers of width 56 (its 151,936-row tied embedding, rope theta,
 7:1 query to key-value heads and special ids kept); the tokenizer and the alpaca-schema rows
-(GSM8K) come from `../shared`. `reference_check` then runs the README's reference commands in
+(GSM8K) come from `../shared`. `reference_check` then runs the reference commands of docs/reference.md in
 that folder: both notebooks with papermill on the `qwen2.5-0.5b-alpaca` preset (overrides for
 steps and lengths only), `sft evaluate`, `sft compare`, `eval.py`, `auto_clean.py`, and checks
 that every promised file is there.
@@ -94,7 +94,7 @@ def build_reference_fixture(root: str | Path, shared: str | Path, tiny: bool = T
 
 
 def expected_files(root: str | Path, evaluation: Path, case_study: Path) -> list[Path]:
-    """Every file the README promises for the reference experiment, under root."""
+    """Every file docs/reference.md promises for the reference experiment, under root."""
     root = Path(root)
     files = []
     for run, (notebook, _) in NOTEBOOKS.items():
@@ -163,7 +163,7 @@ def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print)
         log(f"[reference-check] {notebook} (w = {w:g}): {time.perf_counter() - t:.0f} s")
     models = f"base={LOCAL_QWEN_DIR},masked=model/{PRESET}/masked,unmasked=model/{PRESET}/unmasked"
     _run(sft_cli, ["evaluate", "--models", models, "--heldout-only", "--name", f"{PRESET}-heldout"], root, log)
-    # The README's step 4 on lm-eval's own task definitions, reading local rows: raw prompts for the base model,
+    # docs/reference.md's step 4 on lm-eval's own task definitions, reading local rows: raw prompts for the base model,
     # raw and in their training template for the fine-tuned runs.
     task_data = write_benchmark_data(root, shared)
     _run(sft_cli, ["evaluate", "--models", models, "--tasks", ",".join(BENCH_TASKS),
