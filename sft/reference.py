@@ -7,8 +7,10 @@ Qwen2.5-0.5B's configuration but 2 layers of width 56 (its 151,936-row tied embe
 7:1 query to key-value heads and special ids kept); the tokenizer and the alpaca-schema rows
 (GSM8K) come from `../shared`. `reference_check` then runs the reference commands of docs/reference.md in
 that folder: both notebooks with papermill on the `qwen2.5-0.5b-alpaca` preset (overrides for
-steps and lengths only), `sft evaluate`, `sft compare`, `eval.py`, `auto_clean.py`, and checks
-that every promised file is there.
+steps and lengths only), `sft evaluate` (held-out metrics alone, then lm-eval's own gsm8k,
+arc_challenge, hellaswag and two MMLU subjects under a size-weighted group, reading local rows that
+`write_benchmark_data` writes in each task's schema, raw and in each model's chat template),
+`sft compare`, `eval.py`, `auto_clean.py`, and checks that every promised file is there.
 """
 
 from __future__ import annotations
