@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sft"
 
 LAYERS = [
-    {"layout", "prompts", "loss", "attention", "synthetic", "plots"},  # no sibling imports
+    {"io", "layout", "prompts", "loss", "attention", "synthetic", "plots"},  # none but sft.io (the JSONL writer)
     {"data", "checkpoints", "generate", "report"},  # rows and tokens; checkpoint folders; decoding; tables and plots
     {"collate", "modeling", "prune", "inspect_data"},  # batches; models and tokenizers; pruning; data statistics
     {"checks", "config"},  # a downloaded model and data checked; settings and presets
