@@ -56,7 +56,7 @@ class TrainConfig:
     save_steps: int = 200  # optimizer steps between checkpoints
     save_total_limit: int | None = None  # keep at most N checkpoints (None = all; see auto_clean.py)
     auto_clean: dict[str, Any] | None = None  # prune checkpoints after each save, e.g. {"keep_last": 1, "keep_best": 1, "metric": "eval_response_loss", "strip_optimizer": true} (sft/prune.py PrunePolicy; None = off)
-    batching: str = "auto"  # padded | grouped (similar lengths per batch) | packed (one row, no padding) | auto (by device)
+    batching: str = "auto"  # padded | grouped (similar lengths per batch) | packed (one row, no padding) | auto = packed (the fastest in bench/throughput.py, on every device)
     selective_head: bool = True  # LM head and cross-entropy only where the loss weight is non-zero (sft/loss.py)
     seed: int = 42  # model init of new heads, dropout and the data order: same seed = same order in every regime
     bf16: str = "auto"  # "auto" = on where the GPU supports it; "true" / "false"

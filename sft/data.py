@@ -31,6 +31,7 @@ logger = logging.getLogger("sft")
 
 REQUIRED = ("instruction", "output")  # columns every row must have, after the column mapping
 OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
+FIELDS = REQUIRED + OPTIONAL  # the fields of a validated row; tokenization carries any other column through
 # Column names that real datasets use for the same fields; looked for only when the canonical
 # name is absent, and overridden by an explicit `column_map`.
 ALIASES = {
@@ -177,12 +178,12 @@ def _skip(report: LoadReport, where: str, reason: str) -> None:
 def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str) -> dict[str, str]:
     """Map canonical fields to the columns that hold them, or explain what is missing."""
     for col, target in column_map.items():
-        if target not in REQUIRED + OPTIONAL:
+        if target not in FIELDS:
             raise ValueError(
                 f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, output."
             )
     mapping = {target: col for col, target in column_map.items() if col in columns}
-    for target in REQUIRED + OPTIONAL:
+    for target in FIELDS:
         if target not in mapping:
             found = next((a for a in ALIASES[target] if a in columns), None)
             if found is not None:
@@ -368,37 +369,6 @@ def truncate_example(
     return list(prompt_ids), response, status
 
 
-def tokenize_example(
-    prompt_ids: list[int],
-    response_ids: list[int],
-    eos_id: int,
-    prompt_loss_weight: float,
-    max_length: int,
-    truncation: str = "trim",
-) -> tuple[dict[str, list] | None, str]:
-    """Concatenate prompt and response ids with weights; return (example or None, status).
-
-    status is that of `truncate_example`, or "dropped".
-    Labels are the input ids themselves (the model shifts them), -100 where the weight is 0.
-    """
-    # EOS is a response token: the model must learn to stop.
-    fitted = truncate_example(prompt_ids, list(response_ids) + [eos_id], max_length, truncation)
-    if fitted is None:
-        return None, "dropped"
-    prompt, response, status = fitted
-    w = float(prompt_loss_weight)
-    input_ids = prompt + response
-    weights = [w] * len(prompt) + [1.0] * len(response)
-    labels = [t if wt > 0 else IGNORE_INDEX for t, wt in zip(input_ids, weights)]
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "loss_weights": weights,
-        "response_mask": [0] * len(prompt) + [1] * len(response),
-        "length": len(input_ids),
-    }, status
-
-
 def _prompt_prefix_ids(tokenizer) -> list[int]:
     """The BOS the tokenizer would add by itself (Llama-style), or nothing (Qwen, GPT-2)."""
     bos = tokenizer.bos_token_id
@@ -410,8 +380,11 @@ def _prompt_prefix_ids(tokenizer) -> list[int]:
 def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     """The batched `datasets.map` function: prompt and response tokenized apart, then joined.
 
-    Returns an Arrow table built from flat numpy arrays: converting millions of per-token
-    Python numbers into Arrow was most of the preprocessing time.
+    Labels are the input ids themselves (the model shifts them), IGNORE_INDEX where the weight is 0;
+    the weight is `cfg.prompt_loss_weight` on prompt tokens and 1 on response tokens and EOS. Columns
+    other than instruction, input and output (e.g. inspect-data's group column) are carried through for
+    the examples kept. Returns an Arrow table built from flat numpy arrays: converting millions of
+    per-token Python numbers into Arrow was most of the preprocessing time.
     """
     template = get_template(cfg.template)
     prompts = [template.render(i, x) for i, x in zip(batch["instruction"], batch["input"])]
@@ -420,8 +393,9 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     ids = _encode(tokenizer, prompts + list(batch["output"]))
     prompt_ids, response_ids = ids[: len(prompts)], ids[len(prompts) :]
     prefix, eos = _prompt_prefix_ids(tokenizer), tokenizer.eos_token_id
-    rows, n_prompt, status = [], [], []
-    for p, r in zip(prompt_ids, response_ids):
+    rows, n_prompt, status, kept = [], [], [], []
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        # EOS is a response token: the model must learn to stop.
         fitted = truncate_example(prefix + p, r + [eos], cfg.max_length, cfg.truncation)
         if fitted is None:
             continue  # dropped examples are counted by the caller from the row counts
@@ -429,6 +403,7 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
         rows.append(prompt + response)
         n_prompt.append(len(prompt))
         status.append(st)
+        kept.append(i)
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
@@ -440,10 +415,11 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     def column(values: np.ndarray) -> pa.ListArray:
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
+    extra = {name: pa.array([values[i] for i in kept]) for name, values in batch.items() if name not in FIELDS}
     return pa.table({
         "input_ids": column(flat), "labels": column(labels), "loss_weights": column(weights),
         "response_mask": column(response.astype(np.int8)), "length": pa.array(lengths),
-        "truncation": pa.array(status, type=pa.string()),
+        "truncation": pa.array(status, type=pa.string()), **extra,
     })
 
 
@@ -494,10 +470,12 @@ class TokenizeReport:
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
     """Tokenize validated rows into a `datasets.Dataset`, cached on disk across runs."""
     check_tokenizer(tokenizer)
-    key = json.dumps(
-        [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,
-         cfg.max_length, cfg.truncation, CACHE_VERSION]
-    )
+    parts = [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,
+             cfg.max_length, cfg.truncation, CACHE_VERSION]
+    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS]
+    if extra:  # carried-through columns (inspect-data's group) are part of the cached table
+        parts.append([[r[name] for r in rows] for name in extra])
+    key = json.dumps(parts)
     fp = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = Path(cfg.cache_dir) / f"tokenized-{name}-{fp}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -532,13 +510,13 @@ CACHE_VERSION = 2  # bump when tokenization or weighting changes, so old caches 
 # ---------------------------------------------------------------- statistics
 
 
-def length_stats(ds, tokenizer=None, rows: list[dict[str, str]] | None = None) -> dict[str, float]:
-    """Token statistics of a tokenized dataset, with the two length ratios of the literature."""
+def length_stats(ds) -> dict[str, float]:
+    """Token statistics of a tokenized dataset (at least one example), with its generation ratio."""
     lengths = np.asarray(ds["length"])
     response_tokens = int(sum(sum(m) for m in ds["response_mask"]))
     total = int(lengths.sum())
     prompt_tokens = total - response_tokens
-    stats = {
+    return {
         "examples": int(len(lengths)),
         "prompt_tokens": prompt_tokens,
         "response_tokens": response_tokens,  # response tokens including each EOS
@@ -549,13 +527,6 @@ def length_stats(ds, tokenizer=None, rows: list[dict[str, str]] | None = None) -
         # Huerta-Enochian & Ko (2024): generation ratio R_g = completion tokens / prompt tokens.
         "generation_ratio_Rg": response_tokens / max(prompt_tokens, 1),
     }
-    if tokenizer is not None and rows is not None:
-        # Shi et al. (2024): instruction (with input) length over output length, on the raw fields.
-        instr = tokenizer([r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in rows],
-                          add_special_tokens=False)["input_ids"]
-        outs = tokenizer([r["output"] for r in rows], add_special_tokens=False)["input_ids"]
-        stats["instruction_output_ratio"] = sum(map(len, instr)) / max(sum(map(len, outs)), 1)
-    return stats
 
 
 # ---------------------------------------------------------------- the splits a run uses
