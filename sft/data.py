@@ -52,7 +52,7 @@ class DataConfig:
     eval_data: str | None = None  # an explicit held-out file; None = a seeded split of `data`
     eval_size: float = 0.05  # held-out share of `data` (< 1) or number of rows (>= 1), when eval_data is None
     split_seed: int = 42  # the held-out split is a function of (data, split_seed) only
-    column_map: dict[str, str] = field(default_factory=dict)  # {"your column": "instruction" | "input" | "output"}
+    column_map: dict[str, str] = field(default_factory=dict)  # your column -> instruction | input | output, e.g. {"my_col": "output"} (--column-map my_col=output)
     on_bad_rows: str = "error"  # "error": stop at the first bad row; "skip": drop bad rows, count them by reason
     template: str = "alpaca"  # prompt template name (sft.prompts)
     max_length: int = 512  # tokens per example, prompt + response + EOS

@@ -19,11 +19,11 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from sft.checkpoints import list_checkpoints
+from sft.checkpoints import list_checkpoints, run_is_complete
 from sft.config import load_config
 from sft.demo import ensure_assets
 from sft.evaluate import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, evaluate_models
-from sft.layout import MANIFEST, RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
+from sft.layout import RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
 from sft.report import base_metric, format_markdown, model_pairs, write_summary
 from sft.synthetic import FAMILIES
 from sft.train import train
@@ -63,14 +63,12 @@ def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str,
     run_name = sweep_run_name(name, pair_label(w, seed))
     cfg = load_config(preset, **{**overrides, "prompt_loss_weight": w, "seed": seed, "run_name": run_name})
     out = run_dir(cfg)
-    manifest = out / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
+    if run_is_complete(out):
         print(f"[sweep] {run_name}: already trained", flush=True)
         return out
-    cfg.train.resume = bool(list_checkpoints(out))
-    cfg.train.overwrite = not cfg.train.resume
     ensure_assets(cfg)
-    print(f"[sweep] {run_name}: training" + (" (resuming)" if cfg.train.resume else ""), flush=True)
+    # resume "auto" (the default) continues a pair stopped part-way from its last complete checkpoint.
+    print(f"[sweep] {run_name}: training" + (" (resuming)" if list_checkpoints(out) else ""), flush=True)
     train(cfg)
     return out
 
