@@ -111,6 +111,44 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
+def _json_records(path: Path, raw: bytes) -> Iterator[tuple[str, Any]]:
+    """The rows of a .json file: one list of objects."""
+    try:
+        records = json.loads(_decode(path, raw))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
+            "A .json file must hold one list of objects; use .jsonl for one object per line."
+        ) from None
+    if not isinstance(records, list):
+        raise ValueError(
+            f"{path}: expected a JSON list of row objects, got a {type(records).__name__}. "
+            "Wrap the rows in [...] or save them as .jsonl, one object per line."
+        )
+    for i, rec in enumerate(records, 1):
+        yield f"{path}: row {i}", rec
+
+
+def _jsonl_records(path: Path, raw: bytes, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
+    """The rows of a .jsonl file, one object per line; a line that is not JSON is an error or, skipped, counted."""
+    for i, line in enumerate(_decode(path, raw).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            where = f"{path}: line {i}"
+            if on_bad_rows == "skip":
+                report.rows_read += 1  # never yielded, but read
+                _skip(report, where, "invalid JSON")
+                continue
+            raise ValueError(
+                f"{where}: invalid JSON ({e.msg} at column {e.colno}). Fix the line, or pass "
+                "--on-bad-rows skip to drop such lines (they are counted and reported)."
+            ) from None
+        yield f"{path}: line {i}", rec
+
+
 def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
     """Yield (location, record) for each row of one file; location names the file and row."""
     raw = path.read_bytes()
@@ -118,43 +156,12 @@ def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tup
         raise ValueError(f"{path}: the file is empty. Put instruction rows in it or point --data elsewhere.")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        text = _decode(path, raw)
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
-                "A .json file must hold one list of objects; use .jsonl for one object per line."
-            ) from None
-        if not isinstance(records, list):
-            raise ValueError(
-                f"{path}: expected a JSON list of row objects, got a {type(records).__name__}. "
-                "Wrap the rows in [...] or save them as .jsonl, one object per line."
-            )
-        for i, rec in enumerate(records, 1):
-            yield f"{path}: row {i}", rec
+        yield from _json_records(path, raw)
     elif suffix == ".jsonl":
-        text = _decode(path, raw)
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                where = f"{path}: line {i}"
-                if on_bad_rows == "skip":
-                    report.rows_read += 1  # never yielded, but read
-                    _skip(report, where, "invalid JSON")
-                    continue
-                raise ValueError(
-                    f"{where}: invalid JSON ({e.msg} at column {e.colno}). Fix the line, or pass "
-                    "--on-bad-rows skip to drop such lines (they are counted and reported)."
-                ) from None
-            yield f"{path}: line {i}", rec
+        yield from _jsonl_records(path, raw, on_bad_rows, report)
     elif suffix == ".csv":
-        text = _decode(path, raw)
         # csv keeps every cell a string; an empty cell is "" (caught by validation), never NaN.
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(_decode(path, raw).splitlines())
         for i, rec in enumerate(reader, 1):
             yield f"{path}: row {i} (line {reader.line_num})", rec
     elif suffix == ".parquet":
@@ -252,6 +259,52 @@ def _records_from_hub(dataset_id: str) -> tuple[str, list[Any]]:
     return dataset_id, ds.to_list()
 
 
+def _sources(source: str | Path, on_bad_rows: str, report: LoadReport) -> list[tuple[str, Iterator]]:
+    """(name, records) for each file of a file or folder, or for a hub dataset."""
+    path = Path(source)
+    if path.exists():
+        return [(str(f), _read_file(f, on_bad_rows, report)) for f in _files_of(path)]
+    if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
+        name, records = _records_from_hub(str(source))
+        return [(name, ((f"{name}: row {i}", r) for i, r in enumerate(records, 1)))]
+    raise ValueError(
+        f"{source}: no such file or folder. Pass a .json/.jsonl/.parquet/.csv file, a folder of them, "
+        "or a hub dataset id such as yahma/alpaca-cleaned."
+    )
+
+
+def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str, str], on_bad_rows: str,
+                keep_column: str | None, report: LoadReport) -> list[dict[str, str]]:
+    """The valid rows of one source, mapped to the canonical fields; bad ones raise or are counted."""
+    not_object = next((where for where, r in records if not isinstance(r, dict)), None)
+    if not_object is not None and on_bad_rows == "error":  # say so before guessing at columns
+        _, fld, problem = _check_row(dict(records)[not_object], {})
+        raise ValueError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
+                         '{"instruction": ..., "input": ..., "output": ...}.')
+    columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
+    mapping = _resolve_columns(columns, column_map, name)
+    report.column_mapping = {**report.column_mapping, **mapping}
+    report.ignored_columns += [c for c in columns if c not in mapping.values() and c != keep_column
+                               and c not in report.ignored_columns]
+    rows = []
+    for where, rec in records:
+        report.rows_read += 1
+        row, fld, problem = _check_row(rec, mapping)
+        if row is not None and keep_column is not None:
+            if rec.get(keep_column) is None:
+                raise ValueError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
+                                 f"value to be grouped by it; drop the grouping or fill the column.")
+            row[keep_column] = str(rec[keep_column])
+        if row is not None:
+            rows.append(row)
+        elif on_bad_rows == "skip":
+            _skip(report, where, f"{fld} {problem}")
+        else:
+            raise ValueError(f"{where}, field {fld}: {problem}. Fix the row, or pass --on-bad-rows skip to drop bad "
+                             "rows (they are counted by reason and reported).")
+    return rows
+
+
 def load_rows(
     source: str | Path, column_map: dict[str, str] | None = None, on_bad_rows: str = "error",
     keep_column: str | None = None,
@@ -263,53 +316,11 @@ def load_rows(
     """
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}.")
-    column_map = dict(column_map or {})
     report = LoadReport(source=str(source))
-    path = Path(source)
-    if path.exists():
-        parts = [(str(f), _read_file(f, on_bad_rows, report)) for f in _files_of(path)]
-    elif "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
-        name, records = _records_from_hub(str(source))
-        parts = [(name, ((f"{name}: row {i}", r) for i, r in enumerate(records, 1)))]
-    else:
-        raise ValueError(
-            f"{source}: no such file or folder. Pass a .json/.jsonl/.parquet/.csv file, a folder of them, "
-            "or a hub dataset id such as yahma/alpaca-cleaned."
-        )
-
     rows: list[dict[str, str]] = []
-    ignored: dict[str, None] = {}
-    for name, records in parts:
-        records = list(records)
-        not_object = next((where for where, r in records if not isinstance(r, dict)), None)
-        if not_object is not None and on_bad_rows == "error":  # say so before guessing at columns
-            _, fld, problem = _check_row(dict(records)[not_object], {})
-            raise ValueError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
-                             '{"instruction": ..., "input": ..., "output": ...}.')
-        columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
-        mapping = _resolve_columns(columns, column_map, name)
-        report.column_mapping = {**report.column_mapping, **mapping}
-        ignored.update(dict.fromkeys(c for c in columns if c not in mapping.values() and c != keep_column))
-        for where, rec in records:
-            report.rows_read += 1
-            row, fld, problem = _check_row(rec, mapping)
-            if row is not None and keep_column is not None:
-                if rec.get(keep_column) is None:
-                    raise ValueError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
-                                     f"value to be grouped by it; drop the grouping or fill the column.")
-                row[keep_column] = str(rec[keep_column])
-            if row is not None:
-                rows.append(row)
-                continue
-            if on_bad_rows == "skip":
-                _skip(report, where, f"{fld} {problem}")
-                continue
-            raise ValueError(
-                f"{where}, field {fld}: {problem}. Fix the row, or pass --on-bad-rows skip to drop bad rows "
-                "(they are counted by reason and reported)."
-            )
+    for name, records in _sources(source, on_bad_rows, report):
+        rows += _valid_rows(name, list(records), dict(column_map or {}), on_bad_rows, keep_column, report)
     report.rows_kept = len(rows)
-    report.ignored_columns = list(ignored)
     if not rows:
         raise ValueError(
             f"{source}: no valid rows ({report.rows_read} read; dropped: {dict(report.rows_dropped)}). "
