@@ -16,7 +16,9 @@ from collections import Counter
 
 import torch
 
-from sft.config import DEFAULT_PRESET, PRESETS, ExperimentConfig, apply_overrides, field_help, load_config, section_classes
+from sft.config import (
+    DEFAULT_PRESET, PRESETS, ExperimentConfig, apply_overrides, field_help, load_config, section_classes,
+)
 from sft.demo import ensure_assets, ensure_demo_assets, run_demo
 from sft.evaluate import BATCH_SIZE, MAX_GEN_TOKS, evaluate_models, parse_models
 from sft.inspect_data import format_stats, inspect_data, render_example
