@@ -57,7 +57,7 @@ def add_config_arguments(p: argparse.ArgumentParser, sections: dict[str, type] |
             name = f.name.replace("_", "-")
             flags = ([f"--{name}"] if counts[f.name] == 1 else []) + [f"--{section}.{name}"]
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            text = helps[f.name] + (f" (default: {default})" if show_defaults else "")
+            text = helps[f.name] + (f" (default: {default})" if show_defaults and f.name not in required else "")
             kind = _metavar(hints[f.name])
             group.add_argument(*flags, dest=f"{section}.{f.name}", default=argparse.SUPPRESS, metavar=kind,
                                required=f.name in required, help=text.replace("%", "%%"),

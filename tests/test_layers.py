@@ -1,6 +1,6 @@
 """The package's import structure: one direction of dependencies, every sibling import at module top.
 
-The layers (README, "Where code goes"): a module may import modules of its own layer or below, never above,
+The layers (docs/architecture.md): a module may import modules of its own layer or below, never above,
 and the imports among modules form no cycle. A new module must be placed in LAYERS, which makes its place a
 decision rather than an accident.
 """
@@ -49,7 +49,8 @@ def modules() -> dict[str, Path]:
 
 def test_every_module_has_a_layer():
     missing = sorted(set(modules()) - set(LAYER))
-    assert not missing, f"place the new module(s) {missing} in a layer of tests/test_layers.py (and the README)"
+    assert not missing, (f"place the new module(s) {missing} in a layer of tests/test_layers.py "
+                         "(and docs/architecture.md)")
 
 
 def test_sibling_imports_are_at_module_top():
