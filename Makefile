@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test sweep bench install clean-demo reference-check
+.PHONY: demo test test-fast sweep bench install clean-demo reference-check
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 test: install
 	$(PY) -m pytest
+
+# The inner loop: every test that neither trains, nor launches a process, nor runs a notebook (pytest -m "not slow").
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 demo: install
 	$(PY) -m sft demo

@@ -18,7 +18,10 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     """The command line of eval.py."""
     from sft.case_study import OUT_DIR
+    from sft.config import field_help
+    from sft.generate import GenerationSettings
 
+    default, helps = GenerationSettings(), field_help(GenerationSettings)  # decoding flags: one definition
     p = argparse.ArgumentParser(prog="python eval.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:5]))
@@ -31,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", metavar="TEXT", help="a single instruction")
     p.add_argument("--input", metavar="TEXT", help="the input of --prompt")
     p.add_argument("--template", help="render every prompt with this template (default: each run's own)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens, help=helps["max_new_tokens"])
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0, help="with --do-sample")
-    p.add_argument("--top-p", type=float, default=1.0, help="with --do-sample")
-    p.add_argument("--seed", type=int, default=0, help="with --do-sample")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts generated together (lower it if memory is short)")
+    p.add_argument("--temperature", type=float, default=default.temperature, help=helps["temperature"])
+    p.add_argument("--top-p", type=float, default=default.top_p, help=helps["top_p"])
+    p.add_argument("--seed", type=int, default=default.seed, help=helps["seed"])
+    p.add_argument("--batch-size", type=int, default=default.batch_size, help=helps["batch_size"])
     p.add_argument("--out", default=OUT_DIR, metavar="DIR", help=f"where results are saved (default {OUT_DIR})")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log the generations as text into each fine-tuned run's TensorBoard folder")

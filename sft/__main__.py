@@ -7,17 +7,24 @@ one paragraph saying what is wrong and how to fix it, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import typing
+from collections import Counter
 
 import torch
 
-from sft.config import load_config
-from sft.data import DataConfig
+from sft.config import (
+    DEFAULT_PRESET, PRESETS, ExperimentConfig, apply_overrides, field_help, load_config, section_classes,
+)
 from sft.demo import ensure_assets, ensure_demo_assets, run_demo
-from sft.evaluate import FORMATS, estimate_costs, evaluate_models, format_costs, parse_models
+from sft.evaluate import (
+    BATCH_SIZE, FORMATS, MAX_GEN_TOKS, EvalConfig, estimate_costs, evaluate_models, format_costs, parse_models,
+)
 from sft.inspect_data import format_stats, inspect_data, render_example
+from sft.layout import ASSETS_DIR, RESULTS_ROOT, SWEEP_PLOT
 from sft.modeling import load_tokenizer
 from sft.plan import MFU, format_plan, plan_run
 from sft.reference import reference_check
@@ -25,6 +32,45 @@ from sft.compare import compare, load_result
 from sft.report import format_psql
 from sft.sweep import parse_weights, run_sweep
 from sft.train import train
+
+
+def _metavar(typ) -> str:
+    """How a field's value is written on the command line."""
+    text = str(typ)
+    if "dict" in text:
+        return "KEY=VALUE"
+    if "bool" in text:
+        return "VALUE" if "str" in text else "BOOL"
+    return "X" if "float" in text else "N" if "int" in text else "TEXT"
+
+
+def add_config_arguments(p: argparse.ArgumentParser, sections: dict[str, type] | None = None,
+                         show_defaults: bool = False, required: tuple[str, ...] = ()) -> None:
+    """One flag per config field (sft/config.py), its help the comment on the field's line.
+
+    A field is --name where its name is unique across the sections, and always --section.name. Values stay
+    strings (a list for a KEY=VALUE field): sft.config.apply_overrides reads them, as it reads a notebook's.
+    """
+    sections = sections or section_classes()
+    counts = Counter(f.name for cls in sections.values() for f in dataclasses.fields(cls))
+    for section, cls in sections.items():
+        group = p.add_argument_group(f"{section} ({cls.__name__})", cls.__doc__.splitlines()[0])
+        hints, helps = typing.get_type_hints(cls), field_help(cls)
+        for f in dataclasses.fields(cls):
+            name = f.name.replace("_", "-")
+            flags = ([f"--{name}"] if counts[f.name] == 1 else []) + [f"--{section}.{name}"]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            text = helps[f.name] + (f" (default: {default})" if show_defaults and f.name not in required else "")
+            kind = _metavar(hints[f.name])
+            group.add_argument(*flags, dest=f"{section}.{f.name}", default=argparse.SUPPRESS, metavar=kind,
+                               required=f.name in required, help=text.replace("%", "%%"),
+                               nargs="+" if kind == "KEY=VALUE" else "?" if kind in ("BOOL", "VALUE") else None,
+                               const="true" if kind in ("BOOL", "VALUE") else None)
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The config fields given on the command line: add_config_arguments' dests are the only ones with a dot."""
+    return {dest: value for dest, value in vars(args).items() if "." in dest}
 
 
 def _parse_overrides(extra: list[str]) -> dict[str, str]:
@@ -49,29 +95,9 @@ def _parse_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
-def _parse_column_map(pairs: list[str]) -> dict[str, str]:
-    """Read `COLUMN=FIELD` pairs, e.g. `response=output`."""
-    out = {}
-    for kv in pairs:
-        if "=" not in kv:
-            raise ValueError(f"--column-map takes COLUMN=FIELD pairs such as response=output, got {kv!r}.")
-        column, target = kv.split("=", 1)
-        out[column] = target
-    return out
-
-
 def cmd_inspect_data(args: argparse.Namespace) -> int:
     """Show what training will see: counts, token statistics, rendered examples."""
-    column_map = _parse_column_map(args.column_map or [])
-    cfg = DataConfig(
-        data=args.data,
-        max_length=args.max_length,
-        prompt_loss_weight=args.prompt_loss_weight,
-        on_bad_rows=args.on_bad_rows,
-        template=args.template,
-        truncation=args.truncation,
-        column_map=column_map,
-    )
+    cfg = apply_overrides(ExperimentConfig(), _config_values(args)).data  # DataConfig's defaults, the flags over them
     tokenizer = load_tokenizer(args.tokenizer)
     stats, ds, _ = inspect_data(cfg, tokenizer, by=args.by)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
@@ -85,15 +111,7 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune with the preset, the flags and any config or TrainingArguments override."""
-    overrides = dict(args.overrides)
-    for name in ("prompt_loss_weight", "run_name", "max_steps"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.resume:
-        overrides["resume"] = True
-    if args.overwrite:
-        overrides["overwrite"] = True
-    cfg = load_config(args.preset, **overrides)
+    cfg = load_config(args.preset, **args.overrides)
     ensure_assets(cfg)  # the demo builds its data and base model on first use
     try:
         train(cfg)
@@ -163,10 +181,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Tokenize the data and print what the run will cost: tokens, steps, FLOPs, memory, time."""
-    overrides = dict(args.overrides)
-    if args.prompt_loss_weight is not None:
-        overrides["prompt_loss_weight"] = args.prompt_loss_weight
-    plan = plan_run(load_config(args.preset, **overrides), world_size=args.world_size, mfu=args.mfu)
+    plan = plan_run(load_config(args.preset, **args.overrides), world_size=args.world_size, mfu=args.mfu)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
@@ -177,45 +192,41 @@ def cmd_reference_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+OVERRIDES = ("Every config field (sft/config.py) below is a flag, as --name or --section.name; a field not given "
+             "keeps the preset's value. Any other transformers.TrainingArguments field is set the same way, e.g. "
+             "--optim adamw_torch_fused.")
 
-    p = sub.add_parser("inspect-data", help="statistics and weighted examples of a dataset")
-    p.add_argument("--data", required=True, help="a .json/.jsonl/.parquet/.csv file, a folder, or a hub dataset id")
+
+def _config_command(sub, name: str, help: str, func, preset: bool = True) -> argparse.ArgumentParser:
+    """A subcommand that takes a preset and any config or TrainingArguments field as flags."""
+    # allow_abbrev=False: an unknown TrainingArguments flag must never be read as the prefix of a config flag.
+    p = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. {OVERRIDES}", allow_abbrev=False)
+    if preset:
+        p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="the settings to start from")
+    add_config_arguments(p)
+    p.set_defaults(func=func, accepts_overrides=True)
+    return p
+
+
+def _add_inspect_data(sub) -> None:
+    p = sub.add_parser("inspect-data", help="statistics and weighted examples of a dataset", allow_abbrev=False)
     p.add_argument("--tokenizer", required=True, help="a tokenizer folder or hub id")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per example (prompt + response + EOS)")
-    p.add_argument("--prompt-loss-weight", type=float, default=0.0, help="w: 0 masked, 1 unmasked")
-    p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
-    p.add_argument("--template", default="alpaca", help="prompt template name")
-    p.add_argument("--truncation", choices=["trim", "drop"], default="trim")
-    p.add_argument("--column-map", nargs="*", metavar="COLUMN=FIELD", help="e.g. response=output context=input")
     p.add_argument("--by", metavar="COLUMN", help="also give the statistics per value of this column (the demo: family)")
     p.add_argument("--show", type=int, default=0, metavar="K", help="render K examples with their weights")
     p.add_argument("--json", action="store_true", help="print one JSON object (examples go to stderr)")
+    add_config_arguments(p, {"data": section_classes()["data"]}, show_defaults=True, required=("data",))
     p.set_defaults(func=cmd_inspect_data)
 
-    p = sub.add_parser("train", help="fine-tune (the notebooks run the same code)",
-                       description="Any other --name VALUE sets a config field (sft/config.py) or a "
-                                   "transformers.TrainingArguments field, e.g. --learning-rate 1e-4.")
-    p.add_argument("--preset", default="demo", help="demo | qwen2.5-0.5b-alpaca")
-    p.add_argument("--prompt-loss-weight", type=float, help="w: 0 masked, 1 unmasked, or anything between")
-    p.add_argument("--run-name", help="folder name under model/<preset>/ (default: the preset's)")
-    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start the run again, deleting its old checkpoints")
-    p.set_defaults(func=cmd_train, accepts_overrides=True)
 
-    p = sub.add_parser("plan", help="what a run will cost before it starts: tokens, steps, FLOPs, memory, GPU time",
-                       description="Any other --name VALUE overrides a config or TrainingArguments field, as for train.")
-    p.add_argument("--preset", default="demo", help="demo | qwen2.5-0.5b-alpaca")
-    p.add_argument("--prompt-loss-weight", type=float, help="w: 0 masked, 1 unmasked (changes the head's work)")
+def _add_plan(sub) -> None:
+    p = _config_command(sub, "plan", "what a run will cost before it starts: tokens, steps, FLOPs, memory, GPU time",
+                        cmd_plan)
     p.add_argument("--world-size", type=int, default=1, help="data-parallel processes (GPUs)")
     p.add_argument("--mfu", type=float, default=MFU, help=f"assumed model FLOPs utilisation ({MFU})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_plan, accepts_overrides=True)
 
+
+def _add_reference_check(sub) -> None:
     p = sub.add_parser("reference-check", help="the reference commands end to end on a tiny Qwen2.5 stand-in "
                                                "(offline, CPU, about 2 minutes)")
     p.add_argument("--workdir", default=".cache/reference-check",
@@ -223,22 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared", default="../shared", help="the folder with tokenizers/qwen2.5 and data/gsm8k_alpaca.json")
     p.set_defaults(func=cmd_reference_check)
 
-    p = sub.add_parser("build-demo", help="write the demo data and build its tiny base model")
-    p.set_defaults(func=cmd_build_demo, accepts_overrides=True)
 
-    p = sub.add_parser("sweep", help="train and evaluate every (prompt-loss weight, seed) pair; summary and plot",
-                       description="Any other --name VALUE overrides a config or TrainingArguments field for every pair.")
-    p.add_argument("--preset", default="demo")
+def _add_sweep(sub) -> None:
+    p = _config_command(sub, "sweep", "train and evaluate every (prompt-loss weight, seed) pair; summary and plot",
+                        cmd_sweep)
     p.add_argument("--prompt-loss-weights", default="0,0.01,0.1,0.5,1", help="comma-separated weights in [0, 1]")
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N per weight")
     p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/sweep-<name>/")
     p.add_argument("--limit", type=float, help="test items per task (lm-eval --limit)")
-    p.add_argument("--plot", default="assets/plw_sweep.png", help="where the plot goes")
-    p.set_defaults(func=cmd_sweep, accepts_overrides=True)
+    p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes")
 
-    p = sub.add_parser("demo", help="the whole offline study: build, fine-tune both regimes, evaluate, compare")
-    p.set_defaults(func=cmd_demo, accepts_overrides=True)
 
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="held-out losses and lm-eval benchmarks of several models, summarised")
     p.add_argument("--models", required=True, metavar="LABEL=PATH,...",
                    help="e.g. base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked")
@@ -247,10 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out response loss and token accuracy only, no lm-eval task (fast; offline)")
     p.add_argument("--name", help="folder under --out (default: the preset of the runs)")
     p.add_argument("--limit", type=float, help="items per task (a number below 1 is a share), for quick checks")
-    p.add_argument("--batch-size", type=int, default=16, help="one fixed batch size for every model")
-    p.add_argument("--out", default="evaluation_results", help="results go to OUT/NAME/<YYYYmmdd_HHMMSS>/")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="one fixed batch size for every model")
+    p.add_argument("--out", default=RESULTS_ROOT, help="results go to OUT/NAME/<YYYYmmdd_HHMMSS>/")
     p.add_argument("--test-data", help="test JSONL of the sft_demo tasks (default: the demo's test.jsonl)")
-    p.add_argument("--max-gen-toks", type=int, default=64, help="tokens generated per answer at most")
+    p.add_argument("--max-gen-toks", type=int, default=MAX_GEN_TOKS, help="tokens generated per answer at most")
     p.add_argument("--prompt-format", choices=FORMATS, default="auto",
                    help="raw: lm-eval's prompts as they are; chat: in each model's chat template (a fine-tuned "
                         "model's is its training template); both; auto (default): base models raw, fine-tuned both")
@@ -259,18 +266,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "sub-folder per task), e.g. gsm8k=data/gsm8k: its own YAML, only the data location changed")
     p.add_argument("--include-path", nargs="+", metavar="FOLDER", help="folders of your own lm-eval task YAMLs")
     p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
-    p.add_argument("--assume-prompt-tokens-per-s", type=float, default=20_000.0,
+    p.add_argument("--assume-prompt-tokens-per-s", type=float, default=EvalConfig.assume_prompt_tokens_per_s,
                    help="--dry-run's time estimate: prompt tokens scored per second (an assumption; set yours)")
-    p.add_argument("--assume-generated-tokens-per-s", type=float, default=500.0,
+    p.add_argument("--assume-generated-tokens-per-s", type=float, default=EvalConfig.assume_generated_tokens_per_s,
                    help="--dry-run's time estimate: tokens generated per second over a batch (an assumption)")
     p.add_argument("--dry-run", action="store_true",
                    help="load the tasks and print what the evaluation will cost (requests, tokens, time); run nothing")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="plot and spreadsheet of evaluation results (assets/)")
     p.add_argument("results", nargs="+", metavar="RESULT_DIR", help="evaluation_results/<name>/<timestamp> folders")
-    p.add_argument("--out", default="assets", help="folder for Comparison.png and Dataset_results.xlsx")
+    p.add_argument("--out", default=ASSETS_DIR, help="folder for Comparison.png and Dataset_results.xlsx")
     p.set_defaults(func=cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_inspect_data(sub)
+    _config_command(sub, "train", "fine-tune (the notebooks run the same code)", cmd_train)
+    _add_plan(sub)
+    _add_reference_check(sub)
+    _config_command(sub, "build-demo", "write the demo data and build its tiny base model", cmd_build_demo,
+                    preset=False)
+    _add_sweep(sub)
+    _config_command(sub, "demo", "the whole offline study: build, fine-tune both regimes, evaluate, compare", cmd_demo,
+                    preset=False)
+    _add_evaluate(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -283,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if getattr(args, "accepts_overrides", False):
-            args.overrides = _parse_overrides(extra)
+            args.overrides = {**_config_values(args), **_parse_overrides(extra)}
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

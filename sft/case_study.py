@@ -21,6 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from sft.data import prepare_data
 from sft.evaluate import parse_models as parse_labels
 from sft.generate import GenerationSettings, generate_responses, render_prompts
+from sft.io import write_jsonl
 from sft.layout import CASE_STUDY_DIR, CHECKPOINT_RE, MANIFEST, tensorboard_dir
 from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
 from sft.modeling import load_model, load_tokenizer
@@ -277,9 +278,7 @@ def save_case_study(study: CaseStudy, out_dir: str | Path = OUT_DIR, prompts_sou
         stem, n = f"{study.timestamp}_{n}", n + 1  # two studies in one second keep both
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "jsonl", "json")}
     paths["md"].write_text(format_table(study) + "\n", encoding="utf-8")
-    with paths["jsonl"].open("w", encoding="utf-8") as f:
-        for rec in records(study):
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_jsonl(paths["jsonl"], records(study))
     paths["json"].write_text(json.dumps(settings_dict(study, prompts_source), indent=2) + "\n", encoding="utf-8")
     return paths
 

@@ -1,10 +1,12 @@
-"""Checkpoint folders written by the Trainer: which exist, which are complete, which is last."""
+"""Checkpoint folders written by the Trainer: which exist, which are complete, which is last; a finished run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from sft.layout import CHECKPOINT_RE
+from sft.layout import CHECKPOINT_RE, MANIFEST
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one of these holds the weights
 STATE_FILE = "trainer_state.json"  # written by the Trainer after the weights, optimizer and RNG states
 
@@ -41,3 +43,11 @@ def last_complete_checkpoint(run_dir: str | Path) -> Path | None:
         if can_resume_from(path):
             return path
     return None
+
+
+def run_is_complete(run_dir: str | Path) -> bool:
+    """True once the run's manifest says training finished (it is written after the final save)."""
+    try:
+        return json.loads((Path(run_dir) / MANIFEST).read_text()).get("status") == "complete"
+    except (OSError, json.JSONDecodeError):
+        return False

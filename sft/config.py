@@ -8,9 +8,13 @@ every Trainer option stays reachable without being repeated here.
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
+import inspect
 import json
+import textwrap
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +60,23 @@ class TrainConfig:
     save_steps: int = 200  # optimizer steps between checkpoints
     save_total_limit: int | None = None  # keep at most N checkpoints (None = all; see auto_clean.py)
     auto_clean: dict[str, Any] | None = None  # prune checkpoints after each save, e.g. {"keep_last": 1, "keep_best": 1, "metric": "eval_response_loss", "strip_optimizer": true} (sft/prune.py PrunePolicy; None = off)
-    batching: str = "auto"  # padded | grouped (similar lengths per batch) | packed (one row, no padding) | auto (by device)
+    batching: str = "auto"  # padded | grouped (similar lengths per batch) | packed (one row, no padding) | auto = packed, on every device (the fastest in bench/throughput.py)
     selective_head: bool = True  # LM head and cross-entropy only where the loss weight is non-zero (sft/loss.py)
     seed: int = 42  # model init of new heads, dropout and the data order: same seed = same order in every regime
     bf16: str = "auto"  # "auto" = on where the GPU supports it; "true" / "false"
-    resume: bool = False  # continue from the last complete checkpoint of this run
-    overwrite: bool = False  # start again, deleting this run's old checkpoints (else an existing run is an error)
+    resume: bool | str = "auto"  # "auto": continue a stopped run from its last complete checkpoint, refuse a finished one; true: continue any; false: never
+    overwrite: bool = False  # start the run again, deleting its checkpoints (nothing is deleted without it)
     extra: dict[str, Any] = field(default_factory=dict)  # any other TrainingArguments field, e.g. {"optim": "adamw_torch_fused"}
+
+    def __post_init__(self) -> None:
+        resume = {"yes": "true", "1": "true", "no": "false", "0": "false"}.get(str(self.resume).lower(),
+                                                                               str(self.resume).lower())
+        if resume not in ("auto", "true", "false"):
+            raise ValueError(f"resume must be auto, true or false, got {self.resume!r}.")
+        self.resume = resume
+        if resume == "true" and self.overwrite:
+            raise ValueError("resume (continue the run) and overwrite (start it again, deleting its checkpoints) "
+                             "exclude each other: set one of them.")
 
 
 @dataclass
@@ -166,6 +180,7 @@ def _qwen25_alpaca() -> ExperimentConfig:
 
 
 PRESETS = {"demo": _demo, "qwen2.5-0.5b-alpaca": _qwen25_alpaca}
+DEFAULT_PRESET = "demo"  # what the notebooks and every command use unless told otherwise
 
 
 def resolve_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -183,20 +198,62 @@ def resolve_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
+def section_classes() -> dict[str, type]:
+    """The sections of ExperimentConfig and their dataclasses: {"data": DataConfig, "model": ModelConfig, ...}."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    out = {}
+    for f in dataclasses.fields(ExperimentConfig):
+        cls = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)), None)
+        if cls is not None:
+            out[f.name] = cls
+    return out
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The comment on the line that defines each field of a config dataclass: its documentation and its --help."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    lines = iter(source.splitlines(keepends=True))
+    comments = {t.start[0]: t.string.lstrip("#").strip()
+                for t in tokenize.generate_tokens(lambda: next(lines, "")) if t.type == tokenize.COMMENT}
+    body = ast.parse(source).body[0].body
+    return {n.target.id: comments.get(n.end_lineno, "") for n in body if isinstance(n, ast.AnnAssign)}
+
+
 def _sections(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {"data": cfg.data, "model": cfg.model, "train": cfg.train, "demo": cfg.demo}
+    return {name: getattr(cfg, name) for name in section_classes()}
+
+
+def _parse_mapping(value: str | list[str], name: str) -> dict[str, Any]:
+    """A dict field from the command line: a JSON object, or KEY=VALUE pairs such as `my_col=output`."""
+    items = [value] if isinstance(value, str) else list(value)
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
+        try:
+            return json.loads(items[0])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"Cannot read {items[0]!r} as a JSON object for {name}: {e}.") from None
+    out = {}
+    for pair in (p for item in items for p in item.replace(",", " ").split()):
+        if "=" not in pair:
+            raise ValueError(f"Cannot read {pair!r} for {name}: give KEY=VALUE pairs such as my_col=output "
+                             "(several: my_col=output other=input), or a JSON object.")
+        key, text = pair.split("=", 1)
+        try:
+            out[key] = json.loads(text)  # numbers and true/false; anything else stays text
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:
-    """Turn a command-line string into the field's type."""
+    """Turn a command-line string (a list of them for a dict field) into the field's type."""
+    text = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if isinstance(value, str) and value.lower() in ("none", "null") and "None" in str(typ):
+        return None
+    if "dict" in str(text) and isinstance(value, (str, list)):
+        return _parse_mapping(value, name)
     if not isinstance(value, str):
         return value
-    text = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    if value.lower() in ("none", "null") and "None" in str(typ):
-        return None
     try:
-        if "dict" in str(text):
-            return json.loads(value)
         if "bool" in str(text) and "str" not in str(text):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
@@ -241,8 +298,10 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
                 f"Unknown setting {key!r}: not a field of the data, model, train or demo config, nor a "
                 "transformers.TrainingArguments field. See sft/config.py for the settings and what they do."
             )
-    # Re-run the checks of DataConfig.__post_init__ on the new values.
-    cfg.data = DataConfig(**dataclasses.asdict(cfg.data))
+    # Rebuild every section, so that its __post_init__ checks (and normalises) the new values.
+    for name, obj in _sections(cfg).items():
+        if obj is not None:
+            setattr(cfg, name, type(obj)(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}))
     return cfg
 
 
@@ -255,7 +314,7 @@ def _training_argument_types() -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
 
 
-def load_config(preset: str = "demo", **overrides: Any) -> ExperimentConfig:
+def load_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> ExperimentConfig:
     """The named preset with overrides applied (the entry point of notebooks and the CLI)."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}. Presets: {', '.join(PRESETS)}.")

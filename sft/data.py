@@ -32,6 +32,7 @@ logger = logging.getLogger("sft")
 
 REQUIRED = ("instruction", "output")  # columns every row must have, after the column mapping
 OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
+FIELDS = REQUIRED + OPTIONAL  # the fields of a validated row; tokenization carries any other column through
 # Column names that real datasets use for the same fields; looked for only when the canonical
 # name is absent, and overridden by an explicit `column_map`.
 ALIASES = {
@@ -52,7 +53,7 @@ class DataConfig:
     eval_data: str | None = None  # an explicit held-out file; None = a seeded split of `data`
     eval_size: float = 0.05  # held-out share of `data` (< 1) or number of rows (>= 1), when eval_data is None
     split_seed: int = 42  # the held-out split is a function of (data, split_seed) only
-    column_map: dict[str, str] = field(default_factory=dict)  # {"your column": "instruction" | "input" | "output"}
+    column_map: dict[str, str] = field(default_factory=dict)  # your column -> instruction | input | output, e.g. {"my_col": "output"} (--column-map my_col=output)
     on_bad_rows: str = "error"  # "error": stop at the first bad row; "skip": drop bad rows, count them by reason
     template: str = "alpaca"  # prompt template name (sft.prompts)
     max_length: int = 512  # tokens per example, prompt + response + EOS
@@ -111,6 +112,44 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
+def _json_records(path: Path, raw: bytes) -> Iterator[tuple[str, Any]]:
+    """The rows of a .json file: one list of objects."""
+    try:
+        records = json.loads(_decode(path, raw))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
+            "A .json file must hold one list of objects; use .jsonl for one object per line."
+        ) from None
+    if not isinstance(records, list):
+        raise ValueError(
+            f"{path}: expected a JSON list of row objects, got a {type(records).__name__}. "
+            "Wrap the rows in [...] or save them as .jsonl, one object per line."
+        )
+    for i, rec in enumerate(records, 1):
+        yield f"{path}: row {i}", rec
+
+
+def _jsonl_records(path: Path, raw: bytes, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
+    """The rows of a .jsonl file, one object per line; a line that is not JSON is an error or, skipped, counted."""
+    for i, line in enumerate(_decode(path, raw).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            where = f"{path}: line {i}"
+            if on_bad_rows == "skip":
+                report.rows_read += 1  # never yielded, but read
+                _skip(report, where, "invalid JSON")
+                continue
+            raise ValueError(
+                f"{where}: invalid JSON ({e.msg} at column {e.colno}). Fix the line, or pass "
+                "--on-bad-rows skip to drop such lines (they are counted and reported)."
+            ) from None
+        yield f"{path}: line {i}", rec
+
+
 def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
     """Yield (location, record) for each row of one file; location names the file and row."""
     raw = path.read_bytes()
@@ -118,43 +157,12 @@ def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tup
         raise ValueError(f"{path}: the file is empty. Put instruction rows in it or point --data elsewhere.")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        text = _decode(path, raw)
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
-                "A .json file must hold one list of objects; use .jsonl for one object per line."
-            ) from None
-        if not isinstance(records, list):
-            raise ValueError(
-                f"{path}: expected a JSON list of row objects, got a {type(records).__name__}. "
-                "Wrap the rows in [...] or save them as .jsonl, one object per line."
-            )
-        for i, rec in enumerate(records, 1):
-            yield f"{path}: row {i}", rec
+        yield from _json_records(path, raw)
     elif suffix == ".jsonl":
-        text = _decode(path, raw)
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                where = f"{path}: line {i}"
-                if on_bad_rows == "skip":
-                    report.rows_read += 1  # never yielded, but read
-                    _skip(report, where, "invalid JSON")
-                    continue
-                raise ValueError(
-                    f"{where}: invalid JSON ({e.msg} at column {e.colno}). Fix the line, or pass "
-                    "--on-bad-rows skip to drop such lines (they are counted and reported)."
-                ) from None
-            yield f"{path}: line {i}", rec
+        yield from _jsonl_records(path, raw, on_bad_rows, report)
     elif suffix == ".csv":
-        text = _decode(path, raw)
         # csv keeps every cell a string; an empty cell is "" (caught by validation), never NaN.
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(_decode(path, raw).splitlines())
         for i, rec in enumerate(reader, 1):
             yield f"{path}: row {i} (line {reader.line_num})", rec
     elif suffix == ".parquet":
@@ -178,12 +186,12 @@ def _skip(report: LoadReport, where: str, reason: str) -> None:
 def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str) -> dict[str, str]:
     """Map canonical fields to the columns that hold them, or explain what is missing."""
     for col, target in column_map.items():
-        if target not in REQUIRED + OPTIONAL:
+        if target not in FIELDS:
             raise ValueError(
                 f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, output."
             )
     mapping = {target: col for col, target in column_map.items() if col in columns}
-    for target in REQUIRED + OPTIONAL:
+    for target in FIELDS:
         if target not in mapping:
             found = next((a for a in ALIASES[target] if a in columns), None)
             if found is not None:
@@ -252,6 +260,52 @@ def _records_from_hub(dataset_id: str) -> tuple[str, list[Any]]:
     return dataset_id, ds.to_list()
 
 
+def _sources(source: str | Path, on_bad_rows: str, report: LoadReport) -> list[tuple[str, Iterator]]:
+    """(name, records) for each file of a file or folder, or for a hub dataset."""
+    path = Path(source)
+    if path.exists():
+        return [(str(f), _read_file(f, on_bad_rows, report)) for f in _files_of(path)]
+    if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
+        name, records = _records_from_hub(str(source))
+        return [(name, ((f"{name}: row {i}", r) for i, r in enumerate(records, 1)))]
+    raise ValueError(
+        f"{source}: no such file or folder. Pass a .json/.jsonl/.parquet/.csv file, a folder of them, "
+        "or a hub dataset id such as yahma/alpaca-cleaned."
+    )
+
+
+def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str, str], on_bad_rows: str,
+                keep_column: str | None, report: LoadReport) -> list[dict[str, str]]:
+    """The valid rows of one source, mapped to the canonical fields; bad ones raise or are counted."""
+    not_object = next((where for where, r in records if not isinstance(r, dict)), None)
+    if not_object is not None and on_bad_rows == "error":  # say so before guessing at columns
+        _, fld, problem = _check_row(dict(records)[not_object], {})
+        raise ValueError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
+                         '{"instruction": ..., "input": ..., "output": ...}.')
+    columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
+    mapping = _resolve_columns(columns, column_map, name)
+    report.column_mapping = {**report.column_mapping, **mapping}
+    report.ignored_columns += [c for c in columns if c not in mapping.values() and c != keep_column
+                               and c not in report.ignored_columns]
+    rows = []
+    for where, rec in records:
+        report.rows_read += 1
+        row, fld, problem = _check_row(rec, mapping)
+        if row is not None and keep_column is not None:
+            if rec.get(keep_column) is None:
+                raise ValueError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
+                                 f"value to be grouped by it; drop the grouping or fill the column.")
+            row[keep_column] = str(rec[keep_column])
+        if row is not None:
+            rows.append(row)
+        elif on_bad_rows == "skip":
+            _skip(report, where, f"{fld} {problem}")
+        else:
+            raise ValueError(f"{where}, field {fld}: {problem}. Fix the row, or pass --on-bad-rows skip to drop bad "
+                             "rows (they are counted by reason and reported).")
+    return rows
+
+
 def load_rows(
     source: str | Path, column_map: dict[str, str] | None = None, on_bad_rows: str = "error",
     keep_column: str | None = None,
@@ -263,53 +317,11 @@ def load_rows(
     """
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}.")
-    column_map = dict(column_map or {})
     report = LoadReport(source=str(source))
-    path = Path(source)
-    if path.exists():
-        parts = [(str(f), _read_file(f, on_bad_rows, report)) for f in _files_of(path)]
-    elif "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
-        name, records = _records_from_hub(str(source))
-        parts = [(name, ((f"{name}: row {i}", r) for i, r in enumerate(records, 1)))]
-    else:
-        raise ValueError(
-            f"{source}: no such file or folder. Pass a .json/.jsonl/.parquet/.csv file, a folder of them, "
-            "or a hub dataset id such as yahma/alpaca-cleaned."
-        )
-
     rows: list[dict[str, str]] = []
-    ignored: dict[str, None] = {}
-    for name, records in parts:
-        records = list(records)
-        not_object = next((where for where, r in records if not isinstance(r, dict)), None)
-        if not_object is not None and on_bad_rows == "error":  # say so before guessing at columns
-            _, fld, problem = _check_row(dict(records)[not_object], {})
-            raise ValueError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
-                             '{"instruction": ..., "input": ..., "output": ...}.')
-        columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
-        mapping = _resolve_columns(columns, column_map, name)
-        report.column_mapping = {**report.column_mapping, **mapping}
-        ignored.update(dict.fromkeys(c for c in columns if c not in mapping.values() and c != keep_column))
-        for where, rec in records:
-            report.rows_read += 1
-            row, fld, problem = _check_row(rec, mapping)
-            if row is not None and keep_column is not None:
-                if rec.get(keep_column) is None:
-                    raise ValueError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
-                                     f"value to be grouped by it; drop the grouping or fill the column.")
-                row[keep_column] = str(rec[keep_column])
-            if row is not None:
-                rows.append(row)
-                continue
-            if on_bad_rows == "skip":
-                _skip(report, where, f"{fld} {problem}")
-                continue
-            raise ValueError(
-                f"{where}, field {fld}: {problem}. Fix the row, or pass --on-bad-rows skip to drop bad rows "
-                "(they are counted by reason and reported)."
-            )
+    for name, records in _sources(source, on_bad_rows, report):
+        rows += _valid_rows(name, list(records), dict(column_map or {}), on_bad_rows, keep_column, report)
     report.rows_kept = len(rows)
-    report.ignored_columns = list(ignored)
     if not rows:
         raise ValueError(
             f"{source}: no valid rows ({report.rows_read} read; dropped: {dict(report.rows_dropped)}). "
@@ -369,37 +381,6 @@ def truncate_example(
     return list(prompt_ids), response, status
 
 
-def tokenize_example(
-    prompt_ids: list[int],
-    response_ids: list[int],
-    eos_id: int,
-    prompt_loss_weight: float,
-    max_length: int,
-    truncation: str = "trim",
-) -> tuple[dict[str, list] | None, str]:
-    """Concatenate prompt and response ids with weights; return (example or None, status).
-
-    status is that of `truncate_example`, or "dropped".
-    Labels are the input ids themselves (the model shifts them), -100 where the weight is 0.
-    """
-    # EOS is a response token: the model must learn to stop.
-    fitted = truncate_example(prompt_ids, list(response_ids) + [eos_id], max_length, truncation)
-    if fitted is None:
-        return None, "dropped"
-    prompt, response, status = fitted
-    w = float(prompt_loss_weight)
-    input_ids = prompt + response
-    weights = [w] * len(prompt) + [1.0] * len(response)
-    labels = [t if wt > 0 else IGNORE_INDEX for t, wt in zip(input_ids, weights)]
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "loss_weights": weights,
-        "response_mask": [0] * len(prompt) + [1] * len(response),
-        "length": len(input_ids),
-    }, status
-
-
 def _prompt_prefix_ids(tokenizer) -> list[int]:
     """The BOS the tokenizer would add by itself (Llama-style), or nothing (Qwen, GPT-2)."""
     bos = tokenizer.bos_token_id
@@ -411,8 +392,11 @@ def _prompt_prefix_ids(tokenizer) -> list[int]:
 def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     """The batched `datasets.map` function: prompt and response tokenized apart, then joined.
 
-    Returns an Arrow table built from flat numpy arrays: converting millions of per-token
-    Python numbers into Arrow was most of the preprocessing time.
+    Labels are the input ids themselves (the model shifts them), IGNORE_INDEX where the weight is 0;
+    the weight is `cfg.prompt_loss_weight` on prompt tokens and 1 on response tokens and EOS. Columns
+    other than instruction, input and output (e.g. inspect-data's group column) are carried through for
+    the examples kept. Returns an Arrow table built from flat numpy arrays: converting millions of
+    per-token Python numbers into Arrow was most of the preprocessing time.
     """
     template = get_template(cfg.template)
     prompts = [template.render(i, x) for i, x in zip(batch["instruction"], batch["input"])]
@@ -421,8 +405,9 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     ids = _encode(tokenizer, prompts + list(batch["output"]))
     prompt_ids, response_ids = ids[: len(prompts)], ids[len(prompts) :]
     prefix, eos = _prompt_prefix_ids(tokenizer), tokenizer.eos_token_id
-    rows, n_prompt, status = [], [], []
-    for p, r in zip(prompt_ids, response_ids):
+    rows, n_prompt, status, kept = [], [], [], []
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        # EOS is a response token: the model must learn to stop.
         fitted = truncate_example(prefix + p, r + [eos], cfg.max_length, cfg.truncation)
         if fitted is None:
             continue  # dropped examples are counted by the caller from the row counts
@@ -430,6 +415,7 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
         rows.append(prompt + response)
         n_prompt.append(len(prompt))
         status.append(st)
+        kept.append(i)
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
@@ -441,10 +427,11 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     def column(values: np.ndarray) -> pa.ListArray:
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
+    extra = {name: pa.array([values[i] for i in kept]) for name, values in batch.items() if name not in FIELDS}
     return pa.table({
         "input_ids": column(flat), "labels": column(labels), "loss_weights": column(weights),
         "response_mask": column(response.astype(np.int8)), "length": pa.array(lengths),
-        "truncation": pa.array(status, type=pa.string()),
+        "truncation": pa.array(status, type=pa.string()), **extra,
     })
 
 
@@ -507,10 +494,12 @@ class TokenizeReport:
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
     """Tokenize validated rows into a `datasets.Dataset`, cached on disk across runs."""
     check_tokenizer(tokenizer)
-    key = json.dumps(
-        [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,
-         cfg.max_length, cfg.truncation, CACHE_VERSION]
-    )
+    parts = [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,
+             cfg.max_length, cfg.truncation, CACHE_VERSION]
+    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS]
+    if extra:  # carried-through columns (inspect-data's group) are part of the cached table
+        parts.append([[r[name] for r in rows] for name in extra])
+    key = json.dumps(parts)
     fp = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = Path(cfg.cache_dir) / f"tokenized-{name}-{fp}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -545,13 +534,13 @@ CACHE_VERSION = 2  # bump when tokenization or weighting changes, so old caches 
 # ---------------------------------------------------------------- statistics
 
 
-def length_stats(ds, tokenizer=None, rows: list[dict[str, str]] | None = None) -> dict[str, float]:
-    """Token statistics of a tokenized dataset, with the two length ratios of the literature."""
+def length_stats(ds) -> dict[str, float]:
+    """Token statistics of a tokenized dataset (at least one example), with its generation ratio."""
     lengths = np.asarray(ds["length"])
     response_tokens = int(sum(sum(m) for m in ds["response_mask"]))
     total = int(lengths.sum())
     prompt_tokens = total - response_tokens
-    stats = {
+    return {
         "examples": int(len(lengths)),
         "prompt_tokens": prompt_tokens,
         "response_tokens": response_tokens,  # response tokens including each EOS
@@ -562,13 +551,6 @@ def length_stats(ds, tokenizer=None, rows: list[dict[str, str]] | None = None) -
         # Huerta-Enochian & Ko (2024): generation ratio R_g = completion tokens / prompt tokens.
         "generation_ratio_Rg": response_tokens / max(prompt_tokens, 1),
     }
-    if tokenizer is not None and rows is not None:
-        # Shi et al. (2024): instruction (with input) length over output length, on the raw fields.
-        instr = tokenizer([r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in rows],
-                          add_special_tokens=False)["input_ids"]
-        outs = tokenizer([r["output"] for r in rows], add_special_tokens=False)["input_ids"]
-        stats["instruction_output_ratio"] = sum(map(len, instr)) / max(sum(map(len, outs)), 1)
-    return stats
 
 
 # ---------------------------------------------------------------- the splits a run uses

@@ -83,12 +83,16 @@ def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overr
     cfg = load_config("demo", **overrides)
     t0 = time.perf_counter()
     ensure_demo_assets(cfg.demo)
+    # `make demo` rebuilds the study: both runs train again from the start (overwrite), unless told to resume;
+    # the notebooks' own default (resume "auto", no overwrite) never deletes a run's checkpoints.
+    switches = {"resume": overrides.pop("resume", "auto")}
+    switches["overwrite"] = overrides.pop("overwrite", switches["resume"] == "auto")
     runs = {}
     for run, notebook in NOTEBOOKS.items():
         runs[run] = run_dir(load_config("demo", run_name=run, **overrides))
         if "train" in steps:
             t = time.perf_counter()
-            out = run_notebook(notebook, runs[run], {"overrides": overrides})
+            out = run_notebook(notebook, runs[run], {"overrides": overrides, **switches})
             print(f"[demo] {notebook}: {time.perf_counter() - t:.0f} s, executed copy in {out}", flush=True)
     if "evaluate" in steps:
         t = time.perf_counter()

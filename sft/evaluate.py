@@ -29,6 +29,7 @@ from lm_eval.utils import handle_non_serializable
 
 from sft.collate import WeightedLMCollator
 from sft.data import fingerprint_tokenizer, prepare_data
+from sft.io import write_jsonl
 from sft.layout import MANIFEST, RESULTS_ROOT
 from sft.loss import HEAD_CHUNK_TOKENS, shift_left, target_weights
 from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
@@ -233,13 +234,6 @@ def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig,
                            log_samples=True)
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, default=handle_non_serializable) + "\n")
-
-
 def evaluate_one(label: str, path: str, plan: "Plan", run: Path) -> tuple[dict, dict, dict, dict]:
     """Held-out metrics and every lm-eval pass of one model; its raw results are written as they come."""
     t0 = time.perf_counter()
@@ -263,7 +257,7 @@ def evaluate_one(label: str, path: str, plan: "Plan", run: Path) -> tuple[dict, 
         if fmt == "chat":
             res, samples = with_suffix(res, samples, CHAT)
         for task, recs in samples.items():
-            _write_jsonl(run / "predictions" / label / f"{task}.jsonl", recs)
+            write_jsonl(run / "predictions" / label / f"{task}.jsonl", recs, default=handle_non_serializable)
         parts.append((res, samples))
     timings = {"heldout_s": round(t1 - t0, 2), "benchmarks_s": round(time.perf_counter() - t1, 2)}
     print(f"[{label}] lm-eval tasks done ({timings['benchmarks_s']:.1f} s)", flush=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from sft.data import DataConfig, length_stats, load_rows, tokenize_rows
 
 COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}
@@ -13,17 +15,17 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
     """Load, validate and tokenize `cfg.data`; return (stats, tokenized dataset, rows).
 
     `by` names a column (e.g. the demo's `family`): the statistics are then also given per value of it,
-    under `stats["groups"]`, in order of first appearance.
+    under `stats["groups"]`, in order of first appearance. Every row is tokenized once.
     """
     rows, report = load_rows(cfg.data, cfg.column_map, cfg.on_bad_rows, keep_column=by)
-    groups: dict[str, list[dict[str, str]]] = {}
-    if by is not None:
-        for row in rows:
-            groups.setdefault(row.pop(by), []).append(row)
-    ds, tok = tokenize_rows(rows, tokenizer, cfg, name="inspect")
+    ds, tok = tokenize_rows(rows, tokenizer, cfg, name="inspect")  # carries the `by` column of the rows kept
+    if len(ds) == 0:
+        raise ValueError(f"{cfg.data}: all {len(rows)} rows are longer than max_length={cfg.max_length} tokens and "
+                         "truncation=drop dropped them; raise --max-length or pass --truncation trim.")
     dropped = dict(report.rows_dropped)
     if tok.examples_dropped_too_long:
         dropped["too long (truncation=drop)"] = tok.examples_dropped_too_long
+    instruction, output = field_tokens(rows, tokenizer)
     stats = {
         "source": str(cfg.data),
         "rows_read": report.rows_read,
@@ -35,22 +37,47 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
         "column_mapping": report.column_mapping,
         "max_length": cfg.max_length,
         "prompt_loss_weight": cfg.prompt_loss_weight,
-        **length_stats(ds, tokenizer, rows),
+        **length_stats(ds),
+        "instruction_output_ratio": int(instruction.sum()) / max(int(output.sum()), 1),
     }
     if by is not None:
-        stats["groups"] = {}
-        for value, group in groups.items():
-            # Each group tokenized on its own: with truncation=drop the rows of `ds` no longer line up with `rows`.
-            group_ds, _ = tokenize_rows(group, tokenizer, cfg, name="inspect")
-            g = length_stats(group_ds, tokenizer, group)
-            stats["groups"][value] = {
-                "examples": g["examples"],
-                "prompt_tokens_mean": g["prompt_tokens"] / max(g["examples"], 1),
-                "response_tokens_mean": g["response_tokens"] / max(g["examples"], 1),  # with EOS
-                "instruction_output_ratio": g["instruction_output_ratio"],
-                "generation_ratio_Rg": g["generation_ratio_Rg"],
-            }
+        example_groups, ds = np.asarray(ds[by]), ds.remove_columns(by)
+        row_groups = np.asarray([row.pop(by) for row in rows])
+        stats["groups"] = group_stats(ds, example_groups, row_groups, instruction, output)
     return stats, ds, rows
+
+
+def field_tokens(rows: list[dict[str, str]], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens per row of the raw instruction (with its input) and of the output, for Shi et al.'s ratio."""
+    # Shi et al. (2024): instruction (with input) length over output length, on the raw fields, not the template.
+    instruction = tokenizer([r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in rows],
+                            add_special_tokens=False)["input_ids"]
+    output = tokenizer([r["output"] for r in rows], add_special_tokens=False)["input_ids"]
+    return np.fromiter(map(len, instruction), dtype=np.int64), np.fromiter(map(len, output), dtype=np.int64)
+
+
+def group_stats(ds, example_groups: np.ndarray, row_groups: np.ndarray, instruction: np.ndarray,
+                output: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per-group means of the tokenized examples and the raw-field ratio of the rows, in order of first appearance."""
+    out = {}
+    for value in dict.fromkeys(row_groups.tolist()):
+        rows = row_groups == value
+        ratio = int(instruction[rows].sum()) / max(int(output[rows].sum()), 1)
+        kept = np.flatnonzero(example_groups == value)
+        if len(kept) == 0:  # truncation=drop dropped every row of this group: no token statistics
+            out[value] = {"examples": 0, "rows": int(rows.sum()), "prompt_tokens_mean": None,
+                          "response_tokens_mean": None, "instruction_output_ratio": ratio, "generation_ratio_Rg": None}
+            continue
+        g = length_stats(ds.select(kept))
+        out[value] = {
+            "examples": g["examples"],
+            "rows": int(rows.sum()),
+            "prompt_tokens_mean": g["prompt_tokens"] / g["examples"],
+            "response_tokens_mean": g["response_tokens"] / g["examples"],  # with EOS
+            "instruction_output_ratio": ratio,
+            "generation_ratio_Rg": g["generation_ratio_Rg"],
+        }
+    return out
 
 
 def render_example(example: dict[str, list], tokenizer, colour: bool) -> str:
@@ -86,6 +113,10 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines += ["", "| group | examples | prompt tokens | response tokens (with EOS) | instruction/output | R_g |",
                   "|---|---|---|---|---|---|"]
         for value, g in stats["groups"].items():
+            if not g["examples"]:
+                lines.append(f"| {value} | 0 (all {g['rows']} rows longer than max_length, dropped) | - | - "
+                             f"| {g['instruction_output_ratio']:.2f} | - |")
+                continue
             lines.append(f"| {value} | {g['examples']} | {g['prompt_tokens_mean']:.1f} | {g['response_tokens_mean']:.1f} "
                          f"| {g['instruction_output_ratio']:.2f} | {g['generation_ratio_Rg']:.3f} |")
     return "\n".join(lines)

@@ -127,26 +127,10 @@ def build_base_model(
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError(f"tokenizer has no eos token; train it with sft.modeling.train_tokenizer ({EOS_TOKEN})")
-    config = Qwen2Config(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        use_cache=True,
-        # Qwen2.5 base: bos, eos and pad are all <|endoftext|>, though no BOS is ever added to inputs.
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
-    )
     # Fork the RNG so building a model does not reseed the caller's torch state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = Qwen2ForCausalLM(config)
+        model = Qwen2ForCausalLM(qwen2_config(cfg, eos_id))
     model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +152,26 @@ def build_base_model(
     }
     (out / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
+
+
+def qwen2_config(cfg: TinyModelConfig, eos_id: int) -> Qwen2Config:
+    """The Qwen2Config of a TinyModelConfig, with Qwen2.5's special ids (all <|endoftext|>)."""
+    return Qwen2Config(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        use_cache=True,
+        # Qwen2.5 base: bos, eos and pad are all <|endoftext|>, though no BOS is ever added to inputs.
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
 
 
 def read_corpus_texts(corpus_path: str | Path) -> list[str]:

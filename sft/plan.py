@@ -141,6 +141,70 @@ def gpu_weight_bytes(cfg: ExperimentConfig) -> int:
     return 4 if cfg.model.dtype == "float32" else 2
 
 
+def _tokenizer_and_shape(cfg: ExperimentConfig) -> tuple[Any, dict[str, Any]]:
+    """The run's tokenizer and its model's shape, checked in the order that gives the clearest error."""
+    model = cfg.model.model
+    if cfg.demo is not None:  # the demo's model is built by `build-demo`, so it needs no download checks
+        if not Path(model).is_dir():
+            raise ValueError(f"{model} does not exist yet: build the demo first with `python -m sft build-demo`.")
+        return load_tokenizer(cfg.model), model_shape(model)
+    if looks_local(model):  # the folder's files, architecture and tokenizer first: the most precise messages
+        tokenizer = check_inputs(cfg, weights=False)
+        return tokenizer, model_shape(model)
+    shape = model_shape(model)  # a hub id: reading its config first is the clear error when offline
+    return check_inputs(cfg, weights=False), shape
+
+
+def _by_batching(lengths: np.ndarray, cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
+    """Tokens computed and padding per epoch under each batching mode."""
+    t, by_mode = cfg.train, {}
+    for m in ("padded", "grouped", "packed"):
+        batches = micro_batches(lengths, t.per_device_train_batch_size, m, t.gradient_accumulation_steps, t.seed)
+        computed, padding = batch_tokens(lengths, batches, m)
+        by_mode[m] = {"tokens_per_epoch": computed, "padding_per_epoch": padding,
+                      "padding_share": padding / computed if computed else 0.0}
+    return by_mode
+
+
+def _flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray, response: np.ndarray,
+           held_len: np.ndarray, computed: int, mode: str, steps: dict[str, int]) -> dict[str, Any]:
+    """Training and evaluation FLOPs: 6 N T for the body, the head only where it runs, attention apart."""
+    t, d = cfg.train, cfg.data
+    epochs_run = steps["max_steps"] / steps["steps_per_epoch"]  # exact for whole epochs
+    real = int(lengths.sum())
+    scored = int(response.sum()) if d.prompt_loss_weight == 0 else real - len(lengths)  # head positions, weight > 0
+    head_tokens = scored if t.selective_head else computed
+    body, head = shape["body_parameters"], shape["embedding_parameters"]
+    attn = attention_flops(lengths, shape["layers"], shape["q_dim"])
+    train_flops = epochs_run * (6 * body * computed + 6 * head * head_tokens + 3 * attn)
+    eval_batches = [np.arange(i, min(i + t.per_device_eval_batch_size, len(held_len)))
+                    for i in range(0, len(held_len), t.per_device_eval_batch_size)]
+    eval_computed, _ = batch_tokens(held_len, eval_batches, mode)
+    n_evals = steps["max_steps"] // t.eval_steps + (1 if steps["max_steps"] % t.eval_steps else 0)
+    eval_flops = n_evals * (2 * (body + head) * eval_computed
+                            + attention_flops(held_len, shape["layers"], shape["q_dim"]))
+    return {"train": train_flops, "eval": eval_flops, "total": train_flops + eval_flops, "evaluations": n_evals,
+            "head_tokens_per_epoch": head_tokens, "attention_forward_per_epoch": attn,
+            "formula": "6 N_body T + 6 V d T_head + 3 A per epoch; evaluations 2 (N_body + V d) T + A"}
+
+
+def _memory(cfg: ExperimentConfig, shape: dict[str, Any], longest: int) -> tuple[dict[str, int], str]:
+    """Peak GPU memory by part, and how it was counted."""
+    pb, batch = gpu_weight_bytes(cfg), cfg.train.per_device_train_batch_size
+    params, mb_tokens = shape["parameters"], batch * longest  # the largest micro-batch possible
+    memory = {
+        "weights": params * pb, "gradients": params * pb, "adamw_states": 2 * params * pb,
+        "activations": mb_tokens * shape["layers"] * activation_bytes_per_token(shape, 2),
+        "head_logits_chunk": 2 * min(mb_tokens, HEAD_CHUNK_TOKENS) * shape["vocab"] * 4,
+        "cuda_context": int(CUDA_CONTEXT_GIB * GIB),
+    }
+    note = (("fp32 weights, gradients and AdamW states, bf16 autocast" if pb == 4 else
+             "bf16 weights, gradients and AdamW states: bf16=True only autocasts, there is no fp32 master "
+             "copy") + f" (model.dtype {cfg.model.dtype!r} on a bf16 GPU); activations "
+            f"of {batch} x {longest} tokens in bf16, no gradient checkpointing; estimate, +-30%")
+    return memory, note
+
+
 def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batching: str | None = None
              ) -> dict[str, Any]:
     """Every figure of the plan, as a JSON-ready dict."""
@@ -148,65 +212,28 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
         raise ValueError(f"--world-size must be at least 1, got {world_size}.")
     if not 0 < mfu <= 1:
         raise ValueError(f"--mfu must be in (0, 1], e.g. 0.4, got {mfu}.")
-    model = cfg.model.model
-    if cfg.demo is not None:  # the demo's model is built by `build-demo`, so it needs no download checks
-        if not Path(model).is_dir():
-            raise ValueError(f"{model} does not exist yet: build the demo first with `python -m sft build-demo`.")
-        tokenizer = load_tokenizer(cfg.model)
-        shape = model_shape(model)
-    elif looks_local(model):  # the folder's files, architecture and tokenizer first: the most precise messages
-        tokenizer = check_inputs(cfg, weights=False)
-        shape = model_shape(model)
-    else:  # a hub id: reading its config first is the clear error when offline
-        shape = model_shape(model)
-        tokenizer = check_inputs(cfg, weights=False)
+    tokenizer, shape = _tokenizer_and_shape(cfg)
     t, d = cfg.train, cfg.data
     data = prepare_data(d, tokenizer)  # the split and tokenization training will use (and cache for it)
-    train, held = data.train, data.eval
-    lengths = np.asarray(train["length"], dtype=np.int64)
-    response = np.asarray([sum(m) for m in train["response_mask"]], dtype=np.int64)
-    real = int(lengths.sum())
+    lengths = np.asarray(data.train["length"], dtype=np.int64)
+    response = np.asarray([sum(m) for m in data.train["response_mask"]], dtype=np.int64)
+    held_len = np.asarray(data.eval["length"], dtype=np.int64)
     mode = batching or ("packed" if t.batching == "auto" else t.batching)
     drop_last = bool(t.extra.get("dataloader_drop_last", False))
     steps = optimizer_steps(len(lengths), t.per_device_train_batch_size, t.gradient_accumulation_steps,
                             t.num_train_epochs, t.max_steps, world_size, drop_last)
-    epochs_run = steps["max_steps"] / steps["steps_per_epoch"]  # exact for whole epochs
-    by_mode = {}
-    for m in ("padded", "grouped", "packed"):
-        batches = micro_batches(lengths, t.per_device_train_batch_size, m, t.gradient_accumulation_steps, t.seed)
-        computed, padding = batch_tokens(lengths, batches, m)
-        by_mode[m] = {"tokens_per_epoch": computed, "padding_per_epoch": padding,
-                      "padding_share": padding / computed if computed else 0.0}
+    epochs_run = steps["max_steps"] / steps["steps_per_epoch"]
+    by_mode = _by_batching(lengths, cfg)
     computed = by_mode[mode]["tokens_per_epoch"]
-    scored = int(response.sum()) if d.prompt_loss_weight == 0 else real - len(lengths)  # head positions, weight > 0
-    head_tokens = scored if t.selective_head else computed
-    body, head = shape["body_parameters"], shape["embedding_parameters"]
-    attn = attention_flops(lengths, shape["layers"], shape["q_dim"])
-    train_flops = epochs_run * (6 * body * computed + 6 * head * head_tokens + 3 * attn)
-    held_len = np.asarray(held["length"], dtype=np.int64)
-    eval_batches = [np.arange(i, min(i + t.per_device_eval_batch_size, len(held_len)))
-                    for i in range(0, len(held_len), t.per_device_eval_batch_size)]
-    eval_computed, _ = batch_tokens(held_len, eval_batches, mode)
-    n_evals = steps["max_steps"] // t.eval_steps + (1 if steps["max_steps"] % t.eval_steps else 0)
-    eval_flops = n_evals * (2 * (body + head) * eval_computed
-                            + attention_flops(held_len, shape["layers"], shape["q_dim"]))
-    total_flops = train_flops + eval_flops
-
-    pb = gpu_weight_bytes(cfg)
-    params = shape["parameters"]
-    mb_tokens = t.per_device_train_batch_size * int(lengths.max())  # the largest micro-batch possible
-    memory = {
-        "weights": params * pb, "gradients": params * pb, "adamw_states": 2 * params * pb,
-        "activations": mb_tokens * shape["layers"] * activation_bytes_per_token(shape, 2),
-        "head_logits_chunk": 2 * min(mb_tokens, HEAD_CHUNK_TOKENS) * shape["vocab"] * 4,
-        "cuda_context": int(CUDA_CONTEXT_GIB * GIB),
-    }
+    flops = _flops(cfg, shape, lengths, response, held_len, computed, mode, steps)
+    memory, note = _memory(cfg, shape, int(lengths.max()))
     peak = sum(memory.values())
     gpus = []
     for gpu in GPUS:
-        seconds = total_flops / (gpu.peak_flops * mfu) / world_size
+        seconds = flops["total"] / (gpu.peak_flops * mfu) / world_size
         gpus.append({"gpu": gpu.name, "mfu": mfu, "hours": seconds / 3600, "fits": peak <= gpu.memory_gib * GIB,
                      "memory_gib": gpu.memory_gib, "train_tokens_per_second": computed * epochs_run / seconds})
+    real = int(lengths.sum())
     return {
         "preset": cfg.preset, "run_name": t.run_name, "prompt_loss_weight": d.prompt_loss_weight,
         "data": {"source": d.data, "train_examples": len(lengths), "heldout_examples": len(held_len),
@@ -218,17 +245,8 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
         "steps": {**steps, "per_device_batch": t.per_device_train_batch_size,
                   "gradient_accumulation_steps": t.gradient_accumulation_steps, "world_size": world_size,
                   "epochs": t.num_train_epochs if t.max_steps <= 0 else epochs_run, "drop_last": drop_last},
-        "model": {"path": model, **shape},
-        "flops": {"train": train_flops, "eval": eval_flops, "total": total_flops, "evaluations": n_evals,
-                  "head_tokens_per_epoch": head_tokens, "attention_forward_per_epoch": attn,
-                  "formula": "6 N_body T + 6 V d T_head + 3 A per epoch; evaluations 2 (N_body + V d) T + A"},
-        "memory_bytes": memory, "peak_memory_bytes": peak,
-        "memory_note": (("fp32 weights, gradients and AdamW states, bf16 autocast" if pb == 4 else
-                         "bf16 weights, gradients and AdamW states: bf16=True only autocasts, there is no fp32 master "
-                         "copy") + f" (model.dtype {cfg.model.dtype!r} on a bf16 GPU); activations "
-                        f"of {t.per_device_train_batch_size} x {int(lengths.max())} tokens in bf16, no gradient "
-                        "checkpointing; estimate, +-30%"),
-        "gpus": gpus,
+        "model": {"path": cfg.model.model, **shape}, "flops": flops,
+        "memory_bytes": memory, "peak_memory_bytes": peak, "memory_note": note, "gpus": gpus,
     }
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sft.checkpoints import STATE_FILE, WEIGHT_FILES, can_resume_from, checkpoint_step, list_checkpoints
-from sft.layout import MANIFEST
+from sft.checkpoints import (
+    STATE_FILE, WEIGHT_FILES, can_resume_from, checkpoint_step, list_checkpoints, run_is_complete,
+)
 
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # with rng_state*.pth: needed only to resume
 LOWER_IS_BETTER = ("loss", "perplexity", "ppl")  # name fragments of metrics where lower is better
@@ -306,14 +307,6 @@ def prune_run(run_dir: str | Path, policy: PrunePolicy, dry_run: bool = False, p
         protected = (*protected, Path(finished[-1].best_model_checkpoint).name)
     decisions = plan_prune(checkpoints, policy, protected)
     return decisions, apply_plan(decisions, dry_run, stop)
-
-
-def run_is_complete(run_dir: str | Path) -> bool:
-    """True once the run's manifest says training finished (it is written after the final save)."""
-    try:
-        return json.loads((Path(run_dir) / MANIFEST).read_text()).get("status") == "complete"
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def watch(run_dir: str | Path, policy: PrunePolicy, interval: float, dry_run: bool = False,

@@ -19,11 +19,11 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from sft.checkpoints import list_checkpoints
+from sft.checkpoints import list_checkpoints, run_is_complete
 from sft.config import load_config
 from sft.demo import ensure_assets
 from sft.evaluate import evaluate_models
-from sft.layout import MANIFEST, RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
+from sft.layout import RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
 from sft.report import base_metric, format_markdown, model_pairs, write_summary
 from sft.synthetic import FAMILIES
 from sft.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP
@@ -64,14 +64,12 @@ def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str,
     run_name = sweep_run_name(name, pair_label(w, seed))
     cfg = load_config(preset, **{**overrides, "prompt_loss_weight": w, "seed": seed, "run_name": run_name})
     out = run_dir(cfg)
-    manifest = out / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
+    if run_is_complete(out):
         print(f"[sweep] {run_name}: already trained", flush=True)
         return out
-    cfg.train.resume = bool(list_checkpoints(out))
-    cfg.train.overwrite = not cfg.train.resume
     ensure_assets(cfg)
-    print(f"[sweep] {run_name}: training" + (" (resuming)" if cfg.train.resume else ""), flush=True)
+    # resume "auto" (the default) continues a pair stopped part-way from its last complete checkpoint.
+    print(f"[sweep] {run_name}: training" + (" (resuming)" if list_checkpoints(out) else ""), flush=True)
     train(cfg)
     return out
 
@@ -194,49 +192,82 @@ def _diff_cell(record: dict, column: str) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _curve(records: list[dict], dataset: str, metric: str) -> list[dict]:
+    """One (dataset, metric)'s records in order of w."""
+    return sorted((r for r in records if (r["dataset"], r["metric"]) == (dataset, metric)),
+                  key=lambda r: r["prompt_loss_weight"])
+
+
+def _plot_groups(ax, records: list[dict], metric: str, n_metrics: int, families: list[str]) -> None:
+    """The group averages of one metric against w, each with its 95% band (the whole demo's as a thin line)."""
+    scored = [r for r in records if r["dataset"] != "heldout"]
+    groups = list(dict.fromkeys(r["dataset"] for r in scored if "average" in r["metric"]))
+    cmap = matplotlib.colormaps["tab20"]
+    for k, dataset in enumerate(groups):
+        options = list(dict.fromkeys(r["metric"] for r in scored if r["dataset"] == dataset))
+        match = [m for m in options if base_metric(m) == metric]
+        if not match and len(options) == n_metrics == 1:  # a group of one metric is just 'naive_average'
+            match = options
+        rows = _curve(records, dataset, match[0]) if match else []
+        if not rows:
+            continue
+        colour, words = GROUP_STYLES.get(dataset, (cmap((2 * k + 1) % 20), dataset))
+        x, y = [r["prompt_loss_weight"] for r in rows], [r["mean"] for r in rows]
+        label = f"{words} ({_family_count(dataset, families)}{dataset})"
+        if dataset == DEMO_GROUP and len(groups) > 1:  # between its two parts: a thin line, its band in sweep.csv
+            ax.plot(x, y, marker="o", ms=4, color=colour, lw=1.2, ls="--", zorder=6, label=label)
+            continue
+        low, high = [max(r["ci_low"], 0) for r in rows], [min(r["ci_high"], 100) for r in rows]
+        ax.plot(x, y, marker="o", color=colour, lw=2.5, zorder=5, label=label + ", 95% band")
+        ax.fill_between(x, low, high, color=colour, alpha=0.12, zorder=4)
+        for edge in (low, high):  # band edges drawn too: two overlapping bands stay legible
+            ax.plot(x, edge, color=colour, lw=0.8, ls=":", zorder=4)
+
+
+def _plot_families(ax, records: list[dict], metric: str, families: list[str]) -> None:
+    """Each task family's mean of one metric against w (means only: the bands of 15 lines would hide each other)."""
+    cmap = matplotlib.colormaps["tab20"]
+    for i, dataset in enumerate(families):
+        rows = _curve(records, dataset, metric)
+        if rows:
+            family = FAMILIES.get(dataset.removeprefix(f"{DEMO_GROUP}_"))
+            ax.plot([r["prompt_loss_weight"] for r in rows], [r["mean"] for r in rows], marker="o", ms=3,
+                    lw=1.1, color=cmap(i % 20), ls="--" if family and family.long_output else "-",
+                    label=dataset.removeprefix(f"{DEMO_GROUP}_"))
+
+
+def _plot_loss(ax, records: list[dict]) -> None:
+    """The held-out response loss against w, with its 95% band over seeds."""
+    rows = _curve(records, "heldout", "response_loss")
+    x = [r["prompt_loss_weight"] for r in rows]
+    ax.plot(x, [r["mean"] for r in rows], marker="o", color="black")
+    ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2, color="gray")
+    ax.set_ylabel("held-out response loss (nats/token)")
+    ax.set_title("held-out response loss (95% over seeds)", fontsize=10)
+
+
+def _set_weight_axis(ax, weights: list[float]) -> None:
+    """The x axis of every panel: w on a symlog scale, which shows 0, 0.01, 0.1 and 1 evenly."""
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xticks(weights)
+    ax.set_xticklabels([f"{w:g}" for w in weights])
+    ax.set_xlim(-0.002, 1.3)
+    ax.set_xlabel("prompt-loss weight w  (0 = masked, 1 = unmasked)")
+    ax.grid(alpha=0.3)
+
+
 def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: int, path: Path) -> Path:
     """Scores and held-out response loss against w, mean over seeds: per metric, the group averages with their
     95% bands (all, short- and long-output families) above the families' means; the loss beside them."""
     scored = [r for r in records if r["dataset"] != "heldout"]
     metrics = list(dict.fromkeys(base_metric(r["metric"]) for r in scored if "average" not in r["metric"]))
+    families = list(dict.fromkeys(r["dataset"] for r in scored if "average" not in r["metric"]))
     fig = Figure(figsize=(6.5 * len(metrics) + 5, 10.5))  # no pyplot: no global state, no backend switch
     axes = fig.subplots(2, len(metrics) + 1, squeeze=False)
-
-    def curve(dataset: str, metric: str) -> list[dict]:
-        return sorted((r for r in records if (r["dataset"], r["metric"]) == (dataset, metric)),
-                      key=lambda r: r["prompt_loss_weight"])
-
-    families = list(dict.fromkeys(r["dataset"] for r in scored if "average" not in r["metric"]))
-    groups = list(dict.fromkeys(r["dataset"] for r in scored if "average" in r["metric"]))
-    cmap = matplotlib.colormaps["tab20"]
     for col, metric in enumerate(metrics):
         ax_group, ax_family = axes[0, col], axes[1, col]
-        for k, dataset in enumerate(groups):
-            options = list(dict.fromkeys(r["metric"] for r in scored if r["dataset"] == dataset))
-            match = [m for m in options if base_metric(m) == metric]
-            if not match and len(options) == len(metrics) == 1:  # a group of one metric is just 'naive_average'
-                match = options
-            rows = curve(dataset, match[0]) if match else []
-            if not rows:
-                continue
-            colour, words = GROUP_STYLES.get(dataset, (cmap((2 * k + 1) % 20), dataset))
-            x, y = [r["prompt_loss_weight"] for r in rows], [r["mean"] for r in rows]
-            label = f"{words} ({_family_count(dataset, families)}{dataset})"
-            if dataset == DEMO_GROUP and len(groups) > 1:  # between its two parts: a thin line, its band in sweep.csv
-                ax_group.plot(x, y, marker="o", ms=4, color=colour, lw=1.2, ls="--", zorder=6, label=label)
-                continue
-            low, high = [max(r["ci_low"], 0) for r in rows], [min(r["ci_high"], 100) for r in rows]
-            ax_group.plot(x, y, marker="o", color=colour, lw=2.5, zorder=5, label=label + ", 95% band")
-            ax_group.fill_between(x, low, high, color=colour, alpha=0.12, zorder=4)
-            for edge in (low, high):  # band edges drawn too: two overlapping bands stay legible
-                ax_group.plot(x, edge, color=colour, lw=0.8, ls=":", zorder=4)
-        for i, dataset in enumerate(families):  # means only: the bands of 15 lines would hide each other
-            rows = curve(dataset, metric)
-            if rows:
-                family = FAMILIES.get(dataset.removeprefix(f"{DEMO_GROUP}_"))
-                ax_family.plot([r["prompt_loss_weight"] for r in rows], [r["mean"] for r in rows], marker="o", ms=3,
-                               lw=1.1, color=cmap(i % 20), ls="--" if family and family.long_output else "-",
-                               label=dataset.removeprefix(f"{DEMO_GROUP}_"))
+        _plot_groups(ax_group, records, metric, len(metrics), families)
+        _plot_families(ax_family, records, metric, families)
         label = METRIC_LABELS.get(metric, metric)
         ax_group.set_title(f"{label}: group averages, 95% t-interval over {n_seeds} seeds", fontsize=10)
         ax_family.set_title(f"{label} per task family (dashed: long outputs)", fontsize=10)
@@ -245,19 +276,9 @@ def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: 
             ax.set_ylabel(label)
         ax_group.legend(loc="upper left", fontsize=8)
     ax_loss, ax_legend = axes[0, -1], axes[1, -1]
-    rows = curve("heldout", "response_loss")
-    x = [r["prompt_loss_weight"] for r in rows]
-    ax_loss.plot(x, [r["mean"] for r in rows], marker="o", color="black")
-    ax_loss.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2, color="gray")
-    ax_loss.set_ylabel("held-out response loss (nats/token)")
-    ax_loss.set_title("held-out response loss (95% over seeds)", fontsize=10)
+    _plot_loss(ax_loss, records)
     for ax in (a for a in axes.flat if a is not ax_legend):
-        ax.set_xscale("symlog", linthresh=0.01)  # shows 0, 0.01, 0.1 and 1 evenly
-        ax.set_xticks(weights)
-        ax.set_xticklabels([f"{w:g}" for w in weights])
-        ax.set_xlim(-0.002, 1.3)
-        ax.set_xlabel("prompt-loss weight w  (0 = masked, 1 = unmasked)")
-        ax.grid(alpha=0.3)
+        _set_weight_axis(ax, weights)
     ax_legend.axis("off")  # the families' legend, beside the panels that draw them
     handles, labels = axes[1, 0].get_legend_handles_labels()
     ax_legend.legend(handles, labels, title="task family", loc="center", ncols=2, fontsize=9, frameon=False)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from sft.io import write_jsonl
+
 # A fixed vocabulary keeps the corpus small enough for a tiny model and a ~1k BPE vocab to cover.
 WORDS: tuple[str, ...] = tuple(
     """
@@ -34,8 +36,6 @@ NAMES: tuple[str, ...] = (
     "Anna", "Ben", "Clara", "David", "Emma", "Frank", "Grace", "Henry", "Iris", "Jack",
     "Kate", "Leo", "Maria", "Nick", "Olga", "Paul", "Rosa", "Sam", "Tom", "Vera",
 )  # capitalised names for the `extract` family; WORDS is all lowercase so names are unambiguous
-
-EMAIL_DOMAINS: tuple[str, ...] = ("mail.com", "post.org", "inbox.net", "letter.io")  # hosts for extract-email rows
 
 ONES: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -96,20 +96,9 @@ def draw_sentence(rng: random.Random, lo: int, hi: int) -> list[str]:
     return [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
 
 
-def draw_number(rng: random.Random, max_digits: int) -> int:
-    """Draw a number whose digit count is uniform in 1..max_digits, so short and long numbers are equally common."""
-    digits = rng.randint(1, max_digits)
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
-
-
 def join_items(items: Iterable[object]) -> str:
     """Join list items the way inputs and outputs write lists: comma plus space."""
     return ", ".join(str(item) for item in items)
-
-
-def split_items(text: str) -> list[str]:
-    """Split a comma-separated list written by join_items."""
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def has_any(text: str, keys: Sequence[str]) -> bool:
@@ -140,7 +129,7 @@ def find_key(text: str, keys: Iterable[str]) -> str:
 # ---------------------------------------------------------------- add
 
 
-ADD_MAX = 9  # two one-digit operands: a 100-entry table the tiny demo model can learn (was up to 2 digits)
+ADD_MAX = 9  # two one-digit operands: a 100-entry table the tiny demo model can learn
 ADD_TEMPLATES: tuple[Callable[[list[int]], str], ...] = (
     lambda ns: "What is " + " + ".join(map(str, ns)) + "?",
     lambda ns: "Add " + join_items(ns[:-1]) + f" and {ns[-1]}.",
@@ -170,7 +159,7 @@ COUNT_TEMPLATES: tuple[str, ...] = (
     "How many words does the following text contain?",
     "Give the number of words in the text below.",
     "What is the word count of the input?",
-)  # count all words of a short input (was also letter/word occurrence counts, which need copying)
+)  # count all words of a short input (occurrence counts of a letter or word need copying)
 COUNT_MIN_WORDS, COUNT_MAX_WORDS = 1, 8  # answers 1..8
 
 
@@ -194,7 +183,7 @@ EXTRACT_TEMPLATES: tuple[str, ...] = (
     "Extract the capitalized name from the following sentence.",
     "Who is named in the sentence below?",
     "Write down the name that occurs in the text below.",
-)  # one planted name to find (was numbers, emails or several names, which need copying)
+)  # one planted name to find (several names, numbers or emails would need copying)
 
 
 def make_extract(rng: random.Random) -> tuple[str, str, str]:
@@ -227,7 +216,7 @@ COMPARE_TEMPLATES: dict[bool, tuple[str, ...]] = {
         "Tell me the smaller of the two numbers {a} and {b}.",
     ),
 }  # keyed by larger; the parser looks for 'small', 'less', 'lower'
-COMPARE_MAX = 9  # one-digit numbers (was up to 999): a 90-pair table the tiny demo model can learn
+COMPARE_MAX = 9  # one-digit numbers: a 90-pair table the tiny demo model can learn
 COMPARE_SMALLER_KEYS: tuple[str, ...] = ("small", "less", "lower")  # marks a pick-the-minimum question
 
 
@@ -256,7 +245,7 @@ SPELL_TEMPLATES: tuple[str, ...] = (
 )  # paraphrases for spelling a number out
 
 
-SPELL_MAX = 20  # spell 0..20 (was 0..999): a 21-entry table of one-word answers; spell_number supports up to 9999
+SPELL_MAX = 20  # spell 0..20: a 21-entry table of one-word answers; spell_number supports up to 9999
 
 
 def make_spell(rng: random.Random) -> tuple[str, str, str]:
@@ -671,13 +660,6 @@ def fill_split(n: int, seed: int, families: list[str], seen: set[tuple[str, str]
     return rows
 
 
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Write rows as UTF-8 JSON Lines with stable formatting."""
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def build_demo_dataset(
     out_dir: str | Path, n_train: int, n_heldout: int, n_test: int, seed: int = 0
 ) -> dict[str, Path]:
@@ -714,32 +696,9 @@ def build_demo_dataset(
     return paths
 
 
-# ---------------------------------------------------------------- scoring and stats
+# ---------------------------------------------------------------- scoring
 
 
 def score_exact(prediction: str, answer: str) -> bool:
     """Return True when prediction equals answer after stripping surrounding whitespace."""
     return prediction.strip() == answer.strip()
-
-
-def length_stats(rows: Iterable[dict]) -> dict[str, dict[str, float]]:
-    """Return per-family mean instruction/input/output character lengths and the prompt-to-output ratio."""
-    sums: dict[str, list[int]] = {}
-    for row in rows:
-        if "family" not in row:
-            raise ValueError("length_stats needs rows with a 'family' key; use generate_rows or the JSONL splits")
-        acc = sums.setdefault(row["family"], [0, 0, 0, 0])
-        acc[0] += len(row["instruction"])
-        acc[1] += len(row.get("input") or "")
-        acc[2] += len(row["output"])
-        acc[3] += 1
-    order = [f for f in FAMILIES if f in sums] + [f for f in sums if f not in FAMILIES]
-    return {
-        family: {
-            "instruction_chars_mean": sums[family][0] / sums[family][3],
-            "input_chars_mean": sums[family][1] / sums[family][3],
-            "output_chars_mean": sums[family][2] / sums[family][3],
-            "ratio": (sums[family][0] + sums[family][1]) / max(sums[family][2], 1),
-        }
-        for family in order
-    }

@@ -22,7 +22,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from sft import attention
-from sft.checkpoints import last_complete_checkpoint, list_checkpoints
+from sft.checkpoints import last_complete_checkpoint, list_checkpoints, run_is_complete
 from sft.checks import check_inputs
 from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
@@ -257,18 +257,29 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
 
 
 def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
-    """The checkpoint to resume from, or None; refuse to silently overwrite an earlier run."""
-    out = run_dir(cfg)
+    """The checkpoint to continue from, or None to start afresh; an error where that would lose a run's work.
+
+    resume "auto" continues a run that stopped before its end (a crash, a kill, a closed notebook) and refuses a
+    finished one; "true" continues any run; "false" never continues. Only overwrite deletes checkpoints.
+    """
+    out, t = run_dir(cfg), cfg.train
     existing = list_checkpoints(out)
-    if cfg.train.resume:
+    if t.overwrite or not (existing or run_is_complete(out)):
+        return None  # a new run, or one the user asked to start again
+    if t.resume == "true" or (t.resume == "auto" and not run_is_complete(out)):
         last = last_complete_checkpoint(out)
-        return str(last) if last else None  # nothing complete yet: start from scratch
-    if existing and not cfg.train.overwrite:
-        raise ValueError(
-            f"{out} already holds checkpoints ({', '.join(p.name for p in existing)}). Pass --resume to continue "
-            "that run, --overwrite to start it again from scratch, or --run-name NEW for a new run."
-        )
-    return None
+        if last is not None:
+            # A warning, so a notebook shows it: the run continues where it was, not from the base model.
+            logger.warning("resuming %s from %s (resume=%s)", out, last.name, t.resume)
+        return str(last) if last else None  # no complete checkpoint yet: start from the base model
+    what = "a finished run" if run_is_complete(out) else "a run that was not finished"
+    saved = f" (checkpoints: {', '.join(p.name for p in existing)})" if existing else ""
+    raise ValueError(
+        f"{out} already holds {what}{saved}; nothing was changed. To continue it from its last complete "
+        "checkpoint, set resume (--resume, or resume = True in a notebook); to train it again from the start, "
+        "deleting its checkpoints, set overwrite (--overwrite, or overwrite = True); or give the new run "
+        "another run_name (--run-name NEW)."
+    )
 
 
 def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = None,

@@ -69,6 +69,14 @@ def demo_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_root):
+    """The demo's byte-level BPE tokenizer (sft.modeling.train_tokenizer on the small demo's rows): offline."""
+    from sft.modeling import load_tokenizer
+
+    return load_tokenizer(demo_root / "model/demo/base")
+
+
 def demo_cli_args(root: Path) -> list[str]:
     """The same small, relocated demo as command-line overrides, for subprocess tests."""
     cfg = demo_config(root)

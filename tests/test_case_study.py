@@ -77,6 +77,7 @@ def test_batched_generation_matches_one_prompt_at_a_time(chaotic):
     assert sampled[0] == sampled[1]  # seeded
 
 
+@pytest.mark.slow
 def test_eval_cli_prints_the_table_and_saves_generations_settings_and_tensorboard(trained, tmp_path, capsys):
     script = load_script("eval")
     out_dir = tmp_path / "case_study"
@@ -107,6 +108,7 @@ def test_eval_cli_prints_the_table_and_saves_generations_settings_and_tensorboar
     assert texts[-1].step == 4 and "| # | prompt | reference | masked |" in text
 
 
+@pytest.mark.slow
 def test_prompts_file_and_single_prompt(trained, tmp_path, capsys):
     script = load_script("eval")
     prompts = tmp_path / "p.jsonl"
@@ -125,6 +127,7 @@ def test_prompts_file_and_single_prompt(trained, tmp_path, capsys):
     assert table[0] == "| # | prompt | masked |" and len(table) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, expected", [
     ("", "holds no prompts"),
     ("\n  \n", "holds no prompts"),
@@ -142,6 +145,7 @@ def test_bad_prompts_files_are_clear_errors(trained, tmp_path, capsys, content, 
     assert code == 2 and expected in err and str(path) in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, expected", [
     (["--models", "base"], "LABEL=PATH pairs"),
     (["--models", "base=,x=y"], "LABEL=PATH pairs"),
@@ -159,6 +163,7 @@ def test_bad_arguments_are_clear_errors(trained, capsys, argv, expected):
     assert expected in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_script_exit_code_is_2_with_one_paragraph(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--models", "base=nowhere/base"],

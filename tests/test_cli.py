@@ -1,23 +1,84 @@
-"""`python -m sft`: inspect-data figures, exit code 2 with one paragraph for user errors."""
+"""`python -m sft`: flags built from the config, --column-map in every command, inspect-data figures, exit code 2
+with one paragraph for user errors. In process (sft.__main__.main) except where the entry point itself is tested."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import QWEN_TOKENIZER, ROOT
+from conftest import QWEN_TOKENIZER, ROOT, demo_cli_args
+from sft.__main__ import build_parser, main
+from sft.config import field_help, section_classes
+from sft.evaluate import BATCH_SIZE, MAX_GEN_TOKS
+from sft.layout import RESULTS_ROOT
+
+RENAMED = [{"instruction": f"Name the capital of {c}.", "input": "", "my_col": a}
+           for c, a in (("Peru", "Lima"), ("Cuba", "Havana"), ("Norway", "Oslo"), ("Poland", "Warsaw"))]
 
 
-def run_sft(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "sft", *args], capture_output=True, text=True, cwd=cwd)
+def help_of(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
 
 
-def test_inspect_data_json_on_gsm8k(gsm8k_path, qwen_tokenizer, tmp_path):
-    res = run_sft("inspect-data", "--data", str(gsm8k_path), "--tokenizer", str(QWEN_TOKENIZER), "--json",
-                  "--show", "1", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    stats = json.loads(res.stdout)
+@pytest.mark.parametrize("command", ["train", "plan", "sweep", "build-demo", "demo"])
+def test_every_config_field_is_a_flag_with_its_comment_as_help(command, capsys):
+    text = help_of(command, capsys)
+    for section, cls in section_classes().items():
+        for name, comment in field_help(cls).items():
+            assert f"--{section}.{name.replace('_', '-')}" in text
+            assert " ".join(comment.split()) in text, (section, name)
+    assert "--learning-rate X, --train.learning-rate X" in text and "--seed N, --train.seed N" in text
+
+
+def test_flags_take_their_defaults_from_one_definition(capsys):
+    text = help_of("inspect-data", capsys)
+    assert "--max-length N, --data.max-length N tokens per example, prompt + response + EOS (default: 512)" in text
+    evaluate = next(a for a in build_parser()._subparsers._group_actions[0].choices["evaluate"]._actions
+                    if a.dest == "batch_size").container
+    defaults = {a.dest: a.default for a in evaluate._actions}
+    assert (defaults["batch_size"], defaults["max_gen_toks"], defaults["out"]) == (BATCH_SIZE, MAX_GEN_TOKS,
+                                                                                   RESULTS_ROOT)
+
+
+def test_column_map_works_in_every_command(demo_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "renamed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RENAMED))
+    common = [*demo_cli_args(demo_root), "--data", str(data), "--eval-data", "none", "--eval-size", "1"]
+    assert main(["plan", *common, "--json"]) == 2
+    assert "no column for output" in capsys.readouterr().err  # the message that names --column-map
+    assert main(["plan", *common, "--column-map", "my_col=output", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["train_examples"] == 3
+    tokenizer = str(demo_root / "model/demo/base")
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", tokenizer, "--column-map", "my_col=output",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["column_mapping"]["output"] == "my_col"
+
+
+@pytest.mark.slow
+def test_train_with_a_column_map(demo_root, tmp_path, monkeypatch, one_thread):
+    from sft.manifest import read_manifest
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "renamed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RENAMED))
+    assert main(["train", *demo_cli_args(demo_root), "--data", str(data), "--eval-data", "none", "--eval-size", "1",
+                 "--column-map", "my_col=output", "--run-name", "mapped", "--max-steps", "1", "--save-steps", "10",
+                 "--eval-steps", "10"]) == 0
+    manifest = read_manifest(demo_root / "model/demo/mapped")
+    assert manifest["status"] == "complete" and manifest["config"]["data"]["column_map"] == {"my_col": "output"}
+
+
+def test_inspect_data_json_on_gsm8k(gsm8k_path, qwen_tokenizer, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect-data", "--data", str(gsm8k_path), "--tokenizer", str(QWEN_TOKENIZER), "--json",
+                 "--show", "1"]) == 0
+    out, err = capsys.readouterr()
+    stats = json.loads(out)
     assert stats["rows_read"] == stats["rows_kept"] == 7473 and stats["rows_dropped"] == {}
     assert stats["examples_truncated"] == 0
     # The figures ../shared/README.md gives for this file and tokenizer.
@@ -26,26 +87,46 @@ def test_inspect_data_json_on_gsm8k(gsm8k_path, qwen_tokenizer, tmp_path):
     assert 0.50 < share < 0.52
     assert stats["generation_ratio_Rg"] == pytest.approx(stats["response_tokens"] / stats["prompt_tokens"])
     assert 0 < stats["instruction_output_ratio"] < 2
-    assert "[[weight 0:" in res.stderr and "[[response, weight 1:" in res.stderr  # markers, not colours, off a tty
+    assert "[[weight 0:" in err and "[[response, weight 1:" in err  # markers, not colours, off a tty
 
 
-def test_user_errors_exit_2_with_one_paragraph(tmp_path):
+def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "x", "output": ""}]')
-    res = run_sft("inspect-data", "--data", str(bad), "--tokenizer", "model/nope", cwd=tmp_path)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "does not exist" in res.stderr
-    res = run_sft("train", "--preset", "nope", cwd=tmp_path)
-    assert res.returncode == 2 and "Unknown preset 'nope'" in res.stderr and "Traceback" not in res.stderr
-    res = run_sft("train", "--no-such-setting", "3", cwd=tmp_path)
-    assert res.returncode == 2 and "Unknown setting 'no_such_setting'" in res.stderr
+    assert main(["inspect-data", "--data", str(bad), "--tokenizer", "model/nope"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--no-such-setting", "3"]) == 2
+    assert "Unknown setting 'no_such_setting'" in capsys.readouterr().err
+    assert main(["train", "--resume", "maybe"]) == 2
+    assert "resume must be auto, true or false" in capsys.readouterr().err
 
 
-def test_bad_rows_exit_2_or_are_counted(tmp_path, qwen_tokenizer):
+def test_bad_rows_exit_2_or_are_counted(demo_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tokenizer = str(demo_root / "model/demo/base")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "x", "output": "y"}\n{"instruction": "x", "output": ""}\n')
-    res = run_sft("inspect-data", "--data", str(bad), "--tokenizer", str(QWEN_TOKENIZER), cwd=tmp_path)
-    assert res.returncode == 2 and "bad.jsonl: line 2, field output: is empty" in res.stderr
-    res = run_sft("inspect-data", "--data", str(bad), "--tokenizer", str(QWEN_TOKENIZER), "--on-bad-rows", "skip",
-                  "--json", cwd=tmp_path)
-    assert res.returncode == 0 and json.loads(res.stdout)["rows_dropped"] == {"output is empty": 1}
+    assert main(["inspect-data", "--data", str(bad), "--tokenizer", tokenizer]) == 2
+    assert "bad.jsonl: line 2, field output: is empty" in capsys.readouterr().err
+    assert main(["inspect-data", "--data", str(bad), "--tokenizer", tokenizer, "--on-bad-rows", "skip", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows_dropped"] == {"output is empty": 1}
+
+
+@pytest.mark.slow
+def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "sft", "train", "--learning-rate", "fast"], capture_output=True,
+                         text=True, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "Cannot read 'fast' as float for train.learning_rate." in res.stderr
+    res = subprocess.run([sys.executable, "-m", "sft", "train", "--preset", "nope"], capture_output=True, text=True,
+                         cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert res.returncode == 2 and "invalid choice: 'nope'" in res.stderr
+
+
+def test_dataclass_defaults_are_not_retyped():
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    config_flags = [a for a in train._actions if "." in a.dest]
+    assert len(config_flags) == sum(len(dataclasses.fields(c)) for c in section_classes().values())
+    assert all(a.default is not None and a.default == "==SUPPRESS==" for a in config_flags)  # the preset's value wins

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,8 +12,9 @@ from sft.data import (
     fingerprint_rows,
     load_rows,
     split_indices,
-    tokenize_example,
     tokenize_rows,
+    tokenize_rows_batch,
+    truncate_example,
 )
 from sft.prompts import render_prompt
 
@@ -27,47 +29,108 @@ def write_json(path, obj):
     return path
 
 
-# ---------------------------------------------------------------- known answers, no tokenizer needed
+# ---------------------------------------------------------------- known answers: the code that runs, offline
 
-EOS = 9
-
-
-@pytest.mark.parametrize("w", [0.0, 0.1, 1.0])
-def test_labels_and_weights_known_answer(w):
-    ex, status = tokenize_example([1, 2, 3], [4, 5], EOS, w, max_length=64)
-    assert status == "ok"
-    assert ex["input_ids"] == [1, 2, 3, 4, 5, EOS]
-    assert ex["loss_weights"] == [w, w, w, 1.0, 1.0, 1.0]
-    assert ex["response_mask"] == [0, 0, 0, 1, 1, 1]
-    # Labels are not shifted (the model shifts them) and are -100 exactly where the weight is 0.
-    prompt_labels = [IGNORE_INDEX] * 3 if w == 0 else [1, 2, 3]
-    assert ex["labels"] == prompt_labels + [4, 5, EOS]
-    assert ex["length"] == 6
+W = [0.0, 0.1, 1.0]
+NO_INPUT = {"instruction": "Name the capital of Peru.", "input": "", "output": "Lima"}
+WITH_INPUT = {"instruction": "Count the words in the input.", "input": "red cat sat", "output": "3"}
 
 
-def test_truncation_keeps_the_response_and_cuts_the_prompt_middle():
-    prompt = list(range(100, 160))  # 60 prompt tokens
-    ex, status = tokenize_example(prompt, [1, 2, 3], EOS, 0.0, max_length=40)
-    assert status == "prompt_trimmed"
-    assert len(ex["input_ids"]) == 40
-    assert ex["input_ids"][-4:] == [1, 2, 3, EOS]  # the whole response and its EOS survive
-    kept_prompt = ex["input_ids"][:36]
-    assert kept_prompt[-16:] == prompt[-16:]  # the "### Response:" cue stays next to the response
-    assert kept_prompt[:20] == prompt[:20]  # and the instruction at the start
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def test_truncation_never_leaves_an_empty_response():
-    ex, status = tokenize_example(list(range(100, 200)), list(range(300, 400)), EOS, 0.0, max_length=64)
-    assert status == "both_trimmed"
-    n_resp = sum(ex["response_mask"])
-    assert n_resp == 32  # at least half the window
-    assert EOS not in ex["input_ids"]  # a cut response must not teach the model to stop there
-    assert sum(ex["loss_weights"]) == n_resp
+def tokenize_one(tokenizer, row, **cfg):
+    """tokenize_rows_batch (the datasets.map function training runs) on one row; its example, or None."""
+    out = tokenize_rows_batch({k: [v] for k, v in row.items()}, tokenizer, DataConfig(**cfg)).to_pylist()
+    return out[0] if out else None
 
 
-def test_truncation_drop_policy():
-    ex, status = tokenize_example(list(range(100)), [1], EOS, 0.0, max_length=50, truncation="drop")
-    assert ex is None and status == "dropped"
+def expected(prompt, response, w):
+    """What training must see for a prompt and response of token ids: weights, labels and the response mask."""
+    return {
+        "input_ids": prompt + response,
+        "labels": ([IGNORE_INDEX] * len(prompt) if w == 0 else prompt) + response,
+        "loss_weights": [np.float32(w)] * len(prompt) + [1.0] * len(response),
+        "response_mask": [0] * len(prompt) + [1] * len(response),
+        "length": len(prompt) + len(response),
+    }
+
+
+@pytest.mark.parametrize("row", [NO_INPUT, WITH_INPUT], ids=["no-input", "input"])
+@pytest.mark.parametrize("w", W)
+def test_labels_and_weights_known_answer(demo_tokenizer, row, w):
+    eos = demo_tokenizer.eos_token_id
+    assert eos == 0 and ids(demo_tokenizer, "Lima") == [demo_tokenizer.convert_tokens_to_ids("Lima")]  # one token
+    prompt = ids(demo_tokenizer, render_prompt("alpaca", row["instruction"], row["input"]))
+    assert ("### Input:" in demo_tokenizer.decode(prompt)) == bool(row["input"])
+    ex = tokenize_one(demo_tokenizer, row, prompt_loss_weight=w)
+    # The response and its EOS weigh 1, the prompt w; labels are the ids (unshifted), -100 exactly where w = 0.
+    assert {k: ex[k] for k in expected([], [], w)} == expected(prompt, ids(demo_tokenizer, row["output"]) + [eos], w)
+    assert ex["truncation"] == "ok"
+    assert sum(ex["loss_weights"]) == pytest.approx(w * len(prompt) + len(ex["input_ids"]) - len(prompt))
+
+
+@pytest.mark.parametrize("w", W)
+def test_a_long_prompt_loses_its_middle_and_keeps_the_response(demo_tokenizer, w):
+    row = {**WITH_INPUT, "input": " ".join(["cat"] * 60), "output": "60"}
+    prompt = ids(demo_tokenizer, render_prompt("alpaca", row["instruction"], row["input"]))
+    response = ids(demo_tokenizer, "60") + [demo_tokenizer.eos_token_id]
+    assert len(prompt) > 60 and len(response) == 3  # digits are single tokens in Qwen2's split
+    ex = tokenize_one(demo_tokenizer, row, prompt_loss_weight=w, max_length=32)
+    # 32 = 29 prompt tokens (the first 15 and the last 14: half of them, at most 16, from the end) + 3 response.
+    kept = prompt[:15] + prompt[-14:]
+    assert {k: ex[k] for k in expected([], [], w)} == expected(kept, response, w)
+    assert ex["truncation"] == "prompt_trimmed"
+    assert demo_tokenizer.decode(prompt[-14:]).endswith("### Response:\n")  # the cue stays next to the response
+
+
+@pytest.mark.parametrize("w", W)
+def test_a_long_response_keeps_half_the_window_without_eos(demo_tokenizer, w):
+    row = {**WITH_INPUT, "input": " ".join(["cat"] * 60), "output": ", ".join(map(str, range(10, 40)))}
+    prompt = ids(demo_tokenizer, render_prompt("alpaca", row["instruction"], row["input"]))
+    response = ids(demo_tokenizer, row["output"])
+    ex = tokenize_one(demo_tokenizer, row, prompt_loss_weight=w, max_length=32)
+    # Both too long: the response keeps half the window (16), the prompt its first 8 and last 8 tokens.
+    assert {k: ex[k] for k in expected([], [], w)} == expected(prompt[:8] + prompt[-8:], response[:16], w)
+    assert ex["truncation"] == "both_trimmed" and demo_tokenizer.eos_token_id not in ex["input_ids"]
+
+
+def test_a_short_prompt_is_kept_whole_and_the_response_cut(demo_tokenizer):
+    row = {**NO_INPUT, "output": ", ".join(map(str, range(10, 60)))}
+    prompt = ids(demo_tokenizer, render_prompt("alpaca", row["instruction"], ""))
+    assert len(prompt) < 32  # so the response gets the rest of the 64-token window
+    ex = tokenize_one(demo_tokenizer, row, prompt_loss_weight=0.1, max_length=64)
+    response = ids(demo_tokenizer, row["output"])[: 64 - len(prompt)]
+    assert {k: ex[k] for k in expected([], [], 0.1)} == expected(prompt, response, 0.1)
+    assert ex["truncation"] == "response_trimmed"
+
+
+def test_drop_policy_drops_the_long_row_and_keeps_the_others_columns(demo_tokenizer):
+    long = {**WITH_INPUT, "input": " ".join(["cat"] * 60), "family": "count"}
+    batch = {k: [long[k], v] for k, v in {**NO_INPUT, "family": "capital"}.items()}
+    table = tokenize_rows_batch(batch, demo_tokenizer, DataConfig(max_length=64, truncation="drop"))
+    assert table.num_rows == 1 and table.column("family").to_pylist() == ["capital"]
+    kept = table.to_pylist()[0]
+    assert kept["input_ids"] == tokenize_one(demo_tokenizer, NO_INPUT)["input_ids"]
+
+
+def test_truncate_example_edge_cases():
+    prompt = list(range(100, 160))
+    fitted, kept_response, status = truncate_example(prompt, [1, 2, 3, 9], 40)
+    assert status == "prompt_trimmed" and kept_response == [1, 2, 3, 9] and len(fitted) == 36
+    assert fitted == prompt[:20] + prompt[-16:]  # the instruction at the start, the "### Response:" cue at the end
+    fitted, kept_response, status = truncate_example(list(range(100, 200)), list(range(300, 400)), 64)
+    assert status == "both_trimmed" and len(kept_response) == 32  # never less than half the window
+    assert truncate_example(list(range(100)), [1], 50, truncation="drop") is None
+
+
+def test_tokenize_rows_matches_the_batch_function_and_counts_drops(demo_tokenizer, tmp_path):
+    rows = [NO_INPUT, {**WITH_INPUT, "input": " ".join(["cat"] * 60)}, WITH_INPUT]
+    cfg = DataConfig(prompt_loss_weight=0.1, max_length=64, truncation="drop", cache_dir=str(tmp_path))
+    ds, report = tokenize_rows(rows, demo_tokenizer, cfg)
+    assert report.examples_in == 3 and report.examples_out == 2 and report.examples_dropped_too_long == 1
+    assert ds["input_ids"] == [tokenize_one(demo_tokenizer, r)["input_ids"] for r in (rows[0], rows[2])]
 
 
 # ---------------------------------------------------------------- loading: formats, mapping, errors

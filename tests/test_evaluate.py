@@ -47,6 +47,7 @@ def evaluated(demo_root, tmp_path_factory):
     return {"run": run, "tuned": tuned, "stdout": proc.stdout, "out": out}
 
 
+@pytest.mark.slow
 def test_result_folder_has_every_file(evaluated):
     run = evaluated["run"]
     ts = run.name
@@ -67,6 +68,7 @@ def test_result_folder_has_every_file(evaluated):
     assert settings["warnings"] == []  # the base listed is the one the run was tuned from
 
 
+@pytest.mark.slow
 def test_summary_has_both_metrics_per_family_and_the_three_averages(evaluated):
     run = evaluated["run"]
     summary = pd.read_csv(run / "summary" / f"summary_{run.name}.csv", dtype=str)
@@ -92,6 +94,7 @@ def test_summary_has_both_metrics_per_family_and_the_three_averages(evaluated):
     assert "sft_demo_last_word" in evaluated["stdout"] and "sft_demo_long" in evaluated["stdout"]  # printed
 
 
+@pytest.mark.slow
 def test_every_sample_is_scored_with_both_metrics(evaluated):
     for line in (evaluated["run"] / "predictions" / "tuned" / "sft_demo_count_up.jsonl").read_text().splitlines():
         sample = json.loads(line)
@@ -100,6 +103,7 @@ def test_every_sample_is_scored_with_both_metrics(evaluated):
         assert sample["exact_match"] == float(prediction == sample["target"])
 
 
+@pytest.mark.slow
 def test_held_out_loss_is_the_training_split_weighted_by_tokens(evaluated):
     heldout = json.loads((evaluated["run"] / "heldout.json").read_text())["models"]
     assert heldout["tuned"]["response_loss"] < heldout["base"]["response_loss"]
@@ -110,6 +114,7 @@ def test_held_out_loss_is_the_training_split_weighted_by_tokens(evaluated):
                                                               rel=1e-4)
 
 
+@pytest.mark.slow
 def test_differences_cover_every_row_with_an_interval(evaluated):
     diffs = pd.read_csv(evaluated["run"] / "summary" / "differences.csv")
     assert len(diffs) == 2 * len(DATASETS)
@@ -125,6 +130,7 @@ def test_differences_cover_every_row_with_an_interval(evaluated):
     assert len(conf) == 2 * 2 * len(DATASETS)  # two models
 
 
+@pytest.mark.slow
 def test_compare_writes_plot_workbook_and_markdown(evaluated, capsys):
     assets = evaluated["out"] / "assets"
     assert main(["compare", str(evaluated["run"].parent), "--out", str(assets)]) == 0  # a name folder: its newest run
@@ -140,6 +146,7 @@ def test_compare_writes_plot_workbook_and_markdown(evaluated, capsys):
     assert "edit_similarity" in set(sheets["Scores"]["metric"]) and SHORT_GROUP in set(sheets["Differences"]["dataset"])
 
 
+@pytest.mark.slow
 def test_held_out_data_changed_since_training_is_refused(evaluated, tmp_path, capsys):
     import shutil
 
@@ -205,6 +212,7 @@ def test_user_errors_exit_with_code_2(demo_root, tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.slow
 def test_cli_lists_both_commands():
     out = subprocess.run([sys.executable, "-m", "sft", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     assert "evaluate" in out and "compare" in out

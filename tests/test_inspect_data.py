@@ -1,4 +1,5 @@
-"""inspect_data: statistics by group (the demo's per-family length ratios) agree with the groups inspected alone."""
+"""inspect_data: statistics by group (the demo's per-family length ratios) agree with the groups inspected alone;
+offline, with the demo's tokenizer."""
 
 import json
 
@@ -21,30 +22,44 @@ def write(path, rows):
     return path
 
 
-def test_stats_by_group_equal_each_group_inspected_alone(qwen_tokenizer, tmp_path):
+def test_stats_by_group_equal_each_group_inspected_alone(demo_tokenizer, tmp_path):
     cfg = DataConfig(data=str(write(tmp_path / "all.jsonl", ROWS)), cache_dir=str(tmp_path / "cache"))
-    stats, ds, rows = inspect_data(cfg, qwen_tokenizer, by="family")
+    stats, ds, rows = inspect_data(cfg, demo_tokenizer, by="family")
     assert list(stats["groups"]) == ["count_up", "capital", "last_word"]  # order of first appearance
     assert "family" not in stats["ignored_columns"] and all("family" not in r for r in rows)
     assert sum(g["examples"] for g in stats["groups"].values()) == len(ds) == 5
     for family, g in stats["groups"].items():
         alone = [{k: v for k, v in r.items() if k != "family"} for r in ROWS if r["family"] == family]
         cfg_alone = DataConfig(data=str(write(tmp_path / f"{family}.jsonl", alone)), cache_dir=cfg.cache_dir)
-        ref, _, _ = inspect_data(cfg_alone, qwen_tokenizer)
+        ref, _, _ = inspect_data(cfg_alone, demo_tokenizer)
         assert g["examples"] == ref["examples"] == len(alone)
         assert g["prompt_tokens_mean"] == pytest.approx(ref["prompt_tokens"] / len(alone))
         assert g["response_tokens_mean"] == pytest.approx(ref["response_tokens"] / len(alone))
         assert g["instruction_output_ratio"] == pytest.approx(ref["instruction_output_ratio"])
         assert g["generation_ratio_Rg"] == pytest.approx(ref["generation_ratio_Rg"])
     # Counted by hand for one group: the two answers' tokens, plus one EOS each.
-    answers = qwen_tokenizer(["Lima", "Santiago"], add_special_tokens=False)["input_ids"]
+    answers = demo_tokenizer(["Lima", "Santiago"], add_special_tokens=False)["input_ids"]
     assert stats["groups"]["capital"]["response_tokens_mean"] == (len(answers[0]) + len(answers[1]) + 2) / 2
     assert stats["groups"]["count_up"]["generation_ratio_Rg"] > stats["groups"]["capital"]["generation_ratio_Rg"]
     assert "| capital | 2 | " in format_stats(stats)
 
 
-def test_grouping_by_a_missing_column_names_the_row(qwen_tokenizer, tmp_path):
+def test_grouping_by_a_missing_column_names_the_row(demo_tokenizer, tmp_path):
     rows = [dict(ROWS[0]), {k: v for k, v in ROWS[1].items() if k != "family"}]
     path = write(tmp_path / "bad.jsonl", rows)
     with pytest.raises(ValueError, match=r"bad.jsonl: line 2, field family: is missing"):
-        inspect_data(DataConfig(data=str(path), cache_dir=str(tmp_path / "cache")), qwen_tokenizer, by="family")
+        inspect_data(DataConfig(data=str(path), cache_dir=str(tmp_path / "cache")), demo_tokenizer, by="family")
+
+
+def test_a_group_dropped_whole_by_truncation_is_reported_not_a_crash(demo_tokenizer, tmp_path):
+    long = {"instruction": "Which word is last?", "input": " ".join(["cat"] * 80), "output": "cat", "family": "long"}
+    path = write(tmp_path / "d.jsonl", [ROWS[1], long, ROWS[3], long])
+    cfg = DataConfig(data=str(path), max_length=64, truncation="drop", cache_dir=str(tmp_path / "cache"))
+    stats, ds, _ = inspect_data(cfg, demo_tokenizer, by="family")
+    assert len(ds) == 2 and stats["rows_dropped"] == {"too long (truncation=drop)": 2}
+    assert stats["groups"]["long"]["examples"] == 0 and stats["groups"]["long"]["rows"] == 2
+    assert stats["groups"]["capital"]["examples"] == 2
+    assert "| long | 0 (all 2 rows longer than max_length, dropped) |" in format_stats(stats)
+    with pytest.raises(ValueError, match=r"all 2 rows are longer than max_length=64.*--truncation trim"):
+        inspect_data(DataConfig(data=str(write(tmp_path / "l.jsonl", [long, long])), max_length=64,
+                                truncation="drop", cache_dir=cfg.cache_dir), demo_tokenizer, by="family")

@@ -1,6 +1,6 @@
 """The package's import structure: one direction of dependencies, every sibling import at module top.
 
-The layers (README, "Where code goes"): a module may import modules of its own layer or below, never above,
+The layers (docs/architecture.md): a module may import modules of its own layer or below, never above,
 and the imports among modules form no cycle. A new module must be placed in LAYERS, which makes its place a
 decision rather than an accident.
 """
@@ -13,11 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sft"
 
 LAYERS = [
-    {"layout", "prompts", "loss", "attention", "synthetic", "plots"},  # no sibling imports
+    {"io", "layout", "prompts", "loss", "attention", "synthetic", "plots"},  # none but sft.io (the JSONL writer)
     {"data", "checkpoints", "generate", "report", "tasks"},  # rows and tokens; checkpoint folders; decoding; tables
     # and intervals; lm-eval task configs
-    {"collate", "modeling", "prune", "inspect_data", "results", "compare"},  # batches; models and tokenizers; pruning; data
-    # statistics; lm-eval results to summary rows; results read back, plotted and tabulated
+    {"collate", "modeling", "prune", "inspect_data", "results", "compare"},  # batches; models and tokenizers;
+    # pruning; data statistics; lm-eval results to summary rows; results read back, plotted and tabulated
     {"checks", "config"},  # a downloaded model and data checked; settings and presets
     {"manifest"},  # run manifests (read the config back)
     {"train", "evaluate", "plan"},  # the Trainer; held-out metrics and lm-eval; a run's cost before it starts
@@ -51,7 +51,8 @@ def modules() -> dict[str, Path]:
 
 def test_every_module_has_a_layer():
     missing = sorted(set(modules()) - set(LAYER))
-    assert not missing, f"place the new module(s) {missing} in a layer of tests/test_layers.py (and the README)"
+    assert not missing, (f"place the new module(s) {missing} in a layer of tests/test_layers.py "
+                         "(and docs/architecture.md)")
 
 
 def test_sibling_imports_are_at_module_top():

@@ -1,10 +1,15 @@
-"""The two notebooks: thin, identical but for the parameters cell, stripped, and runnable top to bottom."""
+"""The two notebooks: thin, identical but for the parameters cell, stripped, runnable top to bottom, and safe to\nrun again: a second run continues the first, never deletes it."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from conftest import ROOT, demo_overrides
+from sft.checkpoints import checkpoint_step, is_complete, last_complete_checkpoint, list_checkpoints, run_is_complete
 
 NOTEBOOKS = ("finetune_masked.ipynb", "finetune_unmasked.ipynb")
 
@@ -46,3 +51,55 @@ def test_notebook_runs_top_to_bottom(demo_root, tmp_path, name, w):
     assert len(images) >= 2  # the length histogram and the loss curves
     manifest = json.loads((demo_root / "model/demo" / f"nb-{w}" / "run_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["prompt_loss_weight"] == w
+
+
+def test_the_parameters_cell_deletes_nothing_by_default():
+    for name in NOTEBOOKS:
+        cell = "".join(next(c for c in _cells(name) if "parameters" in c["metadata"].get("tags", []))["source"])
+        assert 'resume = "auto"' in cell and "overwrite = False" in cell, name
+
+
+def _kill_training_notebook(name, run, out, parameters):
+    """Run a notebook with papermill in another process and kill its kernel once two checkpoints are complete,
+    as a crash or a closed laptop would; return the checkpoints complete at that moment."""
+    script = (f"import json, papermill; papermill.execute_notebook({str(ROOT / name)!r}, {str(out)!r}, "
+              f"cwd={str(out.parent)!r}, kernel_name='python3', progress_bar=False, "
+              f"parameters=json.loads({json.dumps(parameters)!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        last = last_complete_checkpoint(run)
+        if last is not None and checkpoint_step(last) >= 6:
+            break
+        time.sleep(0.05)
+    import psutil  # installed with ipykernel, which runs the notebooks
+
+    for child in psutil.Process(proc.pid).children(recursive=True):  # the kernel: training dies mid-run
+        child.kill()
+    proc.wait(timeout=120)
+    assert proc.returncode != 0, "the notebook finished before its kernel could be killed"
+    return [c for c in list_checkpoints(run) if is_complete(c)]
+
+
+@pytest.mark.slow
+def test_a_notebook_run_again_resumes_and_keeps_the_checkpoints(demo_root, tmp_path):
+    import papermill
+
+    name, run = "finetune_masked.ipynb", demo_root / "model/demo/nb-again"
+    overrides = {**demo_overrides(demo_root), "save_steps": 3, "eval_steps": 1000, "logging_steps": 3}
+    kept = _kill_training_notebook(name, run, tmp_path / "first.ipynb",
+                                   {"overrides": {**overrides, "max_steps": 5000}, "run_name": run.name})
+    assert len(kept) >= 2 and not run_is_complete(run)
+    files = {p: p.stat().st_mtime_ns for c in kept for p in c.rglob("*") if p.is_file()}
+    end = checkpoint_step(kept[-1]) + 3
+    papermill.execute_notebook(str(ROOT / name), str(tmp_path / "again.ipynb"), cwd=str(tmp_path),
+                               kernel_name="python3", progress_bar=False,
+                               parameters={"overrides": {**overrides, "max_steps": end}, "run_name": run.name})
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # the first run's checkpoints are intact
+    assert run_is_complete(run) and checkpoint_step(list_checkpoints(run)[-1]) == end
+    history = json.loads((run / "log_history.json").read_text())
+    assert history[-1]["step"] == end and min(h["step"] for h in history) < checkpoint_step(kept[-1])  # one history
+    executed = json.loads((tmp_path / "again.ipynb").read_text())
+    said = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
+    assert f"resuming {run} from {kept[-1].name} (resume=auto)" in said

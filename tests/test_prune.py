@@ -69,6 +69,7 @@ def add_metric(run, values, metric="eval_exact_match"):
     age(run, 3600)
 
 
+@pytest.mark.slow
 def test_keeps_the_newest_and_the_best_by_response_loss(run):
     losses = {s: own_metric(run, s) for s in STEPS}
     best_two = sorted(STEPS, key=losses.get)[:2]
@@ -82,6 +83,7 @@ def test_keeps_the_newest_and_the_best_by_response_loss(run):
     assert freed > 0 and all(d.freed > 0 for d in decisions if d.action == "delete")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("greater_is_better, best", [(None, 4), (True, 4), (False, 2)])
 def test_ranking_follows_the_metrics_direction(run, greater_is_better, best):
     # exact_match is known to be better high; the flag overrides it.
@@ -99,6 +101,7 @@ def test_metric_value_is_the_last_logged_at_or_before_the_step():
     assert metric_at(history, "eval_x", 1) == (None, None)
 
 
+@pytest.mark.slow
 def test_strip_optimizer_keeps_what_resuming_needs(run):
     before = {p: p.stat().st_size for p in run.rglob("*") if p.is_file()}
     decisions, freed = prune_run(run, PrunePolicy(keep_last=2, keep_best=0, strip_optimizer=True))
@@ -111,6 +114,7 @@ def test_strip_optimizer_keeps_what_resuming_needs(run):
     assert freed == sum(before.values()) - after
 
 
+@pytest.mark.slow
 def test_half_written_and_recent_checkpoints_are_left_alone(run):
     partial = run / "checkpoint-10"
     partial.mkdir()
@@ -126,6 +130,7 @@ def test_half_written_and_recent_checkpoints_are_left_alone(run):
     assert last_complete_checkpoint(run) == run / "checkpoint-8"
 
 
+@pytest.mark.slow
 def test_corrupt_trainer_state_is_named_and_nothing_is_deleted(run, capsys):
     state = run / "checkpoint-4" / "trainer_state.json"
     state.write_text('{"log_history": [')
@@ -137,6 +142,7 @@ def test_corrupt_trainer_state_is_named_and_nothing_is_deleted(run, capsys):
     assert names(run) == [f"checkpoint-{s}" for s in STEPS]
 
 
+@pytest.mark.slow
 def test_cli_dry_run_prints_the_plan_and_changes_nothing(run, capsys):
     files = sorted(str(p) for p in run.rglob("*"))
     assert load_script("auto_clean").main([str(run), "--strip-optimizer", "--keep-last", "2", "--dry-run"]) == 0
@@ -146,6 +152,7 @@ def test_cli_dry_run_prints_the_plan_and_changes_nothing(run, capsys):
     assert sorted(str(p) for p in run.rglob("*")) == files
 
 
+@pytest.mark.slow
 def test_unclear_settings_are_errors(run):
     with pytest.raises(ValueError, match="--greater-is-better or --lower-is-better"):
         PrunePolicy(metric="eval_foo")
@@ -158,6 +165,7 @@ def test_unclear_settings_are_errors(run):
         auto_clean_callback({"keep": 1})
 
 
+@pytest.mark.slow
 def test_watch_until_complete_makes_a_last_pass_and_stops(run):
     age(run, 0)  # everything looks freshly written ...
     recent = [d.action for d in plan_prune(scan_checkpoints(run, "eval_response_loss"), PrunePolicy())]
@@ -170,6 +178,7 @@ def test_watch_until_complete_makes_a_last_pass_and_stops(run):
     assert len(list(watch(run, PrunePolicy(), interval=0.01, until_complete=True, max_iterations=3))) == 3
 
 
+@pytest.mark.slow
 def test_callback_prunes_during_training_on_the_main_process_only(demo_root, run):
     cfg = demo_config(demo_root, run_name="prune-cb", max_steps=6, save_steps=2, eval_steps=2, logging_steps=2,
                       overwrite=True, auto_clean={"keep_last": 1, "keep_best": 1, "strip_optimizer": True})
@@ -215,6 +224,7 @@ def stop_within_a_second(proc, sig):
     return stdout, stderr, time.perf_counter() - t
 
 
+@pytest.mark.slow
 def test_watch_prunes_beside_a_training_run_and_resume_still_works(demo_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     steps = {"max_steps": 40, "save_steps": 2, "eval_steps": 2, "logging_steps": 2, "seed": 7}
@@ -262,6 +272,7 @@ def test_watch_prunes_beside_a_training_run_and_resume_still_works(demo_root, tm
     assert all(int(n.split("-")[1]) > resumed_at for n in set(names(out)) - survivors)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_watcher_stops_within_a_second_while_sleeping(run, tmp_path, sig):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -273,6 +284,7 @@ def test_watcher_stops_within_a_second_while_sleeping(run, tmp_path, sig):
     assert f"stopped ({'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'})" in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
 def test_watcher_stops_cleanly_whenever_the_signal_comes(run, tmp_path, delay):
     """Starting up, importing, scanning: whatever it is doing, SIGTERM ends it at once and no checkpoint is half gone."""
@@ -289,6 +301,7 @@ def test_watcher_stops_cleanly_whenever_the_signal_comes(run, tmp_path, delay):
             assert is_complete(path) and can_resume_from(path) or path.name == "checkpoint-8"
 
 
+@pytest.mark.slow
 def test_a_stop_is_honoured_between_checkpoints_never_inside_one(run):
     class StopAfterFirstCheck(threading.Event):
         """Not set for the first checkpoint acted on, set from the second on: a signal during the first delete."""

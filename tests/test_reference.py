@@ -310,6 +310,7 @@ def test_hub_ids_are_not_taken_for_folders():
     assert looks_local("model/qwen2.5/transformers/0.5b/1") and looks_local("./mine") and looks_local("a/b/c")
 
 
+@pytest.mark.slow
 def test_unreachable_hub_model_is_a_clear_error(tmp_path, monkeypatch):
     """No local model folder and no network: the plan and training say where to download, exit code 2."""
     import sft.checks

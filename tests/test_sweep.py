@@ -7,8 +7,6 @@ import pytest
 from conftest import demo_overrides
 from sft.sweep import difference_records, mean_interval, pair_label, parse_weights, run_sweep
 
-pytestmark = pytest.mark.slow
-
 
 def test_parse_weights_and_interval():
     assert parse_weights("1,0,0.1,0.1") == [0.0, 0.1, 1.0]
@@ -27,6 +25,7 @@ def test_sweep_differences_pair_runs_by_seed():
     assert d["ci_low"] == pytest.approx(5.5 - 12.706 * 0.5) and d["significant"] == "no"  # t(1) over 2 seeds
 
 
+@pytest.mark.slow
 def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     overrides = {**demo_overrides(demo_root), "max_steps": 4, "save_steps": 2, "eval_steps": 4, "logging_steps": 2}
     results = tmp_path / "evaluation_results"

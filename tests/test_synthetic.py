@@ -11,7 +11,6 @@ from sft.synthetic import (
     WORDS,
     build_demo_dataset,
     generate_rows,
-    length_stats,
     score_exact,
     spell_number,
 )
@@ -194,13 +193,3 @@ def test_score_exact_strips_whitespace_only():
     assert score_exact("  42\n", "42")
     assert not score_exact("42.", "42")
     assert not score_exact("Apple", "apple")
-
-
-def test_length_stats_ratio_differs_across_families():
-    stats = length_stats(generate_rows(1100, seed=2))
-    assert list(stats) == list(FAMILIES)
-    assert set(stats["add"]) >= {"instruction_chars_mean", "output_chars_mean", "ratio"}
-    ratios = [s["ratio"] for s in stats.values()]
-    assert max(ratios) > 10 * min(ratios)
-    with pytest.raises(ValueError, match="family"):
-        length_stats([{"instruction": "x", "input": "", "output": "y"}])

@@ -15,7 +15,7 @@ from conftest import ROOT, demo_cli_args, demo_config
 from sft.checkpoints import can_resume_from, last_complete_checkpoint, list_checkpoints
 from sft.layout import run_dir, tensorboard_dir
 from sft.manifest import load_run_config, read_manifest
-from sft.train import build_trainer, token_nll, train
+from sft.train import build_trainer, resume_checkpoint, token_nll, train
 
 
 def test_token_nll_matches_the_models_own_shifted_loss(demo_root):
@@ -59,6 +59,7 @@ def test_gradient_accumulation_4x2_equals_batch_8(demo_root, w):
     assert (naive - exact).norm() > 1e-2 * exact.norm()
 
 
+@pytest.mark.slow
 def test_accumulated_training_run_matches_big_batch_run(demo_root):
     common = dict(max_steps=2, optim="sgd", learning_rate=0.5, warmup_ratio=0.0, lr_scheduler_type="constant",
                   eval_steps=1000, save_steps=1000, prompt_loss_weight=0.1, overwrite=True)
@@ -75,6 +76,7 @@ def test_accumulated_training_run_matches_big_batch_run(demo_root):
         torch.testing.assert_close(w_acc[k], w_big[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_short_run_lowers_held_out_response_loss_and_logs_everything(demo_root):
     cfg = demo_config(demo_root, run_name="short", max_steps=30, logging_steps=5, eval_steps=15, save_steps=15,
                       learning_rate=3e-3, overwrite=True)
@@ -104,12 +106,62 @@ def test_short_run_lowers_held_out_response_loss_and_logs_everything(demo_root):
             "eval/response_perplexity"} <= set(events.Tags()["scalars"])
 
 
-def test_existing_run_is_not_overwritten_silently(demo_root):
+def fake_run(root, steps, status=None, complete=True):
+    """A run folder in the state a run leaves it: checkpoint-N folders (with or without their trainer state, as a
+    kill mid-save leaves the last one) and the manifest's status; file contents do not matter to the decision."""
+    cfg = demo_config(root, run_name=f"state-{len(list((root / 'model/demo').glob('state-*')))}")
+    out = run_dir(cfg)
+    for i, step in enumerate(steps):
+        ckpt = out / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        names = ["model.safetensors", "optimizer.pt", "scheduler.pt"]
+        names += ["trainer_state.json"] if complete or i < len(steps) - 1 else []
+        for name in names:
+            (ckpt / name).write_text("{}")
+    if status is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_manifest.json").write_text(json.dumps({"status": status}))
+    return cfg, out
+
+
+def test_resume_decides_by_the_run_folder(tmp_path):
+    def decide(cfg, **switches):
+        for k, v in switches.items():
+            setattr(cfg.train, k, v)
+        return resume_checkpoint(cfg)
+
+    cfg, _ = fake_run(tmp_path, [])
+    assert decide(cfg) is None  # a new run starts from the base model
+    cfg, out = fake_run(tmp_path, [3, 6], status="training")
+    assert decide(cfg) == str(out / "checkpoint-6")  # stopped part-way: auto continues from the last one
+    cfg, out = fake_run(tmp_path, [3, 6], status="training", complete=False)
+    assert decide(cfg) == str(out / "checkpoint-3")  # checkpoint-6 was cut off while being saved
+    with pytest.raises(ValueError, match=r"not finished \(checkpoints: checkpoint-3, checkpoint-6\); nothing was"):
+        decide(cfg, resume="false")
+    cfg, out = fake_run(tmp_path, [3, 6], status="complete")
+    with pytest.raises(ValueError, match=r"holds a finished run .*set resume \(--resume.*set overwrite \(--overwrite"):
+        decide(cfg)
+    assert decide(cfg, resume="true") == str(out / "checkpoint-6")
+    assert decide(cfg, resume="auto", overwrite=True) is None  # start again: train() deletes the checkpoints
+    cfg, _ = fake_run(tmp_path, [], status="complete")  # finished, its checkpoints pruned: still refused
+    with pytest.raises(ValueError, match="holds a finished run; nothing was changed"):
+        decide(cfg)
+    assert all(p.is_dir() for p in (tmp_path / "model/demo").glob("state-*/checkpoint-*"))  # nothing deleted
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_kept_unless_overwrite(demo_root):
     cfg = demo_config(demo_root, run_name="twice", max_steps=2, save_steps=1, eval_steps=100, overwrite=True)
     train(cfg)
-    again = demo_config(demo_root, run_name="twice", max_steps=2)
-    with pytest.raises(ValueError, match="--resume to continue"):
-        train(again)
+    saved = {p: p.stat().st_mtime_ns for p in run_dir(cfg).rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="holds a finished run"):
+        train(demo_config(demo_root, run_name="twice", max_steps=2))
+    assert {p: p.stat().st_mtime_ns for p in run_dir(cfg).rglob("*") if p.is_file()} == saved
+    trainer = train(demo_config(demo_root, run_name="twice", max_steps=3, save_steps=1, eval_steps=100, resume=True))
+    assert trainer.state.global_step == 3 and [p.name for p in list_checkpoints(run_dir(cfg))] == [
+        "checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert (run_dir(cfg) / "checkpoint-1" / "trainer_state.json").stat().st_mtime_ns == saved[
+        run_dir(cfg) / "checkpoint-1" / "trainer_state.json"]  # continued, not started again
 
 
 def _cli(root, *args):
@@ -117,6 +169,7 @@ def _cli(root, *args):
             "--eval-steps", "1000", *args]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_same_weights(demo_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     steps = ["--max-steps", "60", "--save-steps", "10", "--prompt-loss-weight", "0.1"]
