@@ -14,7 +14,8 @@ PACKAGE = ROOT / "sft"
 
 LAYERS = [
     {"layout", "prompts", "loss", "attention", "synthetic", "plots"},  # no sibling imports
-    {"data", "checkpoints", "generate", "report"},  # rows and tokens; checkpoint folders; decoding; tables and plots
+    {"data", "checkpoints", "generate", "report", "lora"},  # rows and tokens; checkpoint folders; decoding; tables
+    # and plots; LoRA adapters through peft
     {"collate", "modeling", "prune", "inspect_data"},  # batches; models and tokenizers; pruning; data statistics
     {"checks", "config"},  # a downloaded model and data checked; settings and presets
     {"manifest"},  # run manifests (read the config back)
