@@ -126,6 +126,13 @@ class ExperimentConfig:
         )
 
 
+# LoRA defaults of a preset, over LoraSettings', used when a run turns adapters on. The demo's base model is
+# randomly initialised: under LoRA its tied embedding (the LM head) stays frozen at init scale and its final RMSNorm
+# at 1, which caps how confident any prediction can get. Training that norm's 128 weights with the adapter lifts
+# the cap (docs/lora.md: measured on the demo). A pretrained base such as Qwen2.5 needs no such help.
+LORA_DEFAULTS: dict[str, dict[str, Any]] = {"demo": {"modules_to_save": "model.norm"}}
+
+
 def _demo() -> ExperimentConfig:
     demo = DemoConfig()
     return ExperimentConfig(
@@ -232,11 +239,11 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
     for key, value in overrides.items():
         key = key.replace("-", "_")
         if key == "lora":  # lora=true / a dict of its fields turns adapters on, lora=false / none off
-            cfg.lora = _lora_section(value)
+            cfg.lora = _lora_section(value, cfg.preset)
             continue
         if cfg.lora is None and (key.startswith("lora.") or key in _field_types(LoraSettings())) and \
                 not any(key in _field_types(obj) for obj in _sections(cfg).values() if obj is not None):
-            cfg.lora = LoraSettings()  # any LoRA field turns adapters on, the others at their defaults
+            cfg.lora = _lora_section(True, cfg.preset)  # any LoRA field turns adapters on, the rest at defaults
         sections = _sections(cfg)
         if "." in key:
             section, name = key.split(".", 1)
@@ -268,18 +275,19 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
     return cfg
 
 
-def _lora_section(value: Any) -> LoraSettings | None:
-    """The lora section that `lora=VALUE` asks for: true, false/none, or a dict of LoraSettings fields."""
+def _lora_section(value: Any, preset: str) -> LoraSettings | None:
+    """The lora section that `lora=VALUE` asks for: true (the preset's defaults), false/none, or a dict of fields."""
     if isinstance(value, str):
         value = _coerce(value, dict if value.strip().startswith("{") else "bool | None", "lora")
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(_field_types(LoraSettings())))
-        if unknown:
-            raise ValueError(f"lora has no field(s) {', '.join(unknown)}; fields: {', '.join(_field_types(LoraSettings()))}.")
-        return LoraSettings(**{k: _coerce(v, _field_types(LoraSettings())[k], f"lora.{k}") for k, v in value.items()})
-    if isinstance(value, LoraSettings) or value is None:
-        return value
-    return LoraSettings() if value else None
+    if isinstance(value, LoraSettings) or value is None or value is False:
+        return value or None
+    types = _field_types(LoraSettings())
+    fields = value if isinstance(value, dict) else {}
+    unknown = sorted(set(fields) - set(types))
+    if unknown:
+        raise ValueError(f"lora has no field(s) {', '.join(unknown)}; fields: {', '.join(types)}.")
+    fields = {**LORA_DEFAULTS.get(preset, {}), **{k: _coerce(v, types[k], f"lora.{k}") for k, v in fields.items()}}
+    return LoraSettings(**fields)
 
 
 def _field_types(obj: Any) -> dict[str, Any]:

@@ -232,7 +232,9 @@ def build_model(cfg: ExperimentConfig, args: TrainingArguments):
         model.set_attn_implementation(attention.NAME)
     if lora is None:
         return model
-    return add_adapter(model, lora, cfg.train.selective_head, bool(args.gradient_checkpointing))
+    with torch.random.fork_rng(devices=[]):  # the adapter's random init (lora_A) is the seed's, in every regime
+        torch.manual_seed(cfg.train.seed)
+        return add_adapter(model, lora, cfg.train.selective_head, bool(args.gradient_checkpointing))
 
 
 def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None,

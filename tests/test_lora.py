@@ -26,13 +26,15 @@ def test_any_lora_field_turns_adapters_on_and_round_trips():
     assert load_config("demo").lora is None  # full fine-tuning unless asked
     cfg = load_config("demo", **_parse_overrides(["--lora.r", "4", "--lora.target-modules", "q_proj,v_proj",
                                                   "--merge", "--prompt-loss-weight", "1"]))
-    assert cfg.lora == LoraSettings(r=4, target_modules="q_proj,v_proj", merge=True)
+    # The demo's preset default: its randomly initialised base also needs the final norm trained (sft/config.py).
+    assert cfg.lora == LoraSettings(r=4, target_modules="q_proj,v_proj", merge=True, modules_to_save="model.norm")
+    assert load_config("qwen2.5-0.5b-alpaca", **{"lora.r": 4}).lora == LoraSettings(r=4)
     assert cfg.train.run_name == "lora-unmasked"  # never the full run's folder
     assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # the manifest's round trip
     # The notebooks' overrides dict: dotted names, or the whole section.
     assert load_config("demo", **{"lora.alpha": 32}).lora.alpha == 32
-    assert load_config("demo", lora={"r": "16", "qlora": "true"}).lora == LoraSettings(r=16, qlora=True)
-    assert load_config("demo", lora="true").lora == LoraSettings()
+    assert load_config("demo", lora={"r": "16", "modules_to_save": None}).lora == LoraSettings(r=16)
+    assert load_config("demo", **{"lora": "true", "lora.modules_to_save": "none"}).lora == LoraSettings()
     assert load_config("demo", **{"lora.r": 4, "lora": "none"}).lora is None
     assert load_config("demo", **{"lora.qlora": True}).train.run_name == "qlora-masked"
     with pytest.raises(ValueError, match="lora has no field 'rank'"):
@@ -89,8 +91,8 @@ def _base_names(name: str) -> str:
 def _lora_run(root, w, name, **overrides):
     from sft.train import train
 
-    cfg = demo_config(root, run_name=name, prompt_loss_weight=w, max_steps=40, eval_steps=20, save_steps=20,
-                      logging_steps=10, overwrite=True, **{"lora.r": 8, **overrides})
+    settings = dict(max_steps=40, eval_steps=20, save_steps=20, logging_steps=10, overwrite=True, **{"lora.r": 8})
+    cfg = demo_config(root, run_name=name, prompt_loss_weight=w, **{**settings, **overrides})
     return cfg, train(cfg)
 
 
@@ -130,7 +132,9 @@ def test_lora_run_trains_the_adapter_only_learns_and_merges_exactly(demo_root, o
         if a_key in adapter:
             delta = adapter[a_key.replace("lora_A", "lora_B")] @ adapter[a_key]
             torch.testing.assert_close(merged[key], w0 + scale * delta, rtol=0, atol=1e-6)
-        elif key != "model.norm.weight" or not cfg.lora.modules_to_save:
+        elif key == "model.norm.weight":  # trained in full (the demo's modules_to_save): the adapter's copy
+            assert torch.equal(merged[key], adapter["base_model.model." + key]) and not torch.equal(merged[key], w0)
+        else:
             assert torch.equal(merged[key], w0), key
 
     # It learned: held-out response loss below the base model's.
@@ -169,7 +173,7 @@ def test_case_study_generates_the_same_from_adapter_and_merged(demo_root, one_th
 def test_resume_from_a_lora_checkpoint_gives_the_same_adapter(demo_root, one_thread):
     from sft.train import train
 
-    common = dict(max_steps=30, save_steps=10, eval_steps=1000, logging_steps=5, prompt_loss_weight=0.1, seed=7)
+    common = dict(max_steps=30, save_steps=10, eval_steps=1000, logging_steps=5, seed=7)
     _lora_run(demo_root, 0.1, "lora-straight", **common)
     cfg, _ = _lora_run(demo_root, 0.1, "lora-stopped", **common)
     out = run_dir(cfg)
@@ -178,7 +182,8 @@ def test_resume_from_a_lora_checkpoint_gives_the_same_adapter(demo_root, one_thr
         shutil.rmtree(out / gone)
     for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
         (out / f).unlink()
-    resumed = demo_config(demo_root, run_name="lora-stopped", resume=True, **{"lora.r": 8, **common})
+    resumed = demo_config(demo_root, run_name="lora-stopped", resume=True, prompt_loss_weight=0.1,
+                          **{"lora.r": 8, **common})
     train(resumed)
     straight = load_file(run_dir(demo_config(demo_root, run_name="lora-straight")) / ADAPTER_WEIGHTS)
     again = load_file(out / ADAPTER_WEIGHTS)
