@@ -340,8 +340,9 @@ def memory_note(cfg: ExperimentConfig, method: str, longest: int, checkpointing:
         weights = ("fp32 weights, gradients and AdamW states, bf16 autocast " if fp32 else "bf16 weights, gradients "
                    "and AdamW states: bf16=True only autocasts, there is no fp32 master copy ") + dtype
     elif method == "lora":
-        half = " (--model.dtype auto: bf16, half of it)" if fp32 else ""
-        weights = f"frozen {'fp32' if fp32 else 'bf16'} base {dtype}{half}, fp32 adapter, gradients and AdamW states"
+        half = "; --model.dtype auto loads it in bf16, half the size" if fp32 else " on a bf16 GPU"
+        weights = (f"frozen {'fp32' if fp32 else 'bf16'} base (model.dtype {cfg.model.dtype!r}{half}), fp32 adapter, "
+                   "gradients and AdamW states")
     else:
         weights = "NF4 base (linear layers), the rest in fp32; fp32 adapter, gradients and AdamW states"
     act = "with gradient checkpointing" if checkpointing else "no gradient checkpointing"
