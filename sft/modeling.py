@@ -12,12 +12,11 @@ from typing import Iterable
 import tokenizers
 import torch
 import transformers
+from peft import PeftModel
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
 )
-
-from peft import PeftModel
 
 from sft.lora import adapter_base, is_adapter_dir
 from sft.prompts import render_prompt

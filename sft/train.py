@@ -28,7 +28,7 @@ from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
 from sft.data import PreparedData, prepare_data
 from sft.layout import run_dir, tensorboard_dir
-from sft.lora import MERGED_DIR, add_adapter, check_lora, quantization_config
+from sft.lora import MERGED_DIR, add_adapter, check_lora, is_adapter_dir, quantization_config
 from sft.loss import selected_nll, shift_left, target_weights, token_nll
 from sft.manifest import write_manifest
 from sft.modeling import load_model, load_tokenizer, merge_adapter
@@ -224,6 +224,9 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
 def build_model(cfg: ExperimentConfig, args: TrainingArguments):
     """The model to train: the base, with a fresh LoRA adapter on top when cfg.lora is set (QLoRA: a 4-bit base)."""
     lora = cfg.lora
+    if is_adapter_dir(cfg.model.model):
+        raise ValueError(f"{cfg.model.model} is a LoRA adapter, not a base model: train from a full model, e.g. the "
+                         f"adapter merged into its base (--merge writes <run>/{MERGED_DIR}/).")
     quantization = quantization_config(torch.bfloat16 if args.bf16 else torch.float32) if lora and lora.qlora else None
     model = load_model(cfg.model, quantization)
     if resolve_batching(cfg.train.batching) == "packed" and cfg.model.attn_implementation is None:
