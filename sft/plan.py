@@ -15,6 +15,10 @@ Formulas (all stated in the output too):
   on the GPU (model.dtype "auto" = bf16: the Trainer's bf16=True then only autocasts, there is no
   fp32 master copy), + activations of the largest possible micro-batch (batch x longest example)
   + the LM head's fp32 logits chunk and its gradient + 1 GiB of CUDA context.
+* Adapters (docs/lora.md): the same run as full fine-tuning, LoRA (frozen bf16 base; adapter, its
+  gradients and AdamW states in fp32) and QLoRA (NF4 linear layers, the rest fp32), side by side,
+  with 4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T training FLOPs for the two adapter methods
+  (no weight gradient of frozen weights), and which of them fits each GPU.
 """
 
 from __future__ import annotations
