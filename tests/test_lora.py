@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import QWEN_TOKENIZER, ROOT, SHARED, demo_config
+from conftest import QWEN_TOKENIZER, ROOT, SHARED, demo_cli_args, demo_config
 from sft.config import ExperimentConfig, LoraSettings, load_config
 from sft.layout import run_dir
 from sft.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGED_DIR, is_adapter_dir, lora_config, quantization_config
@@ -61,11 +61,8 @@ def test_qlora_on_the_cpu_is_a_clear_error(demo_root, capsys):
     with pytest.raises(ValueError, match="lora.qlora needs a CUDA GPU"):
         quantization_config(torch.bfloat16)
     cfg = demo_config(demo_root, run_name="qlora", **{"lora.qlora": True})
-    args = ["train", "--preset", "demo", "--lora.qlora", "--run-name", "qlora", "--model-root", cfg.train.model_root,
-            "--data.data", cfg.data.data, "--data.eval-data", cfg.data.eval_data, "--model.model", cfg.model.model,
-            "--demo.base-dir", cfg.demo.base_dir, "--demo.dataset-dir", cfg.demo.dataset_dir,
-            "--cache-dir", cfg.data.cache_dir]
-    assert main(args) == 2
+    # The small demo's sizes too (demo_cli_args): other sizes would rebuild the session's base model.
+    assert main(["train", *demo_cli_args(demo_root), "--lora.qlora", "--run-name", "qlora"]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "Traceback" not in err
     assert not run_dir(cfg).exists()  # refused before anything was written
