@@ -23,6 +23,7 @@ from sft.evaluate import parse_models as parse_labels
 from sft.generate import GenerationSettings, generate_responses, render_prompts
 from sft.io import write_jsonl
 from sft.layout import CASE_STUDY_DIR, CHECKPOINT_RE, MANIFEST, tensorboard_dir
+from sft.lora import is_adapter_dir
 from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
 from sft.modeling import load_model, load_tokenizer
 from sft.prompts import get_template
@@ -148,11 +149,12 @@ def check_model_folder(name: str, path: Path) -> None:
     if not path.is_dir():
         raise ValueError(f"Model folder {str(path)!r} (for {name!r}) does not exist; fix the path, or train the "
                          "run first with `python -m sft train`.")
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not is_adapter_dir(path):
         status = read_manifest(path).get("status") if (path / MANIFEST).is_file() else None
         hint = (f"its {MANIFEST} says status {status!r}: wait for the run to finish or pass one of its "
                 f"checkpoints, e.g. {path}/checkpoint-N" if status else "pass a folder written by save_pretrained")
-        raise ValueError(f"Model folder {str(path)!r} (for {name!r}) holds no model (no config.json); {hint}.")
+        raise ValueError(f"Model folder {str(path)!r} (for {name!r}) holds no model (no config.json, nor "
+                         f"adapter_config.json); {hint}.")
 
 
 def run_of(path: Path) -> Path | None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from sft.layout import CHECKPOINT_RE, MANIFEST
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one of these holds the weights
+# One of these holds the weights: a full model (one file or a sharded index), or a LoRA run's adapter.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 STATE_FILE = "trainer_state.json"  # written by the Trainer after the weights, optimizer and RNG states
 
 

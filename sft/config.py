@@ -42,7 +42,7 @@ class ModelConfig:
 class TrainConfig:
     """The Trainer run: schedule, batching, logging, checkpoints (see sft/train.py)."""
 
-    run_name: str | None = None  # None = "masked" (w = 0), "unmasked" (w = 1) or "plw<w>"; names the folders model/<preset>/<run>/ and tensorboard_events/<preset>/<run>_finetune_tfb/
+    run_name: str | None = None  # None = "masked" (w = 0), "unmasked" (w = 1) or "plw<w>", prefixed "lora-" / "qlora-" for adapters; names the folders model/<preset>/<run>/ and tensorboard_events/<preset>/<run>_finetune_tfb/
     model_root: str = MODEL_ROOT  # checkpoints and the final model go under <model_root>/<preset>/<run_name>/
     tensorboard_root: str = TENSORBOARD_ROOT  # TensorBoard events under <tensorboard_root>/<preset>/<run>_finetune_tfb/
     num_train_epochs: float = 3.0  # passes over the training split
@@ -99,6 +99,20 @@ class DemoConfig:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA / QLoRA adapters through peft (sft/lora.py). Setting any of these fields turns adapters on."""
+
+    r: int = 8  # rank of the update B @ A added to each adapted weight
+    alpha: float = 16.0  # the update is scaled by alpha / r (peft's lora_alpha)
+    dropout: float = 0.0  # dropout on the adapter's input (peft's default; 0 keeps runs deterministic to compare)
+    target_modules: str = "all-linear"  # "all-linear" = every linear layer but the LM head, or names: "q_proj,v_proj"
+    bias: str = "none"  # which biases train besides the adapters: none | all | lora_only
+    modules_to_save: str | None = None  # modules trained in full and saved with the adapter, e.g. "embed_tokens"
+    qlora: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes; a CUDA GPU only, else an error)
+    merge: bool = False  # also write base + adapter merged into one full model at <run>/merged/
+
+
+@dataclass
 class ExperimentConfig:
     """Everything a run needs, grouped by concern."""
 
@@ -107,6 +121,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     demo: DemoConfig | None = None  # set for the offline demo, which builds its own data and base model
+    lora: LoraSettings | None = None  # None = full fine-tuning; set (e.g. --lora.r 8) to train LoRA adapters
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (saved in every run's manifest)."""
@@ -121,7 +136,15 @@ class ExperimentConfig:
             model=ModelConfig(**d["model"]),
             train=TrainConfig(**d["train"]),
             demo=DemoConfig(**d["demo"]) if d.get("demo") else None,
+            lora=LoraSettings(**d["lora"]) if d.get("lora") else None,
         )
+
+
+# LoRA defaults of a preset, over LoraSettings', used when a run turns adapters on. The demo's base model is
+# randomly initialised: under LoRA its tied embedding (the LM head) stays frozen at init scale and its final RMSNorm
+# at 1, which caps how confident any prediction can get. Training that norm's 128 weights with the adapter lifts
+# the cap (docs/lora.md: measured on the demo). A pretrained base such as Qwen2.5 needs no such help.
+LORA_DEFAULTS: dict[str, dict[str, Any]] = {"demo": {"modules_to_save": "model.norm"}}
 
 
 def _demo() -> ExperimentConfig:
@@ -270,9 +293,15 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
 def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
     """Return a copy of cfg with fields set by bare or dotted name; unknown names are errors."""
     cfg = copy.deepcopy(cfg)
-    sections = _sections(cfg)
     for key, value in overrides.items():
         key = key.replace("-", "_")
+        if key == "lora":  # lora=true / a dict of its fields turns adapters on, lora=false / none off
+            cfg.lora = _lora_section(value, cfg.preset)
+            continue
+        if cfg.lora is None and (key.startswith("lora.") or key in _field_types(LoraSettings())) and \
+                not any(key in _field_types(obj) for obj in _sections(cfg).values() if obj is not None):
+            cfg.lora = _lora_section(True, cfg.preset)  # any LoRA field turns adapters on, the rest at defaults
+        sections = _sections(cfg)
         if "." in key:
             section, name = key.split(".", 1)
             targets = [section] if section in sections else []
@@ -295,7 +324,7 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
             cfg.train.extra[name] = _coerce(value, _training_argument_types()[name], key)
         else:
             raise ValueError(
-                f"Unknown setting {key!r}: not a field of the data, model, train or demo config, nor a "
+                f"Unknown setting {key!r}: not a field of the data, model, train, demo or lora config, nor a "
                 "transformers.TrainingArguments field. See sft/config.py for the settings and what they do."
             )
     # Rebuild every section, so that its __post_init__ checks (and normalises) the new values.
@@ -303,6 +332,21 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
         if obj is not None:
             setattr(cfg, name, type(obj)(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}))
     return cfg
+
+
+def _lora_section(value: Any, preset: str) -> LoraSettings | None:
+    """The lora section that `lora=VALUE` asks for: true (the preset's defaults), false/none, or a dict of fields."""
+    if isinstance(value, str):
+        value = _coerce(value, dict if value.strip().startswith("{") else "bool | None", "lora")
+    if isinstance(value, LoraSettings) or value is None or value is False:
+        return value or None
+    types = _field_types(LoraSettings())
+    fields = value if isinstance(value, dict) else {}
+    unknown = sorted(set(fields) - set(types))
+    if unknown:
+        raise ValueError(f"lora has no field(s) {', '.join(unknown)}; fields: {', '.join(types)}.")
+    fields = {**LORA_DEFAULTS.get(preset, {}), **{k: _coerce(v, types[k], f"lora.{k}") for k, v in fields.items()}}
+    return LoraSettings(**fields)
 
 
 def _field_types(obj: Any) -> dict[str, Any]:
@@ -320,10 +364,11 @@ def load_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> ExperimentCon
         raise ValueError(f"Unknown preset {preset!r}. Presets: {', '.join(PRESETS)}.")
     cfg = resolve_local_paths(apply_overrides(PRESETS[preset](), overrides))
     if cfg.train.run_name is None:
-        cfg.train.run_name = default_run_name(cfg.data.prompt_loss_weight)
+        cfg.train.run_name = default_run_name(cfg.data.prompt_loss_weight, cfg.lora)
     return cfg
 
 
-def default_run_name(prompt_loss_weight: float) -> str:
-    """masked (w = 0), unmasked (w = 1), plw<w> in between."""
-    return {0.0: "masked", 1.0: "unmasked"}.get(float(prompt_loss_weight), f"plw{prompt_loss_weight:g}")
+def default_run_name(prompt_loss_weight: float, lora: LoraSettings | None = None) -> str:
+    """masked (w = 0), unmasked (w = 1), plw<w> in between; prefixed lora- or qlora- for adapter runs."""
+    name = {0.0: "masked", 1.0: "unmasked"}.get(float(prompt_loss_weight), f"plw{prompt_loss_weight:g}")
+    return name if lora is None else f"{'qlora' if lora.qlora else 'lora'}-{name}"

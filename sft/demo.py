@@ -89,10 +89,11 @@ def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overr
     switches["overwrite"] = overrides.pop("overwrite", switches["resume"] == "auto")
     runs = {}
     for run, notebook in NOTEBOOKS.items():
-        runs[run] = run_dir(load_config("demo", run_name=run, **overrides))
+        name = run if cfg.lora is None else f"{'qlora' if cfg.lora.qlora else 'lora'}-{run}"  # never the full runs'
+        runs[name] = run_dir(load_config("demo", run_name=name, **overrides))
         if "train" in steps:
             t = time.perf_counter()
-            out = run_notebook(notebook, runs[run], {"overrides": overrides, **switches})
+            out = run_notebook(notebook, runs[name], {"overrides": overrides, "run_name": name, **switches})
             print(f"[demo] {notebook}: {time.perf_counter() - t:.0f} s, executed copy in {out}", flush=True)
     if "evaluate" in steps:
         t = time.perf_counter()

@@ -31,6 +31,7 @@ from sft.collate import WeightedLMCollator
 from sft.data import fingerprint_tokenizer, prepare_data
 from sft.io import write_jsonl
 from sft.layout import MANIFEST, RESULTS_ROOT
+from sft.lora import adapter_base, is_adapter_dir
 from sft.loss import HEAD_CHUNK_TOKENS, shift_left, target_weights
 from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
 from sft.modeling import BUILD_INFO, load_model, load_tokenizer
@@ -125,6 +126,8 @@ def describe_model(path: str) -> dict[str, Any]:
     elif (p / BUILD_INFO).is_file():
         b = json.loads((p / BUILD_INFO).read_text())
         info["build_info"] = {k: b.get(k) for k in ("fingerprint", "num_parameters", "build_version")}
+    if is_adapter_dir(p):  # a LoRA adapter: evaluated on top of its base model
+        info["adapter_of"] = adapter_base(p)
     return info
 
 

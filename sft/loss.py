@@ -54,10 +54,12 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, token_weights, chunk):
-        needs_grad = hidden.requires_grad or weight.requires_grad
+        # A frozen head (LoRA) needs no weight gradient: skipping it saves a third of the head's FLOPs.
+        needs_h, needs_w = hidden.requires_grad, weight.requires_grad
+        needs_grad = needs_h or needs_w
         nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if needs_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+        grad_h = torch.empty_like(hidden) if needs_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], targets[s : s + chunk]
             logits = (h @ weight.T).float()  # the only [chunk, vocab] tensor; freed after this iteration
@@ -68,8 +70,10 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
                 probs = logits.sub_(lse[:, None]).exp_()
                 probs[torch.arange(len(y), device=y.device), y] -= 1.0
                 probs.mul_(token_weights[s : s + chunk, None])
-                grad_h[s : s + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-                grad_w.addmm_(probs.T, h.float())
+                if needs_h:
+                    grad_h[s : s + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+                if needs_w:
+                    grad_w.addmm_(probs.T, h.float())
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(nll)
@@ -78,8 +82,8 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll):
         grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_loss.to(grad_h.dtype) if ctx.needs_input_grad[0] else None
-        gw = (grad_w * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        gh = grad_h * grad_loss.to(grad_h.dtype) if ctx.needs_input_grad[0] and grad_h is not None else None
+        gw = (grad_w * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] and grad_w is not None else None
         return gh, gw, None, None, None
 
 

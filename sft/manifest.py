@@ -13,7 +13,7 @@ from typing import Any
 from sft.config import ExperimentConfig
 from sft.layout import MANIFEST
 
-PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "lm-eval")  # versions recorded
+PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "lm-eval")  # versions recorded
 
 
 def package_versions() -> dict[str, str]:

@@ -12,11 +12,13 @@ from typing import Iterable
 import tokenizers
 import torch
 import transformers
+from peft import PeftModel
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
 )
 
+from sft.lora import adapter_base, is_adapter_dir
 from sft.prompts import render_prompt
 
 EOS_TOKEN = "<|endoftext|>"  # end of text; also the pad token, as in Qwen2.5 (the eos == pad pitfall)
@@ -274,15 +276,41 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}.") from None
 
 
-def load_model(model_cfg):
-    """The causal LM of a ModelConfig (or a path), from a local folder or the hub, safetensors only."""
+def load_model(model_cfg, quantization=None):
+    """The causal LM of a ModelConfig (or a path), from a local folder or the hub, safetensors only.
+
+    An adapter folder (a LoRA run or checkpoint: adapter_config.json) loads as its base model with the adapter
+    on top (a peft PeftModel), the base found by sft.lora.adapter_base. `quantization` (QLoRA's
+    BitsAndBytesConfig) loads the base in 4-bit on this process's GPU.
+    """
     if isinstance(model_cfg, (str, Path)):
-        path, dtype, attn, remote = str(model_cfg), "auto", None, False
-    else:
-        path, dtype, attn, remote = (model_cfg.model, model_cfg.dtype, model_cfg.attn_implementation,
-                                     model_cfg.trust_remote_code)
+        return load_weights(str(model_cfg), quantization=quantization)
+    return load_weights(model_cfg.model, model_cfg.dtype, model_cfg.attn_implementation, model_cfg.trust_remote_code,
+                        quantization)
+
+
+def load_weights(path: str, dtype: str = "auto", attn: str | None = None, remote: bool = False, quantization=None):
+    """load_model's work, for a path and the ModelConfig fields it needs."""
     _check_local(path, "Model")
+    if is_adapter_dir(path):
+        base = load_weights(adapter_base(path), dtype, attn, remote, quantization)
+        return PeftModel.from_pretrained(base, path)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": remote, "use_safetensors": True}
     if attn:
         kwargs["attn_implementation"] = attn
+    if quantization is not None:  # bitsandbytes quantizes while placing the weights on this process's GPU
+        kwargs.update(quantization_config=quantization, device_map={"": torch.cuda.current_device()})
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "auto") -> Path:
+    """Write base + adapter as one full model (weights W + scale * B @ A) and the tokenizer into out_dir.
+
+    The base is reloaded unquantized in `dtype` (for QLoRA too, as peft advises: merging into 4-bit weights
+    would round the update away).
+    """
+    merged = load_weights(str(adapter_dir), dtype).merge_and_unload()
+    out = Path(out_dir)
+    merged.save_pretrained(str(out))
+    load_tokenizer(str(adapter_dir)).save_pretrained(str(out))
+    return out

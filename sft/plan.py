@@ -15,10 +15,15 @@ Formulas (all stated in the output too):
   on the GPU (model.dtype "auto" = bf16: the Trainer's bf16=True then only autocasts, there is no
   fp32 master copy), + activations of the largest possible micro-batch (batch x longest example)
   + the LM head's fp32 logits chunk and its gradient + 1 GiB of CUDA context.
+* Adapters (docs/lora.md): the same run as full fine-tuning, LoRA (frozen bf16 base; adapter, its
+  gradients and AdamW states in fp32) and QLoRA (NF4 linear layers, the rest fp32), side by side,
+  with 4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T training FLOPs for the two adapter methods
+  (no weight gradient of frozen weights), and which of them fits each GPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +31,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from sft.checks import check_inputs
-from sft.config import ExperimentConfig
+from sft.config import ExperimentConfig, LoraSettings
 from sft.data import prepare_data
+from sft.lora import lora_config
 from sft.loss import HEAD_CHUNK_TOKENS
 from sft.modeling import load_tokenizer, looks_local
 
@@ -53,6 +60,10 @@ GPUS = (
 )
 MFU = 0.4  # assumed model FLOPs utilisation; not measured here (bench/gpu_throughput.py measures it on a GPU)
 CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspaces and allocator slack (assumed)
+# bitsandbytes NF4 with double quantization: 4 bits a weight + one 8-bit absmax per 64-weight block + one fp32
+# constant per 256 blocks (the QLoRA paper's 0.127 bits a parameter).
+NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
+METHODS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}  # the methods the plan compares
 
 
 def optimizer_steps(n_examples: int, per_device_batch: int, grad_accum: int = 1, epochs: float = 1.0,
@@ -101,8 +112,12 @@ def attention_flops(lengths: np.ndarray, layers: int, q_dim: int) -> float:
     return float(4 * layers * q_dim * (n * (n + 1) / 2).sum())
 
 
-def model_shape(model: str) -> dict[str, Any]:
-    """Parameter counts and dimensions from config.json alone (the model is built on the meta device)."""
+def model_shape(model: str, lora: LoraSettings | None = None) -> dict[str, Any]:
+    """Parameter counts and dimensions from config.json alone (the model is built on the meta device).
+
+    Also the weights a 4-bit base quantizes (every nn.Linear but the LM head, as transformers' bitsandbytes
+    integration does) and the trainable parameters of the LoRA adapter `lora` (default: LoraSettings()).
+    """
     try:
         cfg = AutoConfig.from_pretrained(model)
     except Exception as e:  # offline, unknown id, no config: say what the plan needs
@@ -112,6 +127,8 @@ def model_shape(model: str) -> dict[str, Any]:
     with torch.device("meta"):
         net = AutoModelForCausalLM.from_config(cfg)
     total = sum(p.numel() for p in net.parameters())  # tied weights are counted once
+    linear = [m.weight.numel() for m in net.modules()
+              if isinstance(m, torch.nn.Linear) and m is not net.get_output_embeddings()]
     vocab, hidden = cfg.vocab_size, cfg.hidden_size
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     heads = cfg.num_attention_heads
@@ -123,7 +140,16 @@ def model_shape(model: str) -> dict[str, Any]:
         "body_parameters": total - vocab * hidden * (1 if tied else 2),  # outside embedding and head
         "layers": cfg.num_hidden_layers, "hidden": hidden, "q_dim": heads * head_dim, "kv_dim": kv * head_dim,
         "intermediate": cfg.intermediate_size, "vocab": vocab,
+        "quantized_parameters": sum(linear), "largest_linear": max(linear),
+        "adapter_parameters": adapter_parameters(net, lora or LoraSettings()),
     }
+
+
+def adapter_parameters(net, lora: LoraSettings) -> int:
+    """Trainable parameters of a LoRA adapter on a model, counted by peft itself on the meta device."""
+    with torch.device("meta"):
+        wrapped = get_peft_model(net, lora_config(lora))
+    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
 def activation_bytes_per_token(shape: dict[str, Any], act_bytes: int) -> int:
@@ -141,68 +167,91 @@ def gpu_weight_bytes(cfg: ExperimentConfig) -> int:
     return 4 if cfg.model.dtype == "float32" else 2
 
 
-def _tokenizer_and_shape(cfg: ExperimentConfig) -> tuple[Any, dict[str, Any]]:
-    """The run's tokenizer and its model's shape, checked in the order that gives the clearest error."""
+def run_method(cfg: ExperimentConfig) -> str:
+    """full, lora or qlora: what the run's config trains."""
+    return "full" if cfg.lora is None else "qlora" if cfg.lora.qlora else "lora"
+
+
+def activation_memory(shape: dict[str, Any], tokens: int, checkpointing: bool) -> int:
+    """Activations kept for the backward pass of a micro-batch of `tokens` tokens, in bf16.
+
+    With gradient checkpointing only each layer's input is kept, and one layer's activations are
+    recomputed at a time.
+    """
+    per_layer = activation_bytes_per_token(shape, 2)
+    if checkpointing:
+        return tokens * (shape["layers"] * 2 * shape["hidden"] + per_layer)
+    return tokens * shape["layers"] * per_layer
+
+
+def method_memory(method: str, shape: dict[str, Any], weight_bytes: int, common: dict[str, int]) -> dict[str, int]:
+    """Peak-memory parts of one method: full (weights, gradients, AdamW in `weight_bytes` each), LoRA (frozen
+    weights in `weight_bytes`; adapter, its gradients and AdamW in fp32) or QLoRA (NF4 linear weights; the rest
+    upcast to fp32 by peft's prepare_model_for_kbit_training; one linear layer dequantized to bf16 at a time)."""
+    n = shape["parameters"]
+    if method == "full":
+        return {"weights": n * weight_bytes, "gradients": n * weight_bytes, "adamw_states": 2 * n * weight_bytes,
+                **common}
+    a = shape["adapter_parameters"]
+    if method == "lora":
+        frozen = {"frozen_weights": n * weight_bytes}
+    else:
+        q = shape["quantized_parameters"]
+        frozen = {"frozen_weights": math.ceil(q * NF4_BYTES) + 4 * (n - q),
+                  "dequantized_layer": 2 * shape["largest_linear"]}
+    return {**frozen, "adapter": 4 * a, "gradients": 4 * a, "adamw_states": 8 * a, **common}
+
+
+def train_flops(method: str, shape: dict[str, Any], tokens: float, head_tokens: float, attn: float) -> float:
+    """Training FLOPs of one epoch: 6 N T for full fine-tuning; 4 N T + 6 N_adapter T for LoRA / QLoRA, whose
+    frozen weights need no weight gradient (only the gradient of their input)."""
+    body, head = shape["body_parameters"], shape["embedding_parameters"]
+    if method == "full":
+        return 6 * body * tokens + 6 * head * head_tokens + 3 * attn
+    return 4 * body * tokens + 4 * head * head_tokens + 3 * attn + 6 * shape["adapter_parameters"] * tokens
+
+
+def gpu_rows(flops: float, peak: int, tokens: float, world_size: int, mfu: float) -> list[dict[str, Any]]:
+    """Time at the stated MFU and whether the peak memory fits, on each GPU of GPUS."""
+    rows = []
+    for gpu in GPUS:
+        seconds = flops / (gpu.peak_flops * mfu) / world_size
+        rows.append({"gpu": gpu.name, "mfu": mfu, "hours": seconds / 3600, "fits": peak <= gpu.memory_gib * GIB,
+                     "memory_gib": gpu.memory_gib, "train_tokens_per_second": tokens / seconds})
+    return rows
+
+
+def compare_methods(cfg: ExperimentConfig, shape: dict[str, Any], common: dict[str, int], flops: dict[str, float],
+                    world_size: int, mfu: float) -> list[dict[str, Any]]:
+    """Full fine-tuning (the config's dtype), LoRA (a bf16 base) and QLoRA (a 4-bit base) of this run, side by side.
+
+    `flops` holds the run's tokens and attention per epoch, the epochs and the evaluations' FLOPs.
+    """
+    rows = []
+    for method in METHODS:
+        memory = method_memory(method, shape, gpu_weight_bytes(cfg) if method == "full" else 2, common)
+        total = flops["epochs"] * train_flops(method, shape, flops["tokens"], flops["head_tokens"], flops["attn"])
+        total += flops["eval"]
+        peak = sum(memory.values())
+        trainable = shape["parameters"] if method == "full" else shape["adapter_parameters"]
+        rows.append({"method": method, "trainable_parameters": trainable, "memory_bytes": memory,
+                     "peak_memory_bytes": peak, "flops": total,
+                     "gpus": gpu_rows(total, peak, flops["tokens"] * flops["epochs"], world_size, mfu)})
+    return rows
+
+
+def shape_and_tokenizer(cfg: ExperimentConfig) -> tuple[dict[str, Any], Any]:
+    """The model's shape and the run's tokenizer, checked in the order that gives the clearest error."""
     model = cfg.model.model
     if cfg.demo is not None:  # the demo's model is built by `build-demo`, so it needs no download checks
         if not Path(model).is_dir():
             raise ValueError(f"{model} does not exist yet: build the demo first with `python -m sft build-demo`.")
-        return load_tokenizer(cfg.model), model_shape(model)
+        return model_shape(model, cfg.lora), load_tokenizer(cfg.model)
     if looks_local(model):  # the folder's files, architecture and tokenizer first: the most precise messages
         tokenizer = check_inputs(cfg, weights=False)
-        return tokenizer, model_shape(model)
-    shape = model_shape(model)  # a hub id: reading its config first is the clear error when offline
-    return check_inputs(cfg, weights=False), shape
-
-
-def _by_batching(lengths: np.ndarray, cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
-    """Tokens computed and padding per epoch under each batching mode."""
-    t, by_mode = cfg.train, {}
-    for m in ("padded", "grouped", "packed"):
-        batches = micro_batches(lengths, t.per_device_train_batch_size, m, t.gradient_accumulation_steps, t.seed)
-        computed, padding = batch_tokens(lengths, batches, m)
-        by_mode[m] = {"tokens_per_epoch": computed, "padding_per_epoch": padding,
-                      "padding_share": padding / computed if computed else 0.0}
-    return by_mode
-
-
-def _flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray, response: np.ndarray,
-           held_len: np.ndarray, computed: int, mode: str, steps: dict[str, int]) -> dict[str, Any]:
-    """Training and evaluation FLOPs: 6 N T for the body, the head only where it runs, attention apart."""
-    t, d = cfg.train, cfg.data
-    epochs_run = steps["max_steps"] / steps["steps_per_epoch"]  # exact for whole epochs
-    real = int(lengths.sum())
-    scored = int(response.sum()) if d.prompt_loss_weight == 0 else real - len(lengths)  # head positions, weight > 0
-    head_tokens = scored if t.selective_head else computed
-    body, head = shape["body_parameters"], shape["embedding_parameters"]
-    attn = attention_flops(lengths, shape["layers"], shape["q_dim"])
-    train_flops = epochs_run * (6 * body * computed + 6 * head * head_tokens + 3 * attn)
-    eval_batches = [np.arange(i, min(i + t.per_device_eval_batch_size, len(held_len)))
-                    for i in range(0, len(held_len), t.per_device_eval_batch_size)]
-    eval_computed, _ = batch_tokens(held_len, eval_batches, mode)
-    n_evals = steps["max_steps"] // t.eval_steps + (1 if steps["max_steps"] % t.eval_steps else 0)
-    eval_flops = n_evals * (2 * (body + head) * eval_computed
-                            + attention_flops(held_len, shape["layers"], shape["q_dim"]))
-    return {"train": train_flops, "eval": eval_flops, "total": train_flops + eval_flops, "evaluations": n_evals,
-            "head_tokens_per_epoch": head_tokens, "attention_forward_per_epoch": attn,
-            "formula": "6 N_body T + 6 V d T_head + 3 A per epoch; evaluations 2 (N_body + V d) T + A"}
-
-
-def _memory(cfg: ExperimentConfig, shape: dict[str, Any], longest: int) -> tuple[dict[str, int], str]:
-    """Peak GPU memory by part, and how it was counted."""
-    pb, batch = gpu_weight_bytes(cfg), cfg.train.per_device_train_batch_size
-    params, mb_tokens = shape["parameters"], batch * longest  # the largest micro-batch possible
-    memory = {
-        "weights": params * pb, "gradients": params * pb, "adamw_states": 2 * params * pb,
-        "activations": mb_tokens * shape["layers"] * activation_bytes_per_token(shape, 2),
-        "head_logits_chunk": 2 * min(mb_tokens, HEAD_CHUNK_TOKENS) * shape["vocab"] * 4,
-        "cuda_context": int(CUDA_CONTEXT_GIB * GIB),
-    }
-    note = (("fp32 weights, gradients and AdamW states, bf16 autocast" if pb == 4 else
-             "bf16 weights, gradients and AdamW states: bf16=True only autocasts, there is no fp32 master "
-             "copy") + f" (model.dtype {cfg.model.dtype!r} on a bf16 GPU); activations "
-            f"of {batch} x {longest} tokens in bf16, no gradient checkpointing; estimate, +-30%")
-    return memory, note
+        return model_shape(model, cfg.lora), tokenizer
+    shape = model_shape(model, cfg.lora)  # a hub id: reading its config first is the clear error when offline
+    return shape, check_inputs(cfg, weights=False)
 
 
 def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batching: str | None = None
@@ -212,7 +261,7 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
         raise ValueError(f"--world-size must be at least 1, got {world_size}.")
     if not 0 < mfu <= 1:
         raise ValueError(f"--mfu must be in (0, 1], e.g. 0.4, got {mfu}.")
-    tokenizer, shape = _tokenizer_and_shape(cfg)
+    shape, tokenizer = shape_and_tokenizer(cfg)
     t, d = cfg.train, cfg.data
     data = prepare_data(d, tokenizer)  # the split and tokenization training will use (and cache for it)
     lengths = np.asarray(data.train["length"], dtype=np.int64)
@@ -222,32 +271,87 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
     drop_last = bool(t.extra.get("dataloader_drop_last", False))
     steps = optimizer_steps(len(lengths), t.per_device_train_batch_size, t.gradient_accumulation_steps,
                             t.num_train_epochs, t.max_steps, world_size, drop_last)
-    epochs_run = steps["max_steps"] / steps["steps_per_epoch"]
-    by_mode = _by_batching(lengths, cfg)
-    computed = by_mode[mode]["tokens_per_epoch"]
-    flops = _flops(cfg, shape, lengths, response, held_len, computed, mode, steps)
-    memory, note = _memory(cfg, shape, int(lengths.max()))
+    by_mode = {m: padding_of(lengths, t, m) for m in ("padded", "grouped", "packed")}
+    work = run_flops(cfg, shape, lengths, response, held_len, steps, by_mode[mode]["tokens_per_epoch"], mode)
+    mb_tokens = t.per_device_train_batch_size * int(lengths.max())  # the largest micro-batch possible
+    checkpointing = bool(t.extra.get("gradient_checkpointing", False))
+    common = {"activations": activation_memory(shape, mb_tokens, checkpointing),
+              "head_logits_chunk": 2 * min(mb_tokens, HEAD_CHUNK_TOKENS) * shape["vocab"] * 4,
+              "cuda_context": int(CUDA_CONTEXT_GIB * GIB)}
+    method = run_method(cfg)
+    memory = method_memory(method, shape, gpu_weight_bytes(cfg), common)
     peak = sum(memory.values())
-    gpus = []
-    for gpu in GPUS:
-        seconds = flops["total"] / (gpu.peak_flops * mfu) / world_size
-        gpus.append({"gpu": gpu.name, "mfu": mfu, "hours": seconds / 3600, "fits": peak <= gpu.memory_gib * GIB,
-                     "memory_gib": gpu.memory_gib, "train_tokens_per_second": computed * epochs_run / seconds})
-    real = int(lengths.sum())
+    total = work["train"] + work["eval"]
     return {
         "preset": cfg.preset, "run_name": t.run_name, "prompt_loss_weight": d.prompt_loss_weight,
         "data": {"source": d.data, "train_examples": len(lengths), "heldout_examples": len(held_len),
                  "eval_size": d.eval_size, "split_seed": d.split_seed, "max_rows": d.max_rows,
                  "max_length": d.max_length, "truncated": data.info["train_tokenize"]["examples_truncated"],
-                 "prompt_tokens": real - int(response.sum()), "response_tokens": int(response.sum()),
-                 "real_tokens_per_epoch": real, "longest_example": int(lengths.max())},
+                 "prompt_tokens": int(lengths.sum() - response.sum()), "response_tokens": int(response.sum()),
+                 "real_tokens_per_epoch": int(lengths.sum()), "longest_example": int(lengths.max())},
         "batching": mode, "by_batching": by_mode,
         "steps": {**steps, "per_device_batch": t.per_device_train_batch_size,
                   "gradient_accumulation_steps": t.gradient_accumulation_steps, "world_size": world_size,
-                  "epochs": t.num_train_epochs if t.max_steps <= 0 else epochs_run, "drop_last": drop_last},
-        "model": {"path": cfg.model.model, **shape}, "flops": flops,
-        "memory_bytes": memory, "peak_memory_bytes": peak, "memory_note": note, "gpus": gpus,
+                  "epochs": t.num_train_epochs if t.max_steps <= 0 else work["epochs"], "drop_last": drop_last},
+        "model": {"path": cfg.model.model, **shape},
+        "method": method, "lora": dataclasses.asdict(cfg.lora or LoraSettings()),
+        "flops": {k: work[k] for k in ("train", "eval", "evaluations", "head_tokens_per_epoch",
+                                       "attention_forward_per_epoch", "formula")} | {"total": total},
+        "memory_bytes": memory, "peak_memory_bytes": peak,
+        "memory_note": memory_note(cfg, method, mb_tokens // t.per_device_train_batch_size, checkpointing),
+        "gpus": gpu_rows(total, peak, work["tokens"] * work["epochs"], world_size, mfu),
+        "methods": compare_methods(cfg, shape, common, work, world_size, mfu),
     }
+
+
+def padding_of(lengths: np.ndarray, t, mode: str) -> dict[str, Any]:
+    """Tokens computed and padding of one epoch in a batching mode."""
+    batches = micro_batches(lengths, t.per_device_train_batch_size, mode, t.gradient_accumulation_steps, t.seed)
+    computed, padding = batch_tokens(lengths, batches, mode)
+    return {"tokens_per_epoch": computed, "padding_per_epoch": padding,
+            "padding_share": padding / computed if computed else 0.0}
+
+
+def run_flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray, response: np.ndarray,
+              held_len: np.ndarray, steps: dict[str, int], computed: int, mode: str) -> dict[str, Any]:
+    """Training and evaluation FLOPs of the run, and the per-epoch token counts they are made of."""
+    t = cfg.train
+    epochs = steps["max_steps"] / steps["steps_per_epoch"]  # exact for whole epochs
+    real = int(lengths.sum())
+    scored = int(response.sum()) if cfg.data.prompt_loss_weight == 0 else real - len(lengths)  # weight > 0
+    head_tokens = scored if t.selective_head else computed
+    attn = attention_flops(lengths, shape["layers"], shape["q_dim"])
+    eval_batches = [np.arange(i, min(i + t.per_device_eval_batch_size, len(held_len)))
+                    for i in range(0, len(held_len), t.per_device_eval_batch_size)]
+    eval_computed, _ = batch_tokens(held_len, eval_batches, mode)
+    n_evals = steps["max_steps"] // t.eval_steps + (1 if steps["max_steps"] % t.eval_steps else 0)
+    body, head = shape["body_parameters"], shape["embedding_parameters"]
+    eval_flops = n_evals * (2 * (body + head) * eval_computed + attention_flops(held_len, shape["layers"],
+                                                                                  shape["q_dim"]))
+    formula = ("6 N_body T + 6 V d T_head + 3 A per epoch" if cfg.lora is None else
+               "4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T per epoch (frozen weights: no weight gradient)")
+    return {"train": epochs * train_flops(run_method(cfg), shape, computed, head_tokens, attn), "eval": eval_flops,
+            "evaluations": n_evals, "head_tokens_per_epoch": head_tokens, "attention_forward_per_epoch": attn,
+            "formula": formula + "; evaluations 2 (N_body + V d) T + A", "epochs": epochs, "tokens": computed,
+            "head_tokens": head_tokens, "attn": attn}
+
+
+def memory_note(cfg: ExperimentConfig, method: str, longest: int, checkpointing: bool) -> str:
+    """What the run's memory estimate assumes."""
+    fp32 = gpu_weight_bytes(cfg) == 4
+    dtype = f"(model.dtype {cfg.model.dtype!r} on a bf16 GPU)"
+    if method == "full":
+        weights = ("fp32 weights, gradients and AdamW states, bf16 autocast " if fp32 else "bf16 weights, gradients "
+                   "and AdamW states: bf16=True only autocasts, there is no fp32 master copy ") + dtype
+    elif method == "lora":
+        half = "; --model.dtype auto loads it in bf16, half the size" if fp32 else " on a bf16 GPU"
+        weights = (f"frozen {'fp32' if fp32 else 'bf16'} base (model.dtype {cfg.model.dtype!r}{half}), fp32 adapter, "
+                   "gradients and AdamW states")
+    else:
+        weights = "NF4 base (linear layers), the rest in fp32; fp32 adapter, gradients and AdamW states"
+    act = "with gradient checkpointing" if checkpointing else "no gradient checkpointing"
+    return (f"{weights}; activations of {cfg.train.per_device_train_batch_size} x {longest} tokens in bf16, {act}; "
+            "estimate, +-30%")
 
 
 def _gib(n: float) -> str:
@@ -288,4 +392,18 @@ def format_plan(p: dict[str, Any]) -> str:
         fits = "fits" if g["fits"] else f"does NOT fit in {g['memory_gib']:g} GiB"
         lines.append(f"time      {g['gpu']}, x{s['world_size']}: {_hours(g['hours'])} at {100 * g['mfu']:.0f}% MFU "
                      f"(assumed, not measured; {g['train_tokens_per_second']:,.0f} tokens/s); {fits}")
-    return "\n".join(lines)
+    return "\n".join(lines + format_methods(p))
+
+
+def format_methods(p: dict[str, Any]) -> list[str]:
+    """The full / LoRA / QLoRA comparison: trainable parameters, peak memory, time and fit on each GPU."""
+    lora, n = p["lora"], p["model"]["parameters"]
+    lines = [f"methods   the same run as full fine-tuning (model.dtype), LoRA (bf16 base) and QLoRA (NF4 base), the "
+             f"adapter r={lora['r']} alpha={lora['alpha']:g} on {lora['target_modules']}; * = this run"]
+    for row in p["methods"]:
+        mark = "*" if row["method"] == p["method"] else " "
+        gpus = "; ".join(f"{g['gpu'].split(' (')[0]} {_hours(g['hours'])}, "
+                         f"{'fits' if g['fits'] else 'does NOT fit'}" for g in row["gpus"])
+        lines.append(f"        {mark} {METHODS[row['method']]:16s} {row['trainable_parameters']:,} trainable "
+                     f"({100 * row['trainable_parameters'] / n:.2f}%), peak ~{_gib(row['peak_memory_bytes'])}: {gpus}")
+    return lines

@@ -28,9 +28,10 @@ from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
 from sft.data import PreparedData, prepare_data, with_training_template
 from sft.layout import run_dir, tensorboard_dir
+from sft.lora import MERGED_DIR, add_adapter, check_lora, is_adapter_dir, quantization_config
 from sft.loss import selected_nll, shift_left, target_weights, token_nll
 from sft.manifest import write_manifest
-from sft.modeling import load_model, load_tokenizer
+from sft.modeling import load_model, load_tokenizer, merge_adapter
 from sft.prune import auto_clean_callback
 
 logger = logging.getLogger("sft")
@@ -220,6 +221,25 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
     return TrainingArguments(**args)
 
 
+def build_model(cfg: ExperimentConfig, args: TrainingArguments):
+    """The model to train: the base, with a fresh LoRA adapter on top when cfg.lora is set (QLoRA: a 4-bit base)."""
+    lora = cfg.lora
+    if is_adapter_dir(cfg.model.model):
+        raise ValueError(f"{cfg.model.model} is a LoRA adapter, not a base model: train from a full model, e.g. the "
+                         f"adapter merged into its base (--merge writes <run>/{MERGED_DIR}/).")
+    quantization = quantization_config(torch.bfloat16 if args.bf16 else torch.float32) if lora and lora.qlora else None
+    model = load_model(cfg.model, quantization)
+    if resolve_batching(cfg.train.batching) == "packed" and cfg.model.attn_implementation is None:
+        # One causal SDPA per packed example (sft/attention.py); set model.attn_implementation to
+        # "flash_attention_2" on a GPU with flash-attn installed for its variable-length kernel.
+        model.set_attn_implementation(attention.NAME)
+    if lora is None:
+        return model
+    with torch.random.fork_rng(devices=[]):  # the adapter's random init (lora_A) is the seed's, in every regime
+        torch.manual_seed(cfg.train.seed)
+        return add_adapter(model, lora, cfg.train.selective_head, bool(args.gradient_checkpointing))
+
+
 def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None,
                   args: TrainingArguments | None = None, callbacks: list | None = None):
     """Everything a run needs, wired into a WeightedLossTrainer (nothing is trained yet)."""
@@ -229,12 +249,8 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
     if data is None:
         with args.main_process_first(desc="tokenizing the data"):  # once, then read from the cache by other ranks
             data = prepare_data(cfg.data, tokenizer)
-    model = model if model is not None else load_model(cfg.model)
+    model = model if model is not None else build_model(cfg, args)
     model.config.use_cache = False  # no KV cache while training
-    if batching == "packed" and cfg.model.attn_implementation is None:
-        # One causal SDPA per packed example (sft/attention.py); set model.attn_implementation to
-        # "flash_attention_2" on a GPU with flash-attn installed for its variable-length kernel.
-        model.set_attn_implementation(attention.NAME)
     tb = TensorBoardCallback()
     # transformers 5 dropped TrainingArguments.logging_dir: the callback takes its folder from this attribute.
     tb.logging_dir = str(tensorboard_dir(cfg))
@@ -290,6 +306,8 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     demo's with sft.demo.ensure_assets first. They are checked before anything is written.
     """
     checked = check_inputs(cfg, tokenizer=tokenizer)  # model folder, tokenizer, data folder (exit code 2 on the CLI)
+    if cfg.lora is not None:
+        check_lora(cfg.lora)  # bad LoRA settings, or QLoRA without a CUDA GPU
     tokenizer = checked if checked is not None else tokenizer
     args = build_training_arguments(cfg)  # under torchrun / accelerate this also joins the process group
     checkpoint = resume_checkpoint(cfg)
@@ -302,14 +320,17 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     if trainer.is_world_process_zero():
         write_manifest(out, cfg, trainer.prepared_data.info, status="training")
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(str(out))  # the final model (safetensors) and tokenizer, at the run folder's top
+    trainer.save_model(str(out))  # the final model (LoRA: the adapter) and tokenizer, at the run folder's top
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     if evals and evals[-1]["step"] == trainer.state.global_step:  # the last step was just evaluated
         metrics = evals[-1]
     else:
         metrics = trainer.evaluate()  # every process takes part in the (sharded) evaluation
     if trainer.is_world_process_zero():
-        write_manifest(out, cfg, trainer.prepared_data.info, status="complete",
-                       results={"train": result.metrics, "eval": metrics})
+        results = {"train": result.metrics, "eval": metrics}
+        if cfg.lora is not None and cfg.lora.merge:  # a full model beside the adapter, with the same manifest
+            merge_adapter(out, out / MERGED_DIR, "auto" if cfg.lora.qlora else cfg.model.dtype)
+            write_manifest(out / MERGED_DIR, cfg, trainer.prepared_data.info, status="complete", results=results)
+        write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=results)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return trainer

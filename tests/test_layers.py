@@ -14,8 +14,8 @@ PACKAGE = ROOT / "sft"
 
 LAYERS = [
     {"io", "layout", "prompts", "loss", "attention", "synthetic", "plots"},  # none but sft.io (the JSONL writer)
-    {"data", "checkpoints", "generate", "report", "tasks"},  # rows and tokens; checkpoint folders; decoding; tables
-    # and intervals; lm-eval task configs
+    {"data", "checkpoints", "generate", "report", "tasks", "lora"},  # rows and tokens; checkpoint folders;
+    # decoding; tables and intervals; lm-eval task configs; LoRA adapters through peft
     {"collate", "modeling", "prune", "inspect_data", "results", "compare"},  # batches; models and tokenizers;
     # pruning; data statistics; lm-eval results to summary rows; results read back, plotted and tabulated
     {"checks", "config"},  # a downloaded model and data checked; settings and presets
