@@ -294,7 +294,7 @@ def test_dry_run_prints_every_task_and_its_cost(chain, monkeypatch, capsys):
                  "--dry-run"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + 1 + 5 * 3 + 2  # header, rule, 5 tasks x (base raw, masked raw, masked chat), 2 totals
+    assert len(lines) == 1 + 5 * 3 + 2  # header, 5 tasks x (base raw, masked raw, masked chat), 2 totals
     gsm = next(line for line in lines if line.startswith("| base ") and "| gsm8k " in line)
     assert "generate_until" in gsm and "| 8 " in gsm and "2,048" in gsm  # 8 questions x at most 256 tokens
     mmlu = next(line for line in lines if "mmlu_high_school_mathematics" in line)
