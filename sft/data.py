@@ -492,16 +492,9 @@ def tokenize_conversations_batch(batch: dict[str, list], tokenizer, cfg: DataCon
     Assistant content and its end-of-turn token weigh 1 (every assistant turn, or the last with
     cfg.train_on="last"); system, user and template tokens weigh cfg.prompt_loss_weight.
     """
-    renderer = conversation_renderer(tokenizer, cfg)
     rows, weights, trained, status, kept = [], [], [], [], []
-    for i, (messages, (ids, roles, turns)) in enumerate(zip(batch["messages"], _render_all(renderer, batch))):
-        st = "ok"
-        if len(ids) > cfg.max_length:
-            fitted = fit_conversation(renderer, messages, cfg)
-            if fitted is None:
-                continue
-            ids, roles, turns, st = fitted
-        rows.append(list(ids))
+    for i, ids, roles, turns, st in conversation_tokens(batch["messages"], tokenizer, cfg):
+        rows.append(ids)
         w, t = token_weights(roles, turns, cfg.prompt_loss_weight, cfg.train_on)
         weights.append(w)
         trained.append(t)
@@ -512,12 +505,25 @@ def tokenize_conversations_batch(batch: dict[str, list], tokenizer, cfg: DataCon
     return _examples_table(rows, flat, response, status, kept, batch)
 
 
-def _render_all(renderer, batch: dict[str, list]) -> list:
-    """Tokens with roles and turns for each conversation of the batch; a template error names the conversation."""
+def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig) -> Iterator[tuple]:
+    """(index, ids, role codes, turns, truncation status) of each conversation kept, fitted into max_length."""
+    renderer = conversation_renderer(tokenizer, cfg)
+    for i, (messages, (ids, roles, turns)) in enumerate(zip(conversations, _render_all(renderer, conversations))):
+        st = "ok"
+        if len(ids) > cfg.max_length:
+            fitted = fit_conversation(renderer, messages, cfg)
+            if fitted is None:
+                continue
+            ids, roles, turns, st = fitted
+        yield i, list(ids), roles, turns, st
+
+
+def _render_all(renderer, conversations: list[list[dict]]) -> list:
+    """Tokens with roles and turns for each conversation; a template error names the conversation."""
     try:
-        return renderer.tokens(batch["messages"])
+        return renderer.tokens(conversations)
     except Exception:  # find the conversation the template refused, and say which
-        for k, messages in enumerate(batch["messages"]):
+        for k, messages in enumerate(conversations):
             try:
                 renderer.tokens([messages])
             except Exception as e:
@@ -556,15 +562,18 @@ def fit_conversation(renderer, messages: list[dict], cfg: DataConfig):
     return [ids[j] for j in keep], roles[keep], turns[keep], status
 
 
-def with_training_template(tokenizer, template: str):
+def with_training_template(tokenizer, template: str, chat_template: str | None = None):
     """A copy of the tokenizer whose chat_template renders the training prompt, token for token.
+
+    chat_template: the Jinja template conversations were rendered with (PreparedData.chat_template), saved as is;
+    None = the prompt template `template` as a chat template (instruction rows).
 
     The Trainer saves this copy with the final model and every checkpoint, so apply_chat_template,
     pipelines, vLLM and lm-eval's --apply_chat_template give a fine-tuned model the prompt it was
     trained on. The base model's own chat template (Qwen's ChatML) stays in the base folder.
     """
     out = copy.deepcopy(tokenizer)
-    out.chat_template = get_template(template).chat_template(bos_token=bool(_prompt_prefix_ids(tokenizer)))
+    out.chat_template = chat_template or get_template(template).chat_template(bos_token=bool(_prompt_prefix_ids(tokenizer)))
     return out
 
 
@@ -687,6 +696,7 @@ class PreparedData:
     eval: Any
     info: dict[str, Any]
     eval_rows: list[dict[str, str]]  # the held-out rows as text, for generations
+    chat_template: str | None = None  # conversations: the Jinja template they were rendered with (saved with the model)
 
 
 def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
@@ -719,4 +729,6 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
         "train_examples": len(train),
         "eval_examples": len(eval_),
     }
-    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)
+    chat = conversation_renderer(tokenizer, d).template if "messages" in rows[0] else None
+    info["conversations"] = chat is not None
+    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows, chat_template=chat)

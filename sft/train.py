@@ -249,7 +249,7 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
         selective_head=cfg.train.selective_head,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        processing_class=with_training_template(tokenizer, cfg.data.template),  # saved with every checkpoint
+        processing_class=with_training_template(tokenizer, cfg.data.template, data.chat_template),  # saved with every checkpoint
         callbacks=callbacks,
     )
     trainer.prepared_data = data
