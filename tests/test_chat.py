@@ -195,3 +195,53 @@ def test_tokenize_rows_caches_conversations_with_the_same_keys_as_alpaca(qwen_to
     again, report = tokenize_rows([{"messages": CHAT}] * 3, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path),
                                                                                         prompt_loss_weight=0.5))
     assert report.from_cache and again["input_ids"] == ds["input_ids"]
+
+
+def dialogues(demo_root, n, seed):
+    """n two-exchange dialogues chained from the small demo's training rows."""
+    rows = [json.loads(line) for line in (demo_root / "Dataset/demo/train.jsonl").read_text().splitlines()]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        turns = []
+        for r in rng.sample(rows, 2):
+            turns += [{"role": "user", "content": r["instruction"] + (f"\n{r['input']}" if r.get("input") else "")},
+                      {"role": "assistant", "content": r["output"]}]
+        out.append(turns)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
+def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, tmp_path, capsys, w):
+    from conftest import demo_config, load_script
+    from sft.evaluate import evaluate_models
+    from sft.layout import run_dir
+    from sft.modeling import load_tokenizer
+    from sft.train import train
+
+    train_file = write(tmp_path / "train.jsonl", [{"messages": m} for m in dialogues(demo_root, 48, 0)])
+    sharegpt = [[{"from": {"user": "human", "assistant": "gpt"}[t["role"]], "value": t["content"]} for t in m]
+                for m in dialogues(demo_root, 16, 1)]
+    eval_file = write(tmp_path / "heldout.json", [{"conversations": m} for m in sharegpt])
+    cfg = demo_config(demo_root, run_name=f"chat-{w}", max_steps=3, eval_steps=1000, save_steps=1000,
+                      overwrite=True, prompt_loss_weight=w, **{"data.data": str(train_file),
+                                                                "data.eval_data": str(eval_file)})
+    trainer = train(cfg)
+    run = run_dir(cfg)
+    assert trainer.prepared_data.info["conversations"] and trainer.prepared_data.info["eval_examples"] == 16
+    # The run carries the template its conversations were rendered with (the demo tokenizer has none: alpaca's).
+    saved = load_tokenizer(run)
+    assert saved.chat_template == conversation_renderer(load_tokenizer(demo_root / "model/demo/base"), cfg.data).template
+    out = evaluate_models({"tuned": str(run)}, tasks=[], out=str(tmp_path / "ev"))
+    heldout = json.loads((out / "heldout.json").read_text())["models"]["tuned"]
+    assert heldout["response_loss"] == pytest.approx(trainer.evaluate()["eval_response_loss"], rel=1e-4)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"messages": sharegpt[0][:3], "output": sharegpt[0][3]["value"]}) + "\n")
+    script = load_script("eval")
+    capsys.readouterr()  # training's logs
+    assert script.main(["--models", f"tuned={run}", "--out", str(tmp_path / "o"), "--max-new-tokens", "4",
+                        "--prompts", str(prompts)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == "| # | prompt | reference | tuned |" and table[2].startswith("| 1 | user: ")
