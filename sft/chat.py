@@ -55,7 +55,8 @@ def check_conversation(value: Any, from_text: bool = False) -> tuple[list[dict] 
 def _check_turn(turn: Any, t: int) -> tuple[dict | None, str, str, str]:
     """One turn as {"role", "content"}, else (None, field, problem, fix)."""
     if not isinstance(turn, dict):
-        return None, "(turn)", "is not an object", f"got {type(turn).__name__}; write {{\"role\": ..., \"content\": ...}}"
+        return None, "(turn)", "is not an object", (
+            f"got {type(turn).__name__}; write {{\"role\": ..., \"content\": ...}}")
     sharegpt = "role" not in turn and "from" in turn
     role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
     names = SHAREGPT_ROLES if sharegpt else {r: r for r in ROLES}
@@ -69,7 +70,8 @@ def _check_turn(turn: Any, t: int) -> tuple[dict | None, str, str, str]:
         return None, content_key, "is missing", f"the {role} turn has no text; give it a string {content_key}"
     if not isinstance(content, str):
         return None, content_key, "is not a string", (
-            f"got {type(content).__name__} {content!r:.40}; only text turns are supported, join the parts into a string")
+            f"got {type(content).__name__} {content!r:.40}; only text turns are supported, "
+            "join the parts into a string")
     if role != "system" and not content.strip():
         return None, content_key, "is empty", f"the {role} turn is empty; drop the turn or fill it"
     return {"role": role, "content": content}, "", "", ""
@@ -88,7 +90,8 @@ def _check_order(messages: list[dict]) -> tuple[list[dict] | None, int | None, s
             return None, t, "role", "system turn after the first", (
                 "a system turn can only open the conversation; move it first or merge it into the next user turn")
     if not any(m["role"] == "assistant" for m in messages):
-        return None, None, "messages", "has no assistant turn", "nothing would be trained; add the reply or drop the row"
+        return None, None, "messages", "has no assistant turn", (
+            "nothing would be trained; add the reply or drop the row")
     if messages[-1]["role"] != "assistant":
         return None, len(messages), "role", "conversation ends without an assistant reply", (
             f"the last turn is a {messages[-1]['role']} turn that nothing answers; drop it or add the reply")

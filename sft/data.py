@@ -573,7 +573,8 @@ def with_training_template(tokenizer, template: str, chat_template: str | None =
     trained on. The base model's own chat template (Qwen's ChatML) stays in the base folder.
     """
     out = copy.deepcopy(tokenizer)
-    out.chat_template = chat_template or get_template(template).chat_template(bos_token=bool(_prompt_prefix_ids(tokenizer)))
+    bos = bool(_prompt_prefix_ids(tokenizer))
+    out.chat_template = chat_template or get_template(template).chat_template(bos_token=bos)
     return out
 
 

@@ -233,7 +233,8 @@ def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, 
     assert trainer.prepared_data.info["conversations"] and trainer.prepared_data.info["eval_examples"] == 16
     # The run carries the template its conversations were rendered with (the demo tokenizer has none: alpaca's).
     saved = load_tokenizer(run)
-    assert saved.chat_template == conversation_renderer(load_tokenizer(demo_root / "model/demo/base"), cfg.data).template
+    base = load_tokenizer(demo_root / "model/demo/base")
+    assert saved.chat_template == conversation_renderer(base, cfg.data).template
     out = evaluate_models({"tuned": str(run)}, tasks=[], out=str(tmp_path / "ev"))
     heldout = json.loads((out / "heldout.json").read_text())["models"]["tuned"]
     assert heldout["response_loss"] == pytest.approx(trainer.evaluate()["eval_response_loss"], rel=1e-4)
