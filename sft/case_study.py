@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from sft.chat import check_conversation
 from sft.data import prepare_data
 from sft.evaluate import parse_models as parse_labels
 from sft.generate import GenerationSettings, generate_responses, render_prompts
@@ -75,7 +76,15 @@ def heldout_prompts(specs: list[ModelSpec], n: int = HELDOUT_PROMPTS) -> list[di
                          "held-out rows to prompt with; pass --prompts FILE.jsonl or --prompt TEXT.")
     cfg = load_run_config(run)
     rows = prepare_data(cfg.data, load_tokenizer(run)).eval_rows[:n]
+    if rows and "messages" in rows[0]:  # a conversation: every turn before the last reply, which is the reference
+        return [conversation_prompt(r["messages"][:-1], r["messages"][-1]["content"]) for r in rows]
     return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows]
+
+
+def conversation_prompt(messages: list[dict], output: str | None = None) -> dict:
+    """A prompt row of a conversation ending on a user turn (shown by that turn), with an optional reference."""
+    return {"messages": messages, "instruction": messages[-1]["content"], "input": "",
+            **({"output": output} if output is not None else {})}
 
 
 def default_prompts(specs: list[ModelSpec]) -> tuple[list[dict[str, str]], str]:
@@ -89,6 +98,10 @@ def default_prompts(specs: list[ModelSpec]) -> tuple[list[dict[str, str]], str]:
 def render_for(spec: ModelSpec, tokenizer, rows: list[dict[str, str]]) -> list[str]:
     """A fine-tuned model's prompts through the chat template it carries (its training template); others through
     the template of `spec` (the runs' own, so that a base model sees the same prompt)."""
+    if rows and "messages" in rows[0]:  # conversations: the model's own chat template, else spec.template's
+        source = tokenizer.chat_template or get_template(spec.template).chat_template()
+        return [tokenizer.apply_chat_template(r["messages"], chat_template=source, add_generation_prompt=True,
+                                              tokenize=False) for r in rows]
     if spec.run is None or not tokenizer.chat_template or spec.template != trained_template(spec.run):
         return render_prompts(spec.template, rows)
     return [tokenizer.apply_chat_template([{"role": "user", "content": _content(r)}], add_generation_prompt=True,
@@ -121,6 +134,9 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
         if not isinstance(row, dict):
             raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object; write it as "
                              '{"instruction": ..., "input": ...}.')
+        if "messages" in row:
+            rows.append(read_conversation_prompt(row, where))
+            continue
         instruction = row.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             problem = "has no 'instruction'" if instruction is None else "has an empty or non-text 'instruction'"
@@ -134,6 +150,22 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
         raise ValueError(f"Prompts file {path} holds no prompts (it is empty or blank); write one JSON object "
                          "with an 'instruction' per line.")
     return rows
+
+
+def read_conversation_prompt(row: dict, where: str) -> dict:
+    """A prompts-file row with `messages` (system/user/assistant turns) whose last turn is the user's."""
+    turns = row["messages"]
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{where}, field messages: must be a non-empty list of {{\"role\", \"content\"}} turns.")
+    messages, _, fld, problem, fix = check_conversation(turns + [{"role": "assistant", "content": "(reply)"}])
+    if messages is None or turns[-1].get("role", turns[-1].get("from")) not in ("user", "human"):
+        problem, fix = (problem, fix) if messages is None else ("last turn is not the user's", "end on a user turn")
+        raise ValueError(f"{where}, field messages ({fld or 'role'}): {problem} ({fix}); a prompt conversation "
+                         "ends on the user turn the model answers.")
+    output = row.get("output")
+    if output is not None and not isinstance(output, str):
+        raise ValueError(f"{where}: 'output' must be a string (or left out), got {type(output).__name__}.")
+    return conversation_prompt(messages[:-1], output)
 
 
 def parse_models(spec: str) -> list[tuple[str, Path]]:
@@ -227,7 +259,9 @@ def escape_cell(text: str) -> str:
 
 
 def prompt_cell(row: dict[str, str]) -> str:
-    """The instruction, with the input below it when there is one."""
+    """The instruction, with the input below it when there is one; a conversation turn by turn."""
+    if "messages" in row:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
     return row["instruction"] + (f"\n\nInput: {row['input']}" if row.get("input") else "")
 
 
@@ -265,6 +299,7 @@ def records(study: CaseStudy) -> list[dict[str, Any]]:
         prompts = study.prompts.get(spec.name) or render_prompts(spec.template, study.rows)
         for i, row in enumerate(study.rows):
             out.append({"prompt_index": i, "instruction": row["instruction"], "input": row.get("input", ""),
+                        **({"messages": row["messages"]} if "messages" in row else {}),
                         "reference": row.get("output"), "model": spec.name, "path": str(spec.path),
                         "template": spec.template, "prompt": prompts[i], "output": study.outputs[spec.name][i],
                         "settings": settings})

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sft.chat import ASSISTANT, CHAT_COLUMNS, ROLE_NAMES, check_conversation, make_renderer, token_weights
 from sft.prompts import get_template
 
 logger = logging.getLogger("sft")
@@ -56,9 +57,11 @@ class DataConfig:
     column_map: dict[str, str] = field(default_factory=dict)  # your column -> instruction | input | output, e.g. {"my_col": "output"} (--column-map my_col=output)
     on_bad_rows: str = "error"  # "error": stop at the first bad row; "skip": drop bad rows, count them by reason
     template: str = "alpaca"  # prompt template name (sft.prompts)
+    chat_template: str = "auto"  # conversations: "auto" = the tokenizer's own chat template, else `template` as one; "tokenizer"; or a template name
+    train_on: str = "all"  # conversations: "all" assistant turns weigh 1, or only the "last" (earlier ones weigh prompt_loss_weight)
     max_length: int = 512  # tokens per example, prompt + response + EOS
     prompt_loss_weight: float = 0.0  # w: 0 = masked (response only), 1 = unmasked (whole sequence)
-    truncation: str = "trim"  # "trim": keep the response, cut the prompt's middle; "drop": drop over-long examples
+    truncation: str = "trim"  # "trim": keep the response, cut the prompt's middle (conversations: drop earlier turns first); "drop": drop over-long examples
     max_rows: int | None = None  # use only the first N valid rows (quick experiments); None = all
     cache_dir: str = ".cache/sft"  # tokenized datasets are cached here, keyed by data, tokenizer and settings
 
@@ -70,6 +73,8 @@ class DataConfig:
             )
         if self.on_bad_rows not in ("error", "skip"):
             raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}.")
+        if self.train_on not in ("all", "last"):
+            raise ValueError(f"train_on must be 'all' or 'last' (assistant turns trained), got {self.train_on!r}.")
         if self.truncation not in ("trim", "drop"):
             raise ValueError(f"truncation must be 'trim' or 'drop', got {self.truncation!r}.")
         if self.max_length < 2 * PROMPT_TAIL_TOKENS:
@@ -184,13 +189,17 @@ def _skip(report: LoadReport, where: str, reason: str) -> None:
 
 
 def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str) -> dict[str, str]:
-    """Map canonical fields to the columns that hold them, or explain what is missing."""
+    """Map canonical fields to the columns that hold them (or "messages" to a conversation column), or explain
+    what is missing."""
     for col, target in column_map.items():
-        if target not in FIELDS:
+        if target not in FIELDS + ("messages",):
             raise ValueError(
-                f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, output."
+                f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, output, messages."
             )
     mapping = {target: col for col, target in column_map.items() if col in columns}
+    chat = mapping.get("messages") or next((c for c in CHAT_COLUMNS if c in columns), None)
+    if chat is not None and not any(t in mapping for t in FIELDS) and not {"instruction", "output"} <= set(columns):
+        return {"messages": chat}
     for target in FIELDS:
         if target not in mapping:
             found = next((a for a in ALIASES[target] if a in columns), None)
@@ -202,7 +211,7 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str)
         raise ValueError(
             f"{where}: no column for {', '.join(missing)} (looked for {looked}). The columns are: "
             f"{', '.join(columns) or '(none)'}. Map yours with --column-map YOUR_COLUMN=output "
-            "(DataConfig.column_map in Python)."
+            "(DataConfig.column_map in Python); conversations go in a `messages` or `conversations` column."
         )
     return mapping
 
@@ -232,6 +241,22 @@ def _check_row(rec: Any, mapping: dict[str, str]) -> tuple[dict[str, str] | None
         return None, label, f"must be a string or missing, got {type(value).__name__} {value!r:.40}"
     row["input"] = value or ""
     return row, "", ""
+
+
+def _check_chat_row(rec: Any, col: str, where: str, from_text: bool,
+                    on_bad_rows: str) -> tuple[dict | None, str, str, str]:
+    """(row, where, field, problem) for a conversation record; the problem is generic (for counting), and where
+    names the turn; with on_bad_rows="error" the field also says how to fix it."""
+    if not isinstance(rec, dict):
+        return None, where, "(row)", f"is a {type(rec).__name__}, not an object with fields"
+    if rec.get(col) is None:
+        return None, where, col, "is missing"
+    messages, turn, fld, problem, fix = check_conversation(rec[col], from_text)
+    if messages is None:
+        where = where if turn is None else f"{where}, turn {turn}"
+        label = fld if turn is not None else col
+        return None, where, label, problem if on_bad_rows == "skip" else f"{problem} ({fix})"
+    return {"messages": messages}, where, "", ""
 
 
 def _files_of(source: Path) -> list[Path]:
@@ -287,10 +312,13 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
     report.column_mapping = {**report.column_mapping, **mapping}
     report.ignored_columns += [c for c in columns if c not in mapping.values() and c != keep_column
                                and c not in report.ignored_columns]
-    rows = []
+    rows, from_text = [], name.lower().endswith(".csv")
     for where, rec in records:
         report.rows_read += 1
-        row, fld, problem = _check_row(rec, mapping)
+        if "messages" in mapping:
+            row, where, fld, problem = _check_chat_row(rec, mapping["messages"], where, from_text, on_bad_rows)
+        else:
+            row, fld, problem = _check_row(rec, mapping)
         if row is not None and keep_column is not None:
             if rec.get(keep_column) is None:
                 raise ValueError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
@@ -320,7 +348,12 @@ def load_rows(
     report = LoadReport(source=str(source))
     rows: list[dict[str, str]] = []
     for name, records in _sources(source, on_bad_rows, report):
-        rows += _valid_rows(name, list(records), dict(column_map or {}), on_bad_rows, keep_column, report)
+        part = _valid_rows(name, list(records), dict(column_map or {}), on_bad_rows, keep_column, report)
+        if rows and part and ("messages" in rows[0]) != ("messages" in part[0]):
+            raise ValueError(f"{name}: holds {'conversations' if 'messages' in part[0] else 'instruction rows'} "
+                             f"while the files before it hold the other kind; train on one kind at a time (put "
+                             "conversations and instruction rows in separate folders).")
+        rows += part
     report.rows_kept = len(rows)
     if not rows:
         raise ValueError(
@@ -334,7 +367,8 @@ def fingerprint_rows(rows: list[dict[str, str]]) -> str:
     """A short content hash of the validated rows (order included), for manifests and caches."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps([r["instruction"], r["input"], r["output"]], ensure_ascii=False).encode())
+        fields = r["messages"] if "messages" in r else [r["instruction"], r["input"], r["output"]]
+        h.update(json.dumps(fields, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
 
@@ -398,6 +432,8 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
     the examples kept. Returns an Arrow table built from flat numpy arrays: converting millions of
     per-token Python numbers into Arrow was most of the preprocessing time.
     """
+    if "messages" in batch:
+        return tokenize_conversations_batch(batch, tokenizer, cfg)
     template = get_template(cfg.template)
     prompts = [template.render(i, x) for i, x in zip(batch["instruction"], batch["input"])]
     # Apart, so that no BPE merge crosses the prompt/response boundary: the prompt's tokens are
@@ -417,33 +453,128 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
         status.append(st)
         kept.append(i)
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
-    position = np.arange(len(flat)) - np.repeat(offsets[:-1], lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    position = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lengths)
     response = position >= np.repeat(np.asarray(n_prompt, dtype=np.int64), lengths)
     weights = np.where(response, 1.0, cfg.prompt_loss_weight).astype(np.float32)
+    return _examples_table(rows, weights, response, status, kept, batch)
+
+
+def _examples_table(rows: list[list[int]], weights: np.ndarray, response: np.ndarray, status: list[str],
+                    kept: list[int], batch: dict[str, list]) -> pa.Table:
+    """The examples as Arrow columns: ids, labels (IGNORE_INDEX where the weight is 0), weights, the response
+    mask (weight 1), length, truncation status, and the batch's carried-through columns for the rows kept."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
     labels = np.where(weights > 0, flat, IGNORE_INDEX)
 
     def column(values: np.ndarray) -> pa.ListArray:
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
-    extra = {name: pa.array([values[i] for i in kept]) for name, values in batch.items() if name not in FIELDS}
+    extra = {name: pa.array([values[i] for i in kept]) for name, values in batch.items()
+             if name not in FIELDS + ("messages",)}
     return pa.table({
         "input_ids": column(flat), "labels": column(labels), "loss_weights": column(weights),
-        "response_mask": column(response.astype(np.int8)), "length": pa.array(lengths),
-        "truncation": pa.array(status, type=pa.string()), **extra,
+        "response_mask": column(response.astype(np.int8)),
+        "length": pa.array(lengths), "truncation": pa.array(status, type=pa.string()), **extra,
     })
 
 
-def with_training_template(tokenizer, template: str):
+def conversation_renderer(tokenizer, cfg: DataConfig):
+    """The ChatRenderer of cfg.chat_template for this tokenizer (sft.chat.chat_template_source)."""
+    return make_renderer(tokenizer, cfg.chat_template, cfg.template, bool(_prompt_prefix_ids(tokenizer)))
+
+
+def tokenize_conversations_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
+    """The conversation form of tokenize_rows_batch: each conversation rendered through the chat template.
+
+    Assistant content and its end-of-turn token weigh 1 (every assistant turn, or the last with
+    cfg.train_on="last"); system, user and template tokens weigh cfg.prompt_loss_weight.
+    """
+    rows, weights, trained, status, kept = [], [], [], [], []
+    for i, ids, roles, turns, st in conversation_tokens(batch["messages"], tokenizer, cfg):
+        rows.append(ids)
+        w, t = token_weights(roles, turns, cfg.prompt_loss_weight, cfg.train_on)
+        weights.append(w)
+        trained.append(t)
+        status.append(st)
+        kept.append(i)
+    flat = np.concatenate(weights) if weights else np.zeros(0, dtype=np.float32)
+    response = np.concatenate(trained) if trained else np.zeros(0, dtype=bool)
+    return _examples_table(rows, flat, response, status, kept, batch)
+
+
+def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig) -> Iterator[tuple]:
+    """(index, ids, role codes, turns, truncation status) of each conversation kept, fitted into max_length."""
+    renderer = conversation_renderer(tokenizer, cfg)
+    for i, (messages, (ids, roles, turns)) in enumerate(zip(conversations, _render_all(renderer, conversations))):
+        st = "ok"
+        if len(ids) > cfg.max_length:
+            fitted = fit_conversation(renderer, messages, cfg)
+            if fitted is None:
+                continue
+            ids, roles, turns, st = fitted
+        yield i, list(ids), roles, turns, st
+
+
+def _render_all(renderer, conversations: list[list[dict]]) -> list:
+    """Tokens with roles and turns for each conversation; a template error names the conversation."""
+    try:
+        return renderer.tokens(conversations)
+    except Exception:  # find the conversation the template refused, and say which
+        for k, messages in enumerate(conversations):
+            try:
+                renderer.tokens([messages])
+            except Exception as e:
+                first = next((m["content"] for m in messages if m["role"] == "user"), "")
+                raise ValueError(
+                    f"conversation {k + 1} of this batch (first user turn {first!r:.60}): the chat template cannot "
+                    f"render it ({type(e).__name__}: {str(e)[:200]}). Fix the turn order, or choose another template "
+                    "with --chat-template.") from None
+        raise
+
+
+def fit_conversation(renderer, messages: list[dict], cfg: DataConfig):
+    """Fit an over-long conversation into max_length: (ids, roles, turns, status), None if dropped.
+
+    Earlier exchanges are dropped from the front (a system turn stays) until it fits; if even the last
+    exchange is too long, its prompt loses its middle and the answer keeps at least half the window, as
+    truncate_example does for instruction rows.
+    """
+    if cfg.truncation == "drop":
+        return None
+    head = messages[:1] if messages[0]["role"] == "system" else []
+    body = messages[len(head):]
+    starts = [k for k, m in enumerate(body) if m["role"] == "user" and k > 0]
+    ids = roles = turns = None
+    for k in starts:
+        ids, roles, turns = renderer.tokens([head + body[k:]])[0]
+        if len(ids) <= cfg.max_length:
+            return list(ids), roles, turns, "turns_dropped"
+    if ids is None:
+        ids, roles, turns = renderer.tokens([messages])[0]
+    last = np.flatnonzero(roles == ASSISTANT)
+    n_p = int(last[turns[last] == turns[last].max()][0]) if len(last) else len(ids)
+    fitted = truncate_example(list(range(n_p)), list(range(n_p, len(ids))), cfg.max_length, cfg.truncation)
+    keep = np.asarray(fitted[0] + fitted[1], dtype=np.int64)
+    status = fitted[2] if not starts else f"turns_dropped+{fitted[2]}"
+    return [ids[j] for j in keep], roles[keep], turns[keep], status
+
+
+def with_training_template(tokenizer, template: str, chat_template: str | None = None):
     """A copy of the tokenizer whose chat_template renders the training prompt, token for token.
+
+    chat_template: the Jinja template conversations were rendered with (PreparedData.chat_template), saved as is;
+    None = the prompt template `template` as a chat template (instruction rows).
 
     The Trainer saves this copy with the final model and every checkpoint, so apply_chat_template,
     pipelines, vLLM and lm-eval's --apply_chat_template give a fine-tuned model the prompt it was
     trained on. The base model's own chat template (Qwen's ChatML) stays in the base folder.
     """
     out = copy.deepcopy(tokenizer)
-    out.chat_template = get_template(template).chat_template(bos_token=bool(_prompt_prefix_ids(tokenizer)))
+    bos = bool(_prompt_prefix_ids(tokenizer))
+    out.chat_template = chat_template or get_template(template).chat_template(bos_token=bos)
     return out
 
 
@@ -496,7 +627,9 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     check_tokenizer(tokenizer)
     parts = [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,
              cfg.max_length, cfg.truncation, CACHE_VERSION]
-    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS]
+    if rows and "messages" in rows[0]:  # conversations: the chat template and the turns trained
+        parts += [conversation_renderer(tokenizer, cfg).template, cfg.train_on]
+    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + ("messages",)]
     if extra:  # carried-through columns (inspect-data's group) are part of the cached table
         parts.append([[r[name] for r in rows] for name in extra])
     key = json.dumps(parts)
@@ -528,7 +661,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     return ds, report
 
 
-CACHE_VERSION = 2  # bump when tokenization or weighting changes, so old caches are not reused
+CACHE_VERSION = 3  # bump when tokenization or weighting changes, so old caches are not reused
 
 
 # ---------------------------------------------------------------- statistics
@@ -564,6 +697,7 @@ class PreparedData:
     eval: Any
     info: dict[str, Any]
     eval_rows: list[dict[str, str]]  # the held-out rows as text, for generations
+    chat_template: str | None = None  # conversations: the Jinja template they were rendered with (saved with the model)
 
 
 def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
@@ -596,4 +730,6 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
         "train_examples": len(train),
         "eval_examples": len(eval_),
     }
-    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)
+    chat = conversation_renderer(tokenizer, d).template if "messages" in rows[0] else None
+    info["conversations"] = chat is not None
+    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows, chat_template=chat)

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from sft.data import DataConfig, length_stats, load_rows, tokenize_rows
+from sft.chat import ROLE_NAMES
+from sft.data import DataConfig, conversation_tokens, length_stats, load_rows, tokenize_rows
 
 COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}
 
@@ -25,7 +26,8 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
     dropped = dict(report.rows_dropped)
     if tok.examples_dropped_too_long:
         dropped["too long (truncation=drop)"] = tok.examples_dropped_too_long
-    instruction, output = field_tokens(rows, tokenizer)
+    chat = "messages" in rows[0]
+    instruction, output = field_tokens(rows, tokenizer) if not chat else (np.zeros(len(rows)), np.ones(len(rows)))
     stats = {
         "source": str(cfg.data),
         "rows_read": report.rows_read,
@@ -38,8 +40,14 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
         "max_length": cfg.max_length,
         "prompt_loss_weight": cfg.prompt_loss_weight,
         **length_stats(ds),
-        "instruction_output_ratio": int(instruction.sum()) / max(int(output.sum()), 1),
+        "instruction_output_ratio": None if chat else int(instruction.sum()) / max(int(output.sum()), 1),
     }
+    if chat:  # every token with its role and turn, for the counts and for --show
+        found = list(conversation_tokens([r["messages"] for r in rows], tokenizer, cfg))
+        roles = np.concatenate([f[2] for f in found])
+        stats["tokens_by_role"] = {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES)}
+        stats["conversations_turns_mean"] = float(np.mean([len(r["messages"]) for r in rows]))
+        ds = ds.add_column("roles", [f[2].tolist() for f in found]).add_column("turns", [f[3].tolist() for f in found])
     if by is not None:
         example_groups, ds = np.asarray(ds[by]), ds.remove_columns(by)
         row_groups = np.asarray([row.pop(by) for row in rows])
@@ -81,7 +89,9 @@ def group_stats(ds, example_groups: np.ndarray, row_groups: np.ndarray, instruct
 
 
 def render_example(example: dict[str, list], tokenizer, colour: bool) -> str:
-    """Show one example with prompt, response and zero-weight tokens told apart."""
+    """Show one example with prompt, response and zero-weight tokens told apart (a conversation: by turn)."""
+    if "roles" in example:
+        return render_conversation(example, tokenizer, colour)
     segments: list[tuple[str, list[int]]] = []
     for tok, w, r in zip(example["input_ids"], example["loss_weights"], example["response_mask"]):
         kind = "response" if r else ("zero" if w == 0 else "prompt")
@@ -101,12 +111,34 @@ def render_example(example: dict[str, list], tokenizer, colour: bool) -> str:
     return "".join(out)
 
 
+def render_conversation(example: dict[str, list], tokenizer, colour: bool) -> str:
+    """Show a conversation's tokens run by run of (turn, role, weight): `[[turn 2 user, weight 0: ...]]`."""
+    runs: list[tuple[tuple, list[int]]] = []
+    for tok, w, role, turn in zip(example["input_ids"], example["loss_weights"], example["roles"], example["turns"]):
+        key = (turn, ROLE_NAMES[role], w)
+        if runs and runs[-1][0] == key:
+            runs[-1][1].append(tok)
+        else:
+            runs.append((key, [tok]))
+    out = []
+    for (turn, role, w), ids in runs:
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        if colour:
+            kind = "response" if w == 1 else ("zero" if w == 0 else "prompt")
+            out.append(f"{COLOURS[kind]}{text}{COLOURS['reset']}")
+        else:
+            out.append(f"[[turn {turn + 1} {role}, weight {w:g}: {text}]]")
+    return "".join(out)
+
+
 def format_stats(stats: dict[str, Any]) -> str:
     """A human-readable block of the statistics."""
     lines = [f"source: {stats['source']}"]
     for k in ("rows_read", "rows_kept", "rows_dropped", "examples_truncated", "ignored_columns",
               "prompt_tokens", "response_tokens", "length_mean", "length_p50", "length_p99", "length_max",
-              "instruction_output_ratio", "generation_ratio_Rg"):
+              "instruction_output_ratio", "generation_ratio_Rg", "tokens_by_role", "conversations_turns_mean"):
+        if k not in stats:
+            continue
         v = stats.get(k)
         lines.append(f"  {k:26s} {v:.3f}" if isinstance(v, float) else f"  {k:26s} {v}")
     if stats.get("groups"):

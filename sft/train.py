@@ -265,7 +265,8 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
         selective_head=cfg.train.selective_head,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        processing_class=with_training_template(tokenizer, cfg.data.template),  # saved with every checkpoint
+        # saved with every checkpoint: the prompt template as a chat template, or the one conversations went through
+        processing_class=with_training_template(tokenizer, cfg.data.template, data.chat_template),
         callbacks=callbacks,
     )
     trainer.prepared_data = data

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sft"
 
 LAYERS = [
-    {"io", "layout", "prompts", "loss", "attention", "synthetic", "plots"},  # none but sft.io (the JSONL writer)
+    {"io", "layout", "prompts", "chat", "loss", "attention", "synthetic", "plots"},  # none but sft.io (the JSONL
+    # writer); chat: conversations validated and rendered through a chat template
     {"data", "checkpoints", "generate", "report", "tasks", "lora"},  # rows and tokens; checkpoint folders;
     # decoding; tables and intervals; lm-eval task configs; LoRA adapters through peft
     {"collate", "modeling", "prune", "inspect_data", "results", "compare"},  # batches; models and tokenizers;
