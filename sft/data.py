@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sft.chat import ASSISTANT, CHAT_COLUMNS, ROLE_NAMES, check_conversation, make_renderer, token_weights
+from sft.chat import ASSISTANT, CHAT_COLUMNS, check_conversation, make_renderer, token_weights
 from sft.prompts import get_template
 
 logger = logging.getLogger("sft")
