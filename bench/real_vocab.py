@@ -15,10 +15,12 @@ SFTTrainer (padding-free, its fused LM head; `loss_type` "chunked_nll" too where
 are benchmark-only dependencies (`pip install -r bench/requirements.txt`); a missing one is reported.
 
 Printed per configuration: useful tokens/s (real tokens of the timed steps / their wall time; the first
-step is a warm-up and not timed), the peak resident memory of its process, the mean training loss of
-all its steps (the Trainer's `training_loss`), and both ratios to TRL's best in the same regime. Then
-the check that the losses of one regime agree, and `python -m sft plan`'s memory estimate for this
-configuration beside the measured peak.
+step is a warm-up and not timed), tokens per CPU-second (the same tokens / the process's CPU time: less
+sensitive to other load on the machine), the peak resident memory of its process, the mean training loss
+of its steps (the Trainer's `training_loss`), and its speed and memory as ratios to TRL's fastest run in
+the same regime. With --repeats N every configuration runs N times, the rounds in alternating order, and
+its fastest round counts. Then the check that all configurations trained alike (the same tokens, losses
+within LOSS_RTOL), and `python -m sft plan`'s memory estimate for this run beside the measured peak.
 """
 
 from __future__ import annotations
@@ -95,54 +97,32 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def cce_selected_nll(hidden, head, targets, token_weights, chunk=None):
-    """sft.loss.selected_nll's contract, through Cut Cross-Entropy (its Triton kernel on a GPU, else torch.compile)."""
-    import torch
-    from cut_cross_entropy import linear_cross_entropy
-
-    impl = "cce" if hidden.is_cuda else "torch_compile"
-    nll = linear_cross_entropy(hidden, head.weight, targets, reduction="none", impl=impl)
-    return (nll * token_weights).sum(), nll.detach().to(torch.float32)
-
-
 def build_project_trainer(spec: dict):
-    """The project's Trainer; with head "cce" its selective head calls Cut Cross-Entropy instead of sft/loss.py."""
-    import sft.train
+    """The project's Trainer, with a peer's head (spec "head": cce) in place of sft/loss.py's where asked."""
     from sft.train import build_trainer
 
-    if spec.get("head") == "cce":
-        sft.train.selected_nll = cce_selected_nll  # the one seam: (hidden, head, targets, weights) -> (sum, nll)
     return build_trainer(project_config(spec))
 
 
 def build_trl_trainer(spec: dict):
-    """TRL's SFTTrainer on the same tokens and labels (the project's tokenization), padding-free: the same rows."""
+    """TRL's SFTTrainer on the same tokens and labels (the project's tokenization), on the same model and attention."""
     import datasets
-    import torch
-    from trl import SFTConfig, SFTTrainer
 
+    from bench.peers import build_trl_trainer as build
     from sft import attention
     from sft.data import DataConfig, load_rows, tokenize_rows
     from sft.modeling import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(spec["model"])
-    rows, _ = load_rows(spec["rows"])
     # labels -100 where the weight is 0: the prompt at w = 0, nothing at w = 1 (TRL drops each example's first target)
-    tok, _ = tokenize_rows(rows, tokenizer, DataConfig(max_length=512, prompt_loss_weight=spec["w"],
-                                                       cache_dir=str(Path(spec["work"]) / "cache")))
+    tok, _ = tokenize_rows(load_rows(spec["rows"])[0], tokenizer, DataConfig(
+        max_length=512, prompt_loss_weight=spec["w"], cache_dir=str(Path(spec["work"]) / "cache")))
     ds = datasets.Dataset.from_dict({"input_ids": tok["input_ids"], "labels": tok["labels"]})
-    args = SFTConfig(
-        output_dir=str(Path(spec["work"]) / spec["name"]), loss_type=spec["loss_type"], max_steps=spec["steps"],
-        per_device_train_batch_size=spec["batch"], learning_rate=LEARNING_RATE, lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=SEED, data_seed=SEED,
-        train_sampling_strategy="sequential", padding_free=True, max_length=None,
-        dataset_kwargs={"skip_prepare_dataset": True},
-        gradient_checkpointing=False,  # SFTConfig turns it on by default; the project's runs do not use it
-        bf16=False, logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=False)
     model = load_model(spec["model"])
     model.set_attn_implementation(attention.NAME)  # the same attention kernel as the project's packed rows
-    return SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+    return build(model, tokenizer, ds, str(Path(spec["work"]) / spec["name"]), spec["loss_type"],
+                 max_steps=spec["steps"], per_device_train_batch_size=spec["batch"], learning_rate=LEARNING_RATE,
+                 seed=SEED, data_seed=SEED, train_sampling_strategy="sequential", bf16=False)
 
 
 class StepClock(TrainerCallback):
@@ -164,10 +144,18 @@ def run_one(spec: dict) -> dict:
     """Train one configuration; its timing, loss and this process's peak memory."""
     import torch
 
-    from bench.gpu_throughput import TokenCounter
+    from bench.peers import using_head
 
     torch.manual_seed(SEED)
     baseline = rss_bytes()  # the interpreter and the libraries, before the model and the data
+    with using_head(spec.get("head")):
+        return train_one(spec, baseline)
+
+
+def train_one(spec: dict, baseline: int) -> dict:
+    """Build one configuration's trainer, train, and return its figures."""
+    from bench.gpu_throughput import TokenCounter
+
     trainer = build_trl_trainer(spec) if spec["who"] == "trl" else build_project_trainer(spec)
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
@@ -186,17 +174,16 @@ def run_one(spec: dict) -> dict:
 
 def configurations(steps: int, batch: int) -> tuple[list[dict], list[str]]:
     """Every configuration to run, and why any peer is left out."""
+    from bench.peers import head_available, trl_loss_types
+
     specs, notes = [], []
     for w in (0.0, 1.0, 0.1):
         specs.append({"who": "sft", "config": "selective head (default)", "w": w})
         specs.append({"who": "sft", "config": "full logits", "w": w, "selective_head": False})
-    trl = _trl_loss_types(notes)
+    loss_types = trl_loss_types(notes)
     for w in (0.0, 1.0):  # TRL has no per-token weights: w = 0.1 is not expressible
-        specs += [{"who": "trl", "config": f"loss_type {lt}", "w": w, "loss_type": lt} for lt in trl]
-    if _cce_available(notes):
-        if not _cuda():
-            notes.append("Cut Cross-Entropy's kernels are Triton GPU kernels: on the CPU it runs its other "
-                         "implementation, impl='torch_compile' (the logits of the scored rows, under torch.compile).")
+        specs += [{"who": "trl", "config": f"loss_type {lt}", "w": w, "loss_type": lt} for lt in loss_types]
+    if head_available("cce", notes):
         impl = "cce" if _cuda() else "torch_compile"
         specs += [{"who": "cce", "config": f"CCE head, impl {impl}", "w": w, "head": "cce"} for w in (0.0, 1.0, 0.1)]
     for i, s in enumerate(specs):
@@ -208,35 +195,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _trl_loss_types(notes: list[str]) -> list[str]:
-    """TRL's loss types to run: "nll", and "chunked_nll" unless this TRL version makes it an alias of "nll"."""
-    try:
-        import trl
-        from trl import SFTConfig
-    except ImportError as e:
-        notes.append(f"TRL not run: {e} (pip install -r bench/requirements.txt)")
-        return []
-    import warnings
-
-    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
-        warnings.simplefilter("ignore")
-        chunked = SFTConfig(output_dir=tmp, loss_type="chunked_nll", use_cpu=not _cuda()).loss_type
-    if chunked == "nll":
-        notes.append(f"TRL {trl.__version__}: SFTConfig turns loss_type 'chunked_nll' into 'nll' (a deprecated alias: "
-                     "'nll' itself is the chunked fused LM head), so one row stands for both.")
-        return ["nll"]
-    return ["nll", "chunked_nll"]
-
-
-def _cce_available(notes: list[str]) -> bool:
-    try:
-        import cut_cross_entropy  # noqa: F401
-    except ImportError as e:  # its package imports triton at import time, also for the torch.compile path
-        notes.append(f"Cut Cross-Entropy not run: {e} (pip install -r bench/requirements.txt)")
-        return False
-    return True
 
 
 def run_child(spec: dict, work: Path) -> dict:
@@ -253,12 +211,37 @@ def run_child(spec: dict, work: Path) -> dict:
     return {**spec, **json.loads(out.read_text())}
 
 
-def plan_estimate(spec: dict) -> dict:
-    """`python -m sft plan`'s memory figures for the project's default configuration of this benchmark."""
-    from sft.plan import plan_run
+def run_round(specs: list[dict], common: dict, work: Path) -> dict[str, dict]:
+    """Every configuration once, in the given order: name -> figures."""
+    out = {}
+    for spec in specs:
+        r = run_child({**spec, **common}, work)
+        out[spec["name"]] = r
+        print(f"  {r['who']:4s} {r['config']:28s} w={r['w']:<4g} {r['useful_tokens_per_s']:9,.1f} tokens/s  "
+              f"peak {r['peak_rss'] / GIB:5.2f} GiB  loss {r['loss']:.5f}", flush=True)
+    return out
 
-    p = plan_run(project_config(spec))
-    return {"peak": p["peak_memory_bytes"], "parts": p["memory_bytes"], "note": p["memory_note"]}
+
+def best_of(runs: list[dict]) -> dict:
+    """One configuration's fastest round (wall time), its lowest CPU time, and the highest peak RSS of all rounds."""
+    best = dict(max(runs, key=lambda r: r["useful_tokens_per_s"]))
+    best["cpu_seconds"] = min(r["cpu_seconds"] for r in runs)
+    best["peak_rss"] = max(r["peak_rss"] for r in runs)
+    best["losses"] = sorted({r["loss"] for r in runs})  # a deterministic run: one value
+    return best
+
+
+def plan_estimate(spec: dict, tokens: int) -> dict:
+    """`python -m sft plan`'s peak memory for this run as it prints it, and its formula at this run's conditions."""
+    from sft.plan import memory_estimate, model_shape, plan_run
+
+    printed = plan_run(project_config(spec))
+    shape = model_shape(spec["model"])
+    # fp32 weights and activations, no CUDA context, the largest step's packed row.
+    here = {head: memory_estimate(shape, 4, tokens, act_bytes=4, selective=head == "selective", context_bytes=0)
+            for head in ("selective", "full")}
+    return {"printed": printed["peak_memory_bytes"], "printed_note": printed["memory_note"], "here": here,
+            "tokens": tokens}
 
 
 def main() -> None:
@@ -266,6 +249,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (Qwen2.5-0.5B has 24)")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps, the first untimed")
     parser.add_argument("--batch-size", type=int, default=4, help="examples per step (packed into one row)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds: every configuration runs once a round, the order reversed each round; its "
+                             "fastest round is reported (the load of a shared machine comes in bursts)")
     parser.add_argument("--smoke", action="store_true", help="a 64-wide, 1-layer body, 2 steps of 2 examples")
     parser.add_argument("--only", help="comma-separated trainers to run, of sft,trl,cce (default: all)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -278,15 +264,15 @@ def main() -> None:
     if not DATA.exists() or not TOKENIZER.exists():
         sys.exit(f"{DATA.parent.parent} is absent: this benchmark needs the project's ../shared folder.")
     if args.smoke:
-        args.layers, args.steps, args.batch_size = 1, 2, 2
+        args.layers, args.steps, args.batch_size, args.repeats = 1, 2, 2, 1
     if args.steps <= WARMUP_STEPS:
         sys.exit(f"--steps must be above {WARMUP_STEPS} (the warm-up step is not timed), got {args.steps}.")
     start = time.perf_counter()
-    results, plans, notes = run_all(args)
-    ok = print_report(results, plans)
+    results, plan, notes = run_all(args)
+    ok = print_report(results, plan)
     print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "plans": plans, "notes": notes}, indent=2))
+        args.json.write_text(json.dumps({"results": results, "plan": plan, "notes": notes}, indent=2))
     if not ok:
         sys.exit("The configurations did not train alike (tokens or losses differ): their figures do not compare.")
 
@@ -309,17 +295,16 @@ def run_all(args) -> tuple[list[dict], dict, list[str]]:
               flush=True)
         for n in notes:
             print(f"note: {n}", flush=True)
-        results = []
-        for spec in specs:
-            r = run_child({**spec, **common}, work)
-            results.append(r)
-            print(f"  {r['who']:4s} {r['config']:28s} w={r['w']:<4g} {r['useful_tokens_per_s']:9,.1f} tokens/s  "
-                  f"peak {r['peak_rss'] / GIB:5.2f} GiB  loss {r['loss']:.5f}", flush=True)
-        plans = {}
+        rounds = []
+        for i in range(args.repeats):
+            print(f"round {i + 1} of {args.repeats}:", flush=True)
+            rounds.append(run_round(specs[::-1] if i % 2 else specs, common, work))
+        results = [best_of([r[s["name"]] for r in rounds]) for s in specs]
+        plan = {}
         if any(r["who"] == "sft" for r in results):
-            base = {**common, "steps": args.steps, "batch": args.batch_size}
-            plans = {w: plan_estimate({**base, "w": w, "name": f"plan-w{w:g}"}) for w in (0.0, 1.0)}
-    return results, plans, notes
+            spec = {**common, "steps": args.steps, "batch": args.batch_size, "w": 0.0, "name": "plan"}
+            plan = plan_estimate(spec, tokens["largest_step"])
+    return results, plan, notes
 
 
 def _threads() -> int:
@@ -337,18 +322,17 @@ def count_tokens(rows: Path, model: Path, batch: int) -> dict:
                                                                                   cache_dir=str(model.parent / "c")))
     lengths = list(tok["length"])
     response = sum(sum(m) for m in tok["response_mask"])
-    return {"total": sum(lengths), "timed": sum(lengths[WARMUP_STEPS * batch:]),
+    steps = [sum(lengths[i:i + batch]) for i in range(0, len(lengths), batch)]
+    return {"total": sum(lengths), "timed": sum(steps[WARMUP_STEPS:]), "largest_step": max(steps),
             "response_share": response / sum(lengths)}
 
 
-def print_report(results: list[dict], plans: dict) -> bool:
+def print_report(results: list[dict], plan: dict) -> bool:
     """The table, the check that all configurations trained alike, and plan's estimate; True if they did."""
     print_table(results)
     ok = check_agreement(results)
-    for w, p in plans.items():
-        measured = [r for r in results if r["who"] == "sft" and r.get("selective_head", True) and r["w"] == w]
-        if measured:
-            print_plan_check(w, p, measured[0])
+    if plan:
+        print_plan_check(plan, results)
     return ok
 
 
@@ -381,7 +365,7 @@ def check_agreement(results: list[dict]) -> bool:
             ok = False
     print()
     for w, regime in REGIMES:
-        losses = [r["loss"] for r in results if r["w"] == w]
+        losses = [loss for r in results if r["w"] == w for loss in r["losses"]]  # every round's
         if losses:
             spread = (max(losses) - min(losses)) / abs(min(losses))
             ok &= spread <= LOSS_RTOL
@@ -390,16 +374,22 @@ def check_agreement(results: list[dict]) -> bool:
     return ok
 
 
-def print_plan_check(w: float, p: dict, measured: dict) -> None:
-    """plan's peak-memory estimate beside the selective head's measured peak, and their ratios."""
-    parts = ", ".join(f"{k.replace('_', ' ')} {v / GIB:.2f}" for k, v in p["parts"].items())
-    cpu = p["peak"] - p["parts"]["cuda_context"]  # the CPU has no CUDA context
-    used = measured["peak_rss"] - measured["rss_baseline"]
-    print(f"\nplan (w = {w:g}): peak ~{p['peak'] / GIB:.2f} GiB = {parts} GiB; {cpu / GIB:.2f} GiB without the "
-          f"CUDA context.\nmeasured (selective head, w = {w:g}): peak RSS {measured['peak_rss'] / GIB:.2f} GiB, of "
-          f"which {measured['rss_baseline'] / GIB:.2f} GiB interpreter and libraries before the model and data, "
-          f"{used / GIB:.2f} GiB above them.\nmeasured / plan: {measured['peak_rss'] / p['peak']:.2f} (peak RSS / "
-          f"plan's peak), {used / cpu:.2f} (above the libraries / plan without the CUDA context)")
+def print_plan_check(plan: dict, results: list[dict]) -> None:
+    """plan's peak-memory estimate beside the measured peaks of the project's two heads, and their ratios."""
+    print(f"\nplan, as `python -m sft plan` prints it for this run: peak ~{plan['printed'] / GIB:.2f} GiB "
+          f"({plan['printed_note']}; 1 GiB CUDA context)")
+    for head, label in (("selective", "selective head (default)"), ("full", "full logits")):
+        parts = plan["here"][head]
+        total = sum(parts.values())
+        listed = ", ".join(f"{k.replace('_', ' ')} {v / GIB:.2f}" for k, v in parts.items() if v)
+        print(f"plan's formula at this run, {label} (fp32 weights and activations, {plan['tokens']:,} tokens, "
+              f"no CUDA context): {total / GIB:.2f} GiB = {listed} GiB")
+        for r in results:
+            if r["who"] == "sft" and r["config"] == label:
+                used = r["peak_rss"] - r["rss_baseline"]
+                print(f"  measured, w = {r['w']:g}: peak RSS {r['peak_rss'] / GIB:.2f} GiB = "
+                      f"{r['rss_baseline'] / GIB:.2f} GiB interpreter and libraries (before the model and data) + "
+                      f"{used / GIB:.2f} GiB; measured above the libraries / plan = {used / total:.2f}")
 
 
 if __name__ == "__main__":
