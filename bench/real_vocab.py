@@ -215,10 +215,12 @@ def run_round(specs: list[dict], common: dict, work: Path) -> dict[str, dict]:
     """Every configuration once, in the given order: name -> figures."""
     out = {}
     for spec in specs:
+        start = time.perf_counter()
         r = run_child({**spec, **common}, work)
         out[spec["name"]] = r
-        print(f"  {r['who']:4s} {r['config']:28s} w={r['w']:<4g} {r['useful_tokens_per_s']:9,.1f} tokens/s  "
-              f"peak {r['peak_rss'] / GIB:5.2f} GiB  loss {r['loss']:.5f}", flush=True)
+        print(f"  {r['who']:4s} {r['config']:28s} w={r['w']:<4g} {r['useful_tokens_per_s']:9,.1f} tokens/s  peak "
+              f"{r['peak_rss'] / GIB:5.2f} GiB  loss {r['loss']:.5f}  (process {time.perf_counter() - start:.0f} s)",
+              flush=True)
     return out
 
 

@@ -5,9 +5,12 @@ prompt masked (w = 0) about half the positions never reach the loss, and for Qwe
 logits of a 16K-token step are ~10 GB in fp32 before their gradient. So the head runs here on
 the selected positions only, in chunks, with the gradient of each chunk computed while its
 logits exist (as Liger's fused linear cross-entropy does): the full tokens x vocabulary tensor
-is never materialised. Written here rather than taken from Liger because the loss needs
-per-token weights and per-token NLLs (for the response/prompt logs), which Liger's kernel
-does not return, and because it must run on the CPU.
+is never materialised. A chunk holds the positions whose fp32 logits fit in HEAD_CHUNK_BYTES
+(220 at Qwen2.5's 151,936-token vocabulary) and is worked on in place, so the head needs one
+chunk and the fp32 gradient of its weight, whatever the batch; bench/real_vocab.py measures it
+against TRL's chunked loss and Cut Cross-Entropy. Written here rather than taken from Liger
+because the loss needs per-token weights and per-token NLLs (for the response/prompt logs),
+which Liger's kernel does not return, and because it must run on the CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ HEAD_CHUNK_BYTES = 128 * 2**20  # fp32 logits of one chunk: 220 positions at Qwe
 
 
 def head_chunk_tokens(vocab: int, budget: int | None = None) -> int:
-    """Positions per head chunk: the fp32 logits rows that fit in `budget` (HEAD_CHUNK_BYTES), at most HEAD_CHUNK_TOKENS."""
+    """Positions per head chunk: as many fp32 logits rows as `budget` (HEAD_CHUNK_BYTES) holds, at most 1,024."""
     budget = HEAD_CHUNK_BYTES if budget is None else budget
     return max(1, min(HEAD_CHUNK_TOKENS, budget // (4 * vocab)))
 
