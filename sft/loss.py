@@ -6,7 +6,7 @@ logits of a 16K-token step are ~10 GB in fp32 before their gradient. So the head
 the selected positions only, in chunks, with the gradient of each chunk computed while its
 logits exist (as Liger's fused linear cross-entropy does): the full tokens x vocabulary tensor
 is never materialised. A chunk holds the positions whose fp32 logits fit in HEAD_CHUNK_BYTES
-(220 at Qwen2.5's 151,936-token vocabulary) and is worked on in place, so the head needs one
+(883 at Qwen2.5's 151,936-token vocabulary) and is worked on in place, so the head needs one
 chunk and the fp32 gradient of its weight, whatever the batch; bench/real_vocab.py measures it
 against TRL's chunked loss and Cut Cross-Entropy. Written here rather than taken from Liger
 because the loss needs per-token weights and per-token NLLs (for the response/prompt logs),
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 HEAD_CHUNK_TOKENS = 1024  # the most positions per head chunk (small vocabularies: fewer, larger matmuls)
-HEAD_CHUNK_BYTES = 128 * 2**20  # fp32 logits of one chunk: 220 positions at Qwen2.5's 151,936-row vocabulary
+HEAD_CHUNK_BYTES = 512 * 2**20  # fp32 logits of one chunk: 883 positions at Qwen2.5's 151,936-row vocabulary
 
 
 def head_chunk_tokens(vocab: int, budget: int | None = None) -> int:
@@ -78,10 +78,11 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
             total = logits.sub_(top[:, None]).exp_().sum(dim=1)  # exp(z - max z), summed
             nll[s : s + chunk] = top + total.log() - target
             if needs_grad:
-                # d(w_i * nll_i)/d logits_i = w_i * (softmax_i - onehot(y_i)), built in place in `logits`.
-                logits.div_(total[:, None])
-                logits[rows, y] -= 1.0
-                logits.mul_(token_weights[s : s + chunk, None])
+                # d(w_i * nll_i)/d logits_i = w_i * softmax_i - w_i * onehot(y_i), built in place in `logits`
+                # (one pass: the softmax's division and the weight are a single scale per row).
+                scale = token_weights[s : s + chunk]
+                logits.mul_((scale / total)[:, None])
+                logits[rows, y] -= scale
                 grad_h[s : s + chunk] = (logits.to(weight.dtype) @ weight).to(hidden.dtype)
                 grad_w.addmm_(logits.T, h.float())
             del logits  # before the next chunk's matmul allocates its own: one chunk alive at a time
