@@ -41,6 +41,7 @@ bench: install
 	$(PY) -m pip install -q -r bench/requirements.txt
 	$(PY) bench/preprocess.py
 	$(PY) bench/throughput.py
+	$(PY) bench/real_vocab.py
 	$(PY) bench/generation_speed.py
 
 clean-demo:

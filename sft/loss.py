@@ -5,9 +5,12 @@ prompt masked (w = 0) about half the positions never reach the loss, and for Qwe
 logits of a 16K-token step are ~10 GB in fp32 before their gradient. So the head runs here on
 the selected positions only, in chunks, with the gradient of each chunk computed while its
 logits exist (as Liger's fused linear cross-entropy does): the full tokens x vocabulary tensor
-is never materialised. Written here rather than taken from Liger because the loss needs
-per-token weights and per-token NLLs (for the response/prompt logs), which Liger's kernel
-does not return, and because it must run on the CPU.
+is never materialised. A chunk holds the positions whose fp32 logits fit in HEAD_CHUNK_BYTES
+(883 at Qwen2.5's 151,936-token vocabulary) and is worked on in place, so the head needs one
+chunk and the fp32 gradient of its weight, whatever the batch; bench/real_vocab.py measures it
+against TRL's chunked loss and Cut Cross-Entropy. Written here rather than taken from Liger
+because the loss needs per-token weights and per-token NLLs (for the response/prompt logs),
+which Liger's kernel does not return, and because it must run on the CPU.
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-HEAD_CHUNK_TOKENS = 1024  # positions per head chunk: 1024 x 151,936 fp32 logits = 0.6 GB at a time
+HEAD_CHUNK_TOKENS = 1024  # the most positions per head chunk (small vocabularies: fewer, larger matmuls)
+HEAD_CHUNK_BYTES = 512 * 2**20  # fp32 logits of one chunk: 883 positions at Qwen2.5's 151,936-row vocabulary
 
+
+def head_chunk_tokens(vocab: int, budget: int | None = None) -> int:
+    """Positions per head chunk: as many fp32 logits rows as `budget` (HEAD_CHUNK_BYTES) holds, at most 1,024."""
+    budget = HEAD_CHUNK_BYTES if budget is None else budget
+    return max(1, min(HEAD_CHUNK_TOKENS, budget // (4 * vocab)))
 
 def shift_left(x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
     """x[:, t + 1] at position t (the last position gets `fill`): aligns token t + 1 with its predictor."""
@@ -62,18 +71,25 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], targets[s : s + chunk]
-            logits = (h @ weight.T).float()  # the only [chunk, vocab] tensor; freed after this iteration
-            lse = torch.logsumexp(logits, dim=-1)
-            nll[s : s + chunk] = lse - logits.gather(1, y[:, None]).squeeze(1)
+            rows = torch.arange(len(y), device=y.device)
+            # The only [chunk, vocab] tensor. Every step below works in place: torch.logsumexp would
+            # allocate a second one, and so would a separate softmax.
+            logits = (h @ weight.T).float()
+            target = logits[rows, y]
+            top = logits.amax(dim=1)
+            total = logits.sub_(top[:, None]).exp_().sum(dim=1)  # exp(z - max z), summed
+            nll[s : s + chunk] = top + total.log() - target
             if needs_grad:
-                # d(w_i * nll_i)/d logits_i = w_i * (softmax_i - onehot(y_i)), built in place in `logits`.
-                probs = logits.sub_(lse[:, None]).exp_()
-                probs[torch.arange(len(y), device=y.device), y] -= 1.0
-                probs.mul_(token_weights[s : s + chunk, None])
+                # d(w_i * nll_i)/d logits_i = w_i * softmax_i - w_i * onehot(y_i), built in place in `logits`
+                # (one pass: the softmax's division and the weight are a single scale per row).
+                scale = token_weights[s : s + chunk]
+                logits.mul_((scale / total)[:, None])
+                logits[rows, y] -= scale
                 if needs_h:
-                    grad_h[s : s + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+                    grad_h[s : s + chunk] = (logits.to(weight.dtype) @ weight).to(hidden.dtype)
                 if needs_w:
-                    grad_w.addmm_(probs.T, h.float())
+                    grad_w.addmm_(logits.T, h.float())
+            del logits  # before the next chunk's matmul allocates its own: one chunk alive at a time
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(nll)
@@ -82,18 +98,24 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll):
         grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_loss.to(grad_h.dtype) if ctx.needs_input_grad[0] and grad_h is not None else None
-        gw = (grad_w * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] and grad_w is not None else None
+        # Scaled in place, so the [vocab, hidden] gradient is never copied. A second backward through
+        # the same graph (retain_graph=True) fails on autograd's version check instead of going wrong.
+        gh = grad_h.mul_(grad_loss.to(grad_h.dtype)) if ctx.needs_input_grad[0] and grad_h is not None else None
+        gw = grad_w.mul_(grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] and grad_w is not None else None
         return gh, gw, None, None, None
 
 
 def selected_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
-                 chunk: int = HEAD_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of w * nll, per-row nll) for selected rows of hidden states [K, H] through a bias-free head."""
+                 chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of w * nll, per-row nll) for selected rows of hidden states [K, H] through a bias-free head.
+
+    `chunk` positions go through the head at a time; by default as many as HEAD_CHUNK_BYTES of logits hold.
+    """
     if getattr(head, "bias", None) is not None:
         raise ValueError("The selective head supports bias-free output layers (Qwen, Llama, Mistral); set "
                          "selective_head=False in the train config for this model.")
     if hidden.shape[0] == 0:
         zero = hidden.sum() * 0.0 + head.weight.sum() * 0.0  # keeps the graph connected for DDP
         return zero, hidden.new_zeros(0, dtype=torch.float32)
+    chunk = chunk or head_chunk_tokens(head.weight.shape[0])
     return _WeightedLinearCrossEntropy.apply(hidden, head.weight, targets, token_weights.to(torch.float32), chunk)

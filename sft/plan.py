@@ -14,7 +14,9 @@ Formulas (all stated in the output too):
 * Memory = weights + gradients + AdamW's two states, each in the dtype the weights are loaded in
   on the GPU (model.dtype "auto" = bf16: the Trainer's bf16=True then only autocasts, there is no
   fp32 master copy), + activations of the largest possible micro-batch (batch x longest example)
-  + the LM head's fp32 logits chunk and its gradient + 1 GiB of CUDA context.
+  + the LM head (`head_bytes`: one chunk of fp32 logits with the selective head) + a tied embedding's dense
+  gradient + 1 GiB of CUDA context, summed as if all were alive at once. bench/real_vocab.py checks
+  `memory_estimate` against a measured peak.
 * Adapters (docs/lora.md): the same run as full fine-tuning, LoRA (frozen bf16 base; adapter, its
   gradients and AdamW states in fp32) and QLoRA (NF4 linear layers, the rest fp32), side by side,
   with 4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T training FLOPs for the two adapter methods
@@ -39,7 +41,7 @@ from sft.checks import check_inputs
 from sft.config import ExperimentConfig, LoraSettings
 from sft.data import prepare_data
 from sft.lora import lora_config
-from sft.loss import HEAD_CHUNK_TOKENS
+from sft.loss import head_chunk_tokens
 from sft.modeling import load_tokenizer, looks_local
 
 GIB = 1024**3
@@ -162,6 +164,36 @@ def activation_bytes_per_token(shape: dict[str, Any], act_bytes: int) -> int:
     return act_bytes * (4 * h + 4 * q + 4 * kv + 4 * i) + 4 * 2 * h
 
 
+def head_bytes(shape: dict[str, Any], tokens: int, selective: bool, weight_bytes: int, compute_bytes: int) -> int:
+    """Bytes of the LM head and its cross-entropy at their peak, for a micro-batch of `tokens` positions.
+
+    Selective head (sft/loss.py): one chunk of fp32 logits, worked on in place, and the 16-bit product it
+    is cast from when the compute is 16-bit (autocast); with 16-bit weights, its fp32 [V, d] gradient
+    accumulator (with fp32 weights that is the weight's gradient, counted apart). Full logits: the logits
+    in the compute dtype, their fp32 copy (none when the compute is fp32), the log-softmax and its
+    gradient, all tokens x V.
+    """
+    vocab, cast = shape["vocab"], compute_bytes if compute_bytes < 4 else 0
+    if not selective:
+        return tokens * vocab * (cast + 3 * 4)
+    rows = min(tokens, head_chunk_tokens(vocab))
+    return rows * vocab * (4 + cast) + (shape["embedding_parameters"] * 4 if weight_bytes < 4 else 0)
+
+
+def memory_estimate(shape: dict[str, Any], weight_bytes: int, tokens: int, act_bytes: int = 2,
+                    selective: bool = True, context_bytes: int = int(CUDA_CONTEXT_GIB * GIB)) -> dict[str, int]:
+    """The parts of a training step's peak memory, for a micro-batch of `tokens` positions (AdamW, no checkpointing)."""
+    params = shape["parameters"]
+    return {
+        "weights": params * weight_bytes, "gradients": params * weight_bytes, "adamw_states": 2 * params * weight_bytes,
+        "activations": tokens * shape["layers"] * activation_bytes_per_token(shape, act_bytes),
+        "lm_head": head_bytes(shape, tokens, selective, weight_bytes, act_bytes),
+        # The input embedding's backward makes a dense [V, d] gradient before adding it to the tied head's.
+        "tied_embedding_gradient": shape["embedding_parameters"] * weight_bytes if shape["tied_embeddings"] else 0,
+        "cuda_context": context_bytes,
+    }
+
+
 def gpu_weight_bytes(cfg: ExperimentConfig) -> int:
     """Bytes per parameter as loaded on a bf16-capable GPU: "auto" and "bfloat16" are bf16, "float16" fp16."""
     return 4 if cfg.model.dtype == "float32" else 2
@@ -190,8 +222,10 @@ def method_memory(method: str, shape: dict[str, Any], weight_bytes: int, common:
     upcast to fp32 by peft's prepare_model_for_kbit_training; one linear layer dequantized to bf16 at a time)."""
     n = shape["parameters"]
     if method == "full":
+        # A tied embedding's backward makes a dense [V, d] gradient before adding it to the head's (frozen under LoRA).
+        tied = shape["embedding_parameters"] * weight_bytes if shape.get("tied_embeddings") else 0
         return {"weights": n * weight_bytes, "gradients": n * weight_bytes, "adamw_states": 2 * n * weight_bytes,
-                **common}
+                "tied_embedding_gradient": tied, **common}
     a = shape["adapter_parameters"]
     if method == "lora":
         frozen = {"frozen_weights": n * weight_bytes}
@@ -276,7 +310,7 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
     mb_tokens = t.per_device_train_batch_size * int(lengths.max())  # the largest micro-batch possible
     checkpointing = bool(t.extra.get("gradient_checkpointing", False))
     common = {"activations": activation_memory(shape, mb_tokens, checkpointing),
-              "head_logits_chunk": 2 * min(mb_tokens, HEAD_CHUNK_TOKENS) * shape["vocab"] * 4,
+              "lm_head": head_bytes(shape, mb_tokens, t.selective_head, gpu_weight_bytes(cfg), 2),
               "cuda_context": int(CUDA_CONTEXT_GIB * GIB)}
     method = run_method(cfg)
     memory = method_memory(method, shape, gpu_weight_bytes(cfg), common)

@@ -5,7 +5,7 @@ import torch
 
 from conftest import demo_config
 from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
-from sft.loss import selected_nll, target_weights
+from sft.loss import HEAD_CHUNK_BYTES, HEAD_CHUNK_TOKENS, head_chunk_tokens, selected_nll, target_weights
 from sft.train import build_trainer, train
 
 
@@ -26,6 +26,65 @@ def test_selective_head_equals_full_head_loss_and_gradients():
     # float64 inputs, float32 logits inside: equal to float32 precision.
     torch.testing.assert_close(g_h, r_h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_w, r_w, rtol=1e-5, atol=1e-6)
+
+
+def reference_weighted_ce(hidden, weight, targets, w):
+    """Plain weighted cross-entropy through the full logits, in float64: sum_i w_i CE_i, and the CE_i."""
+    nll = torch.nn.functional.cross_entropy(hidden.double() @ weight.double().T, targets, reduction="none")
+    return (nll * w.double()).sum(), nll
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])  # ordinary logits, and logits in the hundreds (overflow without max)
+def test_selective_head_float32_equals_plain_weighted_cross_entropy(scale):
+    torch.manual_seed(1)
+    k, h, v = 53, 24, 1000
+    hidden = (torch.randn(k, h) * scale / h**0.5).requires_grad_()
+    head = torch.nn.Linear(h, v, bias=False)
+    targets = torch.randint(0, v, (k,))
+    w = torch.rand(k)
+    w[::4] = 0.0  # prompt positions at w = 0 contribute nothing, in value and gradient
+    loss, nll = selected_nll(hidden, head, targets, w, chunk=16)
+    ref, ref_nll = reference_weighted_ce(hidden, head.weight, targets, w)
+    torch.testing.assert_close(nll.double(), ref_nll.detach(), rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-5 * scale)
+    g_h, g_w = torch.autograd.grad(loss / 7.0, (hidden, head.weight))
+    r_h, r_w = torch.autograd.grad(ref / 7.0, (hidden, head.weight))
+    # The reference's gradients come back to the float32 leaves from a float64 computation.
+    torch.testing.assert_close(g_h, r_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_w, r_w, rtol=1e-5, atol=1e-6 * scale)
+    assert g_h[::4].abs().max() == 0
+
+
+def test_head_chunk_follows_the_vocabulary_and_the_memory_budget():
+    assert head_chunk_tokens(151936) == HEAD_CHUNK_BYTES // (4 * 151936) == 883  # Qwen2.5: 512 MiB of fp32 logits
+    assert head_chunk_tokens(4096) == HEAD_CHUNK_TOKENS  # small vocabularies: capped
+    assert head_chunk_tokens(10**9) == 1
+    assert head_chunk_tokens(1000, budget=4000 * 7) == 7
+
+
+def test_selective_head_default_chunk_gives_the_same_loss_and_gradients(monkeypatch):
+    torch.manual_seed(2)
+    k, h, v = 40, 8, 500
+    hidden = torch.randn(k, h, requires_grad=True)
+    head = torch.nn.Linear(h, v, bias=False)
+    targets, w = torch.randint(0, v, (k,)), torch.rand(k)
+    monkeypatch.setattr("sft.loss.HEAD_CHUNK_BYTES", 4 * v * 6)  # 6 rows a chunk: the ragged last one included
+    assert head_chunk_tokens(v) == 6
+    results = []
+    for chunk in (None, k):
+        loss, nll = selected_nll(hidden, head, targets, w, chunk=chunk)
+        results.append((loss, nll, *torch.autograd.grad(loss, (hidden, head.weight))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_selective_head_graph_refuses_a_second_backward():
+    hidden = torch.randn(5, 4, requires_grad=True)
+    head = torch.nn.Linear(4, 9, bias=False)
+    loss, _ = selected_nll(hidden, head, torch.randint(0, 9, (5,)), torch.ones(5))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()  # the gradients were scaled in place: a second pass must fail, not double-scale
 
 
 @pytest.mark.parametrize("w", [0.0, 0.1, 1.0])
