@@ -27,7 +27,7 @@ from sft.layout import CASE_STUDY_DIR, CHECKPOINT_RE, MANIFEST, tensorboard_dir
 from sft.lora import is_adapter_dir
 from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
 from sft.modeling import load_model, load_tokenizer
-from sft.prompts import get_template
+from sft.prompts import get_template, user_message
 from sft.synthetic import generate_rows
 
 DEFAULT_TEMPLATE = "alpaca"  # for a base model when no fine-tuned run says otherwise
@@ -104,15 +104,8 @@ def render_for(spec: ModelSpec, tokenizer, rows: list[dict[str, str]]) -> list[s
                                               tokenize=False) for r in rows]
     if spec.run is None or not tokenizer.chat_template or spec.template != trained_template(spec.run):
         return render_prompts(spec.template, rows)
-    return [tokenizer.apply_chat_template([{"role": "user", "content": _content(r)}], add_generation_prompt=True,
-                                          tokenize=False) for r in rows]
-
-
-def _content(row: dict[str, str]):
-    """A user message of the training template: the instruction, or [instruction, input] as two text parts."""
-    if not row.get("input"):
-        return row["instruction"]
-    return [{"type": "text", "text": row["instruction"]}, {"type": "text", "text": row["input"]}]
+    return [tokenizer.apply_chat_template([user_message(r["instruction"], r.get("input"))],
+                                          add_generation_prompt=True, tokenize=False) for r in rows]
 
 
 def read_prompts(path: str | Path) -> list[dict[str, str]]:

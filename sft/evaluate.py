@@ -230,9 +230,8 @@ def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig,
     # through max_length (transformers gives max_new_tokens precedence): each task's max_gen_toks must hold.
     model.generation_config.max_new_tokens = None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
-    limit = int(settings.limit) if settings.limit is not None and settings.limit >= 1 else settings.limit
     # Few-shot examples as earlier user/assistant turns in the chat template: how a chat model sees examples.
-    return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, batch_size=settings.batch_size,
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=settings.limit, batch_size=settings.batch_size,
                            num_fewshot=settings.num_fewshot, apply_chat_template=chat, fewshot_as_multiturn=chat,
                            log_samples=True)
 

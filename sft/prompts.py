@@ -45,6 +45,13 @@ class Template:
             with_input=_jinja_expression(self.prompt_input), no_input=_jinja_expression(self.prompt_no_input))
 
 
+def user_message(instruction: str, input: str | None = None) -> dict:
+    """The user message that Template.chat_template renders as render(instruction, input); input is a second part."""
+    if not input:
+        return {"role": "user", "content": instruction}
+    return {"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "text", "text": input}]}
+
+
 # The Jinja skeleton of Template.chat_template: {name}, {bos}, {with_input} and {no_input} are filled in by
 # str.format, which is why Jinja's own braces are doubled here.
 CHAT_TEMPLATE = """\

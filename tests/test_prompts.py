@@ -1,6 +1,6 @@
 import pytest
 
-from sft.prompts import ALPACA, Template, get_template, register_template, render_prompt
+from sft.prompts import ALPACA, Template, get_template, register_template, render_prompt, user_message
 
 
 def test_alpaca_no_input_is_stanford_wording_with_newline():
@@ -41,8 +41,7 @@ def test_register_and_refuse_duplicates():
 
 
 def _chat_ids(tokenizer, instruction: str, input: str = "") -> list[int]:
-    content = [{"type": "text", "text": instruction}, {"type": "text", "text": input}] if input else instruction
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+    return tokenizer.apply_chat_template([user_message(instruction, input)], add_generation_prompt=True,
                                          tokenize=True)["input_ids"]
 
 
