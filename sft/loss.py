@@ -71,21 +71,24 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], targets[s : s + chunk]
-            # The only [chunk, vocab] tensor (logsumexp takes a temporary of the same size). The in-place
-            # max/exp/sum form saves that temporary but rounds differently, which changes the demo's training
-            # numerics and so its committed results: kept as it is until those are re-run with it.
+            rows = torch.arange(len(y), device=y.device)
+            # The only [chunk, vocab] tensor. Every step below works in place: torch.logsumexp would
+            # allocate a second one, and so would a separate softmax.
             logits = (h @ weight.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            nll[s : s + chunk] = lse - logits.gather(1, y[:, None]).squeeze(1)
+            target = logits[rows, y]
+            top = logits.amax(dim=1)
+            total = logits.sub_(top[:, None]).exp_().sum(dim=1)  # sum of exp(z - max z)
+            nll[s : s + chunk] = top + total.log() - target
             if needs_grad:
-                # d(w_i * nll_i)/d logits_i = w_i * (softmax_i - onehot(y_i)), built in place in `logits`.
-                probs = logits.sub_(lse[:, None]).exp_()
-                probs[torch.arange(len(y), device=y.device), y] -= 1.0
-                probs.mul_(token_weights[s : s + chunk, None])
+                # d(w_i * nll_i)/d logits_i = w_i * softmax_i - w_i * onehot(y_i), built in place in `logits`
+                # (one pass: the softmax's division and the token weight are a single scale per row).
+                scale = token_weights[s : s + chunk]
+                logits.mul_((scale / total)[:, None])
+                logits[rows, y] -= scale
                 if needs_h:
-                    grad_h[s : s + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+                    grad_h[s : s + chunk] = (logits.to(weight.dtype) @ weight).to(hidden.dtype)
                 if needs_w:
-                    grad_w.addmm_(probs.T, h.float())
+                    grad_w.addmm_(logits.T, h.float())
             del logits  # before the next chunk's matmul allocates its own: one chunk alive at a time
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype

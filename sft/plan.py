@@ -167,7 +167,7 @@ def activation_bytes_per_token(shape: dict[str, Any], act_bytes: int) -> int:
 def head_bytes(shape: dict[str, Any], tokens: int, selective: bool, weight_bytes: int, compute_bytes: int) -> int:
     """Bytes of the LM head and its cross-entropy at their peak, for a micro-batch of `tokens` positions.
 
-    Selective head (sft/loss.py): one chunk of fp32 logits and logsumexp's temporary of the same size, and
+    Selective head (sft/loss.py): one chunk of fp32 logits (worked on in place), and
     the 16-bit product it is cast from when the compute is 16-bit (autocast); with 16-bit weights, its fp32 [V, d] gradient
     accumulator (with fp32 weights that is the weight's gradient, counted apart). Full logits: the logits
     in the compute dtype, their fp32 copy (none when the compute is fp32), the log-softmax and its
@@ -177,7 +177,7 @@ def head_bytes(shape: dict[str, Any], tokens: int, selective: bool, weight_bytes
     if not selective:
         return tokens * vocab * (cast + 3 * 4)
     rows = min(tokens, head_chunk_tokens(vocab))
-    return rows * vocab * (2 * 4 + cast) + (shape["embedding_parameters"] * 4 if weight_bytes < 4 else 0)
+    return rows * vocab * (4 + cast) + (shape["embedding_parameters"] * 4 if weight_bytes < 4 else 0)
 
 
 def memory_estimate(shape: dict[str, Any], weight_bytes: int, tokens: int, act_bytes: int = 2,

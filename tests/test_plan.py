@@ -125,9 +125,9 @@ def test_plan_figures_against_a_hand_count(plan_root, monkeypatch, qwen_tokenize
                                                                           4 * 494_032_768)
     per_token = 2 * (4 * 896 + 4 * 896 + 4 * 128 + 4 * 4864) + 8 * 896
     assert mem["activations"] == 5 * int(lengths.max()) * 24 * per_token
-    # Selective head under bf16 autocast: one fp32 chunk of 883 positions, logsumexp's temporary of the same size
-    # and the bf16 product; the tied embedding's dense fp32 gradient; the CUDA context.
-    assert mem["lm_head"] == min(883, 5 * int(lengths.max())) * 151_936 * (4 + 4 + 2)
+    # Selective head under bf16 autocast: one fp32 chunk of 883 positions (worked on in place) and the bf16
+    # product; the tied embedding's dense fp32 gradient; the CUDA context.
+    assert mem["lm_head"] == min(883, 5 * int(lengths.max())) * 151_936 * (4 + 2)
     assert mem["tied_embedding_gradient"] == 4 * 151_936 * 896 and mem["cuda_context"] == GIB
     assert p["peak_memory_bytes"] == sum(mem.values())
     for g, gpu in zip(p["gpus"], GPUS):
@@ -140,11 +140,11 @@ def test_memory_estimate_of_the_lm_head():
              "tied_embeddings": True, "layers": 1, "q_dim": 64, "kv_dim": 32, "intermediate": 128}
     rows = head_chunk_tokens(151_936)
     fp32 = memory_estimate(shape, 4, 5000, act_bytes=4, context_bytes=0)
-    assert fp32["lm_head"] == rows * 151_936 * 8  # one fp32 chunk and logsumexp's temporary; no cast, no extra grad
+    assert fp32["lm_head"] == rows * 151_936 * 4  # one fp32 chunk, worked on in place; no cast, no extra grad
     assert fp32["tied_embedding_gradient"] == 4 * 151_936 * 64 and fp32["cuda_context"] == 0
-    assert memory_estimate(shape, 4, 100, act_bytes=4)["lm_head"] == 100 * 151_936 * 8  # fewer tokens than a chunk
+    assert memory_estimate(shape, 4, 100, act_bytes=4)["lm_head"] == 100 * 151_936 * 4  # fewer tokens than a chunk
     bf16 = memory_estimate(shape, 2, 5000, act_bytes=2)  # bf16 weights: the fp32 gradient accumulator too
-    assert bf16["lm_head"] == rows * 151_936 * 10 + 4 * 151_936 * 64
+    assert bf16["lm_head"] == rows * 151_936 * 6 + 4 * 151_936 * 64
     full = memory_estimate(shape, 4, 5000, act_bytes=4, selective=False)
     assert full["lm_head"] == 5000 * 151_936 * 12  # logits, log-softmax and its gradient, fp32
     assert memory_estimate(shape | {"tied_embeddings": False}, 4, 10)["tied_embedding_gradient"] == 0
