@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast sweep bench install clean-demo reference-check
+.PHONY: demo demo-chat test test-fast sweep bench install clean-demo reference-check
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ test-fast: install
 demo: install
 	$(PY) -m sft demo
 	$(PY) eval.py --models base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked --tensorboard
+
+# The conversational study (docs/results.md): synthetic dialogues from the demo's base at w = 0, 0.5, 1, evaluated
+# with lm-eval multi-turn requests through the chat template. Its own target: make demo already takes ~7 minutes.
+demo-chat: install
+	$(PY) -m sft demo --chat
 
 # The study beyond two points: 4 prompt-loss weights x 3 seeds on the demo (12 runs; docs/results.md has the time).
 sweep: install

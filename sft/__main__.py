@@ -19,7 +19,7 @@ import torch
 from sft.config import (
     DEFAULT_PRESET, PRESETS, ExperimentConfig, apply_overrides, field_help, load_config, section_classes,
 )
-from sft.demo import ensure_assets, ensure_demo_assets, run_demo
+from sft.demo import ensure_assets, ensure_demo_assets, run_demo, run_demo_chat
 from sft.evaluate import (
     BATCH_SIZE, FORMATS, MAX_GEN_TOKS, EvalConfig, estimate_costs, evaluate_models, format_costs, parse_models,
 )
@@ -125,15 +125,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
-    """Write the synthetic data and build the tiny base model of the demo preset."""
-    cfg = load_config("demo", **args.overrides)
+    """Write the synthetic data (and dialogues, with --chat) and build the tiny base model of the demo preset."""
+    cfg = load_config("demo-chat" if args.chat else "demo", **args.overrides)
     print(f"demo base model: {ensure_demo_assets(cfg.demo)}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole offline study (what `make demo` runs)."""
-    run_demo(overrides=args.overrides)
+    """The whole offline study (what `make demo` runs), or its conversational part with --chat (`make demo-chat`)."""
+    if args.chat:
+        run_demo_chat(overrides=args.overrides)
+    else:
+        run_demo(overrides=args.overrides)
     return 0
 
 
@@ -249,14 +252,16 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="held-out losses and lm-eval benchmarks of several models, summarised")
     p.add_argument("--models", required=True, metavar="LABEL=PATH,...",
                    help="e.g. base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked")
-    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups (default for the demo: sft_demo)")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups (default for the demo: sft_demo; for "
+                                   "demo-chat runs: sft_dialogue)")
     p.add_argument("--heldout-only", action="store_true",
                    help="held-out response loss and token accuracy only, no lm-eval task (fast; offline)")
     p.add_argument("--name", help="folder under --out (default: the preset of the runs)")
     p.add_argument("--limit", type=float, help="items per task (a number below 1 is a share), for quick checks")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="one fixed batch size for every model")
     p.add_argument("--out", default=RESULTS_ROOT, help="results go to OUT/NAME/<YYYYmmdd_HHMMSS>/")
-    p.add_argument("--test-data", help="test JSONL of the sft_demo tasks (default: the demo's test.jsonl)")
+    p.add_argument("--test-data", help="test JSONL of the sft_demo or sft_dialogue tasks (default: the demo's "
+                                       "test.jsonl, or its dialogues')")
     p.add_argument("--max-gen-toks", type=int, default=MAX_GEN_TOKS, help="tokens generated per answer at most")
     p.add_argument("--prompt-format", choices=FORMATS, default="auto",
                    help="raw: lm-eval's prompts as they are; chat: in each model's chat template (a fine-tuned "
@@ -290,11 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_command(sub, "train", "fine-tune (the notebooks run the same code)", cmd_train)
     _add_plan(sub)
     _add_reference_check(sub)
-    _config_command(sub, "build-demo", "write the demo data and build its tiny base model", cmd_build_demo,
-                    preset=False)
+    p = _config_command(sub, "build-demo", "write the demo data and build its tiny base model", cmd_build_demo,
+                        preset=False)
+    p.add_argument("--chat", action="store_true", help="also write the synthetic dialogues (Dataset/demo-chat/)")
     _add_sweep(sub)
-    _config_command(sub, "demo", "the whole offline study: build, fine-tune both regimes, evaluate, compare", cmd_demo,
-                    preset=False)
+    p = _config_command(sub, "demo", "the whole offline study: build, fine-tune both regimes, evaluate, compare",
+                        cmd_demo, preset=False)
+    p.add_argument("--chat", action="store_true",
+                   help="the conversational study instead (make demo-chat): dialogues at w = 0, 0.5 and 1, lm-eval "
+                        "multi-turn requests through the chat template; results in evaluation_results/demo-chat/")
     _add_evaluate(sub)
     _add_compare(sub)
     return parser

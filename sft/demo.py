@@ -10,12 +10,13 @@ from pathlib import Path
 import papermill
 from filelock import FileLock
 
-from sft import synthetic
+from sft import dialogues, synthetic
 from sft.compare import compare
 from sft.config import DemoConfig, ExperimentConfig, load_config
 from sft.evaluate import evaluate_models
 from sft.layout import ASSETS_DIR, run_dir
 from sft.modeling import TinyModelConfig, ensure_demo_base
+from sft.train import train
 
 NOTEBOOKS = {"masked": "finetune_masked.ipynb", "unmasked": "finetune_unmasked.ipynb"}  # run name -> notebook
 
@@ -51,14 +52,35 @@ def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
     return built
 
 
+def ensure_dialogue_dataset(demo: DemoConfig) -> dict[str, Path]:
+    """Write the synthetic dialogue splits to demo.dialogue_dir unless the same ones are already there."""
+    out = Path(demo.dialogue_dir)
+    paths = {name: out / f"{name}.jsonl" for name in ("train", "heldout", "test")}
+    manifest = out / "manifest.json"
+    wanted = {"train": demo.n_dialogue_train, "heldout": demo.n_dialogue_heldout, "test": demo.n_dialogue_test}
+    # Both generators' sources are part of the key: editing a family or a dialogue kind rebuilds the data.
+    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes() + Path(dialogues.__file__).read_bytes())
+    generator = generator.hexdigest()[:16]
+    if manifest.is_file() and all(p.is_file() for p in paths.values()):
+        m = json.loads(manifest.read_text())
+        if m.get("seed") == demo.data_seed and m.get("counts") == wanted and m.get("generator") == generator:
+            return paths
+    built = dialogues.build_dialogue_dataset(out, *wanted.values(), seed=demo.data_seed)
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "generator": generator}, indent=2) + "\n")
+    return built
+
+
 def ensure_demo_assets(demo: DemoConfig) -> Path:
-    """Build (or reuse) the demo data and base model; return the base model folder.
+    """Build (or reuse) the demo data (and its dialogues, for demo-chat) and base model; return the base folder.
 
     Under a file lock: two notebooks started at once, or the ranks of a torchrun job, build them once.
     """
     Path(demo.dataset_dir).parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{Path(demo.dataset_dir)}.lock"):
         paths = ensure_demo_dataset(demo)
+        if demo.dialogues:
+            ensure_dialogue_dataset(demo)
         return ensure_demo_base(demo.base_dir, paths["train"], tiny_model_config(demo))
 
 
@@ -103,3 +125,29 @@ def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overr
         print(f"[demo] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
               "plot and spreadsheet in assets/", flush=True)
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+CHAT_WEIGHTS = (0.0, 0.5, 1.0)  # the conversational study's prompt-loss weights: masked, in between, unmasked
+CHAT_ASSETS = f"{ASSETS_DIR}/demo-chat"  # its plot and spreadsheet, apart from the main demo's
+
+
+def run_demo_chat(overrides: dict | None = None) -> Path:
+    """The conversational study: fine-tune the demo's base on dialogues at w = 0, 0.5, 1, evaluate, compare."""
+    overrides = dict(overrides or {})
+    overrides.setdefault("overwrite", overrides.get("resume", "auto") == "auto")  # rebuild the study, as run_demo
+    t0 = time.perf_counter()
+    runs = {}
+    for w in CHAT_WEIGHTS:
+        cfg = load_config("demo-chat", **{**overrides, "prompt_loss_weight": w})
+        ensure_assets(cfg)
+        t = time.perf_counter()
+        train(cfg)
+        runs[cfg.train.run_name] = str(run_dir(cfg))
+        print(f"[demo-chat] {cfg.train.run_name} (w = {w:g}): {time.perf_counter() - t:.0f} s", flush=True)
+    t = time.perf_counter()
+    result = evaluate_models({"base": cfg.demo.base_dir, **runs}, name="demo-chat")
+    print(compare([result], out=CHAT_ASSETS), flush=True)
+    print(f"[demo-chat] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
+          f"plot and spreadsheet in {CHAT_ASSETS}/", flush=True)
+    print(f"[demo-chat] done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return result

@@ -41,8 +41,9 @@ from sft.report import (
 )
 from sft.results import CHAT, heldout_rows, merge_results, summary_rows, with_suffix
 from sft.tasks import (
-    DEMO_GROUP, MAX_GEN_TOKS, group_config, is_demo_task, leaf_tasks, load_tasks, parse_task_data, request_costs,
-    task_manager, write_demo_tasks, write_local_tasks,
+    DEMO_GROUP, DIALOGUE_GROUP, MAX_GEN_TOKS, group_config, is_demo_task, is_dialogue_task, leaf_tasks, load_tasks,
+    parse_task_data, render_chat, request_costs, task_manager, write_demo_tasks, write_dialogue_tasks,
+    write_local_tasks,
 )
 
 BATCH_SIZE = 16  # one fixed batch size for every model (generation and held-out losses)
@@ -55,12 +56,12 @@ FORMATS = ("auto", "raw", "chat", "both")  # --prompt-format choices (see EvalCo
 class EvalConfig:
     """What `sft evaluate` runs, and where its results go."""
 
-    tasks: list[str] | None = None  # lm-eval tasks or groups; None = the demo's sft_demo; [] = held-out metrics only
+    tasks: list[str] | None = None  # lm-eval tasks or groups; None = the demo's sft_demo (demo-chat: sft_dialogue); [] = held-out metrics only
     name: str | None = None  # results go to <out>/<name>/<timestamp>/ (None = the runs' preset)
     limit: float | None = None  # items per task (a number below 1 is a share), for quick checks
     batch_size: int = BATCH_SIZE  # one fixed batch size for every model
     out: str = RESULTS_ROOT  # root of the result folders
-    test_data: str | None = None  # test JSONL of the sft_demo tasks (None = the demo's test.jsonl)
+    test_data: str | None = None  # test JSONL of the sft_demo / sft_dialogue tasks (None = the demo's test.jsonl / its dialogues')
     max_gen_toks: int = MAX_GEN_TOKS  # tokens generated per answer at most, in the demo's tasks
     # auto: base models the raw prompt, fine-tuned runs both the raw prompt and their chat template (the training
     # template); raw / chat / both: every model so (chat needs a chat template in the model's tokenizer). The demo's
@@ -314,12 +315,8 @@ def plan_evaluation(models: dict[str, str], settings: EvalConfig) -> Plan:
         if cfg.demo is None:
             raise ValueError(f"Preset {cfg.preset!r} has no default tasks; pass lm-eval task names, "
                              "e.g. --tasks mmlu,gsm8k, or --heldout-only for the held-out metrics alone.")
-        tasks = [DEMO_GROUP]
-    test_data = settings.test_data
-    if any(is_demo_task(t) for t in tasks) and test_data is None:
-        if cfg.demo is None:
-            raise ValueError(f"The {DEMO_GROUP} tasks need the demo's test rows: pass --test-data PATH.")
-        test_data = Path(cfg.demo.dataset_dir) / "test.jsonl"
+        tasks = [DIALOGUE_GROUP if cfg.demo.dialogues else DEMO_GROUP]
+    test_data = settings.test_data or default_test_data(cfg, tasks)
     tokenizers = {label: load_tokenizer(path) for label, path in models.items()}  # also checks every path
     warnings = base_model_warnings(models, info, tokenizers)
     for w in warnings:
@@ -331,6 +328,20 @@ def plan_evaluation(models: dict[str, str], settings: EvalConfig) -> Plan:
     return plan
 
 
+def default_test_data(cfg, tasks: list[str]) -> Path | None:
+    """The test rows of the generated tasks: the demo's test.jsonl for sft_demo, its dialogues' for sft_dialogue."""
+    demo, dialogue = any(is_demo_task(t) for t in tasks), any(is_dialogue_task(t) for t in tasks)
+    if demo and dialogue:
+        raise ValueError(f"The {DEMO_GROUP} and {DIALOGUE_GROUP} tasks read different test files; evaluate them in "
+                         "two runs of `sft evaluate`.")
+    if (demo or dialogue) and cfg.demo is None:
+        raise ValueError(f"The {DEMO_GROUP} and {DIALOGUE_GROUP} tasks need the demo's test rows: pass --test-data "
+                         "PATH.")
+    if dialogue:
+        return Path(cfg.demo.dialogue_dir) / "test.jsonl"
+    return Path(cfg.demo.dataset_dir) / "test.jsonl" if demo else None
+
+
 def prepare_tasks(plan: Plan, folder: Path) -> None:
     """Write the task configs into folder and load every task's data once (a task that cannot load is refused)."""
     if not plan.tasks:
@@ -338,8 +349,14 @@ def prepare_tasks(plan: Plan, folder: Path) -> None:
     s, includes = plan.settings, [Path(p).resolve() for p in plan.settings.include_path]
     if plan.test_data is not None:
         stop = list(dict.fromkeys(t.eos_token for t in plan.tokenizers.values()))  # generation stops at EOS
-        write_demo_tasks(plan.test_data, folder / "demo", plan.run_cfg.data.template, stop, s.max_gen_toks)
-        includes.append(folder / "demo")
+        if any(is_dialogue_task(t) for t in plan.tasks):  # the history pre-rendered as the run was trained
+            render = render_chat(plan.tokenizers[plan.source])
+            write_dialogue_tasks(plan.test_data, folder / "dialogue", render, plan.run_cfg.data.template, stop,
+                                 s.max_gen_toks)
+            includes.append(folder / "dialogue")
+        else:
+            write_demo_tasks(plan.test_data, folder / "demo", plan.run_cfg.data.template, stop, s.max_gen_toks)
+            includes.append(folder / "demo")
     task_data = parse_task_data(s.task_data)
     if task_data:  # lm-eval's own task definitions, reading local rows: written after (so overriding) lm-eval's
         write_local_tasks(task_manager(plan.tasks + list(task_data), includes), task_data, folder / "local",

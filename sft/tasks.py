@@ -17,11 +17,14 @@ from pathlib import Path
 
 import yaml
 from jinja2.exceptions import TemplateError
+from lm_eval.api.task import ConfigurableTask
 from lm_eval.defaults import DEFAULT_OTHER_SEED
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 from rapidfuzz.distance import Levenshtein
 
+from sft.chat import check_conversation
+from sft.dialogues import KINDS
 from sft.prompts import get_template
 from sft.synthetic import FAMILIES
 
@@ -31,6 +34,7 @@ LONG_GROUP = f"{DEMO_GROUP}_long"  # subgroup of the long-output families (Famil
 DEMO_METRICS = ("exact_match", "edit_similarity")  # every demo task's metrics, in the summaries' order
 MAX_GEN_TOKS = 64  # longest demo answer is ~40 tokens; a model that never stops is cut here
 LM_EVAL_MAX_GEN_TOKS = 256  # what lm-eval's HF model generates at most when a task sets no max_gen_toks
+DIALOGUE_GROUP = "sft_dialogue"  # the conversational demo's group; its tasks are sft_dialogue_<kind>
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")  # where a task config names splits
 LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets' local loaders
 
@@ -38,6 +42,11 @@ LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "cs
 def is_demo_task(name: str) -> bool:
     """A task of the demo's generated group (its prompts already carry the training template)."""
     return name == DEMO_GROUP or name.startswith(DEMO_GROUP + "_")
+
+
+def is_dialogue_task(name: str) -> bool:
+    """A task of the conversational demo's generated group (sft_dialogue, sft_dialogue_<kind>)."""
+    return name == DIALOGUE_GROUP or name.startswith(DIALOGUE_GROUP + "_")
 
 
 # ---------------------------------------------------------------- the demo's tasks
@@ -139,6 +148,79 @@ def demo_task_config(name: str, data: Path, template: str, stop: list[str], max_
         "metadata": {"version": 2, "template": template,
                      "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16]},
     }
+
+
+# ---------------------------------------------------------------- the conversational demo's tasks
+
+
+class DialogueTask(ConfigurableTask):
+    """A generation task whose documents are conversations: the history goes to the model as chat turns.
+
+    lm-eval builds a chat prompt from a task's few-shot examples and one question (fewshot_context); here the
+    "examples" are the document's own earlier turns. Through a chat template (apply_chat_template) the history
+    (a system turn, earlier user and assistant turns, the last user turn) is rendered as those messages, the way
+    fewshot_as_multiturn renders few-shot turns; without one, the prompt is `doc_to_text` (the history already
+    rendered in the training chat template when the task was written). The last reply is the target.
+    """
+
+    def __init__(self, config: dict | None = None) -> None:
+        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})  # TaskConfig has no class
+
+    def fewshot_context(self, doc: dict, num_fewshot: int, system_instruction: str | None = None,
+                        apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
+                        chat_template=None, gen_prefix: str | None = None) -> str:
+        """The prompt of one dialogue: its history through the chat template, else the pre-rendered text."""
+        if not (apply_chat_template and chat_template):
+            return super().fewshot_context(doc, 0, system_instruction=system_instruction, gen_prefix=gen_prefix)
+        history = [{"role": m["role"], "content": m["content"]} for m in doc["history"]]
+        if system_instruction and history[0]["role"] != "system":
+            history.insert(0, {"role": "system", "content": system_instruction})
+        return chat_template(history, add_generation_prompt=True)
+
+
+def read_dialogue_rows(path: str | Path) -> list[dict]:
+    """The rows of a dialogue test JSONL (sft.dialogues): a valid conversation, its kind and last reply each."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"Dialogue test data {path} not found. Build it with `python -m sft build-demo --chat`, "
+                         "or pass --test-data PATH.")
+    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for i, r in enumerate(rows, 1):
+        messages = check_conversation(r.get("messages"))[0] if {"messages", "kind"} <= set(r) else None
+        if messages is None:
+            raise ValueError(f"{path}: line {i} is not a dialogue with `messages` (ending on the assistant's reply) "
+                             f"and `kind`. The {DIALOGUE_GROUP} tasks need sft.dialogues' test rows.")
+    if not rows:
+        raise ValueError(f"{path} holds no dialogue; build the data again with `python -m sft build-demo`.")
+    return rows
+
+
+def write_dialogue_tasks(test_data: str | Path, out_dir: str | Path, render, template: str, stop: list[str],
+                         max_gen_toks: int = MAX_GEN_TOKS) -> list[str]:
+    """Write one lm-eval task per dialogue kind and their group sft_dialogue; return the task names.
+
+    render(history) -> text: the history in the training chat template (sft.tasks.render_chat of the run's
+    tokenizer), saved as each document's `prompt` for models evaluated without a chat template (the base);
+    template: its name, kept in the task's metadata.
+    """
+    rows = read_dialogue_rows(test_data)
+    found = list(dict.fromkeys(r["kind"] for r in rows))
+    kinds = [k for k in KINDS if k in found] + sorted(k for k in found if k not in KINDS)
+    out = Path(out_dir).resolve()
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    names = []
+    for kind in kinds:
+        docs = [{"history": r["messages"][:-1], "prompt": render(r["messages"][:-1]),
+                 "answer": r["messages"][-1]["content"], "kind": kind} for r in rows if r["kind"] == kind]
+        data = out / "data" / f"{kind}.jsonl"
+        data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+        name = f"{DIALOGUE_GROUP}_{kind}"
+        config = {**demo_task_config(name, data, template, stop, max_gen_toks),
+                  "class": _Function(f"{__name__}.DialogueTask")}
+        (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
+        names.append(name)
+    write_group(out, DIALOGUE_GROUP, names)
+    return names
 
 
 def write_group(out: Path, name: str, members: list[str]) -> None:

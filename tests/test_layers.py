@@ -15,8 +15,9 @@ PACKAGE = ROOT / "sft"
 LAYERS = [
     {"io", "layout", "prompts", "chat", "loss", "attention", "synthetic", "plots"},  # none but sft.io (the JSONL
     # writer); chat: conversations validated and rendered through a chat template
-    {"data", "checkpoints", "generate", "report", "tasks", "lora"},  # rows and tokens; checkpoint folders;
-    # decoding; tables and intervals; lm-eval task configs; LoRA adapters through peft
+    {"data", "checkpoints", "generate", "report", "tasks", "lora", "dialogues"},  # rows and tokens; checkpoint
+    # folders; decoding; tables and intervals; lm-eval task configs; LoRA adapters through peft; the synthetic
+    # dialogues (over synthetic's families)
     {"collate", "modeling", "prune", "inspect_data", "results", "compare"},  # batches; models and tokenizers;
     # pruning; data statistics; lm-eval results to summary rows; results read back, plotted and tabulated
     {"checks", "config"},  # a downloaded model and data checked; settings and presets
