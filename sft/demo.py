@@ -14,7 +14,7 @@ from sft import dialogues, synthetic
 from sft.compare import compare
 from sft.config import DemoConfig, ExperimentConfig, load_config
 from sft.evaluate import evaluate_models
-from sft.layout import ASSETS_DIR, run_dir
+from sft.layout import ASSETS_DIR, DEMO_CHAT_ASSETS_DIR, run_dir
 from sft.modeling import TinyModelConfig, ensure_demo_base
 from sft.train import train
 
@@ -128,7 +128,6 @@ def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overr
 
 
 CHAT_WEIGHTS = (0.0, 0.5, 1.0)  # the conversational study's prompt-loss weights: masked, in between, unmasked
-CHAT_ASSETS = f"{ASSETS_DIR}/demo-chat"  # its plot and spreadsheet, apart from the main demo's
 
 
 def run_demo_chat(overrides: dict | None = None) -> Path:
@@ -146,8 +145,8 @@ def run_demo_chat(overrides: dict | None = None) -> Path:
         print(f"[demo-chat] {cfg.train.run_name} (w = {w:g}): {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
     result = evaluate_models({"base": cfg.demo.base_dir, **runs}, name="demo-chat")
-    print(compare([result], out=CHAT_ASSETS), flush=True)
+    print(compare([result], out=DEMO_CHAT_ASSETS_DIR), flush=True)
     print(f"[demo-chat] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
-          f"plot and spreadsheet in {CHAT_ASSETS}/", flush=True)
+          f"plot and spreadsheet in {DEMO_CHAT_ASSETS_DIR}/", flush=True)
     print(f"[demo-chat] done in {time.perf_counter() - t0:.0f} s", flush=True)
     return result

@@ -22,6 +22,7 @@ TENSORBOARD_ROOT = "tensorboard_events"  # TensorBoard events under tensorboard_
 RESULTS_ROOT = "evaluation_results"  # evaluations under evaluation_results/<name>/<timestamp>/
 CASE_STUDY_DIR = f"{RESULTS_ROOT}/case_study"  # eval.py's case studies, one timestamp per study
 ASSETS_DIR = "assets"  # the comparison plot and spreadsheet, the sweep plot
+DEMO_CHAT_ASSETS_DIR = f"{ASSETS_DIR}/demo-chat"  # the conversational demo's plot and spreadsheet, apart from the main demo's
 SWEEP_PLOT = f"{ASSETS_DIR}/plw_sweep.png"  # the sweep's plot
 LOCAL_QWEN_DIR = "model/qwen2.5/transformers/0.5b/1"  # where users of the original project keep the base model
 LOCAL_DATA_DIR = "Dataset"  # where users of the original project keep alpaca-cleaned
