@@ -44,13 +44,15 @@ PREVIOUS_DAY = FollowUp(("And the day before that?", "Which day precedes that on
 NEXT_MONTH = FollowUp(("And the month after that?", "Which month follows that one?",
                        "What month comes after that month?"), "month", lambda a: f"What month comes after {a[0]}?")
 PREVIOUS_MONTH = FollowUp(("And the month before that?", "Which month precedes that one?",
-                           "What month comes before that month?"), "month", lambda a: f"What month comes before {a[0]}?")
+                           "What month comes before that month?"), "month",
+                          lambda a: f"What month comes before {a[0]}?")
 SPELL_IT = FollowUp(("Spell that number.", "Write that number in words.", "How is that number written in words?"),
                     "spell", lambda a: f"Write the number {a[0]} in words.")
 PARITY_OF_IT = FollowUp(("Is that number odd or even?", "Is the answer even or odd?", "Is that odd or even?"),
                         "parity", lambda a: f"Is {a[0]} odd or even?")
 OPPOSITE_OF_IT = FollowUp(("And the opposite of that word?", "What is the antonym of that word?",
-                           "Which word means the opposite of that?"), "antonym", lambda a: f"What is the opposite of '{a[0]}'?")
+                           "Which word means the opposite of that?"), "antonym",
+                          lambda a: f"What is the opposite of '{a[0]}'?")
 LARGER_SUM = FollowUp(("Which of the two sums is larger?", "Which of those two answers is bigger?",
                        "Which result was greater?"), "compare", lambda a: f"Which is larger, {a[0]} or {a[1]}?")
 SMALLER_SUM = FollowUp(("Which of the two sums is smaller?", "Which of those two answers is less?",

@@ -94,7 +94,8 @@ def test_splits_are_deterministic_disjoint_balanced_and_read_by_the_loader(tmp_p
     assert a["train"].read_bytes() != c["train"].read_bytes()
     rows = {s: [json.loads(line) for line in p.read_text().splitlines()] for s, p in a.items()}
     convs = {s: {json.dumps(r["messages"]) for r in rs} for s, rs in rows.items()}
-    assert len(convs["train"]) == 60 and not (convs["train"] & convs["heldout"]) and not (convs["train"] & convs["test"])
+    assert len(convs["train"]) == 60
+    assert not convs["train"] & convs["heldout"] and not convs["train"] & convs["test"]
     assert [r["kind"] for r in rows["test"]].count("sums_compare") == 24 // len(KINDS)
     loaded, _ = load_rows(str(a["train"]))  # the data path reads the split unchanged
     assert [r["messages"] for r in loaded] == [r["messages"] for r in rows["train"]]
