@@ -188,7 +188,7 @@ def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print)
 # ---------------------------------------------------------------- benchmark data, offline
 
 
-BENCH_DIR = "Dataset/benchmarks"  # under the check's folder: one folder of local rows per lm-eval task
+BENCH_DIR = "benchmarks"  # under the check's folder, beside Dataset/ (which train loads whole): one folder per lm-eval task
 MMLU_GROUP = "mmlu_reference"  # two real MMLU subject tasks under one size-weighted group, as mmlu averages its 57
 MMLU_SUBJECTS = {"elementary_mathematics": 6, "high_school_mathematics": 10}  # test rows each: unequal, so size
 # weighting shows in the group's average

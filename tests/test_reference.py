@@ -264,6 +264,7 @@ def test_case_study_of_real_runs_prompts_with_held_out_rows(chain):
 @pytest.mark.slow
 def test_task_without_local_data_is_one_paragraph_and_writes_nothing(chain, monkeypatch, capsys):
     from sft.__main__ import main
+    from sft.reference import BENCH_DIR
 
     root = chain["root"]
     monkeypatch.chdir(root)
@@ -276,7 +277,7 @@ def test_task_without_local_data_is_one_paragraph_and_writes_nothing(chain, monk
     assert sorted((root / "evaluation_results").rglob("*")) == before  # nothing half-written
     # A local folder that lacks the few-shot split gsm8k needs is named before anything loads.
     (root / "no_train").mkdir()
-    (root / "no_train" / "test.jsonl").write_text((root / "Dataset/benchmarks/gsm8k/test.jsonl").read_text())
+    (root / "no_train" / "test.jsonl").write_text((root / BENCH_DIR / "gsm8k" / "test.jsonl").read_text())
     assert main(["evaluate", "--models", models, "--tasks", "gsm8k", "--task-data", "gsm8k=no_train"]) == 2
     assert "needs train.jsonl" in capsys.readouterr().err
     assert sorted((root / "evaluation_results").rglob("*")) == before
