@@ -190,7 +190,8 @@ def test_an_answer_longer_than_the_window_keeps_half_of_it(qwen_tokenizer):
 def test_tokenize_rows_caches_conversations_with_the_same_keys_as_alpaca(qwen_tokenizer, tmp_path):
     cfg = DataConfig(cache_dir=str(tmp_path), prompt_loss_weight=0.5)
     ds, report = tokenize_rows([{"messages": CHAT}] * 3, qwen_tokenizer, cfg)
-    assert set(ds.column_names) == {"input_ids", "labels", "loss_weights", "response_mask", "length", "truncation"}
+    assert set(ds.column_names) == {"input_ids", "labels", "loss_weights", "response_mask", "length", "truncation",
+                                    "roles", "turns"}  # per token: the role code and turn (evaluation, inspect-data)
     assert report.examples_out == 3 and not report.from_cache
     again, report = tokenize_rows([{"messages": CHAT}] * 3, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path),
                                                                                         prompt_loss_weight=0.5))
