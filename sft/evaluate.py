@@ -169,6 +169,9 @@ def heldout_split(cfg, tokenizer, fingerprint: str | None = None):
 
 
 ROLE_GROUPS = (*ROLE_NAMES[:ASSISTANT], "assistant_trained", "assistant_untrained")  # conversations' token groups
+ROLE_WEIGHTING = ("; conversations: <role>_loss likewise over the tokens of each role (the role of the token "
+                  "predicted; template = the chat markup around assistant turns), assistant_trained / "
+                  "assistant_untrained = the replies inside / outside the loss (train_on=last)")
 
 
 @torch.no_grad()
@@ -442,7 +445,8 @@ def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict
         "data": {"data": d.data, "eval_data": d.eval_data, "eval_size": d.eval_size, "split_seed": d.split_seed,
                  "template": d.template, "max_length": d.max_length, "truncation": d.truncation,
                  "eval_fingerprint": plan.fingerprint},
-        "weighting": "sums over response tokens (EOS included) / token count, over the whole split",
+        "weighting": "sums over response tokens (EOS included) / token count, over the whole split" + (
+            ROLE_WEIGHTING if any("user_tokens" in m for m in heldout.values()) else ""),
         "models": heldout,
     }, indent=2))
 

@@ -305,3 +305,26 @@ def test_heldout_metrics_of_instruction_rows_keep_their_keys(qwen_tokenizer, tmp
     ref = plain_sums(model, ds)
     assert got["response_loss"] == pytest.approx(ref["response"][0] / ref["response"][1], rel=1e-6)
     assert got["prompt_loss"] == pytest.approx(ref["prompt"][0] / ref["prompt"][1], rel=1e-6)
+
+
+def test_heldout_summary_and_comparison_list_the_losses_per_role():
+    import pandas as pd
+
+    from sft.compare import heldout_markdown, roles_markdown
+    from sft.results import heldout_rows
+
+    plain = {"examples": 2, "response_tokens": 10, "response_loss": 1.5, "response_perplexity": 4.48,
+             "response_token_accuracy": 0.5, "prompt_tokens": 20, "prompt_loss": 3.0}
+    chat = {**plain, "template_tokens": 6, "template_loss": 0.25, "system_tokens": 0, "system_loss": None,
+            "user_tokens": 14, "user_loss": 3.5, "assistant_tokens": 10, "assistant_loss": 1.5}
+    assert [r.metric for r in heldout_rows({"a": plain})] == ["response_token_accuracy", "response_loss"]
+    rows = heldout_rows({"a": chat, "b": {**chat, "user_loss": 2.0}})
+    assert [r.metric for r in rows] == ["response_token_accuracy", "response_loss", "template_loss", "system_loss",
+                                        "user_loss", "assistant_loss"]
+    assert rows[3].scores == {"a": None, "b": None} and rows[4].scores == {"a": 3.5, "b": 2.0}
+    assert roles_markdown(pd.DataFrame([{"model": "a", **plain}])) == ""
+    table = roles_markdown(pd.DataFrame([{"model": "a", **chat}])).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table]
+    assert cells[0] == ["model", "template", "system", "user", "assistant"]
+    assert cells[2] == ["a", "0.2500 (6)", "-", "3.5000 (14)", "1.5000 (10)"]
+    assert "prompt loss" in heldout_markdown(pd.DataFrame([{"model": "a", **chat}]))
