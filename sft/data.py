@@ -52,7 +52,7 @@ class DataConfig:
     """Where the rows come from and how they become weighted token sequences."""
 
     data: str = "Dataset/demo/train.jsonl"  # a .json/.jsonl/.parquet/.csv file, a folder of them, or a hub dataset id
-    eval_data: str | None = None  # an explicit held-out file; None = a seeded split of `data`
+    eval_data: str | None = None  # an explicit held-out file; None = a seeded split of `data` (setting data without eval_data drops a preset's)
     eval_size: float = 0.05  # held-out share of `data` (< 1) or number of rows (>= 1), when eval_data is None
     split_seed: int = 42  # the held-out split is a function of (data, split_seed) only
     column_map: dict[str, str] = field(default_factory=dict)  # your column -> instruction | input | output, e.g. {"my_col": "output"} (--column-map my_col=output)

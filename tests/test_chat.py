@@ -247,3 +247,13 @@ def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, 
                         "--prompts", str(prompts)]) == 0
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0] == "| # | prompt | reference | tuned |" and table[2].startswith("| 1 | user: ")
+
+
+def test_held_out_rows_of_the_other_kind_are_refused(qwen_tokenizer, tmp_path):
+    from sft.data import prepare_data
+
+    chats = write(tmp_path / "c.jsonl", [{"messages": CHAT}] * 4)
+    alpaca = write(tmp_path / "a.jsonl", [{"instruction": "a", "output": "b"}] * 2)
+    with pytest.raises(ValueError, match=r"c.jsonl holds conversations but eval_data .*a.jsonl holds instruction rows"
+                                         r".*--eval-data none"):
+        prepare_data(DataConfig(data=str(chats), eval_data=str(alpaca), cache_dir=str(tmp_path)), qwen_tokenizer)
