@@ -53,6 +53,49 @@ def test_notebook_runs_top_to_bottom(demo_root, tmp_path, name, w):
     assert manifest["status"] == "complete" and manifest["prompt_loss_weight"] == w
 
 
+@pytest.mark.slow
+def test_a_notebook_trains_on_your_conversations(demo_root, tmp_path):
+    import random
+
+    import papermill
+
+    rows = [json.loads(line) for line in (demo_root / "Dataset/demo/train.jsonl").read_text().splitlines()]
+    rng, chats = random.Random(0), []
+    for _ in range(40):  # two exchanges each, a ShareGPT-style dataset would read the same
+        turns = []
+        for r in rng.sample(rows, 2):
+            turns += [{"role": "user", "content": r["instruction"] + (f"\n{r['input']}" if r.get("input") else "")},
+                      {"role": "assistant", "content": r["output"]}]
+        chats.append({"messages": turns})
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    out = tmp_path / "chat.ipynb"
+    overrides = {**demo_overrides(demo_root), "max_steps": 4, "eval_steps": 2, "save_steps": 4, "logging_steps": 2,
+                 "eval_size": 8}
+    del overrides["data.data"], overrides["data.eval_data"]  # the parameter gives the data; held out: a split of it
+    papermill.execute_notebook(str(ROOT / "finetune_masked.ipynb"), str(out), cwd=str(tmp_path),
+                               kernel_name="python3", progress_bar=False,
+                               parameters={"dataset": str(tmp_path / "chats.jsonl"), "overrides": overrides,
+                                           "run_name": "nb-chat"})
+    executed = json.loads(out.read_text())
+    assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    said = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                   for c in executed["cells"] for o in c.get("outputs", []))
+    assert "[[turn 1 user, weight 0: " in said and "[[turn 2 assistant, weight 1: " in said  # the example, by turn
+    manifest = json.loads((demo_root / "model/demo/nb-chat/run_manifest.json").read_text())
+    assert manifest["data"]["conversations"] and manifest["data"]["eval_examples"] == 8
+    assert manifest["config"]["data"]["data"] == str(tmp_path / "chats.jsonl")
+    assert manifest["config"]["data"]["eval_data"] is None
+
+
+def test_the_data_parameter_reaches_the_config():
+    for name in NOTEBOOKS:
+        cells = ["".join(c["source"]) for c in _cells(name)]
+        params = next(c for c, raw in zip(cells, _cells(name)) if "parameters" in raw["metadata"].get("tags", []))
+        assert "dataset = None" in params, name
+        config = next(c for c in cells if "cfg = load_config(" in c)
+        assert 'your_data = {} if dataset is None else {"data": dataset}' in config and "**your_data" in config
+
+
 def test_the_parameters_cell_deletes_nothing_by_default():
     for name in NOTEBOOKS:
         cell = "".join(next(c for c in _cells(name) if "parameters" in c["metadata"].get("tags", []))["source"])
