@@ -200,16 +200,9 @@ def test_tokenize_rows_caches_conversations_with_the_same_keys_as_alpaca(qwen_to
 
 def dialogues(demo_root, n, seed):
     """n two-exchange dialogues chained from the small demo's training rows."""
-    rows = [json.loads(line) for line in (demo_root / "Dataset/demo/train.jsonl").read_text().splitlines()]
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        turns = []
-        for r in rng.sample(rows, 2):
-            turns += [{"role": "user", "content": r["instruction"] + (f"\n{r['input']}" if r.get("input") else "")},
-                      {"role": "assistant", "content": r["output"]}]
-        out.append(turns)
-    return out
+    from conftest import demo_dialogues
+
+    return demo_dialogues(demo_root, n, seed)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, demo_overrides
+from conftest import ROOT, demo_dialogues, demo_overrides
 from sft.checkpoints import checkpoint_step, is_complete, last_complete_checkpoint, list_checkpoints, run_is_complete
 
 NOTEBOOKS = ("finetune_masked.ipynb", "finetune_unmasked.ipynb")
@@ -55,19 +55,10 @@ def test_notebook_runs_top_to_bottom(demo_root, tmp_path, name, w):
 
 @pytest.mark.slow
 def test_a_notebook_trains_on_your_conversations(demo_root, tmp_path):
-    import random
-
     import papermill
 
-    rows = [json.loads(line) for line in (demo_root / "Dataset/demo/train.jsonl").read_text().splitlines()]
-    rng, chats = random.Random(0), []
-    for _ in range(40):  # two exchanges each, a ShareGPT-style dataset would read the same
-        turns = []
-        for r in rng.sample(rows, 2):
-            turns += [{"role": "user", "content": r["instruction"] + (f"\n{r['input']}" if r.get("input") else "")},
-                      {"role": "assistant", "content": r["output"]}]
-        chats.append({"messages": turns})
-    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    chats = demo_dialogues(demo_root, 40, seed=0)
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
     out = tmp_path / "chat.ipynb"
     overrides = {**demo_overrides(demo_root), "max_steps": 4, "eval_steps": 2, "save_steps": 4, "logging_steps": 2,
                  "eval_size": 8}
