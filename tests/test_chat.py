@@ -232,6 +232,10 @@ def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, 
     out = evaluate_models({"tuned": str(run)}, tasks=[], out=str(tmp_path / "ev"))
     heldout = json.loads((out / "heldout.json").read_text())["models"]["tuned"]
     assert heldout["response_loss"] == pytest.approx(trainer.evaluate()["eval_response_loss"], rel=1e-4)
+    # Per role: every scored token is in one role; all replies are trained (train_on="all"); no system turn here.
+    assert heldout["assistant_tokens"] == heldout["response_tokens"] and heldout["system_loss"] is None
+    assert sum(heldout[f"{r}_tokens"] for r in ("template", "system", "user", "assistant")) == \
+        heldout["response_tokens"] + heldout["prompt_tokens"]
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"messages": sharegpt[0][:3], "output": sharegpt[0][3]["value"]}) + "\n")
     script = load_script("eval")
