@@ -183,7 +183,7 @@ def heldout_metrics(model, dataset, pad_token_id: int, batch_size: int = BATCH_S
     sums = torch.zeros(5, dtype=torch.float64)  # response nll, response tokens, correct, prompt nll, prompt tokens
     by_role = torch.zeros(2, len(ROLE_GROUPS), dtype=torch.float64)  # nll and tokens of each ROLE_GROUPS entry
     for start in range(0, len(dataset), batch_size):
-        nll, hit, response, group = _batch_nll(model, dataset[start:start + batch_size], pad_token_id, chat)
+        nll, hit, response, group = _score_batch(model, dataset[start:start + batch_size], pad_token_id, chat)
         nll, hit, response = nll.double(), hit.double(), response.double()
         sums += torch.stack([(nll * response).sum(), response.sum(), (hit * response).sum(),
                              (nll * (1 - response)).sum(), (1 - response).sum()]).cpu()
@@ -204,7 +204,7 @@ def heldout_metrics(model, dataset, pad_token_id: int, batch_size: int = BATCH_S
     return {**out, **role_metrics(by_role)} if chat else out
 
 
-def _batch_nll(model, cols: dict[str, list], pad_token_id: int, chat: bool):
+def _score_batch(model, cols: dict[str, list], pad_token_id: int, chat: bool):
     """(NLL, top token is the target, response mask, ROLE_GROUPS index) of every scored position of a batch."""
     keys = ("input_ids", "labels", "loss_weights", "response_mask")
     batch = WeightedLMCollator(pad_token_id=pad_token_id)([{k: cols[k][i] for k in keys}
@@ -408,7 +408,7 @@ def evaluate_models(models: dict[str, str], **settings: Any) -> Path:
         summary/confidence.csv|.md          every model's score with its bootstrap 95% CI
         results/<model>[@chat].json         lm-eval's results (without samples), per prompt format
         predictions/<model>/<task>.jsonl    lm-eval's per-sample log: prompt, generation, score
-        heldout.json                        held-out response loss, perplexity, token accuracy
+        heldout.json                        held-out response loss, perplexity, token accuracy (conversations: per role)
         settings.json                       models (paths, manifests, prompt formats), tasks, limit, versions
         lm_eval_tasks/                      the generated task configs (demo; local-data copies of lm-eval's)
     """
