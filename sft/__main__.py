@@ -177,8 +177,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
     if not seeds:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
+    if args.heldout_only and tasks:
+        raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
+    if tasks == []:
+        raise ValueError("--tasks is empty; pass lm-eval task names such as sft_demo, or --heldout-only.")
     run_sweep(args.preset, parse_weights(args.prompt_loss_weights), seeds, args.name or args.preset,
-              limit=args.limit, overrides=args.overrides, plot=args.plot)
+              limit=args.limit, overrides=args.overrides, plot=args.plot, tasks=[] if args.heldout_only else tasks)
     return 0
 
 
@@ -245,6 +250,9 @@ def _add_sweep(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N per weight")
     p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/sweep-<name>/")
     p.add_argument("--limit", type=float, help="test items per task (lm-eval --limit)")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo)")
+    p.add_argument("--heldout-only", action="store_true",
+                   help="held-out losses only (per role for conversations), no lm-eval task")
     p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes")
 
 

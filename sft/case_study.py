@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from sft.chat import check_conversation
 from sft.data import prepare_data
 from sft.evaluate import parse_models as parse_labels
-from sft.generate import GenerationSettings, generate_responses, render_prompts
+from sft.generate import GenerationSettings, conversation_prompt, generate_responses, prompt_rows, render_prompts
 from sft.io import write_jsonl
 from sft.layout import CASE_STUDY_DIR, CHECKPOINT_RE, MANIFEST, tensorboard_dir
 from sft.lora import is_adapter_dir
@@ -75,16 +75,8 @@ def heldout_prompts(specs: list[ModelSpec], n: int = HELDOUT_PROMPTS) -> list[di
         raise ValueError("No model comes from a fine-tuning run (none has a run_manifest.json), so there are no "
                          "held-out rows to prompt with; pass --prompts FILE.jsonl or --prompt TEXT.")
     cfg = load_run_config(run)
-    rows = prepare_data(cfg.data, load_tokenizer(run)).eval_rows[:n]
-    if rows and "messages" in rows[0]:  # a conversation: every turn before the last reply, which is the reference
-        return [conversation_prompt(r["messages"][:-1], r["messages"][-1]["content"]) for r in rows]
-    return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows]
-
-
-def conversation_prompt(messages: list[dict], output: str | None = None) -> dict:
-    """A prompt row of a conversation ending on a user turn (shown by that turn), with an optional reference."""
-    return {"messages": messages, "instruction": messages[-1]["content"], "input": "",
-            **({"output": output} if output is not None else {})}
+    # A conversation: every turn before the last reply, which is the reference.
+    return prompt_rows(prepare_data(cfg.data, load_tokenizer(run)).eval_rows, n)
 
 
 def default_prompts(specs: list[ModelSpec]) -> tuple[list[dict[str, str]], str]:
@@ -99,9 +91,7 @@ def render_for(spec: ModelSpec, tokenizer, rows: list[dict[str, str]]) -> list[s
     """A fine-tuned model's prompts through the chat template it carries (its training template); others through
     the template of `spec` (the runs' own, so that a base model sees the same prompt)."""
     if rows and "messages" in rows[0]:  # conversations: the model's own chat template, else spec.template's
-        source = tokenizer.chat_template or get_template(spec.template).chat_template()
-        return [tokenizer.apply_chat_template(r["messages"], chat_template=source, add_generation_prompt=True,
-                                              tokenize=False) for r in rows]
+        return render_prompts(spec.template, rows, tokenizer)
     if spec.run is None or not tokenizer.chat_template or spec.template != trained_template(spec.run):
         return render_prompts(spec.template, rows)
     return [tokenizer.apply_chat_template([user_message(r["instruction"], r.get("input"))],

@@ -89,7 +89,7 @@ def long_scores(results: list[Result]):
 
 
 def heldout_frame(results: list[Result]):
-    """Held-out response loss, perplexity and token accuracy of every model."""
+    """Held-out response loss, perplexity and token accuracy of every model (conversations: the loss per role)."""
     rows = []
     for r, names in zip(results, _relabel(results)):
         for m, metrics in r.heldout.get("models", {}).items():
@@ -241,6 +241,23 @@ def heldout_markdown(heldout) -> str:
     return format_markdown(table)
 
 
+def roles_markdown(heldout) -> str:
+    """Markdown table of a conversation split's held-out loss per role, 'loss (tokens)'; '' for instruction rows."""
+    roles = [c.removesuffix("_loss") for c in heldout.columns if c.endswith("_loss")
+             and c not in ("response_loss", "prompt_loss")] if not heldout.empty else []
+    if not roles:
+        return ""
+    table = [["model", *(r.replace("_", " ") for r in roles)]]
+    for _, r in heldout.iterrows():
+        cells = []
+        for role in roles:
+            loss, n = r.get(f"{role}_loss"), r.get(f"{role}_tokens")
+            missing = loss is None or (isinstance(loss, float) and math.isnan(loss))
+            cells.append("-" if missing else f"{loss:.4f} ({int(n):,})")
+        table.append([r["model"], *cells])
+    return format_markdown(table)
+
+
 def compare(result_dirs: list[str | Path], out: str | Path = "assets") -> str:
     """Write Comparison.png and Dataset_results.xlsx into `out`; return the markdown tables."""
     if not result_dirs:
@@ -265,4 +282,7 @@ def compare(result_dirs: list[str | Path], out: str | Path = "assets") -> str:
     held = heldout_markdown(heldout)
     if held:
         text += "\n### Held-out response metrics\n\n" + held
+    roles = roles_markdown(heldout)
+    if roles:
+        text += "\n### Held-out loss by role (conversations; nats per token, tokens scored)\n\n" + roles
     return text

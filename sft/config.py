@@ -381,6 +381,9 @@ def load_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> ExperimentCon
     """The named preset with overrides applied (the entry point of notebooks and the CLI)."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}. Presets: {', '.join(PRESETS)}.")
+    given = {k.replace("-", "_").removeprefix("data.") for k in overrides}
+    if "data" in given and "eval_data" not in given:  # a preset's held-out file belongs to its data: split yours
+        overrides = {**overrides, "data.eval_data": None}
     cfg = resolve_local_paths(apply_overrides(PRESETS[preset](), overrides))
     if cfg.train.run_name is None:
         cfg.train.run_name = default_run_name(cfg.data.prompt_loss_weight, cfg.lora)

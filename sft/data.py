@@ -24,9 +24,10 @@ from typing import Any, Iterator
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sft.chat import ASSISTANT, CHAT_COLUMNS, check_conversation, make_renderer, token_weights
+from sft.chat import ASSISTANT, CHAT_COLUMNS, ROLE_NAMES, check_conversation, make_renderer, token_weights
 from sft.prompts import get_template
 
 logger = logging.getLogger("sft")
@@ -51,7 +52,7 @@ class DataConfig:
     """Where the rows come from and how they become weighted token sequences."""
 
     data: str = "Dataset/demo/train.jsonl"  # a .json/.jsonl/.parquet/.csv file, a folder of them, or a hub dataset id
-    eval_data: str | None = None  # an explicit held-out file; None = a seeded split of `data`
+    eval_data: str | None = None  # an explicit held-out file; None = a seeded split of `data` (setting data without eval_data drops a preset's)
     eval_size: float = 0.05  # held-out share of `data` (< 1) or number of rows (>= 1), when eval_data is None
     split_seed: int = 42  # the held-out split is a function of (data, split_seed) only
     column_map: dict[str, str] = field(default_factory=dict)  # your column -> instruction | input | output, e.g. {"my_col": "output"} (--column-map my_col=output)
@@ -461,9 +462,10 @@ def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
 
 
 def _examples_table(rows: list[list[int]], weights: np.ndarray, response: np.ndarray, status: list[str],
-                    kept: list[int], batch: dict[str, list]) -> pa.Table:
+                    kept: list[int], batch: dict[str, list], per_token: dict | None = None) -> pa.Table:
     """The examples as Arrow columns: ids, labels (IGNORE_INDEX where the weight is 0), weights, the response
-    mask (weight 1), length, truncation status, and the batch's carried-through columns for the rows kept."""
+    mask (weight 1), length, truncation status, the batch's carried-through columns for the rows kept, and any
+    further per-token values (flat, as the weights)."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
@@ -478,6 +480,7 @@ def _examples_table(rows: list[list[int]], weights: np.ndarray, response: np.nda
         "input_ids": column(flat), "labels": column(labels), "loss_weights": column(weights),
         "response_mask": column(response.astype(np.int8)),
         "length": pa.array(lengths), "truncation": pa.array(status, type=pa.string()), **extra,
+        **{name: column(values) for name, values in (per_token or {}).items()},
     })
 
 
@@ -492,17 +495,23 @@ def tokenize_conversations_batch(batch: dict[str, list], tokenizer, cfg: DataCon
     Assistant content and its end-of-turn token weigh 1 (every assistant turn, or the last with
     cfg.train_on="last"); system, user and template tokens weigh cfg.prompt_loss_weight.
     """
-    rows, weights, trained, status, kept = [], [], [], [], []
-    for i, ids, roles, turns, st in conversation_tokens(batch["messages"], tokenizer, cfg):
+    rows, weights, trained, roles, turns, status, kept = [], [], [], [], [], [], []
+    for i, ids, role, turn, st in conversation_tokens(batch["messages"], tokenizer, cfg):
         rows.append(ids)
-        w, t = token_weights(roles, turns, cfg.prompt_loss_weight, cfg.train_on)
+        w, t = token_weights(role, turn, cfg.prompt_loss_weight, cfg.train_on)
         weights.append(w)
         trained.append(t)
+        roles.append(role)
+        turns.append(turn)
         status.append(st)
         kept.append(i)
     flat = np.concatenate(weights) if weights else np.zeros(0, dtype=np.float32)
     response = np.concatenate(trained) if trained else np.zeros(0, dtype=bool)
-    return _examples_table(rows, flat, response, status, kept, batch)
+    # Each token's role code (sft.chat.ROLE_NAMES) and turn, for the held-out losses per role and inspect-data;
+    # the collators take only the columns they pad, so training never sees them.
+    per_token = {name: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+                 for name, parts, dtype in (("roles", roles, np.int8), ("turns", turns, np.int32))}
+    return _examples_table(rows, flat, response, status, kept, batch, per_token)
 
 
 def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig) -> Iterator[tuple]:
@@ -661,7 +670,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     return ds, report
 
 
-CACHE_VERSION = 3  # bump when tokenization or weighting changes, so old caches are not reused
+CACHE_VERSION = 4  # bump when tokenization or weighting changes, so old caches are not reused
 
 
 # ---------------------------------------------------------------- statistics
@@ -684,6 +693,19 @@ def length_stats(ds) -> dict[str, float]:
         # Huerta-Enochian & Ko (2024): generation ratio R_g = completion tokens / prompt tokens.
         "generation_ratio_Rg": response_tokens / max(prompt_tokens, 1),
     }
+
+
+def token_column(ds, name: str) -> np.ndarray:
+    """A per-token column of a tokenized dataset (input_ids, response_mask, roles ...), flat over its examples."""
+    return np.asarray(pc.list_flatten(ds.with_format("arrow")[name]))
+
+
+def tokens_by_role(ds) -> dict[str, int] | None:
+    """Tokens per role (sft.chat.ROLE_NAMES) of tokenized conversations; None for instruction rows."""
+    if "roles" not in ds.column_names:
+        return None
+    roles = token_column(ds, "roles")
+    return {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES)}
 
 
 # ---------------------------------------------------------------- the splits a run uses
@@ -709,6 +731,12 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
     if d.eval_data:
         train_rows = rows
         eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
+        if ("messages" in rows[0]) != ("messages" in eval_rows[0]):
+            kinds = ("conversations", "instruction rows") if "messages" in rows[0] else ("instruction rows",
+                                                                                         "conversations")
+            raise ValueError(f"{d.data} holds {kinds[0]} but eval_data {d.eval_data} holds {kinds[1]}: the held-out "
+                             "rows must be of the training kind. Pass --eval-data with held-out rows of your data, "
+                             "or --eval-data none to split them off it (eval_size).")
     else:
         train_idx, eval_idx = split_indices(len(rows), d.eval_size, d.split_seed)
         train_rows, eval_rows, eval_report = [rows[i] for i in train_idx], [rows[i] for i in eval_idx], None

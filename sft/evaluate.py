@@ -27,12 +27,13 @@ from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import handle_non_serializable
 
+from sft.chat import ASSISTANT, ROLE_NAMES
 from sft.collate import WeightedLMCollator
 from sft.data import fingerprint_tokenizer, prepare_data
 from sft.io import write_jsonl
 from sft.layout import MANIFEST, RESULTS_ROOT
 from sft.lora import adapter_base, is_adapter_dir
-from sft.loss import HEAD_CHUNK_TOKENS, shift_left, target_weights
+from sft.loss import scored_nll, shift_left, target_weights
 from sft.manifest import git_commit, load_run_config, package_versions, read_manifest
 from sft.modeling import BUILD_INFO, load_model, load_tokenizer
 from sft.report import (
@@ -168,36 +169,31 @@ def heldout_split(cfg, tokenizer, fingerprint: str | None = None):
     return data.eval
 
 
+ROLE_GROUPS = (*ROLE_NAMES[:ASSISTANT], "assistant_trained", "assistant_untrained")  # conversations' token groups
+ROLE_WEIGHTING = ("; conversations: <role>_loss likewise over the tokens of each role (the role of the token "
+                  "predicted; template = the chat markup around assistant turns), assistant_trained / "
+                  "assistant_untrained = the replies inside / outside the loss (train_on=last)")
+
+
 @torch.no_grad()
 def heldout_metrics(model, dataset, pad_token_id: int, batch_size: int = BATCH_SIZE) -> dict[str, float]:
-    """Response loss, perplexity and token accuracy on a tokenized split, summed over tokens."""
-    collate = WeightedLMCollator(pad_token_id=pad_token_id)
-    keys = ("input_ids", "labels", "loss_weights", "response_mask")
-    head = model.get_output_embeddings()
+    """Response loss, perplexity and token accuracy on a tokenized split, summed over tokens; for conversations
+    also the loss and tokens of each role (sft.chat.ROLE_NAMES)."""
     model.eval()
+    chat = "roles" in dataset.column_names
     sums = torch.zeros(5, dtype=torch.float64)  # response nll, response tokens, correct, prompt nll, prompt tokens
+    by_role = torch.zeros(2, len(ROLE_GROUPS), dtype=torch.float64)  # nll and tokens of each ROLE_GROUPS entry
     for start in range(0, len(dataset), batch_size):
-        cols = dataset[start:start + batch_size]
-        batch = collate([{k: cols[k][i] for k in keys} for i in range(len(cols["input_ids"]))])
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        # As in training: the head runs on the scored positions only, a chunk at a time, so a
-        # batch of Qwen2.5 never holds its full tokens x 152K-vocabulary logits.
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                    output_hidden_states=True, logits_to_keep=1)
-        masks = target_weights(batch)
-        scored = (masks["response"] + masks["prompt"]) > 0
-        hidden, targets = out.hidden_states[-1][scored], shift_left(batch["input_ids"])[scored]
-        response = masks["response"][scored].double()
-        for c in range(0, len(targets), HEAD_CHUNK_TOKENS):
-            logits = head(hidden[c:c + HEAD_CHUNK_TOKENS]).float()
-            y, r = targets[c:c + HEAD_CHUNK_TOKENS], response[c:c + HEAD_CHUNK_TOKENS]
-            nll = (torch.logsumexp(logits, -1) - logits.gather(1, y[:, None]).squeeze(1)).double()
-            ok = (logits.argmax(-1) == y).double()
-            sums += torch.stack([(nll * r).sum(), r.sum(), (ok * r).sum(), (nll * (1 - r)).sum(),
-                                 (1 - r).sum()]).cpu()
+        nll, hit, response, group = _score_batch(model, dataset[start:start + batch_size], pad_token_id, chat)
+        nll, hit, response = nll.double(), hit.double(), response.double()
+        sums += torch.stack([(nll * response).sum(), response.sum(), (hit * response).sum(),
+                             (nll * (1 - response)).sum(), (1 - response).sum()]).cpu()
+        if chat:
+            by_role[0].index_add_(0, group.cpu(), nll.cpu())
+            by_role[1].index_add_(0, group.cpu(), torch.ones_like(nll).cpu())
     r_nll, r_n, r_ok, p_nll, p_n = sums.tolist()
     loss = r_nll / r_n
-    return {
+    out = {
         "examples": len(dataset),
         "response_tokens": int(r_n),
         "response_loss": loss,
@@ -206,6 +202,48 @@ def heldout_metrics(model, dataset, pad_token_id: int, batch_size: int = BATCH_S
         "prompt_tokens": int(p_n),
         "prompt_loss": p_nll / p_n if p_n else None,
     }
+    return {**out, **role_metrics(by_role)} if chat else out
+
+
+def _score_batch(model, cols: dict[str, list], pad_token_id: int, chat: bool):
+    """(NLL, top token is the target, response mask, ROLE_GROUPS index) of every scored position of a batch."""
+    keys = ("input_ids", "labels", "loss_weights", "response_mask")
+    batch = WeightedLMCollator(pad_token_id=pad_token_id)([{k: cols[k][i] for k in keys}
+                                                           for i in range(len(cols["input_ids"]))])
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    # As in training: the head runs on the scored positions only, a chunk at a time, so a
+    # batch of Qwen2.5 never holds its full tokens x 152K-vocabulary logits.
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                output_hidden_states=True, logits_to_keep=1)
+    masks = target_weights(batch)
+    scored = (masks["response"] + masks["prompt"]) > 0
+    nll, hit = scored_nll(out.hidden_states[-1][scored], model.get_output_embeddings(),
+                          shift_left(batch["input_ids"])[scored])
+    response = masks["response"][scored]
+    if not chat:
+        return nll, hit, response, None
+    roles = torch.zeros_like(batch["input_ids"])  # each target token's role: the role of position t + 1
+    for i, r in enumerate(cols["roles"]):
+        roles[i, :len(r)] = torch.as_tensor(r)
+    role = shift_left(roles)[scored]
+    # An assistant token outside the loss (an earlier reply under train_on="last") is a group of its own.
+    return nll, hit, response, role + ((role == ASSISTANT) & (response == 0)).long()
+
+
+def role_metrics(by_role: torch.Tensor) -> dict[str, float | int | None]:
+    """{<role>_tokens, <role>_loss} for template, system, user and assistant; the assistant's trained and
+    untrained tokens apart when there are untrained ones (train_on="last")."""
+    nll, n = by_role.tolist()
+    groups = dict(zip(ROLE_GROUPS, zip(nll, n)))
+    trained, untrained = groups.pop("assistant_trained"), groups.pop("assistant_untrained")
+    groups["assistant"] = (trained[0] + untrained[0], trained[1] + untrained[1])
+    if untrained[1]:
+        groups.update(assistant_trained=trained, assistant_untrained=untrained)
+    out = {}
+    for name, (total, count) in groups.items():
+        out[f"{name}_tokens"] = int(count)
+        out[f"{name}_loss"] = total / count if count else None
+    return out
 
 
 # ---------------------------------------------------------------- lm-eval
@@ -387,7 +425,7 @@ def evaluate_models(models: dict[str, str], **settings: Any) -> Path:
         summary/confidence.csv|.md          every model's score with its bootstrap 95% CI
         results/<model>[@chat].json         lm-eval's results (without samples), per prompt format
         predictions/<model>/<task>.jsonl    lm-eval's per-sample log: prompt, generation, score
-        heldout.json                        held-out response loss, perplexity, token accuracy
+        heldout.json                        held-out response loss, perplexity, token accuracy (conversations: per role)
         settings.json                       models (paths, manifests, prompt formats), tasks, limit, versions
         lm_eval_tasks/                      the generated task configs (demo; local-data copies of lm-eval's)
     """
@@ -424,7 +462,8 @@ def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict
         "data": {"data": d.data, "eval_data": d.eval_data, "eval_size": d.eval_size, "split_seed": d.split_seed,
                  "template": d.template, "max_length": d.max_length, "truncation": d.truncation,
                  "eval_fingerprint": plan.fingerprint},
-        "weighting": "sums over response tokens (EOS included) / token count, over the whole split",
+        "weighting": "sums over response tokens (EOS included) / token count, over the whole split" + (
+            ROLE_WEIGHTING if any("user_tokens" in m for m in heldout.values()) else ""),
         "models": heldout,
     }, indent=2))
 

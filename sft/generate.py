@@ -203,7 +203,27 @@ def join(a: _Rows | None, b: _Rows | None) -> _Rows | None:
     return _Rows(torch.cat([a.last, b.last]), torch.cat([a.mask, b.mask]), a.cache, a.prompts + b.prompts)
 
 
-def render_prompts(template: str, rows: list[dict]) -> list[str]:
-    """Render {instruction, input} rows with a registered template."""
+def render_prompts(template: str, rows: list[dict], tokenizer=None, chat_template: str | None = None) -> list[str]:
+    """Render {instruction, input} rows with a registered template; conversation rows ({messages}, ending on a user
+    turn) through `chat_template` (default: the tokenizer's own, else `template`'s), ready for the reply."""
+    if rows and "messages" in rows[0]:
+        if tokenizer is None:
+            raise ValueError("Conversation prompts are rendered through a chat template: pass the tokenizer too, "
+                             "render_prompts(template, rows, tokenizer, chat_template).")
+        source = chat_template or tokenizer.chat_template or get_template(template).chat_template()
+        return [tokenizer.apply_chat_template(r["messages"], chat_template=source, add_generation_prompt=True,
+                                              tokenize=False) for r in rows]
     t = get_template(template)
     return [t.render(r["instruction"], r.get("input") or "") for r in rows]
+
+
+def conversation_prompt(messages: list[dict], output: str | None = None) -> dict:
+    """A prompt row of a conversation ending on a user turn (shown by that turn), with an optional reference."""
+    return {"messages": messages, "instruction": messages[-1]["content"], "input": "",
+            **({"output": output} if output is not None else {})}
+
+
+def prompt_rows(rows: list[dict], n: int) -> list[dict]:
+    """The first n rows as prompts with their reference `output`: a conversation's turns before its last reply."""
+    return [conversation_prompt(r["messages"][:-1], r["messages"][-1]["content"]) if "messages" in r else
+            {"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows[:n]]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from sft.chat import ROLE_NAMES
-from sft.data import DataConfig, conversation_tokens, length_stats, load_rows, tokenize_rows
+from sft.data import DataConfig, length_stats, load_rows, tokenize_rows, tokens_by_role
 
 COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}
 
@@ -42,12 +42,9 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
         **length_stats(ds),
         "instruction_output_ratio": None if chat else int(instruction.sum()) / max(int(output.sum()), 1),
     }
-    if chat:  # every token with its role and turn, for the counts and for --show
-        found = list(conversation_tokens([r["messages"] for r in rows], tokenizer, cfg))
-        roles = np.concatenate([f[2] for f in found])
-        stats["tokens_by_role"] = {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES)}
+    if chat:  # the tokenized conversations carry every token's role and turn (--show renders them)
+        stats["tokens_by_role"] = tokens_by_role(ds)
         stats["conversations_turns_mean"] = float(np.mean([len(r["messages"]) for r in rows]))
-        ds = ds.add_column("roles", [f[2].tolist() for f in found]).add_column("turns", [f[3].tolist() for f in found])
     if by is not None:
         example_groups, ds = np.asarray(ds[by]), ds.remove_columns(by)
         row_groups = np.asarray([row.pop(by) for row in rows])

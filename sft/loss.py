@@ -58,6 +58,32 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return nll.view_as(input_ids)
 
 
+def _target_nll_(logits: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL of each row's target, sum of exp(z - max z)) from fp32 logits [chunk, vocab], which become
+    exp(z - max z) in place: torch.logsumexp's own steps, without its [chunk, vocab] temporary."""
+    target = logits[rows, y]
+    top = logits.amax(dim=1)
+    total = logits.sub_(top[:, None]).exp_().sum(dim=1)
+    return top + total.log() - target, total
+
+
+@torch.no_grad()
+def scored_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
+               chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-row NLL, whether the target is the top token) of rows of hidden states [K, H], without gradient:
+    the held-out metrics' head, a chunk of positions at a time."""
+    chunk = chunk or head_chunk_tokens(head.weight.shape[0])
+    nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    hit = torch.empty(len(targets), dtype=torch.bool, device=hidden.device)
+    for s in range(0, len(targets), chunk):
+        y = targets[s : s + chunk]
+        logits = head(hidden[s : s + chunk]).float()
+        hit[s : s + chunk] = logits.argmax(-1) == y  # before the NLL overwrites the logits
+        nll[s : s + chunk], _ = _target_nll_(logits, y, torch.arange(len(y), device=y.device))
+        del logits
+    return nll, hit
+
+
 class _WeightedLinearCrossEntropy(torch.autograd.Function):
     """sum_i w_i * CE(h_i @ W^T, y_i) and the per-row NLL, chunk by chunk, gradients computed in forward."""
 
@@ -75,10 +101,7 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
             # The only [chunk, vocab] tensor. Every step below works in place: torch.logsumexp would
             # allocate a second one, and so would a separate softmax.
             logits = (h @ weight.T).float()
-            target = logits[rows, y]
-            top = logits.amax(dim=1)
-            total = logits.sub_(top[:, None]).exp_().sum(dim=1)  # sum of exp(z - max z)
-            nll[s : s + chunk] = top + total.log() - target
+            nll[s : s + chunk], total = _target_nll_(logits, y, rows)
             if needs_grad:
                 # d(w_i * nll_i)/d logits_i = w_i * softmax_i - w_i * onehot(y_i), built in place in `logits`
                 # (one pass: the softmax's division and the token weight are a single scale per row).

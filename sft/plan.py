@@ -39,7 +39,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from sft.checks import check_inputs
 from sft.config import ExperimentConfig, LoraSettings
-from sft.data import prepare_data
+from sft.data import prepare_data, tokens_by_role
 from sft.lora import lora_config
 from sft.loss import head_chunk_tokens
 from sft.modeling import load_tokenizer, looks_local
@@ -318,11 +318,7 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
     total = work["train"] + work["eval"]
     return {
         "preset": cfg.preset, "run_name": t.run_name, "prompt_loss_weight": d.prompt_loss_weight,
-        "data": {"source": d.data, "train_examples": len(lengths), "heldout_examples": len(held_len),
-                 "eval_size": d.eval_size, "split_seed": d.split_seed, "max_rows": d.max_rows,
-                 "max_length": d.max_length, "truncated": data.info["train_tokenize"]["examples_truncated"],
-                 "prompt_tokens": int(lengths.sum() - response.sum()), "response_tokens": int(response.sum()),
-                 "real_tokens_per_epoch": int(lengths.sum()), "longest_example": int(lengths.max())},
+        "data": data_figures(d, data, lengths, response, len(held_len)),
         "batching": mode, "by_batching": by_mode,
         "steps": {**steps, "per_device_batch": t.per_device_train_batch_size,
                   "gradient_accumulation_steps": t.gradient_accumulation_steps, "world_size": world_size,
@@ -336,6 +332,17 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
         "gpus": gpu_rows(total, peak, work["tokens"] * work["epochs"], world_size, mfu),
         "methods": compare_methods(cfg, shape, common, work, world_size, mfu),
     }
+
+
+def data_figures(d, data, lengths: np.ndarray, response: np.ndarray, heldout: int) -> dict[str, Any]:
+    """The plan's data section: examples, split, truncation and tokens (conversations: also per role)."""
+    roles = tokens_by_role(data.train)  # None for instruction rows
+    return {"source": d.data, "train_examples": len(lengths), "heldout_examples": heldout,
+            "eval_size": d.eval_size, "split_seed": d.split_seed, "max_rows": d.max_rows,
+            "max_length": d.max_length, "truncated": data.info["train_tokenize"]["examples_truncated"],
+            "prompt_tokens": int(lengths.sum() - response.sum()), "response_tokens": int(response.sum()),
+            "real_tokens_per_epoch": int(lengths.sum()), "longest_example": int(lengths.max()),
+            **({"tokens_by_role": roles} if roles else {})}
 
 
 def padding_of(lengths: np.ndarray, t, mode: str) -> dict[str, Any]:
@@ -406,6 +413,11 @@ def format_plan(p: dict[str, Any]) -> str:
                  f"{d['truncated']:,} truncated, longest {d['longest_example']}")
     lines.append(f"tokens    per epoch: {d['real_tokens_per_epoch']:,} real = {d['prompt_tokens']:,} prompt + "
                  f"{d['response_tokens']:,} response (EOS included)")
+    if "tokens_by_role" in d:  # conversations: the response is the trained assistant tokens
+        r = d["tokens_by_role"]
+        lines.append(f"          by role: template {r['template']:,} + system {r['system']:,} + user {r['user']:,} + "
+                     f"assistant {r['assistant']:,} ({d['response_tokens']:,} trained, "
+                     f"{r['assistant'] - d['response_tokens']:,} in earlier replies outside the loss)")
     for mode, b in p["by_batching"].items():
         mark = "  <- this run" if mode == p["batching"] else ""
         lines.append(f"          {mode:7s}: {b['tokens_per_epoch']:,} computed, {b['padding_per_epoch']:,} padding "

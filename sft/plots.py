@@ -6,15 +6,17 @@ import matplotlib.pyplot as plt
 
 
 def plot_length_histogram(ds, max_length: int | None = None, title: str = "Token lengths"):
-    """Histogram of example lengths, split into prompt and response tokens."""
+    """Histogram of example lengths, split into prompt and response tokens (conversations: the trained replies
+    and the rest)."""
     lengths = ds["length"]
     response = [sum(m) for m in ds["response_mask"]]
     prompt = [n - r for n, r in zip(lengths, response)]
+    chat = "roles" in ds.column_names
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bins = 40
     ax.hist(lengths, bins=bins, alpha=0.6, label="whole example")
-    ax.hist(prompt, bins=bins, alpha=0.6, label="prompt")
-    ax.hist(response, bins=bins, alpha=0.6, label="response + EOS")
+    ax.hist(prompt, bins=bins, alpha=0.6, label="system, user, markup, untrained replies" if chat else "prompt")
+    ax.hist(response, bins=bins, alpha=0.6, label="trained replies + end of turn" if chat else "response + EOS")
     if max_length:
         ax.axvline(max_length, color="k", ls="--", lw=1, label=f"max_length={max_length}")
     ax.set(xlabel="tokens", ylabel="examples", title=title)

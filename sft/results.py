@@ -142,9 +142,18 @@ def _is_mean(per_leaf: list[dict], value: float, size_weighted: bool) -> bool:
     return abs(est - float(value)) < 1e-6
 
 
+def role_losses(metrics: dict) -> list[str]:
+    """The per-role loss keys of a model's held-out metrics (conversations: template_loss, user_loss ...)."""
+    return [k for k in metrics if k.endswith("_loss") and k not in ("response_loss", "prompt_loss")]
+
+
 def heldout_rows(heldout: dict[str, dict]) -> list[Row]:
-    """Summary rows of a held-out-only evaluation: response token accuracy (0-100) and response loss (nats)."""
+    """Summary rows of a held-out-only evaluation: response token accuracy (0-100) and response loss (nats);
+    for conversations also the loss of each role (nats, '-' for a role the split has no token of)."""
     models = list(heldout)
-    return [Row("heldout", short_hash(metric), metric, "ppl", {m: scale * heldout[m][metric] for m in models},
-                scale=scale) for metric, scale in (("response_token_accuracy", 100.0), ("response_loss", 1.0))]
+    metrics = [("response_token_accuracy", 100.0), ("response_loss", 1.0)]
+    metrics += [(key, 1.0) for key in role_losses(heldout[models[0]])]
+    return [Row("heldout", short_hash(metric), metric, "ppl",
+                {m: None if heldout[m].get(metric) is None else scale * heldout[m][metric] for m in models},
+                scale=scale) for metric, scale in metrics]
 

@@ -25,6 +25,7 @@ from sft.demo import ensure_assets
 from sft.evaluate import evaluate_models
 from sft.layout import RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
 from sft.report import base_metric, format_markdown, model_pairs, write_summary
+from sft.results import role_losses
 from sft.synthetic import FAMILIES
 from sft.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP
 from sft.train import train
@@ -76,8 +77,12 @@ def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str,
 
 def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, limit: float | None = None,
               overrides: dict[str, Any] | None = None, results_root: str = RESULTS_ROOT,
-              plot: str | Path | None = SWEEP_PLOT) -> Path:
-    """Train and evaluate every pair (skipping finished ones), then write the sweep summary and plot."""
+              plot: str | Path | None = SWEEP_PLOT, tasks: list[str] | None = None) -> Path:
+    """Train and evaluate every pair (skipping finished ones), then write the sweep summary and plot.
+
+    overrides: config fields of every pair, e.g. {"data": "chats.jsonl"} (your rows, instruction or conversations);
+    tasks: lm-eval tasks (None = the preset's, the demo's sft_demo; [] = held-out metrics only).
+    """
     overrides = dict(overrides or {})
     root = sweep_results_dir(name, results_root)
     for seed in seeds:
@@ -85,14 +90,16 @@ def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, li
             run = train_pair(preset, name, w, seed, overrides)
             label = pair_label(w, seed)
             if latest_evaluation(root / label) is None:
-                evaluate_models({label: str(run)}, name=f"sweep-{name}/{label}", limit=limit, out=results_root)
+                evaluate_models({label: str(run)}, name=f"sweep-{name}/{label}", limit=limit, out=results_root,
+                                tasks=tasks)
             else:
                 print(f"[sweep] {label}: already evaluated", flush=True)
     return summarise_sweep(root, weights, seeds, preset, plot)
 
 
 def read_pair(folder: Path, label: str) -> dict[tuple[str, str], float]:
-    """{(dataset, metric): score} from a pair's OpenCompass summary, plus its held-out losses."""
+    """{(dataset, metric): score} from a pair's OpenCompass summary, plus its held-out losses (conversations: also
+    the loss of each role)."""
     run = latest_evaluation(folder)
     csv_path = next((run / "summary").glob("summary_*.csv"))
     scores = {}
@@ -101,8 +108,9 @@ def read_pair(folder: Path, label: str) -> dict[tuple[str, str], float]:
             if row[label] != "-":
                 scores[row["dataset"], row["metric"]] = float(row[label])
     heldout = json.loads((run / "heldout.json").read_text())["models"][label]
-    for key in ("response_loss", "response_perplexity", "response_token_accuracy"):
-        scores["heldout", key] = float(heldout[key])
+    for key in ("response_loss", "response_perplexity", "response_token_accuracy", *role_losses(heldout)):
+        if heldout[key] is not None:  # None: a role the held-out split has no token of
+            scores["heldout", key] = float(heldout[key])
     return scores
 
 
@@ -237,13 +245,21 @@ def _plot_families(ax, records: list[dict], metric: str, families: list[str]) ->
 
 
 def _plot_loss(ax, records: list[dict]) -> None:
-    """The held-out response loss against w, with its 95% band over seeds."""
+    """The held-out response loss against w, with its 95% band over seeds; conversations: each role's loss too."""
     rows = _curve(records, "heldout", "response_loss")
     x = [r["prompt_loss_weight"] for r in rows]
-    ax.plot(x, [r["mean"] for r in rows], marker="o", color="black")
+    ax.plot(x, [r["mean"] for r in rows], marker="o", color="black", label="response (trained replies)")
     ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2, color="gray")
-    ax.set_ylabel("held-out response loss (nats/token)")
-    ax.set_title("held-out response loss (95% over seeds)", fontsize=10)
+    roles = list(dict.fromkeys(r["metric"] for r in records if r["dataset"] == "heldout" and r["metric"].endswith(
+        "_loss") and r["metric"] not in ("response_loss", "assistant_trained_loss")))  # trained replies: the response
+    for k, metric in enumerate(roles):  # means only: the roles' bands would hide the response's
+        role = _curve(records, "heldout", metric)
+        ax.plot([r["prompt_loss_weight"] for r in role], [r["mean"] for r in role], marker=".", ls="--",
+                color=matplotlib.colormaps["tab10"](k % 10), label=metric.removesuffix("_loss").replace("_", " "))
+    if roles:
+        ax.legend(title="held-out tokens", fontsize=8)
+    ax.set_ylabel("held-out loss (nats/token)" if roles else "held-out response loss (nats/token)")
+    ax.set_title(f"held-out {'loss by role' if roles else 'response loss'} (95% over seeds)", fontsize=10)
 
 
 def _set_weight_axis(ax, weights: list[float]) -> None:
@@ -262,6 +278,9 @@ def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: 
     scored = [r for r in records if r["dataset"] != "heldout"]
     metrics = list(dict.fromkeys(base_metric(r["metric"]) for r in scored if "average" not in r["metric"]))
     families = list(dict.fromkeys(r["dataset"] for r in scored if "average" not in r["metric"]))
+    if not metrics:  # held-out metrics only (--heldout-only): the loss panel alone
+        return _save(_loss_figure(records, weights), path,
+                     f"{preset}: held-out loss against the prompt-loss weight (mean of {n_seeds} seeds)")
     fig = Figure(figsize=(6.5 * len(metrics) + 5, 10.5))  # no pyplot: no global state, no backend switch
     axes = fig.subplots(2, len(metrics) + 1, squeeze=False)
     for col, metric in enumerate(metrics):
@@ -282,7 +301,22 @@ def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: 
     ax_legend.axis("off")  # the families' legend, beside the panels that draw them
     handles, labels = axes[1, 0].get_legend_handles_labels()
     ax_legend.legend(handles, labels, title="task family", loc="center", ncols=2, fontsize=9, frameon=False)
-    fig.suptitle(f"{preset}: test scores and held-out loss against the prompt-loss weight (mean of {n_seeds} seeds)")
+    return _save(fig, path,
+                 f"{preset}: test scores and held-out loss against the prompt-loss weight (mean of {n_seeds} seeds)")
+
+
+def _loss_figure(records: list[dict], weights: list[float]) -> Figure:
+    """One panel: the held-out losses against w."""
+    fig = Figure(figsize=(7.5, 5.5))
+    ax = fig.subplots()
+    _plot_loss(ax, records)
+    _set_weight_axis(ax, weights)
+    return fig
+
+
+def _save(fig: Figure, path: Path, title: str) -> Path:
+    """Title, lay out and write a figure."""
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

@@ -90,6 +90,23 @@ def demo_cli_args(root: Path) -> list[str]:
     return [x for kv in pairs.items() for x in kv]
 
 
+def demo_dialogues(root: Path, n: int, seed: int) -> list[list[dict]]:
+    """n two-exchange conversations (messages) chained from the small demo's training rows."""
+    import json
+    import random
+
+    rows = [json.loads(line) for line in (Path(root) / "Dataset/demo/train.jsonl").read_text().splitlines()]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        turns = []
+        for r in rng.sample(rows, 2):
+            turns += [{"role": "user", "content": r["instruction"] + (f"\n{r['input']}" if r.get("input") else "")},
+                      {"role": "assistant", "content": r["output"]}]
+        out.append(turns)
+    return out
+
+
 def load_script(name: str):
     """A top-level script (eval.py, auto_clean.py) as a module: `eval` cannot be imported by name."""
     import importlib.util

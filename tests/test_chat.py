@@ -190,7 +190,8 @@ def test_an_answer_longer_than_the_window_keeps_half_of_it(qwen_tokenizer):
 def test_tokenize_rows_caches_conversations_with_the_same_keys_as_alpaca(qwen_tokenizer, tmp_path):
     cfg = DataConfig(cache_dir=str(tmp_path), prompt_loss_weight=0.5)
     ds, report = tokenize_rows([{"messages": CHAT}] * 3, qwen_tokenizer, cfg)
-    assert set(ds.column_names) == {"input_ids", "labels", "loss_weights", "response_mask", "length", "truncation"}
+    assert set(ds.column_names) == {"input_ids", "labels", "loss_weights", "response_mask", "length", "truncation",
+                                    "roles", "turns"}  # per token: the role code and turn (evaluation, inspect-data)
     assert report.examples_out == 3 and not report.from_cache
     again, report = tokenize_rows([{"messages": CHAT}] * 3, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path),
                                                                                         prompt_loss_weight=0.5))
@@ -199,16 +200,9 @@ def test_tokenize_rows_caches_conversations_with_the_same_keys_as_alpaca(qwen_to
 
 def dialogues(demo_root, n, seed):
     """n two-exchange dialogues chained from the small demo's training rows."""
-    rows = [json.loads(line) for line in (demo_root / "Dataset/demo/train.jsonl").read_text().splitlines()]
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        turns = []
-        for r in rng.sample(rows, 2):
-            turns += [{"role": "user", "content": r["instruction"] + (f"\n{r['input']}" if r.get("input") else "")},
-                      {"role": "assistant", "content": r["output"]}]
-        out.append(turns)
-    return out
+    from conftest import demo_dialogues
+
+    return demo_dialogues(demo_root, n, seed)
 
 
 @pytest.mark.slow
@@ -238,6 +232,10 @@ def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, 
     out = evaluate_models({"tuned": str(run)}, tasks=[], out=str(tmp_path / "ev"))
     heldout = json.loads((out / "heldout.json").read_text())["models"]["tuned"]
     assert heldout["response_loss"] == pytest.approx(trainer.evaluate()["eval_response_loss"], rel=1e-4)
+    # Per role: every scored token is in one role; all replies are trained (train_on="all"); no system turn here.
+    assert heldout["assistant_tokens"] == heldout["response_tokens"] and heldout["system_loss"] is None
+    assert sum(heldout[f"{r}_tokens"] for r in ("template", "system", "user", "assistant")) == \
+        heldout["response_tokens"] + heldout["prompt_tokens"]
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"messages": sharegpt[0][:3], "output": sharegpt[0][3]["value"]}) + "\n")
     script = load_script("eval")
@@ -246,3 +244,13 @@ def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, 
                         "--prompts", str(prompts)]) == 0
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0] == "| # | prompt | reference | tuned |" and table[2].startswith("| 1 | user: ")
+
+
+def test_held_out_rows_of_the_other_kind_are_refused(qwen_tokenizer, tmp_path):
+    from sft.data import prepare_data
+
+    chats = write(tmp_path / "c.jsonl", [{"messages": CHAT}] * 4)
+    alpaca = write(tmp_path / "a.jsonl", [{"instruction": "a", "output": "b"}] * 2)
+    with pytest.raises(ValueError, match=r"c.jsonl holds conversations but eval_data .*a.jsonl holds instruction rows"
+                                         r".*--eval-data none"):
+        prepare_data(DataConfig(data=str(chats), eval_data=str(alpaca), cache_dir=str(tmp_path)), qwen_tokenizer)

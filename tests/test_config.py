@@ -52,3 +52,11 @@ def test_resume_defaults_to_auto_and_excludes_overwrite():
 def test_a_manifest_config_reads_back():
     cfg = load_config("demo", resume=True, column_map={"x": "output"})
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_your_data_without_eval_data_is_split_rather_than_held_out_on_the_presets_file():
+    assert load_config("demo").data.eval_data == "Dataset/demo/heldout.jsonl"
+    for key in ("data", "data.data"):
+        assert load_config("demo", **{key: "mine.jsonl"}).data.eval_data is None
+    mine = load_config("demo", data="mine.jsonl", **{"data.eval-data": "held.jsonl"})
+    assert (mine.data.data, mine.data.eval_data) == ("mine.jsonl", "held.jsonl")

@@ -216,3 +216,115 @@ def test_user_errors_exit_with_code_2(demo_root, tmp_path, capsys):
 def test_cli_lists_both_commands():
     out = subprocess.run([sys.executable, "-m", "sft", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     assert "evaluate" in out and "compare" in out
+
+
+# ---------------------------------------------------------------- held-out metrics against a plain cross-entropy
+
+CHAT = [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "5"}, {"role": "user", "content": "And that times 4?"},
+        {"role": "assistant", "content": "It is 20."}]
+
+
+def tiny_qwen(tokenizer):
+    """A randomly initialised one-layer Qwen2 over the tokenizer's whole vocabulary (the real head size)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+
+
+def plain_sums(model, ds):
+    """{group: (nll sum, tokens, correct)} from full logits and F.cross_entropy, one example at a time, in float64;
+    groups: response, prompt and, for conversations, each role (assistant split by trained or not)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sft.chat import ROLE_NAMES
+
+    sums = {}
+    for ex in ds:
+        ids = torch.tensor([ex["input_ids"]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none").double()
+        hit = (logits.argmax(-1) == ids[0, 1:]).double()
+        response = torch.tensor(ex["response_mask"][1:]).bool()
+        groups = [("response", response), ("prompt", ~response)]
+        if "roles" in ex:
+            roles = torch.tensor(ex["roles"][1:])
+            groups += [(name, roles == code) for code, name in enumerate(ROLE_NAMES)]
+            groups += [("assistant_trained", (roles == 3) & response), ("assistant_untrained", (roles == 3) & ~response)]
+        for name, mask in groups:
+            s = sums.setdefault(name, [0.0, 0, 0.0])
+            s[0] += float(nll[mask].sum())
+            s[1] += int(mask.sum())
+            s[2] += float(hit[mask].sum())
+    return sums
+
+
+@pytest.mark.parametrize("train_on", ["all", "last"])
+def test_heldout_metrics_per_role_equal_a_plain_cross_entropy(qwen_tokenizer, tmp_path, train_on):
+    from sft.data import DataConfig, tokenize_rows
+    from sft.evaluate import heldout_metrics
+
+    convs = [CHAT, CHAT[1:3], CHAT[:3] + [{"role": "user", "content": "Twice that?"},
+                                          {"role": "assistant", "content": "10"}]]
+    cfg = DataConfig(cache_dir=str(tmp_path), prompt_loss_weight=0.5, train_on=train_on)
+    ds, _ = tokenize_rows([{"messages": m} for m in convs], qwen_tokenizer, cfg)
+    model = tiny_qwen(qwen_tokenizer)
+    got = heldout_metrics(model, ds, qwen_tokenizer.pad_token_id, batch_size=2)
+    ref = plain_sums(model, ds)
+    assert got["response_loss"] == pytest.approx(ref["response"][0] / ref["response"][1], rel=1e-6)
+    assert got["response_token_accuracy"] == pytest.approx(ref["response"][2] / ref["response"][1], rel=1e-6)
+    assert got["prompt_loss"] == pytest.approx(ref["prompt"][0] / ref["prompt"][1], rel=1e-6)
+    roles = ["template", "system", "user", "assistant"]
+    if train_on == "last":  # earlier replies are outside the loss: reported apart from the trained one
+        roles += ["assistant_trained", "assistant_untrained"]
+        assert got["assistant_trained_tokens"] == got["response_tokens"] < got["assistant_tokens"]
+    else:
+        assert "assistant_untrained_tokens" not in got and got["assistant_tokens"] == got["response_tokens"]
+    for role in roles:
+        assert got[f"{role}_tokens"] == ref[role][1] > 0, role
+        assert got[f"{role}_loss"] == pytest.approx(ref[role][0] / ref[role][1], rel=1e-6), role
+    assert sum(got[f"{r}_tokens"] for r in roles[:4]) == got["response_tokens"] + got["prompt_tokens"]
+
+
+def test_heldout_metrics_of_instruction_rows_keep_their_keys(qwen_tokenizer, tmp_path):
+    from sft.data import DataConfig, tokenize_rows
+    from sft.evaluate import heldout_metrics
+
+    rows = [{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+            {"instruction": "Name a colour.", "input": "one word", "output": "Blue."}] * 3
+    ds, _ = tokenize_rows(rows, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path)))
+    model = tiny_qwen(qwen_tokenizer)
+    got = heldout_metrics(model, ds, qwen_tokenizer.pad_token_id, batch_size=4)
+    assert list(got) == ["examples", "response_tokens", "response_loss", "response_perplexity",
+                         "response_token_accuracy", "prompt_tokens", "prompt_loss"]  # as in the committed demo results
+    ref = plain_sums(model, ds)
+    assert got["response_loss"] == pytest.approx(ref["response"][0] / ref["response"][1], rel=1e-6)
+    assert got["prompt_loss"] == pytest.approx(ref["prompt"][0] / ref["prompt"][1], rel=1e-6)
+
+
+def test_heldout_summary_and_comparison_list_the_losses_per_role():
+    import pandas as pd
+
+    from sft.compare import heldout_markdown, roles_markdown
+    from sft.results import heldout_rows
+
+    plain = {"examples": 2, "response_tokens": 10, "response_loss": 1.5, "response_perplexity": 4.48,
+             "response_token_accuracy": 0.5, "prompt_tokens": 20, "prompt_loss": 3.0}
+    chat = {**plain, "template_tokens": 6, "template_loss": 0.25, "system_tokens": 0, "system_loss": None,
+            "user_tokens": 14, "user_loss": 3.5, "assistant_tokens": 10, "assistant_loss": 1.5}
+    assert [r.metric for r in heldout_rows({"a": plain})] == ["response_token_accuracy", "response_loss"]
+    rows = heldout_rows({"a": chat, "b": {**chat, "user_loss": 2.0}})
+    assert [r.metric for r in rows] == ["response_token_accuracy", "response_loss", "template_loss", "system_loss",
+                                        "user_loss", "assistant_loss"]
+    assert rows[3].scores == {"a": None, "b": None} and rows[4].scores == {"a": 3.5, "b": 2.0}
+    assert roles_markdown(pd.DataFrame([{"model": "a", **plain}])) == ""
+    table = roles_markdown(pd.DataFrame([{"model": "a", **chat}])).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table]
+    assert cells[0] == ["model", "template", "system", "user", "assistant"]
+    assert cells[2] == ["a", "0.2500 (6)", "-", "3.5000 (14)", "1.5000 (10)"]
+    assert "prompt loss" in heldout_markdown(pd.DataFrame([{"model": "a", **chat}]))

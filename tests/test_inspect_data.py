@@ -63,3 +63,21 @@ def test_a_group_dropped_whole_by_truncation_is_reported_not_a_crash(demo_tokeni
     with pytest.raises(ValueError, match=r"all 2 rows are longer than max_length=64.*--truncation trim"):
         inspect_data(DataConfig(data=str(write(tmp_path / "l.jsonl", [long, long])), max_length=64,
                                 truncation="drop", cache_dir=cfg.cache_dir), demo_tokenizer, by="family")
+
+
+def test_conversations_are_counted_by_role_and_shown_by_turn(qwen_tokenizer, tmp_path):
+    from sft.inspect_data import render_example
+
+    chat = [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": "What is 2 + 3?"},
+            {"role": "assistant", "content": "5"}, {"role": "user", "content": "And that times 4?"},
+            {"role": "assistant", "content": "20"}]
+    cfg = DataConfig(data=str(write(tmp_path / "c.jsonl", [{"messages": chat}] * 3)), prompt_loss_weight=0.5,
+                     train_on="last", cache_dir=str(tmp_path / "cache"))
+    stats, ds, _ = inspect_data(cfg, qwen_tokenizer)
+    # The counts of docs/data.md's example: 46 tokens a row, read from the tokenized rows' role column.
+    assert stats["tokens_by_role"] == {"template": 24, "system": 27, "user": 72, "assistant": 15}
+    assert sum(stats["tokens_by_role"].values()) == 3 * 46 == stats["prompt_tokens"] + stats["response_tokens"]
+    shown = render_example(ds[0], qwen_tokenizer, colour=False)
+    assert shown.startswith("[[turn 1 system, weight 0.5: <|im_start|>system\nYou add numbers.")
+    assert "[[turn 3 assistant, weight 0.5: 5<|im_end|>]]" in shown and "[[turn 5 assistant, weight 1: 20<|im_end|>]]" \
+        in shown

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, demo_overrides
+from conftest import ROOT, demo_dialogues, demo_overrides
 from sft.checkpoints import checkpoint_step, is_complete, last_complete_checkpoint, list_checkpoints, run_is_complete
 
 NOTEBOOKS = ("finetune_masked.ipynb", "finetune_unmasked.ipynb")
@@ -51,6 +51,40 @@ def test_notebook_runs_top_to_bottom(demo_root, tmp_path, name, w):
     assert len(images) >= 2  # the length histogram and the loss curves
     manifest = json.loads((demo_root / "model/demo" / f"nb-{w}" / "run_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["prompt_loss_weight"] == w
+
+
+@pytest.mark.slow
+def test_a_notebook_trains_on_your_conversations(demo_root, tmp_path):
+    import papermill
+
+    chats = demo_dialogues(demo_root, 40, seed=0)
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
+    out = tmp_path / "chat.ipynb"
+    overrides = {**demo_overrides(demo_root), "max_steps": 4, "eval_steps": 2, "save_steps": 4, "logging_steps": 2,
+                 "eval_size": 8}
+    del overrides["data.data"], overrides["data.eval_data"]  # the parameter gives the data; held out: a split of it
+    papermill.execute_notebook(str(ROOT / "finetune_masked.ipynb"), str(out), cwd=str(tmp_path),
+                               kernel_name="python3", progress_bar=False,
+                               parameters={"dataset": str(tmp_path / "chats.jsonl"), "overrides": overrides,
+                                           "run_name": "nb-chat"})
+    executed = json.loads(out.read_text())
+    assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    said = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                   for c in executed["cells"] for o in c.get("outputs", []))
+    assert "[[turn 1 user, weight 0: " in said and "[[turn 2 assistant, weight 1: " in said  # the example, by turn
+    manifest = json.loads((demo_root / "model/demo/nb-chat/run_manifest.json").read_text())
+    assert manifest["data"]["conversations"] and manifest["data"]["eval_examples"] == 8
+    assert manifest["config"]["data"]["data"] == str(tmp_path / "chats.jsonl")
+    assert manifest["config"]["data"]["eval_data"] is None
+
+
+def test_the_data_parameter_reaches_the_config():
+    for name in NOTEBOOKS:
+        cells = ["".join(c["source"]) for c in _cells(name)]
+        params = next(c for c, raw in zip(cells, _cells(name)) if "parameters" in raw["metadata"].get("tags", []))
+        assert "dataset = None" in params, name
+        config = next(c for c in cells if "cfg = load_config(" in c)
+        assert 'your_data = {} if dataset is None else {"data": dataset}' in config and "**your_data" in config
 
 
 def test_the_parameters_cell_deletes_nothing_by_default():

@@ -171,3 +171,34 @@ def test_plan_cli_prints_and_errors(plan_root, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "no/such.json"]) == 2
     assert "no/such.json: no such file or folder" in capsys.readouterr().err
+
+
+CHATS = [[{"role": "system", "content": "You add numbers."}, {"role": "user", "content": "What is 2 + 3?"},
+          {"role": "assistant", "content": "5"}, {"role": "user", "content": "And that times 4?"},
+          {"role": "assistant", "content": "20"}],
+         [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]] * 3
+
+
+@pytest.mark.parametrize("train_on", ["all", "last"])
+def test_plan_counts_the_tokens_of_each_role_of_conversations(plan_root, monkeypatch, capsys, qwen_tokenizer,
+                                                              train_on):
+    from sft.__main__ import main
+    from sft.chat import ROLE_NAMES
+    from sft.data import DataConfig, conversation_renderer
+
+    (plan_root / "chats.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in CHATS))
+    monkeypatch.chdir(plan_root)
+    cfg = load_config("qwen2.5-0.5b-alpaca", data="chats.jsonl", eval_size=2, train_on=train_on,
+                      cache_dir=str(plan_root / ".cache"))
+    d = plan_run(cfg)["data"]
+    train_idx, _ = split_indices(len(CHATS), 2, cfg.data.split_seed)
+    renderer = conversation_renderer(qwen_tokenizer, DataConfig())
+    roles = np.concatenate([renderer.tokens([CHATS[i]])[0][1] for i in train_idx])
+    assert d["tokens_by_role"] == {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES)}
+    assert sum(d["tokens_by_role"].values()) == d["real_tokens_per_epoch"]
+    untrained = d["tokens_by_role"]["assistant"] - d["response_tokens"]
+    assert (untrained > 0) == (train_on == "last")
+    assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "chats.jsonl", "--eval-size", "2",
+                 "--train-on", train_on]) == 0
+    assert (f"by role: template {d['tokens_by_role']['template']:,} + system {d['tokens_by_role']['system']:,}"
+            in capsys.readouterr().out)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import demo_overrides
+from conftest import demo_dialogues, demo_overrides
 from sft.sweep import difference_records, mean_interval, pair_label, parse_weights, run_sweep
 
 
@@ -67,3 +67,35 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     assert history[-1]["step"] == 4 and (broken / "checkpoint-4").is_dir()
     assert (broken / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == kept  # resumed, not restarted
     assert len(list((results / "sweep-t" / pair_label(0.0, 1)).glob("*/summary/summary_*.csv"))) == 1
+
+
+@pytest.mark.slow
+def test_sweep_on_conversations_reports_the_held_out_loss_of_each_role(demo_root, tmp_path, monkeypatch):
+    from conftest import demo_cli_args
+    from sft.__main__ import main
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": m}) + "\n" for m in demo_dialogues(demo_root, 64, seed=2)))
+    args = demo_cli_args(demo_root)
+    for flag in ("--data.data", "--data.eval-data"):  # the sweep's data: the conversations; held out: a split of them
+        i = args.index(flag)
+        del args[i:i + 2]
+    monkeypatch.chdir(tmp_path)  # evaluation_results/ and the plot go to the working folder
+    assert main(["sweep", *args, "--data", str(chats), "--eval-size", "16", "--train-on", "last",
+                 "--prompt-loss-weights", "0,1", "--seeds", "1", "--name", "chat", "--heldout-only",
+                 "--max-steps", "6", "--eval-steps", "6", "--save-steps", "6", "--plot", "sweep.png"]) == 0
+    root = tmp_path / "evaluation_results" / "sweep-chat"
+    records = {tuple(line.split(",")[:3]): line for line in (root / "sweep.csv").read_text().splitlines()[1:]}
+    for w in ("0.0", "1.0"):
+        for role in ("user", "assistant", "assistant_trained", "assistant_untrained"):
+            assert ("heldout", f"{role}_loss", w) in records, (role, w)
+        # No system turn, and the demo's chat template (alpaca's) puts "### Response:" in the user turn: no markup.
+        assert ("heldout", "system_loss", w) not in records and ("heldout", "template_loss", w) not in records
+    manifest = json.loads((demo_root / "model/demo/sweep-chat/w0_s1/run_manifest.json").read_text())
+    assert manifest["data"]["conversations"] and manifest["data"]["eval_examples"] == 16
+    held = json.loads(next(root.glob("w1_s1/*/heldout.json")).read_text())["models"]["w1_s1"]
+    assert held["assistant_trained_tokens"] == held["response_tokens"] < held["assistant_tokens"]
+    mean = {k[1:]: float(line.split(",")[4]) for k, line in records.items() if k[0] == "heldout"}
+    # w = 1 trains on the user turns, w = 0 never: after six steps the user turns' loss tells the two apart.
+    assert mean["user_loss", "1.0"] < mean["user_loss", "0.0"]
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
