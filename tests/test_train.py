@@ -99,6 +99,10 @@ def test_short_run_lowers_held_out_response_loss_and_logs_everything(demo_root):
     manifest = read_manifest(out)
     assert manifest["status"] == "complete" and manifest["data"]["data_fingerprint"]
     assert load_run_config(out) == cfg
+    # Instruction rows end with EOS: the generation config (its EOS ids) is the base model's, unchanged.
+    base_generation = json.loads((demo_root / "model/demo/base/generation_config.json").read_text())
+    for folder in (out, *list_checkpoints(out)):
+        assert json.loads((folder / "generation_config.json").read_text()) == base_generation, folder
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tensorboard_dir(cfg))).Reload()
