@@ -156,7 +156,6 @@ class ChatRenderer:
             out.append((ids, role[at], turn[at]))
         return out
 
-
     def end_of_turn_id(self) -> int | None:
         """The special token that closes an assistant turn and weighs 1 (ChatML's <|im_end|>, EOS in the alpaca
         chat template): where a generated reply should stop. None where the turn ends on no special token."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ class _Rows:
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None,
-                       stops: list[int] = ()) -> list[str]:
+                       stops: Iterable[int] = ()) -> list[str]:
     """Generate a response for each rendered prompt, batched with left padding, in the prompts' order;
     `stops`: token ids that end a response besides eos_ids (prompt_stops gives a chat template's)."""
     s = settings or GenerationSettings()
@@ -92,7 +93,7 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 def generate_token_ids(model, tokenizer, encoded: list[list[int]], s: GenerationSettings,
-                       stops: list[int] = ()) -> list[list[int]]:
+                       stops: Iterable[int] = ()) -> list[list[int]]:
     """The new token ids of each encoded prompt, up to (not including) its EOS or one of `stops`; at most
     s.batch_size at once."""
     stop = set(eos_ids(model, tokenizer)) | set(stops)
