@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
@@ -45,11 +46,21 @@ class WeightedLossTrainer(Trainer):
     # _get_num_items_in_batch), so the Trainer must not divide it again by the accumulation steps.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, selective_head: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, selective_head: bool = True, adapter_generation_config: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.selective_head = selective_head  # head and cross-entropy only at positions that need them
+        self.adapter_generation_config = adapter_generation_config  # save it beside a LoRA adapter too (see _save)
         self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
         self._last_log_time = time.perf_counter()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The Trainer's save (final model and checkpoints), plus the generation config beside a LoRA adapter when
+        asked: peft saves the adapter without it, and a conversation run's end-of-turn stop lives there."""
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.adapter_generation_config and self.args.should_save and isinstance(model, PeftModel):
+            model.generation_config.save_pretrained(output_dir or self.args.output_dir)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         """The total loss weight of the optimizer step: all its micro-batches, on all processes.
@@ -240,6 +251,20 @@ def build_model(cfg: ExperimentConfig, args: TrainingArguments):
         return add_adapter(model, lora, cfg.train.selective_head, bool(args.gradient_checkpointing))
 
 
+def stop_at_end_of_turn(model, end_of_turn: int | None, eos: int) -> bool:
+    """Make the model's generation config stop at a chat template's end-of-turn token as well as at EOS
+    (eos_token_id [end_of_turn, eos, ...], as Qwen2.5-Instruct ships), so transformers' generate, lm-eval and
+    sft.generate end a reply where training taught it to end. False (nothing to do) where EOS ends a turn."""
+    if end_of_turn is None or end_of_turn == eos:
+        return False
+    config = model.generation_config  # a PeftModel's is its base model's, so it is changed in place
+    ids = config.eos_token_id if config.eos_token_id is not None else eos
+    ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+    if end_of_turn not in ids:  # a chat model's config may have it already (Qwen2.5-Instruct's)
+        config.eos_token_id = [end_of_turn, *ids]
+    return True
+
+
 def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None,
                   args: TrainingArguments | None = None, callbacks: list | None = None):
     """Everything a run needs, wired into a WeightedLossTrainer (nothing is trained yet)."""
@@ -251,6 +276,9 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
             data = prepare_data(cfg.data, tokenizer)
     model = model if model is not None else build_model(cfg, args)
     model.config.use_cache = False  # no KV cache while training
+    # Conversations teach the model to end a reply with the template's end-of-turn token (<|im_end|> in ChatML,
+    # not EOS): saved as an extra EOS id with the final model and every checkpoint. Instruction rows: unchanged.
+    turn_stop = stop_at_end_of_turn(model, data.end_of_turn, tokenizer.eos_token_id)
     tb = TensorBoardCallback()
     # transformers 5 dropped TrainingArguments.logging_dir: the callback takes its folder from this attribute.
     tb.logging_dir = str(tensorboard_dir(cfg))
@@ -263,6 +291,7 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
         data_collator=(PackedWeightedLMCollator if batching == "packed" else WeightedLMCollator)(
             pad_token_id=tokenizer.pad_token_id),
         selective_head=cfg.train.selective_head,
+        adapter_generation_config=turn_stop,
         train_dataset=data.train,
         eval_dataset=data.eval,
         # saved with every checkpoint: the prompt template as a chat template, or the one conversations went through
