@@ -92,6 +92,20 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def stop_at_end_of_turn(model, end_of_turn: int | None, eos: int) -> bool:
+    """Make the model's generation config stop at a chat template's end-of-turn token as well as at EOS
+    (eos_token_id [end_of_turn, eos, ...], as Qwen2.5-Instruct ships), so transformers' generate, lm-eval and
+    sft.generate end a reply where training taught it to end. False (nothing to do) where EOS ends a turn."""
+    if end_of_turn is None or end_of_turn == eos:
+        return False
+    config = model.generation_config  # a PeftModel's is its base model's, so it is changed in place
+    ids = config.eos_token_id if config.eos_token_id is not None else eos
+    ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+    if end_of_turn not in ids:  # a chat model's config may have it already (Qwen2.5-Instruct's)
+        config.eos_token_id = [end_of_turn, *ids]
+    return True
+
+
 def generate_token_ids(model, tokenizer, encoded: list[list[int]], s: GenerationSettings,
                        stops: Iterable[int] = ()) -> list[list[int]]:
     """The new token ids of each encoded prompt, up to (not including) its EOS or one of `stops`; at most

@@ -28,6 +28,7 @@ from sft.checks import check_inputs
 from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
 from sft.data import PreparedData, prepare_data, with_training_template
+from sft.generate import stop_at_end_of_turn
 from sft.layout import run_dir, tensorboard_dir
 from sft.lora import MERGED_DIR, add_adapter, check_lora, is_adapter_dir, quantization_config
 from sft.loss import selected_nll, shift_left, target_weights, token_nll
@@ -249,20 +250,6 @@ def build_model(cfg: ExperimentConfig, args: TrainingArguments):
     with torch.random.fork_rng(devices=[]):  # the adapter's random init (lora_A) is the seed's, in every regime
         torch.manual_seed(cfg.train.seed)
         return add_adapter(model, lora, cfg.train.selective_head, bool(args.gradient_checkpointing))
-
-
-def stop_at_end_of_turn(model, end_of_turn: int | None, eos: int) -> bool:
-    """Make the model's generation config stop at a chat template's end-of-turn token as well as at EOS
-    (eos_token_id [end_of_turn, eos, ...], as Qwen2.5-Instruct ships), so transformers' generate, lm-eval and
-    sft.generate end a reply where training taught it to end. False (nothing to do) where EOS ends a turn."""
-    if end_of_turn is None or end_of_turn == eos:
-        return False
-    config = model.generation_config  # a PeftModel's is its base model's, so it is changed in place
-    ids = config.eos_token_id if config.eos_token_id is not None else eos
-    ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
-    if end_of_turn not in ids:  # a chat model's config may have it already (Qwen2.5-Instruct's)
-        config.eos_token_id = [end_of_turn, *ids]
-    return True
 
 
 def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: PreparedData | None = None,

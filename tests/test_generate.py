@@ -43,3 +43,25 @@ def test_the_generation_configs_eos_list_stops_generation(qwen_tokenizer):
     assert eos_ids(model, qwen_tokenizer) == sorted([im_end, qwen_tokenizer.eos_token_id])
     encoded = qwen_tokenizer(render_prompts("alpaca", ASK, qwen_tokenizer), add_special_tokens=False)["input_ids"]
     assert generate_token_ids(model, qwen_tokenizer, encoded, GenerationSettings(max_new_tokens=5)) == [[]]
+
+
+def test_lm_eval_through_chatml_stops_at_im_end_and_restores_the_config(qwen_tokenizer, tmp_path):
+    from sft.evaluate import EvalConfig, run_benchmarks
+    from sft.tasks import task_manager
+
+    (tmp_path / "test.jsonl").write_text('{"q": "What is 2 + 3?", "a": "5"}\n')
+    (tmp_path / "stop_probe.yaml").write_text(
+        "task: stop_probe\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'test.jsonl'}\ntest_split: test\noutput_type: generate_until\n"
+        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\ngeneration_kwargs:\n  until: []\n  max_gen_toks: 6\n"
+        "metric_list:\n  - metric: exact_match\n")
+    im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = force_next_token(tiny_qwen25(qwen_tokenizer), im_end)
+    steps = []
+    model.register_forward_hook(lambda *_: steps.append(1))
+    tm = task_manager(["stop_probe"], [tmp_path])
+    for chat, expected in ((False, 6), (True, 1)):  # raw: EOS alone, 6 tokens; ChatML: stops at <|im_end|>
+        steps.clear()
+        run_benchmarks(model, qwen_tokenizer, ["stop_probe"], tm, EvalConfig(batch_size=1), chat=chat)
+        assert len(steps) == expected, chat
+        assert model.generation_config.eos_token_id == qwen_tokenizer.eos_token_id  # restored after the pass

@@ -238,7 +238,7 @@ def test_stop_at_end_of_turn_puts_the_token_before_eos_once():
 
     from transformers import GenerationConfig
 
-    from sft.train import stop_at_end_of_turn
+    from sft.generate import stop_at_end_of_turn
 
     base = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=151643))  # Qwen2.5 base
     assert stop_at_end_of_turn(base, 151645, 151643) and base.generation_config.eos_token_id == [151645, 151643]
