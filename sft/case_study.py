@@ -21,7 +21,9 @@ from torch.utils.tensorboard import SummaryWriter
 from sft.chat import check_conversation
 from sft.data import prepare_data
 from sft.evaluate import parse_models as parse_labels
-from sft.generate import GenerationSettings, conversation_prompt, generate_responses, prompt_rows, render_prompts
+from sft.generate import (
+    GenerationSettings, conversation_prompt, generate_responses, prompt_rows, prompt_stops, render_prompts,
+)
 from sft.io import write_jsonl
 from sft.layout import CASE_STUDY_DIR, CHECKPOINT_RE, MANIFEST, tensorboard_dir
 from sft.lora import is_adapter_dir
@@ -222,7 +224,8 @@ def run_case_study(specs: list[ModelSpec], rows: list[dict[str, str]], settings:
         tokenizer, model = load_tokenizer(spec.path), load_model(spec.path).to(device)
         study.prompts[spec.name] = prompts = render_for(spec, tokenizer, rows)
         start = time.perf_counter()
-        study.outputs[spec.name] = generate_responses(model, tokenizer, prompts, settings)
+        stops = prompt_stops(spec.template, rows, tokenizer)  # a conversation's end-of-turn token (render_for's)
+        study.outputs[spec.name] = generate_responses(model, tokenizer, prompts, settings, stops)
         study.seconds[spec.name] = round(time.perf_counter() - start, 3)
         log(f"{spec.name}: {len(rows)} prompts in {study.seconds[spec.name]:.1f} s ({spec.path})")
         del model

@@ -156,6 +156,14 @@ class ChatRenderer:
             out.append((ids, role[at], turn[at]))
         return out
 
+    def end_of_turn_id(self) -> int | None:
+        """The special token that closes an assistant turn and weighs 1 (ChatML's <|im_end|>, EOS in the alpaca
+        chat template): where a generated reply should stop. None where the turn ends on no special token."""
+        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        ids, roles, _ = self.tokens([probe])[0]
+        last = int(ids[np.flatnonzero(roles == ASSISTANT)[-1]])
+        return last if self.tokenizer.convert_ids_to_tokens(last) in self.specials else None
+
 
 def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """Token ids (no special tokens added, as apply_chat_template) and character offsets of each text."""
@@ -180,8 +188,13 @@ def chat_template_source(tokenizer, name: str, template: str, bos_token: bool) -
 
 def make_renderer(tokenizer, name: str, template: str, bos_token: bool) -> ChatRenderer:
     """A ChatRenderer for the chosen chat template (see chat_template_source)."""
+    return renderer_for(tokenizer, chat_template_source(tokenizer, name, template, bos_token))
+
+
+def renderer_for(tokenizer, source: str) -> ChatRenderer:
+    """A ChatRenderer for the Jinja chat template `source`."""
     specials = tuple(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
-    return ChatRenderer(tokenizer, chat_template_source(tokenizer, name, template, bos_token), specials)
+    return ChatRenderer(tokenizer, source, specials)
 
 
 def token_weights(roles: np.ndarray, turns: np.ndarray, w: float, train_on: str) -> tuple[np.ndarray, np.ndarray]:

@@ -720,6 +720,7 @@ class PreparedData:
     info: dict[str, Any]
     eval_rows: list[dict[str, str]]  # the held-out rows as text, for generations
     chat_template: str | None = None  # conversations: the Jinja template they were rendered with (saved with the model)
+    end_of_turn: int | None = None  # conversations: the token that closes an assistant turn (generation stops there)
 
 
 def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
@@ -758,6 +759,10 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
         "train_examples": len(train),
         "eval_examples": len(eval_),
     }
-    chat = conversation_renderer(tokenizer, d).template if "messages" in rows[0] else None
-    info["conversations"] = chat is not None
-    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows, chat_template=chat)
+    if "messages" not in rows[0]:
+        info["conversations"] = False
+        return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)
+    info["conversations"] = True
+    renderer = conversation_renderer(tokenizer, d)
+    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows, chat_template=renderer.template,
+                        end_of_turn=renderer.end_of_turn_id())

@@ -27,9 +27,10 @@ from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import handle_non_serializable
 
-from sft.chat import ASSISTANT, ROLE_NAMES
+from sft.chat import ASSISTANT, ROLE_NAMES, renderer_for
 from sft.collate import WeightedLMCollator
 from sft.data import fingerprint_tokenizer, prepare_data
+from sft.generate import stop_at_end_of_turn
 from sft.io import write_jsonl
 from sft.layout import MANIFEST, RESULTS_ROOT
 from sft.lora import adapter_base, is_adapter_dir
@@ -268,11 +269,18 @@ def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig,
     # A model's generation_config.max_new_tokens (Qwen2.5 ships 2,048) would override the bound lm-eval sets per task
     # through max_length (transformers gives max_new_tokens precedence): each task's max_gen_toks must hold.
     model.generation_config.max_new_tokens = None
+    eos = model.generation_config.eos_token_id
+    if chat:  # a model asked through ChatML stops at <|im_end|> too, even a base model whose config lacks it
+        stop_at_end_of_turn(model, renderer_for(tokenizer, tokenizer.chat_template).end_of_turn_id(),
+                            tokenizer.eos_token_id)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
-    # Few-shot examples as earlier user/assistant turns in the chat template: how a chat model sees examples.
-    return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=settings.limit, batch_size=settings.batch_size,
-                           num_fewshot=settings.num_fewshot, apply_chat_template=chat, fewshot_as_multiturn=chat,
-                           log_samples=True)
+    try:
+        # Few-shot examples as earlier user/assistant turns in the chat template: how a chat model sees examples.
+        return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=settings.limit,
+                               batch_size=settings.batch_size, num_fewshot=settings.num_fewshot,
+                               apply_chat_template=chat, fewshot_as_multiturn=chat, log_samples=True)
+    finally:
+        model.generation_config.eos_token_id = eos  # the raw pass of the same model stops as the model does
 
 
 def evaluate_one(label: str, path: str, plan: "Plan", run: Path) -> tuple[dict, dict, dict, dict]:

@@ -5,13 +5,15 @@ makes the whole batch pay for it. The decoding loop here drops a row from the ba
 cache as soon as it ends, and lets waiting prompts in (their caches left-padded and joined to
 the batch's), so each step costs what the unfinished rows cost; prompts that share a template's
 preamble encode it once. Decoding is plain: greedy is the argmax, sampling is temperature and
-top-p; of the model's generation_config only the EOS tokens are used.
+top-p; of the model's generation_config only the EOS tokens are used. Conversation prompts also stop at
+their chat template's end-of-turn token (`prompt_stops`), which a base model's config may lack.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
+from sft.chat import renderer_for
 from sft.prompts import get_template
 
 PREFILL = 16  # new prompts encoded per forward pass: they arrive sorted by length, so little padding
@@ -61,8 +64,10 @@ class _Rows:
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
-    """Generate a response for each rendered prompt, batched with left padding, in the prompts' order."""
+def generate_responses(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None,
+                       stops: Iterable[int] = ()) -> list[str]:
+    """Generate a response for each rendered prompt, batched with left padding, in the prompts' order;
+    `stops`: token ids that end a response besides eos_ids (prompt_stops gives a chat template's)."""
     s = settings or GenerationSettings()
     if s.do_sample:
         torch.manual_seed(s.seed)
@@ -73,7 +78,7 @@ def generate_responses(model, tokenizer, prompts: list[str], settings: Generatio
         empty = [i for i, ids in enumerate(encoded) if not ids]
         if empty:
             raise ValueError(f"Prompts {empty} are empty: a model needs at least one token to continue from.")
-        new = generate_token_ids(model, tokenizer, encoded, s)
+        new = generate_token_ids(model, tokenizer, encoded, s, stops)
         return tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         model.train(was_training)
@@ -87,9 +92,25 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate_token_ids(model, tokenizer, encoded: list[list[int]], s: GenerationSettings) -> list[list[int]]:
-    """The new token ids of each encoded prompt, up to (not including) its EOS; at most s.batch_size at once."""
-    stop = set(eos_ids(model, tokenizer))
+def stop_at_end_of_turn(model, end_of_turn: int | None, eos: int) -> bool:
+    """Make the model's generation config stop at a chat template's end-of-turn token as well as at EOS
+    (eos_token_id [end_of_turn, eos, ...], as Qwen2.5-Instruct ships), so transformers' generate, lm-eval and
+    sft.generate end a reply where training taught it to end. False (nothing to do) where EOS ends a turn."""
+    if end_of_turn is None or end_of_turn == eos:
+        return False
+    config = model.generation_config  # a PeftModel's is its base model's, so it is changed in place
+    ids = config.eos_token_id if config.eos_token_id is not None else eos
+    ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+    if end_of_turn not in ids:  # a chat model's config may have it already (Qwen2.5-Instruct's)
+        config.eos_token_id = [end_of_turn, *ids]
+    return True
+
+
+def generate_token_ids(model, tokenizer, encoded: list[list[int]], s: GenerationSettings,
+                       stops: Iterable[int] = ()) -> list[list[int]]:
+    """The new token ids of each encoded prompt, up to (not including) its EOS or one of `stops`; at most
+    s.batch_size at once."""
+    stop = set(eos_ids(model, tokenizer)) | set(stops)
     keep_one = "logits_to_keep" in inspect.signature(model.forward).parameters  # next-token logits only
     # Longest first: neighbours have similar lengths (little padding), and an out-of-memory
     # error, if any, comes at once.
@@ -210,11 +231,26 @@ def render_prompts(template: str, rows: list[dict], tokenizer=None, chat_templat
         if tokenizer is None:
             raise ValueError("Conversation prompts are rendered through a chat template: pass the tokenizer too, "
                              "render_prompts(template, rows, tokenizer, chat_template).")
-        source = chat_template or tokenizer.chat_template or get_template(template).chat_template()
+        source = chat_source(template, tokenizer, chat_template)
         return [tokenizer.apply_chat_template(r["messages"], chat_template=source, add_generation_prompt=True,
                                               tokenize=False) for r in rows]
     t = get_template(template)
     return [t.render(r["instruction"], r.get("input") or "") for r in rows]
+
+
+def chat_source(template: str, tokenizer, chat_template: str | None = None) -> str:
+    """The chat template conversation prompts are rendered with: `chat_template`, else the tokenizer's own, else
+    `template`'s."""
+    return chat_template or tokenizer.chat_template or get_template(template).chat_template()
+
+
+def prompt_stops(template: str, rows: list[dict], tokenizer, chat_template: str | None = None) -> list[int]:
+    """Stop ids for render_prompts' prompts besides EOS: a conversation's chat template end-of-turn token (a base
+    Qwen2.5 asked through ChatML ends its reply with <|im_end|>, which its generation config lacks); none else."""
+    if not rows or "messages" not in rows[0]:
+        return []
+    end = renderer_for(tokenizer, chat_source(template, tokenizer, chat_template)).end_of_turn_id()
+    return [end] if end is not None else []
 
 
 def conversation_prompt(messages: list[dict], output: str | None = None) -> dict:

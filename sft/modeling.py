@@ -294,6 +294,8 @@ def load_weights(path: str, dtype: str = "auto", attn: str | None = None, remote
     _check_local(path, "Model")
     if is_adapter_dir(path):
         base = load_weights(adapter_base(path), dtype, attn, remote, quantization)
+        if (Path(path) / "generation_config.json").is_file():  # a conversation run's end-of-turn stop (sft.train)
+            base.generation_config = GenerationConfig.from_pretrained(path)
         return PeftModel.from_pretrained(base, path)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": remote, "use_safetensors": True}
     if attn:

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
@@ -27,6 +28,7 @@ from sft.checks import check_inputs
 from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.config import ExperimentConfig
 from sft.data import PreparedData, prepare_data, with_training_template
+from sft.generate import stop_at_end_of_turn
 from sft.layout import run_dir, tensorboard_dir
 from sft.lora import MERGED_DIR, add_adapter, check_lora, is_adapter_dir, quantization_config
 from sft.loss import selected_nll, shift_left, target_weights, token_nll
@@ -45,11 +47,21 @@ class WeightedLossTrainer(Trainer):
     # _get_num_items_in_batch), so the Trainer must not divide it again by the accumulation steps.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, selective_head: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, selective_head: bool = True, adapter_generation_config: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.selective_head = selective_head  # head and cross-entropy only at positions that need them
+        self.adapter_generation_config = adapter_generation_config  # save it beside a LoRA adapter too (see _save)
         self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
         self._last_log_time = time.perf_counter()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The Trainer's save (final model and checkpoints), plus the generation config beside a LoRA adapter when
+        asked: peft saves the adapter without it, and a conversation run's end-of-turn stop lives there."""
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.adapter_generation_config and self.args.should_save and isinstance(model, PeftModel):
+            model.generation_config.save_pretrained(output_dir or self.args.output_dir)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         """The total loss weight of the optimizer step: all its micro-batches, on all processes.
@@ -251,6 +263,9 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
             data = prepare_data(cfg.data, tokenizer)
     model = model if model is not None else build_model(cfg, args)
     model.config.use_cache = False  # no KV cache while training
+    # Conversations teach the model to end a reply with the template's end-of-turn token (<|im_end|> in ChatML,
+    # not EOS): saved as an extra EOS id with the final model and every checkpoint. Instruction rows: unchanged.
+    turn_stop = stop_at_end_of_turn(model, data.end_of_turn, tokenizer.eos_token_id)
     tb = TensorBoardCallback()
     # transformers 5 dropped TrainingArguments.logging_dir: the callback takes its folder from this attribute.
     tb.logging_dir = str(tensorboard_dir(cfg))
@@ -263,6 +278,7 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
         data_collator=(PackedWeightedLMCollator if batching == "packed" else WeightedLMCollator)(
             pad_token_id=tokenizer.pad_token_id),
         selective_head=cfg.train.selective_head,
+        adapter_generation_config=turn_stop,
         train_dataset=data.train,
         eval_dataset=data.eval,
         # saved with every checkpoint: the prompt template as a chat template, or the one conversations went through

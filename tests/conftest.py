@@ -127,3 +127,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def tiny_qwen25(tokenizer, seed: int = 0):
+    """A randomly initialised one-layer Qwen2 with Qwen2.5's special ids (EOS <|endoftext|>, none for
+    <|im_end|>, as the base model ships) over the tokenizer's whole vocabulary."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    eos = tokenizer.eos_token_id
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                         bos_token_id=eos, eos_token_id=eos)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos)
+    return model
+
+
+def force_next_token(model, token: int):
+    """Make the model choose `token` every step (its head replaced by a bias on that token): a model that would
+    write it forever unless generation stops there."""
+    import torch
+
+    hidden = model.get_output_embeddings().in_features
+    head = torch.nn.Linear(hidden, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[token] = 10.0
+    model.set_output_embeddings(head)
+    return model

@@ -254,3 +254,66 @@ def test_held_out_rows_of_the_other_kind_are_refused(qwen_tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"c.jsonl holds conversations but eval_data .*a.jsonl holds instruction rows"
                                          r".*--eval-data none"):
         prepare_data(DataConfig(data=str(chats), eval_data=str(alpaca), cache_dir=str(tmp_path)), qwen_tokenizer)
+
+
+def test_end_of_turn_is_im_end_in_chatml_and_eos_in_the_alpaca_chat_template(qwen_tokenizer):
+    im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert conversation_renderer(qwen_tokenizer, DataConfig()).end_of_turn_id() == im_end
+    alpaca = conversation_renderer(qwen_tokenizer, DataConfig(chat_template="alpaca"))
+    assert alpaca.end_of_turn_id() == qwen_tokenizer.eos_token_id
+
+
+def chatml_run(qwen_tokenizer, tmp_path, lora: bool):
+    """Two steps on 8 small conversations through Qwen2.5's ChatML, from a tiny Qwen2 saved as a base model."""
+    from conftest import tiny_qwen25
+    from sft.config import load_config
+
+    base = tmp_path / "base"
+    tiny_qwen25(qwen_tokenizer).save_pretrained(base)
+    qwen_tokenizer.save_pretrained(base)
+    convs = [[{"role": "user", "content": f"What is {a} + {a + 1}?"}, {"role": "assistant", "content": str(2 * a + 1)}]
+             for a in range(12)]
+    overrides = {"model.model": str(base), "data.data": str(write(tmp_path / "c.jsonl", [{"messages": m}
+                                                                                          for m in convs[:8]])),
+                 "data.eval_data": str(write(tmp_path / "h.jsonl", [{"messages": m} for m in convs[8:]])),
+                 "model_root": str(tmp_path / "model"), "tensorboard_root": str(tmp_path / "tb"),
+                 "cache_dir": str(tmp_path / ".cache"), "max_length": 64, "per_device_train_batch_size": 4,
+                 "max_steps": 2, "save_steps": 1, "eval_steps": 1000, "run_name": "chatml", "overwrite": True}
+    if lora:
+        overrides.update({"lora.r": 4, "lora.merge": True})
+    return load_config("qwen2.5-0.5b-alpaca", **overrides), base
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_chatml_run_saves_im_end_as_an_eos_id_and_generation_stops_there(qwen_tokenizer, tmp_path, lora):
+    from conftest import force_next_token
+    from sft.checkpoints import list_checkpoints
+    from sft.generate import GenerationSettings, generate_responses, generate_token_ids, prompt_rows, render_prompts
+    from sft.layout import run_dir
+    from sft.lora import MERGED_DIR
+    from sft.modeling import load_model, load_tokenizer
+    from sft.train import train
+
+    cfg, base = chatml_run(qwen_tokenizer, tmp_path, lora)
+    train(cfg)
+    im_end, eos = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>"), qwen_tokenizer.eos_token_id
+    run = run_dir(cfg)
+    folders = [run, *list_checkpoints(run), *([run / MERGED_DIR] if lora else [])]
+    assert [p.name for p in folders[1:3]] == ["checkpoint-1", "checkpoint-2"]
+    for folder in folders:  # the final model (adapter), every checkpoint, the merged model
+        assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] == [im_end, eos], folder
+        assert load_model(folder).generation_config.eos_token_id == [im_end, eos], folder
+    assert json.loads((base / "generation_config.json").read_text())["eos_token_id"] == eos  # the base is untouched
+    assert load_tokenizer(run).eos_token == "<|endoftext|>"  # EOS (and pad) unchanged
+    # The fine-tuned model, made to answer <|im_end|>, stops there: our decoding loop and transformers' generate.
+    model = force_next_token(load_model(run), im_end)
+    prompts = render_prompts(cfg.data.template, prompt_rows([{"messages": m} for m in [[
+        {"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]]], 1),
+        load_tokenizer(run))
+    ids = qwen_tokenizer(prompts, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert generate_token_ids(model, qwen_tokenizer, ids.tolist(), GenerationSettings(max_new_tokens=6)) == [[]]
+    assert generate_responses(model, qwen_tokenizer, prompts, GenerationSettings(max_new_tokens=6)) == [""]
+    out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=6, do_sample=False)
+    assert out[0, ids.shape[1]:].tolist() == [im_end]

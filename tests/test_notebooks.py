@@ -27,6 +27,16 @@ def test_notebooks_differ_only_in_their_parameters_cell():
     assert "parameters" in cell["metadata"].get("tags", []) and unmasked[differing[0]]["metadata"] == cell["metadata"]
 
 
+def test_papermill_reads_every_parameter():
+    import papermill
+
+    for name in NOTEBOOKS:
+        cell = "".join(next(c for c in _cells(name) if "parameters" in c["metadata"].get("tags", []))["source"])
+        names = [line.split("=")[0].strip() for line in cell.splitlines() if line and not line.startswith("#")]
+        # papermill skips (with "Unable to parse line") a line whose comment holds "=": those would lose their help.
+        assert list(papermill.inspect_notebook(str(ROOT / name))) == names, name
+
+
 def test_notebooks_are_thin_and_stripped():
     for name in NOTEBOOKS:
         for cell in _cells(name):

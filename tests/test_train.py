@@ -99,6 +99,10 @@ def test_short_run_lowers_held_out_response_loss_and_logs_everything(demo_root):
     manifest = read_manifest(out)
     assert manifest["status"] == "complete" and manifest["data"]["data_fingerprint"]
     assert load_run_config(out) == cfg
+    # Instruction rows end with EOS: the generation config (its EOS ids) is the base model's, unchanged.
+    base_generation = json.loads((demo_root / "model/demo/base/generation_config.json").read_text())
+    for folder in (out, *list_checkpoints(out)):
+        assert json.loads((folder / "generation_config.json").read_text()) == base_generation, folder
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tensorboard_dir(cfg))).Reload()
@@ -227,3 +231,20 @@ def test_losses_match_golden_values(demo_root):
     for w, losses in got.items():
         # fp32 on another CPU sums in another order: equal to ~1e-6; 1e-4 still catches any change of meaning.
         assert losses == pytest.approx(golden[w], rel=1e-4), (w, losses, golden[w])
+
+
+def test_stop_at_end_of_turn_puts_the_token_before_eos_once():
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from sft.generate import stop_at_end_of_turn
+
+    base = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=151643))  # Qwen2.5 base
+    assert stop_at_end_of_turn(base, 151645, 151643) and base.generation_config.eos_token_id == [151645, 151643]
+    assert stop_at_end_of_turn(base, 151645, 151643) and base.generation_config.eos_token_id == [151645, 151643]
+    instruct = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=[151645, 151643]))  # as shipped
+    assert stop_at_end_of_turn(instruct, 151645, 151643) and instruct.generation_config.eos_token_id == [151645, 151643]
+    for end in (151643, None):  # the alpaca chat template ends a turn with EOS; a template may end on no special
+        plain = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=151643))
+        assert not stop_at_end_of_turn(plain, end, 151643) and plain.generation_config.eos_token_id == 151643
