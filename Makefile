@@ -28,7 +28,7 @@ demo: install
 	$(PY) eval.py --models base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked --tensorboard
 
 # The conversational study (docs/results.md): synthetic dialogues from the demo's base at w = 0, 0.5, 1, evaluated
-# with lm-eval multi-turn requests through the chat template. Its own target: make demo already takes ~7 minutes.
+# with lm-eval multi-turn requests through the chat template. Its own target: make demo already takes ~5 minutes.
 demo-chat: install
 	$(PY) -m sft demo --chat
 
