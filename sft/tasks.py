@@ -25,6 +25,7 @@ from rapidfuzz.distance import Levenshtein
 
 from sft.chat import check_conversation
 from sft.dialogues import KINDS
+from sft.io import write_jsonl
 from sft.prompts import get_template
 from sft.synthetic import FAMILIES
 
@@ -74,13 +75,32 @@ class _TaskDumper(yaml.SafeDumper):
 _TaskDumper.add_representer(_Function, lambda dumper, ref: dumper.represent_scalar("!function", str(ref)))
 
 
-def read_test_rows(path: str | Path) -> list[dict]:
-    """The rows of a test JSONL file that carries a `family` per row (as the demo's test.jsonl does)."""
+def _read_jsonl(path: str | Path, what: str, build: str) -> list[dict]:
+    """The rows of a test JSONL file, or a ValueError saying how to build it (`build`) when it is absent."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"Test data {path} not found. Build the demo data with `python -m sft build-demo`, "
-                         "or pass --test-data PATH.")
-    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise ValueError(f"{what} {path} not found. Build {build}, or pass --test-data PATH.")
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _in_order(found: list[str], known) -> list[str]:
+    """The names found, in the order of `known` (the generator's), then those it does not know, sorted."""
+    return [k for k in known if k in found] + sorted(k for k in found if k not in known)
+
+
+def _write_task(out: Path, group: str, key: str, docs: list[dict], template: str, stop: list[str],
+                max_gen_toks: int, **extra) -> str:
+    """Write the generation task <group>_<key>: its documents to <out>/data/<key>.jsonl and its config (with
+    `extra` keys); return its name."""
+    name, data = f"{group}_{key}", write_jsonl(out / "data" / f"{key}.jsonl", docs)
+    config = {**demo_task_config(name, data, template, stop, max_gen_toks), **extra}
+    (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
+    return name
+
+
+def read_test_rows(path: str | Path) -> list[dict]:
+    """The rows of a test JSONL file that carries a `family` per row (as the demo's test.jsonl does)."""
+    rows = _read_jsonl(path, "Test data", "the demo data with `python -m sft build-demo`")
     bad = next((i for i, r in enumerate(rows, 1) if not {"instruction", "output", "family"} <= set(r)), None)
     if bad is not None or not rows:
         raise ValueError(f"{path}: line {bad or 1} lacks instruction, output or family. The {DEMO_GROUP} tasks need "
@@ -99,22 +119,14 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
     """
     rows = read_test_rows(test_data)
     tmpl = get_template(template)
-    found = list(dict.fromkeys(r["family"] for r in rows))
-    families = [f for f in FAMILIES if f in found] + sorted(f for f in found if f not in FAMILIES)
+    families = _in_order(list(dict.fromkeys(r["family"] for r in rows)), FAMILIES)
     out = Path(out_dir).resolve()
-    (out / "data").mkdir(parents=True, exist_ok=True)
     names = []
     for family in families:
-        lines = [json.dumps({"instruction": r["instruction"], "input": r.get("input") or "",
-                             "prompt": tmpl.render(r["instruction"], r.get("input") or ""),
-                             "answer": r.get("answer", r["output"]), "family": family}, ensure_ascii=False)
-                 for r in rows if r["family"] == family]
-        data = out / "data" / f"{family}.jsonl"
-        data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        name = f"{DEMO_GROUP}_{family}"
-        config = demo_task_config(name, data, template, stop, max_gen_toks)
-        (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
-        names.append(name)
+        docs = [{"instruction": r["instruction"], "input": r.get("input") or "",
+                 "prompt": tmpl.render(r["instruction"], r.get("input") or ""),
+                 "answer": r.get("answer", r["output"]), "family": family} for r in rows if r["family"] == family]
+        names.append(_write_task(out, DEMO_GROUP, family, docs, template, stop, max_gen_toks))
     # Short- and long-output families as subgroups of the demo group: lm-eval averages a group over
     # its leaf tasks, so sft_demo stays the mean over all families. A family this code does not
     # know (an older test file) belongs to sft_demo only.
@@ -180,11 +192,7 @@ class DialogueTask(ConfigurableTask):
 
 def read_dialogue_rows(path: str | Path) -> list[dict]:
     """The rows of a dialogue test JSONL (sft.dialogues): a valid conversation, its kind and last reply each."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"Dialogue test data {path} not found. Build it with `python -m sft build-demo --chat`, "
-                         "or pass --test-data PATH.")
-    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = _read_jsonl(path, "Dialogue test data", "it with `python -m sft build-demo --chat`")
     for i, r in enumerate(rows, 1):
         messages = check_conversation(r.get("messages"))[0] if {"messages", "kind"} <= set(r) else None
         if messages is None:
@@ -204,21 +212,14 @@ def write_dialogue_tasks(test_data: str | Path, out_dir: str | Path, render, tem
     template: its name, kept in the task's metadata.
     """
     rows = read_dialogue_rows(test_data)
-    found = list(dict.fromkeys(r["kind"] for r in rows))
-    kinds = [k for k in KINDS if k in found] + sorted(k for k in found if k not in KINDS)
+    kinds = _in_order(list(dict.fromkeys(r["kind"] for r in rows)), KINDS)
     out = Path(out_dir).resolve()
-    (out / "data").mkdir(parents=True, exist_ok=True)
     names = []
     for kind in kinds:
         docs = [{"history": r["messages"][:-1], "prompt": render(r["messages"][:-1]),
                  "answer": r["messages"][-1]["content"], "kind": kind} for r in rows if r["kind"] == kind]
-        data = out / "data" / f"{kind}.jsonl"
-        data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-        name = f"{DIALOGUE_GROUP}_{kind}"
-        config = {**demo_task_config(name, data, template, stop, max_gen_toks),
-                  "class": _Function(f"{__name__}.DialogueTask")}
-        (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
-        names.append(name)
+        names.append(_write_task(out, DIALOGUE_GROUP, kind, docs, template, stop, max_gen_toks,
+                                 **{"class": _Function(f"{__name__}.DialogueTask")}))
     write_group(out, DIALOGUE_GROUP, names)
     return names
 
