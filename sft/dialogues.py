@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from sft.io import write_jsonl
-from sft.synthetic import FAMILIES, MAX_DRAW_FACTOR, derive_seed
+from sft.synthetic import FAMILIES, MAX_DRAW_FACTOR, check_split_sizes, derive_seed, resolve_names
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,7 @@ def make_dialogue(kind: str, rng: random.Random) -> dict:
 
 def resolve_kinds(kinds: list[str] | None) -> list[str]:
     """The requested kind names in order, defaulting to all, rejecting unknown names."""
-    names = list(KINDS) if kinds is None else list(kinds)
-    unknown = [k for k in names if k not in KINDS]
-    if not names or unknown:
-        raise ValueError(f"unknown or no dialogue kinds {unknown or names}; choose from {list(KINDS)}")
-    return names
+    return resolve_names(kinds, list(KINDS), "dialogue kinds")
 
 
 def fill_dialogues(n: int, seed: int, kinds: list[str], seen: set[str]) -> list[dict]:
@@ -127,9 +123,7 @@ def fill_dialogues(n: int, seed: int, kinds: list[str], seen: set[str]) -> list[
 def build_dialogue_dataset(out_dir: str | Path, n_train: int, n_heldout: int, n_test: int, seed: int = 0,
                            kinds: list[str] | None = None) -> dict[str, Path]:
     """Write train/heldout/test `messages` JSONL splits, disjoint on the whole conversation, plus manifest.json."""
-    for name, count in (("n_train", n_train), ("n_heldout", n_heldout), ("n_test", n_test)):
-        if count < 0:
-            raise ValueError(f"{name} must be >= 0, got {count}")
+    check_split_sizes(n_train=n_train, n_heldout=n_heldout, n_test=n_test)
     names = resolve_kinds(kinds)
     out = Path(out_dir)
     seen: set[str] = set()

@@ -598,17 +598,29 @@ FAMILIES: dict[str, Family] = {
 }  # every task family, in the fixed order rows cycle through: 12 with 1-5 token answers, 4 with long outputs
 
 
+def resolve_names(requested: Sequence[str] | None, known: Sequence[str], what: str = "families") -> list[str]:
+    """Return the requested names in order, defaulting to all of `known`, rejecting unknown names."""
+    if requested is None:
+        return list(known)
+    names = list(requested)
+    if not names:
+        raise ValueError(f"{what} is empty; pass None for all or some of {list(known)}")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {list(known)}")
+    return names
+
+
 def resolve_families(families: Sequence[str] | None) -> list[str]:
     """Return the requested family names in order, defaulting to all, rejecting unknown names."""
-    if families is None:
-        return list(FAMILIES)
-    names = list(families)
-    if not names:
-        raise ValueError(f"families is empty; pass None for all or some of {list(FAMILIES)}")
-    unknown = [name for name in names if name not in FAMILIES]
-    if unknown:
-        raise ValueError(f"unknown families {unknown}; choose from {list(FAMILIES)}")
-    return names
+    return resolve_names(families, list(FAMILIES))
+
+
+def check_split_sizes(**counts: int) -> None:
+    """A ValueError naming the first negative split size (n_train=..., n_heldout=..., n_test=...)."""
+    for name, count in counts.items():
+        if count < 0:
+            raise ValueError(f"{name} must be >= 0, got {count}")
 
 
 def make_row(family: str, rng: random.Random) -> dict:
@@ -664,9 +676,7 @@ def build_demo_dataset(
     out_dir: str | Path, n_train: int, n_heldout: int, n_test: int, seed: int = 0
 ) -> dict[str, Path]:
     """Write train/heldout/test JSONL splits, disjoint on (instruction, input), plus manifest.json."""
-    for name, count in (("n_train", n_train), ("n_heldout", n_heldout), ("n_test", n_test)):
-        if count < 0:
-            raise ValueError(f"{name} must be >= 0, got {count}")
+    check_split_sizes(n_train=n_train, n_heldout=n_heldout, n_test=n_test)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     families = list(FAMILIES)
