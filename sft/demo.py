@@ -34,41 +34,35 @@ def tiny_model_config(demo: DemoConfig):
     )
 
 
-def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
-    """Write the synthetic splits to demo.dataset_dir unless the same ones are already there."""
-    out = Path(demo.dataset_dir)
-    paths = {name: out / f"{name}.jsonl" for name in ("train", "heldout", "test")}
+def ensure_splits(out: str | Path, wanted: dict[str, int], seed: int, sources: list, build) -> dict[str, Path]:
+    """Write train/heldout/test splits to `out` with build(out, n_train, n_heldout, n_test, seed=seed), unless the
+    same ones are already there: same seed, counts and generator (the source of the `sources` modules)."""
+    out = Path(out)
+    paths = {name: out / f"{name}.jsonl" for name in wanted}
     manifest = out / "manifest.json"
-    wanted = {"train": demo.n_train, "heldout": demo.n_heldout, "test": demo.n_test}
-    # The generator's own source is part of the key: editing a task family rebuilds the data.
-    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+    # The generators' own source is part of the key: editing a task family or a dialogue kind rebuilds the data.
+    generator = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in sources)).hexdigest()[:16]
     if manifest.is_file() and all(p.is_file() for p in paths.values()):
         m = json.loads(manifest.read_text())
-        if m.get("seed") == demo.data_seed and m.get("counts") == wanted and m.get("generator") == generator:
+        if m.get("seed") == seed and m.get("counts") == wanted and m.get("generator") == generator:
             return paths
-    built = synthetic.build_demo_dataset(out, demo.n_train, demo.n_heldout, demo.n_test, seed=demo.data_seed)
+    built = build(out, *wanted.values(), seed=seed)
     m = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**m, "generator": generator}, indent=2) + "\n")
     return built
+
+
+def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
+    """Write the synthetic splits to demo.dataset_dir unless the same ones are already there."""
+    wanted = {"train": demo.n_train, "heldout": demo.n_heldout, "test": demo.n_test}
+    return ensure_splits(demo.dataset_dir, wanted, demo.data_seed, [synthetic], synthetic.build_demo_dataset)
 
 
 def ensure_dialogue_dataset(demo: DemoConfig) -> dict[str, Path]:
     """Write the synthetic dialogue splits to demo.dialogue_dir unless the same ones are already there."""
-    out = Path(demo.dialogue_dir)
-    paths = {name: out / f"{name}.jsonl" for name in ("train", "heldout", "test")}
-    manifest = out / "manifest.json"
     wanted = {"train": demo.n_dialogue_train, "heldout": demo.n_dialogue_heldout, "test": demo.n_dialogue_test}
-    # Both generators' sources are part of the key: editing a family or a dialogue kind rebuilds the data.
-    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes() + Path(dialogues.__file__).read_bytes())
-    generator = generator.hexdigest()[:16]
-    if manifest.is_file() and all(p.is_file() for p in paths.values()):
-        m = json.loads(manifest.read_text())
-        if m.get("seed") == demo.data_seed and m.get("counts") == wanted and m.get("generator") == generator:
-            return paths
-    built = dialogues.build_dialogue_dataset(out, *wanted.values(), seed=demo.data_seed)
-    m = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**m, "generator": generator}, indent=2) + "\n")
-    return built
+    return ensure_splits(demo.dialogue_dir, wanted, demo.data_seed, [synthetic, dialogues],
+                         dialogues.build_dialogue_dataset)
 
 
 def ensure_demo_assets(demo: DemoConfig) -> Path:
