@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sft.report import CONF_COLUMNS, DIFF_COLUMNS, base_metric, format_markdown
+from sft.results import role_losses
 
 
 def find_result_dir(path: str | Path) -> Path:
@@ -243,8 +244,7 @@ def heldout_markdown(heldout) -> str:
 
 def roles_markdown(heldout) -> str:
     """Markdown table of a conversation split's held-out loss per role, 'loss (tokens)'; '' for instruction rows."""
-    roles = [c.removesuffix("_loss") for c in heldout.columns if c.endswith("_loss")
-             and c not in ("response_loss", "prompt_loss")] if not heldout.empty else []
+    roles = [c.removesuffix("_loss") for c in role_losses(heldout.columns)] if not heldout.empty else []
     if not roles:
         return ""
     table = [["model", *(r.replace("_", " ") for r in roles)]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +143,8 @@ def _is_mean(per_leaf: list[dict], value: float, size_weighted: bool) -> bool:
     return abs(est - float(value)) < 1e-6
 
 
-def role_losses(metrics: dict) -> list[str]:
-    """The per-role loss keys of a model's held-out metrics (conversations: template_loss, user_loss ...)."""
+def role_losses(metrics: Iterable[str]) -> list[str]:
+    """The per-role loss keys among a model's held-out metric names (conversations: template_loss, user_loss ...)."""
     return [k for k in metrics if k.endswith("_loss") and k not in ("response_loss", "prompt_loss")]
 
 

@@ -250,8 +250,8 @@ def _plot_loss(ax, records: list[dict]) -> None:
     x = [r["prompt_loss_weight"] for r in rows]
     ax.plot(x, [r["mean"] for r in rows], marker="o", color="black", label="response (trained replies)")
     ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2, color="gray")
-    roles = list(dict.fromkeys(r["metric"] for r in records if r["dataset"] == "heldout" and r["metric"].endswith(
-        "_loss") and r["metric"] not in ("response_loss", "assistant_trained_loss")))  # trained replies: the response
+    held = dict.fromkeys(r["metric"] for r in records if r["dataset"] == "heldout")
+    roles = [m for m in role_losses(held) if m != "assistant_trained_loss"]  # the trained replies: the response
     for k, metric in enumerate(roles):  # means only: the roles' bands would hide the response's
         role = _curve(records, "heldout", metric)
         ax.plot([r["prompt_loss_weight"] for r in role], [r["mean"] for r in role], marker=".", ls="--",
