@@ -30,7 +30,7 @@ import argparse  # noqa: E402 (after the handlers on purpose)
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from sft.prune import (  # noqa: E402
+from sft.runs.prune import (
     MIN_AGE, PrunePolicy, StopOnSignals, format_bytes, format_plan, prune_run, watch, worth_showing,
 )
 

@@ -17,9 +17,9 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of eval.py."""
-    from sft.case_study import OUT_DIR
-    from sft.config import field_help
-    from sft.generate import GenerationSettings
+    from sft.evaluation.case_study import OUT_DIR
+    from sft.core.config import field_help
+    from sft.evaluation.generate import GenerationSettings
 
     default, helps = GenerationSettings(), field_help(GenerationSettings)  # decoding flags: one definition
     p = argparse.ArgumentParser(prog="python eval.py", description=__doc__.splitlines()[0],
@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     """Read the inputs, generate, print and save."""
     from transformers.utils import logging as hf_logging
 
-    from sft import case_study as cs
-    from sft.generate import GenerationSettings
+    from sft.evaluation import case_study as cs
+    from sft.studies.demo import builtin_prompts
+    from sft.evaluation.generate import GenerationSettings
 
     hf_logging.disable_progress_bar()  # stderr keeps our one line per model
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--prompt is empty; pass the instruction text.")
         rows, source = [{"instruction": args.prompt, "input": args.input or ""}], "--prompt"
     else:
-        rows, source = cs.default_prompts(specs)
+        rows, source = cs.default_prompts(specs, builtin_prompts)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                   batch_size=args.batch_size)

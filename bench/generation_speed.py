@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sft.generate import GenerationSettings, generate_responses, render_prompts
-    from sft.modeling import load_model, load_tokenizer
-    from sft.synthetic import generate_rows
+    from sft.evaluation.generate import GenerationSettings, generate_responses, render_prompts
+    from sft.models.load import load_model, load_tokenizer
+    from sft.studies.synthetic import generate_rows
 
     if not (Path(args.model) / "config.json").is_file():
         print(f"error: no model in {args.model}; run `make demo` (or train one with `python -m sft train`) "

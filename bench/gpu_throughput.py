@@ -28,11 +28,11 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sft import attention  # noqa: E402
-from sft.config import load_config  # noqa: E402
-from sft.data import prepare_data  # noqa: E402
-from sft.modeling import load_model, load_tokenizer  # noqa: E402
-from sft.train import build_trainer  # noqa: E402
+from sft.models import attention
+from sft.core.config import load_config
+from sft.core.prepare import prepare_data
+from sft.models.load import load_model, load_tokenizer
+from sft.core.train import build_trainer
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k_alpaca.json"
 TOKENIZER = ROOT.parent / "shared" / "tokenizers" / "qwen2.5"

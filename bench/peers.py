@@ -15,11 +15,11 @@ import warnings
 
 import torch
 
-import sft.train
+import sft.core.train
 
 
 def cce_selected_nll(hidden, head, targets, token_weights, chunk=None):
-    """sft.loss.selected_nll's contract through Cut Cross-Entropy: its Triton kernel on a GPU, else torch.compile."""
+    """sft.core.loss.selected_nll's contract through Cut Cross-Entropy: its Triton kernel on a GPU, else torch.compile."""
     from cut_cross_entropy import linear_cross_entropy
 
     impl = "cce" if hidden.is_cuda else "torch_compile"
@@ -28,7 +28,7 @@ def cce_selected_nll(hidden, head, targets, token_weights, chunk=None):
 
 
 def liger_selected_nll(hidden, head, targets, token_weights, chunk=None):
-    """sft.loss.selected_nll's contract through Liger's fused linear cross-entropy (summed: weights must be 1).
+    """sft.core.loss.selected_nll's contract through Liger's fused linear cross-entropy (summed: weights must be 1).
 
     Liger returns no per-token NLL with a usable gradient here, so the per-row NLL (read only by the logs)
     is NaN: the benchmarks log nothing.
@@ -48,13 +48,13 @@ HEAD_MODULES = {"cce": "cut_cross_entropy", "liger": "liger_kernel"}
 @contextlib.contextmanager
 def using_head(name: str | None):
     """The project's Trainer with a peer's fused head in place of sft/loss.py's (None: the project's own)."""
-    original = sft.train.selected_nll
+    original = sft.core.train.selected_nll
     if name is not None:
-        sft.train.selected_nll = HEADS[name]  # the one seam: (hidden, head, targets, weights) -> (sum, nll)
+        sft.core.train.selected_nll = HEADS[name]  # the one seam: (hidden, head, targets, weights) -> (sum, nll)
     try:
         yield
     finally:
-        sft.train.selected_nll = original
+        sft.core.train.selected_nll = original
 
 
 def head_available(name: str, notes: list[str]) -> bool:

@@ -14,8 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sft.data import DataConfig, load_rows, tokenize_rows  # noqa: E402
-from sft.modeling import load_tokenizer  # noqa: E402
+from sft.data.config import DataConfig
+from sft.data.rows import load_rows
+from sft.core.prepare import tokenize_rows
+from sft.models.load import load_tokenizer
 
 
 def main() -> None:

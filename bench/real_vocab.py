@@ -54,7 +54,7 @@ def build_model(out: Path, layers: int, smoke: bool) -> int:
     """The Qwen2.5-0.5B shape with `layers` decoder layers (random weights), saved with the Qwen2.5 tokenizer."""
     from bench.gpu_throughput import QWEN25_05B, SMALL
     from bench.gpu_throughput import build_model as save_model
-    from sft.modeling import load_tokenizer
+    from sft.models.load import load_tokenizer
 
     shape = dict(SMALL if smoke else QWEN25_05B, num_hidden_layers=1 if smoke else layers)
     return save_model(shape, load_tokenizer(TOKENIZER), out)
@@ -74,7 +74,7 @@ def write_rows(work: Path, n: int) -> tuple[Path, Path]:
 
 def project_config(spec: dict):
     """The project's config for one configuration: the qwen2.5 preset on the benchmark's model and rows."""
-    from sft.config import load_config
+    from sft.core.config import load_config
 
     work = Path(spec["work"])
     return load_config("qwen2.5-0.5b-alpaca", **{
@@ -99,7 +99,7 @@ def rss_bytes() -> int:
 
 def build_project_trainer(spec: dict):
     """The project's Trainer, with a peer's head (spec "head": cce) in place of sft/loss.py's where asked."""
-    from sft.train import build_trainer
+    from sft.core.train import build_trainer
 
     return build_trainer(project_config(spec))
 
@@ -109,9 +109,11 @@ def build_trl_trainer(spec: dict):
     import datasets
 
     from bench.peers import build_trl_trainer as build
-    from sft import attention
-    from sft.data import DataConfig, load_rows, tokenize_rows
-    from sft.modeling import load_model, load_tokenizer
+    from sft.models import attention
+    from sft.data.config import DataConfig
+    from sft.data.rows import load_rows
+    from sft.core.prepare import tokenize_rows
+    from sft.models.load import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(spec["model"])
     # labels -100 where the weight is 0: the prompt at w = 0, nothing at w = 1 (TRL drops each example's first target)
@@ -235,7 +237,8 @@ def best_of(runs: list[dict]) -> dict:
 
 def plan_estimate(spec: dict, tokens: int) -> dict:
     """`python -m sft plan`'s peak memory for this run as it prints it, and its formula at this run's conditions."""
-    from sft.plan import memory_estimate, model_shape, plan_run
+    from sft.core.costs import memory_estimate, model_shape
+    from sft.core.plan import plan_run
 
     printed = plan_run(project_config(spec))
     shape = model_shape(spec["model"])
@@ -317,8 +320,10 @@ def _threads() -> int:
 
 def count_tokens(rows: Path, model: Path, batch: int) -> dict:
     """Tokens of the whole run and of the timed steps (sequential batches of the project's tokenization)."""
-    from sft.data import DataConfig, load_rows, tokenize_rows
-    from sft.modeling import load_tokenizer
+    from sft.data.config import DataConfig
+    from sft.data.rows import load_rows
+    from sft.core.prepare import tokenize_rows
+    from sft.models.load import load_tokenizer
 
     tok, _ = tokenize_rows(load_rows(rows)[0], load_tokenizer(model), DataConfig(max_length=512,
                                                                                   cache_dir=str(model.parent / "c")))

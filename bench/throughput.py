@@ -24,11 +24,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sft.config import load_config  # noqa: E402
-from sft.data import DataConfig, length_stats, load_rows, tokenize_rows  # noqa: E402
-from sft.modeling import TinyModelConfig, build_base_model, load_tokenizer, train_tokenizer  # noqa: E402
-from sft.prompts import render_prompt  # noqa: E402
-from sft.train import build_trainer  # noqa: E402
+from sft.core.config import load_config
+from sft.data.config import DataConfig
+from sft.data.stats import length_stats
+from sft.data.rows import load_rows
+from sft.core.prepare import tokenize_rows
+from sft.studies.tiny_model import TinyModelConfig, build_base_model, train_tokenizer
+from sft.models.load import load_tokenizer
+from sft.core.prompts import render_prompt
+from sft.core.train import build_trainer
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k_alpaca.json"  # the workload named by the issue
 QWEN = ROOT.parent / "shared" / "tokenizers" / "qwen2.5"  # for the token-length figures
@@ -86,7 +90,7 @@ def run_trl(work: Path, model_dir: Path, config: str, w: float, steps: int, batc
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from sft.modeling import load_model
+    from sft.models.load import load_model
 
     rows, _ = load_rows(DATA)
     ds = datasets.Dataset.from_list([

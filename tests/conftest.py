@@ -54,7 +54,7 @@ def demo_overrides(root: Path) -> dict:
 
 def demo_config(root: Path, **overrides):
     """The demo preset, small, with every path under `root` (nothing is written to the repo)."""
-    from sft.config import load_config
+    from sft.core.config import load_config
 
     return load_config("demo", **{**demo_overrides(root), **overrides})
 
@@ -62,7 +62,7 @@ def demo_config(root: Path, **overrides):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A folder with the small demo's data and tiny base model, built once per test session."""
-    from sft.demo import ensure_demo_assets
+    from sft.studies.demo import ensure_demo_assets
 
     root = tmp_path_factory.mktemp("demo")
     ensure_demo_assets(demo_config(root).demo)
@@ -71,8 +71,8 @@ def demo_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_tokenizer(demo_root):
-    """The demo's byte-level BPE tokenizer (sft.modeling.train_tokenizer on the small demo's rows): offline."""
-    from sft.modeling import load_tokenizer
+    """The demo's byte-level BPE tokenizer (sft.studies.tiny_model.train_tokenizer on the small demo's rows): offline."""
+    from sft.models.load import load_tokenizer
 
     return load_tokenizer(demo_root / "model/demo/base")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from sft.config import load_config
-from sft.layout import run_dir
-from sft.train import train
+from sft.core.config import load_config
+from sft.runs.layout import run_dir
+from sft.core.train import train
 
 WAIT_FOR_PRUNE = 120.0  # seconds; the watcher prunes within a second or two, this only bounds a broken one
 

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from conftest import ROOT, demo_config, load_script
-from sft import case_study as cs
-from sft.generate import GenerationSettings, generate_responses, generate_token_ids, render_prompts
-from sft.layout import run_dir, tensorboard_dir
-from sft.modeling import load_tokenizer
-from sft.prompts import TEMPLATES, Template
-from sft.synthetic import generate_rows
-from sft.train import train
+from sft.evaluation import case_study as cs
+from sft.studies.demo import BUILTIN_FAMILIES, builtin_prompts
+from sft.evaluation.generate import GenerationSettings, generate_responses, generate_token_ids, render_prompts
+from sft.runs.layout import run_dir, tensorboard_dir
+from sft.models.load import load_tokenizer
+from sft.core.prompts import TEMPLATES, Template
+from sft.studies.synthetic import generate_rows
+from sft.core.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,11 +87,11 @@ def test_eval_cli_prints_the_table_and_saves_generations_settings_and_tensorboar
     stdout = capsys.readouterr().out
     lines = stdout.strip().splitlines()
     assert lines[0] == "| # | prompt | reference | base | masked |"
-    assert len(lines) == 2 + len(cs.BUILTIN_FAMILIES)
+    assert len(lines) == 2 + len(BUILTIN_FAMILIES)
     saved = {p.suffix: p for p in out_dir.iterdir()}
     assert set(saved) == {".md", ".jsonl", ".json"} and saved[".md"].read_text().strip() == stdout.strip()
     records = [json.loads(line) for line in saved[".jsonl"].read_text().splitlines()]
-    assert len(records) == 2 * len(cs.BUILTIN_FAMILIES)
+    assert len(records) == 2 * len(BUILTIN_FAMILIES)
     assert {r["model"] for r in records} == {"base", "masked"}
     first = records[0]
     assert {"prompt", "instruction", "input", "model", "path", "template", "output", "settings"} <= first.keys()
@@ -219,7 +220,7 @@ def test_markdown_table_escapes_pipes_and_newlines():
 
 
 def test_builtin_prompts_cover_several_families_and_never_change():
-    rows = cs.builtin_prompts()
-    assert rows == cs.builtin_prompts() and len(rows) == 8
-    assert [r["family"] for r in rows] == list(cs.BUILTIN_FAMILIES)
+    rows = builtin_prompts()
+    assert rows == builtin_prompts() and len(rows) == 8
+    assert [r["family"] for r in rows] == list(BUILTIN_FAMILIES)
     assert all(r["instruction"] and "output" in r for r in rows)

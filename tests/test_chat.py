@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sft.chat import ASSISTANT, check_conversation
-from sft.data import DataConfig, conversation_renderer, load_rows, tokenize_conversations_batch, tokenize_rows
+from sft.data.conversations import ASSISTANT, check_conversation
+from sft.data.config import DataConfig
+from sft.core.tokenize import conversation_renderer, tokenize_conversations_batch
+from sft.data.rows import load_rows
+from sft.core.prepare import tokenize_rows
 
 CHAT = [
     {"role": "system", "content": "You add numbers."},
@@ -210,10 +213,10 @@ def dialogues(demo_root, n, seed):
 @pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
 def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, tmp_path, capsys, w):
     from conftest import demo_config, load_script
-    from sft.evaluate import evaluate_models
-    from sft.layout import run_dir
-    from sft.modeling import load_tokenizer
-    from sft.train import train
+    from sft.evaluation.evaluate import evaluate_models
+    from sft.runs.layout import run_dir
+    from sft.models.load import load_tokenizer
+    from sft.core.train import train
 
     train_file = write(tmp_path / "train.jsonl", [{"messages": m} for m in dialogues(demo_root, 48, 0)])
     sharegpt = [[{"from": {"user": "human", "assistant": "gpt"}[t["role"]], "value": t["content"]} for t in m]
@@ -247,7 +250,7 @@ def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, 
 
 
 def test_held_out_rows_of_the_other_kind_are_refused(qwen_tokenizer, tmp_path):
-    from sft.data import prepare_data
+    from sft.core.prepare import prepare_data
 
     chats = write(tmp_path / "c.jsonl", [{"messages": CHAT}] * 4)
     alpaca = write(tmp_path / "a.jsonl", [{"instruction": "a", "output": "b"}] * 2)
@@ -266,7 +269,7 @@ def test_end_of_turn_is_im_end_in_chatml_and_eos_in_the_alpaca_chat_template(qwe
 def chatml_run(qwen_tokenizer, tmp_path, lora: bool):
     """Two steps on 8 small conversations through Qwen2.5's ChatML, from a tiny Qwen2 saved as a base model."""
     from conftest import tiny_qwen25
-    from sft.config import load_config
+    from sft.core.config import load_config
 
     base = tmp_path / "base"
     tiny_qwen25(qwen_tokenizer).save_pretrained(base)
@@ -289,12 +292,14 @@ def chatml_run(qwen_tokenizer, tmp_path, lora: bool):
 @pytest.mark.parametrize("lora", [False, True])
 def test_a_chatml_run_saves_im_end_as_an_eos_id_and_generation_stops_there(qwen_tokenizer, tmp_path, lora):
     from conftest import force_next_token
-    from sft.checkpoints import list_checkpoints
-    from sft.generate import GenerationSettings, generate_responses, generate_token_ids, prompt_rows, render_prompts
-    from sft.layout import run_dir
-    from sft.lora import MERGED_DIR
-    from sft.modeling import load_model, load_tokenizer
-    from sft.train import train
+    from sft.runs.checkpoints import list_checkpoints
+    from sft.evaluation.generate import (
+        GenerationSettings, generate_responses, generate_token_ids, prompt_rows, render_prompts,
+    )
+    from sft.runs.layout import run_dir
+    from sft.models.lora import MERGED_DIR
+    from sft.models.load import load_model, load_tokenizer
+    from sft.core.train import train
 
     cfg, base = chatml_run(qwen_tokenizer, tmp_path, lora)
     train(cfg)

@@ -1,8 +1,8 @@
-"""sft.checks.data_files: what in a user's Dataset/ folder counts as data."""
+"""sft.models.checks.data_files: what in a user's Dataset/ folder counts as data."""
 
 import pytest
 
-from sft.checks import data_files
+from sft.models.checks import data_files
 
 
 def test_the_demos_files_are_not_the_users_data(tmp_path):

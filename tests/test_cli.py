@@ -9,10 +9,11 @@ import sys
 import pytest
 
 from conftest import QWEN_TOKENIZER, ROOT, demo_cli_args
-from sft.__main__ import build_parser, main
-from sft.config import field_help, section_classes
-from sft.evaluate import BATCH_SIZE, MAX_GEN_TOKS
-from sft.layout import RESULTS_ROOT
+from sft.cli.main import build_parser, main
+from sft.core.config import field_help, section_classes
+from sft.evaluation.heldout import BATCH_SIZE
+from sft.evaluation.tasks import MAX_GEN_TOKS
+from sft.runs.layout import RESULTS_ROOT
 
 RENAMED = [{"instruction": f"Name the capital of {c}.", "input": "", "my_col": a}
            for c, a in (("Peru", "Lima"), ("Cuba", "Havana"), ("Norway", "Oslo"), ("Poland", "Warsaw"))]
@@ -61,7 +62,7 @@ def test_column_map_works_in_every_command(demo_root, tmp_path, capsys, monkeypa
 
 @pytest.mark.slow
 def test_train_with_a_column_map(demo_root, tmp_path, monkeypatch, one_thread):
-    from sft.manifest import read_manifest
+    from sft.runs.manifest import read_manifest
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "renamed.jsonl"

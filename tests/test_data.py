@@ -6,17 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sft.data import (
-    IGNORE_INDEX,
-    DataConfig,
-    fingerprint_rows,
-    load_rows,
-    split_indices,
-    tokenize_rows,
-    tokenize_rows_batch,
-    truncate_example,
-)
-from sft.prompts import render_prompt
+from sft.core.tokenize import IGNORE_INDEX, tokenize_rows_batch, truncate_example
+from sft.data.config import DataConfig
+from sft.data.rows import fingerprint_rows, load_rows
+from sft.data.splits import split_indices
+from sft.core.prepare import tokenize_rows
+from sft.core.prompts import render_prompt
 
 ROWS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
@@ -273,7 +268,7 @@ def test_boundary_is_exact_with_qwen_tokenizer(qwen_tokenizer, tmp_path):
 
 
 def test_eos_is_trained_although_it_is_the_pad_id(qwen_tokenizer, tmp_path):
-    from sft.collate import WeightedLMCollator
+    from sft.core.collate import WeightedLMCollator
 
     assert qwen_tokenizer.eos_token_id == qwen_tokenizer.pad_token_id == 151643
     ds, _ = tokenize_rows(ROWS, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path)))

@@ -1,4 +1,4 @@
-"""The synthetic dialogues (sft/dialogues.py) and their lm-eval tasks (sft.tasks.DialogueTask): exact answers,
+"""The synthetic dialogues (sft/dialogues.py) and their lm-eval tasks (sft.studies.tasks.DialogueTask): exact answers,
 determinism, a last turn that needs the history, and multi-turn prompts through the chat template."""
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from collections import defaultdict
 import pytest
 
 from conftest import demo_config
-from sft.data import load_rows, with_training_template
-from sft.dialogues import (
-    KINDS, LARGER_SUM, NEXT_DAY, NEXT_MONTH, OPPOSITE_OF_IT, PARITY_OF_IT, PREVIOUS_DAY, PREVIOUS_MONTH, SMALLER_SUM,
-    SPELL_IT, build_dialogue_dataset, make_dialogue, resolve_kinds,
+from sft.data.rows import load_rows
+from sft.core.tokenize import with_training_template
+from sft.studies.dialogues import (
+    KINDS, LARGER_SUM, NEXT_DAY, NEXT_MONTH, OPPOSITE_OF_IT, PARITY_OF_IT, PREVIOUS_DAY, PREVIOUS_MONTH, SMALLER_SUM, SPELL_IT, build_dialogue_dataset, make_dialogue, resolve_kinds,
 )
-from sft.synthetic import ANTONYMS, FAMILIES, MONTHS, WEEKDAYS, spell_number
-from sft.tasks import DIALOGUE_GROUP, read_dialogue_rows, render_chat, task_manager, write_dialogue_tasks
+from sft.studies.short_families import ANTONYMS, MONTHS, WEEKDAYS
+from sft.studies.synthetic import FAMILIES
+from sft.studies.vocab import spell_number
+from sft.studies.tasks import DIALOGUE_GROUP, read_dialogue_rows, write_dialogue_tasks
+from sft.evaluation.tasks import render_chat, task_manager
 
 
 @pytest.mark.parametrize("follow_up, earlier, reply", [
@@ -159,10 +162,10 @@ def test_multi_turn_requests_keep_every_turn_in_a_chat_template(qwen_tokenizer, 
 @pytest.mark.slow
 def test_demo_chat_trains_and_evaluates_dialogues(demo_root, tmp_path):
     """A few steps on dialogues from the small demo's base, evaluated by the CLI: every kind, raw and @chat."""
-    from sft.config import load_config
-    from sft.demo import ensure_assets
-    from sft.layout import run_dir
-    from sft.train import train
+    from sft.core.config import load_config
+    from sft.studies.demo import ensure_assets
+    from sft.runs.layout import run_dir
+    from sft.core.train import train
 
     base = demo_config(demo_root)
     paths = {"demo.dialogue_dir": str(tmp_path / "Dataset/demo-chat"), "demo.dataset_dir": base.demo.dataset_dir,

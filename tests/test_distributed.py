@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, demo_cli_args, demo_config
-from sft.layout import run_dir, tensorboard_dir
+from sft.runs.layout import run_dir, tensorboard_dir
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}

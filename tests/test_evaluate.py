@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, demo_config
-from sft.__main__ import main
-from sft.evaluate import parse_models
-from sft.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, task_manager, write_demo_tasks
-from sft.synthetic import FAMILIES
+from sft.cli.main import main
+from sft.evaluation.inputs import parse_models
+from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, write_demo_tasks
+from sft.evaluation.tasks import task_manager
+from sft.studies.synthetic import FAMILIES
 
 LIMIT = 2  # items per family: enough to exercise pairing and the bootstrap, quick on two CPU cores
 SHORT = [f for f in FAMILIES if not FAMILIES[f].long_output]
@@ -28,8 +29,8 @@ GROUPS = (SHORT_GROUP, LONG_GROUP, DEMO_GROUP)
 @pytest.fixture(scope="module")
 def evaluated(demo_root, tmp_path_factory):
     """The small demo's base model and an 8-step fine-tune, evaluated by the CLI in an offline subprocess."""
-    from sft.layout import run_dir
-    from sft.train import train
+    from sft.runs.layout import run_dir
+    from sft.core.train import train
 
     cfg = demo_config(demo_root, run_name="evaltuned", max_steps=8, eval_steps=1000, save_steps=1000,
                       logging_steps=4, overwrite=True)
@@ -241,7 +242,7 @@ def plain_sums(model, ds):
     import torch
     import torch.nn.functional as F
 
-    from sft.chat import ROLE_NAMES
+    from sft.data.conversations import ROLE_NAMES
 
     sums = {}
     for ex in ds:
@@ -266,8 +267,9 @@ def plain_sums(model, ds):
 
 @pytest.mark.parametrize("train_on", ["all", "last"])
 def test_heldout_metrics_per_role_equal_a_plain_cross_entropy(qwen_tokenizer, tmp_path, train_on):
-    from sft.data import DataConfig, tokenize_rows
-    from sft.evaluate import heldout_metrics
+    from sft.data.config import DataConfig
+    from sft.core.prepare import tokenize_rows
+    from sft.evaluation.heldout import heldout_metrics
 
     convs = [CHAT, CHAT[1:3], CHAT[:3] + [{"role": "user", "content": "Twice that?"},
                                           {"role": "assistant", "content": "10"}]]
@@ -292,8 +294,9 @@ def test_heldout_metrics_per_role_equal_a_plain_cross_entropy(qwen_tokenizer, tm
 
 
 def test_heldout_metrics_of_instruction_rows_keep_their_keys(qwen_tokenizer, tmp_path):
-    from sft.data import DataConfig, tokenize_rows
-    from sft.evaluate import heldout_metrics
+    from sft.data.config import DataConfig
+    from sft.core.prepare import tokenize_rows
+    from sft.evaluation.heldout import heldout_metrics
 
     rows = [{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
             {"instruction": "Name a colour.", "input": "one word", "output": "Blue."}] * 3
@@ -310,8 +313,8 @@ def test_heldout_metrics_of_instruction_rows_keep_their_keys(qwen_tokenizer, tmp
 def test_heldout_summary_and_comparison_list_the_losses_per_role():
     import pandas as pd
 
-    from sft.compare import heldout_markdown, roles_markdown
-    from sft.results import heldout_rows
+    from sft.evaluation.compare import heldout_markdown, roles_markdown
+    from sft.evaluation.results import heldout_rows
 
     plain = {"examples": 2, "response_tokens": 10, "response_loss": 1.5, "response_perplexity": 4.48,
              "response_token_accuracy": 0.5, "prompt_tokens": 20, "prompt_loss": 3.0}

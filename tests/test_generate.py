@@ -4,11 +4,10 @@ for conversation prompts. (Batching against model.generate is tested in tests/te
 import pytest
 
 from conftest import force_next_token, tiny_qwen25
-from sft.generate import (
-    GenerationSettings, conversation_prompt, eos_ids, generate_responses, generate_token_ids, prompt_stops,
-    render_prompts,
+from sft.evaluation.generate import (
+    GenerationSettings, conversation_prompt, eos_ids, generate_responses, generate_token_ids, prompt_stops, render_prompts,
 )
-from sft.prompts import get_template
+from sft.core.prompts import get_template
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ASK = [conversation_prompt([{"role": "user", "content": "What is 2 + 3?"}])]
@@ -46,8 +45,8 @@ def test_the_generation_configs_eos_list_stops_generation(qwen_tokenizer):
 
 
 def test_lm_eval_through_chatml_stops_at_im_end_and_restores_the_config(qwen_tokenizer, tmp_path):
-    from sft.evaluate import EvalConfig, run_benchmarks
-    from sft.tasks import task_manager
+    from sft.evaluation.evaluate import EvalConfig, run_benchmarks
+    from sft.evaluation.tasks import task_manager
 
     (tmp_path / "test.jsonl").write_text('{"q": "What is 2 + 3?", "a": "5"}\n')
     (tmp_path / "stop_probe.yaml").write_text(

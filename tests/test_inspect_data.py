@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from sft.data import DataConfig
-from sft.inspect_data import format_stats, inspect_data
+from sft.data.config import DataConfig
+from sft.core.inspect_data import format_stats, inspect_data
 
 ROWS = [
     {"instruction": "Count from 3 to 9.", "input": "", "output": "3, 4, 5, 6, 7, 8, 9", "family": "count_up"},
@@ -66,7 +66,7 @@ def test_a_group_dropped_whole_by_truncation_is_reported_not_a_crash(demo_tokeni
 
 
 def test_conversations_are_counted_by_role_and_shown_by_turn(qwen_tokenizer, tmp_path):
-    from sft.inspect_data import render_example
+    from sft.core.inspect_data import render_example
 
     chat = [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": "What is 2 + 3?"},
             {"role": "assistant", "content": "5"}, {"role": "user", "content": "And that times 4?"},

@@ -9,10 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import QWEN_TOKENIZER, ROOT, SHARED, demo_cli_args, demo_config
-from sft.config import ExperimentConfig, LoraSettings, load_config
-from sft.layout import run_dir
-from sft.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGED_DIR, is_adapter_dir, lora_config, quantization_config
-from sft.manifest import load_run_config, read_manifest
+from sft.core.config import ExperimentConfig, LoraSettings, load_config
+from sft.runs.layout import run_dir
+from sft.models.lora import (
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGED_DIR, is_adapter_dir, lora_config, quantization_config,
+)
+from sft.core.config import load_run_config
+from sft.runs.manifest import read_manifest
 
 QWEN25_7B = ROOT / "tests" / "fixtures" / "qwen2.5-7b"  # Qwen2.5-7B's config.json (no weights)
 
@@ -21,7 +24,7 @@ QWEN25_7B = ROOT / "tests" / "fixtures" / "qwen2.5-7b"  # Qwen2.5-7B's config.js
 
 
 def test_any_lora_field_turns_adapters_on_and_round_trips():
-    from sft.__main__ import _parse_overrides
+    from sft.cli.main import _parse_overrides
 
     assert load_config("demo").lora is None  # full fine-tuning unless asked
     cfg = load_config("demo", **_parse_overrides(["--lora.r", "4", "--lora.target-modules", "q_proj,v_proj",
@@ -56,7 +59,7 @@ def test_lora_settings_become_peft_config():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only error of QLoRA")
 def test_qlora_on_the_cpu_is_a_clear_error(demo_root, capsys):
-    from sft.__main__ import main
+    from sft.cli.main import main
 
     with pytest.raises(ValueError, match="lora.qlora needs a CUDA GPU"):
         quantization_config(torch.bfloat16)
@@ -69,8 +72,8 @@ def test_qlora_on_the_cpu_is_a_clear_error(demo_root, capsys):
 
 
 def test_an_adapted_head_is_refused_with_the_selective_head(demo_root):
-    from sft.lora import add_adapter
-    from sft.modeling import load_model
+    from sft.models.lora import add_adapter
+    from sft.models.load import load_model
 
     model = load_model(demo_config(demo_root).model)
     with pytest.raises(ValueError, match="adapts the LM head"):
@@ -86,7 +89,7 @@ def _base_names(name: str) -> str:
 
 
 def _lora_run(root, w, name, **overrides):
-    from sft.train import train
+    from sft.core.train import train
 
     settings = dict(max_steps=40, eval_steps=20, save_steps=20, logging_steps=10, overwrite=True, **{"lora.r": 8})
     cfg = demo_config(root, run_name=name, prompt_loss_weight=w, **{**settings, **overrides})
@@ -96,8 +99,8 @@ def _lora_run(root, w, name, **overrides):
 @pytest.mark.slow
 @pytest.mark.parametrize("w", [0.0, 1.0])
 def test_lora_run_trains_the_adapter_only_learns_and_merges_exactly(demo_root, one_thread, w):
-    from sft.evaluate import evaluate_models
-    from sft.train import build_trainer
+    from sft.evaluation.evaluate import evaluate_models
+    from sft.core.train import build_trainer
 
     base_dir = Path(demo_config(demo_root).model.model)
     base = load_file(base_dir / "model.safetensors")
@@ -154,8 +157,8 @@ def test_lora_run_trains_the_adapter_only_learns_and_merges_exactly(demo_root, o
 
 @pytest.mark.slow
 def test_case_study_generates_the_same_from_adapter_and_merged(demo_root, one_thread):
-    from sft import case_study as cs
-    from sft.generate import GenerationSettings
+    from sft.evaluation import case_study as cs
+    from sft.evaluation.generate import GenerationSettings
 
     cfg, _ = _lora_run(demo_root, 0.0, "lora-case", max_steps=10, save_steps=10, eval_steps=10,
                        **{"lora.merge": True})
@@ -169,7 +172,7 @@ def test_case_study_generates_the_same_from_adapter_and_merged(demo_root, one_th
 
 @pytest.mark.slow
 def test_resume_from_a_lora_checkpoint_gives_the_same_adapter(demo_root, one_thread):
-    from sft.train import train
+    from sft.core.train import train
 
     common = dict(max_steps=30, save_steps=10, eval_steps=1000, logging_steps=5, seed=7)
     _lora_run(demo_root, 0.1, "lora-straight", **common)
@@ -194,7 +197,7 @@ def test_resume_from_a_lora_checkpoint_gives_the_same_adapter(demo_root, one_thr
 
 
 def test_plan_counts_qwen25_7b_adapters_by_hand():
-    from sft.plan import NF4_BYTES, method_memory, model_shape
+    from sft.core.costs import NF4_BYTES, method_memory, model_shape
 
     h, i, layers, vocab, kv = 3584, 18944, 28, 152064, 512  # Qwen2.5-7B: 28 heads of 128, 4 key-value heads
     shape = model_shape(str(QWEN25_7B), LoraSettings(r=16))
@@ -223,8 +226,9 @@ def plan_rows(tmp_path):
 
 
 def test_plan_says_which_method_fits_for_qwen25_7b(plan_rows, monkeypatch, capsys):
-    from sft.__main__ import main
-    from sft.plan import GIB, plan_run
+    from sft.cli.main import main
+    from sft.core.costs import GIB
+    from sft.core.plan import plan_run
 
     if not QWEN_TOKENIZER.exists():
         pytest.skip(f"{SHARED} is absent: the plan needs the Qwen2.5 tokenizer from ../shared")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import demo_config
-from sft.collate import PackedWeightedLMCollator, WeightedLMCollator
-from sft.loss import HEAD_CHUNK_BYTES, HEAD_CHUNK_TOKENS, head_chunk_tokens, selected_nll, target_weights
-from sft.train import build_trainer, train
+from sft.core.collate import PackedWeightedLMCollator, WeightedLMCollator
+from sft.core.loss import HEAD_CHUNK_BYTES, HEAD_CHUNK_TOKENS, head_chunk_tokens, selected_nll, target_weights
+from sft.core.train import build_trainer, train
 
 
 def test_selective_head_equals_full_head_loss_and_gradients():
@@ -68,7 +68,7 @@ def test_selective_head_default_chunk_gives_the_same_loss_and_gradients(monkeypa
     hidden = torch.randn(k, h, requires_grad=True)
     head = torch.nn.Linear(h, v, bias=False)
     targets, w = torch.randint(0, v, (k,)), torch.rand(k)
-    monkeypatch.setattr("sft.loss.HEAD_CHUNK_BYTES", 4 * v * 6)  # 6 rows a chunk: the ragged last one included
+    monkeypatch.setattr("sft.core.loss.HEAD_CHUNK_BYTES", 4 * v * 6)  # 6 rows a chunk: the ragged last one included
     assert head_chunk_tokens(v) == 6
     results = []
     for chunk in (None, k):
@@ -127,7 +127,7 @@ def test_packed_example_losses_equal_the_example_alone(demo_root):
     with torch.no_grad():
         leaky = model(input_ids=packed["input_ids"], attention_mask=torch.ones_like(packed["input_ids"])).logits
     n0 = len(examples[0]["input_ids"])
-    from sft.loss import token_nll
+    from sft.core.loss import token_nll
 
     assert not torch.allclose(token_nll(leaky, packed["input_ids"])[0, n0:n0 + 10], nll_packed[0, n0:n0 + 10],
                               atol=1e-3)

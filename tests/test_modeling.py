@@ -5,15 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sft.modeling import (
-    EOS_TOKEN,
-    TinyModelConfig,
-    build_base_model,
-    ensure_demo_base,
-    train_tokenizer,
-)
-from sft.prompts import render_prompt
-from sft.synthetic import build_demo_dataset, generate_rows
+from sft.studies.tiny_model import EOS_TOKEN, TinyModelConfig, build_base_model, ensure_demo_base, train_tokenizer
+from sft.core.prompts import render_prompt
+from sft.studies.synthetic import build_demo_dataset, generate_rows
 
 SMALL = TinyModelConfig(
     vocab_size=384,

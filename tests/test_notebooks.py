@@ -9,7 +9,9 @@ import time
 import pytest
 
 from conftest import ROOT, demo_dialogues, demo_overrides
-from sft.checkpoints import checkpoint_step, is_complete, last_complete_checkpoint, list_checkpoints, run_is_complete
+from sft.runs.checkpoints import (
+    checkpoint_step, is_complete, last_complete_checkpoint, list_checkpoints, run_is_complete,
+)
 
 NOTEBOOKS = ("finetune_masked.ipynb", "finetune_unmasked.ipynb")
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import SHARED, demo_config
-from sft.config import load_config
-from sft.data import split_indices
-from sft.loss import head_chunk_tokens
-from sft.plan import GIB, GPUS, memory_estimate, optimizer_steps, plan_run
-from sft.prompts import render_prompt
+from sft.core.config import load_config
+from sft.data.splits import split_indices
+from sft.core.loss import head_chunk_tokens
+from sft.core.costs import GIB, GPUS, memory_estimate, optimizer_steps
+from sft.core.plan import plan_run
+from sft.core.prompts import render_prompt
 
 ALPACA_CLEANED_ROWS = 51_760  # yahma/alpaca-cleaned's train split
 
@@ -37,7 +38,7 @@ def test_the_seeds_step_count_and_the_presets(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_step_arithmetic_equals_the_trainers(demo_root, one_thread):
-    from sft.train import build_trainer, train
+    from sft.core.train import build_trainer, train
 
     # A real run: 30 rows, batch 4 (8 micro-batches, the last of 2), accumulation 3, 2 epochs -> 3 x 2 steps.
     cfg = demo_config(demo_root, max_rows=30, per_device_train_batch_size=4, gradient_accumulation_steps=3,
@@ -68,7 +69,7 @@ ROWS = [
 @pytest.fixture(scope="module")
 def plan_root(tmp_path_factory):
     """The real Qwen2.5-0.5B config.json and tokenizer (no weights: a plan does not need them) and 5 rows."""
-    from sft.reference import build_reference_fixture
+    from sft.studies.reference import build_reference_fixture
 
     if not SHARED.exists():
         pytest.skip(f"{SHARED} is absent: the plan tests need the project's ../shared folder beside the repo")
@@ -161,7 +162,7 @@ def test_plan_steps_and_unmasked_head(plan_root, monkeypatch):
 
 
 def test_plan_cli_prints_and_errors(plan_root, monkeypatch, capsys):
-    from sft.__main__ import main
+    from sft.cli.main import main
 
     monkeypatch.chdir(plan_root)
     assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "rows.jsonl", "--eval-data", "held.jsonl"]) == 0
@@ -182,9 +183,10 @@ CHATS = [[{"role": "system", "content": "You add numbers."}, {"role": "user", "c
 @pytest.mark.parametrize("train_on", ["all", "last"])
 def test_plan_counts_the_tokens_of_each_role_of_conversations(plan_root, monkeypatch, capsys, qwen_tokenizer,
                                                               train_on):
-    from sft.__main__ import main
-    from sft.chat import ROLE_NAMES
-    from sft.data import DataConfig, conversation_renderer
+    from sft.cli.main import main
+    from sft.data.conversations import ROLE_NAMES
+    from sft.data.config import DataConfig
+    from sft.core.tokenize import conversation_renderer
 
     (plan_root / "chats.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in CHATS))
     monkeypatch.chdir(plan_root)

@@ -1,6 +1,6 @@
 import pytest
 
-from sft.prompts import ALPACA, Template, get_template, register_template, render_prompt, user_message
+from sft.core.prompts import ALPACA, Template, get_template, register_template, render_prompt, user_message
 
 
 def test_alpaca_no_input_is_stanford_wording_with_newline():
@@ -47,7 +47,8 @@ def _chat_ids(tokenizer, instruction: str, input: str = "") -> list[int]:
 
 def _training_prompt_ids(rows: list[dict], tokenizer) -> list[list[int]]:
     """The prompt ids training used for each row (tokenize_rows_batch, the path that runs), untruncated."""
-    from sft.data import DataConfig, tokenize_rows_batch
+    from sft.data.config import DataConfig
+    from sft.core.tokenize import tokenize_rows_batch
 
     cfg = DataConfig(data="unused", max_length=100_000)
     batch = {k: [r[k] for r in rows] for k in ("instruction", "input", "output")}
@@ -74,7 +75,7 @@ def test_chat_template_renders_the_prompt_text_with_and_without_input():
 def test_fine_tuned_tokenizer_reproduces_training_prompt_ids_on_every_gsm8k_row(qwen_tokenizer, gsm8k_path):
     import json
 
-    from sft.data import with_training_template
+    from sft.core.tokenize import with_training_template
 
     tok = with_training_template(qwen_tokenizer, "alpaca")
     assert qwen_tokenizer.chat_template and "im_start" in qwen_tokenizer.chat_template  # the base keeps ChatML
@@ -93,8 +94,8 @@ def test_fine_tuned_tokenizer_reproduces_training_prompt_ids_on_every_gsm8k_row(
 def test_demo_tokenizer_reproduces_training_prompt_ids(demo_root):
     import json
 
-    from sft.data import with_training_template
-    from sft.modeling import load_tokenizer
+    from sft.core.tokenize import with_training_template
+    from sft.models.load import load_tokenizer
 
     base = load_tokenizer(demo_root / "model/demo/base")
     tok = with_training_template(base, "alpaca")

@@ -13,10 +13,11 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT, demo_cli_args, demo_config, demo_overrides, load_script
-from sft.checkpoints import can_resume_from, is_complete, last_complete_checkpoint, list_checkpoints
-from sft.layout import run_dir
-from sft.prune import PrunePolicy, auto_clean_callback, metric_at, plan_prune, prune_run, scan_checkpoints, watch
-from sft.train import train
+from sft.runs.checkpoints import can_resume_from, is_complete, last_complete_checkpoint, list_checkpoints
+from sft.runs.layout import run_dir
+from sft.runs.prune import PrunePolicy, metric_at, plan_prune, prune_run, scan_checkpoints, watch
+from sft.runs.callbacks import auto_clean_callback
+from sft.core.train import train
 
 STEPS = (2, 4, 6, 8)  # the fixture run saves and evaluates every 2 steps
 
@@ -54,7 +55,7 @@ def names(folder):
 
 
 def own_metric(run, step, metric="eval_response_loss"):
-    """The metric a checkpoint logged at its own step, read independently of sft.prune."""
+    """The metric a checkpoint logged at its own step, read independently of sft.runs.prune."""
     history = json.loads((run / f"checkpoint-{step}" / "trainer_state.json").read_text())["log_history"]
     return next(h[metric] for h in history if h.get("step") == step and metric in h)
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT, SHARED
-from sft.config import LOCAL_QWEN_DIR
+from sft.runs.layout import LOCAL_QWEN_DIR
 
 PRESET = "qwen2.5-0.5b-alpaca"
 
@@ -23,7 +23,7 @@ def _need_shared():
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory):
     """A tiny Qwen2.5 stand-in and the data, laid out as after a download (built once for the module)."""
-    from sft.reference import build_reference_fixture
+    from sft.studies.reference import build_reference_fixture
 
     _need_shared()
     root = tmp_path_factory.mktemp("download")
@@ -34,7 +34,7 @@ def fixture_root(tmp_path_factory):
 def test_fixture_looks_like_the_download(fixture_root):
     from transformers import AutoConfig, AutoTokenizer
 
-    from sft.reference import QWEN25_05B
+    from sft.studies.reference import QWEN25_05B
 
     model = fixture_root / LOCAL_QWEN_DIR
     names = {p.name for p in model.iterdir()}
@@ -62,7 +62,7 @@ def _copy(fixture_root, tmp_path):
 
 def _fails_cleanly(root, monkeypatch, capsys, *args, expect=()):
     """The command exits 2 with one line naming the problem, and writes nothing."""
-    from sft.__main__ import main
+    from sft.cli.main import main
 
     monkeypatch.chdir(root)
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
@@ -122,8 +122,8 @@ def test_dataset_folder_without_a_usable_file(fixture_root, tmp_path, monkeypatc
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """The whole reference chain, run once for the module (offline, as on a GPU user's machine without network)."""
-    from sft.__main__ import main
-    from sft.reference import reference_check
+    from sft.cli.main import main
+    from sft.cli.reference_check import reference_check
 
     _need_shared()
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -139,7 +139,7 @@ def chain(tmp_path_factory):
 @pytest.mark.slow
 def test_reference_chain_runs_end_to_end(chain):
     """Both notebooks on the preset, evaluate, compare, eval.py, auto_clean.py: every promised file appears."""
-    from sft.reference import NOTEBOOK_OVERRIDES
+    from sft.studies.reference import NOTEBOOK_OVERRIDES
 
     root = chain["root"]
     for run, w in (("masked", 0.0), ("unmasked", 1.0)):
@@ -169,7 +169,7 @@ def _summary(evaluation):
 @pytest.mark.slow
 def test_benchmark_rows_are_lm_evals_own_results(chain):
     """Every summary row is lm-eval's number for that task (or group), metric and filter, raw and @chat."""
-    from sft.reference import BENCH_TASKS, MMLU_SUBJECTS
+    from sft.studies.reference import BENCH_TASKS, MMLU_SUBJECTS
 
     evaluation, summary = chain["evaluation"], _summary(chain["evaluation"])
     settings = json.loads((evaluation / "settings.json").read_text())
@@ -211,7 +211,7 @@ def test_benchmark_rows_are_lm_evals_own_results(chain):
 def test_differences_workbook_and_plot_hold_every_benchmark_row(chain):
     import pandas as pd
 
-    from sft.compare import comparison_panels, load_result, long_scores
+    from sft.evaluation.compare import comparison_panels, load_result, long_scores
 
     evaluation, summary = chain["evaluation"], _summary(chain["evaluation"])
     rows = set(zip(summary["dataset"], summary["metric"]))
@@ -233,7 +233,9 @@ def test_fine_tuned_folders_carry_the_training_template(chain):
     """The final model and its checkpoint render, via apply_chat_template, the prompt ids training used."""
     from transformers import AutoTokenizer
 
-    from sft.data import DataConfig, load_rows, tokenize_rows_batch
+    from sft.data.config import DataConfig
+    from sft.data.rows import load_rows
+    from sft.core.tokenize import tokenize_rows_batch
 
     root = chain["root"]
     rows, _ = load_rows(str(root / "Dataset" / "alpaca_data_cleaned.json"))
@@ -263,8 +265,8 @@ def test_case_study_of_real_runs_prompts_with_held_out_rows(chain):
 
 @pytest.mark.slow
 def test_task_without_local_data_is_one_paragraph_and_writes_nothing(chain, monkeypatch, capsys):
-    from sft.__main__ import main
-    from sft.reference import BENCH_DIR
+    from sft.cli.main import main
+    from sft.studies.reference import BENCH_DIR
 
     root = chain["root"]
     monkeypatch.chdir(root)
@@ -285,8 +287,8 @@ def test_task_without_local_data_is_one_paragraph_and_writes_nothing(chain, monk
 
 @pytest.mark.slow
 def test_dry_run_prints_every_task_and_its_cost(chain, monkeypatch, capsys):
-    from sft.__main__ import main
-    from sft.reference import BENCH_DIR, BENCH_TASKS, MMLU_SUBJECTS
+    from sft.cli.main import main
+    from sft.studies.reference import BENCH_DIR, BENCH_TASKS, MMLU_SUBJECTS
 
     monkeypatch.chdir(chain["root"])
     task_data = [f"{t}={BENCH_DIR}/{t}" for t in BENCH_TASKS]
@@ -305,7 +307,7 @@ def test_dry_run_prints_every_task_and_its_cost(chain, monkeypatch, capsys):
 
 
 def test_hub_ids_are_not_taken_for_folders():
-    from sft.modeling import looks_local
+    from sft.models.load import looks_local
 
     assert not looks_local("Qwen/Qwen2.5-0.5B")  # its ".5B" is no file suffix: the preset's hub fallback works
     assert looks_local("model/qwen2.5/transformers/0.5b/1") and looks_local("./mine") and looks_local("a/b/c")
@@ -314,8 +316,8 @@ def test_hub_ids_are_not_taken_for_folders():
 @pytest.mark.slow
 def test_unreachable_hub_model_is_a_clear_error(tmp_path, monkeypatch):
     """No local model folder and no network: the plan and training say where to download, exit code 2."""
-    import sft.checks
-    from sft.config import load_config
+    import sft.models.checks
+    from sft.core.config import load_config
 
     (tmp_path / "Dataset").mkdir()
     (tmp_path / "Dataset" / "rows.json").write_text(json.dumps([{"instruction": "a", "output": "b"}] * 4))
@@ -329,6 +331,6 @@ def test_unreachable_hub_model_is_a_clear_error(tmp_path, monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sft.checks, "load_tokenizer", offline)
+    monkeypatch.setattr(sft.models.checks, "load_tokenizer", offline)
     with pytest.raises(ValueError, match="Cannot load 'Qwen/Qwen2.5-0.5B' from the Hugging Face Hub"):
-        sft.checks.check_inputs(load_config(PRESET))
+        sft.models.checks.check_inputs(load_config(PRESET))

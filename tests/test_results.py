@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sft.results import CHAT, merge_results, summary_rows, with_suffix
+from sft.evaluation.results import CHAT, merge_results, summary_rows, with_suffix
 
 
 def _samples(task_scores: dict[str, list], metric: str, filt: str = "none") -> list[dict]:

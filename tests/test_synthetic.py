@@ -4,16 +4,8 @@ import re
 
 import pytest
 
-from sft.synthetic import (
-    DECOR_PREFIXES,
-    DECOR_SUFFIXES,
-    FAMILIES,
-    WORDS,
-    build_demo_dataset,
-    generate_rows,
-    score_exact,
-    spell_number,
-)
+from sft.studies.vocab import DECOR_PREFIXES, DECOR_SUFFIXES, WORDS, spell_number
+from sft.studies.synthetic import FAMILIES, build_demo_dataset, generate_rows, score_exact
 
 
 def test_same_seed_same_rows_and_other_seed_other_rows():
@@ -175,7 +167,7 @@ def test_demo_dataset_splits_are_correct_disjoint_and_reproducible(tmp_path):
 
 
 def test_default_demo_sizes_build_without_exhausting_a_family(tmp_path):
-    from sft.config import DemoConfig
+    from sft.core.config import DemoConfig
 
     demo = DemoConfig()
     paths = build_demo_dataset(tmp_path, demo.n_train, demo.n_heldout, demo.n_test, seed=demo.data_seed)

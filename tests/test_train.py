@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, demo_cli_args, demo_config
-from sft.checkpoints import can_resume_from, last_complete_checkpoint, list_checkpoints
-from sft.layout import run_dir, tensorboard_dir
-from sft.manifest import load_run_config, read_manifest
-from sft.train import build_trainer, resume_checkpoint, token_nll, train
+from sft.runs.checkpoints import can_resume_from, last_complete_checkpoint, list_checkpoints
+from sft.runs.layout import run_dir, tensorboard_dir
+from sft.core.config import load_run_config
+from sft.runs.manifest import read_manifest
+from sft.core.train import build_trainer, resume_checkpoint, train
+from sft.core.loss import token_nll
 
 
 def test_token_nll_matches_the_models_own_shifted_loss(demo_root):
@@ -238,7 +240,7 @@ def test_stop_at_end_of_turn_puts_the_token_before_eos_once():
 
     from transformers import GenerationConfig
 
-    from sft.generate import stop_at_end_of_turn
+    from sft.core.chat import stop_at_end_of_turn
 
     base = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=151643))  # Qwen2.5 base
     assert stop_at_end_of_turn(base, 151645, 151643) and base.generation_config.eos_token_id == [151645, 151643]

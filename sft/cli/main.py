@@ -1,0 +1,347 @@
+"""Command line: `python -m sft <command> ...` (`python -m sft --help` lists the commands).
+
+User errors (bad data, a missing model folder, an unknown setting) end with exit code 2 and
+one paragraph saying what is wrong and how to fix it, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from collections import Counter
+
+import torch
+
+from sft.cli.reference_check import reference_check
+from sft.core.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    ExperimentConfig,
+    apply_overrides,
+    field_help,
+    load_config,
+    section_classes,
+)
+from sft.core.costs import MFU
+from sft.core.inspect_data import format_stats, inspect_data, render_example
+from sft.core.plan import format_plan, plan_run
+from sft.core.train import train
+from sft.evaluation.compare import compare, load_result
+from sft.evaluation.costs import estimate_costs, format_costs
+from sft.evaluation.evaluate import FORMATS, EvalConfig, evaluate_models
+from sft.evaluation.heldout import BATCH_SIZE
+from sft.evaluation.inputs import parse_models
+from sft.evaluation.report import format_psql
+from sft.evaluation.tasks import MAX_GEN_TOKS
+from sft.models.load import load_tokenizer
+from sft.runs.layout import ASSETS_DIR, RESULTS_ROOT, SWEEP_PLOT
+from sft.studies.demo import ensure_assets, ensure_demo_assets, run_demo, run_demo_chat
+from sft.studies.sweep import parse_weights, run_sweep
+from sft.studies.tasks import STUDY_TASKS
+
+
+def _metavar(typ) -> str:
+    """How a field's value is written on the command line."""
+    text = str(typ)
+    if "dict" in text:
+        return "KEY=VALUE"
+    if "bool" in text:
+        return "VALUE" if "str" in text else "BOOL"
+    return "X" if "float" in text else "N" if "int" in text else "TEXT"
+
+
+def add_config_arguments(p: argparse.ArgumentParser, sections: dict[str, type] | None = None,
+                         show_defaults: bool = False, required: tuple[str, ...] = ()) -> None:
+    """One flag per config field (sft/config.py), its help the comment on the field's line.
+
+    A field is --name where its name is unique across the sections, and always --section.name. Values stay
+    strings (a list for a KEY=VALUE field): sft.core.config.apply_overrides reads them, as it reads a notebook's.
+    """
+    sections = sections or section_classes()
+    counts = Counter(f.name for cls in sections.values() for f in dataclasses.fields(cls))
+    for section, cls in sections.items():
+        group = p.add_argument_group(f"{section} ({cls.__name__})", cls.__doc__.splitlines()[0])
+        hints, helps = typing.get_type_hints(cls), field_help(cls)
+        for f in dataclasses.fields(cls):
+            name = f.name.replace("_", "-")
+            flags = ([f"--{name}"] if counts[f.name] == 1 else []) + [f"--{section}.{name}"]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            text = helps[f.name] + (f" (default: {default})" if show_defaults and f.name not in required else "")
+            kind = _metavar(hints[f.name])
+            group.add_argument(*flags, dest=f"{section}.{f.name}", default=argparse.SUPPRESS, metavar=kind,
+                               required=f.name in required, help=text.replace("%", "%%"),
+                               nargs="+" if kind == "KEY=VALUE" else "?" if kind in ("BOOL", "VALUE") else None,
+                               const="true" if kind in ("BOOL", "VALUE") else None)
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The config fields given on the command line: add_config_arguments' dests are the only ones with a dot."""
+    return {dest: value for dest, value in vars(args).items() if "." in dest}
+
+
+def _parse_overrides(extra: list[str]) -> dict[str, str]:
+    """Turn `--some-flag VALUE` pairs (any config or TrainingArguments field) into a dict."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"Unexpected argument {arg!r}; settings are given as --name VALUE.")
+        name = arg[2:]
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            value = extra[i + 1]
+            i += 2
+        else:
+            value = "true"  # a bare flag switches a boolean on
+            i += 1
+        out[name.replace("-", "_")] = value
+    return out
+
+
+def cmd_inspect_data(args: argparse.Namespace) -> int:
+    """Show what training will see: counts, token statistics, rendered examples."""
+    cfg = apply_overrides(ExperimentConfig(), _config_values(args)).data  # DataConfig's defaults, the flags over them
+    tokenizer = load_tokenizer(args.tokenizer)
+    stats, ds, _ = inspect_data(cfg, tokenizer, by=args.by)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    examples = sys.stderr if args.json else sys.stdout  # stdout stays one JSON object with --json
+    colour = examples.isatty()
+    for i in range(min(args.show, len(ds))):
+        print(f"\n--- example {i} ---", file=examples)
+        print(render_example(ds[i], tokenizer, colour), file=examples)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune with the preset, the flags and any config or TrainingArguments override."""
+    cfg = load_config(args.preset, **args.overrides)
+    ensure_assets(cfg)  # the demo builds its data and base model on first use
+    try:
+        train(cfg)
+    finally:
+        # Under torchrun / accelerate: leave the process group before the interpreter exits. Otherwise Gloo's
+        # worker threads can still hold tensors at finalisation and a rank aborts after training finished
+        # ("terminate called without an active exception", SIGABRT; seen under load in test_distributed).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_build_demo(args: argparse.Namespace) -> int:
+    """Write the synthetic data (and dialogues, with --chat) and build the tiny base model of the demo preset."""
+    cfg = load_config("demo-chat" if args.chat else "demo", **args.overrides)
+    print(f"demo base model: {ensure_demo_assets(cfg.demo)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole offline study (what `make demo` runs), or its conversational part with --chat (`make demo-chat`)."""
+    if args.chat:
+        run_demo_chat(overrides=args.overrides)
+    else:
+        run_demo(overrides=args.overrides)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Held-out metrics and lm-eval tasks for every model, summarised under evaluation_results/."""
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
+    if args.heldout_only:
+        if tasks:
+            raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
+        tasks = []
+    elif tasks == []:
+        raise ValueError("--tasks is empty; pass lm-eval task names such as mmlu,gsm8k (or sft_demo), "
+                         "or --heldout-only.")
+    settings = dict(tasks=tasks, name=args.name, limit=args.limit, batch_size=args.batch_size, out=args.out,
+                    test_data=args.test_data, max_gen_toks=args.max_gen_toks, prompt_format=args.prompt_format,
+                    task_data=args.task_data or [], include_path=args.include_path or [],
+                    num_fewshot=args.num_fewshot, assume_prompt_tokens_per_s=args.assume_prompt_tokens_per_s,
+                    assume_generated_tokens_per_s=args.assume_generated_tokens_per_s)
+    if args.dry_run:
+        print(format_costs(estimate_costs(parse_models(args.models), STUDY_TASKS, **settings)))
+        return 0
+    run = evaluate_models(parse_models(args.models), STUDY_TASKS, **settings)
+    scores = load_result(run).scores
+    print(format_psql([list(scores.columns)] + scores.values.tolist()))
+    print(f"results: {run}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Plot and tabulate one or more evaluation results into assets/."""
+    print(compare(args.results, out=args.out))
+    print(f"written: {args.out}/Comparison.png, {args.out}/Dataset_results.xlsx")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train and evaluate every (prompt-loss weight, seed) pair, then summarise and plot."""
+    seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
+    if not seeds:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
+    if args.heldout_only and tasks:
+        raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
+    if tasks == []:
+        raise ValueError("--tasks is empty; pass lm-eval task names such as sft_demo, or --heldout-only.")
+    run_sweep(args.preset, parse_weights(args.prompt_loss_weights), seeds, args.name or args.preset,
+              limit=args.limit, overrides=args.overrides, plot=args.plot, tasks=[] if args.heldout_only else tasks)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Tokenize the data and print what the run will cost: tokens, steps, FLOPs, memory, time."""
+    plan = plan_run(load_config(args.preset, **args.overrides), world_size=args.world_size, mfu=args.mfu)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def cmd_reference_check(args: argparse.Namespace) -> int:
+    """Run the reference experiment's commands on a tiny stand-in of Qwen2.5-0.5B in a scratch folder."""
+    reference_check(args.workdir, args.shared, main)
+    return 0
+
+
+OVERRIDES = ("Every config field (sft/config.py) below is a flag, as --name or --section.name; a field not given "
+             "keeps the preset's value. Any other transformers.TrainingArguments field is set the same way, e.g. "
+             "--optim adamw_torch_fused.")
+
+
+def _config_command(sub, name: str, help: str, func, preset: bool = True) -> argparse.ArgumentParser:
+    """A subcommand that takes a preset and any config or TrainingArguments field as flags."""
+    # allow_abbrev=False: an unknown TrainingArguments flag must never be read as the prefix of a config flag.
+    p = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. {OVERRIDES}", allow_abbrev=False)
+    if preset:
+        p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="the settings to start from")
+    add_config_arguments(p)
+    p.set_defaults(func=func, accepts_overrides=True)
+    return p
+
+
+def _add_inspect_data(sub) -> None:
+    p = sub.add_parser("inspect-data", help="statistics and weighted examples of a dataset", allow_abbrev=False)
+    p.add_argument("--tokenizer", required=True, help="a tokenizer folder or hub id")
+    p.add_argument("--by", metavar="COLUMN", help="also give the statistics per value of this column (the demo: family)")
+    p.add_argument("--show", type=int, default=0, metavar="K", help="render K examples with their weights")
+    p.add_argument("--json", action="store_true", help="print one JSON object (examples go to stderr)")
+    add_config_arguments(p, {"data": section_classes()["data"]}, show_defaults=True, required=("data",))
+    p.set_defaults(func=cmd_inspect_data)
+
+
+def _add_plan(sub) -> None:
+    p = _config_command(sub, "plan", "what a run will cost before it starts: tokens, steps, FLOPs, memory, GPU time",
+                        cmd_plan)
+    p.add_argument("--world-size", type=int, default=1, help="data-parallel processes (GPUs)")
+    p.add_argument("--mfu", type=float, default=MFU, help=f"assumed model FLOPs utilisation ({MFU})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_reference_check(sub) -> None:
+    p = sub.add_parser("reference-check", help="the reference commands end to end on a tiny Qwen2.5 stand-in "
+                                               "(offline, CPU, about 2 minutes)")
+    p.add_argument("--workdir", default=".cache/reference-check",
+                   help="scratch folder (never your model/ or Dataset/); emptied first if an earlier check made it")
+    p.add_argument("--shared", default="../shared", help="the folder with tokenizers/qwen2.5 and data/gsm8k_alpaca.json")
+    p.set_defaults(func=cmd_reference_check)
+
+
+def _add_sweep(sub) -> None:
+    p = _config_command(sub, "sweep", "train and evaluate every (prompt-loss weight, seed) pair; summary and plot",
+                        cmd_sweep)
+    p.add_argument("--prompt-loss-weights", default="0,0.01,0.1,0.5,1", help="comma-separated weights in [0, 1]")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 1..N per weight")
+    p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/sweep-<name>/")
+    p.add_argument("--limit", type=float, help="test items per task (lm-eval --limit)")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo)")
+    p.add_argument("--heldout-only", action="store_true",
+                   help="held-out losses only (per role for conversations), no lm-eval task")
+    p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="held-out losses and lm-eval benchmarks of several models, summarised")
+    p.add_argument("--models", required=True, metavar="LABEL=PATH,...",
+                   help="e.g. base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups (default for the demo: sft_demo; for "
+                                   "demo-chat runs: sft_dialogue)")
+    p.add_argument("--heldout-only", action="store_true",
+                   help="held-out response loss and token accuracy only, no lm-eval task (fast; offline)")
+    p.add_argument("--name", help="folder under --out (default: the preset of the runs)")
+    p.add_argument("--limit", type=float, help="items per task (a number below 1 is a share), for quick checks")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="one fixed batch size for every model")
+    p.add_argument("--out", default=RESULTS_ROOT, help="results go to OUT/NAME/<YYYYmmdd_HHMMSS>/")
+    p.add_argument("--test-data", help="test JSONL of the sft_demo or sft_dialogue tasks (default: the demo's "
+                                       "test.jsonl, or its dialogues')")
+    p.add_argument("--max-gen-toks", type=int, default=MAX_GEN_TOKS, help="tokens generated per answer at most")
+    p.add_argument("--prompt-format", choices=FORMATS, default="auto",
+                   help="raw: lm-eval's prompts as they are; chat: in each model's chat template (a fine-tuned "
+                        "model's is its training template); both; auto (default): base models raw, fine-tuned both")
+    p.add_argument("--task-data", nargs="+", metavar="NAME=FOLDER",
+                   help="lm-eval's task (or group) NAME reads its rows from FOLDER/<split>.jsonl (a group: one "
+                        "sub-folder per task), e.g. gsm8k=data/gsm8k: its own YAML, only the data location changed")
+    p.add_argument("--include-path", nargs="+", metavar="FOLDER", help="folders of your own lm-eval task YAMLs")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
+    p.add_argument("--assume-prompt-tokens-per-s", type=float, default=EvalConfig.assume_prompt_tokens_per_s,
+                   help="--dry-run's time estimate: prompt tokens scored per second (an assumption; set yours)")
+    p.add_argument("--assume-generated-tokens-per-s", type=float, default=EvalConfig.assume_generated_tokens_per_s,
+                   help="--dry-run's time estimate: tokens generated per second over a batch (an assumption)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load the tasks and print what the evaluation will cost (requests, tokens, time); run nothing")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="plot and spreadsheet of evaluation results (assets/)")
+    p.add_argument("results", nargs="+", metavar="RESULT_DIR", help="evaluation_results/<name>/<timestamp> folders")
+    p.add_argument("--out", default=ASSETS_DIR, help="folder for Comparison.png and Dataset_results.xlsx")
+    p.set_defaults(func=cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_inspect_data(sub)
+    _config_command(sub, "train", "fine-tune (the notebooks run the same code)", cmd_train)
+    _add_plan(sub)
+    _add_reference_check(sub)
+    p = _config_command(sub, "build-demo", "write the demo data and build its tiny base model", cmd_build_demo,
+                        preset=False)
+    p.add_argument("--chat", action="store_true", help="also write the synthetic dialogues (Dataset/demo-chat/)")
+    _add_sweep(sub)
+    p = _config_command(sub, "demo", "the whole offline study: build, fine-tune both regimes, evaluate, compare",
+                        cmd_demo, preset=False)
+    p.add_argument("--chat", action="store_true",
+                   help="the conversational study instead (make demo-chat): dialogues at w = 0, 0.5 and 1, lm-eval "
+                        "multi-turn requests through the chat template; results in evaluation_results/demo-chat/")
+    _add_evaluate(sub)
+    _add_compare(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; user errors print one paragraph and return 2."""
+    logging.basicConfig(level=logging.INFO, format="[sft] %(message)s")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if getattr(args, "accepts_overrides", False):
+            args.overrides = {**_config_values(args), **_parse_overrides(extra)}
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

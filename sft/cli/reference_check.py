@@ -1,0 +1,107 @@
+"""The reference experiment (Qwen2.5-0.5B on alpaca-cleaned) end to end, offline, on a stand-in.
+
+`build_reference_fixture` lays out what a user has after downloading: the base model folder in
+the Hugging Face layout at `model/qwen2.5/transformers/0.5b/1/` and the data at
+`Dataset/alpaca_data_cleaned.json`. The model is a randomly initialised `Qwen2ForCausalLM` with
+Qwen2.5-0.5B's configuration but 2 layers of width 56 (its 151,936-row tied embedding, rope theta,
+7:1 query to key-value heads and special ids kept); the tokenizer and the alpaca-schema rows
+(GSM8K) come from `../shared`. `reference_check` then runs the reference commands of docs/reference.md in
+that folder: both notebooks with papermill on the `qwen2.5-0.5b-alpaca` preset (overrides for
+steps and lengths only), `sft evaluate` (held-out metrics alone, then lm-eval's own gsm8k,
+arc_challenge, hellaswag and two MMLU subjects under a size-weighted group, reading local rows that
+`write_benchmark_data` writes in each task's schema, raw and in each model's chat template),
+`sft compare`, `eval.py`, `auto_clean.py`, and checks that every promised file is there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+
+import papermill
+
+from sft.runs.layout import LOCAL_QWEN_DIR
+from sft.studies.reference import (
+    BENCH_DIR,
+    BENCH_TASKS,
+    NOTEBOOK_OVERRIDES,
+    NOTEBOOKS,
+    PRESET,
+    ROOT,
+    build_reference_fixture,
+    expected_files,
+    write_benchmark_data,
+)
+
+
+def _script(name: str):
+    """A top-level script of the repository (eval.py, auto_clean.py) as a module."""
+    spec = importlib.util.spec_from_file_location(f"sft_reference_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(main, args: list[str], root: Path, log) -> None:
+    """One command of the chain, run in root through its own main() (the code path of the command line, without
+    paying a fresh interpreter's imports for each); a non-zero exit raises."""
+    t, cwd = time.perf_counter(), os.getcwd()
+    os.chdir(root)
+    try:
+        code = main(args)
+    finally:
+        os.chdir(cwd)
+    if code != 0:
+        raise RuntimeError(f"`{' '.join(args)}` exited with code {code} (its error is printed above)")
+    log(f"[reference-check] {' '.join(args[:3])} ...: {time.perf_counter() - t:.0f} s")
+
+
+def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print) -> dict[str, object]:
+    """Build the fixture in workdir and run the reference commands there, as a GPU user would; return what ran.
+
+    sft_cli is `sft.__main__.main` (passed in, since the command line imports this module).
+    """
+    root = Path(workdir).resolve()
+    if (root / "model").exists() or (root / "Dataset").exists():
+        if not (root / ".reference-check").is_file():
+            raise ValueError(f"{root} already holds model/ or Dataset/ not made by reference-check: pass an empty "
+                             "or new --workdir, so no real model or data is overwritten.")
+        shutil.rmtree(root)  # an earlier check's folder: start clean
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".reference-check").write_text("written by `python -m sft reference-check`; safe to delete\n")
+    t0 = time.perf_counter()
+    build_reference_fixture(root, shared)
+    log(f"[reference-check] fixture in {root}: {time.perf_counter() - t0:.0f} s")
+    runs = {}
+    for run, (notebook, w) in NOTEBOOKS.items():
+        t = time.perf_counter()
+        out = root / "model" / PRESET / run / notebook.replace(".ipynb", ".executed.ipynb")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        papermill.execute_notebook(str(ROOT / notebook), str(out), cwd=str(root), kernel_name="python3",
+                                   parameters={"preset": PRESET, "overrides": NOTEBOOK_OVERRIDES},
+                                   progress_bar=False, log_output=False)
+        runs[run] = out.parent
+        log(f"[reference-check] {notebook} (w = {w:g}): {time.perf_counter() - t:.0f} s")
+    models = f"base={LOCAL_QWEN_DIR},masked=model/{PRESET}/masked,unmasked=model/{PRESET}/unmasked"
+    _run(sft_cli, ["evaluate", "--models", models, "--heldout-only", "--name", f"{PRESET}-heldout"], root, log)
+    # docs/reference.md's step 4 on lm-eval's own task definitions, reading local rows: raw prompts for the base model,
+    # raw and in their training template for the fine-tuned runs.
+    task_data = write_benchmark_data(root, shared)
+    _run(sft_cli, ["evaluate", "--models", models, "--tasks", ",".join(BENCH_TASKS),
+                   "--task-data", *(f"{t}={p.relative_to(root)}" for t, p in task_data.items()),
+                   "--include-path", f"{BENCH_DIR}/tasks"], root, log)
+    evaluation = max((root / "evaluation_results" / PRESET).iterdir())  # <YYYYmmdd_HHMMSS>: the newest
+    _run(sft_cli, ["compare", str(evaluation)], root, log)
+    _run(_script("eval").main, ["--models", models, "--max-new-tokens", "8"], root, log)
+    case_study = max((root / "evaluation_results" / "case_study").glob("*.md")).with_suffix("")
+    _run(_script("auto_clean").main, [f"model/{PRESET}/masked", "--keep-last", "1", "--keep-best", "0",
+                                      "--min-age", "0"], root, log)
+    missing = [str(p.relative_to(root)) for p in expected_files(root, evaluation, case_study) if not p.exists()]
+    if missing:
+        raise RuntimeError(f"the reference chain ran but these promised files are missing: {', '.join(missing)}")
+    log(f"[reference-check] all promised files present; {time.perf_counter() - t0:.0f} s in all")
+    heldout = max((root / "evaluation_results" / f"{PRESET}-heldout").iterdir())
+    return {"root": root, "runs": runs, "evaluation": evaluation, "heldout": heldout, "case_study": case_study}

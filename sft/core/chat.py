@@ -1,0 +1,140 @@
+"""Conversations: validate chat rows and render them through a chat template, every token with its role and turn.
+
+A conversation is a list of {"role", "content"} turns (system, user, assistant); ShareGPT's {"from", "value"}
+turns (human, gpt, system) are read into the same form. Rendering goes through a Jinja chat template (the
+tokenizer's own, or a registered prompt template as a chat template) without needing `{% generation %}` tags:
+each message's characters are found by rendering prefixes of the conversation (messages[:i] vs messages[:i+1]),
+the whole text is tokenized once, and each token takes the role and turn of the characters it covers. The ids
+are therefore exactly those of `tokenizer.apply_chat_template(messages, tokenize=True)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sft.core.prompts import get_template
+from sft.data.conversations import ASSISTANT, ROLES, TEMPLATE
+
+# ---------------------------------------------------------------- rendering
+
+
+@dataclass
+class ChatRenderer:
+    """A chat template and the tokenizer it renders for; `render` maps a conversation to tokens with roles."""
+
+    tokenizer: Any
+    template: str  # the Jinja source
+    specials: tuple[str, ...]  # special-token strings: an assistant turn ends with the last one its rendering adds
+
+    def text(self, messages: list[dict], generation_prompt: bool = False) -> str:
+        """The template's text for these messages."""
+        if not messages:
+            return ""
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+
+    def spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int, int, int]]]:
+        """(text, [(start, end, turn, role code)]) covering the text; an assistant turn's header and trailer are
+        TEMPLATE, its content and end-of-turn token ASSISTANT."""
+        full = self.text(messages)
+        spans, prev = [], 0
+        for i, m in enumerate(messages):
+            cur = self.text(messages[: i + 1])
+            if not full.startswith(cur) or len(cur) < prev:
+                raise ValueError(f"turn {i + 1}: the chat template renders the earlier turns differently once this one "
+                                 "follows, so its tokens cannot be told apart; use another template (--chat-template).")
+            if m["role"] != "assistant":
+                spans.append((prev, len(cur), i, ROLES.index(m["role"]) + 1))
+            else:
+                gen = self.text(messages[:i], generation_prompt=True) if i else ""
+                start = len(gen) if cur.startswith(gen) and len(gen) >= prev else prev
+                body = cur[start:]
+                cut = max((body.rfind(s) + len(s) for s in self.specials if s and s in body), default=len(body))
+                spans += [(prev, start, i, TEMPLATE), (start, start + cut, i, ASSISTANT),
+                          (start + cut, len(cur), i, TEMPLATE)]
+            prev = len(cur)
+        spans.append((prev, len(full), len(messages) - 1, TEMPLATE))
+        return full, [s for s in spans if s[1] > s[0]]
+
+    def tokens(self, conversations: list[list[dict]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+        """(ids, role codes, turns) per conversation, the text of each tokenized once with offsets."""
+        rendered = [self.spans(m) for m in conversations]
+        encodings = _encode_with_offsets(self.tokenizer, [text for text, _ in rendered])
+        out = []
+        for (text, spans), (ids, offsets) in zip(rendered, encodings):
+            role = np.zeros(len(text) + 1, dtype=np.int8)
+            turn = np.zeros(len(text) + 1, dtype=np.int32)
+            for s, e, t, r in spans:
+                role[s:e], turn[s:e] = r, t
+            starts = np.asarray([o[0] for o in offsets], dtype=np.int64)
+            ends = np.maximum(np.asarray([o[1] for o in offsets], dtype=np.int64), starts + 1)
+            # A token that crosses into an assistant turn's content (a merge at its start) belongs to it.
+            at = np.where(role[ends - 1] == ASSISTANT, ends - 1, starts)
+            out.append((ids, role[at], turn[at]))
+        return out
+
+    def end_of_turn_id(self) -> int | None:
+        """The special token that closes an assistant turn and weighs 1 (ChatML's <|im_end|>, EOS in the alpaca
+        chat template): where a generated reply should stop. None where the turn ends on no special token."""
+        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        ids, roles, _ = self.tokens([probe])[0]
+        last = int(ids[np.flatnonzero(roles == ASSISTANT)[-1]])
+        return last if self.tokenizer.convert_ids_to_tokens(last) in self.specials else None
+
+
+def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Token ids (no special tokens added, as apply_chat_template) and character offsets of each text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(enc["input_ids"], enc["offset_mapping"]))
+
+
+def chat_template_source(tokenizer, name: str, template: str, bos_token: bool) -> str:
+    """The Jinja template conversations are rendered with: "auto" = the tokenizer's own, else the prompt template
+    `template` as a chat template; "tokenizer" = the tokenizer's own (an error without one); or a template name."""
+    own = getattr(tokenizer, "chat_template", None)
+    if name == "tokenizer" and not own:
+        raise ValueError("--chat-template tokenizer: this tokenizer has no chat_template; pass a template name such "
+                         "as alpaca, or auto.")
+    if name in ("auto", "tokenizer"):
+        return own if own else get_template(template).chat_template(bos_token=bos_token)
+    return get_template(name).chat_template(bos_token=bos_token)
+
+
+def make_renderer(tokenizer, name: str, template: str, bos_token: bool) -> ChatRenderer:
+    """A ChatRenderer for the chosen chat template (see chat_template_source)."""
+    return renderer_for(tokenizer, chat_template_source(tokenizer, name, template, bos_token))
+
+
+def renderer_for(tokenizer, source: str) -> ChatRenderer:
+    """A ChatRenderer for the Jinja chat template `source`."""
+    specials = tuple(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+    return ChatRenderer(tokenizer, source, specials)
+
+
+def token_weights(roles: np.ndarray, turns: np.ndarray, w: float, train_on: str) -> tuple[np.ndarray, np.ndarray]:
+    """(loss weight, trained) per token: weight 1 on the trained assistant tokens (every assistant turn's, or the
+    last turn's with train_on="last"), w everywhere else."""
+    trained = roles == ASSISTANT
+    if train_on == "last" and trained.any():
+        trained &= turns == turns[trained].max()
+    return np.where(trained, 1.0, w).astype(np.float32), trained
+
+
+def stop_at_end_of_turn(model, end_of_turn: int | None, eos: int) -> bool:
+    """Make the model's generation config stop at a chat template's end-of-turn token as well as at EOS
+    (eos_token_id [end_of_turn, eos, ...], as Qwen2.5-Instruct ships), so transformers' generate, lm-eval and
+    sft.evaluation.generate end a reply where training taught it to end. False (nothing to do) where EOS ends a turn."""
+    if end_of_turn is None or end_of_turn == eos:
+        return False
+    config = model.generation_config  # a PeftModel's is its base model's, so it is changed in place
+    ids = config.eos_token_id if config.eos_token_id is not None else eos
+    ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+    if end_of_turn not in ids:  # a chat model's config may have it already (Qwen2.5-Instruct's)
+        config.eos_token_id = [end_of_turn, *ids]
+    return True

@@ -1,0 +1,269 @@
+"""What a run will cost, before it starts: `python -m sft plan --preset ... [overrides]`.
+
+Tokenizes the data exactly as training will (the same cache), then prints the examples, the
+tokens (prompt / response / padding by batching mode), the optimizer steps (the HF Trainer's own
+arithmetic, `optimizer_steps`), the FLOPs, a peak-memory estimate for a bf16 GPU run, and the time
+at a stated MFU on an H100 SXM and on a 24 GB RTX 4090. Needs the model's config.json and
+tokenizer only, not its weights.
+
+Formulas (all stated in the output too):
+* FLOPs = 6 N_body T + 6 V d T_head + 3 A, with N_body the parameters outside the embedding and
+  LM head, T the tokens computed (padding included), T_head the positions the head runs on
+  (weight > 0 with --selective-head, else T) and A the forward attention FLOPs,
+  4 L q_dim n(n+1)/2 per example of n tokens (causal); held-out evaluations add 2 N_body T + ...
+* Memory = weights + gradients + AdamW's two states, each in the dtype the weights are loaded in
+  on the GPU (model.dtype "auto" = bf16: the Trainer's bf16=True then only autocasts, there is no
+  fp32 master copy), + activations of the largest possible micro-batch (batch x longest example)
+  + the LM head (`head_bytes`: one chunk of fp32 logits with the selective head) + a tied embedding's dense
+  gradient + 1 GiB of CUDA context, summed as if all were alive at once. bench/real_vocab.py checks
+  `memory_estimate` against a measured peak.
+* Adapters (docs/lora.md): the same run as full fine-tuning, LoRA (frozen bf16 base; adapter, its
+  gradients and AdamW states in fp32) and QLoRA (NF4 linear layers, the rest fp32), side by side,
+  with 4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T training FLOPs for the two adapter methods
+  (no weight gradient of frozen weights), and which of them fits each GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from peft import get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from sft.core.config import ExperimentConfig, LoraSettings
+from sft.core.loss import head_chunk_tokens
+from sft.models.lora import lora_config
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU's dense bf16 tensor-core peak and its memory."""
+
+    name: str
+    peak_flops: float  # FLOP/s, bf16 dense (no sparsity)
+    memory_gib: float
+
+
+GPUS = (
+    Gpu("H100 SXM 80GB (989 TFLOP/s bf16 dense)", 989e12, 80.0),
+    Gpu("RTX 4090 24GB (165 TFLOP/s bf16 dense, fp32 accumulate)", 165.2e12, 24.0),
+)
+MFU = 0.4  # assumed model FLOPs utilisation; not measured here (bench/gpu_throughput.py measures it on a GPU)
+CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspaces and allocator slack (assumed)
+# bitsandbytes NF4 with double quantization: 4 bits a weight + one 8-bit absmax per 64-weight block + one fp32
+# constant per 256 blocks (the QLoRA paper's 0.127 bits a parameter).
+NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
+METHODS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}  # the methods the plan compares
+
+
+def optimizer_steps(n_examples: int, per_device_batch: int, grad_accum: int = 1, epochs: float = 1.0,
+                    max_steps: int = -1, world_size: int = 1, drop_last: bool = False) -> dict[str, int]:
+    """The HF Trainer's step count (transformers 5 `set_initial_training_values`, accelerate's batch sharding).
+
+    Micro-batches per epoch per process L = ceil(ceil(n / b) / world) (floors with drop_last);
+    optimizer steps per epoch = ceil(L / accumulation) (at least 1); total = ceil(epochs x that),
+    unless max_steps > 0.
+    """
+    batches = n_examples // per_device_batch if drop_last else math.ceil(n_examples / per_device_batch)
+    per_process = batches // world_size if drop_last else math.ceil(batches / world_size)
+    per_epoch = max(math.ceil(per_process / grad_accum), 1)
+    total = max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)
+    return {"micro_batches_per_epoch": per_process, "steps_per_epoch": per_epoch, "max_steps": total,
+            "examples_per_step": per_device_batch * grad_accum * world_size}
+
+
+def micro_batches(lengths: np.ndarray, batch: int, batching: str, grad_accum: int, seed: int) -> list[np.ndarray]:
+    """One epoch's micro-batches (example indices) in the order the Trainer's sampler draws them, seeded.
+
+    The same algorithms as the Trainer's (a random permutation; length-grouped mega-batches), with a
+    torch generator seeded by the run's seed: the padding is that of the run's batch composition in
+    distribution, not the identical order (accelerate reseeds its sampler every epoch).
+    """
+    g = torch.Generator().manual_seed(seed)
+    if batching == "grouped":  # the Trainer groups by train_batch_size x accumulation
+        order = np.asarray(get_length_grouped_indices(lengths.tolist(), batch * grad_accum, generator=g))
+    else:
+        order = torch.randperm(len(lengths), generator=g).numpy()
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+def batch_tokens(lengths: np.ndarray, batches: list[np.ndarray], batching: str) -> tuple[int, int]:
+    """(tokens computed, padding tokens) of the given micro-batches: packed rows hold no padding."""
+    real = int(lengths.sum())
+    if batching == "packed":
+        return real, 0
+    computed = int(sum(len(b) * lengths[b].max() for b in batches))
+    return computed, computed - real
+
+
+def attention_flops(lengths: np.ndarray, layers: int, q_dim: int) -> float:
+    """Forward attention FLOPs (QK^T and AV, causal: n(n+1)/2 pairs per example of n tokens)."""
+    n = lengths.astype(np.float64)
+    return float(4 * layers * q_dim * (n * (n + 1) / 2).sum())
+
+
+def model_shape(model: str, lora: LoraSettings | None = None) -> dict[str, Any]:
+    """Parameter counts and dimensions from config.json alone (the model is built on the meta device).
+
+    Also the weights a 4-bit base quantizes (every nn.Linear but the LM head, as transformers' bitsandbytes
+    integration does) and the trainable parameters of the LoRA adapter `lora` (default: LoraSettings()).
+    """
+    try:
+        cfg = AutoConfig.from_pretrained(model)
+    except Exception as e:  # offline, unknown id, no config: say what the plan needs
+        raise ValueError(f"Cannot read the config of {model!r} ({type(e).__name__}): put at least its config.json "
+                         "and tokenizer files into model/qwen2.5/transformers/0.5b/1/ (the weights are not needed "
+                         "for a plan), or pass --model.model PATH.") from None
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(cfg)
+    total = sum(p.numel() for p in net.parameters())  # tied weights are counted once
+    linear = [m.weight.numel() for m in net.modules()
+              if isinstance(m, torch.nn.Linear) and m is not net.get_output_embeddings()]
+    vocab, hidden = cfg.vocab_size, cfg.hidden_size
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    kv = getattr(cfg, "num_key_value_heads", heads)
+    return {
+        "architecture": (cfg.architectures or [type(net).__name__])[0], "parameters": total,
+        "embedding_parameters": vocab * hidden, "tied_embeddings": tied,
+        "body_parameters": total - vocab * hidden * (1 if tied else 2),  # outside embedding and head
+        "layers": cfg.num_hidden_layers, "hidden": hidden, "q_dim": heads * head_dim, "kv_dim": kv * head_dim,
+        "intermediate": cfg.intermediate_size, "vocab": vocab,
+        "quantized_parameters": sum(linear), "largest_linear": max(linear),
+        "adapter_parameters": adapter_parameters(net, lora or LoraSettings()),
+    }
+
+
+def adapter_parameters(net, lora: LoraSettings) -> int:
+    """Trainable parameters of a LoRA adapter on a model, counted by peft itself on the meta device."""
+    with torch.device("meta"):
+        wrapped = get_peft_model(net, lora_config(lora))
+    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+
+
+def activation_bytes_per_token(shape: dict[str, Any], act_bytes: int) -> int:
+    """Bytes one token keeps for the backward pass in one decoder layer (no gradient checkpointing).
+
+    Saved inputs of: the two RMSNorms (plus their fp32 copies), q/k/v, RoPE, attention (q, k, v, out),
+    o_proj, gate/up, the SiLU and the product, down_proj: 4h + 4 q_dim + 4 kv_dim + 4 i elements.
+    """
+    h, q, kv, i = shape["hidden"], shape["q_dim"], shape["kv_dim"], shape["intermediate"]
+    return act_bytes * (4 * h + 4 * q + 4 * kv + 4 * i) + 4 * 2 * h
+
+
+def head_bytes(shape: dict[str, Any], tokens: int, selective: bool, weight_bytes: int, compute_bytes: int) -> int:
+    """Bytes of the LM head and its cross-entropy at their peak, for a micro-batch of `tokens` positions.
+
+    Selective head (sft/loss.py): one chunk of fp32 logits (worked on in place), and
+    the 16-bit product it is cast from when the compute is 16-bit (autocast); with 16-bit weights, its fp32 [V, d] gradient
+    accumulator (with fp32 weights that is the weight's gradient, counted apart). Full logits: the logits
+    in the compute dtype, their fp32 copy (none when the compute is fp32), the log-softmax and its
+    gradient, all tokens x V.
+    """
+    vocab, cast = shape["vocab"], compute_bytes if compute_bytes < 4 else 0
+    if not selective:
+        return tokens * vocab * (cast + 3 * 4)
+    rows = min(tokens, head_chunk_tokens(vocab))
+    return rows * vocab * (4 + cast) + (shape["embedding_parameters"] * 4 if weight_bytes < 4 else 0)
+
+
+def memory_estimate(shape: dict[str, Any], weight_bytes: int, tokens: int, act_bytes: int = 2,
+                    selective: bool = True, context_bytes: int = int(CUDA_CONTEXT_GIB * GIB)) -> dict[str, int]:
+    """The parts of a training step's peak memory, for a micro-batch of `tokens` positions (AdamW, no checkpointing)."""
+    params = shape["parameters"]
+    return {
+        "weights": params * weight_bytes, "gradients": params * weight_bytes, "adamw_states": 2 * params * weight_bytes,
+        "activations": tokens * shape["layers"] * activation_bytes_per_token(shape, act_bytes),
+        "lm_head": head_bytes(shape, tokens, selective, weight_bytes, act_bytes),
+        # The input embedding's backward makes a dense [V, d] gradient before adding it to the tied head's.
+        "tied_embedding_gradient": shape["embedding_parameters"] * weight_bytes if shape["tied_embeddings"] else 0,
+        "cuda_context": context_bytes,
+    }
+
+
+def gpu_weight_bytes(cfg: ExperimentConfig) -> int:
+    """Bytes per parameter as loaded on a bf16-capable GPU: "auto" and "bfloat16" are bf16, "float16" fp16."""
+    return 4 if cfg.model.dtype == "float32" else 2
+
+
+def run_method(cfg: ExperimentConfig) -> str:
+    """full, lora or qlora: what the run's config trains."""
+    return "full" if cfg.lora is None else "qlora" if cfg.lora.qlora else "lora"
+
+
+def activation_memory(shape: dict[str, Any], tokens: int, checkpointing: bool) -> int:
+    """Activations kept for the backward pass of a micro-batch of `tokens` tokens, in bf16.
+
+    With gradient checkpointing only each layer's input is kept, and one layer's activations are
+    recomputed at a time.
+    """
+    per_layer = activation_bytes_per_token(shape, 2)
+    if checkpointing:
+        return tokens * (shape["layers"] * 2 * shape["hidden"] + per_layer)
+    return tokens * shape["layers"] * per_layer
+
+
+def method_memory(method: str, shape: dict[str, Any], weight_bytes: int, common: dict[str, int]) -> dict[str, int]:
+    """Peak-memory parts of one method: full (weights, gradients, AdamW in `weight_bytes` each), LoRA (frozen
+    weights in `weight_bytes`; adapter, its gradients and AdamW in fp32) or QLoRA (NF4 linear weights; the rest
+    upcast to fp32 by peft's prepare_model_for_kbit_training; one linear layer dequantized to bf16 at a time)."""
+    n = shape["parameters"]
+    if method == "full":
+        # A tied embedding's backward makes a dense [V, d] gradient before adding it to the head's (frozen under LoRA).
+        tied = shape["embedding_parameters"] * weight_bytes if shape.get("tied_embeddings") else 0
+        return {"weights": n * weight_bytes, "gradients": n * weight_bytes, "adamw_states": 2 * n * weight_bytes,
+                "tied_embedding_gradient": tied, **common}
+    a = shape["adapter_parameters"]
+    if method == "lora":
+        frozen = {"frozen_weights": n * weight_bytes}
+    else:
+        q = shape["quantized_parameters"]
+        frozen = {"frozen_weights": math.ceil(q * NF4_BYTES) + 4 * (n - q),
+                  "dequantized_layer": 2 * shape["largest_linear"]}
+    return {**frozen, "adapter": 4 * a, "gradients": 4 * a, "adamw_states": 8 * a, **common}
+
+
+def train_flops(method: str, shape: dict[str, Any], tokens: float, head_tokens: float, attn: float) -> float:
+    """Training FLOPs of one epoch: 6 N T for full fine-tuning; 4 N T + 6 N_adapter T for LoRA / QLoRA, whose
+    frozen weights need no weight gradient (only the gradient of their input)."""
+    body, head = shape["body_parameters"], shape["embedding_parameters"]
+    if method == "full":
+        return 6 * body * tokens + 6 * head * head_tokens + 3 * attn
+    return 4 * body * tokens + 4 * head * head_tokens + 3 * attn + 6 * shape["adapter_parameters"] * tokens
+
+
+def gpu_rows(flops: float, peak: int, tokens: float, world_size: int, mfu: float) -> list[dict[str, Any]]:
+    """Time at the stated MFU and whether the peak memory fits, on each GPU of GPUS."""
+    rows = []
+    for gpu in GPUS:
+        seconds = flops / (gpu.peak_flops * mfu) / world_size
+        rows.append({"gpu": gpu.name, "mfu": mfu, "hours": seconds / 3600, "fits": peak <= gpu.memory_gib * GIB,
+                     "memory_gib": gpu.memory_gib, "train_tokens_per_second": tokens / seconds})
+    return rows
+
+
+def compare_methods(cfg: ExperimentConfig, shape: dict[str, Any], common: dict[str, int], flops: dict[str, float],
+                    world_size: int, mfu: float) -> list[dict[str, Any]]:
+    """Full fine-tuning (the config's dtype), LoRA (a bf16 base) and QLoRA (a 4-bit base) of this run, side by side.
+
+    `flops` holds the run's tokens and attention per epoch, the epochs and the evaluations' FLOPs.
+    """
+    rows = []
+    for method in METHODS:
+        memory = method_memory(method, shape, gpu_weight_bytes(cfg) if method == "full" else 2, common)
+        total = flops["epochs"] * train_flops(method, shape, flops["tokens"], flops["head_tokens"], flops["attn"])
+        total += flops["eval"]
+        peak = sum(memory.values())
+        trainable = shape["parameters"] if method == "full" else shape["adapter_parameters"]
+        rows.append({"method": method, "trainable_parameters": trainable, "memory_bytes": memory,
+                     "peak_memory_bytes": peak, "flops": total,
+                     "gpus": gpu_rows(total, peak, flops["tokens"] * flops["epochs"], world_size, mfu)})
+    return rows

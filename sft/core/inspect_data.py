@@ -1,0 +1,154 @@
+"""What training will see: data statistics and examples rendered with their loss weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sft.core.prepare import tokenize_rows
+from sft.data.config import DataConfig
+from sft.data.conversations import ROLE_NAMES
+from sft.data.rows import load_rows
+from sft.data.stats import length_stats, tokens_by_role
+
+COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}
+
+
+def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dict[str, Any], Any, list[dict[str, str]]]:
+    """Load, validate and tokenize `cfg.data`; return (stats, tokenized dataset, rows).
+
+    `by` names a column (e.g. the demo's `family`): the statistics are then also given per value of it,
+    under `stats["groups"]`, in order of first appearance. Every row is tokenized once.
+    """
+    rows, report = load_rows(cfg.data, cfg.column_map, cfg.on_bad_rows, keep_column=by)
+    ds, tok = tokenize_rows(rows, tokenizer, cfg, name="inspect")  # carries the `by` column of the rows kept
+    if len(ds) == 0:
+        raise ValueError(f"{cfg.data}: all {len(rows)} rows are longer than max_length={cfg.max_length} tokens and "
+                         "truncation=drop dropped them; raise --max-length or pass --truncation trim.")
+    dropped = dict(report.rows_dropped)
+    if tok.examples_dropped_too_long:
+        dropped["too long (truncation=drop)"] = tok.examples_dropped_too_long
+    chat = "messages" in rows[0]
+    instruction, output = field_tokens(rows, tokenizer) if not chat else (np.zeros(len(rows)), np.ones(len(rows)))
+    stats = {
+        "source": str(cfg.data),
+        "rows_read": report.rows_read,
+        "rows_kept": len(ds),
+        "rows_dropped": dropped,
+        "examples_truncated": tok.examples_truncated,
+        "truncation": tok.truncation_counts,
+        "ignored_columns": report.ignored_columns,
+        "column_mapping": report.column_mapping,
+        "max_length": cfg.max_length,
+        "prompt_loss_weight": cfg.prompt_loss_weight,
+        **length_stats(ds),
+        "instruction_output_ratio": None if chat else int(instruction.sum()) / max(int(output.sum()), 1),
+    }
+    if chat:  # the tokenized conversations carry every token's role and turn (--show renders them)
+        stats["tokens_by_role"] = tokens_by_role(ds)
+        stats["conversations_turns_mean"] = float(np.mean([len(r["messages"]) for r in rows]))
+    if by is not None:
+        example_groups, ds = np.asarray(ds[by]), ds.remove_columns(by)
+        row_groups = np.asarray([row.pop(by) for row in rows])
+        stats["groups"] = group_stats(ds, example_groups, row_groups, instruction, output)
+    return stats, ds, rows
+
+
+def field_tokens(rows: list[dict[str, str]], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens per row of the raw instruction (with its input) and of the output, for Shi et al.'s ratio."""
+    # Shi et al. (2024): instruction (with input) length over output length, on the raw fields, not the template.
+    instruction = tokenizer([r["instruction"] + ("\n" + r["input"] if r["input"] else "") for r in rows],
+                            add_special_tokens=False)["input_ids"]
+    output = tokenizer([r["output"] for r in rows], add_special_tokens=False)["input_ids"]
+    return np.fromiter(map(len, instruction), dtype=np.int64), np.fromiter(map(len, output), dtype=np.int64)
+
+
+def group_stats(ds, example_groups: np.ndarray, row_groups: np.ndarray, instruction: np.ndarray,
+                output: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per-group means of the tokenized examples and the raw-field ratio of the rows, in order of first appearance."""
+    out = {}
+    for value in dict.fromkeys(row_groups.tolist()):
+        rows = row_groups == value
+        ratio = int(instruction[rows].sum()) / max(int(output[rows].sum()), 1)
+        kept = np.flatnonzero(example_groups == value)
+        if len(kept) == 0:  # truncation=drop dropped every row of this group: no token statistics
+            out[value] = {"examples": 0, "rows": int(rows.sum()), "prompt_tokens_mean": None,
+                          "response_tokens_mean": None, "instruction_output_ratio": ratio, "generation_ratio_Rg": None}
+            continue
+        g = length_stats(ds.select(kept))
+        out[value] = {
+            "examples": g["examples"],
+            "rows": int(rows.sum()),
+            "prompt_tokens_mean": g["prompt_tokens"] / g["examples"],
+            "response_tokens_mean": g["response_tokens"] / g["examples"],  # with EOS
+            "instruction_output_ratio": ratio,
+            "generation_ratio_Rg": g["generation_ratio_Rg"],
+        }
+    return out
+
+
+def render_example(example: dict[str, list], tokenizer, colour: bool) -> str:
+    """Show one example with prompt, response and zero-weight tokens told apart (a conversation: by turn)."""
+    if "roles" in example:
+        return render_conversation(example, tokenizer, colour)
+    segments: list[tuple[str, list[int]]] = []
+    for tok, w, r in zip(example["input_ids"], example["loss_weights"], example["response_mask"]):
+        kind = "response" if r else ("zero" if w == 0 else "prompt")
+        if segments and segments[-1][0] == kind:
+            segments[-1][1].append(tok)
+        else:
+            segments.append((kind, [tok]))
+    out = []
+    for kind, ids in segments:
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        if colour:
+            out.append(f"{COLOURS[kind]}{text}{COLOURS['reset']}")
+        else:
+            label = {"zero": "weight 0", "prompt": f"prompt, weight {example['loss_weights'][0]:g}",
+                     "response": "response, weight 1"}[kind]
+            out.append(f"[[{label}: {text}]]")
+    return "".join(out)
+
+
+def render_conversation(example: dict[str, list], tokenizer, colour: bool) -> str:
+    """Show a conversation's tokens run by run of (turn, role, weight): `[[turn 2 user, weight 0: ...]]`."""
+    runs: list[tuple[tuple, list[int]]] = []
+    for tok, w, role, turn in zip(example["input_ids"], example["loss_weights"], example["roles"], example["turns"]):
+        key = (turn, ROLE_NAMES[role], w)
+        if runs and runs[-1][0] == key:
+            runs[-1][1].append(tok)
+        else:
+            runs.append((key, [tok]))
+    out = []
+    for (turn, role, w), ids in runs:
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        if colour:
+            kind = "response" if w == 1 else ("zero" if w == 0 else "prompt")
+            out.append(f"{COLOURS[kind]}{text}{COLOURS['reset']}")
+        else:
+            out.append(f"[[turn {turn + 1} {role}, weight {w:g}: {text}]]")
+    return "".join(out)
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A human-readable block of the statistics."""
+    lines = [f"source: {stats['source']}"]
+    for k in ("rows_read", "rows_kept", "rows_dropped", "examples_truncated", "ignored_columns",
+              "prompt_tokens", "response_tokens", "length_mean", "length_p50", "length_p99", "length_max",
+              "instruction_output_ratio", "generation_ratio_Rg", "tokens_by_role", "conversations_turns_mean"):
+        if k not in stats:
+            continue
+        v = stats.get(k)
+        lines.append(f"  {k:26s} {v:.3f}" if isinstance(v, float) else f"  {k:26s} {v}")
+    if stats.get("groups"):
+        lines += ["", "| group | examples | prompt tokens | response tokens (with EOS) | instruction/output | R_g |",
+                  "|---|---|---|---|---|---|"]
+        for value, g in stats["groups"].items():
+            if not g["examples"]:
+                lines.append(f"| {value} | 0 (all {g['rows']} rows longer than max_length, dropped) | - | - "
+                             f"| {g['instruction_output_ratio']:.2f} | - |")
+                continue
+            lines.append(f"| {value} | {g['examples']} | {g['prompt_tokens_mean']:.1f} | {g['response_tokens_mean']:.1f} "
+                         f"| {g['instruction_output_ratio']:.2f} | {g['generation_ratio_Rg']:.3f} |")
+    return "\n".join(lines)

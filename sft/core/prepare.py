@@ -1,0 +1,142 @@
+"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
+
+The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
+-> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
+
+Every user error is a `ValueError` that names the file, the row and the field, and says
+how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from sft.core.tokenize import check_tokenizer, conversation_renderer, fingerprint_tokenizer, tokenize_rows_batch
+from sft.data.config import DataConfig
+from sft.data.rows import FIELDS, fingerprint_rows, load_rows
+from sft.data.splits import split_indices
+
+logger = logging.getLogger("sft")
+
+
+@dataclass
+class TokenizeReport:
+    """Counts from tokenization: dropped and truncated examples, and token totals."""
+
+    examples_in: int
+    examples_out: int
+    examples_dropped_too_long: int
+    examples_truncated: int
+    truncation_counts: dict[str, int]
+    from_cache: bool = False  # True when an earlier run (or the main process) already tokenized these rows
+
+
+def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
+    """Tokenize validated rows into a `datasets.Dataset`, cached on disk across runs."""
+    check_tokenizer(tokenizer)
+    parts = [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,
+             cfg.max_length, cfg.truncation, CACHE_VERSION]
+    if rows and "messages" in rows[0]:  # conversations: the chat template and the turns trained
+        parts += [conversation_renderer(tokenizer, cfg).template, cfg.train_on]
+    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + ("messages",)]
+    if extra:  # carried-through columns (inspect-data's group) are part of the cached table
+        parts.append([[r[name] for r in rows] for name in extra])
+    key = json.dumps(parts)
+    fp = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = Path(cfg.cache_dir) / f"tokenized-{name}-{fp}.arrow"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    from_cache = cache.exists()
+    ds = datasets.Dataset.from_list(rows)
+    ds = ds.map(
+        tokenize_rows_batch,
+        batched=True,
+        batch_size=1000,
+        fn_kwargs={"tokenizer": tokenizer, "cfg": cfg},
+        remove_columns=ds.column_names,
+        cache_file_name=str(cache),
+        load_from_cache_file=True,
+        new_fingerprint=fp,
+        desc=f"Tokenizing {name}",
+    )
+    counts = Counter(ds["truncation"])
+    report = TokenizeReport(
+        examples_in=len(rows),
+        examples_out=len(ds),
+        examples_dropped_too_long=len(rows) - len(ds),
+        examples_truncated=sum(v for k, v in counts.items() if k != "ok"),
+        truncation_counts=dict(counts),
+        from_cache=from_cache,
+    )
+    return ds, report
+
+
+CACHE_VERSION = 4  # bump when tokenization or weighting changes, so old caches are not reused
+
+
+# ---------------------------------------------------------------- the splits a run uses
+
+
+@dataclass
+class PreparedData:
+    """The tokenized splits and what loading saw."""
+
+    train: Any
+    eval: Any
+    info: dict[str, Any]
+    eval_rows: list[dict[str, str]]  # the held-out rows as text, for generations
+    chat_template: str | None = None  # conversations: the Jinja template they were rendered with (saved with the model)
+    end_of_turn: int | None = None  # conversations: the token that closes an assistant turn (generation stops there)
+
+
+def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
+    """Load, validate, split and tokenize; the held-out split depends on (data, split_seed) only.
+
+    Training and evaluation both call this, so they see the same held-out rows, tokenized alike.
+    """
+    rows, report = load_rows(d.data, d.column_map, d.on_bad_rows)
+    if d.eval_data:
+        train_rows = rows
+        eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
+        if ("messages" in rows[0]) != ("messages" in eval_rows[0]):
+            kinds = ("conversations", "instruction rows") if "messages" in rows[0] else ("instruction rows",
+                                                                                         "conversations")
+            raise ValueError(f"{d.data} holds {kinds[0]} but eval_data {d.eval_data} holds {kinds[1]}: the held-out "
+                             "rows must be of the training kind. Pass --eval-data with held-out rows of your data, "
+                             "or --eval-data none to split them off it (eval_size).")
+    else:
+        train_idx, eval_idx = split_indices(len(rows), d.eval_size, d.split_seed)
+        train_rows, eval_rows, eval_report = [rows[i] for i in train_idx], [rows[i] for i in eval_idx], None
+    if d.max_rows is not None:
+        train_rows = train_rows[: d.max_rows]
+    train, train_tok = tokenize_rows(train_rows, tokenizer, d, name="train")
+    eval_, eval_tok = tokenize_rows(eval_rows, tokenizer, d, name="eval")
+    for name, tok in (("train", train_tok), ("held-out", eval_tok)):
+        logger.info("rank %s: %s split, %d examples, tokenized %s", os.environ.get("RANK", "0"), name,
+                    tok.examples_out, "earlier (read from the cache)" if tok.from_cache else "now")
+    info = {
+        "load": report.to_dict(),
+        "eval_load": eval_report.to_dict() if eval_report else None,
+        "train_tokenize": vars(train_tok),
+        "eval_tokenize": vars(eval_tok),
+        "data_fingerprint": fingerprint_rows(rows),
+        "train_fingerprint": fingerprint_rows(train_rows),
+        "eval_fingerprint": fingerprint_rows(eval_rows),
+        "train_examples": len(train),
+        "eval_examples": len(eval_),
+    }
+    if "messages" not in rows[0]:
+        info["conversations"] = False
+        return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)
+    info["conversations"] = True
+    renderer = conversation_renderer(tokenizer, d)
+    return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows, chat_template=renderer.template,
+                        end_of_turn=renderer.end_of_turn_id())

@@ -1,0 +1,11 @@
+"""Data: instruction rows and conversations read, validated, split and counted; nothing here tokenizes.
+
+    config         DataConfig: where the rows come from and how they become token sequences (the `data` section)
+    rows           files, folders and hub ids read; columns mapped; every row validated (file, row, field, fix)
+    conversations  chat rows validated (OpenAI messages, ShareGPT); the role codes every token is tagged with
+    splits         the seeded held-out split, a function of (data, seed) only
+    stats          token statistics of tokenized data (lengths, generation ratio, tokens by role)
+    io             the one JSON Lines writer
+
+May import: nothing of sft (the bottom wing).
+"""

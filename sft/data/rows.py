@@ -1,0 +1,328 @@
+"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
+
+The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
+-> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
+
+Every user error is a `ValueError` that names the file, the row and the field, and says
+how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import datasets
+import pyarrow.parquet as pq
+
+from sft.data.conversations import CHAT_COLUMNS, check_conversation
+
+logger = logging.getLogger("sft")
+
+REQUIRED = ("instruction", "output")  # columns every row must have, after the column mapping
+OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
+FIELDS = REQUIRED + OPTIONAL  # the fields of a validated row; tokenization carries any other column through
+# Column names that real datasets use for the same fields; looked for only when the canonical
+# name is absent, and overridden by an explicit `column_map`.
+ALIASES = {
+    "instruction": ("instruction", "prompt", "question", "query"),
+    "input": ("input", "context"),
+    "output": ("output", "response", "answer", "completion"),
+}
+SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")  # what a file or a folder may hold
+
+
+@dataclass
+class LoadReport:
+    """What loading saw: counts by reason, so nothing is dropped silently."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_dropped: Counter = field(default_factory=Counter)  # reason -> count
+    ignored_columns: list[str] = field(default_factory=list)  # extra columns (ids, categories, ...)
+    column_mapping: dict[str, str] = field(default_factory=dict)  # canonical field -> column found
+    first_bad_rows: list[str] = field(default_factory=list)  # where the first skipped rows were, for the user
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        d = asdict(self)
+        d["rows_dropped"] = dict(self.rows_dropped)
+        return d
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    """Decode UTF-8 (a BOM is allowed), or say where the bad byte is and how to convert."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} (byte {e.start}) is not valid UTF-8 ({raw[e.start:e.start + 1]!r}). "
+            f"Re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed_{path.name}`."
+        ) from None
+
+
+def _json_records(path: Path, raw: bytes) -> Iterator[tuple[str, Any]]:
+    """The rows of a .json file: one list of objects."""
+    try:
+        records = json.loads(_decode(path, raw))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
+            "A .json file must hold one list of objects; use .jsonl for one object per line."
+        ) from None
+    if not isinstance(records, list):
+        raise ValueError(
+            f"{path}: expected a JSON list of row objects, got a {type(records).__name__}. "
+            "Wrap the rows in [...] or save them as .jsonl, one object per line."
+        )
+    for i, rec in enumerate(records, 1):
+        yield f"{path}: row {i}", rec
+
+
+def _jsonl_records(path: Path, raw: bytes, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
+    """The rows of a .jsonl file, one object per line; a line that is not JSON is an error or, skipped, counted."""
+    for i, line in enumerate(_decode(path, raw).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            where = f"{path}: line {i}"
+            if on_bad_rows == "skip":
+                report.rows_read += 1  # never yielded, but read
+                _skip(report, where, "invalid JSON")
+                continue
+            raise ValueError(
+                f"{where}: invalid JSON ({e.msg} at column {e.colno}). Fix the line, or pass "
+                "--on-bad-rows skip to drop such lines (they are counted and reported)."
+            ) from None
+        yield f"{path}: line {i}", rec
+
+
+def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
+    """Yield (location, record) for each row of one file; location names the file and row."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ValueError(f"{path}: the file is empty. Put instruction rows in it or point --data elsewhere.")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        yield from _json_records(path, raw)
+    elif suffix == ".jsonl":
+        yield from _jsonl_records(path, raw, on_bad_rows, report)
+    elif suffix == ".csv":
+        # csv keeps every cell a string; an empty cell is "" (caught by validation), never NaN.
+        reader = csv.DictReader(_decode(path, raw).splitlines())
+        for i, rec in enumerate(reader, 1):
+            yield f"{path}: row {i} (line {reader.line_num})", rec
+    elif suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise ValueError(f"{path}: not a readable Parquet file ({e}). Re-export it, or use .jsonl.") from None
+        for i, rec in enumerate(table.to_pylist(), 1):
+            yield f"{path}: row {i}", rec
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}.")
+
+
+def _skip(report: LoadReport, where: str, reason: str) -> None:
+    """Count a dropped row by reason and remember where the first few were."""
+    report.rows_dropped[reason] += 1
+    if len(report.first_bad_rows) < 5:
+        report.first_bad_rows.append(f"{where}: {reason}")
+
+
+def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str) -> dict[str, str]:
+    """Map canonical fields to the columns that hold them (or "messages" to a conversation column), or explain
+    what is missing."""
+    for col, target in column_map.items():
+        if target not in FIELDS + ("messages",):
+            raise ValueError(
+                f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, output, messages."
+            )
+    mapping = {target: col for col, target in column_map.items() if col in columns}
+    chat = mapping.get("messages") or next((c for c in CHAT_COLUMNS if c in columns), None)
+    if chat is not None and not any(t in mapping for t in FIELDS) and not {"instruction", "output"} <= set(columns):
+        return {"messages": chat}
+    for target in FIELDS:
+        if target not in mapping:
+            found = next((a for a in ALIASES[target] if a in columns), None)
+            if found is not None:
+                mapping[target] = found
+    missing = [t for t in REQUIRED if t not in mapping]
+    if missing:
+        looked = "; ".join(f"{t}: {', '.join(ALIASES[t])}" for t in missing)
+        raise ValueError(
+            f"{where}: no column for {', '.join(missing)} (looked for {looked}). The columns are: "
+            f"{', '.join(columns) or '(none)'}. Map yours with --column-map YOUR_COLUMN=output "
+            "(DataConfig.column_map in Python); conversations go in a `messages` or `conversations` column."
+        )
+    return mapping
+
+
+def _check_row(rec: Any, mapping: dict[str, str]) -> tuple[dict[str, str] | None, str, str]:
+    """Return (row, "", "") for a valid record, else (None, field, problem)."""
+    if not isinstance(rec, dict):
+        return None, "(row)", f"is a {type(rec).__name__}, not an object with fields"
+    row = {}
+    for name in REQUIRED:
+        col = mapping[name]
+        value = rec.get(col)
+        label = name if col == name else f"{name} (column {col!r})"
+        if col not in rec:
+            return None, label, "is missing"
+        if value is None:
+            return None, label, "is null"
+        if not isinstance(value, str):
+            return None, label, f"must be a string, got {type(value).__name__} {value!r:.40}"
+        if not value.strip():
+            return None, label, "is empty"
+        row[name] = value
+    col = mapping.get("input")
+    value = rec.get(col) if col is not None else None
+    if value is not None and not isinstance(value, str):
+        label = "input" if col == "input" else f"input (column {col!r})"
+        return None, label, f"must be a string or missing, got {type(value).__name__} {value!r:.40}"
+    row["input"] = value or ""
+    return row, "", ""
+
+
+def _check_chat_row(rec: Any, col: str, where: str, from_text: bool,
+                    on_bad_rows: str) -> tuple[dict | None, str, str, str]:
+    """(row, where, field, problem) for a conversation record; the problem is generic (for counting), and where
+    names the turn; with on_bad_rows="error" the field also says how to fix it."""
+    if not isinstance(rec, dict):
+        return None, where, "(row)", f"is a {type(rec).__name__}, not an object with fields"
+    if rec.get(col) is None:
+        return None, where, col, "is missing"
+    messages, turn, fld, problem, fix = check_conversation(rec[col], from_text)
+    if messages is None:
+        where = where if turn is None else f"{where}, turn {turn}"
+        label = fld if turn is not None else col
+        return None, where, label, problem if on_bad_rows == "skip" else f"{problem} ({fix})"
+    return {"messages": messages}, where, "", ""
+
+
+def _files_of(source: Path) -> list[Path]:
+    """The data files of a file or a folder (sorted, so the row order is stable)."""
+    if source.is_file():
+        return [source]
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise ValueError(
+            f"{source}: the folder holds no data file ({', '.join(SUFFIXES)}). Put your dataset file in it, "
+            "or pass --data with a file path or a hub dataset id such as yahma/alpaca-cleaned."
+        )
+    return files
+
+
+def _records_from_hub(dataset_id: str) -> tuple[str, list[Any]]:
+    """Load the train split of a hub dataset (needs the network, or a populated HF cache)."""
+    try:
+        ds = datasets.load_dataset(dataset_id, split="train")
+    except Exception as e:  # the hub client raises many types (offline, 404, auth); say what to do instead
+        raise ValueError(
+            f"{dataset_id!r} is not a local file or folder, and loading it from the Hugging Face Hub failed "
+            f"({type(e).__name__}: {str(e)[:200]}). Download the dataset into Dataset/ and pass that path, "
+            "or check the id and your network."
+        ) from None
+    return dataset_id, ds.to_list()
+
+
+def _sources(source: str | Path, on_bad_rows: str, report: LoadReport) -> list[tuple[str, Iterator]]:
+    """(name, records) for each file of a file or folder, or for a hub dataset."""
+    path = Path(source)
+    if path.exists():
+        return [(str(f), _read_file(f, on_bad_rows, report)) for f in _files_of(path)]
+    if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
+        name, records = _records_from_hub(str(source))
+        return [(name, ((f"{name}: row {i}", r) for i, r in enumerate(records, 1)))]
+    raise ValueError(
+        f"{source}: no such file or folder. Pass a .json/.jsonl/.parquet/.csv file, a folder of them, "
+        "or a hub dataset id such as yahma/alpaca-cleaned."
+    )
+
+
+def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str, str], on_bad_rows: str,
+                keep_column: str | None, report: LoadReport) -> list[dict[str, str]]:
+    """The valid rows of one source, mapped to the canonical fields; bad ones raise or are counted."""
+    not_object = next((where for where, r in records if not isinstance(r, dict)), None)
+    if not_object is not None and on_bad_rows == "error":  # say so before guessing at columns
+        _, fld, problem = _check_row(dict(records)[not_object], {})
+        raise ValueError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
+                         '{"instruction": ..., "input": ..., "output": ...}.')
+    columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
+    mapping = _resolve_columns(columns, column_map, name)
+    report.column_mapping = {**report.column_mapping, **mapping}
+    report.ignored_columns += [c for c in columns if c not in mapping.values() and c != keep_column
+                               and c not in report.ignored_columns]
+    rows, from_text = [], name.lower().endswith(".csv")
+    for where, rec in records:
+        report.rows_read += 1
+        if "messages" in mapping:
+            row, where, fld, problem = _check_chat_row(rec, mapping["messages"], where, from_text, on_bad_rows)
+        else:
+            row, fld, problem = _check_row(rec, mapping)
+        if row is not None and keep_column is not None:
+            if rec.get(keep_column) is None:
+                raise ValueError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
+                                 f"value to be grouped by it; drop the grouping or fill the column.")
+            row[keep_column] = str(rec[keep_column])
+        if row is not None:
+            rows.append(row)
+        elif on_bad_rows == "skip":
+            _skip(report, where, f"{fld} {problem}")
+        else:
+            raise ValueError(f"{where}, field {fld}: {problem}. Fix the row, or pass --on-bad-rows skip to drop bad "
+                             "rows (they are counted by reason and reported).")
+    return rows
+
+
+def load_rows(
+    source: str | Path, column_map: dict[str, str] | None = None, on_bad_rows: str = "error",
+    keep_column: str | None = None,
+) -> tuple[list[dict[str, str]], LoadReport]:
+    """Load and validate instruction rows from a file, a folder or a hub dataset id.
+
+    `keep_column` carries one more column into every row under its own name (as a string), e.g. the demo's
+    `family` for statistics by group; a row without it is an error naming the row.
+    """
+    if on_bad_rows not in ("error", "skip"):
+        raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}.")
+    report = LoadReport(source=str(source))
+    rows: list[dict[str, str]] = []
+    for name, records in _sources(source, on_bad_rows, report):
+        part = _valid_rows(name, list(records), dict(column_map or {}), on_bad_rows, keep_column, report)
+        if rows and part and ("messages" in rows[0]) != ("messages" in part[0]):
+            raise ValueError(f"{name}: holds {'conversations' if 'messages' in part[0] else 'instruction rows'} "
+                             f"while the files before it hold the other kind; train on one kind at a time (put "
+                             "conversations and instruction rows in separate folders).")
+        rows += part
+    report.rows_kept = len(rows)
+    if not rows:
+        raise ValueError(
+            f"{source}: no valid rows ({report.rows_read} read; dropped: {dict(report.rows_dropped)}). "
+            "Check the file and the column mapping."
+        )
+    return rows, report
+
+
+def fingerprint_rows(rows: list[dict[str, str]]) -> str:
+    """A short content hash of the validated rows (order included), for manifests and caches."""
+    h = hashlib.sha256()
+    for r in rows:
+        fields = r["messages"] if "messages" in r else [r["instruction"], r["input"], r["output"]]
+        h.update(json.dumps(fields, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]

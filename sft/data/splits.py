@@ -1,0 +1,24 @@
+"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
+
+The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
+-> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
+
+Every user error is a `ValueError` that names the file, the row and the field, and says
+how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def split_indices(n: int, eval_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, held-out) row indices: the same for every run with the same data and seed."""
+    k = int(round(eval_size * n)) if eval_size < 1 else int(eval_size)
+    if not 1 <= k < n:
+        raise ValueError(
+            f"eval_size={eval_size} gives {k} held-out rows out of {n}; it must leave at least one row on each "
+            "side. Use a share such as 0.05 or a row count below the number of rows."
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])

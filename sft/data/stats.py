@@ -1,0 +1,49 @@
+"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
+
+The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
+-> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
+
+Every user error is a `ValueError` that names the file, the row and the field, and says
+how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+
+from sft.data.conversations import ROLE_NAMES
+
+# ---------------------------------------------------------------- statistics
+
+
+def length_stats(ds) -> dict[str, float]:
+    """Token statistics of a tokenized dataset (at least one example), with its generation ratio."""
+    lengths = np.asarray(ds["length"])
+    response_tokens = int(sum(sum(m) for m in ds["response_mask"]))
+    total = int(lengths.sum())
+    prompt_tokens = total - response_tokens
+    return {
+        "examples": int(len(lengths)),
+        "prompt_tokens": prompt_tokens,
+        "response_tokens": response_tokens,  # response tokens including each EOS
+        "length_mean": float(lengths.mean()),
+        "length_p50": float(np.percentile(lengths, 50)),
+        "length_p99": float(np.percentile(lengths, 99)),
+        "length_max": int(lengths.max()),
+        # Huerta-Enochian & Ko (2024): generation ratio R_g = completion tokens / prompt tokens.
+        "generation_ratio_Rg": response_tokens / max(prompt_tokens, 1),
+    }
+
+
+def token_column(ds, name: str) -> np.ndarray:
+    """A per-token column of a tokenized dataset (input_ids, response_mask, roles ...), flat over its examples."""
+    return np.asarray(pc.list_flatten(ds.with_format("arrow")[name]))
+
+
+def tokens_by_role(ds) -> dict[str, int] | None:
+    """Tokens per role (sft.data.conversations.ROLE_NAMES) of tokenized conversations; None for instruction rows."""
+    if "roles" not in ds.column_names:
+        return None
+    roles = token_column(ds, "roles")
+    return {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES)}

@@ -1,0 +1,17 @@
+"""Evaluation: held-out losses, lm-eval tasks, generation, results, reports and case studies of trained models.
+
+    heldout     response loss, perplexity and token accuracy on the held-out split (per role for conversations)
+    inputs      the models given to an evaluation: labels, paths, what each one is
+    tasks       lm-eval task managers, lm-eval's tasks on local data, request costs; GeneratedTasks, the form
+                in which a study hands in its own tasks (evaluation knows no study)
+    evaluate    the driver: every model through held-out metrics and lm-eval, raw and in its chat template
+    costs       what an evaluation will cost (`--dry-run`)
+    results     lm-eval's results to OpenCompass-style summary rows
+    report      summary tables and paired bootstrap intervals
+    compare     results read back, plotted, tabulated (assets/)
+    plots       training and comparison plots
+    generate    batched decoding with left padding (notebooks, case studies)
+    case_study  eval.py's side-by-side: the same prompts through several models
+
+May import: data, runs, models, core.
+"""

@@ -1,0 +1,325 @@
+"""Evaluation of several models: held-out response metrics and lm-evaluation-harness tasks, summarised.
+
+For every model (loaded once): response loss, perplexity and token accuracy on the held-out split
+that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper,
+with the raw prompt and, for the fine-tuned runs, in their chat template (the training template
+they carry, sft.core.tokenize.with_training_template). Tasks come from sft/tasks.py (the demo's own, or
+lm-eval's on local data); rows from sft/results.py; tables and intervals from sft/report.py.
+Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.utils import handle_non_serializable
+
+from sft.core.chat import renderer_for, stop_at_end_of_turn
+from sft.core.config import load_run_config
+from sft.data.io import write_jsonl
+from sft.evaluation.heldout import BATCH_SIZE, ROLE_WEIGHTING, device, heldout_metrics, heldout_split
+from sft.evaluation.inputs import base_model_warnings, describe_model, prompt_formats
+from sft.evaluation.report import (
+    BOOT_SEED,
+    CONF_COLUMNS,
+    DIFF_COLUMNS,
+    N_BOOT,
+    confidence_rows,
+    difference_rows,
+    summary_table,
+    write_records,
+    write_summary,
+)
+from sft.evaluation.results import CHAT, heldout_rows, merge_results, summary_rows, with_suffix
+from sft.evaluation.tasks import (
+    MAX_GEN_TOKS,
+    GeneratedTasks,
+    group_config,
+    load_tasks,
+    parse_task_data,
+    task_manager,
+    write_local_tasks,
+)
+from sft.models.load import load_model, load_tokenizer
+from sft.runs.layout import RESULTS_ROOT
+from sft.runs.manifest import git_commit, package_versions
+
+TASKS_DIR = "lm_eval_tasks"  # generated task configs (the demo's, local-data copies of lm-eval's), in the result folder
+FORMATS = ("auto", "raw", "chat", "both")  # --prompt-format choices (see EvalConfig.prompt_format)
+
+
+@dataclass
+class EvalConfig:
+    """What `sft evaluate` runs, and where its results go."""
+
+    tasks: list[str] | None = None  # lm-eval tasks or groups; None = the demo's sft_demo (demo-chat: sft_dialogue); [] = held-out metrics only
+    name: str | None = None  # results go to <out>/<name>/<timestamp>/ (None = the runs' preset)
+    limit: float | None = None  # items per task (a number below 1 is a share), for quick checks
+    batch_size: int = BATCH_SIZE  # one fixed batch size for every model
+    out: str = RESULTS_ROOT  # root of the result folders
+    test_data: str | None = None  # test JSONL of the sft_demo / sft_dialogue tasks (None = the demo's test.jsonl / its dialogues')
+    max_gen_toks: int = MAX_GEN_TOKS  # tokens generated per answer at most, in the demo's tasks
+    # auto: base models the raw prompt, fine-tuned runs both the raw prompt and their chat template (the training
+    # template); raw / chat / both: every model so (chat needs a chat template in the model's tokenizer). The demo's
+    # own tasks already render the training template, so they run raw only.
+    prompt_format: str = "auto"
+    task_data: list[str] = field(default_factory=list)  # NAME=FOLDER: lm-eval's task NAME reads its rows from FOLDER
+    include_path: list[str] = field(default_factory=list)  # folders of your own lm-eval task or group YAMLs
+    num_fewshot: int | None = None  # few-shot examples per prompt (None = each task's own default)
+    # --dry-run's time estimate assumes these throughputs (not measured here: set your hardware's).
+    assume_prompt_tokens_per_s: float = 20_000.0  # prompt and continuation tokens scored per second
+    assume_generated_tokens_per_s: float = 500.0  # tokens generated per second, over a batch
+    n_boot: int = N_BOOT  # bootstrap resamples per interval
+    seed: int = BOOT_SEED  # bootstrap seed
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"--limit must be positive (items per task, or a share below 1), got {self.limit}.")
+        if self.limit is not None and self.limit >= 1:
+            self.limit = int(self.limit)  # a count of items, as lm-eval expects
+        if self.prompt_format not in FORMATS:
+            raise ValueError(f"--prompt-format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}.")
+
+
+def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig, chat: bool) -> dict:
+    """lm-eval's simple_evaluate on a loaded model, raw or in its chat template, with per-sample logs."""
+    # A model's generation_config.max_new_tokens (Qwen2.5 ships 2,048) would override the bound lm-eval sets per task
+    # through max_length (transformers gives max_new_tokens precedence): each task's max_gen_toks must hold.
+    model.generation_config.max_new_tokens = None
+    eos = model.generation_config.eos_token_id
+    if chat:  # a model asked through ChatML stops at <|im_end|> too, even a base model whose config lacks it
+        stop_at_end_of_turn(model, renderer_for(tokenizer, tokenizer.chat_template).end_of_turn_id(),
+                            tokenizer.eos_token_id)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+    try:
+        # Few-shot examples as earlier user/assistant turns in the chat template: how a chat model sees examples.
+        return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=settings.limit,
+                               batch_size=settings.batch_size, num_fewshot=settings.num_fewshot,
+                               apply_chat_template=chat, fewshot_as_multiturn=chat, log_samples=True)
+    finally:
+        model.generation_config.eos_token_id = eos  # the raw pass of the same model stops as the model does
+
+
+def evaluate_one(label: str, path: str, plan: "Plan", run: Path) -> tuple[dict, dict, dict, dict]:
+    """Held-out metrics and every lm-eval pass of one model; its raw results are written as they come."""
+    t0 = time.perf_counter()
+    tokenizer = plan.tokenizers[label]
+    model = load_model(path).to(device())
+    heldout = heldout_metrics(model, heldout_split(plan.run_cfg, tokenizer, plan.fingerprint), tokenizer.pad_token_id,
+                              plan.settings.batch_size)
+    t1 = time.perf_counter()
+    print(f"[{label}] held-out response loss {heldout['response_loss']:.4f}, token accuracy "
+          f"{100 * heldout['response_token_accuracy']:.2f}% ({t1 - t0:.1f} s)", flush=True)
+    parts = []
+    for fmt in plan.formats[label]:
+        tasks = plan.tasks if fmt == "raw" else plan.chat_tasks
+        if not tasks:
+            continue
+        res = run_benchmarks(model, tokenizer, tasks, plan.tm, plan.settings, chat=fmt == "chat")
+        samples = res.pop("samples", {})
+        stem = label if fmt == "raw" else label + CHAT
+        (run / "results").mkdir(exist_ok=True)  # lm-eval's own results, task names as lm-eval gives them
+        (run / "results" / f"{stem}.json").write_text(json.dumps(res, indent=2, default=handle_non_serializable))
+        if fmt == "chat":
+            res, samples = with_suffix(res, samples, CHAT)
+        for task, recs in samples.items():
+            write_jsonl(run / "predictions" / label / f"{task}.jsonl", recs, default=handle_non_serializable)
+        parts.append((res, samples))
+    timings = {"heldout_s": round(t1 - t0, 2), "benchmarks_s": round(time.perf_counter() - t1, 2)}
+    print(f"[{label}] lm-eval tasks done ({timings['benchmarks_s']:.1f} s)", flush=True)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return (*merge_results(parts), heldout, timings)
+
+
+# ---------------------------------------------------------------- the whole evaluation
+
+
+@dataclass
+class Plan:
+    """Everything checked and loaded before any model runs."""
+
+    models: dict[str, str]
+    settings: EvalConfig
+    info: dict[str, dict]  # label -> path, manifest or build info
+    source: str  # the fine-tuned run whose manifest gives the held-out split and template
+    run_cfg: Any  # that run's ExperimentConfig
+    tokenizers: dict[str, Any]
+    formats: dict[str, list[str]]  # label -> "raw" / "chat"
+    tasks: list[str]  # lm-eval names run raw ([] = held-out metrics only)
+    chat_tasks: list[str]  # the same without generated tasks already in the training template (the demo's)
+    generated: GeneratedTasks | None  # the study's own tasks among them, written from test_data
+    test_data: Path | None
+    warnings: list[str]
+    tm: Any = None  # the lm-eval TaskManager, once the task configs are written
+    loaded: dict = field(default_factory=dict)  # leaf task name -> Task, its data loaded
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info[self.source]["manifest"]["eval_fingerprint"]
+
+
+def plan_evaluation(models: dict[str, str], settings: EvalConfig, generated: Sequence[GeneratedTasks] = ()) -> Plan:
+    """Check the models, their held-out split and the tasks, and load the tokenizers; nothing is written.
+
+    generated: the studies' own task groups (sft.studies.tasks.STUDY_TASKS), written from their test rows.
+    """
+    info = {label: describe_model(path) for label, path in models.items()}
+    source = next((label for label, i in info.items() if "manifest" in i), None)
+    if source is None:
+        raise ValueError("None of the models has a run_manifest.json, so the held-out split and the prompt template "
+                         "are unknown. Include at least one fine-tuned run of this project, e.g. "
+                         "masked=model/demo/masked.")
+    cfg = load_run_config(models[source])
+    for label, i in info.items():  # every run must have been tuned on the split evaluated here
+        fp = i.get("manifest", {}).get("eval_fingerprint")
+        if fp and fp != info[source]["manifest"]["eval_fingerprint"]:
+            raise ValueError(f"{label} was trained with another held-out split than {source} (eval fingerprints "
+                             "differ), so one held-out loss cannot serve both. Evaluate them separately.")
+    tasks = settings.tasks
+    if tasks is None:
+        tasks = [g.group for g in generated if g.is_default(cfg)]
+        if not tasks:
+            raise ValueError(f"Preset {cfg.preset!r} has no default tasks; pass lm-eval task names, "
+                             "e.g. --tasks mmlu,gsm8k, or --heldout-only for the held-out metrics alone.")
+    source_of = generated_source(cfg, tasks, generated)
+    test_data = settings.test_data or (source_of.test_data(cfg) if source_of else None)
+    if source_of and test_data is None:
+        raise ValueError(f"The {source_of.group} tasks need the demo's test rows: pass --test-data PATH.")
+    tokenizers = {label: load_tokenizer(path) for label, path in models.items()}  # also checks every path
+    warnings = base_model_warnings(models, info, tokenizers)
+    for w in warnings:
+        print(f"warning: {w}", flush=True)
+    chat_tasks = [t for t in tasks if not any(g.owns(t) and not g.chat_pass for g in generated)]
+    plan = Plan(models, settings, info, source, cfg, tokenizers,
+                prompt_formats(models, info, tokenizers, settings.prompt_format), list(tasks), chat_tasks, source_of,
+                Path(test_data) if test_data else None, warnings)
+    heldout_split(cfg, tokenizers[source], plan.fingerprint)  # stale data is refused before any model is loaded
+    return plan
+
+
+def generated_source(cfg, tasks: list[str], generated: Sequence[GeneratedTasks]) -> GeneratedTasks | None:
+    """The one group of generated tasks among `tasks` (each reads its own test file), or None."""
+    used = [g for g in generated if any(g.owns(t) for t in tasks)]
+    if len(used) > 1:
+        raise ValueError(f"The {' and '.join(g.group for g in used)} tasks read different test files; evaluate them "
+                         "in separate runs of `sft evaluate`.")
+    return used[0] if used else None
+
+
+def prepare_tasks(plan: Plan, folder: Path) -> None:
+    """Write the task configs into folder and load every task's data once (a task that cannot load is refused)."""
+    if not plan.tasks:
+        return
+    s, includes = plan.settings, [Path(p).resolve() for p in plan.settings.include_path]
+    if plan.generated is not None:
+        stop = list(dict.fromkeys(t.eos_token for t in plan.tokenizers.values()))  # generation stops at EOS
+        out = folder / plan.generated.folder
+        plan.generated.write(plan.test_data, out, plan.tokenizers[plan.source], plan.run_cfg.data.template, stop,
+                             s.max_gen_toks)
+        includes.append(out)
+    task_data = parse_task_data(s.task_data)
+    if task_data:  # lm-eval's own task definitions, reading local rows: written after (so overriding) lm-eval's
+        write_local_tasks(task_manager(plan.tasks + list(task_data), includes), task_data, folder / "local",
+                          s.num_fewshot)
+        includes.append(folder / "local")
+    plan.tm = task_manager(plan.tasks, includes)
+    plan.loaded = load_tasks(plan.tm, plan.tasks, task_data)
+
+
+def _timestamp_dir(root: Path) -> tuple[str, Path]:
+    """A new <root>/<YYYYmmdd_HHMMSS> folder (waits a second rather than reuse an existing one)."""
+    while True:
+        ts = datetime.now().strftime("%Y%m%d_%H%M%S")
+        path = root / ts
+        try:
+            path.mkdir(parents=True)
+            return ts, path
+        except FileExistsError:
+            time.sleep(1)
+
+
+def evaluate_models(models: dict[str, str], generated: Sequence[GeneratedTasks] = (), **settings: Any) -> Path:
+    """Evaluate every model and write the result folder; return its path. settings: EvalConfig's fields;
+    generated: the studies' own task groups (sft.studies.tasks.STUDY_TASKS).
+
+    <out>/<name>/<YYYYmmdd_HHMMSS>/
+        summary/summary_<ts>.csv|.md|.txt   OpenCompass-style table, one column per model (chat rows: <task>@chat)
+        summary/differences.csv|.md         every pair a - b, paired bootstrap 95% CI
+        summary/confidence.csv|.md          every model's score with its bootstrap 95% CI
+        results/<model>[@chat].json         lm-eval's results (without samples), per prompt format
+        predictions/<model>/<task>.jsonl    lm-eval's per-sample log: prompt, generation, score
+        heldout.json                        held-out response loss, perplexity, token accuracy (conversations: per role)
+        settings.json                       models (paths, manifests, prompt formats), tasks, limit, versions
+        lm_eval_tasks/                      the generated task configs (demo; local-data copies of lm-eval's)
+    """
+    plan = plan_evaluation(models, EvalConfig(**settings), generated)
+    name = plan.settings.name or plan.run_cfg.preset
+    ts, run = _timestamp_dir(Path(plan.settings.out) / name)
+    try:
+        prepare_tasks(plan, run / TASKS_DIR)
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)  # nothing evaluated yet: leave no half-written result folder
+        if not any(run.parent.iterdir()):
+            run.parent.rmdir()
+        raise
+    results, samples, heldout, timings = {}, {}, {}, {}
+    for label, path in models.items():
+        results[label], samples[label], heldout[label], timings[label] = evaluate_one(label, path, plan, run)
+    write_summaries(plan, run, ts, results, samples, heldout)
+    write_settings(plan, run, name, ts, timings)
+    return run
+
+
+def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict, heldout: dict) -> None:
+    """The summary, differences and confidence tables, and heldout.json."""
+    s, labels = plan.settings, list(plan.models)
+    chat = [t + CHAT for t in plan.chat_tasks] if any("chat" in f for f in plan.formats.values()) else []
+    groups = {g: group_config(plan.tm, g.removesuffix(CHAT)) for r in results.values() for g in r["group_subtasks"]}
+    rows = summary_rows(results, samples, plan.tasks + chat, groups) if plan.tasks else heldout_rows(heldout)
+    write_summary(summary_table(rows, labels), run / "summary", ts)
+    write_records(difference_rows(rows, labels, s.n_boot, s.seed), DIFF_COLUMNS, run / "summary" / "differences")
+    write_records(confidence_rows(rows, labels, s.n_boot, s.seed), CONF_COLUMNS, run / "summary" / "confidence")
+    d = plan.run_cfg.data
+    (run / "heldout.json").write_text(json.dumps({
+        "source_run": {"model": plan.source, "path": plan.models[plan.source]},
+        "data": {"data": d.data, "eval_data": d.eval_data, "eval_size": d.eval_size, "split_seed": d.split_seed,
+                 "template": d.template, "max_length": d.max_length, "truncation": d.truncation,
+                 "eval_fingerprint": plan.fingerprint},
+        "weighting": "sums over response tokens (EOS included) / token count, over the whole split" + (
+            ROLE_WEIGHTING if any("user_tokens" in m for m in heldout.values()) else ""),
+        "models": heldout,
+    }, indent=2))
+
+
+def write_settings(plan: Plan, run: Path, name: str, ts: str, timings: dict) -> None:
+    """settings.json: what was evaluated, how, with which versions."""
+    s, test_data = plan.settings, plan.test_data
+    for label, formats in plan.formats.items():
+        plan.info[label]["prompt_formats"] = formats
+    (run / "settings.json").write_text(json.dumps({
+        "name": name, "timestamp": ts, "preset": plan.run_cfg.preset, "models": plan.info, "tasks": plan.tasks,
+        "chat_tasks": plan.chat_tasks, "test_data": str(test_data) if test_data else None,
+        "test_data_sha256": hashlib.sha256(test_data.read_bytes()).hexdigest()[:16] if test_data else None,
+        "limit": s.limit, "batch_size": s.batch_size, "max_gen_toks": s.max_gen_toks,
+        "prompt_format": s.prompt_format, "task_data": s.task_data, "include_path": s.include_path,
+        "num_fewshot": s.num_fewshot, "template": plan.run_cfg.data.template,
+        "bootstrap": {"resamples": s.n_boot, "seed": s.seed, "level": 0.95, "interval": "percentile",
+                      "groups": "stratified: items resampled within each member task, member means combined "
+                                "with the group's weights (equal for naive_average)"},
+        "warnings": plan.warnings, "device": str(device()), "timings_s": timings, "versions": package_versions(),
+        "git_commit": git_commit(),
+    }, indent=2, default=str))

@@ -1,0 +1,101 @@
+"""Evaluation of several models: held-out response metrics and lm-evaluation-harness tasks, summarised.
+
+For every model (loaded once): response loss, perplexity and token accuracy on the held-out split
+that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper,
+with the raw prompt and, for the fine-tuned runs, in their chat template (the training template
+they carry, sft.core.tokenize.with_training_template). Tasks come from sft/tasks.py (the demo's own, or
+lm-eval's on local data); rows from sft/results.py; tables and intervals from sft/report.py.
+Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sft.core.tokenize import fingerprint_tokenizer
+from sft.models.lora import adapter_base, is_adapter_dir
+from sft.runs.layout import BUILD_INFO, MANIFEST
+from sft.runs.manifest import read_manifest
+
+LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+# ---------------------------------------------------------------- models
+
+
+def parse_models(spec: str) -> dict[str, str]:
+    """Read `label=PATH,label=PATH` into an ordered {label: path}."""
+    models: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        label, sep, path = part.partition("=")
+        if not sep or not label or not path:
+            raise ValueError(f"--models takes LABEL=PATH pairs separated by commas, e.g. "
+                             f"base=model/demo/base,masked=model/demo/masked; got {part!r}.")
+        if not LABEL.match(label):
+            raise ValueError(f"Model label {label!r} may hold only letters, digits, '_', '.' and '-' "
+                             "(it names files and columns).")
+        if label in models:
+            raise ValueError(f"Model label {label!r} is given twice; give each model its own label.")
+        models[label] = path
+    if not models:
+        raise ValueError("--models is empty; pass e.g. base=model/demo/base,masked=model/demo/masked.")
+    return models
+
+
+def describe_model(path: str) -> dict[str, Any]:
+    """What a model is: its path and manifest (a fine-tuned run) or build info (the demo base)."""
+    p = Path(path)
+    info: dict[str, Any] = {"path": str(path)}
+    if (p / MANIFEST).is_file():
+        m = read_manifest(p)
+        if m.get("status") != "complete":
+            raise ValueError(f"{path}: the run's manifest says status={m.get('status')!r}, so there is no final "
+                             "model yet. Finish it with `python -m sft train --resume`, or evaluate a checkpoint "
+                             "folder instead.")
+        keep = ("preset", "run_name", "prompt_loss_weight", "template", "status", "written_at", "git_commit")
+        info["manifest"] = {k: m.get(k) for k in keep}
+        info["manifest"]["eval_fingerprint"] = m.get("data", {}).get("eval_fingerprint")
+        info["manifest"]["eval_response_loss"] = m.get("results", {}).get("eval", {}).get("eval_response_loss")
+        info["manifest"]["base_model"] = m.get("config", {}).get("model", {}).get("model")
+    elif (p / BUILD_INFO).is_file():
+        b = json.loads((p / BUILD_INFO).read_text())
+        info["build_info"] = {k: b.get(k) for k in ("fingerprint", "num_parameters", "build_version")}
+    if is_adapter_dir(p):  # a LoRA adapter: evaluated on top of its base model
+        info["adapter_of"] = adapter_base(p)
+    return info
+
+
+def base_model_warnings(models: dict[str, str], info: dict[str, dict], tokenizers: dict) -> list[str]:
+    """Flag a listed base model that is no longer the one a run was tuned from (its tokenizer changed since)."""
+    prints = {label: fingerprint_tokenizer(tok) for label, tok in tokenizers.items()}
+    for label in models:
+        info[label]["tokenizer_fingerprint"] = prints[label]
+    out = []
+    for run, i in info.items():
+        base = i.get("manifest", {}).get("base_model")
+        for label, path in models.items():
+            same = base and Path(path).exists() and Path(base).exists() and Path(path).resolve() == Path(base).resolve()
+            if same and label != run and prints[label] != prints[run]:
+                out.append(f"{label} ({path}) is not the model {run} was tuned from: their tokenizers differ, so the "
+                           "base was rebuilt after that run (e.g. by build-demo on new data). Rebuild or retrain.")
+    return out
+
+
+# ---------------------------------------------------------------- lm-eval
+
+
+def prompt_formats(models: dict[str, str], info: dict[str, dict], tokenizers: dict, choice: str) -> dict[str, list]:
+    """{label: the prompt formats it is evaluated in}: "raw" (lm-eval's prompt as is) and/or "chat" (its template)."""
+    formats = {}
+    for label in models:
+        tuned = "manifest" in info[label]
+        formats[label] = {"auto": ["raw", "chat"] if tuned else ["raw"], "raw": ["raw"], "chat": ["chat"],
+                          "both": ["raw", "chat"]}[choice]
+        if "chat" in formats[label] and not tokenizers[label].chat_template:
+            raise ValueError(f"{label} ({models[label]}) has no chat template in its tokenizer, so --prompt-format "
+                             f"{choice} cannot render its prompts. Use --prompt-format auto or raw, or retrain it "
+                             "with this version (fine-tuned models save their training template).")
+    return formats

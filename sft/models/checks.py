@@ -1,0 +1,115 @@
+"""Checks of a downloaded base model and dataset before a run writes anything.
+
+Every failure is a one-line `ValueError` that names the path and the fix (the command line
+turns it into exit code 2): a model folder missing files, an architecture the project cannot
+fine-tune, a tokenizer whose EOS or pad differ from the model's, a `Dataset/` folder holding
+no usable file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from sft.data.rows import SUFFIXES
+from sft.models.load import load_tokenizer, looks_local
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of sharded files
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # a fast tokenizer, as Qwen2.5 ships it
+NOT_DATA = ("readme", ".")  # names (lowercase prefixes) in Dataset/ that are never data: README.md, .gitkeep
+LOCK_SUFFIX = ".lock"  # file locks are never data: the demo's Dataset/demo.lock sits beside the user's files
+DOWNLOAD = "hf download Qwen/Qwen2.5-0.5B --local-dir {path}"  # the fix for an incomplete reference model folder
+
+
+def check_model_dir(path: str | Path, weights: bool = True, tokenizer: bool = True) -> dict[str, Any]:
+    """The config.json of a complete causal-LM folder (Hugging Face layout), or a ValueError saying what to fetch."""
+    p = Path(path)
+    fix = f"download the whole model there, e.g. `{DOWNLOAD.format(path=p)}`"
+    if not p.is_dir():
+        raise ValueError(f"Model folder {p} does not exist: {fix}, or pass --model.model with a hub id.")
+    missing = ["config.json"] if not (p / "config.json").is_file() else []
+    if weights and not any((p / w).is_file() for w in WEIGHTS):
+        found = sorted(x.name for x in p.glob("*.bin")) or ["none"]
+        missing.append(f"weights ({' or '.join(WEIGHTS)}; found {', '.join(found)}: only safetensors are loaded)")
+    if tokenizer:
+        missing += [f for f in TOKENIZER_FILES if not (p / f).is_file()]
+    if missing:
+        raise ValueError(f"Model folder {p} lacks {', '.join(missing)}: {fix}.")
+    try:
+        config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p / 'config.json'} is not valid JSON ({e}): {fix}.") from None
+    archs = config.get("architectures") or []
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
+    if causal is None or not archs or not all(a.endswith("ForCausalLM") for a in archs):
+        raise ValueError(f"{p / 'config.json'}: architecture {'/'.join(archs) or '(none)'} (model_type "
+                         f"{config.get('model_type')!r}) is not a causal LM that AutoModelForCausalLM loads, so it "
+                         f"cannot be fine-tuned here: download the base causal LM, e.g. `{DOWNLOAD.format(path=p)}`.")
+    return config
+
+
+def _ids(value: Any) -> set[int]:
+    return set(value) if isinstance(value, list) else ({value} if value is not None else set())
+
+
+def check_tokenizer_matches(model_path: str | Path, config: dict[str, Any], tokenizer) -> None:
+    """Refuse a tokenizer whose EOS or pad are not the model's, or whose vocabulary outgrows its embedding."""
+    p = Path(model_path)
+    eos = _ids(config.get("eos_token_id"))
+    gen = p / "generation_config.json"
+    if gen.is_file():
+        eos |= _ids(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
+    fix = "use the tokenizer that came with the model (drop --model.tokenizer, or re-download the model folder)"
+    if eos and tokenizer.eos_token_id not in eos:
+        raise ValueError(f"{p}: the tokenizer's EOS {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}) is not the "
+                         f"model's eos_token_id {sorted(eos)}, so the model would never learn to stop: {fix}.")
+    pad = config.get("pad_token_id")
+    if pad is not None and tokenizer.pad_token_id != pad:
+        raise ValueError(f"{p}: the tokenizer's pad id {tokenizer.pad_token_id} is not the model's pad_token_id {pad}: "
+                         f"{fix}.")
+    if config.get("vocab_size") and len(tokenizer) > config["vocab_size"]:
+        raise ValueError(f"{p}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+                         f"{config['vocab_size']} rows: {fix}.")
+
+
+def data_files(folder: str | Path) -> list[Path]:
+    """The data files of a user's Dataset/ folder (sorted; Dataset/demo/ left out), or [] when it holds nothing.
+
+    A folder that holds files but no usable one (an archive, a .txt) is an error rather than a
+    silent switch to the hub copy, which would train on other data than the user put there.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    files = sorted(f for f in root.rglob("*") if f.is_file() and "demo" not in f.relative_to(root).parts
+                   and not f.name.lower().startswith(NOT_DATA) and f.suffix.lower() != LOCK_SUFFIX)
+    usable = [f for f in files if f.suffix.lower() in SUFFIXES and f.stat().st_size > 0]
+    if files and not usable:
+        raise ValueError(f"{root}/ holds no usable data file (found {', '.join(f.name for f in files[:5])}): put the "
+                         f"dataset there as {'/'.join(SUFFIXES)}, e.g. {root}/alpaca_data_cleaned.json (uncompressed), "
+                         "or pass --data PATH or a hub id such as yahma/alpaca-cleaned.")
+    return usable
+
+
+def check_inputs(cfg, weights: bool = True, tokenizer=None):
+    """Check the run's base model, tokenizer and data folder; return the (loaded) tokenizer, None for the demo."""
+    if cfg.demo is not None:  # the demo builds its own model and data on first use
+        return None
+    if Path(cfg.data.data).is_dir() and not data_files(cfg.data.data):
+        raise ValueError(f"{cfg.data.data}/ holds no data file: put your dataset there (e.g. alpaca_data_cleaned.json) "
+                         "or pass --data PATH or a hub id such as yahma/alpaca-cleaned.")
+    model = cfg.model.model
+    if not looks_local(model):  # a hub id: transformers checks the files while downloading
+        try:
+            return tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+        except OSError as e:  # offline, unknown id, gated: say where a download goes instead
+            raise ValueError(f"Cannot load {model!r} from the Hugging Face Hub ({type(e).__name__}): download it "
+                             f"with `{DOWNLOAD.format(path='model/qwen2.5/transformers/0.5b/1')}` (the preset's "
+                             "local folder), or pass --model.model PATH.") from None
+    config = check_model_dir(model, weights=weights, tokenizer=cfg.model.tokenizer is None)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    check_tokenizer_matches(model, config, tokenizer)
+    return tokenizer

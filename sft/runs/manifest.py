@@ -1,0 +1,75 @@
+"""The run manifest: what a run was (config, data, versions, commit), read back by evaluation and reports."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sft.runs.layout import MANIFEST
+
+PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "lm-eval")  # versions recorded
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str:
+    """The project's commit, with '+dirty' when the work tree has changes; 'unknown' outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_manifest(run_dir: str | Path, cfg, data_info: dict[str, Any], status: str,
+                   results: dict[str, Any] | None = None) -> Path:
+    """Write run_manifest.json: the full config, data fingerprints, versions, commit, status."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "status": status,  # "training" until the final model is saved, then "complete"
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "preset": cfg.preset,
+        "run_name": cfg.train.run_name,
+        "prompt_loss_weight": cfg.data.prompt_loss_weight,
+        "template": cfg.data.template,
+        "config": cfg.to_dict(),
+        "data": data_info,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "results": results or {},
+    }
+    path = run_dir / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(path)  # atomic: a reader never sees half a manifest
+    return path
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """Read a run's manifest, with a clear error when the folder is not a run of this project."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no {MANIFEST}: it is not a finished run of this project "
+                         "(train one with `python -m sft train`, or pass the base model's folder).")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-run the training or restore the file.") from None

@@ -1,0 +1,14 @@
+"""Studies built from training and evaluation: the offline demo, its data and base model, sweeps, the reference check.
+
+    demo                the offline demo end to end (`make demo`, `make demo-chat`), its assets, eval.py's prompts
+    synthetic           the demo's 16 task families with exact answers, drawn into seeded splits
+    vocab, short_families, long_families
+                        the families' words and makers (short 1-2 token answers; lists of 3-15 items)
+    dialogues           the conversational demo's synthetic dialogues
+    tiny_model          the demo's base: a byte-level BPE and a randomly initialised Qwen2 built offline
+    tasks               the demo's and the dialogues' lm-eval tasks (handed to evaluation as GeneratedTasks)
+    sweep               prompt-loss weights x seeds, trained and evaluated, with intervals over seeds
+    reference           the reference experiment's stand-in: a tiny Qwen2.5 and local benchmark rows
+
+May import: data, runs, models, core, evaluation.
+"""

@@ -1,0 +1,160 @@
+"""The offline demo: synthetic data and a tiny base model built here, then the whole study."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import papermill
+from filelock import FileLock
+
+from sft.core.config import DemoConfig, ExperimentConfig, load_config
+from sft.core.train import train
+from sft.evaluation.compare import compare
+from sft.evaluation.evaluate import evaluate_models
+from sft.runs.layout import ASSETS_DIR, DEMO_CHAT_ASSETS_DIR, run_dir
+from sft.studies import dialogues, synthetic
+from sft.studies.synthetic import generate_rows
+from sft.studies.tasks import STUDY_TASKS
+from sft.studies.tiny_model import TinyModelConfig, ensure_demo_base
+
+NOTEBOOKS = {"masked": "finetune_masked.ipynb", "unmasked": "finetune_unmasked.ipynb"}  # run name -> notebook
+
+
+def tiny_model_config(demo: DemoConfig):
+    """The TinyModelConfig of a demo config."""
+    return TinyModelConfig(
+        vocab_size=demo.vocab_size,
+        hidden_size=demo.hidden_size,
+        num_hidden_layers=demo.num_hidden_layers,
+        num_attention_heads=demo.num_attention_heads,
+        num_key_value_heads=demo.num_key_value_heads,
+        intermediate_size=demo.intermediate_size,
+        seed=demo.model_seed,
+    )
+
+
+def ensure_splits(out: str | Path, wanted: dict[str, int], seed: int, sources: list, build) -> dict[str, Path]:
+    """Write train/heldout/test splits to `out` with build(out, n_train, n_heldout, n_test, seed=seed), unless the
+    same ones are already there: same seed, counts and generator (the source of the `sources` modules)."""
+    out = Path(out)
+    paths = {name: out / f"{name}.jsonl" for name in wanted}
+    manifest = out / "manifest.json"
+    # The generators' own source is part of the key: editing a task family or a dialogue kind rebuilds the data.
+    generator = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in sources)).hexdigest()[:16]
+    if manifest.is_file() and all(p.is_file() for p in paths.values()):
+        m = json.loads(manifest.read_text())
+        if m.get("seed") == seed and m.get("counts") == wanted and m.get("generator") == generator:
+            return paths
+    built = build(out, *wanted.values(), seed=seed)
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "generator": generator}, indent=2) + "\n")
+    return built
+
+
+def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
+    """Write the synthetic splits to demo.dataset_dir unless the same ones are already there."""
+    wanted = {"train": demo.n_train, "heldout": demo.n_heldout, "test": demo.n_test}
+    return ensure_splits(demo.dataset_dir, wanted, demo.data_seed, [synthetic], synthetic.build_demo_dataset)
+
+
+def ensure_dialogue_dataset(demo: DemoConfig) -> dict[str, Path]:
+    """Write the synthetic dialogue splits to demo.dialogue_dir unless the same ones are already there."""
+    wanted = {"train": demo.n_dialogue_train, "heldout": demo.n_dialogue_heldout, "test": demo.n_dialogue_test}
+    return ensure_splits(demo.dialogue_dir, wanted, demo.data_seed, [synthetic, dialogues],
+                         dialogues.build_dialogue_dataset)
+
+
+def ensure_demo_assets(demo: DemoConfig) -> Path:
+    """Build (or reuse) the demo data (and its dialogues, for demo-chat) and base model; return the base folder.
+
+    Under a file lock: two notebooks started at once, or the ranks of a torchrun job, build them once.
+    """
+    Path(demo.dataset_dir).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{Path(demo.dataset_dir)}.lock"):
+        paths = ensure_demo_dataset(demo)
+        if demo.dialogues:
+            ensure_dialogue_dataset(demo)
+        return ensure_demo_base(demo.base_dir, paths["train"], tiny_model_config(demo))
+
+
+def ensure_assets(cfg: ExperimentConfig) -> None:
+    """What every entry point calls before training: the demo preset builds its data and base model here."""
+    if cfg.demo is not None:
+        ensure_demo_assets(cfg.demo)
+
+
+def run_notebook(notebook: str, folder: Path, parameters: dict) -> Path:
+    """Execute a notebook with papermill; the executed copy goes into the run folder, not over the original."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / notebook.replace(".ipynb", ".executed.ipynb")
+    papermill.execute_notebook(notebook, str(out), parameters=parameters, kernel_name="python3", log_output=False,
+                               progress_bar=True)
+    return out
+
+
+def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overrides: dict | None = None) -> None:
+    """The whole offline study: build, fine-tune masked and unmasked (notebooks), evaluate, compare."""
+    overrides = dict(overrides or {})
+    cfg = load_config("demo", **overrides)
+    t0 = time.perf_counter()
+    ensure_demo_assets(cfg.demo)
+    # `make demo` rebuilds the study: both runs train again from the start (overwrite), unless told to resume;
+    # the notebooks' own default (resume "auto", no overwrite) never deletes a run's checkpoints.
+    switches = {"resume": overrides.pop("resume", "auto")}
+    switches["overwrite"] = overrides.pop("overwrite", switches["resume"] == "auto")
+    runs = {}
+    for run, notebook in NOTEBOOKS.items():
+        name = run if cfg.lora is None else f"{'qlora' if cfg.lora.qlora else 'lora'}-{run}"  # never the full runs'
+        runs[name] = run_dir(load_config("demo", run_name=name, **overrides))
+        if "train" in steps:
+            t = time.perf_counter()
+            out = run_notebook(notebook, runs[name], {"overrides": overrides, "run_name": name, **switches})
+            print(f"[demo] {notebook}: {time.perf_counter() - t:.0f} s, executed copy in {out}", flush=True)
+    if "evaluate" in steps:
+        t = time.perf_counter()
+        models = {"base": cfg.demo.base_dir, **{run: str(path) for run, path in runs.items()}}
+        result = evaluate_models(models, STUDY_TASKS, name="demo")
+        print(compare([result], out=ASSETS_DIR), flush=True)
+        print(f"[demo] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
+              "plot and spreadsheet in assets/", flush=True)
+    print(f"[demo] done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+CHAT_WEIGHTS = (0.0, 0.5, 1.0)  # the conversational study's prompt-loss weights: masked, in between, unmasked
+
+
+def run_demo_chat(overrides: dict | None = None) -> Path:
+    """The conversational study: fine-tune the demo's base on dialogues at w = 0, 0.5, 1, evaluate, compare."""
+    overrides = dict(overrides or {})
+    overrides.setdefault("overwrite", overrides.get("resume", "auto") == "auto")  # rebuild the study, as run_demo
+    t0 = time.perf_counter()
+    runs = {}
+    for w in CHAT_WEIGHTS:
+        cfg = load_config("demo-chat", **{**overrides, "prompt_loss_weight": w})
+        ensure_assets(cfg)
+        t = time.perf_counter()
+        train(cfg)
+        runs[cfg.train.run_name] = str(run_dir(cfg))
+        print(f"[demo-chat] {cfg.train.run_name} (w = {w:g}): {time.perf_counter() - t:.0f} s", flush=True)
+    t = time.perf_counter()
+    result = evaluate_models({"base": cfg.demo.base_dir, **runs}, STUDY_TASKS, name="demo-chat")
+    print(compare([result], out=DEMO_CHAT_ASSETS_DIR), flush=True)
+    print(f"[demo-chat] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
+          f"plot and spreadsheet in {DEMO_CHAT_ASSETS_DIR}/", flush=True)
+    print(f"[demo-chat] done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return result
+# One prompt each: four short-answer families and the four long-output ones.
+BUILTIN_FAMILIES = ("add", "count", "extract", "capital", "count_up", "count_down", "day_list", "month_list")
+BUILTIN_SEED = 2024  # the built-in prompts are drawn from sft.studies.synthetic with this seed: the same every time
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def builtin_prompts() -> list[dict[str, str]]:
+    """Eight demo prompts, one per synthetic task family, with the reference answer as `output`."""
+    rows = generate_rows(len(BUILTIN_FAMILIES), seed=BUILTIN_SEED, families=BUILTIN_FAMILIES)
+    return [{k: r[k] for k in ("instruction", "input", "output", "family")} for r in rows]

@@ -1,0 +1,332 @@
+"""The study: fine-tune and evaluate every (prompt-loss weight, seed) pair, then summarise and plot.
+
+Each pair trains to model/<preset>/sweep-<name>/w<w>_s<seed>/ and is evaluated into
+evaluation_results/sweep-<name>/w<w>_s<seed>/<timestamp>/; a pair whose run is complete and
+evaluated is never redone, so an interrupted sweep resumes where it stopped. All pairs share
+the held-out split (split_seed is fixed) and, for a given seed, the example order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from sft.core.config import load_config
+from sft.core.train import train
+from sft.evaluation.evaluate import evaluate_models
+from sft.evaluation.report import base_metric, format_markdown, model_pairs, write_summary
+from sft.evaluation.results import role_losses
+from sft.runs.checkpoints import list_checkpoints, run_is_complete
+from sft.runs.layout import RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
+from sft.studies.demo import ensure_assets
+from sft.studies.synthetic import FAMILIES
+from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, STUDY_TASKS
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
+DIFF_COLUMNS = ["dataset", "metric", "w_a", "w_b", "seeds", "diff", "ci_low", "ci_high", "significant", "values"]
+METRIC_LABELS = {"exact_match": "exact match (%)", "edit_similarity": "edit similarity (0-100, 100 = identical)"}
+GROUP_STYLES = {DEMO_GROUP: ("black", "all"), SHORT_GROUP: ("tab:blue", "short-output"),
+                LONG_GROUP: ("tab:red", "long-output")}  # colour and words of each demo group's curve
+
+
+def pair_label(w: float, seed: int) -> str:
+    """w0.1_s2: the folder and column name of one (weight, seed) pair."""
+    return f"w{w:g}_s{seed}"
+
+
+def parse_weights(text: str) -> list[float]:
+    """'0,0.01,0.1' -> [0.0, 0.01, 0.1], each in [0, 1]."""
+    try:
+        weights = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--prompt-loss-weights takes numbers separated by commas, e.g. 0,0.1,1; got {text!r}.") \
+            from None
+    if not weights or any(not 0 <= w <= 1 for w in weights):
+        raise ValueError(f"--prompt-loss-weights must list weights in [0, 1], got {text!r}.")
+    return sorted(set(weights))
+
+
+def latest_evaluation(folder: Path) -> Path | None:
+    """The newest finished evaluation folder (one with a summary) under evaluation_results/.../<pair>/."""
+    done = sorted(p for p in folder.glob("*/summary/summary_*.csv")) if folder.is_dir() else []
+    return done[-1].parents[1] if done else None
+
+
+def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str, Any]) -> Path:
+    """Train one pair unless it is complete; an interrupted pair resumes from its last checkpoint."""
+    run_name = sweep_run_name(name, pair_label(w, seed))
+    cfg = load_config(preset, **{**overrides, "prompt_loss_weight": w, "seed": seed, "run_name": run_name})
+    out = run_dir(cfg)
+    if run_is_complete(out):
+        print(f"[sweep] {run_name}: already trained", flush=True)
+        return out
+    ensure_assets(cfg)
+    # resume "auto" (the default) continues a pair stopped part-way from its last complete checkpoint.
+    print(f"[sweep] {run_name}: training" + (" (resuming)" if list_checkpoints(out) else ""), flush=True)
+    train(cfg)
+    return out
+
+
+def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, limit: float | None = None,
+              overrides: dict[str, Any] | None = None, results_root: str = RESULTS_ROOT,
+              plot: str | Path | None = SWEEP_PLOT, tasks: list[str] | None = None) -> Path:
+    """Train and evaluate every pair (skipping finished ones), then write the sweep summary and plot.
+
+    overrides: config fields of every pair, e.g. {"data": "chats.jsonl"} (your rows, instruction or conversations);
+    tasks: lm-eval tasks (None = the preset's, the demo's sft_demo; [] = held-out metrics only).
+    """
+    overrides = dict(overrides or {})
+    root = sweep_results_dir(name, results_root)
+    for seed in seeds:
+        for w in weights:
+            run = train_pair(preset, name, w, seed, overrides)
+            label = pair_label(w, seed)
+            if latest_evaluation(root / label) is None:
+                evaluate_models({label: str(run)}, STUDY_TASKS, name=f"sweep-{name}/{label}", limit=limit, out=results_root,
+                                tasks=tasks)
+            else:
+                print(f"[sweep] {label}: already evaluated", flush=True)
+    return summarise_sweep(root, weights, seeds, preset, plot)
+
+
+def read_pair(folder: Path, label: str) -> dict[tuple[str, str], float]:
+    """{(dataset, metric): score} from a pair's OpenCompass summary, plus its held-out losses (conversations: also
+    the loss of each role)."""
+    run = latest_evaluation(folder)
+    csv_path = next((run / "summary").glob("summary_*.csv"))
+    scores = {}
+    with csv_path.open() as f:
+        for row in csv.DictReader(f):
+            if row[label] != "-":
+                scores[row["dataset"], row["metric"]] = float(row[label])
+    heldout = json.loads((run / "heldout.json").read_text())["models"][label]
+    for key in ("response_loss", "response_perplexity", "response_token_accuracy", *role_losses(heldout)):
+        if heldout[key] is not None:  # None: a role the held-out split has no token of
+            scores["heldout", key] = float(heldout[key])
+    return scores
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval over seeds (the interval is the mean itself for one seed)."""
+    x = np.asarray(values, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, m, m
+    half = T_975.get(len(x) - 1, 1.96) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return m, m - half, m + half
+
+
+def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: str,
+                    plot: str | Path | None) -> Path:
+    """Write summary/summary_<ts>.{csv,md,txt} (mean over seeds per weight) and sweep.csv with intervals."""
+    pairs = {(w, s): read_pair(root / pair_label(w, s), pair_label(w, s)) for w in weights for s in seeds}
+    keys = list(dict.fromkeys(k for scores in pairs.values() for k in scores))
+    records = []
+    for dataset, metric in keys:
+        for w in weights:
+            values = [pairs[w, s][dataset, metric] for s in seeds if (dataset, metric) in pairs[w, s]]
+            if values:
+                m, lo, hi = mean_interval(values)
+                records.append({"dataset": dataset, "metric": metric, "prompt_loss_weight": w, "seeds": len(values),
+                                "mean": round(m, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
+                                "values": " ".join(f"{v:.4f}" for v in values)})
+    ts = datetime.now().strftime("%Y%m%d_%H%M%S")
+    columns = [f"w={w:g}" for w in weights]
+    table = [["dataset", "version", "metric", "mode", *columns]]
+    for dataset, metric in keys:
+        cells = []
+        for w in weights:
+            r = next((r for r in records if (r["dataset"], r["metric"], r["prompt_loss_weight"]) == (dataset, metric, w)),
+                     None)
+            cells.append("-" if r is None else f"{r['mean']:.2f}" if dataset != "heldout" else f"{r['mean']:.4f}")
+        table.append([dataset, "-", metric, "gen" if dataset != "heldout" else "-", *cells])
+    write_summary(table, root / "summary", ts)
+    with (root / "sweep.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    (root / "sweep.md").write_text(format_markdown(table))
+    print(format_markdown(table), flush=True)
+    diffs = difference_records(pairs, keys, weights, seeds)
+    if diffs:
+        with (root / "differences.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=DIFF_COLUMNS)
+            writer.writeheader()
+            writer.writerows(diffs)
+        diff_table = [DIFF_COLUMNS[:-1]] + [[_diff_cell(d, c) for c in DIFF_COLUMNS[:-1]] for d in diffs]
+        (root / "differences.md").write_text(format_markdown(diff_table))
+        shown = [row for d, row in zip(diffs, diff_table[1:])
+                 if d["w_b"] == weights[0] and ("average" in d["metric"] or d["dataset"] == "heldout")]
+        print(f"Differences from w={weights[0]:g} (paired by seed, 95% t-interval; every pair in differences.csv):\n"
+              + format_markdown([DIFF_COLUMNS[:-1]] + shown), flush=True)
+    if plot:
+        plot_sweep(records, weights, preset, len(seeds), Path(plot))
+    return root
+
+
+def difference_records(pairs: dict, keys: list[tuple[str, str]], weights: list[float], seeds: list[int]) -> list[dict]:
+    """w_a - w_b (w_a the larger weight) on every row: the mean of per-seed differences, 95% t-interval over seeds.
+
+    Paired by seed, as the two runs of a seed share their example order; w = 1 minus w = 0 is
+    unmasked minus masked.
+    """
+    out = []
+    for dataset, metric in keys:
+        for a, b in model_pairs(weights):
+            values = [pairs[a, s][dataset, metric] - pairs[b, s][dataset, metric] for s in seeds
+                      if (dataset, metric) in pairs[a, s] and (dataset, metric) in pairs[b, s]]
+            if values:
+                m, lo, hi = mean_interval(values)
+                out.append({"dataset": dataset, "metric": metric, "w_a": a, "w_b": b, "seeds": len(values),
+                            "diff": round(m, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
+                            "significant": "yes" if len(values) > 1 and (lo > 0 or hi < 0) else "no",
+                            "values": " ".join(f"{v:.4f}" for v in values)})
+    return out
+
+
+def _diff_cell(record: dict, column: str) -> str:
+    """A differences.md cell: scores with two decimals, held-out metrics with four."""
+    value = record[column]
+    if column in ("diff", "ci_low", "ci_high"):
+        return f"{value:+.4f}" if record["dataset"] == "heldout" else f"{value:+.2f}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _curve(records: list[dict], dataset: str, metric: str) -> list[dict]:
+    """One (dataset, metric)'s records in order of w."""
+    return sorted((r for r in records if (r["dataset"], r["metric"]) == (dataset, metric)),
+                  key=lambda r: r["prompt_loss_weight"])
+
+
+def _plot_groups(ax, records: list[dict], metric: str, n_metrics: int, families: list[str]) -> None:
+    """The group averages of one metric against w, each with its 95% band (the whole demo's as a thin line)."""
+    scored = [r for r in records if r["dataset"] != "heldout"]
+    groups = list(dict.fromkeys(r["dataset"] for r in scored if "average" in r["metric"]))
+    cmap = matplotlib.colormaps["tab20"]
+    for k, dataset in enumerate(groups):
+        options = list(dict.fromkeys(r["metric"] for r in scored if r["dataset"] == dataset))
+        match = [m for m in options if base_metric(m) == metric]
+        if not match and len(options) == n_metrics == 1:  # a group of one metric is just 'naive_average'
+            match = options
+        rows = _curve(records, dataset, match[0]) if match else []
+        if not rows:
+            continue
+        colour, words = GROUP_STYLES.get(dataset, (cmap((2 * k + 1) % 20), dataset))
+        x, y = [r["prompt_loss_weight"] for r in rows], [r["mean"] for r in rows]
+        label = f"{words} ({_family_count(dataset, families)}{dataset})"
+        if dataset == DEMO_GROUP and len(groups) > 1:  # between its two parts: a thin line, its band in sweep.csv
+            ax.plot(x, y, marker="o", ms=4, color=colour, lw=1.2, ls="--", zorder=6, label=label)
+            continue
+        low, high = [max(r["ci_low"], 0) for r in rows], [min(r["ci_high"], 100) for r in rows]
+        ax.plot(x, y, marker="o", color=colour, lw=2.5, zorder=5, label=label + ", 95% band")
+        ax.fill_between(x, low, high, color=colour, alpha=0.12, zorder=4)
+        for edge in (low, high):  # band edges drawn too: two overlapping bands stay legible
+            ax.plot(x, edge, color=colour, lw=0.8, ls=":", zorder=4)
+
+
+def _plot_families(ax, records: list[dict], metric: str, families: list[str]) -> None:
+    """Each task family's mean of one metric against w (means only: the bands of 15 lines would hide each other)."""
+    cmap = matplotlib.colormaps["tab20"]
+    for i, dataset in enumerate(families):
+        rows = _curve(records, dataset, metric)
+        if rows:
+            family = FAMILIES.get(dataset.removeprefix(f"{DEMO_GROUP}_"))
+            ax.plot([r["prompt_loss_weight"] for r in rows], [r["mean"] for r in rows], marker="o", ms=3,
+                    lw=1.1, color=cmap(i % 20), ls="--" if family and family.long_output else "-",
+                    label=dataset.removeprefix(f"{DEMO_GROUP}_"))
+
+
+def _plot_loss(ax, records: list[dict]) -> None:
+    """The held-out response loss against w, with its 95% band over seeds; conversations: each role's loss too."""
+    rows = _curve(records, "heldout", "response_loss")
+    x = [r["prompt_loss_weight"] for r in rows]
+    ax.plot(x, [r["mean"] for r in rows], marker="o", color="black", label="response (trained replies)")
+    ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2, color="gray")
+    held = dict.fromkeys(r["metric"] for r in records if r["dataset"] == "heldout")
+    roles = [m for m in role_losses(held) if m != "assistant_trained_loss"]  # the trained replies: the response
+    for k, metric in enumerate(roles):  # means only: the roles' bands would hide the response's
+        role = _curve(records, "heldout", metric)
+        ax.plot([r["prompt_loss_weight"] for r in role], [r["mean"] for r in role], marker=".", ls="--",
+                color=matplotlib.colormaps["tab10"](k % 10), label=metric.removesuffix("_loss").replace("_", " "))
+    if roles:
+        ax.legend(title="held-out tokens", fontsize=8)
+    ax.set_ylabel("held-out loss (nats/token)" if roles else "held-out response loss (nats/token)")
+    ax.set_title(f"held-out {'loss by role' if roles else 'response loss'} (95% over seeds)", fontsize=10)
+
+
+def _set_weight_axis(ax, weights: list[float]) -> None:
+    """The x axis of every panel: w on a symlog scale, which shows 0, 0.01, 0.1 and 1 evenly."""
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xticks(weights)
+    ax.set_xticklabels([f"{w:g}" for w in weights])
+    ax.set_xlim(-0.002, 1.3)
+    ax.set_xlabel("prompt-loss weight w  (0 = masked, 1 = unmasked)")
+    ax.grid(alpha=0.3)
+
+
+def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: int, path: Path) -> Path:
+    """Scores and held-out response loss against w, mean over seeds: per metric, the group averages with their
+    95% bands (all, short- and long-output families) above the families' means; the loss beside them."""
+    scored = [r for r in records if r["dataset"] != "heldout"]
+    metrics = list(dict.fromkeys(base_metric(r["metric"]) for r in scored if "average" not in r["metric"]))
+    families = list(dict.fromkeys(r["dataset"] for r in scored if "average" not in r["metric"]))
+    if not metrics:  # held-out metrics only (--heldout-only): the loss panel alone
+        return _save(_loss_figure(records, weights), path,
+                     f"{preset}: held-out loss against the prompt-loss weight (mean of {n_seeds} seeds)")
+    fig = Figure(figsize=(6.5 * len(metrics) + 5, 10.5))  # no pyplot: no global state, no backend switch
+    axes = fig.subplots(2, len(metrics) + 1, squeeze=False)
+    for col, metric in enumerate(metrics):
+        ax_group, ax_family = axes[0, col], axes[1, col]
+        _plot_groups(ax_group, records, metric, len(metrics), families)
+        _plot_families(ax_family, records, metric, families)
+        label = METRIC_LABELS.get(metric, metric)
+        ax_group.set_title(f"{label}: group averages, 95% t-interval over {n_seeds} seeds", fontsize=10)
+        ax_family.set_title(f"{label} per task family (dashed: long outputs)", fontsize=10)
+        for ax in (ax_group, ax_family):
+            ax.set_ylim(-2, 102)
+            ax.set_ylabel(label)
+        ax_group.legend(loc="upper left", fontsize=8)
+    ax_loss, ax_legend = axes[0, -1], axes[1, -1]
+    _plot_loss(ax_loss, records)
+    for ax in (a for a in axes.flat if a is not ax_legend):
+        _set_weight_axis(ax, weights)
+    ax_legend.axis("off")  # the families' legend, beside the panels that draw them
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    ax_legend.legend(handles, labels, title="task family", loc="center", ncols=2, fontsize=9, frameon=False)
+    return _save(fig, path,
+                 f"{preset}: test scores and held-out loss against the prompt-loss weight (mean of {n_seeds} seeds)")
+
+
+def _loss_figure(records: list[dict], weights: list[float]) -> Figure:
+    """One panel: the held-out losses against w."""
+    fig = Figure(figsize=(7.5, 5.5))
+    ax = fig.subplots()
+    _plot_loss(ax, records)
+    _set_weight_axis(ax, weights)
+    return fig
+
+
+def _save(fig: Figure, path: Path, title: str) -> Path:
+    """Title, lay out and write a figure."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path
+
+
+def _family_count(group: str, families: list[str]) -> str:
+    """'11 families, ' for a demo group whose members are known, else ''."""
+    names = [d.removeprefix(f"{DEMO_GROUP}_") for d in families]
+    known = [FAMILIES[n] for n in names if n in FAMILIES]
+    members = {DEMO_GROUP: names, SHORT_GROUP: [f for f in known if not f.long_output],
+               LONG_GROUP: [f for f in known if f.long_output]}.get(group)
+    return f"{len(members)} families, " if members else ""

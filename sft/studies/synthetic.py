@@ -1,0 +1,203 @@
+"""Synthetic alpaca-schema instruction tasks with exactly checkable answers, for the offline demo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sft.data.io import write_jsonl
+from sft.studies.long_families import (
+    answer_count_down,
+    answer_count_up,
+    answer_day_list,
+    answer_month_list,
+    make_count_down,
+    make_count_up,
+    make_day_list,
+    make_month_list,
+)
+from sft.studies.short_families import (
+    answer_add,
+    answer_antonym,
+    answer_capital,
+    answer_category,
+    answer_compare,
+    answer_count,
+    answer_extract,
+    answer_last_word,
+    answer_month,
+    answer_parity,
+    answer_spell,
+    answer_weekday,
+    make_add,
+    make_antonym,
+    make_capital,
+    make_category,
+    make_compare,
+    make_count,
+    make_extract,
+    make_last_word,
+    make_month,
+    make_parity,
+    make_spell,
+    make_weekday,
+)
+
+MAX_DRAW_FACTOR = 50  # build_demo_dataset gives up after n * this draws, so an exhausted family fails loudly
+
+
+@dataclass(frozen=True)
+class Family:
+    """One task family: a row generator and an independent answer checker."""
+
+    name: str
+    uses_input: bool
+    make: Callable[[random.Random], tuple[str, str, str]]
+    answer: Callable[[str, str], str]
+    long_output: bool = False  # answers of many tokens (3-15 items); the evaluation reports these families apart
+
+
+# ---------------------------------------------------------------- registry
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("add", False, make_add, answer_add),
+        Family("count", True, make_count, answer_count),
+        Family("extract", True, make_extract, answer_extract),
+        Family("compare", False, make_compare, answer_compare),
+        Family("spell", False, make_spell, answer_spell),
+        Family("last_word", True, make_last_word, answer_last_word),
+        Family("antonym", False, make_antonym, answer_antonym),
+        Family("capital", False, make_capital, answer_capital),
+        Family("weekday", False, make_weekday, answer_weekday),
+        Family("month", False, make_month, answer_month),
+        Family("category", True, make_category, answer_category),
+        Family("parity", False, make_parity, answer_parity),
+        Family("count_up", False, make_count_up, answer_count_up, long_output=True),
+        Family("count_down", False, make_count_down, answer_count_down, long_output=True),
+        Family("day_list", False, make_day_list, answer_day_list, long_output=True),
+        Family("month_list", False, make_month_list, answer_month_list, long_output=True),
+    )
+}  # every task family, in the fixed order rows cycle through: 12 with 1-5 token answers, 4 with long outputs
+
+
+def resolve_names(requested: Sequence[str] | None, known: Sequence[str], what: str = "families") -> list[str]:
+    """Return the requested names in order, defaulting to all of `known`, rejecting unknown names."""
+    if requested is None:
+        return list(known)
+    names = list(requested)
+    if not names:
+        raise ValueError(f"{what} is empty; pass None for all or some of {list(known)}")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {list(known)}")
+    return names
+
+
+def resolve_families(families: Sequence[str] | None) -> list[str]:
+    """Return the requested family names in order, defaulting to all, rejecting unknown names."""
+    return resolve_names(families, list(FAMILIES))
+
+
+def check_split_sizes(**counts: int) -> None:
+    """A ValueError naming the first negative split size (n_train=..., n_heldout=..., n_test=...)."""
+    for name, count in counts.items():
+        if count < 0:
+            raise ValueError(f"{name} must be >= 0, got {count}")
+
+
+def make_row(family: str, rng: random.Random) -> dict:
+    """Draw one row of a family as an alpaca-schema dict with its family name."""
+    instruction, input, output = FAMILIES[family].make(rng)
+    return {"instruction": instruction, "input": input, "output": output, "family": family}
+
+
+def generate_rows(n: int, seed: int, families: Sequence[str] | None = None) -> list[dict]:
+    """Generate n rows cycling over families, deterministic in seed."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    names = resolve_families(families)
+    rng = random.Random(seed)
+    return [make_row(names[i % len(names)], rng) for i in range(n)]
+
+
+# ---------------------------------------------------------------- dataset files
+
+
+def derive_seed(seed: int, split: str) -> int:
+    """Derive a per-split seed so splits never share a random stream, even across base seeds."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{split}".encode()).digest()[:8], "big")
+
+
+def fill_split(n: int, seed: int, families: list[str], seen: set[tuple[str, str]]) -> list[dict]:
+    """Draw n rows balanced over families, skipping (instruction, input) pairs in seen, and add the new ones to seen."""
+    # Per-family quotas keep the split balanced even when dedup rejects more draws of one family.
+    quotas = [n // len(families) + (1 if i < n % len(families) else 0) for i in range(len(families))]
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    draws = 0
+    while len(rows) < n:
+        for i, family in enumerate(families):
+            if quotas[i] == 0:
+                continue
+            draws += 1
+            if draws > MAX_DRAW_FACTOR * max(n, 1):
+                raise ValueError(
+                    f"could not draw {n} unique rows (family {family!r} looks exhausted); lower the split sizes"
+                )
+            row = make_row(family, rng)
+            key = (row["instruction"], row["input"])
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(row)
+            quotas[i] -= 1
+    return rows
+
+
+def build_demo_dataset(
+    out_dir: str | Path, n_train: int, n_heldout: int, n_test: int, seed: int = 0
+) -> dict[str, Path]:
+    """Write train/heldout/test JSONL splits, disjoint on (instruction, input), plus manifest.json."""
+    check_split_sizes(n_train=n_train, n_heldout=n_heldout, n_test=n_test)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    families = list(FAMILIES)
+    seen: set[tuple[str, str]] = set()
+    splits = {
+        "train": fill_split(n_train, derive_seed(seed, "train"), families, seen),
+        "heldout": fill_split(n_heldout, derive_seed(seed, "heldout"), families, seen),
+        "test": fill_split(n_test, derive_seed(seed, "test"), families, seen),
+    }
+    # Test rows carry the gold answer under its own key so evaluation never reads `output` by accident.
+    splits["test"] = [{**row, "answer": row["output"]} for row in splits["test"]]
+    paths = {name: out / f"{name}.jsonl" for name in splits}
+    for name, rows in splits.items():
+        write_jsonl(paths[name], rows)
+    manifest = {
+        "description": "Synthetic alpaca-schema instruction tasks with exact answers (sft.studies.synthetic); "
+        "splits are disjoint on (instruction, input).",
+        "seed": seed,
+        "counts": {name: len(rows) for name, rows in splits.items()},
+        "families": families,
+        "family_counts": {
+            name: {f: sum(r["family"] == f for r in rows) for f in families} for name, rows in splits.items()
+        },
+        "files": {name: path.name for name, path in paths.items()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score_exact(prediction: str, answer: str) -> bool:
+    """Return True when prediction equals answer after stripping surrounding whitespace."""
+    return prediction.strip() == answer.strip()

@@ -1,0 +1,226 @@
+"""lm-eval tasks: the demo's own, lm-eval's task definitions on local data, and what a run of them costs.
+
+The demo's synthetic test set becomes local lm-eval tasks, one per task family, scored by exact match
+and edit similarity, with averages over the short-output, the long-output and all families. Any of
+lm-eval's own tasks (gsm8k, mmlu, arc_challenge, hellaswag, ...) runs by name; where its data cannot
+come from the hub (offline, or a private copy), `--task-data NAME=FOLDER` keeps lm-eval's task
+definition and changes only where the rows are read from: for each task a config that `include`s
+lm-eval's own YAML and reads FOLDER/<split>.jsonl (or .json, .parquet, .csv).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from lm_eval.api.task import ConfigurableTask
+from rapidfuzz.distance import Levenshtein
+
+from sft.core.prompts import get_template
+from sft.data.conversations import check_conversation
+from sft.data.io import write_jsonl
+from sft.evaluation.tasks import MAX_GEN_TOKS, GeneratedTasks, _Function, _TaskDumper, render_chat
+from sft.studies.dialogues import KINDS
+from sft.studies.synthetic import FAMILIES
+
+DEMO_GROUP = "sft_demo"  # the demo's lm-eval group; its tasks are sft_demo_<family>
+SHORT_GROUP = f"{DEMO_GROUP}_short"  # subgroup of the families with short answers (Family.long_output False)
+LONG_GROUP = f"{DEMO_GROUP}_long"  # subgroup of the long-output families (Family.long_output True)
+DEMO_METRICS = ("exact_match", "edit_similarity")  # every demo task's metrics, in the summaries' order
+DIALOGUE_GROUP = "sft_dialogue"  # the conversational demo's group; its tasks are sft_dialogue_<kind>
+
+
+def edit_similarity(references: list[str], predictions: list[str]) -> float:
+    """Character-level normalised Levenshtein similarity of a generation to its answer, in [0, 1] (1 = identical).
+
+    The graded companion of exact match: a long answer nearly copied scores near 1 rather
+    than 0. Surrounding whitespace is stripped, so only the answer's characters count. lm-eval
+    calls it per sample (one reference, one prediction); summaries report 100 x the mean.
+    """
+    (answer,), (prediction,) = references, predictions
+    return Levenshtein.normalized_similarity(prediction.strip(), answer.strip())
+
+
+def _read_jsonl(path: str | Path, what: str, build: str) -> list[dict]:
+    """The rows of a test JSONL file, or a ValueError saying how to build it (`build`) when it is absent."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} {path} not found. Build {build}, or pass --test-data PATH.")
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _in_order(found: list[str], known) -> list[str]:
+    """The names found, in the order of `known` (the generator's), then those it does not know, sorted."""
+    return [k for k in known if k in found] + sorted(k for k in found if k not in known)
+
+
+def _write_task(out: Path, group: str, key: str, docs: list[dict], template: str, stop: list[str],
+                max_gen_toks: int, **extra) -> str:
+    """Write the generation task <group>_<key>: its documents to <out>/data/<key>.jsonl and its config (with
+    `extra` keys); return its name."""
+    name, data = f"{group}_{key}", write_jsonl(out / "data" / f"{key}.jsonl", docs)
+    config = {**demo_task_config(name, data, template, stop, max_gen_toks), **extra}
+    (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
+    return name
+
+
+def read_test_rows(path: str | Path) -> list[dict]:
+    """The rows of a test JSONL file that carries a `family` per row (as the demo's test.jsonl does)."""
+    rows = _read_jsonl(path, "Test data", "the demo data with `python -m sft build-demo`")
+    bad = next((i for i, r in enumerate(rows, 1) if not {"instruction", "output", "family"} <= set(r)), None)
+    if bad is not None or not rows:
+        raise ValueError(f"{path}: line {bad or 1} lacks instruction, output or family. The {DEMO_GROUP} tasks need "
+                         "the demo's test rows; for other data pass lm-eval task names with --tasks.")
+    return rows
+
+
+def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, stop: list[str],
+                     max_gen_toks: int = MAX_GEN_TOKS) -> list[str]:
+    """Write one lm-eval task per family of the test rows, and their group, into out_dir; return the task names.
+
+    Written per evaluation rather than shipped as package YAML, because the test file and the
+    prompt template come from the runs being evaluated. The prompt is rendered here by
+    sft.core.prompts, the code training used, so lm-eval reads it verbatim (`doc_to_text: prompt`)
+    instead of a Jinja re-implementation of the template.
+    """
+    rows = read_test_rows(test_data)
+    tmpl = get_template(template)
+    families = _in_order(list(dict.fromkeys(r["family"] for r in rows)), FAMILIES)
+    out = Path(out_dir).resolve()
+    names = []
+    for family in families:
+        docs = [{"instruction": r["instruction"], "input": r.get("input") or "",
+                 "prompt": tmpl.render(r["instruction"], r.get("input") or ""),
+                 "answer": r.get("answer", r["output"]), "family": family} for r in rows if r["family"] == family]
+        names.append(_write_task(out, DEMO_GROUP, family, docs, template, stop, max_gen_toks))
+    # Short- and long-output families as subgroups of the demo group: lm-eval averages a group over
+    # its leaf tasks, so sft_demo stays the mean over all families. A family this code does not
+    # know (an older test file) belongs to sft_demo only.
+    by_length = {SHORT_GROUP: [f"{DEMO_GROUP}_{f}" for f in families if f in FAMILIES and not FAMILIES[f].long_output],
+                 LONG_GROUP: [f"{DEMO_GROUP}_{f}" for f in families if f in FAMILIES and FAMILIES[f].long_output]}
+    subgroups = [g for g, members in by_length.items() if members]
+    for g in subgroups:
+        write_group(out, g, by_length[g])
+    write_group(out, DEMO_GROUP, subgroups + [f"{DEMO_GROUP}_{f}" for f in families if f not in FAMILIES])
+    return names
+
+
+def demo_task_config(name: str, data: Path, template: str, stop: list[str], max_gen_toks: int) -> dict:
+    """The lm-eval config of one demo family: greedy generation until EOS, exact match and edit similarity."""
+    return {
+        "task": name,
+        "dataset_path": "json",  # datasets' local JSON loader: no hub access
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "prompt",
+        "doc_to_target": "answer",
+        "num_fewshot": 0,
+        "generation_kwargs": {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False},
+        # Exact match on the raw generation, no stripping: emitting exactly the answer and then
+        # EOS is part of what instruction tuning teaches. Edit similarity grades the same
+        # generation, so a long copy that is nearly right is told apart from one that is not.
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True},
+                        {"metric": _Function(f"{__name__}.edit_similarity"), "aggregation": "mean",
+                         "higher_is_better": True}],
+        "metadata": {"version": 2, "template": template,
+                     "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16]},
+    }
+
+
+# ---------------------------------------------------------------- the conversational demo's tasks
+
+
+class DialogueTask(ConfigurableTask):
+    """A generation task whose documents are conversations: the history goes to the model as chat turns.
+
+    lm-eval builds a chat prompt from a task's few-shot examples and one question (fewshot_context); here the
+    "examples" are the document's own earlier turns. Through a chat template (apply_chat_template) the history
+    (a system turn, earlier user and assistant turns, the last user turn) is rendered as those messages, the way
+    fewshot_as_multiturn renders few-shot turns; without one, the prompt is `doc_to_text` (the history already
+    rendered in the training chat template when the task was written). The last reply is the target.
+    """
+
+    def __init__(self, config: dict | None = None) -> None:
+        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})  # TaskConfig has no class
+
+    def fewshot_context(self, doc: dict, num_fewshot: int, system_instruction: str | None = None,
+                        apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
+                        chat_template=None, gen_prefix: str | None = None) -> str:
+        """The prompt of one dialogue: its history through the chat template, else the pre-rendered text."""
+        if not (apply_chat_template and chat_template):
+            return super().fewshot_context(doc, 0, system_instruction=system_instruction, gen_prefix=gen_prefix)
+        history = [{"role": m["role"], "content": m["content"]} for m in doc["history"]]
+        if system_instruction and history[0]["role"] != "system":
+            history.insert(0, {"role": "system", "content": system_instruction})
+        return chat_template(history, add_generation_prompt=True)
+
+
+def read_dialogue_rows(path: str | Path) -> list[dict]:
+    """The rows of a dialogue test JSONL (sft.studies.dialogues): a valid conversation, its kind and last reply each."""
+    rows = _read_jsonl(path, "Dialogue test data", "it with `python -m sft build-demo --chat`")
+    for i, r in enumerate(rows, 1):
+        messages = check_conversation(r.get("messages"))[0] if {"messages", "kind"} <= set(r) else None
+        if messages is None:
+            raise ValueError(f"{path}: line {i} is not a dialogue with `messages` (ending on the assistant's reply) "
+                             f"and `kind`. The {DIALOGUE_GROUP} tasks need sft.studies.dialogues' test rows.")
+    if not rows:
+        raise ValueError(f"{path} holds no dialogue; build the data again with `python -m sft build-demo`.")
+    return rows
+
+
+def write_dialogue_tasks(test_data: str | Path, out_dir: str | Path, render, template: str, stop: list[str],
+                         max_gen_toks: int = MAX_GEN_TOKS) -> list[str]:
+    """Write one lm-eval task per dialogue kind and their group sft_dialogue; return the task names.
+
+    render(history) -> text: the history in the training chat template (sft.evaluation.tasks.render_chat of the run's
+    tokenizer), saved as each document's `prompt` for models evaluated without a chat template (the base);
+    template: its name, kept in the task's metadata.
+    """
+    rows = read_dialogue_rows(test_data)
+    kinds = _in_order(list(dict.fromkeys(r["kind"] for r in rows)), KINDS)
+    out = Path(out_dir).resolve()
+    names = []
+    for kind in kinds:
+        docs = [{"history": r["messages"][:-1], "prompt": render(r["messages"][:-1]),
+                 "answer": r["messages"][-1]["content"], "kind": kind} for r in rows if r["kind"] == kind]
+        names.append(_write_task(out, DIALOGUE_GROUP, kind, docs, template, stop, max_gen_toks,
+                                 **{"class": _Function(f"{__name__}.DialogueTask")}))
+    write_group(out, DIALOGUE_GROUP, names)
+    return names
+
+
+def write_group(out: Path, name: str, members: list[str]) -> None:
+    """Write the lm-eval group config <out>/<name>.yaml: the plain mean of every demo metric over its leaf tasks."""
+    group = {
+        "group": name,
+        "task": members,
+        # weight_by_size false: every family counts the same in the average (families differ by a row or two).
+        "aggregate_metric_list": [{"metric": m, "aggregation": "mean", "weight_by_size": False} for m in DEMO_METRICS],
+        "metadata": {"version": 2},
+    }
+    (out / f"{name}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+
+
+def _write_demo(test_data, out_dir, tokenizer, template, stop, max_gen_toks) -> list[str]:
+    return write_demo_tasks(test_data, out_dir, template, stop, max_gen_toks)
+
+
+def _write_dialogues(test_data, out_dir, tokenizer, template, stop, max_gen_toks) -> list[str]:
+    # the history pre-rendered as the run was trained, for the models evaluated without a chat template
+    return write_dialogue_tasks(test_data, out_dir, render_chat(tokenizer), template, stop, max_gen_toks)
+
+
+DEMO_TASKS = GeneratedTasks(
+    group=DEMO_GROUP, folder="demo",
+    is_default=lambda cfg: cfg.demo is not None and not cfg.demo.dialogues,
+    test_data=lambda cfg: Path(cfg.demo.dataset_dir) / "test.jsonl" if cfg.demo is not None else None,
+    write=_write_demo, chat_pass=False)  # its prompts are rendered in the training template already
+DIALOGUE_TASKS = GeneratedTasks(
+    group=DIALOGUE_GROUP, folder="dialogue",
+    is_default=lambda cfg: cfg.demo is not None and cfg.demo.dialogues,
+    test_data=lambda cfg: Path(cfg.demo.dialogue_dir) / "test.jsonl" if cfg.demo is not None else None,
+    write=_write_dialogues, chat_pass=True)
+STUDY_TASKS = (DEMO_TASKS, DIALOGUE_TASKS)  # what the command line, the demo and the sweep hand to evaluate_models
