@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sft.evaluation.generate import GenerationSettings, generate_responses, render_prompts
-    from sft.models.load import load_model, load_tokenizer
+    from sft.evaluation.generate import generate_responses, render_prompts
+
+    from sft.evaluation.settings import GenerationSettings
+    from sft.models.load import load_model
+    from sft.models.tokenizer import load_tokenizer
     from sft.studies.synthetic import generate_rows
 
     if not (Path(args.model) / "config.json").is_file():

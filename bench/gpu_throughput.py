@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from sft.models import attention
 from sft.core.config import load_config
 from sft.core.prepare import prepare_data
-from sft.models.load import load_model, load_tokenizer
+from sft.models.load import load_model
+from sft.models.tokenizer import load_tokenizer
 from sft.core.train import build_trainer
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k_alpaca.json"

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from sft.data.config import DataConfig
 from sft.data.rows import load_rows
 from sft.core.prepare import tokenize_rows
-from sft.models.load import load_tokenizer
+from sft.models.tokenizer import load_tokenizer
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def build_model(out: Path, layers: int, smoke: bool) -> int:
     """The Qwen2.5-0.5B shape with `layers` decoder layers (random weights), saved with the Qwen2.5 tokenizer."""
     from bench.gpu_throughput import QWEN25_05B, SMALL
     from bench.gpu_throughput import build_model as save_model
-    from sft.models.load import load_tokenizer
+    from sft.models.tokenizer import load_tokenizer
 
     shape = dict(SMALL if smoke else QWEN25_05B, num_hidden_layers=1 if smoke else layers)
     return save_model(shape, load_tokenizer(TOKENIZER), out)
@@ -113,7 +113,8 @@ def build_trl_trainer(spec: dict):
     from sft.data.config import DataConfig
     from sft.data.rows import load_rows
     from sft.core.prepare import tokenize_rows
-    from sft.models.load import load_model, load_tokenizer
+    from sft.models.load import load_model
+    from sft.models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec["model"])
     # labels -100 where the weight is 0: the prompt at w = 0, nothing at w = 1 (TRL drops each example's first target)
@@ -237,7 +238,8 @@ def best_of(runs: list[dict]) -> dict:
 
 def plan_estimate(spec: dict, tokens: int) -> dict:
     """`python -m sft plan`'s peak memory for this run as it prints it, and its formula at this run's conditions."""
-    from sft.core.costs import memory_estimate, model_shape
+    from sft.core.costs import memory_estimate
+    from sft.core.plan import model_shape
     from sft.core.plan import plan_run
 
     printed = plan_run(project_config(spec))
@@ -323,7 +325,7 @@ def count_tokens(rows: Path, model: Path, batch: int) -> dict:
     from sft.data.config import DataConfig
     from sft.data.rows import load_rows
     from sft.core.prepare import tokenize_rows
-    from sft.models.load import load_tokenizer
+    from sft.models.tokenizer import load_tokenizer
 
     tok, _ = tokenize_rows(load_rows(rows)[0], load_tokenizer(model), DataConfig(max_length=512,
                                                                                   cache_dir=str(model.parent / "c")))

@@ -30,7 +30,7 @@ from sft.data.stats import length_stats
 from sft.data.rows import load_rows
 from sft.core.prepare import tokenize_rows
 from sft.studies.tiny_model import TinyModelConfig, build_base_model, train_tokenizer
-from sft.models.load import load_tokenizer
+from sft.models.tokenizer import load_tokenizer
 from sft.core.prompts import render_prompt
 from sft.core.train import build_trainer
 

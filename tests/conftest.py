@@ -72,7 +72,7 @@ def demo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_tokenizer(demo_root):
     """The demo's byte-level BPE tokenizer (sft.studies.tiny_model.train_tokenizer on the small demo's rows): offline."""
-    from sft.models.load import load_tokenizer
+    from sft.models.tokenizer import load_tokenizer
 
     return load_tokenizer(demo_root / "model/demo/base")
 

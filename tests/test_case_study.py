@@ -12,9 +12,10 @@ import torch
 from conftest import ROOT, demo_config, load_script
 from sft.evaluation import case_study as cs
 from sft.studies.demo import BUILTIN_FAMILIES, builtin_prompts
-from sft.evaluation.generate import GenerationSettings, generate_responses, generate_token_ids, render_prompts
+from sft.evaluation.generate import generate_responses, generate_token_ids, render_prompts
+from sft.evaluation.settings import GenerationSettings
 from sft.runs.layout import run_dir, tensorboard_dir
-from sft.models.load import load_tokenizer
+from sft.models.tokenizer import load_tokenizer
 from sft.core.prompts import TEMPLATES, Template
 from sft.studies.synthetic import generate_rows
 from sft.core.train import train

@@ -215,7 +215,7 @@ def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, 
     from conftest import demo_config, load_script
     from sft.evaluation.evaluate import evaluate_models
     from sft.runs.layout import run_dir
-    from sft.models.load import load_tokenizer
+    from sft.models.tokenizer import load_tokenizer
     from sft.core.train import train
 
     train_file = write(tmp_path / "train.jsonl", [{"messages": m} for m in dialogues(demo_root, 48, 0)])
@@ -298,7 +298,8 @@ def test_a_chatml_run_saves_im_end_as_an_eos_id_and_generation_stops_there(qwen_
     )
     from sft.runs.layout import run_dir
     from sft.models.lora import MERGED_DIR
-    from sft.models.load import load_model, load_tokenizer
+    from sft.models.load import load_model
+    from sft.models.tokenizer import load_tokenizer
     from sft.core.train import train
 
     cfg, base = chatml_run(qwen_tokenizer, tmp_path, lora)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sft.models.checks import data_files
+from sft.data.files import data_files
 
 
 def test_the_demos_files_are_not_the_users_data(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 from conftest import QWEN_TOKENIZER, ROOT, demo_cli_args
 from sft.cli.main import build_parser, main
 from sft.core.config import field_help, section_classes
-from sft.evaluation.heldout import BATCH_SIZE
-from sft.evaluation.tasks import MAX_GEN_TOKS
+from sft.evaluation.settings import BATCH_SIZE
+from sft.evaluation.settings import MAX_GEN_TOKS
 from sft.runs.layout import RESULTS_ROOT
 
 RENAMED = [{"instruction": f"Name the capital of {c}.", "input": "", "my_col": a}

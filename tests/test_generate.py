@@ -45,7 +45,8 @@ def test_the_generation_configs_eos_list_stops_generation(qwen_tokenizer):
 
 
 def test_lm_eval_through_chatml_stops_at_im_end_and_restores_the_config(qwen_tokenizer, tmp_path):
-    from sft.evaluation.evaluate import EvalConfig, run_benchmarks
+    from sft.evaluation.evaluate import run_benchmarks
+    from sft.evaluation.settings import EvalConfig
     from sft.evaluation.tasks import task_manager
 
     (tmp_path / "test.jsonl").write_text('{"q": "What is 2 + 3?", "a": "5"}\n')

@@ -158,7 +158,7 @@ def test_lora_run_trains_the_adapter_only_learns_and_merges_exactly(demo_root, o
 @pytest.mark.slow
 def test_case_study_generates_the_same_from_adapter_and_merged(demo_root, one_thread):
     from sft.evaluation import case_study as cs
-    from sft.evaluation.generate import GenerationSettings
+    from sft.evaluation.settings import GenerationSettings
 
     cfg, _ = _lora_run(demo_root, 0.0, "lora-case", max_steps=10, save_steps=10, eval_steps=10,
                        **{"lora.merge": True})
@@ -197,7 +197,8 @@ def test_resume_from_a_lora_checkpoint_gives_the_same_adapter(demo_root, one_thr
 
 
 def test_plan_counts_qwen25_7b_adapters_by_hand():
-    from sft.core.costs import NF4_BYTES, method_memory, model_shape
+    from sft.core.costs import NF4_BYTES, method_memory
+    from sft.core.plan import model_shape
 
     h, i, layers, vocab, kv = 3584, 18944, 28, 152064, 512  # Qwen2.5-7B: 28 heads of 128, 4 key-value heads
     shape = model_shape(str(QWEN25_7B), LoraSettings(r=16))

@@ -5,7 +5,8 @@ import torch
 
 from conftest import demo_config
 from sft.core.collate import PackedWeightedLMCollator, WeightedLMCollator
-from sft.core.loss import HEAD_CHUNK_BYTES, HEAD_CHUNK_TOKENS, head_chunk_tokens, selected_nll, target_weights
+from sft.core.costs import HEAD_CHUNK_BYTES, HEAD_CHUNK_TOKENS, head_chunk_tokens
+from sft.core.loss import selected_nll, target_weights
 from sft.core.train import build_trainer, train
 
 
@@ -68,7 +69,7 @@ def test_selective_head_default_chunk_gives_the_same_loss_and_gradients(monkeypa
     hidden = torch.randn(k, h, requires_grad=True)
     head = torch.nn.Linear(h, v, bias=False)
     targets, w = torch.randint(0, v, (k,)), torch.rand(k)
-    monkeypatch.setattr("sft.core.loss.HEAD_CHUNK_BYTES", 4 * v * 6)  # 6 rows a chunk: the ragged last one included
+    monkeypatch.setattr("sft.core.costs.HEAD_CHUNK_BYTES", 4 * v * 6)  # 6 rows a chunk: the ragged last one included
     assert head_chunk_tokens(v) == 6
     results = []
     for chunk in (None, k):

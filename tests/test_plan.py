@@ -9,7 +9,7 @@ import pytest
 from conftest import SHARED, demo_config
 from sft.core.config import load_config
 from sft.data.splits import split_indices
-from sft.core.loss import head_chunk_tokens
+from sft.core.costs import head_chunk_tokens
 from sft.core.costs import GIB, GPUS, memory_estimate, optimizer_steps
 from sft.core.plan import plan_run
 from sft.core.prompts import render_prompt

@@ -95,7 +95,7 @@ def test_demo_tokenizer_reproduces_training_prompt_ids(demo_root):
     import json
 
     from sft.core.tokenize import with_training_template
-    from sft.models.load import load_tokenizer
+    from sft.models.tokenizer import load_tokenizer
 
     base = load_tokenizer(demo_root / "model/demo/base")
     tok = with_training_template(base, "alpaca")

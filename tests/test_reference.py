@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, SHARED
+
 from sft.runs.layout import LOCAL_QWEN_DIR
 
 PRESET = "qwen2.5-0.5b-alpaca"
@@ -122,7 +122,6 @@ def test_dataset_folder_without_a_usable_file(fixture_root, tmp_path, monkeypatc
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """The whole reference chain, run once for the module (offline, as on a GPU user's machine without network)."""
-    from sft.cli.main import main
     from sft.cli.reference_check import reference_check
 
     _need_shared()
@@ -130,7 +129,7 @@ def chain(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in offline}
     os.environ.update(offline)
     try:  # raises if a promised file is missing
-        yield reference_check(tmp_path_factory.mktemp("ref") / "ref", SHARED, main, log=lambda msg: None)
+        yield reference_check(tmp_path_factory.mktemp("ref") / "ref", SHARED, log=lambda msg: None)
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -233,9 +232,9 @@ def test_fine_tuned_folders_carry_the_training_template(chain):
     """The final model and its checkpoint render, via apply_chat_template, the prompt ids training used."""
     from transformers import AutoTokenizer
 
+    from sft.core.tokenize import tokenize_rows_batch
     from sft.data.config import DataConfig
     from sft.data.rows import load_rows
-    from sft.core.tokenize import tokenize_rows_batch
 
     root = chain["root"]
     rows, _ = load_rows(str(root / "Dataset" / "alpaca_data_cleaned.json"))
@@ -307,7 +306,7 @@ def test_dry_run_prints_every_task_and_its_cost(chain, monkeypatch, capsys):
 
 
 def test_hub_ids_are_not_taken_for_folders():
-    from sft.models.load import looks_local
+    from sft.models.tokenizer import looks_local
 
     assert not looks_local("Qwen/Qwen2.5-0.5B")  # its ".5B" is no file suffix: the preset's hub fallback works
     assert looks_local("model/qwen2.5/transformers/0.5b/1") and looks_local("./mine") and looks_local("a/b/c")

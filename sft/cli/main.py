@@ -1,5 +1,9 @@
 """Command line: `python -m sft <command> ...` (`python -m sft --help` lists the commands).
 
+The parser is built from the config dataclasses and the settings' defaults alone; each command lives in its own
+module of sft/cli (inspect_cmd, train_cmd, plan_cmd, evaluate_cmd, sweep_cmd, reference_check), imported by
+`run_command` only when that command runs.
+
 User errors (bad data, a missing model folder, an unknown setting) end with exit code 2 and
 one paragraph saying what is wrong and how to fix it, never a traceback.
 """
@@ -8,40 +12,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import importlib
 import logging
 import sys
 import typing
 from collections import Counter
 
-import torch
-
-from sft.cli.reference_check import reference_check
 from sft.core.config import (
     DEFAULT_PRESET,
     PRESETS,
-    ExperimentConfig,
-    apply_overrides,
     field_help,
-    load_config,
     section_classes,
 )
 from sft.core.costs import MFU
-from sft.core.inspect_data import format_stats, inspect_data, render_example
-from sft.core.plan import format_plan, plan_run
-from sft.core.train import train
-from sft.evaluation.compare import compare, load_result
-from sft.evaluation.costs import estimate_costs, format_costs
-from sft.evaluation.evaluate import FORMATS, EvalConfig, evaluate_models
-from sft.evaluation.heldout import BATCH_SIZE
-from sft.evaluation.inputs import parse_models
-from sft.evaluation.report import format_psql
-from sft.evaluation.tasks import MAX_GEN_TOKS
-from sft.models.load import load_tokenizer
+from sft.evaluation.settings import BATCH_SIZE, FORMATS, MAX_GEN_TOKS, EvalConfig
 from sft.runs.layout import ASSETS_DIR, RESULTS_ROOT, SWEEP_PLOT
-from sft.studies.demo import ensure_assets, ensure_demo_assets, run_demo, run_demo_chat
-from sft.studies.sweep import parse_weights, run_sweep
-from sft.studies.tasks import STUDY_TASKS
 
 
 def _metavar(typ) -> str:
@@ -78,7 +63,7 @@ def add_config_arguments(p: argparse.ArgumentParser, sections: dict[str, type] |
                                const="true" if kind in ("BOOL", "VALUE") else None)
 
 
-def _config_values(args: argparse.Namespace) -> dict[str, typing.Any]:
+def config_values(args: argparse.Namespace) -> dict[str, typing.Any]:
     """The config fields given on the command line: add_config_arguments' dests are the only ones with a dot."""
     return {dest: value for dest, value in vars(args).items() if "." in dest}
 
@@ -105,117 +90,12 @@ def _parse_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
-def cmd_inspect_data(args: argparse.Namespace) -> int:
-    """Show what training will see: counts, token statistics, rendered examples."""
-    cfg = apply_overrides(ExperimentConfig(), _config_values(args)).data  # DataConfig's defaults, the flags over them
-    tokenizer = load_tokenizer(args.tokenizer)
-    stats, ds, _ = inspect_data(cfg, tokenizer, by=args.by)
-    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
-    examples = sys.stderr if args.json else sys.stdout  # stdout stays one JSON object with --json
-    colour = examples.isatty()
-    for i in range(min(args.show, len(ds))):
-        print(f"\n--- example {i} ---", file=examples)
-        print(render_example(ds[i], tokenizer, colour), file=examples)
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Fine-tune with the preset, the flags and any config or TrainingArguments override."""
-    cfg = load_config(args.preset, **args.overrides)
-    ensure_assets(cfg)  # the demo builds its data and base model on first use
-    try:
-        train(cfg)
-    finally:
-        # Under torchrun / accelerate: leave the process group before the interpreter exits. Otherwise Gloo's
-        # worker threads can still hold tensors at finalisation and a rank aborts after training finished
-        # ("terminate called without an active exception", SIGABRT; seen under load in test_distributed).
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
-
-
-def cmd_build_demo(args: argparse.Namespace) -> int:
-    """Write the synthetic data (and dialogues, with --chat) and build the tiny base model of the demo preset."""
-    cfg = load_config("demo-chat" if args.chat else "demo", **args.overrides)
-    print(f"demo base model: {ensure_demo_assets(cfg.demo)}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole offline study (what `make demo` runs), or its conversational part with --chat (`make demo-chat`)."""
-    if args.chat:
-        run_demo_chat(overrides=args.overrides)
-    else:
-        run_demo(overrides=args.overrides)
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Held-out metrics and lm-eval tasks for every model, summarised under evaluation_results/."""
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
-    if args.heldout_only:
-        if tasks:
-            raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
-        tasks = []
-    elif tasks == []:
-        raise ValueError("--tasks is empty; pass lm-eval task names such as mmlu,gsm8k (or sft_demo), "
-                         "or --heldout-only.")
-    settings = dict(tasks=tasks, name=args.name, limit=args.limit, batch_size=args.batch_size, out=args.out,
-                    test_data=args.test_data, max_gen_toks=args.max_gen_toks, prompt_format=args.prompt_format,
-                    task_data=args.task_data or [], include_path=args.include_path or [],
-                    num_fewshot=args.num_fewshot, assume_prompt_tokens_per_s=args.assume_prompt_tokens_per_s,
-                    assume_generated_tokens_per_s=args.assume_generated_tokens_per_s)
-    if args.dry_run:
-        print(format_costs(estimate_costs(parse_models(args.models), STUDY_TASKS, **settings)))
-        return 0
-    run = evaluate_models(parse_models(args.models), STUDY_TASKS, **settings)
-    scores = load_result(run).scores
-    print(format_psql([list(scores.columns)] + scores.values.tolist()))
-    print(f"results: {run}")
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Plot and tabulate one or more evaluation results into assets/."""
-    print(compare(args.results, out=args.out))
-    print(f"written: {args.out}/Comparison.png, {args.out}/Dataset_results.xlsx")
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """Train and evaluate every (prompt-loss weight, seed) pair, then summarise and plot."""
-    seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
-    if not seeds:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
-    if args.heldout_only and tasks:
-        raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
-    if tasks == []:
-        raise ValueError("--tasks is empty; pass lm-eval task names such as sft_demo, or --heldout-only.")
-    run_sweep(args.preset, parse_weights(args.prompt_loss_weights), seeds, args.name or args.preset,
-              limit=args.limit, overrides=args.overrides, plot=args.plot, tasks=[] if args.heldout_only else tasks)
-    return 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    """Tokenize the data and print what the run will cost: tokens, steps, FLOPs, memory, time."""
-    plan = plan_run(load_config(args.preset, **args.overrides), world_size=args.world_size, mfu=args.mfu)
-    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
-    return 0
-
-
-def cmd_reference_check(args: argparse.Namespace) -> int:
-    """Run the reference experiment's commands on a tiny stand-in of Qwen2.5-0.5B in a scratch folder."""
-    reference_check(args.workdir, args.shared, main)
-    return 0
-
-
-OVERRIDES = ("Every config field (sft/config.py) below is a flag, as --name or --section.name; a field not given "
+OVERRIDES = ("Every config field (sft/core/config.py) below is a flag, as --name or --section.name; a field not given "
              "keeps the preset's value. Any other transformers.TrainingArguments field is set the same way, e.g. "
              "--optim adamw_torch_fused.")
 
 
-def _config_command(sub, name: str, help: str, func, preset: bool = True) -> argparse.ArgumentParser:
+def _config_command(sub, name: str, help: str, func: str, preset: bool = True) -> argparse.ArgumentParser:
     """A subcommand that takes a preset and any config or TrainingArguments field as flags."""
     # allow_abbrev=False: an unknown TrainingArguments flag must never be read as the prefix of a config flag.
     p = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. {OVERRIDES}", allow_abbrev=False)
@@ -233,12 +113,12 @@ def _add_inspect_data(sub) -> None:
     p.add_argument("--show", type=int, default=0, metavar="K", help="render K examples with their weights")
     p.add_argument("--json", action="store_true", help="print one JSON object (examples go to stderr)")
     add_config_arguments(p, {"data": section_classes()["data"]}, show_defaults=True, required=("data",))
-    p.set_defaults(func=cmd_inspect_data)
+    p.set_defaults(func="inspect_cmd:cmd_inspect_data")
 
 
 def _add_plan(sub) -> None:
     p = _config_command(sub, "plan", "what a run will cost before it starts: tokens, steps, FLOPs, memory, GPU time",
-                        cmd_plan)
+                        "plan_cmd:cmd_plan")
     p.add_argument("--world-size", type=int, default=1, help="data-parallel processes (GPUs)")
     p.add_argument("--mfu", type=float, default=MFU, help=f"assumed model FLOPs utilisation ({MFU})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -250,12 +130,12 @@ def _add_reference_check(sub) -> None:
     p.add_argument("--workdir", default=".cache/reference-check",
                    help="scratch folder (never your model/ or Dataset/); emptied first if an earlier check made it")
     p.add_argument("--shared", default="../shared", help="the folder with tokenizers/qwen2.5 and data/gsm8k_alpaca.json")
-    p.set_defaults(func=cmd_reference_check)
+    p.set_defaults(func="reference_check:cmd_reference_check")
 
 
 def _add_sweep(sub) -> None:
     p = _config_command(sub, "sweep", "train and evaluate every (prompt-loss weight, seed) pair; summary and plot",
-                        cmd_sweep)
+                        "sweep_cmd:cmd_sweep")
     p.add_argument("--prompt-loss-weights", default="0,0.01,0.1,0.5,1", help="comma-separated weights in [0, 1]")
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N per weight")
     p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/sweep-<name>/")
@@ -295,14 +175,14 @@ def _add_evaluate(sub) -> None:
                    help="--dry-run's time estimate: tokens generated per second over a batch (an assumption)")
     p.add_argument("--dry-run", action="store_true",
                    help="load the tasks and print what the evaluation will cost (requests, tokens, time); run nothing")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func="evaluate_cmd:cmd_evaluate")
 
 
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="plot and spreadsheet of evaluation results (assets/)")
     p.add_argument("results", nargs="+", metavar="RESULT_DIR", help="evaluation_results/<name>/<timestamp> folders")
     p.add_argument("--out", default=ASSETS_DIR, help="folder for Comparison.png and Dataset_results.xlsx")
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func="evaluate_cmd:cmd_compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,21 +190,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_inspect_data(sub)
-    _config_command(sub, "train", "fine-tune (the notebooks run the same code)", cmd_train)
+    _config_command(sub, "train", "fine-tune (the notebooks run the same code)", "train_cmd:cmd_train")
     _add_plan(sub)
     _add_reference_check(sub)
-    p = _config_command(sub, "build-demo", "write the demo data and build its tiny base model", cmd_build_demo,
+    p = _config_command(sub, "build-demo", "write the demo data and build its tiny base model", "train_cmd:cmd_build_demo",
                         preset=False)
     p.add_argument("--chat", action="store_true", help="also write the synthetic dialogues (Dataset/demo-chat/)")
     _add_sweep(sub)
     p = _config_command(sub, "demo", "the whole offline study: build, fine-tune both regimes, evaluate, compare",
-                        cmd_demo, preset=False)
+                        "train_cmd:cmd_demo", preset=False)
     p.add_argument("--chat", action="store_true",
                    help="the conversational study instead (make demo-chat): dialogues at w = 0, 0.5 and 1, lm-eval "
                         "multi-turn requests through the chat template; results in evaluation_results/demo-chat/")
     _add_evaluate(sub)
     _add_compare(sub)
     return parser
+
+
+def run_command(func: str, args: argparse.Namespace) -> int:
+    """Import the module of a command ("module:function" under sft.cli) and run it.
+
+    The one place the command line imports code lazily: building the parser imports only the settings
+    (dataclasses and constants), so `--help` answers at once, and each command pays only for its own imports
+    (`inspect-data` never loads peft, lm-eval, papermill or the Trainer). bench/cli_startup.py times it.
+    """
+    module, name = func.split(":")
+    return getattr(importlib.import_module(f"sft.cli.{module}"), name)(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if getattr(args, "accepts_overrides", False):
-            args.overrides = {**_config_values(args), **_parse_overrides(extra)}
-        return args.func(args)
+            args.overrides = {**config_values(args), **_parse_overrides(extra)}
+        return run_command(args.func, args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

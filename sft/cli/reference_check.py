@@ -15,7 +15,7 @@ arc_challenge, hellaswag and two MMLU subjects under a size-weighted group, read
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
 import os
 import shutil
 import time
@@ -23,6 +23,9 @@ from pathlib import Path
 
 import papermill
 
+from sft.cli.auto_clean import main as auto_clean_main
+from sft.cli.case_study import main as case_study_main
+from sft.cli.main import main as sft_main
 from sft.runs.layout import LOCAL_QWEN_DIR
 from sft.studies.reference import (
     BENCH_DIR,
@@ -35,14 +38,6 @@ from sft.studies.reference import (
     expected_files,
     write_benchmark_data,
 )
-
-
-def _script(name: str):
-    """A top-level script of the repository (eval.py, auto_clean.py) as a module."""
-    spec = importlib.util.spec_from_file_location(f"sft_reference_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(main, args: list[str], root: Path, log) -> None:
@@ -59,10 +54,11 @@ def _run(main, args: list[str], root: Path, log) -> None:
     log(f"[reference-check] {' '.join(args[:3])} ...: {time.perf_counter() - t:.0f} s")
 
 
-def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print) -> dict[str, object]:
+def reference_check(workdir: str | Path, shared: str | Path, log=print) -> dict[str, object]:
     """Build the fixture in workdir and run the reference commands there, as a GPU user would; return what ran.
 
-    sft_cli is `sft.__main__.main` (passed in, since the command line imports this module).
+    Each command runs through its own main(), the code path of `python -m sft`, `python eval.py` and
+    `python auto_clean.py`, without paying a fresh interpreter's imports for each.
     """
     root = Path(workdir).resolve()
     if (root / "model").exists() or (root / "Dataset").exists():
@@ -86,18 +82,18 @@ def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print)
         runs[run] = out.parent
         log(f"[reference-check] {notebook} (w = {w:g}): {time.perf_counter() - t:.0f} s")
     models = f"base={LOCAL_QWEN_DIR},masked=model/{PRESET}/masked,unmasked=model/{PRESET}/unmasked"
-    _run(sft_cli, ["evaluate", "--models", models, "--heldout-only", "--name", f"{PRESET}-heldout"], root, log)
+    _run(sft_main, ["evaluate", "--models", models, "--heldout-only", "--name", f"{PRESET}-heldout"], root, log)
     # docs/reference.md's step 4 on lm-eval's own task definitions, reading local rows: raw prompts for the base model,
     # raw and in their training template for the fine-tuned runs.
     task_data = write_benchmark_data(root, shared)
-    _run(sft_cli, ["evaluate", "--models", models, "--tasks", ",".join(BENCH_TASKS),
+    _run(sft_main, ["evaluate", "--models", models, "--tasks", ",".join(BENCH_TASKS),
                    "--task-data", *(f"{t}={p.relative_to(root)}" for t, p in task_data.items()),
                    "--include-path", f"{BENCH_DIR}/tasks"], root, log)
     evaluation = max((root / "evaluation_results" / PRESET).iterdir())  # <YYYYmmdd_HHMMSS>: the newest
-    _run(sft_cli, ["compare", str(evaluation)], root, log)
-    _run(_script("eval").main, ["--models", models, "--max-new-tokens", "8"], root, log)
+    _run(sft_main, ["compare", str(evaluation)], root, log)
+    _run(case_study_main, ["--models", models, "--max-new-tokens", "8"], root, log)
     case_study = max((root / "evaluation_results" / "case_study").glob("*.md")).with_suffix("")
-    _run(_script("auto_clean").main, [f"model/{PRESET}/masked", "--keep-last", "1", "--keep-best", "0",
+    _run(auto_clean_main, [f"model/{PRESET}/masked", "--keep-last", "1", "--keep-best", "0",
                                       "--min-age", "0"], root, log)
     missing = [str(p.relative_to(root)) for p in expected_files(root, evaluation, case_study) if not p.exists()]
     if missing:
@@ -105,3 +101,9 @@ def reference_check(workdir: str | Path, shared: str | Path, sft_cli, log=print)
     log(f"[reference-check] all promised files present; {time.perf_counter() - t0:.0f} s in all")
     heldout = max((root / "evaluation_results" / f"{PRESET}-heldout").iterdir())
     return {"root": root, "runs": runs, "evaluation": evaluation, "heldout": heldout, "case_study": case_study}
+
+
+def cmd_reference_check(args: argparse.Namespace) -> int:
+    """Run the reference experiment's commands on a tiny stand-in of Qwen2.5-0.5B in a scratch folder."""
+    reference_check(args.workdir, args.shared)
+    return 0

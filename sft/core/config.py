@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainingArguments
-
 from sft.data.config import DataConfig
-from sft.models.checks import data_files
+from sft.data.files import data_files
 from sft.runs.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR, MODEL_ROOT, TENSORBOARD_ROOT
 from sft.runs.manifest import read_manifest
 
@@ -376,6 +374,10 @@ def _field_types(obj: Any) -> dict[str, Any]:
 
 
 def _training_argument_types() -> dict[str, Any]:
+    # Imported here, not at the top: transformers' trainer utilities take seconds to import, and every command's
+    # --help (which builds its flags from this module's dataclasses) must answer at once.
+    from transformers import TrainingArguments
+
     return {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
 
 

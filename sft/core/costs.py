@@ -30,14 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from peft import get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from sft.core.config import ExperimentConfig, LoraSettings
-from sft.core.loss import head_chunk_tokens
-from sft.models.lora import lora_config
+from sft.core.config import ExperimentConfig
 
 GIB = 1024**3
 
@@ -63,6 +57,16 @@ NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
 METHODS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}  # the methods the plan compares
 
 
+HEAD_CHUNK_TOKENS = 1024  # the most positions per head chunk (small vocabularies: fewer, larger matmuls)
+HEAD_CHUNK_BYTES = 512 * 2**20  # fp32 logits of one chunk: 883 positions at Qwen2.5's 151,936-row vocabulary
+
+
+def head_chunk_tokens(vocab: int, budget: int | None = None) -> int:
+    """Positions per head chunk: as many fp32 logits rows as `budget` (HEAD_CHUNK_BYTES) holds, at most 1,024."""
+    budget = HEAD_CHUNK_BYTES if budget is None else budget
+    return max(1, min(HEAD_CHUNK_TOKENS, budget // (4 * vocab)))
+
+
 def optimizer_steps(n_examples: int, per_device_batch: int, grad_accum: int = 1, epochs: float = 1.0,
                     max_steps: int = -1, world_size: int = 1, drop_last: bool = False) -> dict[str, int]:
     """The HF Trainer's step count (transformers 5 `set_initial_training_values`, accelerate's batch sharding).
@@ -79,74 +83,10 @@ def optimizer_steps(n_examples: int, per_device_batch: int, grad_accum: int = 1,
             "examples_per_step": per_device_batch * grad_accum * world_size}
 
 
-def micro_batches(lengths: np.ndarray, batch: int, batching: str, grad_accum: int, seed: int) -> list[np.ndarray]:
-    """One epoch's micro-batches (example indices) in the order the Trainer's sampler draws them, seeded.
-
-    The same algorithms as the Trainer's (a random permutation; length-grouped mega-batches), with a
-    torch generator seeded by the run's seed: the padding is that of the run's batch composition in
-    distribution, not the identical order (accelerate reseeds its sampler every epoch).
-    """
-    g = torch.Generator().manual_seed(seed)
-    if batching == "grouped":  # the Trainer groups by train_batch_size x accumulation
-        order = np.asarray(get_length_grouped_indices(lengths.tolist(), batch * grad_accum, generator=g))
-    else:
-        order = torch.randperm(len(lengths), generator=g).numpy()
-    return [order[i:i + batch] for i in range(0, len(order), batch)]
-
-
-def batch_tokens(lengths: np.ndarray, batches: list[np.ndarray], batching: str) -> tuple[int, int]:
-    """(tokens computed, padding tokens) of the given micro-batches: packed rows hold no padding."""
-    real = int(lengths.sum())
-    if batching == "packed":
-        return real, 0
-    computed = int(sum(len(b) * lengths[b].max() for b in batches))
-    return computed, computed - real
-
-
 def attention_flops(lengths: np.ndarray, layers: int, q_dim: int) -> float:
     """Forward attention FLOPs (QK^T and AV, causal: n(n+1)/2 pairs per example of n tokens)."""
     n = lengths.astype(np.float64)
     return float(4 * layers * q_dim * (n * (n + 1) / 2).sum())
-
-
-def model_shape(model: str, lora: LoraSettings | None = None) -> dict[str, Any]:
-    """Parameter counts and dimensions from config.json alone (the model is built on the meta device).
-
-    Also the weights a 4-bit base quantizes (every nn.Linear but the LM head, as transformers' bitsandbytes
-    integration does) and the trainable parameters of the LoRA adapter `lora` (default: LoraSettings()).
-    """
-    try:
-        cfg = AutoConfig.from_pretrained(model)
-    except Exception as e:  # offline, unknown id, no config: say what the plan needs
-        raise ValueError(f"Cannot read the config of {model!r} ({type(e).__name__}): put at least its config.json "
-                         "and tokenizer files into model/qwen2.5/transformers/0.5b/1/ (the weights are not needed "
-                         "for a plan), or pass --model.model PATH.") from None
-    with torch.device("meta"):
-        net = AutoModelForCausalLM.from_config(cfg)
-    total = sum(p.numel() for p in net.parameters())  # tied weights are counted once
-    linear = [m.weight.numel() for m in net.modules()
-              if isinstance(m, torch.nn.Linear) and m is not net.get_output_embeddings()]
-    vocab, hidden = cfg.vocab_size, cfg.hidden_size
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
-    heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-    kv = getattr(cfg, "num_key_value_heads", heads)
-    return {
-        "architecture": (cfg.architectures or [type(net).__name__])[0], "parameters": total,
-        "embedding_parameters": vocab * hidden, "tied_embeddings": tied,
-        "body_parameters": total - vocab * hidden * (1 if tied else 2),  # outside embedding and head
-        "layers": cfg.num_hidden_layers, "hidden": hidden, "q_dim": heads * head_dim, "kv_dim": kv * head_dim,
-        "intermediate": cfg.intermediate_size, "vocab": vocab,
-        "quantized_parameters": sum(linear), "largest_linear": max(linear),
-        "adapter_parameters": adapter_parameters(net, lora or LoraSettings()),
-    }
-
-
-def adapter_parameters(net, lora: LoraSettings) -> int:
-    """Trainable parameters of a LoRA adapter on a model, counted by peft itself on the meta device."""
-    with torch.device("meta"):
-        wrapped = get_peft_model(net, lora_config(lora))
-    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
 def activation_bytes_per_token(shape: dict[str, Any], act_bytes: int) -> int:

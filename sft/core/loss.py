@@ -18,14 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-HEAD_CHUNK_TOKENS = 1024  # the most positions per head chunk (small vocabularies: fewer, larger matmuls)
-HEAD_CHUNK_BYTES = 512 * 2**20  # fp32 logits of one chunk: 883 positions at Qwen2.5's 151,936-row vocabulary
+from sft.core.costs import head_chunk_tokens
 
-
-def head_chunk_tokens(vocab: int, budget: int | None = None) -> int:
-    """Positions per head chunk: as many fp32 logits rows as `budget` (HEAD_CHUNK_BYTES) holds, at most 1,024."""
-    budget = HEAD_CHUNK_BYTES if budget is None else budget
-    return max(1, min(HEAD_CHUNK_TOKENS, budget // (4 * vocab)))
 
 def shift_left(x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
     """x[:, t + 1] at position t (the last position gets `fill`): aligns token t + 1 with its predictor."""

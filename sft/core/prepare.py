@@ -20,7 +20,12 @@ from typing import Any
 
 import datasets
 
-from sft.core.tokenize import check_tokenizer, conversation_renderer, fingerprint_tokenizer, tokenize_rows_batch
+from sft.core.tokenize import (
+    check_tokenizer,
+    conversation_renderer,
+    fingerprint_tokenizer,
+    tokenize_rows_batch,
+)
 from sft.data.config import DataConfig
 from sft.data.rows import FIELDS, fingerprint_rows, load_rows
 from sft.data.splits import split_indices

@@ -30,10 +30,21 @@ from sft.core.prepare import PreparedData, prepare_data
 from sft.core.tokenize import with_training_template
 from sft.models import attention
 from sft.models.checks import check_inputs
-from sft.models.load import load_model, load_tokenizer, merge_adapter
-from sft.models.lora import MERGED_DIR, add_adapter, check_lora, is_adapter_dir, quantization_config
+from sft.models.load import load_model, merge_adapter
+from sft.models.lora import (
+    MERGED_DIR,
+    add_adapter,
+    check_lora,
+    is_adapter_dir,
+    quantization_config,
+)
+from sft.models.tokenizer import load_tokenizer
 from sft.runs.callbacks import auto_clean_callback
-from sft.runs.checkpoints import last_complete_checkpoint, list_checkpoints, run_is_complete
+from sft.runs.checkpoints import (
+    last_complete_checkpoint,
+    list_checkpoints,
+    run_is_complete,
+)
 from sft.runs.layout import run_dir, tensorboard_dir
 from sft.runs.manifest import write_manifest
 

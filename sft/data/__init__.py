@@ -3,6 +3,7 @@
     config         DataConfig: where the rows come from and how they become token sequences (the `data` section)
     rows           files, folders and hub ids read; columns mapped; every row validated (file, row, field, fix)
     conversations  chat rows validated (OpenAI messages, ShareGPT); the role codes every token is tagged with
+    files          which files of a folder are data (the suffixes read; a user's Dataset/ folder)
     splits         the seeded held-out split, a function of (data, seed) only
     stats          token statistics of tokenized data (lengths, generation ratio, tokens by role)
     io             the one JSON Lines writer

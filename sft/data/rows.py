@@ -22,6 +22,7 @@ import datasets
 import pyarrow.parquet as pq
 
 from sft.data.conversations import CHAT_COLUMNS, check_conversation
+from sft.data.files import SUFFIXES
 
 logger = logging.getLogger("sft")
 
@@ -35,7 +36,6 @@ ALIASES = {
     "input": ("input", "context"),
     "output": ("output", "response", "answer", "completion"),
 }
-SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")  # what a file or a folder may hold
 
 
 @dataclass

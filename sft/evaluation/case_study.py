@@ -32,8 +32,9 @@ from sft.evaluation.generate import (
     render_prompts,
 )
 from sft.evaluation.inputs import parse_models as parse_labels
-from sft.models.load import load_model, load_tokenizer
+from sft.models.load import load_model
 from sft.models.lora import is_adapter_dir
+from sft.models.tokenizer import load_tokenizer
 from sft.runs.layout import CASE_STUDY_DIR, CHECKPOINT_RE, MANIFEST, tensorboard_dir
 from sft.runs.manifest import git_commit, package_versions, read_manifest
 

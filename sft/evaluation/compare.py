@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sft.evaluation.report import CONF_COLUMNS, DIFF_COLUMNS, base_metric, format_markdown
+from sft.evaluation.report import (
+    CONF_COLUMNS,
+    DIFF_COLUMNS,
+    base_metric,
+    format_markdown,
+)
 from sft.evaluation.results import role_losses
 
 

@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from sft.evaluation.evaluate import EvalConfig, plan_evaluation, prepare_tasks
-from sft.evaluation.tasks import GeneratedTasks
+from sft.evaluation.evaluate import plan_evaluation, prepare_tasks
 from sft.evaluation.heldout import heldout_split
 from sft.evaluation.report import format_markdown
-from sft.evaluation.tasks import leaf_tasks, request_costs
+from sft.evaluation.settings import EvalConfig
+from sft.evaluation.tasks import GeneratedTasks, leaf_tasks, request_costs
 
 # ---------------------------------------------------------------- what an evaluation will cost (--dry-run)
 

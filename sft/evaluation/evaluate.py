@@ -27,22 +27,31 @@ from lm_eval.utils import handle_non_serializable
 from sft.core.chat import renderer_for, stop_at_end_of_turn
 from sft.core.config import load_run_config
 from sft.data.io import write_jsonl
-from sft.evaluation.heldout import BATCH_SIZE, ROLE_WEIGHTING, device, heldout_metrics, heldout_split
+from sft.evaluation.heldout import (
+    ROLE_WEIGHTING,
+    device,
+    heldout_metrics,
+    heldout_split,
+)
 from sft.evaluation.inputs import base_model_warnings, describe_model, prompt_formats
 from sft.evaluation.report import (
-    BOOT_SEED,
     CONF_COLUMNS,
     DIFF_COLUMNS,
-    N_BOOT,
     confidence_rows,
     difference_rows,
     summary_table,
     write_records,
     write_summary,
 )
-from sft.evaluation.results import CHAT, heldout_rows, merge_results, summary_rows, with_suffix
+from sft.evaluation.results import (
+    CHAT,
+    heldout_rows,
+    merge_results,
+    summary_rows,
+    with_suffix,
+)
+from sft.evaluation.settings import EvalConfig
 from sft.evaluation.tasks import (
-    MAX_GEN_TOKS,
     GeneratedTasks,
     group_config,
     load_tasks,
@@ -50,49 +59,11 @@ from sft.evaluation.tasks import (
     task_manager,
     write_local_tasks,
 )
-from sft.models.load import load_model, load_tokenizer
-from sft.runs.layout import RESULTS_ROOT
+from sft.models.load import load_model
+from sft.models.tokenizer import load_tokenizer
 from sft.runs.manifest import git_commit, package_versions
 
 TASKS_DIR = "lm_eval_tasks"  # generated task configs (the demo's, local-data copies of lm-eval's), in the result folder
-FORMATS = ("auto", "raw", "chat", "both")  # --prompt-format choices (see EvalConfig.prompt_format)
-
-
-@dataclass
-class EvalConfig:
-    """What `sft evaluate` runs, and where its results go."""
-
-    tasks: list[str] | None = None  # lm-eval tasks or groups; None = the demo's sft_demo (demo-chat: sft_dialogue); [] = held-out metrics only
-    name: str | None = None  # results go to <out>/<name>/<timestamp>/ (None = the runs' preset)
-    limit: float | None = None  # items per task (a number below 1 is a share), for quick checks
-    batch_size: int = BATCH_SIZE  # one fixed batch size for every model
-    out: str = RESULTS_ROOT  # root of the result folders
-    test_data: str | None = None  # test JSONL of the sft_demo / sft_dialogue tasks (None = the demo's test.jsonl / its dialogues')
-    max_gen_toks: int = MAX_GEN_TOKS  # tokens generated per answer at most, in the demo's tasks
-    # auto: base models the raw prompt, fine-tuned runs both the raw prompt and their chat template (the training
-    # template); raw / chat / both: every model so (chat needs a chat template in the model's tokenizer). The demo's
-    # own tasks already render the training template, so they run raw only.
-    prompt_format: str = "auto"
-    task_data: list[str] = field(default_factory=list)  # NAME=FOLDER: lm-eval's task NAME reads its rows from FOLDER
-    include_path: list[str] = field(default_factory=list)  # folders of your own lm-eval task or group YAMLs
-    num_fewshot: int | None = None  # few-shot examples per prompt (None = each task's own default)
-    # --dry-run's time estimate assumes these throughputs (not measured here: set your hardware's).
-    assume_prompt_tokens_per_s: float = 20_000.0  # prompt and continuation tokens scored per second
-    assume_generated_tokens_per_s: float = 500.0  # tokens generated per second, over a batch
-    n_boot: int = N_BOOT  # bootstrap resamples per interval
-    seed: int = BOOT_SEED  # bootstrap seed
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if self.limit is not None and self.limit <= 0:
-            raise ValueError(f"--limit must be positive (items per task, or a share below 1), got {self.limit}.")
-        if self.limit is not None and self.limit >= 1:
-            self.limit = int(self.limit)  # a count of items, as lm-eval expects
-        if self.prompt_format not in FORMATS:
-            raise ValueError(f"--prompt-format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}.")
-
-
 def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig, chat: bool) -> dict:
     """lm-eval's simple_evaluate on a loaded model, raw or in its chat template, with per-sample logs."""
     # A model's generation_config.max_new_tokens (Qwen2.5 ships 2,048) would override the bound lm-eval sets per task

@@ -23,34 +23,11 @@ from transformers.cache_utils import DynamicLayer
 
 from sft.core.chat import renderer_for
 from sft.core.prompts import get_template
+from sft.evaluation.settings import GenerationSettings
 
 PREFILL = 16  # new prompts encoded per forward pass: they arrive sorted by length, so little padding
 SHARED = 16  # prompts that agree on their first SHARED tokens (a template's preamble) are encoded together ...
 MIN_PREFIX = 8  # ... and a common prefix at least this long is encoded once for the whole group
-
-
-@dataclass
-class GenerationSettings:
-    """Decoding settings, saved with every case study."""
-
-    max_new_tokens: int = 64  # tokens generated per prompt at most
-    do_sample: bool = False  # greedy by default: the same output every time
-    temperature: float = 1.0  # only with do_sample
-    top_p: float = 1.0  # only with do_sample
-    seed: int = 0  # only with do_sample
-    batch_size: int = 64  # prompts generating at once (bigger is faster while memory lasts; lower it if short)
-
-    def __post_init__(self) -> None:
-        """Reject settings generate() would fail on later, with the fix in the message."""
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}; "
-                             "for deterministic output leave sampling off (greedy).")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
 
 
 @dataclass

@@ -18,8 +18,7 @@ from sft.core.collate import WeightedLMCollator
 from sft.core.loss import scored_nll, shift_left, target_weights
 from sft.core.prepare import prepare_data
 from sft.data.conversations import ASSISTANT, ROLE_NAMES
-
-BATCH_SIZE = 16  # one fixed batch size for every model (generation and held-out losses)
+from sft.evaluation.settings import BATCH_SIZE
 
 
 def device() -> torch.device:

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
-N_BOOT = 10_000  # bootstrap resamples per interval
-BOOT_SEED = 0  # numpy seed of every bootstrap: the same items are drawn for every pair of models
+from sft.evaluation.settings import BOOT_SEED, N_BOOT
+
 LEVEL = 0.95  # confidence level of every interval
 RULE = 128  # width of the ^^^/$$$/--- rules in the summary .txt, as in OpenCompass
 MAX_DRAWS = 4_000_000  # item draws held in memory at once while bootstrapping (32 MB of indices)

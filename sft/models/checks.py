@@ -14,13 +14,11 @@ from typing import Any
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from sft.data.rows import SUFFIXES
-from sft.models.load import load_tokenizer, looks_local
+from sft.data.files import data_files
+from sft.models.tokenizer import load_tokenizer, looks_local
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of sharded files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # a fast tokenizer, as Qwen2.5 ships it
-NOT_DATA = ("readme", ".")  # names (lowercase prefixes) in Dataset/ that are never data: README.md, .gitkeep
-LOCK_SUFFIX = ".lock"  # file locks are never data: the demo's Dataset/demo.lock sits beside the user's files
 DOWNLOAD = "hf download Qwen/Qwen2.5-0.5B --local-dir {path}"  # the fix for an incomplete reference model folder
 
 
@@ -73,25 +71,6 @@ def check_tokenizer_matches(model_path: str | Path, config: dict[str, Any], toke
     if config.get("vocab_size") and len(tokenizer) > config["vocab_size"]:
         raise ValueError(f"{p}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
                          f"{config['vocab_size']} rows: {fix}.")
-
-
-def data_files(folder: str | Path) -> list[Path]:
-    """The data files of a user's Dataset/ folder (sorted; Dataset/demo/ left out), or [] when it holds nothing.
-
-    A folder that holds files but no usable one (an archive, a .txt) is an error rather than a
-    silent switch to the hub copy, which would train on other data than the user put there.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    files = sorted(f for f in root.rglob("*") if f.is_file() and "demo" not in f.relative_to(root).parts
-                   and not f.name.lower().startswith(NOT_DATA) and f.suffix.lower() != LOCK_SUFFIX)
-    usable = [f for f in files if f.suffix.lower() in SUFFIXES and f.stat().st_size > 0]
-    if files and not usable:
-        raise ValueError(f"{root}/ holds no usable data file (found {', '.join(f.name for f in files[:5])}): put the "
-                         f"dataset there as {'/'.join(SUFFIXES)}, e.g. {root}/alpaca_data_cleaned.json (uncompressed), "
-                         "or pass --data PATH or a hub id such as yahma/alpaca-cleaned.")
-    return usable
 
 
 def check_inputs(cfg, weights: bool = True, tokenizer=None):

@@ -12,7 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from sft.runs.prune import Decision, PrunePolicy, format_plan, policy_from_config, prune_run
+from sft.runs.prune import (
+    Decision,
+    PrunePolicy,
+    format_plan,
+    policy_from_config,
+    prune_run,
+)
 
 # ---------------------------------------------------------------- inside a training run
 

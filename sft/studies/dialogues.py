@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Callable
 
 from sft.data.io import write_jsonl
-from sft.studies.synthetic import FAMILIES, MAX_DRAW_FACTOR, check_split_sizes, derive_seed, resolve_names
+from sft.studies.synthetic import (
+    FAMILIES,
+    MAX_DRAW_FACTOR,
+    check_split_sizes,
+    derive_seed,
+    resolve_names,
+)
 
 
 @dataclass(frozen=True)

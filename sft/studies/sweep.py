@@ -22,10 +22,21 @@ from matplotlib.figure import Figure
 from sft.core.config import load_config
 from sft.core.train import train
 from sft.evaluation.evaluate import evaluate_models
-from sft.evaluation.report import base_metric, format_markdown, model_pairs, write_summary
+from sft.evaluation.report import (
+    base_metric,
+    format_markdown,
+    model_pairs,
+    write_summary,
+)
 from sft.evaluation.results import role_losses
 from sft.runs.checkpoints import list_checkpoints, run_is_complete
-from sft.runs.layout import RESULTS_ROOT, SWEEP_PLOT, run_dir, sweep_results_dir, sweep_run_name
+from sft.runs.layout import (
+    RESULTS_ROOT,
+    SWEEP_PLOT,
+    run_dir,
+    sweep_results_dir,
+    sweep_run_name,
+)
 from sft.studies.demo import ensure_assets
 from sft.studies.synthetic import FAMILIES
 from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, STUDY_TASKS

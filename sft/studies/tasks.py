@@ -21,7 +21,8 @@ from rapidfuzz.distance import Levenshtein
 from sft.core.prompts import get_template
 from sft.data.conversations import check_conversation
 from sft.data.io import write_jsonl
-from sft.evaluation.tasks import MAX_GEN_TOKS, GeneratedTasks, _Function, _TaskDumper, render_chat
+from sft.evaluation.settings import MAX_GEN_TOKS
+from sft.evaluation.tasks import GeneratedTasks, _Function, _TaskDumper, render_chat
 from sft.studies.dialogues import KINDS
 from sft.studies.synthetic import FAMILIES
 
