@@ -1,11 +1,11 @@
-"""Conversations: validate chat rows and render them through a chat template, every token with its role and turn.
+"""Conversations rendered through a chat template, every token with its role and turn; the end-of-turn rule.
 
-A conversation is a list of {"role", "content"} turns (system, user, assistant); ShareGPT's {"from", "value"}
-turns (human, gpt, system) are read into the same form. Rendering goes through a Jinja chat template (the
-tokenizer's own, or a registered prompt template as a chat template) without needing `{% generation %}` tags:
-each message's characters are found by rendering prefixes of the conversation (messages[:i] vs messages[:i+1]),
-the whole text is tokenized once, and each token takes the role and turn of the characters it covers. The ids
-are therefore exactly those of `tokenizer.apply_chat_template(messages, tokenize=True)`.
+Rendering goes through a Jinja chat template (the tokenizer's own, or a registered prompt template as a chat
+template) without needing `{% generation %}` tags: each message's characters are found by rendering prefixes of
+the conversation (messages[:i] vs messages[:i+1]), the whole text is tokenized once, and each token takes the role
+and turn of the characters it covers. The ids are therefore exactly those of
+`tokenizer.apply_chat_template(messages, tokenize=True)`. `stop_at_end_of_turn` is the rule that training saves
+in a run's generation config and generation obeys: a reply ends at the template's end-of-turn token.
 """
 
 from __future__ import annotations

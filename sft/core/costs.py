@@ -1,12 +1,6 @@
-"""What a run will cost, before it starts: `python -m sft plan --preset ... [overrides]`.
+"""The arithmetic of a run's cost: optimizer steps, FLOPs, peak memory, GPU time; no model, no torch.
 
-Tokenizes the data exactly as training will (the same cache), then prints the examples, the
-tokens (prompt / response / padding by batching mode), the optimizer steps (the HF Trainer's own
-arithmetic, `optimizer_steps`), the FLOPs, a peak-memory estimate for a bf16 GPU run, and the time
-at a stated MFU on an H100 SXM and on a 24 GB RTX 4090. Needs the model's config.json and
-tokenizer only, not its weights.
-
-Formulas (all stated in the output too):
+Formulas (all stated in `sft plan`'s output too):
 * FLOPs = 6 N_body T + 6 V d T_head + 3 A, with N_body the parameters outside the embedding and
   LM head, T the tokens computed (padding included), T_head the positions the head runs on
   (weight > 0 with --selective-head, else T) and A the forward attention FLOPs,
@@ -21,6 +15,9 @@ Formulas (all stated in the output too):
   gradients and AdamW states in fp32) and QLoRA (NF4 linear layers, the rest fp32), side by side,
   with 4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T training FLOPs for the two adapter methods
   (no weight gradient of frozen weights), and which of them fits each GPU.
+
+The head's chunk size (`head_chunk_tokens`) lives here too: sft.core.loss runs its chunks at that size and the
+memory estimate counts one chunk. Light on purpose: the command line reads MFU from here for `plan --help`.
 """
 
 from __future__ import annotations

@@ -3,24 +3,8 @@
 Tokenizes the data exactly as training will (the same cache), then prints the examples, the
 tokens (prompt / response / padding by batching mode), the optimizer steps (the HF Trainer's own
 arithmetic, `optimizer_steps`), the FLOPs, a peak-memory estimate for a bf16 GPU run, and the time
-at a stated MFU on an H100 SXM and on a 24 GB RTX 4090. Needs the model's config.json and
-tokenizer only, not its weights.
-
-Formulas (all stated in the output too):
-* FLOPs = 6 N_body T + 6 V d T_head + 3 A, with N_body the parameters outside the embedding and
-  LM head, T the tokens computed (padding included), T_head the positions the head runs on
-  (weight > 0 with --selective-head, else T) and A the forward attention FLOPs,
-  4 L q_dim n(n+1)/2 per example of n tokens (causal); held-out evaluations add 2 N_body T + ...
-* Memory = weights + gradients + AdamW's two states, each in the dtype the weights are loaded in
-  on the GPU (model.dtype "auto" = bf16: the Trainer's bf16=True then only autocasts, there is no
-  fp32 master copy), + activations of the largest possible micro-batch (batch x longest example)
-  + the LM head (`head_bytes`: one chunk of fp32 logits with the selective head) + a tied embedding's dense
-  gradient + 1 GiB of CUDA context, summed as if all were alive at once. bench/real_vocab.py checks
-  `memory_estimate` against a measured peak.
-* Adapters (docs/lora.md): the same run as full fine-tuning, LoRA (frozen bf16 base; adapter, its
-  gradients and AdamW states in fp32) and QLoRA (NF4 linear layers, the rest fp32), side by side,
-  with 4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T training FLOPs for the two adapter methods
-  (no weight gradient of frozen weights), and which of them fits each GPU.
+at a stated MFU on an H100 SXM and on a 24 GB RTX 4090 (formulas: sft.core.costs). Needs the model's
+config.json and tokenizer only, not its weights: the model is built on the meta device for its shape.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
+"""The data a run trains and evaluates on: load, split (seeded), tokenize, cached on disk across runs.
 
-The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
--> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
-
-Every user error is a `ValueError` that names the file, the row and the field, and says
-how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
+Training and evaluation both call `prepare_data`, so they see the same held-out rows, tokenized alike.
 """
 
 from __future__ import annotations

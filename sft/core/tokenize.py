@@ -1,10 +1,9 @@
-"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
+"""Tokenization: validated rows -> input_ids, labels, per-token loss weights, response mask.
 
-The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
--> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
-
-Every user error is a `ValueError` that names the file, the row and the field, and says
-how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
+Alpaca-style rows: prompt and response are tokenized apart (no BPE merge across the boundary), EOS appended to
+the response (and kept in the loss even though pad == eos for Qwen2.5), an over-long prompt trimmed in its middle
+so the response survives. Conversations: rendered through the chat template (sft.core.chat), every token with its
+role and turn. Labels are not shifted: the model shifts them inside `forward`.
 """
 
 from __future__ import annotations

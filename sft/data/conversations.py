@@ -1,11 +1,7 @@
-"""Conversations: validate chat rows and render them through a chat template, every token with its role and turn.
+"""Conversations validated: OpenAI/HF {"role", "content"} turns or ShareGPT {"from", "value"} turns -> messages.
 
-A conversation is a list of {"role", "content"} turns (system, user, assistant); ShareGPT's {"from", "value"}
-turns (human, gpt, system) are read into the same form. Rendering goes through a Jinja chat template (the
-tokenizer's own, or a registered prompt template as a chat template) without needing `{% generation %}` tags:
-each message's characters are found by rendering prefixes of the conversation (messages[:i] vs messages[:i+1]),
-the whole text is tokenized once, and each token takes the role and turn of the characters it covers. The ids
-are therefore exactly those of `tokenizer.apply_chat_template(messages, tokenize=True)`.
+Also the role codes every token of a conversation is tagged with (ROLE_NAMES): template markup, system, user,
+assistant. A bad turn gives (turn, field, problem, fix) so the reader can name the row and turn.
 """
 
 from __future__ import annotations

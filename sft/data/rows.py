@@ -1,10 +1,8 @@
-"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
+"""Rows read and validated: a file, a folder of files or a hub id -> {instruction, input, output} or {messages}.
 
-The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
--> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
-
-Every user error is a `ValueError` that names the file, the row and the field, and says
-how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
+Columns are found by name or alias (or `column_map`); extra columns are ignored and named in the report. Every
+user error is a `ValueError` that names the file, the row and the field, and says how to fix it; with
+`on_bad_rows="skip"` bad rows are dropped and counted by reason instead (`LoadReport`), never silently.
 """
 
 from __future__ import annotations

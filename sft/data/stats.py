@@ -1,11 +1,4 @@
-"""Instruction data: load and validate rows, split them, and tokenize them with per-token loss weights.
-
-The flow is  rows (file | folder | hub id) -> validated {instruction, input, output}
--> seeded held-out split -> {input_ids, labels, loss_weights, response_mask, length}.
-
-Every user error is a `ValueError` that names the file, the row and the field, and says
-how to fix it; with `on_bad_rows="skip"` bad rows are dropped and counted by reason instead.
-"""
+"""Statistics of tokenized data: lengths, prompt and response tokens, the generation ratio, tokens by role."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Evaluation of several models: held-out response metrics and lm-evaluation-harness tasks, summarised.
 
 For every model (loaded once): response loss, perplexity and token accuracy on the held-out split
-that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper,
-with the raw prompt and, for the fine-tuned runs, in their chat template (the training template
-they carry, sft.core.tokenize.with_training_template). Tasks come from sft/tasks.py (the demo's own, or
-lm-eval's on local data); rows from sft/results.py; tables and intervals from sft/report.py.
-Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
+that training used (sft.evaluation.heldout), then every lm-eval task through `lm_eval.simple_evaluate` on an
+`HFLM` wrapper, with the raw prompt and, for the fine-tuned runs, in their chat template (the training template
+they carry, sft.core.tokenize.with_training_template). Tasks are lm-eval's (by name, or on local data:
+sft.evaluation.tasks) or a study's own, handed in as `GeneratedTasks`; rows from sft.evaluation.results; tables
+and intervals from sft.evaluation.report. Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Evaluation of several models: held-out response metrics and lm-evaluation-harness tasks, summarised.
+"""Held-out metrics: response loss, perplexity and token accuracy on the split training used (per role for chats).
 
-For every model (loaded once): response loss, perplexity and token accuracy on the held-out split
-that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper,
-with the raw prompt and, for the fine-tuned runs, in their chat template (the training template
-they carry, sft.core.tokenize.with_training_template). Tasks come from sft/tasks.py (the demo's own, or
-lm-eval's on local data); rows from sft/results.py; tables and intervals from sft/report.py.
-Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
+The same NLL kernel as training (sft.core.loss.scored_nll), unweighted: `response_loss` means the same in every
+regime, which is why checkpoints are ranked and runs compared on it.
 """
 
 from __future__ import annotations

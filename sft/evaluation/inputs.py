@@ -1,12 +1,5 @@
-"""Evaluation of several models: held-out response metrics and lm-evaluation-harness tasks, summarised.
-
-For every model (loaded once): response loss, perplexity and token accuracy on the held-out split
-that training used, then every lm-eval task through `lm_eval.simple_evaluate` on an `HFLM` wrapper,
-with the raw prompt and, for the fine-tuned runs, in their chat template (the training template
-they carry, sft.core.tokenize.with_training_template). Tasks come from sft/tasks.py (the demo's own, or
-lm-eval's on local data); rows from sft/results.py; tables and intervals from sft/report.py.
-Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
-"""
+"""The models given to an evaluation: `label=path` pairs parsed, each described (run manifest or build info),
+the base models checked against the runs, and the prompt formats each one gets."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Checkpoint pruning: keep the newest, the best by a metric and anything still being written; free the rest.
-
-The policy is pure (`plan_prune`: facts about the checkpoints in, decisions out); `scan_checkpoints`
-reads the facts from disk and `apply_plan` carries the decisions out, so `auto_clean.py`, its
-`--watch` loop and `AutoCleanCallback` (switched on by `TrainConfig.auto_clean`) all prune alike.
-"""
+"""The pruning policy (sft.runs.prune) inside a training run: a Trainer callback, switched on by
+`TrainConfig.auto_clean`, that prunes after every checkpoint save."""
 
 from __future__ import annotations
 

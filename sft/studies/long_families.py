@@ -1,4 +1,4 @@
-"""Synthetic alpaca-schema instruction tasks with exactly checkable answers, for the offline demo."""
+"""The demo's 4 long-output families (lists of 3-15 items: counting up or down, spans of days or months)."""
 
 from __future__ import annotations
 

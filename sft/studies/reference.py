@@ -1,16 +1,12 @@
-"""The reference experiment (Qwen2.5-0.5B on alpaca-cleaned) end to end, offline, on a stand-in.
+"""The reference experiment's stand-in (Qwen2.5-0.5B on alpaca-cleaned), built offline for the reference check.
 
 `build_reference_fixture` lays out what a user has after downloading: the base model folder in
 the Hugging Face layout at `model/qwen2.5/transformers/0.5b/1/` and the data at
 `Dataset/alpaca_data_cleaned.json`. The model is a randomly initialised `Qwen2ForCausalLM` with
 Qwen2.5-0.5B's configuration but 2 layers of width 56 (its 151,936-row tied embedding, rope theta,
 7:1 query to key-value heads and special ids kept); the tokenizer and the alpaca-schema rows
-(GSM8K) come from `../shared`. `reference_check` then runs the reference commands of docs/reference.md in
-that folder: both notebooks with papermill on the `qwen2.5-0.5b-alpaca` preset (overrides for
-steps and lengths only), `sft evaluate` (held-out metrics alone, then lm-eval's own gsm8k,
-arc_challenge, hellaswag and two MMLU subjects under a size-weighted group, reading local rows that
-`write_benchmark_data` writes in each task's schema, raw and in each model's chat template),
-`sft compare`, `eval.py`, `auto_clean.py`, and checks that every promised file is there.
+(GSM8K) come from `../shared`. `write_benchmark_data` writes local rows for lm-eval's gsm8k, arc_challenge,
+hellaswag and two MMLU subjects in each task's own schema. sft.cli.reference_check runs the commands on them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Synthetic alpaca-schema instruction tasks with exactly checkable answers, for the offline demo."""
+"""The demo's 12 short-output families (answers of 1-2 tokens): each a maker of (instruction, input, output)
+and an answerer that recomputes the output from the instruction alone, so every answer is exactly checkable."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Synthetic alpaca-schema instruction tasks with exactly checkable answers, for the offline demo."""
+"""Synthetic alpaca-schema instruction tasks with exactly checkable answers, for the offline demo.
+
+FAMILIES registers the 16 families (sft.studies.short_families, sft.studies.long_families); `build_demo_dataset`
+draws seeded train / held-out / test splits with no instruction shared between them.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""lm-eval tasks: the demo's own, lm-eval's task definitions on local data, and what a run of them costs.
-
-The demo's synthetic test set becomes local lm-eval tasks, one per task family, scored by exact match
-and edit similarity, with averages over the short-output, the long-output and all families. Any of
-lm-eval's own tasks (gsm8k, mmlu, arc_challenge, hellaswag, ...) runs by name; where its data cannot
-come from the hub (offline, or a private copy), `--task-data NAME=FOLDER` keeps lm-eval's task
-definition and changes only where the rows are read from: for each task a config that `include`s
-lm-eval's own YAML and reads FOLDER/<split>.jsonl (or .json, .parquet, .csv).
-"""
+"""The demo's lm-eval tasks (one per family, scored by exact match and edit similarity, averaged over the short-
+and long-output families) and the dialogues' multi-turn tasks, written from their test rows for each evaluation
+and handed to evaluation as `GeneratedTasks` (STUDY_TASKS)."""
 
 from __future__ import annotations
 

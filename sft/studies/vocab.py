@@ -1,4 +1,4 @@
-"""Synthetic alpaca-schema instruction tasks with exactly checkable answers, for the offline demo."""
+"""The demo families' building blocks: word lists, number spelling, answer parsing and prompt decoration."""
 
 from __future__ import annotations
 
