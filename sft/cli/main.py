@@ -35,6 +35,7 @@ from sft.evaluation.costs import estimate_costs, format_costs
 from sft.evaluation.evaluate import FORMATS, EvalConfig, evaluate_models
 from sft.evaluation.heldout import BATCH_SIZE
 from sft.evaluation.inputs import parse_models
+from sft.evaluation.pages import add_page_arguments, render, update_pages
 from sft.evaluation.report import format_psql
 from sft.evaluation.tasks import MAX_GEN_TOKS
 from sft.models.load import load_tokenizer
@@ -204,6 +205,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pages(args: argparse.Namespace) -> int:
+    """Print one generated table, or rewrite (--check: list) the marked blocks of README.md and docs/*.md."""
+    if args.table is not None:
+        print(render(args), end="")
+        return 0
+    changed = update_pages(args.root, check=args.check)
+    for page in changed:
+        print(f"{'differs from its results' if args.check else 'rewritten'}: {page}")
+    return 1 if args.check and changed else 0
+
+
 def cmd_reference_check(args: argparse.Namespace) -> int:
     """Run the reference experiment's commands on a tiny stand-in of Qwen2.5-0.5B in a scratch folder."""
     reference_check(args.workdir, args.shared, main)
@@ -305,6 +317,12 @@ def _add_compare(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def _add_pages(sub) -> None:
+    p = sub.add_parser("pages", help="the result tables of README.md and docs/*.md, written from the committed results")
+    add_page_arguments(p)
+    p.set_defaults(func=cmd_pages)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
@@ -324,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "multi-turn requests through the chat template; results in evaluation_results/demo-chat/")
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_pages(sub)
     return parser
 
 
