@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("inspect-data", "train", "plan", "evaluate", "compare", "sweep", "demo", "build-demo", "reference-check")
+COMMANDS = ("inspect-data", "train", "plan", "evaluate", "compare", "sweep", "demo", "build-demo", "reference-check",
+            "pages")
 
 
 def timed(argv: list[str]) -> float:

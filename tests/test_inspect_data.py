@@ -81,3 +81,38 @@ def test_conversations_are_counted_by_role_and_shown_by_turn(qwen_tokenizer, tmp
     assert shown.startswith("[[turn 1 system, weight 0.5: <|im_start|>system\nYou add numbers.")
     assert "[[turn 3 assistant, weight 0.5: 5<|im_end|>]]" in shown and "[[turn 5 assistant, weight 1: 20<|im_end|>]]" \
         in shown
+
+
+def test_the_weights_table_shows_each_token_with_its_role_and_weight(demo_tokenizer, tmp_path):
+    from sft.core.inspect_data import token_weights_table
+
+    cfg = DataConfig(data=str(write(tmp_path / "d.jsonl", ROWS[1:2])), prompt_loss_weight=0.25,
+                     cache_dir=str(tmp_path / "cache"))
+    _, ds, _ = inspect_data(cfg, demo_tokenizer)
+    example = ds[0]
+    table = token_weights_table(example, demo_tokenizer)
+    lines = table.splitlines()
+    assert lines[0] == "weights set by sft.core.tokenize.tokenize_rows_batch"
+    rows = lines[2:-1]
+    assert len(rows) == len(example["input_ids"])
+    assert [r.split()[-2:] for r in rows] == [["response" if m else "prompt", f"{w:g}"]
+                                              for m, w in zip(example["response_mask"], example["loss_weights"])]
+    assert rows[-1].split()[-3:] == ["<|endoftext|>", "response", "1"]  # EOS is a response token, weight 1
+    n_response = sum(example["response_mask"])
+    assert lines[-1].startswith(f"{n_response} tokens at w_t = 1, {len(rows) - n_response} at w_t = 0.25")
+    assert f"adds {sum(example['loss_weights'][1:]):g} to the step's sum" in lines[-1]
+    short = token_weights_table(example, demo_tokenizer, max_tokens=3).splitlines()
+    assert len(short) == 2 + 3 + 2 and short[-2].endswith(f"{len(rows) - 3} more tokens")
+
+
+def test_the_weights_table_names_the_conversation_weights(qwen_tokenizer, tmp_path):
+    from sft.core.inspect_data import token_weights_table
+
+    chat = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]
+    cfg = DataConfig(data=str(write(tmp_path / "c.jsonl", [{"messages": chat}])), prompt_loss_weight=0,
+                     cache_dir=str(tmp_path / "cache"))
+    _, ds, _ = inspect_data(cfg, qwen_tokenizer)
+    table = token_weights_table(ds[0], qwen_tokenizer)
+    assert table.startswith("weights set by sft.core.chat.token_weights")
+    assert [line.split()[-2:] for line in table.splitlines() if line.split()[1:2] == ["5"]] == [["assistant", "1"]]
+    assert any(line.split()[-2:] == ["template", "0"] for line in table.splitlines())

@@ -61,6 +61,9 @@ def test_notebook_runs_top_to_bottom(demo_root, tmp_path, name, w):
     assert not errors
     images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the length histogram and the loss curves
+    said = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
+    assert "weights set by sft.core.tokenize.tokenize_rows_batch" in said  # the rule's example, token by token
+    assert f"at w_t = {w:g}; this example adds" in said
     manifest = json.loads((demo_root / "model/demo" / f"nb-{w}" / "run_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["prompt_loss_weight"] == w
 
@@ -84,6 +87,7 @@ def test_a_notebook_trains_on_your_conversations(demo_root, tmp_path):
     said = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
                    for c in executed["cells"] for o in c.get("outputs", []))
     assert "[[turn 1 user, weight 0: " in said and "[[turn 2 assistant, weight 1: " in said  # the example, by turn
+    assert "weights set by sft.core.chat.token_weights" in said
     manifest = json.loads((demo_root / "model/demo/nb-chat/run_manifest.json").read_text())
     assert manifest["data"]["conversations"] and manifest["data"]["eval_examples"] == 8
     assert manifest["config"]["data"]["data"] == str(tmp_path / "chats.jsonl")

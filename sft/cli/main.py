@@ -25,7 +25,13 @@ from sft.core.config import (
     section_classes,
 )
 from sft.core.costs import MFU
-from sft.evaluation.settings import BATCH_SIZE, FORMATS, MAX_GEN_TOKS, EvalConfig
+from sft.evaluation.settings import (
+    BATCH_SIZE,
+    FORMATS,
+    MAX_GEN_TOKS,
+    EvalConfig,
+    add_page_arguments,
+)
 from sft.runs.layout import ASSETS_DIR, RESULTS_ROOT, SWEEP_PLOT
 
 
@@ -185,6 +191,12 @@ def _add_compare(sub) -> None:
     p.set_defaults(func="evaluate_cmd:cmd_compare")
 
 
+def _add_pages(sub) -> None:
+    p = sub.add_parser("pages", help="the result tables of README.md and docs/*.md, written from the committed results")
+    add_page_arguments(p)
+    p.set_defaults(func="pages_cmd:cmd_pages")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
@@ -204,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "multi-turn requests through the chat template; results in evaluation_results/demo-chat/")
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_pages(sub)
     return parser
 
 

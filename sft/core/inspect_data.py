@@ -152,3 +152,30 @@ def format_stats(stats: dict[str, Any]) -> str:
             lines.append(f"| {value} | {g['examples']} | {g['prompt_tokens_mean']:.1f} | {g['response_tokens_mean']:.1f} "
                          f"| {g['instruction_output_ratio']:.2f} | {g['generation_ratio_Rg']:.3f} |")
     return "\n".join(lines)
+
+
+WEIGHTED_BY = {"rows": "sft.core.tokenize.tokenize_rows_batch", "conversations": "sft.core.chat.token_weights"}
+
+
+def token_weights_table(example: dict[str, list], tokenizer, max_tokens: int | None = None) -> str:
+    """One line per token of an example: position, token, role and the loss weight training gives it, headed by the
+    function that set the weights and followed by the weight sums. An instruction row's roles are prompt and
+    response (EOS included); a conversation's are its tokens' roles (template, system, user, assistant)."""
+    chat = "roles" in example
+    ids, weights = example["input_ids"], example["loss_weights"]
+    roles = ([ROLE_NAMES[r] for r in example["roles"]] if chat
+             else ["response" if r else "prompt" for r in example["response_mask"]])
+    n = len(ids) if max_tokens is None else min(len(ids), max_tokens)
+    lines = [f"weights set by {WEIGHTED_BY['conversations' if chat else 'rows']}",
+             f"{'t':>4}  {'token':<24} {'role':<9} w_t"]
+    for t in range(n):
+        token = repr(tokenizer.decode([ids[t]], skip_special_tokens=False))[1:-1]
+        lines.append(f"{t:>4}  {token:<24} {roles[t]:<9} {weights[t]:g}")
+    if n < len(ids):
+        lines.append(f"      ... {len(ids) - n} more tokens")
+    w = np.asarray(weights, dtype=np.float64)
+    trained = np.asarray(example["response_mask"], dtype=bool)
+    others = w[~trained][0] if (~trained).any() else 0.0
+    lines.append(f"{int(trained.sum())} tokens at w_t = 1, {int((~trained).sum())} at w_t = {others:g}; this example "
+                 f"adds {w[1:].sum():g} to the step's sum of w_t (token 0 is never predicted)")
+    return "\n".join(lines)

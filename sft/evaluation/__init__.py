@@ -9,6 +9,7 @@
     results     lm-eval's results to OpenCompass-style summary rows
     report      summary tables and paired bootstrap intervals
     compare     results read back, plotted, tabulated (assets/)
+    pages       the result tables of README.md and docs/*.md, written from the committed results (`sft pages`)
     plots       training and comparison plots
     generate    batched decoding with left padding (notebooks, case studies)
     case_study  eval.py's side-by-side: the same prompts through several models

@@ -1,4 +1,5 @@
-"""Evaluation's settings: what `sft evaluate` runs (EvalConfig) and how text is decoded (GenerationSettings).
+"""Evaluation's settings: what `sft evaluate` runs (EvalConfig), how text is decoded (GenerationSettings), and
+which result tables `sft pages` writes (add_page_arguments).
 
 Kept apart from the code that runs them, which imports torch and lm-eval: the command line builds its flags and
 help from these defaults without paying for those imports.
@@ -6,6 +7,7 @@ help from these defaults without paying for those imports.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 from sft.runs.layout import RESULTS_ROOT
@@ -76,3 +78,23 @@ class GenerationSettings:
                              "for deterministic output leave sampling off (greedy).")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+TABLES = ("groups", "tasks", "differences", "across", "heldout", "sweep", "sweep-differences")
+
+
+def add_page_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `python -m sft pages` (and of every marker's command)."""
+    p.add_argument("table", nargs="?", choices=TABLES, help="print this table (none: rewrite every page's blocks)")
+    p.add_argument("source", nargs="?", help="an evaluation_results/<name>/<timestamp> folder, or a sweep's folder")
+    p.add_argument("--pair", action="append", default=[], metavar="A,B",
+                   help="a difference a - b: two model labels, or two weights of a sweep (repeatable)")
+    p.add_argument("--also", action="append", default=[], metavar="RESULT_DIR",
+                   help="across: a further evaluation beside SOURCE (repeatable)")
+    p.add_argument("--group", help="the group of `tasks` and `differences`, e.g. sft_demo_short")
+    p.add_argument("--datasets", help="comma-separated group rows to show (default: every group)")
+    p.add_argument("--chat", action="store_true", help="each model's @chat row where it has one (conversations)")
+    p.add_argument("--intervals", action="store_true", help="each score with its 95%% bootstrap interval")
+    p.add_argument("--roles", action="store_true", help="heldout: the loss of each role (conversations)")
+    p.add_argument("--check", action="store_true", help="rewrite nothing; list the pages whose blocks differ")
+    p.add_argument("--root", default=".", help="the repository whose README.md and docs/*.md are rewritten")
