@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the repository: the notebooks, eval.py, auto_clean.py, .git
 MODEL_ROOT = "model"  # runs go under model/<preset>/<run>/
 TENSORBOARD_ROOT = "tensorboard_events"  # TensorBoard events under tensorboard_events/<preset>/<run>_finetune_tfb/
 RESULTS_ROOT = "evaluation_results"  # evaluations under evaluation_results/<name>/<timestamp>/

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sft.runs.layout import MANIFEST
+from sft.runs.layout import MANIFEST, REPO_ROOT
 
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "lm-eval")  # versions recorded
 
@@ -28,7 +28,7 @@ def package_versions() -> dict[str, str]:
 
 def git_commit() -> str:
     """The project's commit, with '+dirty' when the work tree has changes; 'unknown' outside git."""
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

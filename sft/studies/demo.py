@@ -15,7 +15,7 @@ from sft.core.train import train
 from sft.evaluation.compare import compare
 from sft.evaluation.evaluate import evaluate_models
 from sft.runs.layout import ASSETS_DIR, DEMO_CHAT_ASSETS_DIR, run_dir
-from sft.studies import dialogues, synthetic
+from sft.studies import dialogues, long_families, short_families, synthetic, vocab
 from sft.studies.synthetic import generate_rows
 from sft.studies.tasks import STUDY_TASKS
 from sft.studies.tiny_model import TinyModelConfig, ensure_demo_base
@@ -34,6 +34,9 @@ def tiny_model_config(demo: DemoConfig):
         intermediate_size=demo.intermediate_size,
         seed=demo.model_seed,
     )
+
+
+GENERATORS = [synthetic, vocab, short_families, long_families]  # the demo families' code: editing it rebuilds the data
 
 
 def ensure_splits(out: str | Path, wanted: dict[str, int], seed: int, sources: list, build) -> dict[str, Path]:
@@ -57,13 +60,13 @@ def ensure_splits(out: str | Path, wanted: dict[str, int], seed: int, sources: l
 def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
     """Write the synthetic splits to demo.dataset_dir unless the same ones are already there."""
     wanted = {"train": demo.n_train, "heldout": demo.n_heldout, "test": demo.n_test}
-    return ensure_splits(demo.dataset_dir, wanted, demo.data_seed, [synthetic], synthetic.build_demo_dataset)
+    return ensure_splits(demo.dataset_dir, wanted, demo.data_seed, GENERATORS, synthetic.build_demo_dataset)
 
 
 def ensure_dialogue_dataset(demo: DemoConfig) -> dict[str, Path]:
     """Write the synthetic dialogue splits to demo.dialogue_dir unless the same ones are already there."""
     wanted = {"train": demo.n_dialogue_train, "heldout": demo.n_dialogue_heldout, "test": demo.n_dialogue_test}
-    return ensure_splits(demo.dialogue_dir, wanted, demo.data_seed, [synthetic, dialogues],
+    return ensure_splits(demo.dialogue_dir, wanted, demo.data_seed, [*GENERATORS, dialogues],
                          dialogues.build_dialogue_dataset)
 
 

@@ -21,9 +21,9 @@ import torch
 import yaml
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-from sft.runs.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR
+from sft.runs.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR, REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository: notebooks, eval.py, auto_clean.py
+ROOT = REPO_ROOT  # the notebooks live there
 PRESET = "qwen2.5-0.5b-alpaca"
 DATA_FILE = "alpaca_data_cleaned.json"  # the name alpaca-cleaned's own repository gives its file
 # Qwen2.5-0.5B's config.json (the values the model card's download holds).
