@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to ../shared (skipped with a reason where it is absent) and loaded tokenizers."""
+"""Shared fixtures only: paths to ../shared (skipped with a reason where it is absent), loaded tokenizers, the small
+demo's assets, one CPU thread; and the check of the `slow` marker (tests/markers.py). Helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"  # the project's shared assets live beside the repo, never inside it
-QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
-GSM8K = SHARED / "data" / "gsm8k_alpaca.json"
+from helpers import GSM8K, QWEN_TOKENIZER, demo_config
+# The check of the `slow` marker (tests/markers.py): its hooks, registered by being names of this conftest.
+from markers import pytest_configure, pytest_fixture_setup, pytest_runtest_makereport, pytest_runtest_setup  # noqa: F401
+
+pytest_plugins = ["pytester"]  # tests/test_markers.py runs pytest on a test file of its own
 
 
 def _need(path: Path) -> Path:
@@ -32,33 +34,6 @@ def gsm8k_path() -> Path:
     return _need(GSM8K)
 
 
-SMALL_DEMO = dict(n_train=320, n_heldout=64, n_test=64, hidden_size=64, intermediate_size=256, num_hidden_layers=2)
-
-
-def demo_overrides(root: Path) -> dict:
-    """Overrides that make the demo preset small and put every path under `root`."""
-    root = Path(root)
-    paths = {
-        "demo.dataset_dir": str(root / "Dataset/demo"),
-        "demo.base_dir": str(root / "model/demo/base"),
-        "data.data": str(root / "Dataset/demo/train.jsonl"),
-        "data.eval_data": str(root / "Dataset/demo/heldout.jsonl"),
-        "model.model": str(root / "model/demo/base"),
-        "model_root": str(root / "model"),
-        "tensorboard_root": str(root / "tensorboard_events"),
-        "cache_dir": str(root / ".cache"),
-    }
-    small = {f"demo.{k}": v for k, v in SMALL_DEMO.items()}
-    return {**paths, **small, "per_device_train_batch_size": 8}
-
-
-def demo_config(root: Path, **overrides):
-    """The demo preset, small, with every path under `root` (nothing is written to the repo)."""
-    from sft.core.config import load_config
-
-    return load_config("demo", **{**demo_overrides(root), **overrides})
-
-
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A folder with the small demo's data and tiny base model, built once per test session."""
@@ -77,46 +52,6 @@ def demo_tokenizer(demo_root):
     return load_tokenizer(demo_root / "model/demo/base")
 
 
-def demo_cli_args(root: Path) -> list[str]:
-    """The same small, relocated demo as command-line overrides, for subprocess tests."""
-    cfg = demo_config(root)
-    pairs = {
-        "--demo.dataset-dir": cfg.demo.dataset_dir, "--demo.base-dir": cfg.demo.base_dir,
-        "--data.data": cfg.data.data, "--data.eval-data": cfg.data.eval_data, "--model.model": cfg.model.model,
-        "--model-root": cfg.train.model_root, "--tensorboard-root": cfg.train.tensorboard_root,
-        "--cache-dir": cfg.data.cache_dir, "--per-device-train-batch-size": "8",
-        **{f"--demo.{k.replace('_', '-')}": str(v) for k, v in SMALL_DEMO.items()},
-    }
-    return [x for kv in pairs.items() for x in kv]
-
-
-def demo_dialogues(root: Path, n: int, seed: int) -> list[list[dict]]:
-    """n two-exchange conversations (messages) chained from the small demo's training rows."""
-    import json
-    import random
-
-    rows = [json.loads(line) for line in (Path(root) / "Dataset/demo/train.jsonl").read_text().splitlines()]
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        turns = []
-        for r in rng.sample(rows, 2):
-            turns += [{"role": "user", "content": r["instruction"] + (f"\n{r['input']}" if r.get("input") else "")},
-                      {"role": "assistant", "content": r["output"]}]
-        out.append(turns)
-    return out
-
-
-def load_script(name: str):
-    """A top-level script (eval.py, auto_clean.py) as a module: `eval` cannot be imported by name."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from more CPU threads, and on a busy machine threads waiting on each
@@ -127,35 +62,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_qwen25(tokenizer, seed: int = 0):
-    """A randomly initialised one-layer Qwen2 with Qwen2.5's special ids (EOS <|endoftext|>, none for
-    <|im_end|>, as the base model ships) over the tokenizer's whole vocabulary."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    eos = tokenizer.eos_token_id
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                         bos_token_id=eos, eos_token_id=eos)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos)
-    return model
-
-
-def force_next_token(model, token: int):
-    """Make the model choose `token` every step (its head replaced by a bias on that token): a model that would
-    write it forever unless generation stops there."""
-    import torch
-
-    hidden = model.get_output_embeddings().in_features
-    head = torch.nn.Linear(hidden, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        head.bias[token] = 10.0
-    model.set_output_embeddings(head)
-    return model

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import GSM8K, QWEN_TOKENIZER, ROOT
+from helpers import GSM8K, QWEN_TOKENIZER, ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, demo_dialogues, demo_overrides
+from helpers import ROOT, demo_dialogues, demo_overrides
 from sft.runs.checkpoints import (
     checkpoint_step, is_complete, last_complete_checkpoint, list_checkpoints, run_is_complete,
 )

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, demo_cli_args, demo_config, demo_overrides, load_script
+from helpers import ROOT, TESTS, demo_cli_args, demo_config, demo_overrides, load_script
 from sft.runs.checkpoints import can_resume_from, is_complete, last_complete_checkpoint, list_checkpoints
 from sft.runs.layout import run_dir
 from sft.runs.prune import PrunePolicy, metric_at, plan_prune, prune_run, scan_checkpoints, watch
@@ -234,7 +234,7 @@ def test_watch_prunes_beside_a_training_run_and_resume_still_works(demo_root, tm
     overrides = {**demo_overrides(demo_root), "run_name": "watched", "overwrite": True, **steps}
     # Training pauses after saving checkpoint-8 until the watcher has deleted checkpoint-2, then waits to be
     # killed: the test does not depend on how fast training runs next to the watcher (issue 15).
-    trainer = subprocess.Popen([sys.executable, str(ROOT / "tests" / "paused_train.py"), str(ready), "8",
+    trainer = subprocess.Popen([sys.executable, str(TESTS / "paused_train.py"), str(ready), "8",
                                 "checkpoint-2", json.dumps(overrides)],
                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watcher = start_watcher(out, env, tmp_path, "--min-age", "0.5", "--keep-last", "1", "--keep-best", "1",

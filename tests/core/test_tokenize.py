@@ -1,15 +1,12 @@
-"""sft/data.py: loading and validation, the split, and tokenization with loss weights."""
-
-import json
+"""sft.core.tokenize and sft.core.prepare: tokenization with loss weights (known answers on the demo's tokenizer,
+the exact boundary with Qwen2.5's), truncation, and the tokenized cache. (Loading rows: tests/data/test_rows.py.)"""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from sft.core.tokenize import IGNORE_INDEX, tokenize_rows_batch, truncate_example
 from sft.data.config import DataConfig
 from sft.data.rows import fingerprint_rows, load_rows
-from sft.data.splits import split_indices
 from sft.core.prepare import tokenize_rows
 from sft.core.prompts import render_prompt
 
@@ -17,11 +14,6 @@ ROWS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
     {"instruction": "Sort the words.", "input": "b a c", "output": "a b c"},
 ]
-
-
-def write_json(path, obj):
-    path.write_text(json.dumps(obj), encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------- known answers: the code that runs, offline
@@ -126,119 +118,6 @@ def test_tokenize_rows_matches_the_batch_function_and_counts_drops(demo_tokenize
     ds, report = tokenize_rows(rows, demo_tokenizer, cfg)
     assert report.examples_in == 3 and report.examples_out == 2 and report.examples_dropped_too_long == 1
     assert ds["input_ids"] == [tokenize_one(demo_tokenizer, r)["input_ids"] for r in (rows[0], rows[2])]
-
-
-# ---------------------------------------------------------------- loading: formats, mapping, errors
-
-
-def test_formats_load_the_same_rows(tmp_path):
-    write_json(tmp_path / "a.json", ROWS)
-    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
-    pd.DataFrame(ROWS).to_csv(tmp_path / "c.csv", index=False)
-    pd.DataFrame(ROWS).to_parquet(tmp_path / "d.parquet")
-    for name in ("a.json", "b.jsonl", "c.csv", "d.parquet"):
-        rows, report = load_rows(tmp_path / name)
-        assert rows == ROWS, name
-        assert report.rows_read == report.rows_kept == 2
-    rows, report = load_rows(tmp_path)  # a folder: every data file in it, in sorted order
-    assert rows == ROWS * 4 and report.rows_kept == 8
-
-
-def test_column_mapping_aliases_and_explicit(tmp_path):
-    alias = [{"instruction": "x", "context": "c", "response": "y", "id": 7, "category": "qa"}]
-    rows, report = load_rows(write_json(tmp_path / "alias.json", alias))
-    assert rows == [{"instruction": "x", "input": "c", "output": "y"}]
-    assert report.ignored_columns == ["id", "category"]  # extra columns are named, never an error
-    custom = [{"q": "x", "a": "y"}]
-    rows, _ = load_rows(write_json(tmp_path / "custom.json", custom), {"q": "instruction", "a": "output"})
-    assert rows == [{"instruction": "x", "input": "", "output": "y"}]
-
-
-def test_missing_input_and_null_input_mean_no_input(tmp_path):
-    rows, _ = load_rows(write_json(tmp_path / "d.json", [{"instruction": "x", "output": "y"},
-                                                          {"instruction": "x", "input": None, "output": "y"}]))
-    assert [r["input"] for r in rows] == ["", ""]
-
-
-@pytest.mark.parametrize(
-    "content, pattern",
-    [
-        (b"[{\"instruction\": \"x\", \"output\": \"y\"},\n {oops}]", r"bad\.json: invalid JSON at line 2"),
-        (b"", r"bad\.json: the file is empty"),
-        (b"  \n", r"bad\.json: the file is empty"),
-        (b'{"instruction": "x"}', r"expected a JSON list"),
-        (b'[{"instruction": "x", "input": ""}]', r"no column for output.*--column-map"),
-        (b'[{"instruction": "x", "output": "y"}, {"instruction": "x", "output": ""}]',
-         r"bad\.json: row 2, field output: is empty"),
-        (b'[{"instruction": "x", "output": 5}]', r"row 1, field output: must be a string, got int"),
-        (b'[{"instruction": null, "output": "y"}]', r"row 1, field instruction: is null"),
-        (b'[{"instruction": "x", "output": "y", "input": 3}]', r"row 1, field input: must be a string or missing"),
-        (b'[{"instruction": "x", "output": "y"}, {"instruction": "z"}]', r"row 2, field output: is missing"),
-        (b'["just text"]', r"row 1, field \(row\): is a str"),
-        (b'[{"instruction": "caf\xe9", "output": "y"}]', r"line 1 \(byte 21\) is not valid UTF-8.*iconv"),
-    ],
-)
-def test_bad_input_names_file_row_field_and_fix(tmp_path, content, pattern):
-    path = tmp_path / "bad.json"
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match=pattern):
-        load_rows(path)
-
-
-def test_unknown_columns_only_error_when_required_are_missing(tmp_path):
-    path = write_json(tmp_path / "u.json", [{"text": "hello", "label": 1}])
-    with pytest.raises(ValueError, match=r"The columns are: text, label"):
-        load_rows(path)
-
-
-def test_bad_jsonl_line_and_csv_row_numbers(tmp_path):
-    (tmp_path / "b.jsonl").write_text('{"instruction": "x", "output": "y"}\n{"instruction": "x", \n')
-    with pytest.raises(ValueError, match=r"b\.jsonl: line 2: invalid JSON"):
-        load_rows(tmp_path / "b.jsonl")
-    (tmp_path / "c.csv").write_text("instruction,input,output\nx,,y\nx,,\n")
-    with pytest.raises(ValueError, match=r"c\.csv: row 2 \(line 3\), field output: is empty"):
-        load_rows(tmp_path / "c.csv")
-
-
-def test_skip_policy_counts_every_dropped_row_by_reason(tmp_path):
-    (tmp_path / "b.jsonl").write_text(
-        "\n".join([
-            json.dumps({"instruction": "x", "output": "y"}),
-            json.dumps({"instruction": "x", "output": ""}),
-            json.dumps({"instruction": "x", "output": None}),
-            "{not json",
-            json.dumps({"instruction": "x", "output": ""}),
-            json.dumps({"instruction": "x", "output": "z"}),
-        ])
-    )
-    rows, report = load_rows(tmp_path / "b.jsonl", on_bad_rows="skip")
-    assert len(rows) == 2
-    assert report.rows_read == 6
-    assert dict(report.rows_dropped) == {"output is empty": 2, "output is null": 1, "invalid JSON": 1}
-    assert any(w.endswith("b.jsonl: line 2: output is empty") for w in report.first_bad_rows)
-
-
-def test_missing_path_and_empty_folder(tmp_path):
-    with pytest.raises(ValueError, match="no such file or folder"):
-        load_rows(tmp_path / "nope.json")
-    with pytest.raises(ValueError, match="holds no data file"):
-        load_rows(tmp_path)
-
-
-def test_split_is_a_function_of_data_and_seed_only():
-    train, held = split_indices(1000, 0.05, seed=3)
-    assert len(held) == 50 and len(train) == 950
-    assert set(train).isdisjoint(held) and set(train) | set(held) == set(range(1000))
-    again = split_indices(1000, 0.05, seed=3)
-    assert (again[0] == train).all() and (again[1] == held).all()
-    assert not (split_indices(1000, 0.05, seed=4)[1] == held).all()
-    with pytest.raises(ValueError, match="at least one row"):
-        split_indices(10, 10, seed=0)
-
-
-def test_prompt_loss_weight_is_checked():
-    with pytest.raises(ValueError, match=r"prompt_loss_weight must be in \[0, 1\]"):
-        DataConfig(prompt_loss_weight=1.5)
 
 
 # ---------------------------------------------------------------- the real Qwen2.5 vocabulary (../shared)

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import pytest
 
-from conftest import demo_config
+from helpers import demo_config
 from sft.data.rows import load_rows
 from sft.core.tokenize import with_training_template
 from sft.studies.dialogues import (

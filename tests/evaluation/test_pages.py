@@ -5,7 +5,7 @@ each page matches what the commands in its markers write, and no page types a co
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from sft.cli.main import main
 from sft.evaluation.pages import BLOCK, members, pages, regenerate, render_spec, update_pages
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import TESTS
 from sft.evaluation.compare import comparison_panels
 from sft.evaluation.report import (
     Row, base_metric, bootstrap_mean, confidence_rows, difference_rows, format_score, model_pairs, summary_table, write_summary,
 )
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = TESTS / "golden"
 TIME = "20250101_120000"
 MODELS = ["base", "masked", "unmasked"]
 

@@ -90,7 +90,6 @@ def test_fine_tuned_tokenizer_reproduces_training_prompt_ids_on_every_gsm8k_row(
     assert len(rows) == 7473
 
 
-@pytest.mark.slow
 def test_demo_tokenizer_reproduces_training_prompt_ids(demo_root):
     import json
 

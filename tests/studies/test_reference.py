@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SHARED
 
+from helpers import ROOT, SHARED
 from sft.runs.layout import LOCAL_QWEN_DIR
 
 PRESET = "qwen2.5-0.5b-alpaca"

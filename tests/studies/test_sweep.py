@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import demo_dialogues, demo_overrides
+from helpers import demo_dialogues, demo_overrides
 from sft.studies.sweep import difference_records, mean_interval, pair_label, parse_weights, run_sweep
 
 
@@ -71,7 +71,7 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_on_conversations_reports_the_held_out_loss_of_each_role(demo_root, tmp_path, monkeypatch):
-    from conftest import demo_cli_args
+    from helpers import demo_cli_args
     from sft.cli.main import main
 
     chats = tmp_path / "chats.jsonl"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, demo_cli_args, demo_config
+from helpers import ROOT, demo_cli_args, demo_config
 from sft.runs.layout import run_dir, tensorboard_dir
 
 pytestmark = pytest.mark.slow

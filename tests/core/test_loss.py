@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import demo_config
+from helpers import demo_config
 from sft.core.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.core.costs import HEAD_CHUNK_BYTES, HEAD_CHUNK_TOKENS, head_chunk_tokens
 from sft.core.loss import selected_nll, target_weights

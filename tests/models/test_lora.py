@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import QWEN_TOKENIZER, ROOT, SHARED, demo_cli_args, demo_config
+from helpers import QWEN_TOKENIZER, ROOT, SHARED, TESTS, demo_cli_args, demo_config
 from sft.core.config import ExperimentConfig, LoraSettings, load_config
 from sft.runs.layout import run_dir
 from sft.models.lora import (
@@ -17,7 +17,7 @@ from sft.models.lora import (
 from sft.core.config import load_run_config
 from sft.runs.manifest import read_manifest
 
-QWEN25_7B = ROOT / "tests" / "fixtures" / "qwen2.5-7b"  # Qwen2.5-7B's config.json (no weights)
+QWEN25_7B = TESTS / "fixtures" / "qwen2.5-7b"  # Qwen2.5-7B's config.json (no weights)
 
 
 # ---------------------------------------------------------------- settings

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import QWEN_TOKENIZER, ROOT, demo_cli_args
+from helpers import QWEN_TOKENIZER, ROOT, demo_cli_args
 from sft.cli.main import build_parser, main
 from sft.core.config import field_help, section_classes
 from sft.evaluation.settings import BATCH_SIZE

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import ROOT, demo_config
+from helpers import ROOT, demo_config
 from sft.cli.main import main
 from sft.evaluation.inputs import parse_models
 from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, write_demo_tasks

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, demo_cli_args, demo_config
+from helpers import ROOT, TESTS, demo_cli_args, demo_config
 from sft.runs.checkpoints import can_resume_from, last_complete_checkpoint, list_checkpoints
 from sft.runs.layout import run_dir, tensorboard_dir
 from sft.core.config import load_run_config
@@ -41,6 +41,7 @@ def _step_gradients(trainer, batches):
     return loss, [p.grad.detach().clone() for p in model.parameters()]
 
 
+@pytest.mark.slow  # optimizer steps through the Trainer (training_step)
 @pytest.mark.parametrize("w", [0.0, 0.1, 1.0])
 def test_gradient_accumulation_4x2_equals_batch_8(demo_root, w):
     trainer = build_trainer(demo_config(demo_root, prompt_loss_weight=w, run_name=f"ga{w}"))
@@ -205,7 +206,7 @@ def test_resume_after_sigkill_gives_the_same_weights(demo_root, tmp_path):
     assert history[-1]["step"] == 60
 
 
-GOLDEN_LOSSES = ROOT / "tests" / "golden" / "train_losses.json"
+GOLDEN_LOSSES = TESTS / "golden" / "train_losses.json"
 
 
 def _three_sgd_steps(trainer) -> list[float]:
@@ -222,6 +223,7 @@ def _three_sgd_steps(trainer) -> list[float]:
     return losses
 
 
+@pytest.mark.slow  # 3 optimizer steps through the Trainer, 3 times
 def test_losses_match_golden_values(demo_root):
     # Golden values (torchtune's practice): any change to tokenization, weighting, packing, the selective head or
     # the loss's normalisation moves these numbers. Regenerate on purpose only: UPDATE_GOLDEN=1 pytest -k golden.

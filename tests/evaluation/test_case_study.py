@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, demo_config, load_script
+from helpers import ROOT, demo_config, load_script
 from sft.evaluation import case_study as cs
 from sft.studies.demo import BUILTIN_FAMILIES, builtin_prompts
 from sft.evaluation.generate import generate_responses, generate_token_ids, render_prompts

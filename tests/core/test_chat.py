@@ -203,7 +203,7 @@ def test_tokenize_rows_caches_conversations_with_the_same_keys_as_alpaca(qwen_to
 
 def dialogues(demo_root, n, seed):
     """n two-exchange dialogues chained from the small demo's training rows."""
-    from conftest import demo_dialogues
+    from helpers import demo_dialogues
 
     return demo_dialogues(demo_root, n, seed)
 
@@ -212,7 +212,7 @@ def dialogues(demo_root, n, seed):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
 def test_messages_and_sharegpt_train_evaluate_and_go_through_eval_py(demo_root, tmp_path, capsys, w):
-    from conftest import demo_config, load_script
+    from helpers import demo_config, load_script
     from sft.evaluation.evaluate import evaluate_models
     from sft.runs.layout import run_dir
     from sft.models.tokenizer import load_tokenizer
@@ -268,7 +268,7 @@ def test_end_of_turn_is_im_end_in_chatml_and_eos_in_the_alpaca_chat_template(qwe
 
 def chatml_run(qwen_tokenizer, tmp_path, lora: bool):
     """Two steps on 8 small conversations through Qwen2.5's ChatML, from a tiny Qwen2 saved as a base model."""
-    from conftest import tiny_qwen25
+    from helpers import tiny_qwen25
     from sft.core.config import load_config
 
     base = tmp_path / "base"
@@ -291,7 +291,7 @@ def chatml_run(qwen_tokenizer, tmp_path, lora: bool):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("lora", [False, True])
 def test_a_chatml_run_saves_im_end_as_an_eos_id_and_generation_stops_there(qwen_tokenizer, tmp_path, lora):
-    from conftest import force_next_token
+    from helpers import force_next_token
     from sft.runs.checkpoints import list_checkpoints
     from sft.evaluation.generate import (
         GenerationSettings, generate_responses, generate_token_ids, prompt_rows, render_prompts,

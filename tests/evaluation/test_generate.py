@@ -1,9 +1,9 @@
 """sft/generate.py's stop tokens: a model's generation-config EOS list, and a chat template's end-of-turn token
-for conversation prompts. (Batching against model.generate is tested in tests/test_case_study.py.)"""
+for conversation prompts. (Batching against model.generate is tested in tests/evaluation/test_case_study.py.)"""
 
 import pytest
 
-from conftest import force_next_token, tiny_qwen25
+from helpers import force_next_token, tiny_qwen25
 from sft.evaluation.generate import (
     GenerationSettings, conversation_prompt, eos_ids, generate_responses, generate_token_ids, prompt_stops, render_prompts,
 )
@@ -44,6 +44,7 @@ def test_the_generation_configs_eos_list_stops_generation(qwen_tokenizer):
     assert generate_token_ids(model, qwen_tokenizer, encoded, GenerationSettings(max_new_tokens=5)) == [[]]
 
 
+@pytest.mark.slow  # lm-eval launches git and pip for its logs
 def test_lm_eval_through_chatml_stops_at_im_end_and_restores_the_config(qwen_tokenizer, tmp_path):
     from sft.evaluation.evaluate import run_benchmarks
     from sft.evaluation.settings import EvalConfig

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import SHARED, demo_config
+from helpers import SHARED, demo_config
 from sft.core.config import load_config
 from sft.data.splits import split_indices
 from sft.core.costs import head_chunk_tokens
