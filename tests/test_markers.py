@@ -1,7 +1,6 @@
 """The check of the `slow` marker (tests/markers.py) can fail: on its classification, on the entry points it wraps,
 and on a test file of its own run by pytest, where it fails exactly the tests whose marker is wrong."""
 
-import sys
 
 import pytest
 

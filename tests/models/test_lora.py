@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import QWEN_TOKENIZER, ROOT, SHARED, TESTS, demo_cli_args, demo_config
+from helpers import QWEN_TOKENIZER, SHARED, TESTS, demo_cli_args, demo_config
 from sft.core.config import ExperimentConfig, LoraSettings, load_config
 from sft.runs.layout import run_dir
 from sft.models.lora import (
