@@ -62,7 +62,7 @@ class ChatRenderer:
     def tokens(self, conversations: list[list[dict]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
         """(ids, role codes, turns) per conversation, the text of each tokenized once with offsets."""
         rendered = [self.spans(m) for m in conversations]
-        encodings = _encode_with_offsets(self.tokenizer, [text for text, _ in rendered])
+        encodings = encode_with_offsets(self.tokenizer, [text for text, _ in rendered])
         out = []
         for (text, spans), (ids, offsets) in zip(rendered, encodings):
             role = np.zeros(len(text) + 1, dtype=np.int8)
@@ -85,7 +85,7 @@ class ChatRenderer:
         return last if self.tokenizer.convert_ids_to_tokens(last) in self.specials else None
 
 
-def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """Token ids (no special tokens added, as apply_chat_template) and character offsets of each text."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:

@@ -90,7 +90,7 @@ def group_stats(ds, example_groups: np.ndarray, row_groups: np.ndarray, instruct
 
 def render_example(example: dict[str, list], tokenizer, colour: bool) -> str:
     """Show one example with prompt, response and zero-weight tokens told apart (a conversation: by turn)."""
-    if "roles" in example:
+    if example.get("chat"):
         return render_conversation(example, tokenizer, colour)
     segments: list[tuple[str, list[int]]] = []
     for tok, w, r in zip(example["input_ids"], example["loss_weights"], example["response_mask"]):
