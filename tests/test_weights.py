@@ -218,3 +218,79 @@ def test_a_resumed_run_continues_the_ramp_where_it_stopped(demo_root):
     first = [(h["step"], h["loss"], h["prompt_loss_weight"]) for h in whole.state.log_history if "prompt_loss_weight" in h]
     assert again[-2:] == first[-2:]  # steps 3 and 4: the same w and the same loss, bit for bit on the CPU
     assert math.isclose(again[-1][2], 0.0)
+
+
+# ---------------------------------------------------------------- inspect-data: auditable masks
+
+
+def _sharegpt(tmp_path, extra: dict | None = None):
+    turns = [{"from": "human", "value": "What is 2 + 3?"}, {"from": "gpt", "value": "5", **(extra or {})},
+             {"from": "human", "value": "And times 4?"}, {"from": "gpt", "value": "20"}]
+    path = tmp_path / "share.jsonl"
+    path.write_text(json.dumps({"conversations": turns}) + "\n" + json.dumps({"conversations": turns[:2]}) + "\n")
+    return path
+
+
+def test_inspect_data_counts_qwens_default_system_prompt_as_system(tmp_path, capsys):
+    from conftest import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    data = _sharegpt(tmp_path, {"name": "bot"})
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--json",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    # "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", in both conversations
+    default = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    from transformers import AutoTokenizer
+    n = len(AutoTokenizer.from_pretrained(QWEN_TOKENIZER)(default)["input_ids"])
+    assert stats["tokens_by_role"]["system"] == 2 * n
+    assert stats["tokens_by_role"]["user"] == 2 * 8 + 5  # "What is 2 + 3?" twice, "And times 4?" once
+    assert stats["weight_by_role"] == {"template": 0.0, "system": 0.0, "user": 0.0, "assistant": 7.0}
+    assert stats["unknown_message_keys"] == {"name": 2}  # the key the project does not read, said out loud
+
+
+def test_inspect_data_exports_roles_and_final_weights_per_token(tmp_path, capsys):
+    from conftest import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    data, out = _sharegpt(tmp_path, {"loss_weight": 0}), tmp_path / "masks.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 "--prompt-loss-weight", "0.5", "--role-weights", "template=0", "--json",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 2 and [len(x["input_ids"]) for x in lines] == [len(x["roles"]) for x in lines]
+    for line in lines:
+        by = {}
+        for role, w in zip(line["roles"], line["weights"]):
+            by.setdefault(role, set()).add(w)
+        assert by["template"] == {0.0} and by["system"] == {0.5} and by["user"] == {0.5}
+    # the first reply (loss_weight 0) weighs 0, the second 1
+    assert set(lines[0]["weights"][i] for i, r in enumerate(lines[0]["roles"]) if r == "assistant") == {0.0, 1.0}
+    assert set(lines[1]["weights"][i] for i, r in enumerate(lines[1]["roles"]) if r == "assistant") == {0.0}
+    assert json.loads(capsys.readouterr().out)["exported"] == {"path": str(out), "examples": 2}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--role-weights", "tools=1"], "unknown role 'tools'"),
+    (["--prompt-loss-weight-end", "2"], "--prompt-loss-weight-end must be in"),
+    (["--loss-normalizer", "tokens"], "--loss-normalizer must be one of"),
+])
+def test_bad_weight_flags_exit_2_with_one_paragraph(tmp_path, capsys, flags, message):
+    from conftest import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    assert main(["inspect-data", "--data", str(_sharegpt(tmp_path)), "--tokenizer", str(QWEN_TOKENIZER), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_bad_message_weight_exits_2_naming_the_row_and_turn(tmp_path, capsys):
+    from conftest import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    data = _sharegpt(tmp_path, {"weight": "yes"})
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "share.jsonl: line 1, turn 2, field weight: is not a valid message weight" in err
+    assert not list((tmp_path / "cache").glob("*.arrow"))  # nothing half-written in the cache

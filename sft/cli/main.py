@@ -112,6 +112,8 @@ def _add_inspect_data(sub) -> None:
     p.add_argument("--by", metavar="COLUMN", help="also give the statistics per value of this column (the demo: family)")
     p.add_argument("--show", type=int, default=0, metavar="K", help="render K examples with their weights")
     p.add_argument("--json", action="store_true", help="print one JSON object (examples go to stderr)")
+    p.add_argument("--export", metavar="FILE.jsonl", help="write one line per example, in the input's order: input_ids, "
+                                                          "roles (each token's role name) and weights (its final weight)")
     add_config_arguments(p, {"data": section_classes()["data"]}, show_defaults=True, required=("data",))
     p.set_defaults(func="inspect_cmd:cmd_inspect_data")
 

@@ -182,7 +182,9 @@ def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataCon
             if fitted is None:
                 continue
             ids, roles, turns, st, kept = fitted
-        per_turn = np.asarray([float(m.get(MESSAGE_WEIGHT, 1.0)) for m in kept], dtype=np.float32)
+        # Arrow gives every message of a batch the same keys: a message without a weight reads None there.
+        per_turn = np.asarray([1.0 if m.get(MESSAGE_WEIGHT) is None else float(m[MESSAGE_WEIGHT]) for m in kept],
+                              dtype=np.float32)
         yield i, list(ids), roles, turns, per_turn[turns], st
 
 
