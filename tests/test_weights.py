@@ -294,3 +294,38 @@ def test_a_bad_message_weight_exits_2_naming_the_row_and_turn(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "share.jsonl: line 1, turn 2, field weight: is not a valid message weight" in err
     assert not list((tmp_path / "cache").glob("*.arrow"))  # nothing half-written in the cache
+
+
+# ---------------------------------------------------------------- the sweep's weight axes
+
+
+def test_sweep_axes_make_one_variant_per_combination():
+    from sft.studies.variants import split_axes
+
+    shared, variants = split_axes({"data.role_weights": ["template=0,1"], "data.prompt_loss_weight_end": None,
+                                   "train.learning_rate": "1e-3", "data.loss_normalizer": "weight_sum,response_tokens"})
+    assert shared == {"data.prompt_loss_weight_end": None, "train.learning_rate": "1e-3"}
+    assert [label for label, _ in variants] == ["rw-template0_norm-weight_sum", "rw-template0_norm-response_tokens",
+                                               "rw-template1_norm-weight_sum", "rw-template1_norm-response_tokens"]
+    assert variants[2][1] == {"data.role_weights": {"template": 1.0}, "data.loss_normalizer": "weight_sum"}
+    assert split_axes({"data.data": "x"}) == ({"data.data": "x"}, [("", {})])  # no axis: the plain sweep
+    with pytest.raises(ValueError, match="unknown role 'tmpl'"):
+        split_axes({"data.role_weights": ["tmpl=0,1"]})
+
+
+@pytest.mark.slow
+def test_a_sweep_over_role_weights_tokenizes_once_and_compares_the_variants(demo_root, tmp_path, monkeypatch):
+    from conftest import demo_cli_args
+    from sft.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    assert main(["sweep", *demo_cli_args(demo_root), "--cache-dir", str(cache), "--role-weights", "template=0,1",
+                 "--prompt-loss-weights", "0.5", "--seeds", "2", "--name", "axes", "--heldout-only",
+                 "--max-steps", "2", "--eval-steps", "2", "--save-steps", "2", "--plot", "sweep.png"]) == 0
+    # 4 runs (2 variants x 2 seeds), one tokenization of each split
+    assert len(list((demo_root / "model/demo").glob("sweep-axes-rw-template*/w0.5_s*/run_manifest.json"))) == 4
+    assert len(list(cache.glob("tokenized-train-*.arrow"))) == 1 and len(list(cache.glob("tokenized-eval-*.arrow"))) == 1
+    rows = (tmp_path / "evaluation_results/sweep-axes/variants.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,metric,prompt_loss_weight,variant,baseline,seeds,diff,ci_low,ci_high")
+    assert any(r.startswith("heldout,response_loss,0.5,rw-template1,rw-template0,2,") for r in rows)

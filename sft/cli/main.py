@@ -145,7 +145,10 @@ def _add_sweep(sub) -> None:
     p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo)")
     p.add_argument("--heldout-only", action="store_true",
                    help="held-out losses only (per role for conversations), no lm-eval task")
-    p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes")
+    p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes (one per variant, its label appended, when "
+                                                      "--role-weights, --prompt-loss-weight-end or --loss-normalizer "
+                                                      "list several values: each value is a variant, e.g. "
+                                                      "--role-weights template=0,1)")
 
 
 def _add_evaluate(sub) -> None:
