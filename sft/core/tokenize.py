@@ -87,14 +87,13 @@ def tokenize_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> 
     rendered = [template.render_spans(i, x) for i, x in zip(batch["instruction"], batch["input"])]
     # Apart, so that no BPE merge crosses the prompt/response boundary: the prompt's tokens are
     # then exactly a prefix of the example's tokens, as at generation time.
-    prompt_enc = encode_with_offsets(tokenizer, [text for text, _ in rendered])
+    prompt_enc = _prompt_encodings(tokenizer, [text for text, _ in rendered])
     response_ids = _encode(tokenizer, list(batch["output"]))
     prefix, eos = _prompt_prefix_ids(tokenizer), tokenizer.eos_token_id
     rows, roles, turns, status, kept = [], [], [], [], []
-    for i, ((text, spans), (p, offsets), r) in enumerate(zip(rendered, prompt_enc, response_ids)):
+    for i, ((text, spans), (p, user), r) in enumerate(zip(rendered, prompt_enc, response_ids)):
         prompt = prefix + list(p)
-        prompt_roles = np.concatenate([np.full(len(prefix), TEMPLATE, dtype=np.int8),
-                                       _user_roles(len(text), spans, offsets)])
+        prompt_roles = np.concatenate([np.full(len(prefix), TEMPLATE, dtype=np.int8), user(len(text), spans)])
         # EOS is a response token: the model must learn to stop.
         response = list(r) + [eos]
         fitted = truncate_example(list(range(len(prompt))), list(range(len(prompt), len(prompt) + len(response))),
@@ -110,6 +109,28 @@ def tokenize_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> 
         kept.append(i)
     return _examples_table(rows, roles, turns, [np.ones(len(x), dtype=np.float32) for x in rows], status, kept,
                            batch, chat=False)
+
+
+def _prompt_encodings(tokenizer, texts: list[str]) -> list[tuple[list[int], Any]]:
+    """(ids, roles(n_chars, spans)) of each prompt: USER on the tokens that cover any character of a span. Through
+    the Rust tokenizer, the span ends are looked up (char_to_token) instead of every token's offsets read."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return [(ids, lambda n, spans, o=offsets: _user_roles(n, spans, o))
+                for ids, offsets in encode_with_offsets(tokenizer, texts)]
+
+    def roles_of(enc):
+        def roles(n_chars: int, spans: list[tuple[int, int]]) -> np.ndarray:
+            out = np.full(len(enc.ids), TEMPLATE, dtype=np.int8)
+            for s, e in spans:
+                first, last = (enc.char_to_token(s), enc.char_to_token(e - 1)) if e > s else (None, None)
+                if first is None or last is None:  # a character in no token: read the offsets instead
+                    return _user_roles(n_chars, spans, enc.offsets)
+                out[first:last + 1] = USER
+            return out
+        return roles
+
+    return [(enc.ids, roles_of(enc)) for enc in backend.encode_batch(texts, add_special_tokens=False)]
 
 
 def _user_roles(n_chars: int, spans: list[tuple[int, int]], offsets) -> np.ndarray:

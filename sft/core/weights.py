@@ -10,6 +10,7 @@ table, so training and reports agree token for token.
 
 from __future__ import annotations
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import torch
@@ -51,6 +52,8 @@ def add_weight_columns(table: pa.Table, spec: WeightSpec, w: float | None = None
 def with_weights(ds, spec: WeightSpec, w: float | None = None):
     """A tokenized `datasets.Dataset` with its weight columns (add_weight_columns), in memory: the cache on disk
     holds no weight, so a new weight setting costs this pass, never a tokenization."""
+    if getattr(ds, "_indices", None) is None:  # one pass over the whole table; the cached columns stay mapped
+        return datasets.Dataset(datasets.table.InMemoryTable(add_weight_columns(ds.data.table, spec, w)))
     return ds.with_format("arrow").map(lambda t: add_weight_columns(t, spec, w), batched=True, batch_size=10_000,
                                        keep_in_memory=True, load_from_cache_file=False,
                                        desc="Weights from roles").with_format(None)
