@@ -14,7 +14,7 @@ from sft.core.prepare import tokenize_rows
 from sft.core.tokenize import tokenize_rows_batch
 from sft.core.train import build_trainer
 from sft.data.config import DataConfig
-from sft.data.conversations import ASSISTANT, ROLE_NAMES, TEMPLATE, USER
+from sft.data.conversations import ASSISTANT, TEMPLATE, USER
 from sft.data.rows import load_rows
 from sft.data.weights import WeightSpec, example_weights
 
