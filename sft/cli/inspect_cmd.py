@@ -8,7 +8,7 @@ import sys
 
 from sft.cli.main import config_values
 from sft.core.config import ExperimentConfig, apply_overrides
-from sft.core.inspect_data import format_stats, inspect_data, render_example
+from sft.core.inspect_data import export_masks, format_stats, inspect_data, render_example
 from sft.models.tokenizer import load_tokenizer
 
 
@@ -17,6 +17,8 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
     cfg = apply_overrides(ExperimentConfig(), config_values(args)).data  # DataConfig's defaults, the flags over them
     tokenizer = load_tokenizer(args.tokenizer)
     stats, ds, _ = inspect_data(cfg, tokenizer, by=args.by)
+    if args.export:  # the masks, auditable token by token: one line per example, in the input's order
+        stats["exported"] = {"path": args.export, "examples": export_masks(ds, args.export)}
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     examples = sys.stderr if args.json else sys.stdout  # stdout stays one JSON object with --json
     colour = examples.isatty()

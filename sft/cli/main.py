@@ -118,6 +118,8 @@ def _add_inspect_data(sub) -> None:
     p.add_argument("--by", metavar="COLUMN", help="also give the statistics per value of this column (the demo: family)")
     p.add_argument("--show", type=int, default=0, metavar="K", help="render K examples with their weights")
     p.add_argument("--json", action="store_true", help="print one JSON object (examples go to stderr)")
+    p.add_argument("--export", metavar="FILE.jsonl", help="write one line per example, in the input's order: input_ids, "
+                                                          "roles (each token's role name) and weights (its final weight)")
     add_config_arguments(p, {"data": section_classes()["data"]}, show_defaults=True, required=("data",))
     p.set_defaults(func="inspect_cmd:cmd_inspect_data")
 
@@ -149,7 +151,10 @@ def _add_sweep(sub) -> None:
     p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo)")
     p.add_argument("--heldout-only", action="store_true",
                    help="held-out losses only (per role for conversations), no lm-eval task")
-    p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes")
+    p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes (one per variant, its label appended, when "
+                                                      "--role-weights, --prompt-loss-weight-end or --loss-normalizer "
+                                                      "list several values: each value is a variant, e.g. "
+                                                      "--role-weights template=0,1)")
 
 
 def _add_evaluate(sub) -> None:

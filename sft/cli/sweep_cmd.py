@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
+from sft.runs.layout import sweep_results_dir
 from sft.studies.sweep import parse_weights, run_sweep
+from sft.studies.variants import compare_variants, split_axes
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -17,6 +21,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
     if tasks == []:
         raise ValueError("--tasks is empty; pass lm-eval task names such as sft_demo, or --heldout-only.")
-    run_sweep(args.preset, parse_weights(args.prompt_loss_weights), seeds, args.name or args.preset,
-              limit=args.limit, overrides=args.overrides, plot=args.plot, tasks=[] if args.heldout_only else tasks)
+    weights, name = parse_weights(args.prompt_loss_weights), args.name or args.preset
+    shared, variants = split_axes(args.overrides)  # --role-weights, --prompt-loss-weight-end, --loss-normalizer
+    roots = {}
+    for label, settings in variants:  # one sweep per variant; they share one tokenization (no weight is cached)
+        plot = Path(args.plot).with_stem(f"{Path(args.plot).stem}-{label}") if label and args.plot else args.plot
+        roots[label] = run_sweep(args.preset, weights, seeds, f"{name}-{label}" if label else name, limit=args.limit,
+                                 overrides={**shared, **settings}, plot=plot,
+                                 tasks=[] if args.heldout_only else tasks)
+    compare_variants(roots, weights, seeds, sweep_results_dir(name))
     return 0

@@ -4,7 +4,9 @@
     prompts       the prompt templates (Alpaca first) and their chat-template form
     chat          conversations rendered through a chat template, every token with its role and turn;
                   the end-of-turn rule that training saves and generation obeys
-    tokenize      rows -> input_ids, labels, loss weights (prompt and response tokenized apart; EOS appended)
+    tokenize      rows -> input_ids, a role, turn and message weight per token (prompt and response tokenized
+                  apart; EOS appended); no loss weight: one cache serves every weight setting
+    weights       roles -> loss weights under the run's WeightSpec, for the reports and at every step
     prepare       load + split + tokenize, cached: the data a run trains and evaluates on
     collate       batches: padded, or packed into one row with position_ids
     loss          the selective LM head: cross-entropy only where the weight is non-zero, in chunks

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sft.core.prompts import get_template
-from sft.data.conversations import ASSISTANT, ROLES, TEMPLATE
+from sft.data.conversations import ASSISTANT, ROLES, SYSTEM, TEMPLATE
 
 # ---------------------------------------------------------------- rendering
 
@@ -37,17 +37,31 @@ class ChatRenderer:
                                                   add_generation_prompt=generation_prompt)
 
     def spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int, int, int]]]:
-        """(text, [(start, end, turn, role code)]) covering the text; an assistant turn's header and trailer are
-        TEMPLATE, its content and end-of-turn token ASSISTANT."""
+        """(text, [(start, end, turn, role code)]) covering the text, later spans overriding earlier ones. A turn's
+        markup (ChatML's `<|im_start|>user\n`, an assistant turn's header and trailer) is TEMPLATE; its content is
+        its role (an assistant's with its end-of-turn token); a system prompt the template inserts by default
+        (Qwen2.5's "You are Qwen...") is SYSTEM, and so is a system message the template moves into a later turn."""
         full = self.text(messages)
-        spans, prev = [], 0
+        spans, prev, pending = [], 0, None
+        default = self.default_system() if messages[0]["role"] != "system" else None
         for i, m in enumerate(messages):
             cur = self.text(messages[: i + 1])
             if not full.startswith(cur) or len(cur) < prev:
                 raise ValueError(f"turn {i + 1}: the chat template renders the earlier turns differently once this one "
                                  "follows, so its tokens cannot be told apart; use another template (--chat-template).")
             if m["role"] != "assistant":
-                spans.append((prev, len(cur), i, ROLES.index(m["role"]) + 1))
+                code = ROLES.index(m["role"]) + 1
+                at = cur.find(m["content"], prev) if m["content"] else -1
+                if at < 0:  # the template does not show the content verbatim: the whole turn is its role's
+                    spans.append((prev, len(cur), i, code))
+                    pending = m["content"] if m["role"] == "system" and m["content"] else pending
+                else:
+                    spans += [(prev, len(cur), i, TEMPLATE), (at, at + len(m["content"]), i, code)]
+                for text_ in (t for t in (default if i == 0 else None, pending if code != SYSTEM else None) if t):
+                    found = cur.find(text_, prev, at if at >= 0 else len(cur))
+                    if found >= 0:
+                        spans.append((found, found + len(text_), i, SYSTEM))
+                        pending = None if text_ == pending else pending
             else:
                 gen = self.text(messages[:i], generation_prompt=True) if i else ""
                 start = len(gen) if cur.startswith(gen) and len(gen) >= prev else prev
@@ -59,10 +73,28 @@ class ChatRenderer:
         spans.append((prev, len(full), len(messages) - 1, TEMPLATE))
         return full, [s for s in spans if s[1] > s[0]]
 
+    def default_system(self) -> str | None:
+        """The system prompt this template inserts when a conversation has none (Qwen2.5's "You are Qwen, created
+        by Alibaba Cloud..."), found by rendering a user turn with and without a system turn; None if it adds none."""
+        if not hasattr(self, "_default_system"):
+            user, system = {"role": "user", "content": "\x01u\x01"}, {"role": "system", "content": "\x01s\x01"}
+            try:
+                alone, after = self.text([user]), self.text([system, user])
+                sys_text = self.text([system])
+            except Exception:  # a template that refuses a lone system turn or a user turn alone
+                self._default_system = None
+                return None
+            header, user_header = alone[:alone.find("\x01u\x01")], after[len(sys_text):after.find("\x01u\x01")]
+            block = header[:len(header) - len(user_header)] if header.endswith(user_header) else ""
+            pre, _, post = sys_text.partition("\x01s\x01")
+            content = block[len(pre):len(block) - len(post)] if block.startswith(pre) and block.endswith(post) else block
+            self._default_system = content.strip("\n") or None
+        return self._default_system
+
     def tokens(self, conversations: list[list[dict]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
         """(ids, role codes, turns) per conversation, the text of each tokenized once with offsets."""
         rendered = [self.spans(m) for m in conversations]
-        encodings = _encode_with_offsets(self.tokenizer, [text for text, _ in rendered])
+        encodings = encode_with_offsets(self.tokenizer, [text for text, _ in rendered])
         out = []
         for (text, spans), (ids, offsets) in zip(rendered, encodings):
             role = np.zeros(len(text) + 1, dtype=np.int8)
@@ -85,7 +117,7 @@ class ChatRenderer:
         return last if self.tokenizer.convert_ids_to_tokens(last) in self.specials else None
 
 
-def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """Token ids (no special tokens added, as apply_chat_template) and character offsets of each text."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:

@@ -12,7 +12,10 @@ import torch
 
 from sft.core.tokenize import IGNORE_INDEX
 
-PAD_VALUES = {"labels": IGNORE_INDEX, "loss_weights": 0.0, "response_mask": 0}  # input_ids take pad_token_id
+# input_ids take pad_token_id. weight_codes and weight_scale are what the loss recomputes each step's weights from
+# (sft.core.weights.step_weights); loss_weights are those at the run's starting w (what held-out metrics read).
+PAD_VALUES = {"labels": IGNORE_INDEX, "loss_weights": 0.0, "response_mask": 0, "weight_codes": 0, "weight_scale": 0.0}
+FLOAT_COLUMNS = ("loss_weights", "weight_scale")
 
 
 @dataclass
@@ -29,7 +32,9 @@ class WeightedLMCollator:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch = {}
         for key, pad in (("input_ids", self.pad_token_id), *PAD_VALUES.items()):
-            dtype = torch.float32 if key == "loss_weights" else torch.long
+            if key not in examples[0]:
+                continue
+            dtype = torch.float32 if key in FLOAT_COLUMNS else torch.long
             out = torch.full((len(examples), width), pad, dtype=dtype)
             for i, ex in enumerate(examples):
                 out[i, : lengths[i]] = torch.as_tensor(ex[key], dtype=dtype)
@@ -47,15 +52,15 @@ class PackedWeightedLMCollator:
     SDPA, variable-length kernels with FlashAttention). The batch holds the same examples as
     in the padded modes, so every batching mode makes the same optimizer steps. Written here
     rather than using transformers' DataCollatorWithFlattening because the loss needs the
-    loss_weights and response_mask columns carried along.
+    weight columns carried along.
     """
 
     pad_token_id: int  # unused (nothing is padded); kept so both collators build the same way
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = {}
-        for key in ("input_ids", "labels", "loss_weights", "response_mask"):
-            dtype = torch.float32 if key == "loss_weights" else torch.long
+        for key in ("input_ids", *(k for k in PAD_VALUES if k in examples[0])):
+            dtype = torch.float32 if key in FLOAT_COLUMNS else torch.long
             batch[key] = torch.cat([torch.as_tensor(ex[key], dtype=dtype) for ex in examples])[None, :]
         batch["position_ids"] = torch.cat([torch.arange(len(ex["input_ids"])) for ex in examples])[None, :]
         return batch

@@ -390,8 +390,19 @@ def load_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> ExperimentCon
         overrides = {**overrides, "data.eval_data": None}
     cfg = resolve_local_paths(apply_overrides(PRESETS[preset](), overrides))
     if cfg.train.run_name is None:
-        cfg.train.run_name = default_run_name(cfg.data.prompt_loss_weight, cfg.lora)
+        cfg.train.run_name = default_run_name(cfg.data.prompt_loss_weight, cfg.lora) + weight_suffix(cfg.data)
     return cfg
+
+
+def weight_suffix(d: DataConfig) -> str:
+    """'' for the plain weight settings; else what sets a run apart: -template0-user0.5, -to0, -norm-response_tokens
+    (so a run with role weights, a schedule or another normaliser never lands in the plain run's folder)."""
+    parts = [f"{role}{w:g}" for role, w in d.role_weights.items()]
+    if d.prompt_loss_weight_end is not None:
+        parts.append(f"to{d.prompt_loss_weight_end:g}")
+    if d.loss_normalizer != "weight_sum":
+        parts.append(f"norm-{d.loss_normalizer}")
+    return "".join(f"-{p}" for p in parts)
 
 
 def default_run_name(prompt_loss_weight: float, lora: LoraSettings | None = None) -> str:

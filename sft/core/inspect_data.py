@@ -10,7 +10,8 @@ from sft.core.prepare import tokenize_rows
 from sft.data.config import DataConfig
 from sft.data.conversations import ROLE_NAMES
 from sft.data.rows import load_rows
-from sft.data.stats import length_stats, tokens_by_role
+from sft.data.io import write_jsonl
+from sft.data.stats import length_stats, tokens_by_role, weight_by_role
 
 COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}
 
@@ -42,17 +43,31 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
         "column_mapping": report.column_mapping,
         "max_length": cfg.max_length,
         "prompt_loss_weight": cfg.prompt_loss_weight,
+        "role_weights": cfg.role_weights,
+        "unknown_message_keys": dict(report.unknown_message_keys),  # conversations: turn keys not read, never silent
         **length_stats(ds),
         "instruction_output_ratio": None if chat else int(instruction.sum()) / max(int(output.sum()), 1),
     }
+    # every token's role (instruction rows: template, user, assistant); its total weight under these settings
+    stats["tokens_by_role"] = tokens_by_role(ds, instruction_rows=True)
+    stats["weight_by_role"] = weight_by_role(ds)
     if chat:  # the tokenized conversations carry every token's role and turn (--show renders them)
-        stats["tokens_by_role"] = tokens_by_role(ds)
         stats["conversations_turns_mean"] = float(np.mean([len(r["messages"]) for r in rows]))
     if by is not None:
         example_groups, ds = np.asarray(ds[by]), ds.remove_columns(by)
         row_groups = np.asarray([row.pop(by) for row in rows])
         stats["groups"] = group_stats(ds, example_groups, row_groups, instruction, output)
     return stats, ds, rows
+
+
+def export_masks(ds, path) -> int:
+    """Write one line per example, in the input's order: input_ids, roles (the role name of every token) and
+    weights (its final weight under the settings given). Returns the number of lines."""
+    cols = ds.select_columns(["input_ids", "roles", "loss_weights"]).to_dict()
+    lines = [{"input_ids": ids, "roles": [ROLE_NAMES[r] for r in roles], "weights": [float(w) for w in weights]}
+             for ids, roles, weights in zip(cols["input_ids"], cols["roles"], cols["loss_weights"])]
+    write_jsonl(path, lines)
+    return len(lines)
 
 
 def field_tokens(rows: list[dict[str, str]], tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +105,7 @@ def group_stats(ds, example_groups: np.ndarray, row_groups: np.ndarray, instruct
 
 def render_example(example: dict[str, list], tokenizer, colour: bool) -> str:
     """Show one example with prompt, response and zero-weight tokens told apart (a conversation: by turn)."""
-    if "roles" in example:
+    if example.get("chat"):
         return render_conversation(example, tokenizer, colour)
     segments: list[tuple[str, list[int]]] = []
     for tok, w, r in zip(example["input_ids"], example["loss_weights"], example["response_mask"]):
@@ -136,7 +151,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     lines = [f"source: {stats['source']}"]
     for k in ("rows_read", "rows_kept", "rows_dropped", "examples_truncated", "ignored_columns",
               "prompt_tokens", "response_tokens", "length_mean", "length_p50", "length_p99", "length_max",
-              "instruction_output_ratio", "generation_ratio_Rg", "tokens_by_role", "conversations_turns_mean"):
+              "instruction_output_ratio", "generation_ratio_Rg", "tokens_by_role", "weight_by_role",
+              "unknown_message_keys", "conversations_turns_mean"):
         if k not in stats:
             continue
         v = stats.get(k)

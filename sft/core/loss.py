@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sft.core.costs import head_chunk_tokens
+from sft.core.weights import step_weights
 
 
 def shift_left(x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
@@ -26,9 +27,11 @@ def shift_left(x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
     return F.pad(x[:, 1:], (0, 1), value=fill)
 
 
-def target_weights(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def target_weights(batch: dict[str, torch.Tensor], table: list[float] | None = None) -> dict[str, torch.Tensor]:
     """Weights and masks aligned with the predicting position: position t scores token t + 1.
 
+    table: the role table of this step (WeightSpec.table(w)), from which the weights are computed
+    (sft.core.weights.step_weights); None = the batch's loss_weights (the run's starting w).
     A packed batch has no attention mask (every position is real), and no position may predict
     the first token of the next example: those are found from position_ids == 0.
     """
@@ -38,7 +41,8 @@ def target_weights(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if mask is None and "position_ids" in batch:  # packed: no target across an example boundary
         valid = valid * shift_left(batch["position_ids"] != 0).to(torch.float32)
     response = shift_left(batch["response_mask"]).to(torch.float32) * valid
-    return {"weights": shift_left(batch["loss_weights"]) * valid, "response": response, "prompt": valid - response}
+    weights = batch["loss_weights"] if table is None else step_weights(batch, table)
+    return {"weights": shift_left(weights) * valid, "response": response, "prompt": valid - response}
 
 
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,9 @@ from sft.core.tokenize import (
     check_tokenizer,
     conversation_renderer,
     fingerprint_tokenizer,
-    tokenize_rows_batch,
+    tokenize_roles_batch,
 )
+from sft.core.weights import with_weights
 from sft.data.config import DataConfig
 from sft.data.rows import FIELDS, fingerprint_rows, load_rows
 from sft.data.splits import split_indices
@@ -44,10 +45,12 @@ class TokenizeReport:
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
     """Tokenize validated rows into a `datasets.Dataset`, cached on disk across runs."""
     check_tokenizer(tokenizer)
-    parts = [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template, cfg.prompt_loss_weight,
+    # No weight setting is part of the key: the cache holds roles, turns and message weights, and the weights are
+    # computed from them (with_weights, and at every step by the loss), so a sweep over weights tokenizes once.
+    parts = [fingerprint_rows(rows), fingerprint_tokenizer(tokenizer), cfg.template,
              cfg.max_length, cfg.truncation, CACHE_VERSION]
-    if rows and "messages" in rows[0]:  # conversations: the chat template and the turns trained
-        parts += [conversation_renderer(tokenizer, cfg).template, cfg.train_on]
+    if rows and "messages" in rows[0]:  # conversations: the chat template
+        parts += [conversation_renderer(tokenizer, cfg).template]
     extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + ("messages",)]
     if extra:  # carried-through columns (inspect-data's group) are part of the cached table
         parts.append([[r[name] for r in rows] for name in extra])
@@ -58,7 +61,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     from_cache = cache.exists()
     ds = datasets.Dataset.from_list(rows)
     ds = ds.map(
-        tokenize_rows_batch,
+        tokenize_roles_batch,
         batched=True,
         batch_size=1000,
         fn_kwargs={"tokenizer": tokenizer, "cfg": cfg},
@@ -68,6 +71,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
         new_fingerprint=fp,
         desc=f"Tokenizing {name}",
     )
+    ds = with_weights(ds, cfg.weight_spec())  # in memory, at the run's starting w; the loss recomputes per step
     counts = Counter(ds["truncation"])
     report = TokenizeReport(
         examples_in=len(rows),
@@ -80,7 +84,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     return ds, report
 
 
-CACHE_VERSION = 4  # bump when tokenization or weighting changes, so old caches are not reused
+CACHE_VERSION = 5  # bump when tokenization changes (5: roles, turns, message weights; no loss weight), so old caches are not reused
 
 
 # ---------------------------------------------------------------- the splits a run uses
@@ -104,6 +108,10 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
     Training and evaluation both call this, so they see the same held-out rows, tokenized alike.
     """
     rows, report = load_rows(d.data, d.column_map, d.on_bad_rows)
+    if report.unknown_message_keys:  # never dropped without a word
+        logger.warning("%s: message keys the project does not read, ignored: %s (turns with each); a message's "
+                       "weight is read from loss_weight, weight, train or loss", d.data,
+                       dict(report.unknown_message_keys))
     if d.eval_data:
         train_rows = rows
         eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)

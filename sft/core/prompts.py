@@ -27,6 +27,20 @@ class Template:
             return self.prompt_input.format(instruction=instruction, input=input)
         return self.prompt_no_input.format(instruction=instruction)
 
+    def render_spans(self, instruction: str, input: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+        """(render(instruction, input), the (start, end) character spans of the user's words in it): the
+        instruction and the input; everything else (the preamble, the ### headers) is the template's."""
+        fmt = self.prompt_input if input else self.prompt_no_input
+        values = {"instruction": instruction, "input": input or ""}
+        text, spans = [], []
+        for literal, name, _, _ in string.Formatter().parse(fmt):
+            text.append(literal)
+            if name is not None:
+                start = sum(map(len, text))
+                text.append(values[name])
+                spans.append((start, start + len(values[name])))
+        return "".join(text), spans
+
     def chat_template(self, bos_token: bool = False) -> str:
         """This template as a Jinja chat template, saved with every fine-tuned model's tokenizer.
 

@@ -1,4 +1,4 @@
-"""Tokenization: validated rows -> input_ids, labels, per-token loss weights, response mask.
+"""Tokenization: validated rows -> input_ids with a role, turn and message weight per token (no loss weight).
 
 Alpaca-style rows: prompt and response are tokenized apart (no BPE merge across the boundary), EOS appended to
 the response (and kept in the loss even though pad == eos for Qwen2.5), an over-long prompt trimmed in its middle
@@ -17,13 +17,14 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from sft.core.chat import make_renderer, token_weights
+from sft.core.chat import encode_with_offsets, make_renderer
 from sft.core.prompts import get_template
+from sft.core.weights import IGNORE_INDEX, add_weight_columns  # noqa: F401 (IGNORE_INDEX: re-exported)
 from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
-from sft.data.conversations import ASSISTANT
+from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, TEMPLATE, USER
 from sft.data.rows import FIELDS
 
-IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
+
 
 
 # ---------------------------------------------------------------- tokenization
@@ -64,63 +65,106 @@ def _prompt_prefix_ids(tokenizer) -> list[int]:
     return []
 
 
-def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig):
-    """The batched `datasets.map` function: prompt and response tokenized apart, then joined.
+def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
+    """The tokenized examples with their weights under cfg's weight spec (at its starting w): the cached columns
+    of tokenize_roles_batch plus labels, loss_weights and response_mask (sft.core.weights.add_weight_columns)."""
+    return add_weight_columns(tokenize_roles_batch(batch, tokenizer, cfg), cfg.weight_spec())
 
-    Labels are the input ids themselves (the model shifts them), IGNORE_INDEX where the weight is 0;
-    the weight is `cfg.prompt_loss_weight` on prompt tokens and 1 on response tokens and EOS. Columns
-    other than instruction, input and output (e.g. inspect-data's group column) are carried through for
-    the examples kept. Returns an Arrow table built from flat numpy arrays: converting millions of
-    per-token Python numbers into Arrow was most of the preprocessing time.
+
+def tokenize_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
+    """The batched `datasets.map` function whose output is cached: prompt and response tokenized apart, joined.
+
+    Every token carries its role code (sft.data.conversations.ROLE_NAMES), turn and message weight (1 where the
+    data gives none); no loss weight is stored, so one cache serves every weight setting. Instruction rows: the
+    template's preamble and headers (and a BOS) are `template`, the instruction and input `user` (turn 0), the
+    response and its EOS `assistant` (turn 1). Columns other than instruction, input and output (e.g.
+    inspect-data's group column) are carried through for the examples kept. Returns an Arrow table built from
+    flat numpy arrays: converting millions of per-token Python numbers into Arrow was most of the time.
     """
     if "messages" in batch:
-        return tokenize_conversations_batch(batch, tokenizer, cfg)
+        return conversation_roles_batch(batch, tokenizer, cfg)
     template = get_template(cfg.template)
-    prompts = [template.render(i, x) for i, x in zip(batch["instruction"], batch["input"])]
+    rendered = [template.render_spans(i, x) for i, x in zip(batch["instruction"], batch["input"])]
     # Apart, so that no BPE merge crosses the prompt/response boundary: the prompt's tokens are
     # then exactly a prefix of the example's tokens, as at generation time.
-    ids = _encode(tokenizer, prompts + list(batch["output"]))
-    prompt_ids, response_ids = ids[: len(prompts)], ids[len(prompts) :]
+    prompt_enc = _prompt_encodings(tokenizer, [text for text, _ in rendered])
+    response_ids = _encode(tokenizer, list(batch["output"]))
     prefix, eos = _prompt_prefix_ids(tokenizer), tokenizer.eos_token_id
-    rows, n_prompt, status, kept = [], [], [], []
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+    rows, roles, turns, status, kept = [], [], [], [], []
+    for i, ((text, spans), (p, user), r) in enumerate(zip(rendered, prompt_enc, response_ids)):
+        prompt = prefix + list(p)
+        prompt_roles = np.concatenate([np.full(len(prefix), TEMPLATE, dtype=np.int8), user(len(text), spans)])
         # EOS is a response token: the model must learn to stop.
-        fitted = truncate_example(prefix + p, r + [eos], cfg.max_length, cfg.truncation)
+        response = list(r) + [eos]
+        fitted = truncate_example(list(range(len(prompt))), list(range(len(prompt), len(prompt) + len(response))),
+                                  cfg.max_length, cfg.truncation)
         if fitted is None:
             continue  # dropped examples are counted by the caller from the row counts
-        prompt, response, st = fitted
-        rows.append(prompt + response)
-        n_prompt.append(len(prompt))
+        p_idx, r_idx, st = fitted
+        ids = prompt + response
+        rows.append([ids[j] for j in p_idx + r_idx])
+        roles.append(np.concatenate([prompt_roles[p_idx], np.full(len(r_idx), ASSISTANT, dtype=np.int8)]))
+        turns.append(np.repeat(np.asarray([0, 1], dtype=np.int32), [len(p_idx), len(r_idx)]))
         status.append(st)
         kept.append(i)
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    position = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lengths)
-    response = position >= np.repeat(np.asarray(n_prompt, dtype=np.int64), lengths)
-    weights = np.where(response, 1.0, cfg.prompt_loss_weight).astype(np.float32)
-    return _examples_table(rows, weights, response, status, kept, batch)
+    return _examples_table(rows, roles, turns, [np.ones(len(x), dtype=np.float32) for x in rows], status, kept,
+                           batch, chat=False)
 
 
-def _examples_table(rows: list[list[int]], weights: np.ndarray, response: np.ndarray, status: list[str],
-                    kept: list[int], batch: dict[str, list], per_token: dict | None = None) -> pa.Table:
-    """The examples as Arrow columns: ids, labels (IGNORE_INDEX where the weight is 0), weights, the response
-    mask (weight 1), length, truncation status, the batch's carried-through columns for the rows kept, and any
-    further per-token values (flat, as the weights)."""
+def _prompt_encodings(tokenizer, texts: list[str]) -> list[tuple[list[int], Any]]:
+    """(ids, roles(n_chars, spans)) of each prompt: USER on the tokens that cover any character of a span. Through
+    the Rust tokenizer, the span ends are looked up (char_to_token) instead of every token's offsets read."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return [(ids, lambda n, spans, o=offsets: _user_roles(n, spans, o))
+                for ids, offsets in encode_with_offsets(tokenizer, texts)]
+
+    def roles_of(enc):
+        def roles(n_chars: int, spans: list[tuple[int, int]]) -> np.ndarray:
+            out = np.full(len(enc.ids), TEMPLATE, dtype=np.int8)
+            for s, e in spans:
+                first, last = (enc.char_to_token(s), enc.char_to_token(e - 1)) if e > s else (None, None)
+                if first is None or last is None:  # a character in no token: read the offsets instead
+                    return _user_roles(n_chars, spans, enc.offsets)
+                out[first:last + 1] = USER
+            return out
+        return roles
+
+    return [(enc.ids, roles_of(enc)) for enc in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def _user_roles(n_chars: int, spans: list[tuple[int, int]], offsets) -> np.ndarray:
+    """USER for a prompt token that covers any character of the user's words (the spans), else TEMPLATE."""
+    user = np.zeros(n_chars + 1, dtype=np.int64)
+    for s, e in spans:
+        user[s:e] = 1
+    before = np.concatenate([[0], np.cumsum(user)])  # before[k] = user characters in text[:k]
+    starts = np.asarray([o[0] for o in offsets], dtype=np.int64)
+    ends = np.maximum(np.asarray([o[1] for o in offsets], dtype=np.int64), starts + 1)
+    return np.where(before[np.minimum(ends, n_chars + 1)] > before[starts], USER, TEMPLATE).astype(np.int8)
+
+
+def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[np.ndarray],
+                    message_weights: list[np.ndarray], status: list[str], kept: list[int], batch: dict[str, list],
+                    chat: bool) -> pa.Table:
+    """The examples as Arrow columns: ids, role codes, turns and message weights per token, length, truncation
+    status, whether it is a conversation, and the batch's carried-through columns for the rows kept."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
-    labels = np.where(weights > 0, flat, IGNORE_INDEX)
 
-    def column(values: np.ndarray) -> pa.ListArray:
+    def column(parts: list[np.ndarray], dtype) -> pa.ListArray:
+        values = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
     extra = {name: pa.array([values[i] for i in kept]) for name, values in batch.items()
              if name not in FIELDS + ("messages",)}
     return pa.table({
-        "input_ids": column(flat), "labels": column(labels), "loss_weights": column(weights),
-        "response_mask": column(response.astype(np.int8)),
-        "length": pa.array(lengths), "truncation": pa.array(status, type=pa.string()), **extra,
-        **{name: column(values) for name, values in (per_token or {}).items()},
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+        "roles": column(roles, np.int8), "turns": column(turns, np.int32),
+        "message_weights": column(message_weights, np.float32),
+        "length": pa.array(lengths), "truncation": pa.array(status, type=pa.string()),
+        "chat": pa.array([chat] * len(rows), type=pa.bool_()), **extra,
     })
 
 
@@ -130,41 +174,39 @@ def conversation_renderer(tokenizer, cfg: DataConfig):
 
 
 def tokenize_conversations_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
-    """The conversation form of tokenize_rows_batch: each conversation rendered through the chat template.
+    """Conversations tokenized, with their weights under cfg's weight spec (as tokenize_rows_batch)."""
+    return add_weight_columns(conversation_roles_batch(batch, tokenizer, cfg), cfg.weight_spec())
 
-    Assistant content and its end-of-turn token weigh 1 (every assistant turn, or the last with
-    cfg.train_on="last"); system, user and template tokens weigh cfg.prompt_loss_weight.
-    """
-    rows, weights, trained, roles, turns, status, kept = [], [], [], [], [], [], []
-    for i, ids, role, turn, st in conversation_tokens(batch["messages"], tokenizer, cfg):
+
+def conversation_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
+    """The conversation form of tokenize_roles_batch: each conversation rendered through the chat template, every
+    token with its role, turn and its message's weight from the data (loss_weight, weight, train or loss)."""
+    rows, roles, turns, message_weights, status, kept = [], [], [], [], [], []
+    for i, ids, role, turn, msg_w, st in conversation_tokens(batch["messages"], tokenizer, cfg):
         rows.append(ids)
-        w, t = token_weights(role, turn, cfg.prompt_loss_weight, cfg.train_on)
-        weights.append(w)
-        trained.append(t)
         roles.append(role)
         turns.append(turn)
+        message_weights.append(msg_w)
         status.append(st)
         kept.append(i)
-    flat = np.concatenate(weights) if weights else np.zeros(0, dtype=np.float32)
-    response = np.concatenate(trained) if trained else np.zeros(0, dtype=bool)
-    # Each token's role code (sft.data.conversations.ROLE_NAMES) and turn, for the held-out losses per role and inspect-data;
-    # the collators take only the columns they pad, so training never sees them.
-    per_token = {name: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-                 for name, parts, dtype in (("roles", roles, np.int8), ("turns", turns, np.int32))}
-    return _examples_table(rows, flat, response, status, kept, batch, per_token)
+    return _examples_table(rows, roles, turns, message_weights, status, kept, batch, chat=True)
 
 
 def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig) -> Iterator[tuple]:
-    """(index, ids, role codes, turns, truncation status) of each conversation kept, fitted into max_length."""
+    """(index, ids, role codes, turns, message weights, truncation status) of each conversation kept, fitted into
+    max_length. A turn's message weight is its MESSAGE_WEIGHT value (sft.data.conversations), 1 where none."""
     renderer = conversation_renderer(tokenizer, cfg)
     for i, (messages, (ids, roles, turns)) in enumerate(zip(conversations, _render_all(renderer, conversations))):
-        st = "ok"
+        st, kept = "ok", messages
         if len(ids) > cfg.max_length:
             fitted = fit_conversation(renderer, messages, cfg)
             if fitted is None:
                 continue
-            ids, roles, turns, st = fitted
-        yield i, list(ids), roles, turns, st
+            ids, roles, turns, st, kept = fitted
+        # Arrow gives every message of a batch the same keys: a message without a weight reads None there.
+        per_turn = np.asarray([1.0 if m.get(MESSAGE_WEIGHT) is None else float(m[MESSAGE_WEIGHT]) for m in kept],
+                              dtype=np.float32)
+        yield i, list(ids), roles, turns, per_turn[turns], st
 
 
 def _render_all(renderer, conversations: list[list[dict]]) -> list:
@@ -185,7 +227,8 @@ def _render_all(renderer, conversations: list[list[dict]]) -> list:
 
 
 def fit_conversation(renderer, messages: list[dict], cfg: DataConfig):
-    """Fit an over-long conversation into max_length: (ids, roles, turns, status), None if dropped.
+    """Fit an over-long conversation into max_length: (ids, roles, turns, status, the messages kept), None if
+    dropped (turns index the messages kept).
 
     Earlier exchanges are dropped from the front (a system turn stays) until it fits; if even the last
     exchange is too long, its prompt loses its middle and the answer keeps at least half the window, as
@@ -200,7 +243,8 @@ def fit_conversation(renderer, messages: list[dict], cfg: DataConfig):
     for k in starts:
         ids, roles, turns = renderer.tokens([head + body[k:]])[0]
         if len(ids) <= cfg.max_length:
-            return list(ids), roles, turns, "turns_dropped"
+            return list(ids), roles, turns, "turns_dropped", head + body[k:]
+    kept = head + body[starts[-1]:] if starts else messages
     if ids is None:
         ids, roles, turns = renderer.tokens([messages])[0]
     last = np.flatnonzero(roles == ASSISTANT)
@@ -208,7 +252,7 @@ def fit_conversation(renderer, messages: list[dict], cfg: DataConfig):
     fitted = truncate_example(list(range(n_p)), list(range(n_p, len(ids))), cfg.max_length, cfg.truncation)
     keep = np.asarray(fitted[0] + fitted[1], dtype=np.int64)
     status = fitted[2] if not starts else f"turns_dropped+{fitted[2]}"
-    return [ids[j] for j in keep], roles[keep], turns[keep], status
+    return [ids[j] for j in keep], roles[keep], turns[keep], status, kept
 
 
 def with_training_template(tokenizer, template: str, chat_template: str | None = None):

@@ -1,8 +1,10 @@
 """Fine-tuning on the HF Trainer with a weighted token loss that logs prompt and response loss apart.
 
 The loss of an optimizer step is  sum_t(w_t * nll_t) / sum_t(w_t)  over every micro-batch of the
-step and every process, with w_t = 1 on response tokens (and EOS) and `prompt_loss_weight` on
-prompt tokens. Besides it, every log has the unweighted mean loss over response tokens
+step and every process (or, with loss_normalizer, divided by the trained assistant tokens or the
+tokens of non-zero weight), with w_t computed at that step from each token's role by the run's
+WeightSpec: 1 on response tokens (and EOS), `prompt_loss_weight` (or its schedule's value, or the
+role's own weight) on the others. Besides it, every log has the unweighted mean loss over response tokens
 (`response_loss`) and over prompt tokens (`prompt_loss`), which mean the same in every regime,
 so the masked and unmasked curves can be compared on one chart.
 """
@@ -28,6 +30,7 @@ from sft.core.config import ExperimentConfig
 from sft.core.loss import selected_nll, shift_left, target_weights, token_nll
 from sft.core.prepare import PreparedData, prepare_data
 from sft.core.tokenize import with_training_template
+from sft.data.weights import WeightSpec
 from sft.models import attention
 from sft.models.checks import check_inputs
 from sft.models.load import load_model, merge_adapter
@@ -60,8 +63,11 @@ class WeightedLossTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, selective_head: bool = True, adapter_generation_config: bool = False,
-                 **kwargs: Any) -> None:
+                 weight_spec: WeightSpec | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Roles -> weights at every step (w may follow a schedule) and the normaliser; None = the batches'
+        # loss_weights as they are, normalised by their sum.
+        self.weight_spec = weight_spec
         self.selective_head = selective_head  # head and cross-entropy only at positions that need them
         self.adapter_generation_config = adapter_generation_config  # save it beside a LoRA adapter too (see _save)
         self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
@@ -75,27 +81,48 @@ class WeightedLossTrainer(Trainer):
         if self.adapter_generation_config and self.args.should_save and isinstance(model, PeftModel):
             model.generation_config.save_pretrained(output_dir or self.args.output_dir)
 
-    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
-        """The total loss weight of the optimizer step: all its micro-batches, on all processes.
+    def prompt_weight(self) -> float | None:
+        """w at the current optimizer step (the schedule's value; constant without one)."""
+        if self.weight_spec is None:
+            return None
+        return self.weight_spec.prompt_weight_at(self.state.global_step, self.state.max_steps)
 
-        The Trainer counts labels != -100 here; with weights the normaliser is their sum.
+    def _weight_table(self) -> list[float] | None:
+        """This step's weight per role code (WeightSpec.table), or None to use the batches' loss_weights."""
+        return None if self.weight_spec is None else self.weight_spec.table(self.prompt_weight())
+
+    def _denominator(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One micro-batch's share of the normaliser: the sum of weights (weight_sum, the default), the trained
+        assistant tokens (response_tokens) or the tokens of non-zero weight (weighted_tokens)."""
+        how = self.weight_spec.loss_normalizer if self.weight_spec is not None else "weight_sum"
+        if how == "response_tokens":
+            return masks["response"].sum()
+        if how == "weighted_tokens":
+            return (masks["weights"] > 0).to(torch.float32).sum()
+        return masks["weights"].sum()
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
+        """The normaliser of the optimizer step: all its micro-batches, on all processes.
+
+        The Trainer counts labels != -100 here; with weights the default normaliser is their sum.
         """
-        total = sum(target_weights(b)["weights"].sum() for b in batch_samples)
+        table = self._weight_table()
+        total = sum(self._denominator(target_weights(b, table)) for b in batch_samples)
         total = torch.as_tensor(total, dtype=torch.float32, device=device)
         if self.args.world_size > 1:
             total = self.accelerator.reduce(total, reduction="sum")
         return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """sum(w * nll) / sum(w), with sum(w) over the whole step when training."""
-        masks = target_weights(inputs)
+        """sum(w * nll) / the normaliser (default sum(w)), over the whole step when training."""
+        masks = target_weights(inputs, self._weight_table())
         weighted, nll, scored, outputs = self._token_nll(model, inputs, masks)
         if model.training and num_items_in_batch is not None:
             loss = weighted / num_items_in_batch.clamp_min(1e-8)
             # DDP averages gradients over processes, while our denominator already covers them all.
             loss = loss * self.accelerator.num_processes
         else:
-            loss = weighted / masks["weights"].sum().clamp_min(1e-8)
+            loss = weighted / self._denominator(masks).clamp_min(1e-8)
         self._accumulate(nll, masks, scored, "train" if model.training else "eval")
         return (loss, outputs) if return_outputs else loss
 
@@ -166,6 +193,10 @@ class WeightedLossTrainer(Trainer):
             logs["train_tokens_per_second"] = round(metrics.pop("tokens") / max(now - self._last_log_time, 1e-9), 1)
             self._last_log_time = now
             logs.update({k: round(v, 6) for k, v in metrics.items()})
+            if self.weight_spec is not None and self.weight_spec.prompt_loss_weight_end is not None:
+                # the schedule's w of the step just taken (TensorBoard: train/prompt_loss_weight)
+                logs["prompt_loss_weight"] = self.weight_spec.prompt_weight_at(self.state.global_step - 1,
+                                                                               self.state.max_steps)
         super().log(logs, start_time)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):
@@ -291,6 +322,7 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
             pad_token_id=tokenizer.pad_token_id),
         selective_head=cfg.train.selective_head,
         adapter_generation_config=turn_stop,
+        weight_spec=cfg.data.weight_spec(),
         train_dataset=data.train,
         eval_dataset=data.eval,
         # saved with every checkpoint: the prompt template as a chat template, or the one conversations went through

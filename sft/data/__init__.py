@@ -5,6 +5,8 @@
     conversations  chat rows validated (OpenAI messages, ShareGPT); the role codes every token is tagged with
     files          which files of a folder are data (the suffixes read; a user's Dataset/ folder)
     splits         the seeded held-out split, a function of (data, seed) only
+    weights        WeightSpec: how the roles of tokens become loss weights (w, role weights, train_on, schedule,
+                   normaliser); per-token weights from roles and the data's message weights
     stats          token statistics of tokenized data (lengths, generation ratio, tokens by role)
     io             the one JSON Lines writer
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sft.data.weights import WeightSpec
+
 PROMPT_TAIL_TOKENS = 16  # a trimmed prompt keeps its last tokens, so "### Response:" stays next to the response
 
 
@@ -19,23 +21,26 @@ class DataConfig:
     on_bad_rows: str = "error"  # "error": stop at the first bad row; "skip": drop bad rows, count them by reason
     template: str = "alpaca"  # prompt template name (sft.core.prompts)
     chat_template: str = "auto"  # conversations: "auto" = the tokenizer's own chat template, else `template` as one; "tokenizer"; or a template name
-    train_on: str = "all"  # conversations: "all" assistant turns weigh 1, or only the "last" (earlier ones weigh prompt_loss_weight)
+    train_on: str = WeightSpec.train_on  # conversations: "all" assistant turns weigh 1, or only the "last" (earlier ones weigh prompt_loss_weight)
     max_length: int = 512  # tokens per example, prompt + response + EOS
-    prompt_loss_weight: float = 0.0  # w: 0 = masked (response only), 1 = unmasked (whole sequence)
+    prompt_loss_weight: float = WeightSpec.prompt_loss_weight  # w: 0 = masked (response only), 1 = unmasked (whole sequence); every non-assistant role weighs w unless role_weights names it
+    role_weights: dict[str, float] = field(default_factory=dict)  # a weight per role (template, system, user, assistant), overriding w for the roles named, e.g. --role-weights template=0,system=0,user=0.5
+    prompt_loss_weight_end: float | None = WeightSpec.prompt_loss_weight_end  # a schedule: w ramps linearly from prompt_loss_weight to this over the run's optimizer steps; None = constant
+    loss_normalizer: str = WeightSpec.loss_normalizer  # sum(w * nll) divided by "weight_sum" (the sum of weights), "response_tokens" (trained assistant tokens, ms-swift) or "weighted_tokens" (tokens of weight > 0, TRL)
     truncation: str = "trim"  # "trim": keep the response, cut the prompt's middle (conversations: drop earlier turns first); "drop": drop over-long examples
     max_rows: int | None = None  # use only the first N valid rows (quick experiments); None = all
     cache_dir: str = ".cache/sft"  # tokenized datasets are cached here, keyed by data, tokenizer and settings
 
+    def weight_spec(self) -> WeightSpec:
+        """The settings that turn roles into loss weights (validated there): applied at batch time, never cached."""
+        return WeightSpec(prompt_loss_weight=self.prompt_loss_weight, role_weights=self.role_weights,
+                          train_on=self.train_on, prompt_loss_weight_end=self.prompt_loss_weight_end,
+                          loss_normalizer=self.loss_normalizer)
+
     def __post_init__(self) -> None:
-        if not 0.0 <= self.prompt_loss_weight <= 1.0:
-            raise ValueError(
-                f"prompt_loss_weight must be in [0, 1], got {self.prompt_loss_weight}: "
-                "0 trains on the response only (masked), 1 on the whole sequence (unmasked)."
-            )
+        self.role_weights = self.weight_spec().role_weights  # checked and parsed ("template=0,user=0.5" too)
         if self.on_bad_rows not in ("error", "skip"):
             raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}.")
-        if self.train_on not in ("all", "last"):
-            raise ValueError(f"train_on must be 'all' or 'last' (assistant turns trained), got {self.train_on!r}.")
         if self.truncation not in ("trim", "drop"):
             raise ValueError(f"truncation must be 'trim' or 'drop', got {self.truncation!r}.")
         if self.max_length < 2 * PROMPT_TAIL_TOKENS:

@@ -14,6 +14,11 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user
 CHAT_COLUMNS = ("messages", "conversations")  # columns that hold a conversation: OpenAI/HF, ShareGPT
 ROLE_NAMES = ("template", "system", "user", "assistant")  # per-token role codes: 0 = markup of an assistant turn
 TEMPLATE, SYSTEM, USER, ASSISTANT = range(4)
+MESSAGE_WEIGHT = "loss_weight"  # a validated message's own weight (only where the data gives one)
+# The per-message weight keys real datasets carry: LLaMA-Factory's loss_weight (a number), Axolotl's weight (0/1)
+# and train (bool), ms-swift's loss (bool). Each multiplies that message's tokens.
+WEIGHT_KEYS = ("loss_weight", "weight", "train", "loss")
+KNOWN_MESSAGE_KEYS = ("role", "content", "from", "value") + WEIGHT_KEYS
 
 
 # ---------------------------------------------------------------- validation
@@ -65,7 +70,26 @@ def _check_turn(turn: Any, t: int) -> tuple[dict | None, str, str, str]:
             "join the parts into a string")
     if role != "system" and not content.strip():
         return None, content_key, "is empty", f"the {role} turn is empty; drop the turn or fill it"
-    return {"role": role, "content": content}, "", "", ""
+    msg = {"role": role, "content": content}
+    for key in (k for k in WEIGHT_KEYS if k in turn):
+        value = turn[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, bool) if key in ("train", "loss") else number or isinstance(value, bool)
+        if not ok or (number and not (value >= 0 and value == value and value != float("inf"))):
+            want = "true or false" if key in ("train", "loss") else "a number >= 0 (or true/false)"
+            return None, key, "is not a valid message weight", (
+                f"got {value!r:.40}; {key} must be {want}: it multiplies this message's tokens in the loss "
+                "(0 or false leaves the message out)")
+        msg[MESSAGE_WEIGHT] = msg.get(MESSAGE_WEIGHT, 1.0) * float(value)
+    return msg, "", "", ""
+
+
+def unknown_message_keys(value: Any) -> list[str]:
+    """The keys of a conversation's turns that the project does not read (reported by inspect-data and train,
+    never dropped silently): anything besides role/content (from/value) and the weight keys."""
+    if not isinstance(value, list):
+        return []
+    return sorted({k for turn in value if isinstance(turn, dict) for k in turn if k not in KNOWN_MESSAGE_KEYS})
 
 
 def _check_order(messages: list[dict]) -> tuple[list[dict] | None, int | None, str, str, str]:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import datasets
 import pyarrow.parquet as pq
 
-from sft.data.conversations import CHAT_COLUMNS, check_conversation
+from sft.data.conversations import CHAT_COLUMNS, check_conversation, unknown_message_keys
 from sft.data.files import SUFFIXES
 
 logger = logging.getLogger("sft")
@@ -47,11 +47,13 @@ class LoadReport:
     ignored_columns: list[str] = field(default_factory=list)  # extra columns (ids, categories, ...)
     column_mapping: dict[str, str] = field(default_factory=dict)  # canonical field -> column found
     first_bad_rows: list[str] = field(default_factory=list)  # where the first skipped rows were, for the user
+    unknown_message_keys: Counter = field(default_factory=Counter)  # conversations: turn key not read -> turns with it
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         d = asdict(self)
         d["rows_dropped"] = dict(self.rows_dropped)
+        d["unknown_message_keys"] = dict(self.unknown_message_keys)
         return d
 
 
@@ -270,6 +272,9 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
         report.rows_read += 1
         if "messages" in mapping:
             row, where, fld, problem = _check_chat_row(rec, mapping["messages"], where, from_text, on_bad_rows)
+            if row is not None and isinstance(rec.get(mapping["messages"]), list):
+                report.unknown_message_keys.update(k for turn in rec[mapping["messages"]] if isinstance(turn, dict)
+                                                   for k in turn if k in unknown_message_keys(rec[mapping["messages"]]))
         else:
             row, fld, problem = _check_row(rec, mapping)
         if row is not None and keep_column is not None:

@@ -34,9 +34,23 @@ def token_column(ds, name: str) -> np.ndarray:
     return np.asarray(pc.list_flatten(ds.with_format("arrow")[name]))
 
 
-def tokens_by_role(ds) -> dict[str, int] | None:
-    """Tokens per role (sft.data.conversations.ROLE_NAMES) of tokenized conversations; None for instruction rows."""
-    if "roles" not in ds.column_names:
+def is_chat(ds) -> bool:
+    """Whether a tokenized dataset holds conversations (its `chat` column), rather than instruction rows."""
+    return "chat" in ds.column_names and len(ds) > 0 and bool(ds[0]["chat"])
+
+
+def tokens_by_role(ds, instruction_rows: bool = False) -> dict[str, int] | None:
+    """Tokens per role (sft.data.conversations.ROLE_NAMES); None for instruction rows unless asked for (their
+    roles are template, user and assistant)."""
+    if "roles" not in ds.column_names or not (instruction_rows or is_chat(ds)):
         return None
     roles = token_column(ds, "roles")
     return {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES)}
+
+
+def weight_by_role(ds) -> dict[str, float] | None:
+    """The total loss weight per role (the weights the dataset's loss_weights column holds)."""
+    if "roles" not in ds.column_names or "loss_weights" not in ds.column_names:
+        return None
+    roles, weights = token_column(ds, "roles"), token_column(ds, "loss_weights").astype(np.float64)
+    return {name: float(weights[roles == code].sum()) for code, name in enumerate(ROLE_NAMES)}

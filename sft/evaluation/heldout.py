@@ -14,6 +14,7 @@ from sft.core.collate import WeightedLMCollator
 from sft.core.loss import scored_nll, shift_left, target_weights
 from sft.core.prepare import prepare_data
 from sft.data.conversations import ASSISTANT, ROLE_NAMES
+from sft.data.stats import is_chat
 from sft.evaluation.settings import BATCH_SIZE
 
 
@@ -48,7 +49,7 @@ def heldout_metrics(model, dataset, pad_token_id: int, batch_size: int = BATCH_S
     """Response loss, perplexity and token accuracy on a tokenized split, summed over tokens; for conversations
     also the loss and tokens of each role (sft.data.conversations.ROLE_NAMES)."""
     model.eval()
-    chat = "roles" in dataset.column_names
+    chat = is_chat(dataset)
     sums = torch.zeros(5, dtype=torch.float64)  # response nll, response tokens, correct, prompt nll, prompt tokens
     by_role = torch.zeros(2, len(ROLE_GROUPS), dtype=torch.float64)  # nll and tokens of each ROLE_GROUPS entry
     for start in range(0, len(dataset), batch_size):

@@ -11,7 +11,7 @@ def plot_length_histogram(ds, max_length: int | None = None, title: str = "Token
     lengths = ds["length"]
     response = [sum(m) for m in ds["response_mask"]]
     prompt = [n - r for n, r in zip(lengths, response)]
-    chat = "roles" in ds.column_names
+    chat = bool(ds[0]["chat"]) if "chat" in ds.column_names and len(ds) else False
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bins = 40
     ax.hist(lengths, bins=bins, alpha=0.6, label="whole example")

@@ -8,6 +8,7 @@
     tiny_model          the demo's base: a byte-level BPE and a randomly initialised Qwen2 built offline
     tasks               the demo's and the dialogues' lm-eval tasks (handed to evaluation as GeneratedTasks)
     sweep               prompt-loss weights x seeds, trained and evaluated, with intervals over seeds
+    variants            the sweep's other weight axes (role weights, schedules, normalisers), compared paired by seed
     reference           the reference experiment's stand-in: a tiny Qwen2.5 and local benchmark rows
 
 May import: data, runs, models, core, evaluation.

@@ -74,11 +74,13 @@ def test_conversations_are_counted_by_role_and_shown_by_turn(qwen_tokenizer, tmp
     cfg = DataConfig(data=str(write(tmp_path / "c.jsonl", [{"messages": chat}] * 3)), prompt_loss_weight=0.5,
                      train_on="last", cache_dir=str(tmp_path / "cache"))
     stats, ds, _ = inspect_data(cfg, qwen_tokenizer)
-    # The counts of docs/data.md's example: 46 tokens a row, read from the tokenized rows' role column.
-    assert stats["tokens_by_role"] == {"template": 24, "system": 27, "user": 72, "assistant": 15}
+    # The counts of docs/data.md's example: 46 tokens a row, read from the tokenized rows' role column; a turn's
+    # markup (<|im_start|>user\n, <|im_end|>\n) is the template's, only its words are the role's (issue #28).
+    assert stats["tokens_by_role"] == {"template": 69, "system": 12, "user": 42, "assistant": 15}
     assert sum(stats["tokens_by_role"].values()) == 3 * 46 == stats["prompt_tokens"] + stats["response_tokens"]
     shown = render_example(ds[0], qwen_tokenizer, colour=False)
-    assert shown.startswith("[[turn 1 system, weight 0.5: <|im_start|>system\nYou add numbers.")
+    assert shown.startswith("[[turn 1 template, weight 0.5: <|im_start|>system\n]][[turn 1 system, weight 0.5: You add "
+                            "numbers.")
     assert "[[turn 3 assistant, weight 0.5: 5<|im_end|>]]" in shown and "[[turn 5 assistant, weight 1: 20<|im_end|>]]" \
         in shown
 

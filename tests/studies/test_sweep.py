@@ -89,8 +89,8 @@ def test_sweep_on_conversations_reports_the_held_out_loss_of_each_role(demo_root
     for w in ("0.0", "1.0"):
         for role in ("user", "assistant", "assistant_trained", "assistant_untrained"):
             assert ("heldout", f"{role}_loss", w) in records, (role, w)
-        # No system turn, and the demo's chat template (alpaca's) puts "### Response:" in the user turn: no markup.
-        assert ("heldout", "system_loss", w) not in records and ("heldout", "template_loss", w) not in records
+        # No system turn; the alpaca chat template's preamble and headers are markup (issue #28: template).
+        assert ("heldout", "system_loss", w) not in records and ("heldout", "template_loss", w) in records
     manifest = json.loads((demo_root / "model/demo/sweep-chat/w0_s1/run_manifest.json").read_text())
     assert manifest["data"]["conversations"] and manifest["data"]["eval_examples"] == 16
     held = json.loads(next(root.glob("w1_s1/*/heldout.json")).read_text())["models"]["w1_s1"]

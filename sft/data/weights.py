@@ -1,0 +1,136 @@
+"""The weight spec: how the roles tokenization recorded become per-token loss weights, at batch time.
+
+Tokenization stores what each token is (its role code, turn, and the weight its message carried in the data);
+nothing here depends on a tokenizer or a model. `WeightSpec` holds every setting that turns those into weights:
+the prompt-loss weight `w` (every non-assistant role), `role_weights` (a weight per role, overriding `w` for the
+roles named), `train_on` (every assistant turn or the last), a linear schedule of `w` over the optimizer steps,
+and the loss normaliser. Its defaults are the only ones: `DataConfig`'s fields point at them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sft.data.conversations import ASSISTANT, ROLE_NAMES, TEMPLATE
+
+NORMALIZERS = ("weight_sum", "response_tokens", "weighted_tokens")
+UNTRAINED = len(ROLE_NAMES)  # the table slot of an assistant token outside the loss (train_on="last"): weighs w
+
+
+@dataclass
+class WeightSpec:
+    """Everything that turns roles into loss weights; built from a DataConfig by `DataConfig.weight_spec()`."""
+
+    prompt_loss_weight: float = 0.0
+    role_weights: dict[str, float] = field(default_factory=dict)
+    train_on: str = "all"
+    prompt_loss_weight_end: float | None = None
+    loss_normalizer: str = "weight_sum"
+
+    def __post_init__(self) -> None:
+        self.role_weights = parse_role_weights(self.role_weights)
+        if not _finite(self.prompt_loss_weight) or not 0.0 <= float(self.prompt_loss_weight) <= 1.0:
+            raise ValueError(
+                f"prompt_loss_weight must be in [0, 1], got {self.prompt_loss_weight}: "
+                "0 trains on the response only (masked), 1 on the whole sequence (unmasked).")
+        end = self.prompt_loss_weight_end
+        if end is not None and (not _finite(end) or not 0.0 <= float(end) <= 1.0):
+            raise ValueError(f"--prompt-loss-weight-end must be in [0, 1], got {end}: the prompt weight ramps "
+                             "linearly from --prompt-loss-weight to it over the run's optimizer steps; omit it "
+                             "for a constant weight.")
+        if self.train_on not in ("all", "last"):
+            raise ValueError(f"train_on must be 'all' or 'last' (assistant turns trained), got {self.train_on!r}.")
+        if self.loss_normalizer not in NORMALIZERS:
+            raise ValueError(f"--loss-normalizer must be one of {', '.join(NORMALIZERS)}, got "
+                             f"{self.loss_normalizer!r}: weight_sum divides sum(w * nll) by the sum of the weights "
+                             "(the default), response_tokens by the trained assistant tokens (ms-swift), "
+                             "weighted_tokens by the tokens of non-zero weight (TRL).")
+
+    def prompt_weight_at(self, step: int, total_steps: int) -> float:
+        """w at optimizer step `step` (0-based) of `total_steps`: constant, or the linear ramp to
+        prompt_loss_weight_end, which the last step reaches exactly."""
+        if self.prompt_loss_weight_end is None or total_steps <= 1:
+            return float(self.prompt_loss_weight if self.prompt_loss_weight_end is None or step <= 0
+                         else self.prompt_loss_weight_end)
+        frac = min(max(step, 0), total_steps - 1) / (total_steps - 1)
+        return float(self.prompt_loss_weight + (self.prompt_loss_weight_end - self.prompt_loss_weight) * frac)
+
+    def table(self, w: float | None = None) -> list[float]:
+        """The weight of each role code (ROLE_NAMES), then of an untrained assistant token (slot UNTRAINED), at the
+        prompt weight w (default: prompt_loss_weight). One definition, used by the loss and by every report."""
+        w = float(self.prompt_loss_weight if w is None else w)
+        out = [float(self.role_weights.get(name, w)) for name in ROLE_NAMES]
+        out[ASSISTANT] = float(self.role_weights.get("assistant", 1.0))
+        return out + [w]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def parse_role_weights(value) -> dict[str, float]:
+    """{role: weight} from a dict, a JSON-less "template=0,system=0,user=0.5" string, or None; an unknown role, a
+    value that is not a number, below 0 or NaN is a ValueError naming the flag and the roles."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        pairs = {}
+        for part in value.split(","):
+            name, sep, num = part.partition("=")
+            if not sep:
+                raise ValueError(f"--role-weights: {part!r} is not ROLE=WEIGHT; write e.g. template=0,system=0,user=0.5 "
+                                 f"(roles: {', '.join(ROLE_NAMES)}).")
+            pairs[name.strip()] = num.strip()
+        value = pairs
+    if not isinstance(value, dict):
+        raise ValueError(f"--role-weights must be ROLE=WEIGHT pairs or a dict, got {type(value).__name__}.")
+    out = {}
+    for name, num in value.items():
+        if name not in ROLE_NAMES:
+            raise ValueError(f"--role-weights: unknown role {name!r}; the roles are {', '.join(ROLE_NAMES)} "
+                             "(e.g. --role-weights template=0,system=0,user=0.5).")
+        try:
+            x = float(num)
+        except (TypeError, ValueError):
+            x = float("nan")
+        if isinstance(num, bool) or not math.isfinite(x) or x < 0:
+            raise ValueError(f"--role-weights: the weight of {name} must be a number >= 0, got {num!r}; e.g. "
+                             f"{name}=0.5.")
+        out[name] = x
+    return out
+
+
+def trained_mask(roles: np.ndarray, turns: np.ndarray, train_on: str) -> np.ndarray:
+    """The assistant tokens in the loss: every assistant turn's, or the last turn's with train_on="last"."""
+    trained = roles == ASSISTANT
+    if train_on == "last" and trained.any():
+        trained &= turns == turns[trained].max()
+    return trained
+
+
+def static_columns(roles, turns, message_weights, train_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What does not change during a run, per token: (index into WeightSpec.table int8, scale float32, response
+    mask bool). The index is the role code, an assistant token outside the loss (train_on="last") moved to slot
+    UNTRAINED; the scale is the message's own weight from the data (1 on template tokens, whose weight is their
+    role's alone); the response mask marks the trained assistant tokens of non-zero message weight."""
+    roles, turns = np.asarray(roles), np.asarray(turns)
+    msg = np.asarray(message_weights, dtype=np.float32)
+    trained = trained_mask(roles, turns, train_on)
+    codes = np.where((roles == ASSISTANT) & ~trained, UNTRAINED, roles).astype(np.int8)
+    scale = np.where(roles == TEMPLATE, np.float32(1.0), msg).astype(np.float32)
+    return codes, scale, trained & (msg > 0)
+
+
+def example_weights(roles, turns, message_weights, spec: WeightSpec, w: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(loss weight float32, response mask) of one example's tokens under `spec` at prompt weight w.
+
+    A message's own weight (loss_weight, weight, train or loss in the data) multiplies its tokens; a template
+    token's weight is its role's alone.
+    """
+    codes, scale, response = static_columns(roles, turns, message_weights, spec.train_on)
+    weights = np.asarray(spec.table(w), dtype=np.float32)[codes] * scale
+    return weights.astype(np.float32), response

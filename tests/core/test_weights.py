@@ -1,0 +1,331 @@
+"""Roles in the tokenized data, weights at batch time (issue #28): the WeightSpec, role weights, message weights,
+the cache that serves every weight, the normalisers against float64 hand computations, and the schedule."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import demo_config
+from sft.core.config import apply_overrides, load_config
+from sft.core.prepare import tokenize_rows
+from sft.core.tokenize import tokenize_rows_batch
+from sft.core.train import build_trainer
+from sft.data.config import DataConfig
+from sft.data.conversations import ASSISTANT, TEMPLATE, USER
+from sft.data.rows import load_rows
+from sft.data.weights import WeightSpec, example_weights
+
+ROW = {"instruction": "Add the numbers.", "input": "3 and 4", "output": "7"}
+CHAT = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"},
+        {"role": "user", "content": "And times 4?"}, {"role": "assistant", "content": "20"}]
+
+
+def _one(tokenizer, row, **cfg):
+    return tokenize_rows_batch({k: [v] for k, v in row.items()}, tokenizer, DataConfig(**cfg)).to_pylist()[0]
+
+
+def test_alpaca_rows_carry_template_user_and_assistant_roles(qwen_tokenizer):
+    ex = _one(qwen_tokenizer, ROW)
+    ids, roles = np.asarray(ex["input_ids"]), np.asarray(ex["roles"])
+    text = lambda code: qwen_tokenizer.decode(ids[roles == code])  # noqa: E731
+    # the instruction and the input; a token that covers any of their characters is theirs (Qwen merges ".\n\n")
+    assert text(USER) == "Add the numbers.\n\n3 and 4"
+    assert text(ASSISTANT) == "7<|endoftext|>"  # the response and its EOS
+    assert "### Instruction:" in text(TEMPLATE) and "Below is an instruction" in text(TEMPLATE)
+    assert ex["turns"] == [0] * int((roles != ASSISTANT).sum()) + [1] * int((roles == ASSISTANT).sum())
+    assert ex["message_weights"] == [1.0] * len(ids) and ex["chat"] is False
+
+
+@pytest.mark.parametrize("w", [0.0, 0.1, 0.5, 1.0])
+def test_weights_from_roles_equal_the_old_baked_in_weights_bit_for_bit(qwen_tokenizer, w):
+    ex = _one(qwen_tokenizer, ROW, prompt_loss_weight=w)
+    response = np.asarray(ex["roles"]) == ASSISTANT
+    old = np.where(response, 1.0, w).astype(np.float32)  # what tokenization stored before roles (CACHE_VERSION 4)
+    assert np.asarray(ex["loss_weights"], dtype=np.float32).tobytes() == old.tobytes()
+    assert ex["response_mask"] == response.astype(int).tolist()
+
+
+def test_role_weights_override_w_for_the_roles_named(qwen_tokenizer):
+    ex = _one(qwen_tokenizer, ROW, prompt_loss_weight=1.0, role_weights={"template": 0.0, "user": 0.5})
+    weights, roles = np.asarray(ex["loss_weights"]), np.asarray(ex["roles"])
+    assert set(weights[roles == TEMPLATE]) == {0.0} and set(weights[roles == USER]) == {0.5}
+    assert set(weights[roles == ASSISTANT]) == {1.0}
+    labels = np.asarray(ex["labels"])
+    assert (labels[roles == TEMPLATE] == -100).all() and (labels[roles == USER] == np.asarray(ex["input_ids"])[roles == USER]).all()
+
+
+def test_role_weights_read_from_flags_and_overrides_alike(tmp_path):
+    cfg = load_config("demo", role_weights="template=0,system=0,user=0.5", prompt_loss_weight_end=1.0,
+                      loss_normalizer="weighted_tokens")
+    spec = cfg.data.weight_spec()
+    assert spec.role_weights == {"template": 0.0, "system": 0.0, "user": 0.5}
+    assert spec.table(0.25) == [0.0, 0.0, 0.5, 1.0, 0.25]  # template, system, user, assistant, an untrained reply
+    cfg = apply_overrides(load_config("demo"), {"role_weights": {"user": 1}})
+    assert cfg.data.role_weights == {"user": 1.0}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"role_weights": "tool=0"}, "unknown role 'tool'; the roles are template, system, user, assistant"),
+    ({"role_weights": "user=-1"}, "the weight of user must be a number >= 0"),
+    ({"role_weights": {"user": float("nan")}}, "the weight of user must be a number >= 0"),
+    ({"role_weights": "user"}, "Cannot read .user. for role_weights"),
+    ({"prompt_loss_weight_end": 1.5}, "--prompt-loss-weight-end must be in \\[0, 1\\]"),
+    ({"loss_normalizer": "mean"}, "--loss-normalizer must be one of weight_sum, response_tokens, weighted_tokens"),
+])
+def test_bad_weight_settings_are_clear_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("demo", **overrides)
+
+
+def test_one_cache_serves_every_weight_setting(qwen_tokenizer, tmp_path):
+    rows = [ROW, {"instruction": "Name a colour.", "input": "", "output": "Blue."}]
+    seen = []
+    for w, roles in ((0.0, {}), (1.0, {}), (0.5, {"template": 0}), (0.0, {"user": 1})):
+        ds, report = tokenize_rows(rows, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path), prompt_loss_weight=w,
+                                                                    role_weights=roles))
+        seen.append((report.from_cache, ds[0]["loss_weights"]))
+    assert [c for c, _ in seen] == [False, True, True, True]  # tokenized once
+    assert len(list(tmp_path.glob("tokenized-*.arrow"))) == 1
+    assert len({tuple(w) for _, w in seen}) == 4  # and every setting got its own weights
+
+
+def _chat_file(tmp_path, turns):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"messages": turns}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("key, value, factor", [("loss_weight", 0, 0.0), ("loss_weight", 0.25, 0.25),
+                                                ("weight", 0, 0.0), ("train", False, 0.0), ("loss", True, 1.0)])
+def test_message_weights_from_the_data_multiply_the_message(qwen_tokenizer, tmp_path, key, value, factor):
+    turns = [dict(t) for t in CHAT]
+    turns[1][key] = value  # the first reply
+    rows, report = load_rows(_chat_file(tmp_path, turns))
+    ex = tokenize_rows_batch({"messages": [rows[0]["messages"]]}, qwen_tokenizer, DataConfig()).to_pylist()[0]
+    roles, turn_of, w = map(np.asarray, (ex["roles"], ex["turns"], ex["loss_weights"]))
+    first, last = (roles == ASSISTANT) & (turn_of == 1), (roles == ASSISTANT) & (turn_of == 3)
+    assert set(w[first]) == {factor} and set(w[last]) == {1.0}
+    assert not report.unknown_message_keys
+
+
+@pytest.mark.parametrize("key, value", [("loss_weight", "high"), ("loss_weight", -1), ("train", 1), ("weight", None)])
+def test_a_bad_message_weight_names_file_row_turn_and_field(tmp_path, key, value):
+    turns = [dict(t) for t in CHAT]
+    turns[1][key] = value
+    with pytest.raises(ValueError, match=rf"c.jsonl: line 1, turn 2, field {key}: is not a valid message weight"):
+        load_rows(_chat_file(tmp_path, turns))
+
+
+def test_unknown_message_keys_are_reported_not_dropped_silently(tmp_path):
+    turns = [dict(t) for t in CHAT]
+    turns[1]["name"] = "bot"
+    turns[3]["name"] = "bot"
+    _, report = load_rows(_chat_file(tmp_path, turns))
+    assert report.unknown_message_keys == {"name": 2} and report.to_dict()["unknown_message_keys"] == {"name": 2}
+
+
+def test_train_on_last_weighs_earlier_replies_like_the_prompt():
+    roles = np.asarray([TEMPLATE, USER, ASSISTANT, TEMPLATE, USER, ASSISTANT])
+    turns = np.asarray([0, 0, 1, 2, 2, 3])
+    w, response = example_weights(roles, turns, np.ones(6), WeightSpec(prompt_loss_weight=0.3, train_on="last",
+                                                                      role_weights={"user": 0.7}))
+    assert w.tolist() == pytest.approx([0.3, 0.7, 0.3, 0.3, 0.7, 1.0]) and response.tolist() == [0, 0, 0, 0, 0, 1]
+
+
+# ---------------------------------------------------------------- normalisers, float64 by hand
+
+
+def _hand_loss(trainer, batches, normalizer: str, table: list[float]) -> float:
+    """sum(w * nll) / normaliser over the micro-batches, in float64 from the model's full logits."""
+    num = den = 0.0
+    with torch.no_grad():
+        for b in batches:
+            keys = ("input_ids", "attention_mask", "position_ids")
+            logits = trainer.model(**{k: b[k] for k in keys if k in b}, use_cache=False).logits.double()
+            ids = b["input_ids"]
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
+                                                    reduction="none").view(ids.shape[0], -1)
+            valid = torch.ones_like(nll, dtype=torch.bool)
+            if "attention_mask" in b:
+                valid &= b["attention_mask"][:, 1:].bool()
+            if "position_ids" in b and "attention_mask" not in b:
+                valid &= b["position_ids"][:, 1:] != 0
+            codes, scale = b["weight_codes"][:, 1:], b["weight_scale"][:, 1:].double()
+            w = torch.tensor(table, dtype=torch.float64)[codes.long()] * scale * valid
+            num += float((w * nll).sum())
+            if normalizer == "weight_sum":
+                den += float(w.sum())
+            elif normalizer == "response_tokens":
+                den += float((b["response_mask"][:, 1:].bool() & valid).sum())
+            else:
+                den += float(((w > 0) & valid).sum())
+    return num / den
+
+
+@pytest.mark.parametrize("normalizer", ["weight_sum", "response_tokens", "weighted_tokens"])
+@pytest.mark.parametrize("batching", ["packed", "padded"])
+def test_normalisers_equal_a_float64_hand_computation_over_accumulation(demo_root, normalizer, batching):
+    cfg = demo_config(demo_root, prompt_loss_weight=0.3, role_weights={"template": 0.0}, loss_normalizer=normalizer,
+                      batching=batching, run_name=f"norm-{normalizer}-{batching}")
+    trainer = build_trainer(cfg)
+    trainer.model.train()  # the training branch: the step's normaliser, not each micro-batch's
+    examples = [trainer.train_dataset[i] for i in range(8)]
+    collate = trainer.data_collator
+    micro = [collate(examples[i:i + 2]) for i in range(0, 8, 2)]
+    n = trainer._get_num_items_in_batch(micro, torch.device("cpu"))
+    loss = sum(float(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=n).detach()) for b in micro)
+    expected = _hand_loss(trainer, micro, normalizer, cfg.data.weight_spec().table())
+    assert loss == pytest.approx(expected, rel=2e-5)
+    # gradient accumulation 4 x 2 is the same step as one batch of 8
+    whole = collate(examples)
+    n8 = trainer._get_num_items_in_batch([whole], torch.device("cpu"))
+    assert float(trainer.compute_loss(trainer.model, dict(whole), num_items_in_batch=n8)) == pytest.approx(loss, rel=1e-5)
+
+
+def test_the_schedule_ramps_w_linearly_and_each_step_uses_its_own(demo_root):
+    spec = WeightSpec(prompt_loss_weight=1.0, prompt_loss_weight_end=0.0)
+    assert [spec.prompt_weight_at(s, 5) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert WeightSpec(prompt_loss_weight=0.2).prompt_weight_at(3, 5) == 0.2  # no schedule: constant
+    cfg = demo_config(demo_root, prompt_loss_weight=1.0, prompt_loss_weight_end=0.0, run_name="ramp")
+    trainer = build_trainer(cfg)
+    trainer.state.max_steps = 5
+    trainer.model.train()
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(examples)
+    for step, w in ((0, 1.0), (2, 0.5), (4, 0.0)):
+        trainer.state.global_step = step
+        n = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+        loss = float(trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n).detach())
+        assert loss == pytest.approx(_hand_loss(trainer, [batch], "weight_sum", spec.table(w)), rel=2e-5), step
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_ramp_where_it_stopped(demo_root):
+    from sft.core.train import train
+
+    common = dict(prompt_loss_weight=1.0, prompt_loss_weight_end=0.0, max_steps=4, save_steps=2, eval_steps=100,
+                  logging_steps=1)
+    whole = train(demo_config(demo_root, run_name="ramp-whole", **common))
+    logged = [h["prompt_loss_weight"] for h in whole.state.log_history if "prompt_loss_weight" in h]
+    assert logged == [1.0, pytest.approx(2 / 3), pytest.approx(1 / 3), 0.0]
+    # the same run stopped after its checkpoint at step 2, then resumed from it
+    part = build_trainer(demo_config(demo_root, run_name="ramp-part", **{**common, "max_steps": 4}))
+    part.train(resume_from_checkpoint=str(whole.args.output_dir) + "/checkpoint-2")
+    again = [(h["step"], h["loss"], h["prompt_loss_weight"]) for h in part.state.log_history if "prompt_loss_weight" in h]
+    first = [(h["step"], h["loss"], h["prompt_loss_weight"]) for h in whole.state.log_history if "prompt_loss_weight" in h]
+    assert again[-2:] == first[-2:]  # steps 3 and 4: the same w and the same loss, bit for bit on the CPU
+    assert math.isclose(again[-1][2], 0.0)
+
+
+# ---------------------------------------------------------------- inspect-data: auditable masks
+
+
+def _sharegpt(tmp_path, extra: dict | None = None):
+    turns = [{"from": "human", "value": "What is 2 + 3?"}, {"from": "gpt", "value": "5", **(extra or {})},
+             {"from": "human", "value": "And times 4?"}, {"from": "gpt", "value": "20"}]
+    path = tmp_path / "share.jsonl"
+    path.write_text(json.dumps({"conversations": turns}) + "\n" + json.dumps({"conversations": turns[:2]}) + "\n")
+    return path
+
+
+def test_inspect_data_counts_qwens_default_system_prompt_as_system(tmp_path, capsys):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    data = _sharegpt(tmp_path, {"name": "bot"})
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--json",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    # "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", in both conversations
+    default = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    from transformers import AutoTokenizer
+    n = len(AutoTokenizer.from_pretrained(QWEN_TOKENIZER)(default)["input_ids"])
+    assert stats["tokens_by_role"]["system"] == 2 * n
+    assert stats["tokens_by_role"]["user"] == 2 * 8 + 5  # "What is 2 + 3?" twice, "And times 4?" once
+    assert stats["weight_by_role"] == {"template": 0.0, "system": 0.0, "user": 0.0, "assistant": 7.0}
+    assert stats["unknown_message_keys"] == {"name": 2}  # the key the project does not read, said out loud
+
+
+def test_inspect_data_exports_roles_and_final_weights_per_token(tmp_path, capsys):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    data, out = _sharegpt(tmp_path, {"loss_weight": 0}), tmp_path / "masks.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 "--prompt-loss-weight", "0.5", "--role-weights", "template=0", "--json",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 2 and [len(x["input_ids"]) for x in lines] == [len(x["roles"]) for x in lines]
+    for line in lines:
+        by = {}
+        for role, w in zip(line["roles"], line["weights"]):
+            by.setdefault(role, set()).add(w)
+        assert by["template"] == {0.0} and by["system"] == {0.5} and by["user"] == {0.5}
+    # the first reply (loss_weight 0) weighs 0, the second 1
+    assert set(lines[0]["weights"][i] for i, r in enumerate(lines[0]["roles"]) if r == "assistant") == {0.0, 1.0}
+    assert set(lines[1]["weights"][i] for i, r in enumerate(lines[1]["roles"]) if r == "assistant") == {0.0}
+    assert json.loads(capsys.readouterr().out)["exported"] == {"path": str(out), "examples": 2}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--role-weights", "tools=1"], "unknown role 'tools'"),
+    (["--prompt-loss-weight-end", "2"], "--prompt-loss-weight-end must be in"),
+    (["--loss-normalizer", "tokens"], "--loss-normalizer must be one of"),
+])
+def test_bad_weight_flags_exit_2_with_one_paragraph(tmp_path, capsys, flags, message):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    assert main(["inspect-data", "--data", str(_sharegpt(tmp_path)), "--tokenizer", str(QWEN_TOKENIZER), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_bad_message_weight_exits_2_naming_the_row_and_turn(tmp_path, capsys):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    data = _sharegpt(tmp_path, {"weight": "yes"})
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "share.jsonl: line 1, turn 2, field weight: is not a valid message weight" in err
+    assert not list((tmp_path / "cache").glob("*.arrow"))  # nothing half-written in the cache
+
+
+# ---------------------------------------------------------------- the sweep's weight axes
+
+
+def test_sweep_axes_make_one_variant_per_combination():
+    from sft.studies.variants import split_axes
+
+    shared, variants = split_axes({"data.role_weights": ["template=0,1"], "data.prompt_loss_weight_end": None,
+                                   "train.learning_rate": "1e-3", "data.loss_normalizer": "weight_sum,response_tokens"})
+    assert shared == {"data.prompt_loss_weight_end": None, "train.learning_rate": "1e-3"}
+    assert [label for label, _ in variants] == ["rw-template0_norm-weight_sum", "rw-template0_norm-response_tokens",
+                                               "rw-template1_norm-weight_sum", "rw-template1_norm-response_tokens"]
+    assert variants[2][1] == {"data.role_weights": {"template": 1.0}, "data.loss_normalizer": "weight_sum"}
+    assert split_axes({"data.data": "x"}) == ({"data.data": "x"}, [("", {})])  # no axis: the plain sweep
+    with pytest.raises(ValueError, match="unknown role 'tmpl'"):
+        split_axes({"data.role_weights": ["tmpl=0,1"]})
+
+
+@pytest.mark.slow
+def test_a_sweep_over_role_weights_tokenizes_once_and_compares_the_variants(demo_root, tmp_path, monkeypatch):
+    from helpers import demo_cli_args
+    from sft.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    assert main(["sweep", *demo_cli_args(demo_root), "--cache-dir", str(cache), "--role-weights", "template=0,1",
+                 "--prompt-loss-weights", "0.5", "--seeds", "2", "--name", "axes", "--heldout-only",
+                 "--max-steps", "2", "--eval-steps", "2", "--save-steps", "2", "--plot", "sweep.png"]) == 0
+    # 4 runs (2 variants x 2 seeds), one tokenization of each split
+    assert len(list((demo_root / "model/demo").glob("sweep-axes-rw-template*/w0.5_s*/run_manifest.json"))) == 4
+    assert len(list(cache.glob("tokenized-train-*.arrow"))) == 1 and len(list(cache.glob("tokenized-eval-*.arrow"))) == 1
+    rows = (tmp_path / "evaluation_results/sweep-axes/variants.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,metric,prompt_loss_weight,variant,baseline,seeds,diff,ci_low,ci_high")
+    assert any(r.startswith("heldout,response_loss,0.5,rw-template1,rw-template0,2,") for r in rows)
