@@ -170,28 +170,28 @@ def format_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-WEIGHTED_BY = {"rows": "sft.core.tokenize.tokenize_rows_batch", "conversations": "sft.core.chat.token_weights"}
+WEIGHTED_BY = "sft.core.weights.step_weights"  # where training turns each token's role into its weight, every step
 
 
 def token_weights_table(example: dict[str, list], tokenizer, max_tokens: int | None = None) -> str:
-    """One line per token of an example: position, token, role and the loss weight training gives it, headed by the
-    function that set the weights and followed by the weight sums. An instruction row's roles are prompt and
-    response (EOS included); a conversation's are its tokens' roles (template, system, user, assistant)."""
-    chat = "roles" in example
+    """One line per token of an example: position, token, role and the loss weight training gives it (at the
+    settings' starting w), headed by the function that applies the weights and followed by each role's count and
+    weight: instruction rows are template (the preamble and headers), user (instruction and input) and assistant
+    (the response and EOS); a conversation adds system."""
     ids, weights = example["input_ids"], example["loss_weights"]
-    roles = ([ROLE_NAMES[r] for r in example["roles"]] if chat
-             else ["response" if r else "prompt" for r in example["response_mask"]])
+    roles = [ROLE_NAMES[r] for r in example["roles"]]
     n = len(ids) if max_tokens is None else min(len(ids), max_tokens)
-    lines = [f"weights set by {WEIGHTED_BY['conversations' if chat else 'rows']}",
-             f"{'t':>4}  {'token':<24} {'role':<9} w_t"]
+    lines = [f"weights set by {WEIGHTED_BY}", f"{'t':>4}  {'token':<24} {'role':<9} w_t"]
     for t in range(n):
         token = repr(tokenizer.decode([ids[t]], skip_special_tokens=False))[1:-1]
         lines.append(f"{t:>4}  {token:<24} {roles[t]:<9} {weights[t]:g}")
     if n < len(ids):
         lines.append(f"      ... {len(ids) - n} more tokens")
     w = np.asarray(weights, dtype=np.float64)
-    trained = np.asarray(example["response_mask"], dtype=bool)
-    others = w[~trained][0] if (~trained).any() else 0.0
-    lines.append(f"{int(trained.sum())} tokens at w_t = 1, {int((~trained).sum())} at w_t = {others:g}; this example "
-                 f"adds {w[1:].sum():g} to the step's sum of w_t (token 0 is never predicted)")
+    by_role = ", ".join(f"{name} {roles.count(name)} at {sorted({f'{x:g}' for x, r in zip(weights, roles) if r == name})[0]}"
+                        if len({x for x, r in zip(weights, roles) if r == name}) == 1 else
+                        f"{name} {roles.count(name)} weighing {sum(x for x, r in zip(weights, roles) if r == name):g}"
+                        for name in ROLE_NAMES if name in roles)
+    lines.append(f"tokens by role: {by_role}; this example adds {w[1:].sum():g} to the step's sum of w_t "
+                 "(token 0 is never predicted)")
     return "\n".join(lines)

@@ -94,14 +94,17 @@ def test_the_weights_table_shows_each_token_with_its_role_and_weight(demo_tokeni
     example = ds[0]
     table = token_weights_table(example, demo_tokenizer)
     lines = table.splitlines()
-    assert lines[0] == "weights set by sft.core.tokenize.tokenize_rows_batch"
+    assert lines[0] == "weights set by sft.core.weights.step_weights"
     rows = lines[2:-1]
     assert len(rows) == len(example["input_ids"])
-    assert [r.split()[-2:] for r in rows] == [["response" if m else "prompt", f"{w:g}"]
-                                              for m, w in zip(example["response_mask"], example["loss_weights"])]
-    assert rows[-1].split()[-3:] == ["<|endoftext|>", "response", "1"]  # EOS is a response token, weight 1
-    n_response = sum(example["response_mask"])
-    assert lines[-1].startswith(f"{n_response} tokens at w_t = 1, {len(rows) - n_response} at w_t = 0.25")
+    names = ["template", "system", "user", "assistant"]
+    assert [r.split()[-2:] for r in rows] == [[names[r], f"{w:g}"]
+                                              for r, w in zip(example["roles"], example["loss_weights"])]
+    assert rows[-1].split()[-3:] == ["<|endoftext|>", "assistant", "1"]  # EOS is the reply's, weight 1
+    assert {r.split()[-2] for r in rows} == {"template", "user", "assistant"}  # the preamble and headers apart
+    count = {name: sum(1 for r in rows if r.split()[-2] == name) for name in ("template", "user", "assistant")}
+    assert lines[-1].startswith(f"tokens by role: template {count['template']} at 0.25, user {count['user']} at "
+                                f"0.25, assistant {count['assistant']} at 1;")
     assert f"adds {sum(example['loss_weights'][1:]):g} to the step's sum" in lines[-1]
     short = token_weights_table(example, demo_tokenizer, max_tokens=3).splitlines()
     assert len(short) == 2 + 3 + 2 and short[-2].endswith(f"{len(rows) - 3} more tokens")
@@ -115,6 +118,6 @@ def test_the_weights_table_names_the_conversation_weights(qwen_tokenizer, tmp_pa
                      cache_dir=str(tmp_path / "cache"))
     _, ds, _ = inspect_data(cfg, qwen_tokenizer)
     table = token_weights_table(ds[0], qwen_tokenizer)
-    assert table.startswith("weights set by sft.core.chat.token_weights")
+    assert table.startswith("weights set by sft.core.weights.step_weights")
     assert [line.split()[-2:] for line in table.splitlines() if line.split()[1:2] == ["5"]] == [["assistant", "1"]]
     assert any(line.split()[-2:] == ["template", "0"] for line in table.splitlines())
