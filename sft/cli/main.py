@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import logging
 import sys
@@ -244,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(args.func, args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on device ({e.filename or 'a write'}): free space, or write elsewhere "
+              "(--model-root, --out); a training run resumes from its last complete checkpoint.", file=sys.stderr)
         return 2
 
 

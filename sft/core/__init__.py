@@ -1,5 +1,7 @@
 """The experiment's core path: settings -> templates -> tokens with roles -> batches -> weighted loss -> Trainer.
 
+    values        checks of setting values (batch size, rates, cadences) and a notebook's overrides read
+    run_folder    what a run does with its folder: resume or refuse, settings compared, overwrite, the lock
     config        the config dataclasses (model, train, demo, lora) and the presets by name; overrides
     prompts       the prompt templates (Alpaca first) and their chat-template form
     chat          conversations rendered through a chat template, every token with its role and turn;

@@ -24,6 +24,8 @@ from sft.data.config import DataConfig
 from sft.data.files import data_files
 from sft.runs.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR, MODEL_ROOT, TENSORBOARD_ROOT
 from sft.runs.manifest import read_manifest
+from sft.runs.safety import check_run_name
+from sft.core.values import check_train_values, read_overrides  # noqa: F401 (read_overrides: the notebooks)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class TrainConfig:
         if resume == "true" and self.overwrite:
             raise ValueError("resume (continue the run) and overwrite (start it again, deleting its checkpoints) "
                              "exclude each other: set one of them.")
+        check_train_values(self)
 
 
 @dataclass
@@ -391,7 +394,14 @@ def load_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> ExperimentCon
     cfg = resolve_local_paths(apply_overrides(PRESETS[preset](), overrides))
     if cfg.train.run_name is None:
         cfg.train.run_name = default_run_name(cfg.data.prompt_loss_weight, cfg.lora)
+    check_run_folder(cfg)
     return cfg
+
+
+def check_run_folder(cfg: ExperimentConfig) -> Path:
+    """The run folder of cfg, or a ValueError for a run name outside the preset's folder or on the base model."""
+    bases = (cfg.model.model, cfg.demo.base_dir if cfg.demo else None)
+    return check_run_name(cfg.train.run_name, Path(cfg.train.model_root) / cfg.preset, bases)
 
 
 def default_run_name(prompt_loss_weight: float, lora: LoraSettings | None = None) -> str:

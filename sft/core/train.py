@@ -9,22 +9,22 @@ so the masked and unmasked curves can be compared on one chart.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
 import time
 from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from sft.core.chat import stop_at_end_of_turn
 from sft.core.collate import PackedWeightedLMCollator, WeightedLMCollator
-from sft.core.config import ExperimentConfig
+from sft.core.config import ExperimentConfig, check_run_folder
 from sft.core.loss import selected_nll, shift_left, target_weights, token_nll
 from sft.core.prepare import PreparedData, prepare_data
 from sft.core.tokenize import with_training_template
@@ -40,15 +40,12 @@ from sft.models.lora import (
 )
 from sft.models.tokenizer import load_tokenizer
 from sft.runs.callbacks import auto_clean_callback
-from sft.runs.checkpoints import (
-    last_complete_checkpoint,
-    list_checkpoints,
-    run_is_complete,
-)
+from sft.core.run_folder import RunFolder, check_data, resume_checkpoint  # noqa: F401 (resume_checkpoint: API)
 from sft.runs.layout import run_dir, tensorboard_dir
 from sft.runs.manifest import write_manifest
 
 logger = logging.getLogger("sft")
+RUN_TOTALS = "RunTotals"  # the key of the run's totals in trainer_state.json's stateful_callbacks
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
 
 
@@ -66,6 +63,40 @@ class WeightedLossTrainer(Trainer):
         self.adapter_generation_config = adapter_generation_config  # save it beside a LoRA adapter too (see _save)
         self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
         self._last_log_time = time.perf_counter()
+        # The whole run's loss sum, steps, tokens and training seconds up to the checkpoint resumed from (saved in
+        # trainer_state.json's stateful_callbacks as RUN_TOTALS), so summaries cover the run, not this session.
+        self._run_offset = {"loss_sum": 0.0, "steps": 0, "tokens": 0.0, "seconds": 0.0}
+        self._session_tokens = 0.0
+        self._session_start = time.perf_counter()
+
+    def train(self, *args: Any, **kwargs: Any):
+        """The Trainer's train, timing this session from its start (not from building the Trainer)."""
+        self._session_start = self._last_log_time = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    def _load_callback_state(self) -> None:
+        """On resume: read the run's totals so far back from the checkpoint's trainer state."""
+        saved = self.state.stateful_callbacks.pop(RUN_TOTALS, None)
+        if isinstance(saved, dict):
+            self._run_offset.update({k: v for k, v in saved.items() if k in self._run_offset})
+        super()._load_callback_state()
+
+    def run_totals(self) -> dict[str, float]:
+        """The loss sum, steps, tokens and training seconds of the whole run so far (every session)."""
+        pending_loss = getattr(self, "_tr_loss", None)
+        off = self._run_offset
+        return {
+            "loss_sum": off["loss_sum"] + getattr(self, "_total_loss_scalar", 0.0)
+            + (float(pending_loss) if pending_loss is not None else 0.0),
+            "steps": self.state.global_step,
+            "tokens": off["tokens"] + self._session_tokens + float(self._sums["train"][4]),
+            "seconds": off["seconds"] + time.perf_counter() - self._session_start,
+        }
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save the run's totals with the checkpoint (inside trainer_state.json, written last)."""
+        self.state.stateful_callbacks[RUN_TOTALS] = self.run_totals()
+        super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The Trainer's save (final model and checkpoints), plus the generation config beside a LoRA adapter when
@@ -163,9 +194,17 @@ class WeightedLossTrainer(Trainer):
         if "loss" in logs and not any(k.startswith("eval_") for k in logs):
             metrics = self._drain("train")
             now = time.perf_counter()
-            logs["train_tokens_per_second"] = round(metrics.pop("tokens") / max(now - self._last_log_time, 1e-9), 1)
+            tokens = metrics.pop("tokens")
+            self._session_tokens += tokens
+            logs["train_tokens_per_second"] = round(tokens / max(now - self._last_log_time, 1e-9), 1)
             self._last_log_time = now
             logs.update({k: round(v, 6) for k, v in metrics.items()})
+        elif "train_loss" in logs and "train_runtime" in logs:  # the summary at the end: over the whole run
+            totals = self.run_totals()  # the Trainer has added the last steps' loss to _total_loss_scalar already
+            totals["loss_sum"] -= float(getattr(self, "_tr_loss", 0.0))
+            logs["train_loss"] = totals["loss_sum"] / max(totals["steps"], 1)
+            logs["train_tokens_per_second"] = round(totals["tokens"] / max(totals["seconds"], 1e-9), 1)
+            logs["train_run_seconds"] = round(totals["seconds"], 1)
         super().log(logs, start_time)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):
@@ -241,8 +280,18 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(t.extra) - known)
+    if unknown:
+        raise ValueError(f"extra holds {', '.join(map(repr, unknown))}, which TrainingArguments has no field for: "
+                         "extra takes TrainingArguments fields only (e.g. --extra optim=adamw_torch_fused, or the "
+                         "field as its own flag, --optim adamw_torch_fused); see `python -m sft train --help`.")
     args.update(t.extra)
-    return TrainingArguments(**args)
+    try:
+        return TrainingArguments(**args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"TrainingArguments refused these settings ({e}); fix the value named there (the flags "
+                         "and train.extra are listed by `python -m sft train --help`).") from None
 
 
 def build_model(cfg: ExperimentConfig, args: TrainingArguments):
@@ -301,32 +350,6 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
     return trainer
 
 
-def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
-    """The checkpoint to continue from, or None to start afresh; an error where that would lose a run's work.
-
-    resume "auto" continues a run that stopped before its end (a crash, a kill, a closed notebook) and refuses a
-    finished one; "true" continues any run; "false" never continues. Only overwrite deletes checkpoints.
-    """
-    out, t = run_dir(cfg), cfg.train
-    existing = list_checkpoints(out)
-    if t.overwrite or not (existing or run_is_complete(out)):
-        return None  # a new run, or one the user asked to start again
-    if t.resume == "true" or (t.resume == "auto" and not run_is_complete(out)):
-        last = last_complete_checkpoint(out)
-        if last is not None:
-            # A warning, so a notebook shows it: the run continues where it was, not from the base model.
-            logger.warning("resuming %s from %s (resume=%s)", out, last.name, t.resume)
-        return str(last) if last else None  # no complete checkpoint yet: start from the base model
-    what = "a finished run" if run_is_complete(out) else "a run that was not finished"
-    saved = f" (checkpoints: {', '.join(p.name for p in existing)})" if existing else ""
-    raise ValueError(
-        f"{out} already holds {what}{saved}; nothing was changed. To continue it from its last complete "
-        "checkpoint, set resume (--resume, or resume = True in a notebook); to train it again from the start, "
-        "deleting its checkpoints, set overwrite (--overwrite, or overwrite = True); or give the new run "
-        "another run_name (--run-name NEW)."
-    )
-
-
 def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = None,
           callbacks: list | None = None) -> WeightedLossTrainer:
     """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest.
@@ -334,17 +357,23 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     The base model and data must exist: the entry points (CLI, notebooks, `sft demo`, the sweep) build the
     demo's with sft.studies.demo.ensure_assets first. They are checked before anything is written.
     """
+    check_run_folder(cfg)  # a run name outside model/<preset>/, or the base model's folder
     checked = check_inputs(cfg, tokenizer=tokenizer)  # model folder, tokenizer, data folder (exit code 2 on the CLI)
     if cfg.lora is not None:
         check_lora(cfg.lora)  # bad LoRA settings, or QLoRA without a CUDA GPU
     tokenizer = checked if checked is not None else tokenizer
     args = build_training_arguments(cfg)  # under torchrun / accelerate this also joins the process group
-    checkpoint = resume_checkpoint(cfg)
-    with args.main_process_first(desc="preparing the run folder"):  # rank 0 builds and deletes, the others wait
-        if args.process_index == 0 and checkpoint is None and cfg.train.overwrite:
-            for old in list_checkpoints(run_dir(cfg)):
-                shutil.rmtree(old)
-    trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args, callbacks=callbacks)
+    with RunFolder(cfg, args) as folder:  # the lock first (rank 0, for every process); released on every exit
+        checkpoint = resume_checkpoint(cfg)
+        trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args,
+                                callbacks=[*(callbacks or []), FirstCheckpoint(folder)])
+        if checkpoint is not None:
+            check_data(run_dir(cfg), trainer.prepared_data.info)
+        folder.start_over()  # overwrite: the old run moved aside only now that the model and data loaded
+        return _train(cfg, trainer, checkpoint)
+
+
+def _train(cfg: ExperimentConfig, trainer: WeightedLossTrainer, checkpoint: str | None) -> WeightedLossTrainer:
     out = run_dir(cfg)
     if trainer.is_world_process_zero():
         write_manifest(out, cfg, trainer.prepared_data.info, status="training")
@@ -363,3 +392,13 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
         write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=results)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return trainer
+
+
+class FirstCheckpoint(TrainerCallback):
+    """Tells the run folder when a checkpoint is saved: an overwritten run moved aside can then go."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+
+    def on_save(self, args, state, control, **kwargs):
+        self.folder.saved_checkpoint()
