@@ -66,7 +66,8 @@ def setting_differences(saved: dict[str, Any], new: dict[str, Any]) -> tuple[lis
 
 def _refuse(out: Path, diffs: list[str], what: str = "settings that change the optimisation") -> ValueError:
     return ValueError(
-        f"{out} was trained with other {what} than this run asks for: " + "; ".join(diffs) + ". Nothing was "
+        f"{out} cannot be resumed with these {what}, which differ from those it was trained with: "
+        + "; ".join(diffs) + ". Nothing was "
         "changed. Either continue it with its saved settings (drop these flags or set them to the saved values), "
         "or train it again from the start with the new ones (--overwrite, or overwrite = True; the old run is kept "
         "aside until the new one has saved its first checkpoint); or give the new run another --run-name.")

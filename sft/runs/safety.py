@@ -37,7 +37,7 @@ def check_run_name(name, preset_dir: str | Path, base_dirs: tuple[str | Path, ..
         raise ValueError(f"The run name {text!r} is an absolute path: runs are written under {preset_dir}/ only; "
                          f"{fix}, or move every run with --model-root.")
     parts = PurePosixPath(text.replace("\\", "/")).parts
-    if any(p in ("..", ".") for p in parts) or text != text.strip():
+    if not parts or any(p in ("..", ".") for p in parts) or text != text.strip():
         raise ValueError(f"The run name {text!r} leaves or aliases its folder ({preset_dir}/): {fix}.")
     if any(p.endswith(LOCK_SUFFIX) or OLD_SUFFIX in p for p in parts):
         raise ValueError(f"The run name {text!r} ends like the project's own lock or set-aside folders: {fix}.")
