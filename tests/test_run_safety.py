@@ -173,6 +173,10 @@ def test_resume_refuses_where_it_would_lose_or_mix_work(tmp_path):
     with pytest.raises(ValueError, match=r"learning_rate: saved 0.003, now 1e-05; weight_decay: saved 0.0, now 0.1\. "
                                          r"Nothing was changed.*saved settings.*--overwrite"):
         resume_checkpoint(demo_config(tmp_path, run_name="r", learning_rate=1e-5, weight_decay=0.1))
+    with pytest.raises(ValueError, match=r"global batch: saved 8 per device x 1 accumulation x 1 process\(es\) = 8, "
+                                         r"now 8 per device x 1 accumulation x 2 process\(es\) = 16"):
+        resume_checkpoint(demo_config(tmp_path, run_name="r"), world_size=2)
+    assert resume_checkpoint(demo_config(tmp_path, run_name="r", per_device_train_batch_size=4), world_size=2)
     with pytest.raises(ValueError, match="max_steps: saved -1, now 9"):
         resume_checkpoint(demo_config(tmp_path, run_name="r", max_steps=9))  # a longer run: only with resume=True
     assert resume_checkpoint(demo_config(tmp_path, run_name="r", max_steps=9, resume=True)) == str(out / "checkpoint-2")

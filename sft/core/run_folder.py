@@ -32,6 +32,9 @@ HARMLESS = {"train.run_name", "train.model_root", "train.tensorboard_root", "tra
             "train.resume", "train.overwrite", "data.cache_dir"}
 HARMLESS_EXTRA = ("logging_", "save_", "eval_", "dataloader_", "report_to", "disable_tqdm", "push_to_hub", "hub_")
 LENGTH = {"train.max_steps", "train.num_train_epochs"}  # a longer run: only with resume = true, said aloud
+# Compared as one number, the global batch (per-device batch x accumulation x processes): a run may move between
+# world sizes (2 processes of 4 = 1 process of 8, tested in tests/test_distributed.py).
+BATCH = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps")
 DATA_FINGERPRINTS = ("data_fingerprint", "train_fingerprint", "eval_fingerprint")
 
 
@@ -59,6 +62,8 @@ def setting_differences(saved: dict[str, Any], new: dict[str, Any]) -> tuple[lis
     for key in sorted(set(a) | set(b)):
         if a.get(key) == b.get(key):
             continue
+        if key in BATCH:
+            continue  # see global_batch
         line = f"{key.split('.', 1)[1]}: saved {a.get(key, '(unset)')!r}, now {b.get(key, '(unset)')!r}"
         (harmless if _harmless(key) else length if key in LENGTH else refused).append(line)
     return refused, length, harmless
@@ -73,15 +78,26 @@ def _refuse(out: Path, diffs: list[str], what: str = "settings that change the o
         "aside until the new one has saved its first checkpoint); or give the new run another --run-name.")
 
 
-def check_settings(cfg: ExperimentConfig, out: Path) -> None:
+def global_batch(train: dict[str, Any], world_size: int) -> tuple[int, str]:
+    """Examples per optimizer step, and how: '4 x 1 x 2 processes'."""
+    b, g = train["per_device_train_batch_size"], train["gradient_accumulation_steps"]
+    return b * g * world_size, f"{b} per device x {g} accumulation x {world_size} process(es) = {b * g * world_size}"
+
+
+def check_settings(cfg: ExperimentConfig, out: Path, world_size: int = 1) -> None:
     """Refuse a resume whose optimisation settings differ from the run's manifest; say which others are applied."""
     try:
-        saved = json.loads((out / MANIFEST).read_text())["config"]
+        manifest = json.loads((out / MANIFEST).read_text())
+        saved = manifest["config"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         logger.warning("%s has no readable %s: the settings of the run being resumed cannot be compared", out,
                        MANIFEST)
         return
     refused, length, harmless = setting_differences(saved, cfg.to_dict())
+    (old, how_old), (new, how_new) = (global_batch(saved["train"], int(manifest.get("world_size", 1))),
+                                      global_batch(cfg.to_dict()["train"], world_size))
+    if old != new:
+        refused.append(f"global batch: saved {how_old}, now {how_new}")
     if length and cfg.train.resume != "true":
         refused += length
     if refused:
@@ -105,7 +121,7 @@ def check_data(out: Path, info: dict[str, Any]) -> None:
         raise _refuse(out, diffs, "data")
 
 
-def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
+def resume_checkpoint(cfg: ExperimentConfig, world_size: int = 1) -> str | None:
     """The checkpoint to continue from, or None to start afresh; an error where that would lose a run's work.
 
     resume "auto" continues a run that stopped before its end (a crash, a kill, a closed notebook) and refuses a
@@ -137,7 +153,7 @@ def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
         if last is None:
             logger.warning("%s stopped before its first complete checkpoint: starting it from the base model", out)
             return None
-        check_settings(cfg, out)
+        check_settings(cfg, out, world_size)
         # A warning, so a notebook shows it: the run continues where it was, not from the base model.
         logger.warning("resuming %s from %s (resume=%s)", out, last.name, t.resume)
         return str(last)

@@ -364,7 +364,7 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     tokenizer = checked if checked is not None else tokenizer
     args = build_training_arguments(cfg)  # under torchrun / accelerate this also joins the process group
     with RunFolder(cfg, args) as folder:  # the lock first (rank 0, for every process); released on every exit
-        checkpoint = resume_checkpoint(cfg)
+        checkpoint = resume_checkpoint(cfg, args.world_size)
         trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args,
                                 callbacks=[*(callbacks or []), FirstCheckpoint(folder)])
         if checkpoint is not None:
@@ -376,7 +376,7 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
 def _train(cfg: ExperimentConfig, trainer: WeightedLossTrainer, checkpoint: str | None) -> WeightedLossTrainer:
     out = run_dir(cfg)
     if trainer.is_world_process_zero():
-        write_manifest(out, cfg, trainer.prepared_data.info, status="training")
+        write_manifest(out, cfg, trainer.prepared_data.info, status="training", world_size=trainer.args.world_size)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))  # the final model (LoRA: the adapter) and tokenizer, at the run folder's top
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -389,7 +389,8 @@ def _train(cfg: ExperimentConfig, trainer: WeightedLossTrainer, checkpoint: str 
         if cfg.lora is not None and cfg.lora.merge:  # a full model beside the adapter, with the same manifest
             merge_adapter(out, out / MERGED_DIR, "auto" if cfg.lora.qlora else cfg.model.dtype)
             write_manifest(out / MERGED_DIR, cfg, trainer.prepared_data.info, status="complete", results=results)
-        write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=results)
+        write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=results,
+                       world_size=trainer.args.world_size)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return trainer
 
