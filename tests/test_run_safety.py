@@ -204,3 +204,19 @@ def test_overwrite_moves_the_old_run_aside_and_restores_it(tmp_path):
     (run / "checkpoint-1").mkdir(parents=True)  # what a failed new start wrote
     restore(run, old)
     assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-1").exists() and not old.exists()
+
+
+def test_sharded_checkpoints_of_fsdp_and_deepspeed_count_as_complete(tmp_path):
+    fsdp = tmp_path / "checkpoint-2"
+    (fsdp / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (fsdp / "optimizer_0").mkdir()
+    (fsdp / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (fsdp / "scheduler.pt").write_bytes(b"x")
+    assert "no weights" in checkpoint_problem(fsdp)  # the shards' .metadata, written last, is not there yet
+    (fsdp / "pytorch_model_fsdp_0" / ".metadata").write_bytes(b"x")
+    assert last_complete_checkpoint(tmp_path) == fsdp
+    zero = checkpoint(tmp_path, 4)
+    (zero / "optimizer.pt").unlink()
+    assert last_complete_checkpoint(tmp_path) == fsdp  # no optimizer state at all: not resumable
+    (zero / "global_step4").mkdir()
+    assert last_complete_checkpoint(tmp_path) == zero

@@ -369,6 +369,10 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
                                 callbacks=[*(callbacks or []), FirstCheckpoint(folder)])
         if checkpoint is not None:
             check_data(run_dir(cfg), trainer.prepared_data.info)
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
+            logger.warning("FSDP was asked for (accelerate config), but this accelerate runs FSDP only on GPUs (its "
+                           "AcceleratorState keeps DistributedType.MULTI_CPU on the CPU): this run is plain data "
+                           "parallel, every process holding the whole model")
         folder.start_over()  # overwrite: the old run moved aside only now that the model and data loaded
         return _train(cfg, trainer, checkpoint)
 

@@ -11,6 +11,8 @@ from sft.runs.layout import CHECKPOINT_RE, MANIFEST
 # One of these holds the weights: a full model (one file or a sharded index), or a LoRA run's adapter.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 STATE_FILE = "trainer_state.json"  # written by the Trainer after the weights, optimizer and RNG states
+FSDP_WEIGHTS = "pytorch_model_fsdp_0"  # FSDP's SHARDED_STATE_DICT weights: a torch.distributed.checkpoint folder
+SHARDED_OPTIMIZER = ("optimizer_0", "global_step*")  # FSDP's sharded optimizer; DeepSpeed ZeRO's global_stepN/
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -69,8 +71,10 @@ def weights_problem(path: str | Path) -> str | None:
     """Why a checkpoint's weights cannot be opened (none there, a cut or garbled safetensors file), or None."""
     path = Path(path)
     present = [f for f in WEIGHT_FILES if (path / f).is_file()]
+    if not present and (path / FSDP_WEIGHTS / ".metadata").is_file():
+        return None  # sharded by FSDP: torch.distributed.checkpoint writes .metadata after the shards
     if not present:
-        return "no weights (" + " or ".join(WEIGHT_FILES) + ")"
+        return "no weights (" + " or ".join(WEIGHT_FILES) + f" or {FSDP_WEIGHTS}/)"
     for name in present:
         if name.endswith(".index.json"):
             try:
@@ -99,6 +103,8 @@ def resume_problem(path: str | Path) -> str | None:
     """Why training cannot resume from a checkpoint (incomplete, or its optimizer or scheduler state missing)."""
     path = Path(path)
     missing = [f for f in ("optimizer.pt", "scheduler.pt") if not (path / f).is_file() or not (path / f).stat().st_size]
+    if "optimizer.pt" in missing and any(p.is_dir() for pattern in SHARDED_OPTIMIZER for p in path.glob(pattern)):
+        missing.remove("optimizer.pt")  # the optimizer sharded (FSDP, DeepSpeed ZeRO)
     return checkpoint_problem(path) or (f"no {' or '.join(missing)}" if missing else None)
 
 
