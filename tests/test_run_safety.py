@@ -220,3 +220,44 @@ def test_sharded_checkpoints_of_fsdp_and_deepspeed_count_as_complete(tmp_path):
     assert last_complete_checkpoint(tmp_path) == fsdp  # no optimizer state at all: not resumable
     (zero / "global_step4").mkdir()
     assert last_complete_checkpoint(tmp_path) == zero
+
+
+@pytest.mark.slow
+def test_papermill_overrides_given_as_a_json_string(demo_root, tmp_path):
+    import papermill
+
+    from conftest import ROOT, demo_overrides
+
+    overrides = json.dumps({**demo_overrides(demo_root), "max_steps": 2, "eval_steps": 2, "save_steps": 2})
+    out = tmp_path / "run.ipynb"  # papermill -p overrides '{...}' hands the cell a string
+    papermill.execute_notebook(str(ROOT / "finetune_masked.ipynb"), str(out), cwd=str(tmp_path), kernel_name="python3",
+                               parameters={"overrides": overrides, "run_name": "nb-string"}, progress_bar=False)
+    manifest = json.loads((demo_root / "model/demo/nb-string/run_manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["config"]["train"]["max_steps"] == 2
+
+
+def test_the_demo_base_is_checked_by_its_weights_not_only_its_config(demo_root, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from sft.studies.demo import tiny_model_config
+    from sft.studies.tiny_model import ensure_demo_base
+
+    cfg = demo_config(demo_root)
+    base = shutil.copytree(demo_root / "model/demo/base", tmp_path / "base")
+    corpus, tiny = demo_root / "Dataset/demo/train.jsonl", tiny_model_config(cfg.demo)
+    assert ensure_demo_base(base, corpus, tiny) == base  # unchanged: reused
+    info = json.loads((base / BUILD_INFO).read_text())
+    del info["weights_sha256"]  # a base built before weights were fingerprinted: recorded on first use
+    (base / BUILD_INFO).write_text(json.dumps(info))
+    ensure_demo_base(base, corpus, tiny)
+    assert json.loads((base / BUILD_INFO).read_text())["weights_sha256"] == weights_sha256(base)
+    weights = load_file(base / "model.safetensors")
+    save_file({k: v + 1e-3 for k, v in weights.items()}, base / "model.safetensors")  # `--run-name base`, before
+    with pytest.raises(ValueError, match="has changed since it was built"):
+        ensure_demo_base(base, corpus, tiny)
+    with pytest.raises(ValueError, match="has changed since it was built"):
+        from sft.models.checks import check_inputs
+
+        check_inputs(demo_config(demo_root, **{"model.model": str(base)}))  # and before every run
