@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForC
 
 from sft.runs.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository: notebooks, eval.py, auto_clean.py
+ROOT = Path(__file__).resolve().parents[2]  # the repository: notebooks, eval.py, auto_clean.py
 PRESET = "qwen2.5-0.5b-alpaca"
 DATA_FILE = "alpaca_data_cleaned.json"  # the name alpaca-cleaned's own repository gives its file
 # Qwen2.5-0.5B's config.json (the values the model card's download holds).
