@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sft.models import attention
-from sft.core.config import load_config
+from sft.core.overrides import load_config
 from sft.core.prepare import prepare_data
 from sft.models.load import load_model
 from sft.models.tokenizer import load_tokenizer

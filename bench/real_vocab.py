@@ -74,7 +74,7 @@ def write_rows(work: Path, n: int) -> tuple[Path, Path]:
 
 def project_config(spec: dict):
     """The project's config for one configuration: the qwen2.5 preset on the benchmark's model and rows."""
-    from sft.core.config import load_config
+    from sft.core.overrides import load_config
 
     work = Path(spec["work"])
     return load_config("qwen2.5-0.5b-alpaca", **{

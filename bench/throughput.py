@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sft.core.config import load_config
+from sft.core.overrides import load_config
 from sft.data.config import DataConfig
 from sft.data.stats import length_stats
 from sft.data.rows import load_rows

@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, TrainingA
 from sft.core.collate import PackedWeightedLMCollator  # noqa: E402
 from sft.core.loss import target_weights  # noqa: E402
 from sft.core.prepare import tokenize_rows  # noqa: E402
-from sft.core.train import WeightedLossTrainer  # noqa: E402
+from sft.core.trainer import WeightedLossTrainer  # noqa: E402
 from sft.core.weights import with_weights  # noqa: E402
 from sft.data.config import DataConfig  # noqa: E402
 from sft.data.rows import load_rows  # noqa: E402

@@ -34,7 +34,7 @@ def demo_overrides(root: Path) -> dict:
 
 def demo_config(root: Path, **overrides):
     """The demo preset, small, with every path under `root` (nothing is written to the repo)."""
-    from sft.core.config import load_config
+    from sft.core.overrides import load_config
 
     return load_config("demo", **{**demo_overrides(root), **overrides})
 

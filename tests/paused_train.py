@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from sft.core.config import load_config
+from sft.core.overrides import load_config
 from sft.runs.layout import run_dir
 from sft.core.train import train
 

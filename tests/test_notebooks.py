@@ -145,11 +145,13 @@ def test_a_notebook_run_again_resumes_and_keeps_the_checkpoints(demo_root, tmp_p
     end = checkpoint_step(kept[-1]) + 3
     papermill.execute_notebook(str(ROOT / name), str(tmp_path / "again.ipynb"), cwd=str(tmp_path),
                                kernel_name="python3", progress_bar=False,
-                               parameters={"overrides": {**overrides, "max_steps": end}, "run_name": run.name})
+                               # a shorter run than the one killed: its length changes, so resume says it (#31)
+                               parameters={"overrides": {**overrides, "max_steps": end}, "run_name": run.name,
+                                           "resume": True})
     assert {p: p.stat().st_mtime_ns for p in files} == files  # the first run's checkpoints are intact
     assert run_is_complete(run) and checkpoint_step(list_checkpoints(run)[-1]) == end
     history = json.loads((run / "log_history.json").read_text())
     assert history[-1]["step"] == end and min(h["step"] for h in history) < checkpoint_step(kept[-1])  # one history
     executed = json.loads((tmp_path / "again.ipynb").read_text())
     said = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
-    assert f"resuming {run} from {kept[-1].name} (resume=auto)" in said
+    assert f"resuming {run} from {kept[-1].name} (resume=true)" in said

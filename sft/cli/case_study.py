@@ -16,7 +16,7 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
-from sft.core.config import field_help
+from sft.core.overrides import field_help
 from sft.evaluation import case_study as cs
 from sft.evaluation.case_study import OUT_DIR
 from sft.evaluation.settings import GenerationSettings

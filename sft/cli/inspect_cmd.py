@@ -7,8 +7,14 @@ import json
 import sys
 
 from sft.cli.main import config_values
-from sft.core.config import ExperimentConfig, apply_overrides
-from sft.core.inspect_data import export_masks, format_stats, inspect_data, render_example
+from sft.core.config import ExperimentConfig
+from sft.core.inspect_data import (
+    export_masks,
+    format_stats,
+    inspect_data,
+    render_example,
+)
+from sft.core.overrides import apply_overrides
 from sft.models.tokenizer import load_tokenizer
 
 

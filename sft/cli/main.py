@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import logging
 import sys
 import typing
 from collections import Counter
 
-from sft.core.config import (
-    DEFAULT_PRESET,
-    PRESETS,
-    field_help,
-    section_classes,
-)
+from sft.core.config import DEFAULT_PRESET, PRESETS
 from sft.core.costs import MFU
+from sft.core.overrides import field_help, section_classes
 from sft.evaluation.settings import (
     BATCH_SIZE,
     FORMATS,
@@ -50,7 +47,7 @@ def add_config_arguments(p: argparse.ArgumentParser, sections: dict[str, type] |
     """One flag per config field (sft/config.py), its help the comment on the field's line.
 
     A field is --name where its name is unique across the sections, and always --section.name. Values stay
-    strings (a list for a KEY=VALUE field): sft.core.config.apply_overrides reads them, as it reads a notebook's.
+    strings (a list for a KEY=VALUE field): sft.core.overrides.apply_overrides reads them, as it reads a notebook's.
     """
     sections = sections or section_classes()
     counts = Counter(f.name for cls in sections.values() for f in dataclasses.fields(cls))
@@ -249,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(args.func, args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on device ({e.filename or 'a write'}): free space, or write elsewhere "
+              "(--model-root, --out); a training run resumes from its last complete checkpoint.", file=sys.stderr)
         return 2
 
 

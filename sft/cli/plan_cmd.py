@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sft.core.config import load_config
+from sft.core.overrides import load_config
 from sft.core.plan import format_plan, plan_run
 
 

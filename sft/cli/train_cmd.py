@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from sft.core.config import load_config
+from sft.core.overrides import load_config
 from sft.core.train import train
 from sft.studies.demo import ensure_assets, ensure_demo_assets, run_demo, run_demo_chat
 

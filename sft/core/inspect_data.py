@@ -9,8 +9,8 @@ import numpy as np
 from sft.core.prepare import tokenize_rows
 from sft.data.config import DataConfig
 from sft.data.conversations import ROLE_NAMES
-from sft.data.rows import load_rows
 from sft.data.io import write_jsonl
+from sft.data.rows import load_rows
 from sft.data.stats import length_stats, tokens_by_role, weight_by_role
 
 COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}

@@ -24,9 +24,6 @@ from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
 from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, TEMPLATE, USER
 from sft.data.rows import FIELDS
 
-
-
-
 # ---------------------------------------------------------------- tokenization
 
 

@@ -1,36 +1,27 @@
-"""Fine-tuning on the HF Trainer with a weighted token loss that logs prompt and response loss apart.
+"""Fine-tuning: the run's arguments, model, data and Trainer built from its config, and the run carried out.
 
-The loss of an optimizer step is  sum_t(w_t * nll_t) / sum_t(w_t)  over every micro-batch of the
-step and every process (or, with loss_normalizer, divided by the trained assistant tokens or the
-tokens of non-zero weight), with w_t computed at that step from each token's role by the run's
-WeightSpec: 1 on response tokens (and EOS), `prompt_loss_weight` (or its schedule's value, or the
-role's own weight) on the others. Besides it, every log has the unweighted mean loss over response tokens
-(`response_loss`) and over prompt tokens (`prompt_loss`), which mean the same in every regime,
-so the masked and unmasked curves can be compared on one chart.
+The loss itself, its normaliser and its logs are the Trainer's (sft.core.trainer.WeightedLossTrainer); what
+happens to the run folder (locks, resume, overwrite) is sft.core.run_folder's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import os
-import shutil
-import time
-from typing import Any
 
 import torch
-from peft import PeftModel
-from transformers import Trainer, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from sft.core.chat import stop_at_end_of_turn
 from sft.core.collate import PackedWeightedLMCollator, WeightedLMCollator
-from sft.core.config import ExperimentConfig
-from sft.core.loss import selected_nll, shift_left, target_weights, token_nll
+from sft.core.config import ExperimentConfig, check_run_folder
 from sft.core.prepare import PreparedData, prepare_data
+from sft.core.run_folder import RunFolder, check_data, resume_checkpoint  # noqa: F401 (resume_checkpoint: API)
 from sft.core.tokenize import with_training_template
-from sft.data.weights import WeightSpec
+from sft.core.trainer import WeightedLossTrainer
 from sft.models import attention
 from sft.models.checks import check_inputs
 from sft.models.load import load_model, merge_adapter
@@ -43,174 +34,12 @@ from sft.models.lora import (
 )
 from sft.models.tokenizer import load_tokenizer
 from sft.runs.callbacks import auto_clean_callback
-from sft.runs.checkpoints import (
-    last_complete_checkpoint,
-    list_checkpoints,
-    run_is_complete,
-)
 from sft.runs.layout import run_dir, tensorboard_dir
 from sft.runs.manifest import write_manifest
 
 logger = logging.getLogger("sft")
+RUN_TOTALS = "RunTotals"  # the key of the run's totals in trainer_state.json's stateful_callbacks
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
-
-
-class WeightedLossTrainer(Trainer):
-    """A Trainer whose loss is the weighted token loss, normalised over the whole optimizer step."""
-
-    # Our loss is already divided by the weight of the whole accumulated step (see
-    # _get_num_items_in_batch), so the Trainer must not divide it again by the accumulation steps.
-    loss_is_scaled_for_ga = True
-
-    def __init__(self, *args: Any, selective_head: bool = True, adapter_generation_config: bool = False,
-                 weight_spec: WeightSpec | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Roles -> weights at every step (w may follow a schedule) and the normaliser; None = the batches'
-        # loss_weights as they are, normalised by their sum.
-        self.weight_spec = weight_spec
-        self.selective_head = selective_head  # head and cross-entropy only at positions that need them
-        self.adapter_generation_config = adapter_generation_config  # save it beside a LoRA adapter too (see _save)
-        self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
-        self._last_log_time = time.perf_counter()
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The Trainer's save (final model and checkpoints), plus the generation config beside a LoRA adapter when
-        asked: peft saves the adapter without it, and a conversation run's end-of-turn stop lives there."""
-        super()._save(output_dir, state_dict)
-        model = self.accelerator.unwrap_model(self.model)
-        if self.adapter_generation_config and self.args.should_save and isinstance(model, PeftModel):
-            model.generation_config.save_pretrained(output_dir or self.args.output_dir)
-
-    def prompt_weight(self) -> float | None:
-        """w at the current optimizer step (the schedule's value; constant without one)."""
-        if self.weight_spec is None:
-            return None
-        return self.weight_spec.prompt_weight_at(self.state.global_step, self.state.max_steps)
-
-    def _weight_table(self) -> list[float] | None:
-        """This step's weight per role code (WeightSpec.table), or None to use the batches' loss_weights."""
-        return None if self.weight_spec is None else self.weight_spec.table(self.prompt_weight())
-
-    def _denominator(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One micro-batch's share of the normaliser: the sum of weights (weight_sum, the default), the trained
-        assistant tokens (response_tokens) or the tokens of non-zero weight (weighted_tokens)."""
-        how = self.weight_spec.loss_normalizer if self.weight_spec is not None else "weight_sum"
-        if how == "response_tokens":
-            return masks["response"].sum()
-        if how == "weighted_tokens":
-            return (masks["weights"] > 0).to(torch.float32).sum()
-        return masks["weights"].sum()
-
-    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
-        """The normaliser of the optimizer step: all its micro-batches, on all processes.
-
-        The Trainer counts labels != -100 here; with weights the default normaliser is their sum.
-        """
-        table = self._weight_table()
-        total = sum(self._denominator(target_weights(b, table)) for b in batch_samples)
-        total = torch.as_tensor(total, dtype=torch.float32, device=device)
-        if self.args.world_size > 1:
-            total = self.accelerator.reduce(total, reduction="sum")
-        return total
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """sum(w * nll) / the normaliser (default sum(w)), over the whole step when training."""
-        masks = target_weights(inputs, self._weight_table())
-        weighted, nll, scored, outputs = self._token_nll(model, inputs, masks)
-        if model.training and num_items_in_batch is not None:
-            loss = weighted / num_items_in_batch.clamp_min(1e-8)
-            # DDP averages gradients over processes, while our denominator already covers them all.
-            loss = loss * self.accelerator.num_processes
-        else:
-            loss = weighted / self._denominator(masks).clamp_min(1e-8)
-        self._accumulate(nll, masks, scored, "train" if model.training else "eval")
-        return (loss, outputs) if return_outputs else loss
-
-    def _token_nll(self, model, inputs, masks):
-        """(sum of w * nll, per-position NLL [B, T] (detached), mask of positions scored, model outputs)."""
-        model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        if not self.selective_head:
-            outputs = model(**model_inputs, use_cache=False)
-            nll = token_nll(outputs.logits, inputs["input_ids"])
-            return (nll * masks["weights"]).sum(), nll.detach(), masks["response"] + masks["prompt"], outputs
-        # logits_to_keep=1: the model's own head runs on one position only; we take the final hidden states.
-        outputs = model(**model_inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        hidden = outputs.hidden_states[-1].flatten(0, 1)
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        targets = shift_left(inputs["input_ids"]).flatten()
-        weights = masks["weights"].flatten()
-        nll = torch.zeros_like(weights)
-        scored = (weights > 0).to(weights.dtype)
-        trained = weights.nonzero().squeeze(1)  # the only positions whose logits reach the gradient
-        weighted, nll_trained = selected_nll(hidden[trained], head, targets[trained], weights[trained])
-        nll[trained] = nll_trained
-        # Zero-weight positions are scored (without gradient) only when a log will report them:
-        # every evaluation, and the training steps that end in a log (masked regime's prompt_loss).
-        if not model.training or self._logs_this_step():
-            seen = (masks["response"] + masks["prompt"]).flatten() > 0
-            extra = (seen & (weights == 0)).nonzero().squeeze(1)
-            with torch.no_grad():
-                _, nll[extra] = selected_nll(hidden[extra].detach(), head, targets[extra], weights[extra])
-            scored[extra] = 1.0
-        # outputs.logits holds the last position only; nothing downstream reads it (prediction_loss_only).
-        return weighted, nll.view_as(masks["weights"]), scored.view_as(masks["weights"]), outputs
-
-    def _logs_this_step(self) -> bool:
-        """True while computing an optimizer step that ends with a training log."""
-        step = self.state.global_step + 1
-        return step % max(self.args.logging_steps, 1) == 0 or (step == 1 and self.args.logging_first_step)
-
-    def _accumulate(self, nll, masks, scored, split: str) -> None:
-        """Add this micro-batch's response/prompt NLL sums and token count to the running log sums."""
-        seen_prompt = masks["prompt"] * scored  # prompt positions scored in this micro-batch
-        sums = torch.stack([
-            (nll * masks["response"]).sum(), masks["response"].sum(),
-            (nll * seen_prompt).sum(), seen_prompt.sum(),
-            (masks["response"] + masks["prompt"]).sum(),
-        ]).double()
-        # Kept on the device until a log reads them: a .cpu() here would wait on the GPU every micro-batch.
-        self._sums[split] = self._sums[split].to(sums.device) + sums
-
-    def _drain(self, split: str) -> dict[str, float]:
-        """Reduce the accumulated sums over processes, reset them, and turn them into means."""
-        sums = self._sums[split].to(self.args.device)
-        if self.args.world_size > 1:
-            sums = self.accelerator.reduce(sums.to(torch.float32), reduction="sum").double()
-        self._sums[split] = torch.zeros_like(self._sums[split])
-        r_nll, r_n, p_nll, p_n, tokens = sums.tolist()
-        out = {"response_loss": r_nll / r_n if r_n else float("nan")}
-        out["response_perplexity"] = math.exp(min(out["response_loss"], 50.0))
-        if p_n:  # none scored: a masked run between logging steps
-            out["prompt_loss"] = p_nll / p_n
-        out["tokens"] = tokens
-        return out
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add response/prompt loss and tokens per second to every training log."""
-        if "loss" in logs and not any(k.startswith("eval_") for k in logs):
-            metrics = self._drain("train")
-            now = time.perf_counter()
-            logs["train_tokens_per_second"] = round(metrics.pop("tokens") / max(now - self._last_log_time, 1e-9), 1)
-            self._last_log_time = now
-            logs.update({k: round(v, 6) for k, v in metrics.items()})
-            if self.weight_spec is not None and self.weight_spec.prompt_loss_weight_end is not None:
-                # the schedule's w of the step just taken (TensorBoard: train/prompt_loss_weight)
-                logs["prompt_loss_weight"] = self.weight_spec.prompt_weight_at(self.state.global_step - 1,
-                                                                               self.state.max_steps)
-        super().log(logs, start_time)
-
-    def evaluation_loop(self, *args: Any, **kwargs: Any):
-        """Run the Trainer's evaluation, then add the held-out response/prompt loss and perplexity."""
-        self._sums["eval"] = torch.zeros_like(self._sums["eval"])
-        output = super().evaluation_loop(*args, **kwargs)
-        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        metrics = self._drain("eval")
-        metrics.pop("tokens")
-        output.metrics.update({f"{prefix}_{k}": v for k, v in metrics.items()})
-        return output
-
-
-# ---------------------------------------------------------------- a run
 
 
 def use_bf16(setting: str) -> bool:
@@ -272,8 +101,18 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(t.extra) - known)
+    if unknown:
+        raise ValueError(f"extra holds {', '.join(map(repr, unknown))}, which TrainingArguments has no field for: "
+                         "extra takes TrainingArguments fields only (e.g. --extra optim=adamw_torch_fused, or the "
+                         "field as its own flag, --optim adamw_torch_fused); see `python -m sft train --help`.")
     args.update(t.extra)
-    return TrainingArguments(**args)
+    try:
+        return TrainingArguments(**args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"TrainingArguments refused these settings ({e}); fix the value named there (the flags "
+                         "and train.extra are listed by `python -m sft train --help`).") from None
 
 
 def build_model(cfg: ExperimentConfig, args: TrainingArguments):
@@ -333,32 +172,6 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
     return trainer
 
 
-def resume_checkpoint(cfg: ExperimentConfig) -> str | None:
-    """The checkpoint to continue from, or None to start afresh; an error where that would lose a run's work.
-
-    resume "auto" continues a run that stopped before its end (a crash, a kill, a closed notebook) and refuses a
-    finished one; "true" continues any run; "false" never continues. Only overwrite deletes checkpoints.
-    """
-    out, t = run_dir(cfg), cfg.train
-    existing = list_checkpoints(out)
-    if t.overwrite or not (existing or run_is_complete(out)):
-        return None  # a new run, or one the user asked to start again
-    if t.resume == "true" or (t.resume == "auto" and not run_is_complete(out)):
-        last = last_complete_checkpoint(out)
-        if last is not None:
-            # A warning, so a notebook shows it: the run continues where it was, not from the base model.
-            logger.warning("resuming %s from %s (resume=%s)", out, last.name, t.resume)
-        return str(last) if last else None  # no complete checkpoint yet: start from the base model
-    what = "a finished run" if run_is_complete(out) else "a run that was not finished"
-    saved = f" (checkpoints: {', '.join(p.name for p in existing)})" if existing else ""
-    raise ValueError(
-        f"{out} already holds {what}{saved}; nothing was changed. To continue it from its last complete "
-        "checkpoint, set resume (--resume, or resume = True in a notebook); to train it again from the start, "
-        "deleting its checkpoints, set overwrite (--overwrite, or overwrite = True); or give the new run "
-        "another run_name (--run-name NEW)."
-    )
-
-
 def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = None,
           callbacks: list | None = None) -> WeightedLossTrainer:
     """Run a fine-tune end to end: data, model, Trainer, checkpoints, final model and manifest.
@@ -366,20 +179,30 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     The base model and data must exist: the entry points (CLI, notebooks, `sft demo`, the sweep) build the
     demo's with sft.studies.demo.ensure_assets first. They are checked before anything is written.
     """
+    check_run_folder(cfg)  # a run name outside model/<preset>/, or the base model's folder
     checked = check_inputs(cfg, tokenizer=tokenizer)  # model folder, tokenizer, data folder (exit code 2 on the CLI)
     if cfg.lora is not None:
         check_lora(cfg.lora)  # bad LoRA settings, or QLoRA without a CUDA GPU
     tokenizer = checked if checked is not None else tokenizer
     args = build_training_arguments(cfg)  # under torchrun / accelerate this also joins the process group
-    checkpoint = resume_checkpoint(cfg)
-    with args.main_process_first(desc="preparing the run folder"):  # rank 0 builds and deletes, the others wait
-        if args.process_index == 0 and checkpoint is None and cfg.train.overwrite:
-            for old in list_checkpoints(run_dir(cfg)):
-                shutil.rmtree(old)
-    trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args, callbacks=callbacks)
+    with RunFolder(cfg, args) as folder:  # the lock first (rank 0, for every process); released on every exit
+        checkpoint = resume_checkpoint(cfg, args.world_size)
+        trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args,
+                                callbacks=[*(callbacks or []), FirstCheckpoint(folder)])
+        if checkpoint is not None:
+            check_data(run_dir(cfg), trainer.prepared_data.info)
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
+            logger.warning("FSDP was asked for (accelerate config), but this accelerate runs FSDP only on GPUs (its "
+                           "AcceleratorState keeps DistributedType.MULTI_CPU on the CPU): this run is plain data "
+                           "parallel, every process holding the whole model")
+        folder.start_over()  # overwrite: the old run moved aside only now that the model and data loaded
+        return _train(cfg, trainer, checkpoint)
+
+
+def _train(cfg: ExperimentConfig, trainer: WeightedLossTrainer, checkpoint: str | None) -> WeightedLossTrainer:
     out = run_dir(cfg)
     if trainer.is_world_process_zero():
-        write_manifest(out, cfg, trainer.prepared_data.info, status="training")
+        write_manifest(out, cfg, trainer.prepared_data.info, status="training", world_size=trainer.args.world_size)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))  # the final model (LoRA: the adapter) and tokenizer, at the run folder's top
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -392,6 +215,17 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
         if cfg.lora is not None and cfg.lora.merge:  # a full model beside the adapter, with the same manifest
             merge_adapter(out, out / MERGED_DIR, "auto" if cfg.lora.qlora else cfg.model.dtype)
             write_manifest(out / MERGED_DIR, cfg, trainer.prepared_data.info, status="complete", results=results)
-        write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=results)
+        write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=results,
+                       world_size=trainer.args.world_size)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return trainer
+
+
+class FirstCheckpoint(TrainerCallback):
+    """Tells the run folder when a checkpoint is saved: an overwritten run moved aside can then go."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+
+    def on_save(self, args, state, control, **kwargs):
+        self.folder.saved_checkpoint()

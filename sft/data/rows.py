@@ -19,7 +19,11 @@ from typing import Any, Iterator
 import datasets
 import pyarrow.parquet as pq
 
-from sft.data.conversations import CHAT_COLUMNS, check_conversation, unknown_message_keys
+from sft.data.conversations import (
+    CHAT_COLUMNS,
+    check_conversation,
+    unknown_message_keys,
+)
 from sft.data.files import SUFFIXES
 
 logger = logging.getLogger("sft")

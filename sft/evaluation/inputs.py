@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from sft.core.tokenize import fingerprint_tokenizer
+from sft.models.checks import check_model_dir
 from sft.models.lora import adapter_base, is_adapter_dir
+from sft.models.tokenizer import looks_local
 from sft.runs.layout import BUILD_INFO, MANIFEST
 from sft.runs.manifest import read_manifest
 
@@ -42,6 +44,9 @@ def describe_model(path: str) -> dict[str, Any]:
     """What a model is: its path and manifest (a fine-tuned run) or build info (the demo base)."""
     p = Path(path)
     info: dict[str, Any] = {"path": str(path)}
+    if looks_local(str(path)) and not is_adapter_dir(p):  # a folder missing files, or a file: a clear error now
+        check_model_dir(p, tokenizer=False, fix="pass a model folder (a finished run such as model/demo/masked, a "
+                                                "checkpoint-N folder, the base model) or a hub id")
     if (p / MANIFEST).is_file():
         m = read_manifest(p)
         if m.get("status") != "complete":

@@ -8,6 +8,7 @@ no usable file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,24 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from sft.data.files import data_files
 from sft.models.tokenizer import load_tokenizer, looks_local
+from sft.runs.layout import BUILD_INFO, MANIFEST
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of sharded files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # a fast tokenizer, as Qwen2.5 ships it
 DOWNLOAD = "hf download Qwen/Qwen2.5-0.5B --local-dir {path}"  # the fix for an incomplete reference model folder
 
 
-def check_model_dir(path: str | Path, weights: bool = True, tokenizer: bool = True) -> dict[str, Any]:
+DEMO_FIX = ("point --model.model at a model folder (config.json, model.safetensors and the tokenizer), or drop it to "
+            "train from the demo's own base, which `python -m sft build-demo` builds")
+
+
+def check_model_dir(path: str | Path, weights: bool = True, tokenizer: bool = True,
+                    fix: str | None = None) -> dict[str, Any]:
     """The config.json of a complete causal-LM folder (Hugging Face layout), or a ValueError saying what to fetch."""
     p = Path(path)
-    fix = f"download the whole model there, e.g. `{DOWNLOAD.format(path=p)}`"
+    fix = fix or f"download the whole model there, e.g. `{DOWNLOAD.format(path=p)}`"
+    if p.is_file():
+        raise ValueError(f"{p} is a file, not a model folder: {fix}.")
     if not p.is_dir():
         raise ValueError(f"Model folder {p} does not exist: {fix}, or pass --model.model with a hub id.")
     missing = ["config.json"] if not (p / "config.json").is_file() else []
@@ -73,10 +82,37 @@ def check_tokenizer_matches(model_path: str | Path, config: dict[str, Any], toke
                          f"{config['vocab_size']} rows: {fix}.")
 
 
+def weights_sha256(model_dir: str | Path) -> str:
+    """The SHA-256 of a model folder's model.safetensors: what a base built by the project records at build."""
+    digest = hashlib.sha256()
+    with (Path(model_dir) / "model.safetensors").open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_base_weights(model_dir: str | Path) -> None:
+    """A base built by the project (it has build_info.json) must still hold the weights it was built with."""
+    p = Path(model_dir)
+    try:
+        recorded = json.loads((p / BUILD_INFO).read_text()).get("weights_sha256")
+    except (OSError, json.JSONDecodeError):
+        return
+    fix = (f"delete {p} and rebuild it (`python -m sft build-demo`, or any demo command), then train again; runs "
+           "belong in their own folders (--run-name NAME), never in the base's")
+    if recorded is None:
+        if (p / MANIFEST).is_file() or any(p.glob("checkpoint-*")):
+            raise ValueError(f"{p} is the base model, but a training run wrote into it ({MANIFEST} or checkpoints "
+                             f"there), so its weights may be fine-tuned ones: {fix}.")
+        return
+    if (p / "model.safetensors").is_file() and weights_sha256(p) != recorded:
+        raise ValueError(f"The base model {p} has changed since it was built: its model.safetensors no longer "
+                         f"matches the weights_sha256 in {BUILD_INFO} (a run or a copy wrote over it), so runs would "
+                         f"start from other weights: {fix}.")
+
+
 def check_inputs(cfg, weights: bool = True, tokenizer=None):
-    """Check the run's base model, tokenizer and data folder; return the (loaded) tokenizer, None for the demo."""
-    if cfg.demo is not None:  # the demo builds its own model and data on first use
-        return None
+    """Check the run's base model, tokenizer and data folder (every preset); return the loaded tokenizer."""
     if Path(cfg.data.data).is_dir() and not data_files(cfg.data.data):
         raise ValueError(f"{cfg.data.data}/ holds no data file: put your dataset there (e.g. alpaca_data_cleaned.json) "
                          "or pass --data PATH or a hub id such as yahma/alpaca-cleaned.")
@@ -88,7 +124,9 @@ def check_inputs(cfg, weights: bool = True, tokenizer=None):
             raise ValueError(f"Cannot load {model!r} from the Hugging Face Hub ({type(e).__name__}): download it "
                              f"with `{DOWNLOAD.format(path='model/qwen2.5/transformers/0.5b/1')}` (the preset's "
                              "local folder), or pass --model.model PATH.") from None
-    config = check_model_dir(model, weights=weights, tokenizer=cfg.model.tokenizer is None)
+    config = check_model_dir(model, weights=weights, tokenizer=cfg.model.tokenizer is None,
+                             fix=DEMO_FIX if cfg.demo is not None else None)
+    check_base_weights(model)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     check_tokenizer_matches(model, config, tokenizer)
     return tokenizer

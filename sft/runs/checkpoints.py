@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 from sft.runs.layout import CHECKPOINT_RE, MANIFEST
@@ -10,6 +11,8 @@ from sft.runs.layout import CHECKPOINT_RE, MANIFEST
 # One of these holds the weights: a full model (one file or a sharded index), or a LoRA run's adapter.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 STATE_FILE = "trainer_state.json"  # written by the Trainer after the weights, optimizer and RNG states
+FSDP_WEIGHTS = "pytorch_model_fsdp_0"  # FSDP's SHARDED_STATE_DICT weights: a torch.distributed.checkpoint folder
+SHARDED_OPTIMIZER = ("optimizer_0", "global_step*")  # FSDP's sharded optimizer; DeepSpeed ZeRO's global_stepN/
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -26,23 +29,94 @@ def checkpoint_step(path: str | Path) -> int:
     return int(CHECKPOINT_RE.match(Path(path).name).group(1))
 
 
-def is_complete(path: str | Path) -> bool:
-    """True when the weights and the trainer state are both on disk (the state is saved last)."""
+def safetensors_problem(file: str | Path) -> str | None:
+    """Why a safetensors file cannot be opened (a missing, cut or garbled header, data shorter than the header
+    says), or None: reads the header only, never the tensors."""
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{file.name} is cut short ({size} bytes)"
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100_000_000):
+                return f"{file.name} has a header longer than the file: cut short"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"{file.name} cannot be read ({e.strerror or e})"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{file.name} has an unreadable header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if 8 + n + max(ends, default=0) > size:
+        return f"{file.name} is cut short (its header promises more data than the file holds)"
+    return None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why a checkpoint is incomplete, or None: its trainer state must parse and its weights must open."""
     path = Path(path)
-    return (path / STATE_FILE).is_file() and any((path / f).is_file() for f in WEIGHT_FILES)
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(state, dict) or "global_step" not in state:
+            return f"{STATE_FILE} holds no trainer state"
+    except FileNotFoundError:
+        return f"no {STATE_FILE}"
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{STATE_FILE} does not parse ({e})"
+    return weights_problem(path)
+
+
+def weights_problem(path: str | Path) -> str | None:
+    """Why a checkpoint's weights cannot be opened (none there, a cut or garbled safetensors file), or None."""
+    path = Path(path)
+    present = [f for f in WEIGHT_FILES if (path / f).is_file()]
+    if not present and (path / FSDP_WEIGHTS / ".metadata").is_file():
+        return None  # sharded by FSDP: torch.distributed.checkpoint writes .metadata after the shards
+    if not present:
+        return "no weights (" + " or ".join(WEIGHT_FILES) + f" or {FSDP_WEIGHTS}/)"
+    for name in present:
+        if name.endswith(".index.json"):
+            try:
+                shards = sorted(set(json.loads((path / name).read_text())["weight_map"].values()))
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                return f"{name} does not parse"
+            problems = [safetensors_problem(path / s) for s in shards]
+        else:
+            problems = [safetensors_problem(path / name)]
+        if any(problems):
+            return next(p for p in problems if p)
+    return None
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when the trainer state (saved last) parses and the weights open (their safetensors header is whole)."""
+    return checkpoint_problem(path) is None
 
 
 def can_resume_from(path: str | Path) -> bool:
     """True when a checkpoint also has the optimizer and scheduler states that resuming needs."""
+    return resume_problem(path) is None
+
+
+def resume_problem(path: str | Path) -> str | None:
+    """Why training cannot resume from a checkpoint (incomplete, or its optimizer or scheduler state missing)."""
     path = Path(path)
-    return is_complete(path) and (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
+    missing = [f for f in ("optimizer.pt", "scheduler.pt") if not (path / f).is_file() or not (path / f).stat().st_size]
+    if "optimizer.pt" in missing and any(p.is_dir() for pattern in SHARDED_OPTIMIZER for p in path.glob(pattern)):
+        missing.remove("optimizer.pt")  # the optimizer sharded (FSDP, DeepSpeed ZeRO)
+    return checkpoint_problem(path) or (f"no {' or '.join(missing)}" if missing else None)
 
 
-def last_complete_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint that training can resume from (a half-written one is skipped)."""
+def last_complete_checkpoint(run_dir: str | Path, skipped: list[tuple[Path, str]] | None = None) -> Path | None:
+    """The newest checkpoint that training can resume from (a half-written or damaged one is skipped, and added
+    to `skipped` with the reason when a list is given)."""
     for path in reversed(list_checkpoints(run_dir)):
-        if can_resume_from(path):
+        problem = resume_problem(path)
+        if problem is None:
             return path
+        if skipped is not None:
+            skipped.append((path, problem))
     return None
 
 

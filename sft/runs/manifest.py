@@ -39,7 +39,7 @@ def git_commit() -> str:
 
 
 def write_manifest(run_dir: str | Path, cfg, data_info: dict[str, Any], status: str,
-                   results: dict[str, Any] | None = None) -> Path:
+                   results: dict[str, Any] | None = None, world_size: int = 1) -> Path:
     """Write run_manifest.json: the full config, data fingerprints, versions, commit, status."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -51,6 +51,7 @@ def write_manifest(run_dir: str | Path, cfg, data_info: dict[str, Any], status: 
         "prompt_loss_weight": cfg.data.prompt_loss_weight,
         "template": cfg.data.template,
         "config": cfg.to_dict(),
+        "world_size": world_size,  # processes: the global batch is per-device batch x accumulation x world_size
         "data": data_info,
         "versions": package_versions(),
         "git_commit": git_commit(),

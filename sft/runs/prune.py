@@ -24,6 +24,7 @@ from sft.runs.checkpoints import (
     checkpoint_step,
     list_checkpoints,
     run_is_complete,
+    weights_problem,
 )
 
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # with rng_state*.pth: needed only to resume
@@ -169,6 +170,8 @@ def scan_checkpoints(run_dir: str | Path, metric: str, min_age: float = MIN_AGE,
             c.busy = f"no {STATE_FILE} yet: still being written (or a crashed save: delete it by hand)"
         elif not any((path / f).is_file() for f in WEIGHT_FILES):
             c.busy = "no model weights yet: still being written (or a crashed save: delete it by hand)"
+        elif (problem := weights_problem(path)) is not None:
+            c.busy = f"incomplete: {problem} (still being written, or damaged: never pruned automatically)"
         elif age < min_age:
             c.busy = f"written {age:.0f} s ago (< {min_age:g} s): may still be being written"
         else:

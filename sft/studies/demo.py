@@ -10,7 +10,8 @@ from pathlib import Path
 import papermill
 from filelock import FileLock
 
-from sft.core.config import DemoConfig, ExperimentConfig, load_config
+from sft.core.config import DemoConfig, ExperimentConfig
+from sft.core.overrides import load_config
 from sft.core.train import train
 from sft.evaluation.compare import compare
 from sft.evaluation.evaluate import evaluate_models

@@ -19,7 +19,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from sft.core.config import load_config
+from sft.core.overrides import load_config
 from sft.core.train import train
 from sft.evaluation.evaluate import evaluate_models
 from sft.evaluation.report import (

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from sft.core.prompts import render_prompt
+from sft.models.checks import check_base_weights, weights_sha256
 from sft.runs.layout import BUILD_INFO
 
 EOS_TOKEN = "<|endoftext|>"  # end of text; also the pad token, as in Qwen2.5 (the eos == pad pitfall)
@@ -155,6 +156,7 @@ def build_base_model(
         "fingerprint": fingerprint(cfg, corpus_fingerprint),
         "build_version": BUILD_VERSION,
         "num_parameters": model.num_parameters(),
+        "weights_sha256": weights_sha256(out),  # checked before every run: a base trained over is an error
         "tokenizer_size": len(tokenizer),
         "versions": {
             "torch": torch.__version__,
@@ -229,7 +231,15 @@ def ensure_demo_base(out_dir: str | Path, corpus_path: str | Path, cfg: TinyMode
     texts = read_corpus_texts(corpus_path)
     corpus_fp = fingerprint_texts(texts)
     if read_build_fingerprint(out) == fingerprint(cfg, corpus_fp):
+        check_base_weights(out)  # the config is the same, but are the weights still the ones built?
+        info = json.loads((out / BUILD_INFO).read_text(encoding="utf-8"))
+        if "weights_sha256" not in info:  # built before the weights were fingerprinted: record them now
+            info["weights_sha256"] = weights_sha256(out)
+            (out / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return out
+    if out.exists() and ((out / "run_manifest.json").is_file() or any(out.glob("checkpoint-*"))):
+        raise ValueError(f"{out} holds a training run, not only the demo base: move that run elsewhere (runs belong "
+                         f"in their own folders, --run-name NAME), delete {out}, and run the command again.")
     if out.exists() and any(out.iterdir()) and not (out / BUILD_INFO).is_file():
         raise ValueError(f"{out} is not empty and holds no {BUILD_INFO}; pick an empty or new folder for the demo base")
     # Build beside the target and swap in at the end, so an interrupted build never looks complete.

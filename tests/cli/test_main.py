@@ -10,7 +10,7 @@ import pytest
 
 from helpers import QWEN_TOKENIZER, ROOT, demo_cli_args
 from sft.cli.main import build_parser, main
-from sft.core.config import field_help, section_classes
+from sft.core.overrides import field_help, section_classes
 from sft.evaluation.settings import BATCH_SIZE
 from sft.evaluation.settings import MAX_GEN_TOKS
 from sft.runs.layout import RESULTS_ROOT

@@ -269,7 +269,7 @@ def test_end_of_turn_is_im_end_in_chatml_and_eos_in_the_alpaca_chat_template(qwe
 def chatml_run(qwen_tokenizer, tmp_path, lora: bool):
     """Two steps on 8 small conversations through Qwen2.5's ChatML, from a tiny Qwen2 saved as a base model."""
     from helpers import tiny_qwen25
-    from sft.core.config import load_config
+    from sft.core.overrides import load_config
 
     base = tmp_path / "base"
     tiny_qwen25(qwen_tokenizer).save_pretrained(base)

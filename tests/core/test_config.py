@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from sft.core.config import ExperimentConfig, TrainConfig, field_help, load_config, section_classes
+from sft.core.config import ExperimentConfig, TrainConfig
+from sft.core.overrides import field_help, load_config, section_classes
 
 
 def test_every_section_is_found_and_every_field_documented_on_its_line():

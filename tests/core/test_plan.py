@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import SHARED, demo_config
-from sft.core.config import load_config
+from sft.core.overrides import load_config
 from sft.data.splits import split_indices
 from sft.core.costs import head_chunk_tokens
 from sft.core.costs import GIB, GPUS, memory_estimate, optimizer_steps

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from helpers import ROOT, TESTS, demo_cli_args, demo_config
 from sft.runs.checkpoints import can_resume_from, last_complete_checkpoint, list_checkpoints
@@ -124,7 +124,8 @@ def fake_run(root, steps, status=None, complete=True):
         names = ["model.safetensors", "optimizer.pt", "scheduler.pt"]
         names += ["trainer_state.json"] if complete or i < len(steps) - 1 else []
         for name in names:
-            (ckpt / name).write_text("{}")
+            (ckpt / name).write_text(json.dumps({"global_step": step}) if name.endswith(".json") else "{}")
+        save_file({"w": torch.zeros(1)}, ckpt / "model.safetensors")  # a header that opens
     if status is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_manifest.json").write_text(json.dumps({"status": status}))

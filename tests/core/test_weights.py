@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import demo_config
-from sft.core.config import apply_overrides, load_config
+from sft.core.overrides import apply_overrides, load_config
 from sft.core.prepare import tokenize_rows
 from sft.core.tokenize import tokenize_rows_batch
 from sft.core.train import build_trainer

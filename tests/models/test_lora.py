@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import QWEN_TOKENIZER, SHARED, TESTS, demo_cli_args, demo_config
-from sft.core.config import ExperimentConfig, LoraSettings, load_config
+from sft.core.config import ExperimentConfig, LoraSettings
+from sft.core.overrides import load_config
 from sft.runs.layout import run_dir
 from sft.models.lora import (
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGED_DIR, is_adapter_dir, lora_config, quantization_config,

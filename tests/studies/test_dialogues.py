@@ -162,7 +162,7 @@ def test_multi_turn_requests_keep_every_turn_in_a_chat_template(qwen_tokenizer, 
 @pytest.mark.slow
 def test_demo_chat_trains_and_evaluates_dialogues(demo_root, tmp_path):
     """A few steps on dialogues from the small demo's base, evaluated by the CLI: every kind, raw and @chat."""
-    from sft.core.config import load_config
+    from sft.core.overrides import load_config
     from sft.studies.demo import ensure_assets
     from sft.runs.layout import run_dir
     from sft.core.train import train

@@ -316,7 +316,7 @@ def test_hub_ids_are_not_taken_for_folders():
 def test_unreachable_hub_model_is_a_clear_error(tmp_path, monkeypatch):
     """No local model folder and no network: the plan and training say where to download, exit code 2."""
     import sft.models.checks
-    from sft.core.config import load_config
+    from sft.core.overrides import load_config
 
     (tmp_path / "Dataset").mkdir()
     (tmp_path / "Dataset" / "rows.json").write_text(json.dumps([{"instruction": "a", "output": "b"}] * 4))

@@ -1,0 +1,230 @@
+"""The Trainer with the weighted token loss: the step's normaliser, the logs of response and prompt loss apart,
+held-out metrics, and totals that cover the whole run across resumes.
+
+The loss of an optimizer step is  sum_t(w_t * nll_t) / sum_t(w_t)  over every micro-batch of the
+step and every process (or, with loss_normalizer, divided by the trained assistant tokens or the
+tokens of non-zero weight), with w_t computed at that step from each token's role by the run's
+WeightSpec: 1 on response tokens (and EOS), `prompt_loss_weight` (or its schedule's value, or the
+role's own weight) on the others. Besides it, every log has the unweighted mean loss over response tokens
+(`response_loss`) and over prompt tokens (`prompt_loss`), which mean the same in every regime,
+so the masked and unmasked curves can be compared on one chart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import Trainer
+
+from sft.core.loss import selected_nll, shift_left, target_weights, token_nll
+from sft.core.run_folder import RunFolder, check_data, resume_checkpoint  # noqa: F401 (resume_checkpoint: API)
+from sft.data.weights import WeightSpec
+
+logger = logging.getLogger("sft")
+RUN_TOTALS = "RunTotals"  # the key of the run's totals in trainer_state.json's stateful_callbacks
+SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
+
+
+class WeightedLossTrainer(Trainer):
+    """A Trainer whose loss is the weighted token loss, normalised over the whole optimizer step."""
+
+    # Our loss is already divided by the weight of the whole accumulated step (see
+    # _get_num_items_in_batch), so the Trainer must not divide it again by the accumulation steps.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, selective_head: bool = True, adapter_generation_config: bool = False,
+                 weight_spec: WeightSpec | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Roles -> weights at every step (w may follow a schedule) and the normaliser; None = the batches'
+        # loss_weights as they are, normalised by their sum.
+        self.weight_spec = weight_spec
+        self.selective_head = selective_head  # head and cross-entropy only at positions that need them
+        self.adapter_generation_config = adapter_generation_config  # save it beside a LoRA adapter too (see _save)
+        self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
+        self._last_log_time = time.perf_counter()
+        # The whole run's loss sum, steps, tokens and training seconds up to the checkpoint resumed from (saved in
+        # trainer_state.json's stateful_callbacks as RUN_TOTALS), so summaries cover the run, not this session.
+        self._run_offset = {"loss_sum": 0.0, "steps": 0, "tokens": 0.0, "seconds": 0.0}
+        self._session_tokens = 0.0
+        self._session_start = time.perf_counter()
+
+    def train(self, *args: Any, **kwargs: Any):
+        """The Trainer's train, timing this session from its start (not from building the Trainer)."""
+        self._session_start = self._last_log_time = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    def _load_callback_state(self) -> None:
+        """On resume: read the run's totals so far back from the checkpoint's trainer state."""
+        saved = self.state.stateful_callbacks.pop(RUN_TOTALS, None)
+        if isinstance(saved, dict):
+            self._run_offset.update({k: v for k, v in saved.items() if k in self._run_offset})
+        super()._load_callback_state()
+
+    def run_totals(self) -> dict[str, float]:
+        """The loss sum, steps, tokens and training seconds of the whole run so far (every session)."""
+        pending_loss = getattr(self, "_tr_loss", None)
+        off = self._run_offset
+        return {
+            "loss_sum": off["loss_sum"] + getattr(self, "_total_loss_scalar", 0.0)
+            + (float(pending_loss) if pending_loss is not None else 0.0),
+            "steps": self.state.global_step,
+            "tokens": off["tokens"] + self._session_tokens + float(self._sums["train"][4]),
+            "seconds": off["seconds"] + time.perf_counter() - self._session_start,
+        }
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save the run's totals with the checkpoint (inside trainer_state.json, written last)."""
+        self.state.stateful_callbacks[RUN_TOTALS] = self.run_totals()
+        super()._save_checkpoint(model, trial)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The Trainer's save (final model and checkpoints), plus the generation config beside a LoRA adapter when
+        asked: peft saves the adapter without it, and a conversation run's end-of-turn stop lives there."""
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.adapter_generation_config and self.args.should_save and isinstance(model, PeftModel):
+            model.generation_config.save_pretrained(output_dir or self.args.output_dir)
+
+    def prompt_weight(self) -> float | None:
+        """w at the current optimizer step (the schedule's value; constant without one)."""
+        if self.weight_spec is None:
+            return None
+        return self.weight_spec.prompt_weight_at(self.state.global_step, self.state.max_steps)
+
+    def _weight_table(self) -> list[float] | None:
+        """This step's weight per role code (WeightSpec.table), or None to use the batches' loss_weights."""
+        return None if self.weight_spec is None else self.weight_spec.table(self.prompt_weight())
+
+    def _denominator(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One micro-batch's share of the normaliser: the sum of weights (weight_sum, the default), the trained
+        assistant tokens (response_tokens) or the tokens of non-zero weight (weighted_tokens)."""
+        how = self.weight_spec.loss_normalizer if self.weight_spec is not None else "weight_sum"
+        if how == "response_tokens":
+            return masks["response"].sum()
+        if how == "weighted_tokens":
+            return (masks["weights"] > 0).to(torch.float32).sum()
+        return masks["weights"].sum()
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
+        """The normaliser of the optimizer step: all its micro-batches, on all processes.
+
+        The Trainer counts labels != -100 here; with weights the default normaliser is their sum.
+        """
+        table = self._weight_table()
+        total = sum(self._denominator(target_weights(b, table)) for b in batch_samples)
+        total = torch.as_tensor(total, dtype=torch.float32, device=device)
+        if self.args.world_size > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        return total
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """sum(w * nll) / the normaliser (default sum(w)), over the whole step when training."""
+        masks = target_weights(inputs, self._weight_table())
+        weighted, nll, scored, outputs = self._token_nll(model, inputs, masks)
+        if model.training and num_items_in_batch is not None:
+            loss = weighted / num_items_in_batch.clamp_min(1e-8)
+            # DDP averages gradients over processes, while our denominator already covers them all.
+            loss = loss * self.accelerator.num_processes
+        else:
+            loss = weighted / self._denominator(masks).clamp_min(1e-8)
+        self._accumulate(nll, masks, scored, "train" if model.training else "eval")
+        return (loss, outputs) if return_outputs else loss
+
+    def _token_nll(self, model, inputs, masks):
+        """(sum of w * nll, per-position NLL [B, T] (detached), mask of positions scored, model outputs)."""
+        model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        if not self.selective_head:
+            outputs = model(**model_inputs, use_cache=False)
+            nll = token_nll(outputs.logits, inputs["input_ids"])
+            return (nll * masks["weights"]).sum(), nll.detach(), masks["response"] + masks["prompt"], outputs
+        # logits_to_keep=1: the model's own head runs on one position only; we take the final hidden states.
+        outputs = model(**model_inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        hidden = outputs.hidden_states[-1].flatten(0, 1)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        targets = shift_left(inputs["input_ids"]).flatten()
+        weights = masks["weights"].flatten()
+        nll = torch.zeros_like(weights)
+        scored = (weights > 0).to(weights.dtype)
+        trained = weights.nonzero().squeeze(1)  # the only positions whose logits reach the gradient
+        weighted, nll_trained = selected_nll(hidden[trained], head, targets[trained], weights[trained])
+        nll[trained] = nll_trained
+        # Zero-weight positions are scored (without gradient) only when a log will report them:
+        # every evaluation, and the training steps that end in a log (masked regime's prompt_loss).
+        if not model.training or self._logs_this_step():
+            seen = (masks["response"] + masks["prompt"]).flatten() > 0
+            extra = (seen & (weights == 0)).nonzero().squeeze(1)
+            with torch.no_grad():
+                _, nll[extra] = selected_nll(hidden[extra].detach(), head, targets[extra], weights[extra])
+            scored[extra] = 1.0
+        # outputs.logits holds the last position only; nothing downstream reads it (prediction_loss_only).
+        return weighted, nll.view_as(masks["weights"]), scored.view_as(masks["weights"]), outputs
+
+    def _logs_this_step(self) -> bool:
+        """True while computing an optimizer step that ends with a training log."""
+        step = self.state.global_step + 1
+        return step % max(self.args.logging_steps, 1) == 0 or (step == 1 and self.args.logging_first_step)
+
+    def _accumulate(self, nll, masks, scored, split: str) -> None:
+        """Add this micro-batch's response/prompt NLL sums and token count to the running log sums."""
+        seen_prompt = masks["prompt"] * scored  # prompt positions scored in this micro-batch
+        sums = torch.stack([
+            (nll * masks["response"]).sum(), masks["response"].sum(),
+            (nll * seen_prompt).sum(), seen_prompt.sum(),
+            (masks["response"] + masks["prompt"]).sum(),
+        ]).double()
+        # Kept on the device until a log reads them: a .cpu() here would wait on the GPU every micro-batch.
+        self._sums[split] = self._sums[split].to(sums.device) + sums
+
+    def _drain(self, split: str) -> dict[str, float]:
+        """Reduce the accumulated sums over processes, reset them, and turn them into means."""
+        sums = self._sums[split].to(self.args.device)
+        if self.args.world_size > 1:
+            sums = self.accelerator.reduce(sums.to(torch.float32), reduction="sum").double()
+        self._sums[split] = torch.zeros_like(self._sums[split])
+        r_nll, r_n, p_nll, p_n, tokens = sums.tolist()
+        out = {"response_loss": r_nll / r_n if r_n else float("nan")}
+        out["response_perplexity"] = math.exp(min(out["response_loss"], 50.0))
+        if p_n:  # none scored: a masked run between logging steps
+            out["prompt_loss"] = p_nll / p_n
+        out["tokens"] = tokens
+        return out
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add response/prompt loss and tokens per second to every training log."""
+        if "loss" in logs and not any(k.startswith("eval_") for k in logs):
+            metrics = self._drain("train")
+            now = time.perf_counter()
+            tokens = metrics.pop("tokens")
+            self._session_tokens += tokens
+            logs["train_tokens_per_second"] = round(tokens / max(now - self._last_log_time, 1e-9), 1)
+            self._last_log_time = now
+            logs.update({k: round(v, 6) for k, v in metrics.items()})
+            if self.weight_spec is not None and self.weight_spec.prompt_loss_weight_end is not None:
+                # the schedule's w of the step just taken (TensorBoard: train/prompt_loss_weight)
+                logs["prompt_loss_weight"] = self.weight_spec.prompt_weight_at(self.state.global_step - 1,
+                                                                               self.state.max_steps)
+        elif "train_loss" in logs and "train_runtime" in logs:  # the summary at the end: over the whole run
+            totals = self.run_totals()  # the Trainer has added the last steps' loss to _total_loss_scalar already
+            totals["loss_sum"] -= float(getattr(self, "_tr_loss", 0.0))
+            logs["train_loss"] = totals["loss_sum"] / max(totals["steps"], 1)
+            logs["train_tokens_per_second"] = round(totals["tokens"] / max(totals["seconds"], 1e-9), 1)
+            logs["train_run_seconds"] = round(totals["seconds"], 1)
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        """Run the Trainer's evaluation, then add the held-out response/prompt loss and perplexity."""
+        self._sums["eval"] = torch.zeros_like(self._sums["eval"])
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        metrics = self._drain("eval")
+        metrics.pop("tokens")
+        output.metrics.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+        return output
+
+
+# ---------------------------------------------------------------- a run

@@ -1,0 +1,190 @@
+"""Run folders kept safe: run names that stay under the preset's folder, one writer per run folder (a lock with
+the writer's pid and host), and a run moved aside, not deleted, while `overwrite` starts it again.
+
+Every failure is a `ValueError` that names the fix (exit code 2 on the command line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from sft.runs.layout import BUILD_INFO
+
+logger = logging.getLogger("sft")
+LOCK_SUFFIX = ".lock"  # model/<preset>/<run>.lock, beside the run folder: held by the one process writing it
+OLD_SUFFIX = ".old-"  # model/<preset>/<run>.old-<timestamp>/: a run being overwritten, until the new one checkpoints
+
+
+# ---------------------------------------------------------------- run names
+
+
+def check_run_name(name, preset_dir: str | Path, base_dirs: tuple[str | Path, ...] = ()) -> Path:
+    """The run folder of `name` under `preset_dir`, or a ValueError: a run name is a plain name or a relative
+    path below the preset's folder; never empty, absolute, with `..`, or the base model's folder."""
+    fix = "give a plain name such as --run-name my-run (or a relative path under it, such as sweep-1/plw0.1)"
+    text = "" if name is None else str(name)
+    if not text.strip():
+        raise ValueError(f"The run name is empty, so the run would write into {preset_dir}/ itself: {fix}.")
+    if PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() or text.startswith("~"):
+        raise ValueError(f"The run name {text!r} is an absolute path: runs are written under {preset_dir}/ only; "
+                         f"{fix}, or move every run with --model-root.")
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if not parts or any(p in ("..", ".") for p in parts) or text != text.strip():
+        raise ValueError(f"The run name {text!r} leaves or aliases its folder ({preset_dir}/): {fix}.")
+    if any(p.endswith(LOCK_SUFFIX) or OLD_SUFFIX in p for p in parts):
+        raise ValueError(f"The run name {text!r} ends like the project's own lock or set-aside folders: {fix}.")
+    out = Path(preset_dir) / text
+    resolved = out.resolve()
+    for base in (Path(b) for b in base_dirs if b):
+        b = base.resolve()
+        if resolved == b or b in resolved.parents or resolved in b.parents:
+            raise ValueError(f"The run name {text!r} is the base model's folder ({base}): training there would "
+                             f"replace the weights every run starts from; {fix}.")
+    if (out / BUILD_INFO).is_file():
+        raise ValueError(f"{out} holds a base model built by the project ({BUILD_INFO}), not a run: {fix}.")
+    return out
+
+
+# ---------------------------------------------------------------- one writer per run folder
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot, /proc on Linux), so a reused pid is not taken for it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    now = _start_time(pid)
+    return started is None or now is None or now == started
+
+
+def lock_path(run: str | Path) -> Path:
+    """model/<preset>/<run>.lock: beside the run folder, so moving the run aside keeps the lock in place."""
+    run = Path(run)
+    return run.parent / f"{run.name}{LOCK_SUFFIX}"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, taken before anything is written and released on every exit.
+
+    The lock file holds the writer's pid, host, start time and command. A lock whose process is gone (same host,
+    pid dead or reused) is stale: it is taken over with a message. A live one is a ValueError naming it.
+    """
+
+    def __init__(self, run: str | Path) -> None:
+        self.run = Path(run)
+        self.path = lock_path(run)
+        self.made_parent: list[Path] = []
+        self.held = False
+
+    def describe(self, info: dict) -> str:
+        return (f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started', '?')}"
+                + (f": {info['command']}" if info.get("command") else ""))
+
+    def acquire(self) -> "RunLock":
+        parent = self.path.parent
+        missing = [p for p in (parent, *parent.parents) if not p.exists()]
+        parent.mkdir(parents=True, exist_ok=True)
+        self.made_parent = missing  # removed again on release when empty: a refused run leaves no folder
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _start_time(os.getpid()),
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv)[:300]}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                info = self._read()
+                if info is None:  # being written this instant, or a torn file: look again
+                    time.sleep(0.2)
+                    info = self._read()
+                if info is not None and (info.get("host") != me["host"]
+                                         or _alive(int(info.get("pid", -1)), info.get("proc_start"))):
+                    self._cleanup_parents()
+                    raise ValueError(
+                        f"{self.run} is being written by another training process ({self.describe(info)}); nothing "
+                        f"was changed. Wait for it to finish or stop it, or give this run another name "
+                        f"(--run-name NEW). If that process is surely gone (e.g. another host that crashed), delete "
+                        f"{self.path}.")
+                logger.warning("taking over the stale lock %s of a process that is gone (%s)", self.path,
+                               self.describe(info) if info else "unreadable lock file")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise ValueError(f"Could not take the lock {self.path} (other processes keep taking it); try again.")
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _cleanup_parents(self) -> None:
+        for p in self.made_parent:  # innermost first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+            self._cleanup_parents()
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------- overwrite: move aside, then delete
+
+
+def move_aside(run: str | Path) -> Path | None:
+    """Rename a run folder to <run>.old-<timestamp>/ (None when there is nothing to move)."""
+    run = Path(run)
+    if not run.exists() or not any(run.iterdir()):
+        return None
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    old = run.parent / f"{run.name}{OLD_SUFFIX}{stamp}"
+    run.rename(old)
+    logger.warning("overwrite: %s moved aside to %s until the new run has written its first checkpoint", run, old)
+    return old
+
+
+def restore(run: str | Path, old: Path | None) -> None:
+    """Put a run moved aside back, dropping what the failed new start wrote."""
+    if old is None or not old.exists():
+        return
+    run = Path(run)
+    if run.exists():
+        shutil.rmtree(run)
+    old.rename(run)
+    logger.warning("the new start failed: %s restored from %s", run, old.name)
+
+
+def drop(old: Path | None) -> None:
+    """Delete a run moved aside, once the new one is safely under way."""
+    if old is not None and old.exists():
+        shutil.rmtree(old)
