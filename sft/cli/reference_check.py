@@ -51,8 +51,11 @@ def _run(main, args: list[str], root: Path, log) -> None:
     log(f"[reference-check] {' '.join(args[:3])} ...: {time.perf_counter() - t:.0f} s")
 
 
-def reference_check(workdir: str | Path, shared: str | Path, log=print) -> dict[str, object]:
+def reference_check(workdir: str | Path, shared: str | Path, log=print, bench_rows: int = 8) -> dict[str, object]:
     """Build the fixture in workdir and run the reference commands there, as a GPU user would; return what ran.
+
+    bench_rows: test rows of gsm8k, arc_challenge and hellaswag (write_benchmark_data's n); the test suite passes
+    fewer, as gsm8k's 256-token generations over 5-shot prompts are most of the check's time on the CPU.
 
     Each command runs through its own main(), the code path of `python -m sft`, `python eval.py` and
     `python auto_clean.py`, without paying a fresh interpreter's imports for each.
@@ -82,7 +85,7 @@ def reference_check(workdir: str | Path, shared: str | Path, log=print) -> dict[
     _run(sft_main, ["evaluate", "--models", models, "--heldout-only", "--name", f"{PRESET}-heldout"], root, log)
     # docs/reference.md's step 4 on lm-eval's own task definitions, reading local rows: raw prompts for the base model,
     # raw and in their training template for the fine-tuned runs.
-    task_data = write_benchmark_data(root, shared)
+    task_data = write_benchmark_data(root, shared, n=bench_rows)
     _run(sft_main, ["evaluate", "--models", models, "--tasks", ",".join(BENCH_TASKS),
                    "--task-data", *(f"{t}={p.relative_to(root)}" for t, p in task_data.items()),
                    "--include-path", f"{BENCH_DIR}/tasks"], root, log)
