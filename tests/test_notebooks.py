@@ -1,6 +1,7 @@
 """The two notebooks: thin, identical but for the parameters cell, stripped, runnable top to bottom, and safe to\nrun again: a second run continues the first, never deletes it."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -62,8 +63,9 @@ def test_notebook_runs_top_to_bottom(demo_root, tmp_path, name, w):
     images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the length histogram and the loss curves
     said = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
-    assert "weights set by sft.core.tokenize.tokenize_rows_batch" in said  # the rule's example, token by token
-    assert f"at w_t = {w:g}; this example adds" in said
+    assert "weights set by sft.core.weights.step_weights" in said  # the rule's example, token by token
+    assert re.search(rf"tokens by role: template \d+ at {w:g}, user \d+ at {w:g}, assistant \d+ at 1; this example adds",
+                     said)
     manifest = json.loads((demo_root / "model/demo" / f"nb-{w}" / "run_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["prompt_loss_weight"] == w
 
@@ -87,7 +89,7 @@ def test_a_notebook_trains_on_your_conversations(demo_root, tmp_path):
     said = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
                    for c in executed["cells"] for o in c.get("outputs", []))
     assert "[[turn 1 user, weight 0: " in said and "[[turn 2 assistant, weight 1: " in said  # the example, by turn
-    assert "weights set by sft.core.chat.token_weights" in said
+    assert "weights set by sft.core.weights.step_weights" in said
     manifest = json.loads((demo_root / "model/demo/nb-chat/run_manifest.json").read_text())
     assert manifest["data"]["conversations"] and manifest["data"]["eval_examples"] == 8
     assert manifest["config"]["data"]["data"] == str(tmp_path / "chats.jsonl")
