@@ -1,8 +1,9 @@
-"""The two notebooks: thin, identical but for the parameters cell, stripped, runnable top to bottom, and safe to\nrun again: a second run continues the first, never deletes it."""
+"""The two notebooks: thin, identical but for the parameters cell, stripped, runnable top to bottom, and safe to
+run again: a second run continues the first, never deletes it."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time
@@ -64,8 +65,8 @@ def test_notebook_runs_top_to_bottom(demo_root, tmp_path, name, w):
     assert len(images) >= 2  # the length histogram and the loss curves
     said = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
     assert "weights set by sft.core.weights.step_weights" in said  # the rule's example, token by token
-    assert re.search(rf"tokens by role: template \d+ at {w:g}, user \d+ at {w:g}, assistant \d+ at 1; this example adds",
-                     said)
+    counts = rf"tokens by role: template \d+ at {w:g}, user \d+ at {w:g}, assistant \d+ at 1; this example adds"
+    assert re.search(counts, said)
     manifest = json.loads((demo_root / "model/demo" / f"nb-{w}" / "run_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["prompt_loss_weight"] == w
 
