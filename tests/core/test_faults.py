@@ -151,8 +151,8 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_name(demo_root, caplog):
 def test_changed_settings_on_resume_are_refused_or_applied(demo_root):
     out = crashed_run(demo_root, "changed")
     before = files(out)
-    with pytest.raises(ValueError, match=r"learning_rate: saved 0.003, now 1e-05.*per_device_train_batch_size: "
-                                         r"saved 8, now 4.*Nothing was changed"):
+    with pytest.raises(ValueError, match=r"learning_rate: saved 0.003, now 1e-05.*global batch: saved 8 per device "
+                                         r"x 1 accumulation x 1 process\(es\) = 8, now 4 per device.*Nothing was changed"):
         train(demo_config(demo_root, run_name="changed", **{**SHORT, "learning_rate": 1e-5,
                                                              "per_device_train_batch_size": 4}))
     assert files(out) == before and not lock_path(out).exists()

@@ -152,7 +152,7 @@ def test_held_out_data_changed_since_training_is_refused(evaluated, tmp_path, ca
     import shutil
 
     stale = tmp_path / "stale"
-    shutil.copytree(evaluated["tuned"], stale, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors"))
+    shutil.copytree(evaluated["tuned"], stale, ignore=shutil.ignore_patterns("checkpoint-*"))  # a whole model
     manifest = json.loads((stale / "run_manifest.json").read_text())
     manifest["data"]["eval_fingerprint"] = "0" * 16  # as if the held-out file was rewritten after training
     (stale / "run_manifest.json").write_text(json.dumps(manifest))

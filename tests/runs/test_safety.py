@@ -106,6 +106,7 @@ def test_one_writer_per_run_folder(tmp_path):
     assert not lock_path(run).exists() and not (tmp_path / "model").exists()  # released; no folder left behind
 
 
+@pytest.mark.slow  # launches a process (the marker check: tests/markers.py)
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -160,6 +161,7 @@ def test_settings_that_change_the_optimisation_are_told_apart():
     assert {x.split(":")[0] for x in harmless} >= {"logging_steps", "extra.logging_nan_inf_filter"}
 
 
+@pytest.mark.slow  # launches a process (the marker check: tests/markers.py)
 def test_resume_refuses_where_it_would_lose_or_mix_work(tmp_path):
     cfg = demo_config(tmp_path, run_name="r", resume=True)
     with pytest.raises(ValueError, match="resume is set, but .* holds no run to continue"):
