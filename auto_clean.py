@@ -1,13 +1,7 @@
-"""Prune a run's checkpoints: keep the newest, the best by a metric and anything still being written.
+"""Prune a run's checkpoints (the command lives in sft/cli/auto_clean.py; the policy in sft/runs/prune.py).
 
     python auto_clean.py model/demo/masked --dry-run
-    python auto_clean.py model/demo/masked --keep-last 2 --keep-best 1 --strip-optimizer
     python auto_clean.py model/demo/masked --watch 60 --until-complete     # beside a training run
-
-The policy is sft/runs/prune.py; the same one runs inside training with `--auto-clean '{"keep_best": 1}'`.
-User errors (a damaged trainer_state.json, an unknown metric) end with exit code 2 and one paragraph.
-Ctrl-C (SIGINT) or SIGTERM stops it within a second in any state, after the checkpoint being deleted is gone
-(never half of one), with a summary and exit code 0.
 """
 
 from __future__ import annotations
