@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sft.core.tokenize import IGNORE_INDEX
+from sft.core.weights import IGNORE_INDEX
 
 # input_ids take pad_token_id. weight_codes and weight_scale are what the loss recomputes each step's weights from
 # (sft.core.weights.step_weights); loss_weights are those at the run's starting w (what held-out metrics read).

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from sft.core.chat import encode_with_offsets, make_renderer
 from sft.core.prompts import get_template
-from sft.core.weights import IGNORE_INDEX, add_weight_columns  # noqa: F401 (IGNORE_INDEX: re-exported)
+from sft.core.weights import add_weight_columns
 from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
 from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, TEMPLATE, USER
 from sft.data.rows import FIELDS

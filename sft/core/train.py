@@ -69,7 +69,7 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        average_tokens_across_devices=True,  # our normaliser is summed over processes (see the Trainer above)
+        average_tokens_across_devices=True,  # our normaliser is summed over processes (sft.core.trainer)
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a share of the total steps

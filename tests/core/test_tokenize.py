@@ -4,11 +4,12 @@ the exact boundary with Qwen2.5's), truncation, and the tokenized cache. (Loadin
 import numpy as np
 import pytest
 
-from sft.core.tokenize import IGNORE_INDEX, tokenize_rows_batch, truncate_example
-from sft.data.config import DataConfig
-from sft.data.rows import fingerprint_rows, load_rows
 from sft.core.prepare import tokenize_rows
 from sft.core.prompts import render_prompt
+from sft.core.tokenize import tokenize_rows_batch, truncate_example
+from sft.core.weights import IGNORE_INDEX
+from sft.data.config import DataConfig
+from sft.data.rows import fingerprint_rows, load_rows
 
 ROWS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
