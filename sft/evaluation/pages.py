@@ -18,6 +18,8 @@ The tables (TABLE):
     across             one pair's differences (--pair) in several evaluations (SOURCE and --also), side by side
     sweep              a sweep's mean over seeds per weight, [95% t-interval], for the group averages
     sweep-differences  a sweep's differences between weights, paired by seed (--pair 0.5,0)
+    variants           a sweep's variants (role weights, schedules, normalisers) minus its first, per weight, paired
+                       by seed (variants.csv), for the group averages and the held-out response loss
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _pct(x: float) -> str:
 
 def _interval(diff: float, low: float, high: float, significant: str | None = None, digits: int = 2) -> str:
     """'+33.75 [31.33, 36.17]', with ' ns' where the interval contains 0."""
-    text = f"{diff:+.2f} [{low:.{digits}f}, {high:.{digits}f}]"
+    text = f"{diff:+.{max(2, digits)}f} [{low:.{digits}f}, {high:.{digits}f}]"
     return text + (" ns" if significant == "no" else "")
 
 
@@ -288,9 +290,28 @@ def sweep_differences_table(args) -> str:
     return format_markdown(table)
 
 
+def variants_table(args) -> str:
+    """Each variant minus the first at every weight, paired by seed [95% t-interval over seeds] (variants.csv)."""
+    rows = pd.read_csv(Path(args.source) / "variants.csv")
+    rows = rows[rows["metric"].str.contains("average") | (rows["metric"] == "response_loss")]
+    if args.datasets:
+        rows = rows[rows["dataset"].isin(args.datasets.split(",") + ["heldout"])]
+    columns = list(dict.fromkeys(zip(rows["variant"], rows["prompt_loss_weight"])))
+    baseline = rows["baseline"].iloc[0]
+    table = [["paired by seed [95% CI]", *(f"{v} - {baseline} at {_weight(w)}" for v, w in columns)]]
+    for (dataset, metric), group in rows.groupby(["dataset", "metric"], sort=False):
+        digits = 4 if dataset == "heldout" else 1
+        cells = {(r["variant"], r["prompt_loss_weight"]): _interval(r["diff"], r["ci_low"], r["ci_high"],
+                                                                    r["significant"], digits=digits)
+                 for _, r in group.iterrows()}
+        table.append([f"`{dataset}` {_metric_name(metric)}", *(cells.get(c, "-") for c in columns)])
+    return format_markdown(table)
+
+
 WRITERS = {"groups": groups_table, "tasks": tasks_table, "differences": differences_table, "across": across_table,
            "heldout": heldout_table,
-           "sweep": sweep_table, "sweep-differences": sweep_differences_table}
+           "sweep": sweep_table, "sweep-differences": sweep_differences_table,
+           "variants": variants_table}
 
 
 def render(args) -> str:

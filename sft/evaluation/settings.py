@@ -80,7 +80,7 @@ class GenerationSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
 
 
-TABLES = ("groups", "tasks", "differences", "across", "heldout", "sweep", "sweep-differences")
+TABLES = ("groups", "tasks", "differences", "across", "heldout", "sweep", "sweep-differences", "variants")
 
 
 def add_page_arguments(p: argparse.ArgumentParser) -> None:

@@ -90,3 +90,23 @@ def test_members_are_the_task_rows_before_their_group():
     assert members(order, groups, "t_short") == ["t_a", "t_b"]
     assert members(order, groups, "t_long") == ["t_c"]
     assert members(order, groups, "t") == ["t_a", "t_b", "t_c"]  # a group of groups: every task of its prefix
+
+
+def test_variants_table_pairs_each_variant_with_the_first_at_each_weight(tmp_path):
+    rows = [
+        ["sft_demo_short", "exact_match_average", 0.5, "rw-template0", "rw-template0.5", 3, 4.5, -1.25, 10.25, "no",
+         "1 2 10.5"],
+        ["sft_demo_short", "exact_match", 0.5, "rw-template0", "rw-template0.5", 3, 9.0, 1.0, 17.0, "yes", "1 9 17"],
+        ["heldout", "response_loss", 0.5, "rw-template0", "rw-template0.5", 3, -0.01234, -0.02, -0.00468, "yes",
+         "-0.01 -0.012 -0.014"],
+    ]
+    pd.DataFrame(rows, columns=["dataset", "metric", "prompt_loss_weight", "variant", "baseline", "seeds", "diff",
+                                "ci_low", "ci_high", "significant", "values"]).to_csv(tmp_path / "variants.csv",
+                                                                                      index=False)
+    table = render_spec(f"variants {tmp_path}")
+    assert table.splitlines() == [
+        "| paired by seed [95% CI] | rw-template0 - rw-template0.5 at w = 0.5 |",
+        "|---|---|",
+        "| `sft_demo_short` exact match average | +4.50 [-1.2, 10.2] ns |",  # a task row (not an average) is left out
+        "| `heldout` response loss | -0.0123 [-0.0200, -0.0047] |",
+    ]
