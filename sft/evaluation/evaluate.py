@@ -55,6 +55,7 @@ from sft.evaluation.settings import EvalConfig
 from sft.evaluation.side_effects import (
     RULE,
     model_markers,
+    stop_strings,
     side_effect_notes,
     side_effect_rows,
     with_side_effects,
@@ -317,15 +318,6 @@ def add_side_effects(plan: Plan, rows: list, results: dict, samples: dict) -> tu
         print(f"[side effects] {note}", flush=True)
     return with_side_effects(rows, side), {"rule": RULE, "notes": notes, "loglikelihood_tasks": loglikelihood,
                                            "markers": {label: list(m.lines) for label, m in markers.items()}}
-
-
-def stop_strings(tokenizer) -> set[str]:
-    """The token strings that end a turn in a tokenizer's chat template: EOS and the end-of-turn token."""
-    try:
-        end = renderer_for(tokenizer, tokenizer.chat_template).end_of_turn_id()
-    except Exception:  # a template that cannot render a user/assistant probe: its markers are skipped too
-        end = None
-    return {t for t in (tokenizer.eos_token, tokenizer.convert_ids_to_tokens(end) if end is not None else None) if t}
 
 
 def write_settings(plan: Plan, run: Path, name: str, ts: str, timings: dict, side_effects: dict) -> None:

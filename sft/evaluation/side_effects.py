@@ -25,10 +25,10 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from sft.core.chat import ChatRenderer
+from sft.core.chat import ChatRenderer, renderer_for
 from sft.core.prompts import Template
 from sft.data.conversations import TEMPLATE
-from sft.evaluation.report import Row, base_metric
+from sft.evaluation.report import Row, base_metric, confidence_rows, difference_rows, model_pairs
 
 SIDE_EFFECTS = ("stop_failure", "run_on", "prompt_echo", "gen_length")  # summary metric names, in this order
 SCALES = {"stop_failure": 100.0, "run_on": 100.0, "prompt_echo": 100.0, "gen_length": 1.0}  # shares in %, tokens
@@ -226,3 +226,32 @@ def model_markers(template: Template, renderers: list[tuple[ChatRenderer, set[st
     for renderer, stops in renderers:
         markers = markers.merged(chat_markers(renderer, stops))
     return markers
+
+
+def stop_strings(tokenizer) -> set[str]:
+    """The token strings that end a turn in a tokenizer's chat template: EOS and the end-of-turn token."""
+    try:
+        end = renderer_for(tokenizer, tokenizer.chat_template).end_of_turn_id()
+    except Exception:  # a template that cannot render a user/assistant probe: its markers are skipped too
+        end = None
+    return {t for t in (tokenizer.eos_token, tokenizer.convert_ids_to_tokens(end) if end is not None else None) if t}
+
+
+def side_effect_table(rows: list[Row], models: list[str], n_boot: int, seed: int) -> list[list[str]]:
+    """One line per side-effect row: each model's value [95% bootstrap CI], each pair's paired difference."""
+    conf = {(c["dataset"], c["metric"], c["model"]): c for c in confidence_rows(rows, models, n_boot, seed)}
+    diffs = {(d["dataset"], d["metric"], d["model_a"], d["model_b"]): d
+             for d in difference_rows(rows, models, n_boot, seed)}
+    pairs = model_pairs(models)
+    table = [["side effect [95% CI]", *models, *(f"{a} - {b}" for a, b in pairs)]]
+    for r in rows:
+        cells = []
+        for m in models:
+            c = conf.get((r.dataset, r.metric, m))
+            cells.append("-" if c is None else f"{c['score']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]")
+        for a, b in pairs:
+            d = diffs.get((r.dataset, r.metric, a, b))
+            cells.append("-" if d is None else f"{d['diff']:+.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]")
+        unit = "tokens" if base_metric(r.metric) == "gen_length" else "%"
+        table.append([f"{base_metric(r.metric).replace('_', ' ')} ({unit})", *cells])
+    return table

@@ -306,7 +306,8 @@ def _set_weight_axis(ax, weights: list[float]) -> None:
 def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: int, path: Path) -> Path:
     """Scores and held-out response loss against w, mean over seeds: per metric, the group averages with their
     95% bands (all, short- and long-output families) above the families' means; the loss beside them."""
-    scored = [r for r in records if r["dataset"] != "heldout"]
+    # Scores only: the side effects of generation (sweep.csv has them) would crowd the panels.
+    scored = [r for r in records if r["dataset"] != "heldout" and not is_side_effect(r["metric"])]
     metrics = list(dict.fromkeys(base_metric(r["metric"]) for r in scored if "average" not in r["metric"]))
     families = list(dict.fromkeys(r["dataset"] for r in scored if "average" not in r["metric"]))
     if not metrics:  # held-out metrics only (--heldout-only): the loss panel alone
