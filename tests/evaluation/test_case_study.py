@@ -129,11 +129,11 @@ def test_prompts_file_and_single_prompt(trained, tmp_path, capsys):
                     {"instruction": "Reverse the word below.", "input": "cat"}]
     args = ["--models", f"masked={trained['run']}", "--out", str(tmp_path / "o"), "--max-new-tokens", "4"]
     assert script.main([*args, "--prompts", str(prompts)]) == 0
-    table = capsys.readouterr().out.strip().splitlines()
+    table = capsys.readouterr().out.strip().split("\n\n")[0].splitlines()  # the side effects follow the table
     assert table[0] == "| # | prompt | reference | masked |" and len(table) == 4
     assert "Reverse the word below.<br><br>Input: cat" in table[3]
     assert script.main([*args, "--prompt", "Spell 7.", "--input", "seven"]) == 0
-    table = capsys.readouterr().out.strip().splitlines()
+    table = capsys.readouterr().out.strip().split("\n\n")[0].splitlines()
     assert table[0] == "| # | prompt | masked |" and len(table) == 3
 
 
