@@ -262,7 +262,8 @@ def side_effects_table(args) -> str:
         info = result.settings.get("side_effects")
         why = ("evaluated before side effects were counted: evaluate again, then rewrite the pages" if info is None
                else "; ".join(info.get("notes") or ["no generation task"]))
-        return format_markdown([["side effects", "not in this summary"], [f"`{args.source}`", why]])
+        where = f"`{result.settings.get('name')}/{result.settings.get('timestamp')}`"
+        return format_markdown([["side effects", "not in this summary"], [where, why]])
     pairs = _pairs(args)
     table = [["side effect [95% CI]", *(_model_header(result, m) for m in result.models),
               *(f"{a} - {b}" for a, b in pairs)]]
