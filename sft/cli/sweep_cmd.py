@@ -35,6 +35,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                  tasks=[] if args.heldout_only else tasks)
     compare_variants(roots, weights, seeds, sweep_results_dir(name))
     for label, root in roots.items():  # can these seeds answer? (docs/sweeps.md: the formula)
+        if not (root / "differences.csv").is_file():
+            continue  # one weight: no pair of weights to compare
         print(f"Seeds{f' of variant {label}' if label else ''}: between-seed sd of each paired difference, its minimum "
               f"detectable difference, seeds needed:\n{seeds_report(root, args.target_difference)}", flush=True)
     return 0
