@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                   batch_size=args.batch_size)
     study = cs.run_case_study(specs, rows, settings, log=lambda msg: print(msg, file=sys.stderr))
-    print(cs.format_table(study))
+    print(cs.study_markdown(study))
     paths = cs.save_case_study(study, args.out, source)
     print(f"saved {paths['md']}, {paths['jsonl'].name} and {paths['json'].name}", file=sys.stderr)
     if args.tensorboard:

@@ -148,6 +148,11 @@ def _add_sweep(sub) -> None:
     p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo)")
     p.add_argument("--heldout-only", action="store_true",
                    help="held-out losses only (per role for conversations), no lm-eval task")
+    p.add_argument("--target-difference", type=float, action="append", default=[], metavar="D",
+                   help="also print how many seeds a difference of D points needs, from the sweep's between-seed "
+                        "spread (repeatable)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: print the seeds table of the sweep already under evaluation_results/sweep-NAME")
     p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes (one per variant, its label appended, when "
                                                       "--role-weights, --prompt-loss-weight-end or --loss-normalizer "
                                                       "list several values: each value is a variant, e.g. "

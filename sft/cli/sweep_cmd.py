@@ -6,12 +6,17 @@ import argparse
 from pathlib import Path
 
 from sft.runs.layout import sweep_results_dir
-from sft.studies.sweep import parse_weights, run_sweep
+from sft.studies.sweep import parse_weights, run_sweep, seeds_report
 from sft.studies.variants import compare_variants, split_axes
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Train and evaluate every (prompt-loss weight, seed) pair, then summarise and plot."""
+    """Train and evaluate every (prompt-loss weight, seed) pair, then summarise and plot; --report-only: how many
+    seeds the committed sweep's differences need, from its files."""
+    name = args.name or args.preset
+    if args.report_only:
+        print(seeds_report(sweep_results_dir(name), args.target_difference), end="")
+        return 0
     seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
     if not seeds:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
@@ -20,7 +25,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
     if tasks == []:
         raise ValueError("--tasks is empty; pass lm-eval task names such as sft_demo, or --heldout-only.")
-    weights, name = parse_weights(args.prompt_loss_weights), args.name or args.preset
+    weights = parse_weights(args.prompt_loss_weights)
     shared, variants = split_axes(args.overrides)  # --role-weights, --prompt-loss-weight-end, --loss-normalizer
     roots = {}
     for label, settings in variants:  # one sweep per variant; they share one tokenization (no weight is cached)
@@ -29,4 +34,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                  overrides={**shared, **settings}, plot=plot,
                                  tasks=[] if args.heldout_only else tasks)
     compare_variants(roots, weights, seeds, sweep_results_dir(name))
+    for label, root in roots.items():  # can these seeds answer? (docs/sweeps.md: the formula)
+        if not (root / "differences.csv").is_file():
+            continue  # one weight: no pair of weights to compare
+        print(f"Seeds{f' of variant {label}' if label else ''}: between-seed sd of each paired difference, its minimum "
+              f"detectable difference, seeds needed:\n{seeds_report(root, args.target_difference)}", flush=True)
     return 0

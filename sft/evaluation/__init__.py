@@ -7,6 +7,9 @@
     evaluate    the driver: every model through held-out metrics and lm-eval, raw and in its chat template
     costs       what an evaluation will cost (`--dry-run`)
     results     lm-eval's results to OpenCompass-style summary rows
+    raw_generations  lm-eval's HF model recording each generation's raw tokens (before stop-string cuts, filters)
+    side_effects     stop failure, run-on, prompt echo and generated length of every generation, as summary rows
+    seeds       between-seed spread of a paired difference, minimum detectable difference, seeds a difference needs
     report      summary tables and paired bootstrap intervals
     compare     results read back, plotted, tabulated (assets/)
     pages       the result tables of README.md and docs/*.md, written from the committed results (`sft pages`)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from sft.core.chat import renderer_for
 from sft.core.config import load_run_config
 from sft.core.prepare import prepare_data
 from sft.core.prompts import get_template, user_message
@@ -26,12 +27,24 @@ from sft.data.io import write_jsonl
 from sft.evaluation.generate import (
     GenerationSettings,
     conversation_prompt,
-    generate_responses,
+    generate_ids,
     prompt_rows,
     prompt_stops,
     render_prompts,
 )
 from sft.evaluation.inputs import parse_models as parse_labels
+from sft.evaluation.report import format_markdown
+from sft.evaluation.settings import BOOT_SEED, N_BOOT
+from sft.evaluation.side_effects import (
+    RULE,
+    Generation,
+    Markers,
+    model_markers,
+    side_effect_notes,
+    side_effect_rows,
+    side_effect_table,
+    stop_strings,
+)
 from sft.models.load import load_model
 from sft.models.lora import is_adapter_dir
 from sft.models.tokenizer import load_tokenizer
@@ -61,6 +74,8 @@ class CaseStudy:
     outputs: dict[str, list[str]] = field(default_factory=dict)  # model name -> one output per row
     prompts: dict[str, list[str]] = field(default_factory=dict)  # model name -> the rendered prompt of each row
     seconds: dict[str, float] = field(default_factory=dict)  # model name -> generation time
+    generations: dict[str, list[Generation]] = field(default_factory=dict)  # model name -> raw generation per row
+    markers: dict[str, Markers] = field(default_factory=dict)  # model name -> its template's markers (run_on)
     timestamp: str = field(default_factory=lambda: datetime.now().strftime("%Y%m%d_%H%M%S"))
 
 
@@ -221,8 +236,16 @@ def run_case_study(specs: list[ModelSpec], rows: list[dict[str, str]], settings:
         study.prompts[spec.name] = prompts = render_for(spec, tokenizer, rows)
         start = time.perf_counter()
         stops = prompt_stops(spec.template, rows, tokenizer)  # a conversation's end-of-turn token (render_for's)
-        study.outputs[spec.name] = generate_responses(model, tokenizer, prompts, settings, stops)
+        ids = generate_ids(model, tokenizer, prompts, settings, stops)
         study.seconds[spec.name] = round(time.perf_counter() - start, 3)
+        study.outputs[spec.name] = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        # The side effects read the raw generation: special tokens kept; fewer tokens than the limit = it stopped.
+        study.generations[spec.name] = [
+            Generation(p, tokenizer.decode(i, skip_special_tokens=False), len(i), len(i) < settings.max_new_tokens,
+                       settings.max_new_tokens) for p, i in zip(prompts, ids)]
+        chat = [(renderer_for(tokenizer, tokenizer.chat_template), stop_strings(tokenizer))] \
+            if tokenizer.chat_template else []
+        study.markers[spec.name] = model_markers(get_template(spec.template), chat)
         log(f"{spec.name}: {len(rows)} prompts in {study.seconds[spec.name]:.1f} s ({spec.path})")
         del model
         gc.collect()
@@ -257,6 +280,29 @@ def format_table(study: CaseStudy) -> str:
         cells += [study.outputs[s.name][i] for s in study.models]
         lines.append("| " + " | ".join(escape_cell(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def side_effects(study: CaseStudy) -> tuple[str, dict]:
+    """The side effects of each model's generations (sft.evaluation.side_effects) with bootstrap intervals over the
+    prompts and paired differences: a markdown table and what goes to the settings JSON ('' and {} without any)."""
+    models = [s.name for s in study.models if s.name in study.generations]
+    if not models:
+        return "", {}
+    generations = {m: {"case_study": dict(enumerate(study.generations[m]))} for m in models}
+    markers = {m: study.markers.get(m, Markers()) for m in models}
+    rows = side_effect_rows(generations, markers, ["case_study"], {}, {}, {})
+    notes = side_effect_notes(generations, markers, [], {})
+    table = format_markdown(side_effect_table(rows, models, N_BOOT, BOOT_SEED))
+    text = (f"Side effects of generation ({len(study.rows)} prompts; % of generations, gen length in tokens; "
+            f"95% bootstrap CI over the prompts):\n\n{table}" + "".join(f"\n* {n}" for n in notes))
+    return text, {"rule": RULE, "notes": notes, "markers": {m: list(markers[m].lines) for m in models},
+                  "rows": {r.metric: r.scores for r in rows}}
+
+
+def study_markdown(study: CaseStudy) -> str:
+    """The table, and below it the side effects of each model's generations (what eval.py prints and saves)."""
+    side_text, _ = side_effects(study)
+    return format_table(study) + (f"\n\n{side_text}" if side_text else "")
 
 
 def settings_dict(study: CaseStudy, prompts_source: str) -> dict[str, Any]:
@@ -296,9 +342,11 @@ def save_case_study(study: CaseStudy, out_dir: str | Path = OUT_DIR, prompts_sou
     while any((out_dir / f"{stem}{ext}").exists() for ext in (".md", ".jsonl", ".json")):
         stem, n = f"{study.timestamp}_{n}", n + 1  # two studies in one second keep both
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "jsonl", "json")}
-    paths["md"].write_text(format_table(study) + "\n", encoding="utf-8")
+    _, side_info = side_effects(study)
+    paths["md"].write_text(study_markdown(study) + "\n", encoding="utf-8")
     write_jsonl(paths["jsonl"], records(study))
-    paths["json"].write_text(json.dumps(settings_dict(study, prompts_source), indent=2) + "\n", encoding="utf-8")
+    settings = {**settings_dict(study, prompts_source), **({"side_effects": side_info} if side_info else {})}
+    paths["json"].write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     return paths
 
 

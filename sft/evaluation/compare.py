@@ -26,6 +26,7 @@ from sft.evaluation.report import (
     format_markdown,
 )
 from sft.evaluation.results import role_losses
+from sft.evaluation.side_effects import SIDE_EFFECTS, is_side_effect
 
 
 def find_result_dir(path: str | Path) -> Path:
@@ -127,7 +128,8 @@ def comparison_panels(rows: list[tuple[str, str]]) -> list[list[tuple[str, str]]
 
 
 def _draw_bars(ax, scores, rows: list[tuple[str, str]], models: list[str], groups: set[str], colours) -> None:
-    """One panel of grouped bars with whiskers, the value above each bar."""
+    """One panel of grouped bars with whiskers, the value above each bar (side effects: shares in %, or mean
+    generated tokens)."""
     width = 0.8 / len(models)
     x = np.arange(len(rows))
     for k, m in enumerate(models):
@@ -151,8 +153,15 @@ def _draw_bars(ax, scores, rows: list[tuple[str, str]], models: list[str], group
     several = len({base_metric(m) for _, m in rows}) > 1
     ticks = [_tick_label(d, groups) + (f"\n{base_metric(m)}" if several else "") for d, m in rows]
     ax.set_xticks(x, ticks, rotation=30, ha="right")
-    ax.set_ylabel("score, 0-100" if several else f"score, 0-100 ({base_metric(rows[0][1])})")
-    ax.set_ylim(0, 105)
+    metric = base_metric(rows[0][1])
+    if metric == "gen_length":
+        ax.set_ylabel("side effect: mean generated tokens")
+    elif is_side_effect(metric):
+        ax.set_ylabel(f"side effect: {metric.replace('_', ' ')}, % of generations")
+        ax.set_ylim(0, 105)
+    else:
+        ax.set_ylabel("score, 0-100" if several else f"score, 0-100 ({metric})")
+        ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
 
@@ -162,7 +171,10 @@ def plot_comparison(scores, path: str | Path, title: str) -> Path:
     rows = list(dict.fromkeys(zip(scores["dataset"], scores["metric"])))
     models = list(dict.fromkeys(scores["model"]))
     groups = set(scores.loc[scores["metric"].str.contains("average"), "dataset"])
-    panels = comparison_panels(rows)
+    side = [r for r in rows if is_side_effect(r[1])]  # a panel per side effect, below the scores' panels
+    rows = [r for r in rows if not is_side_effect(r[1])]
+    panels = (comparison_panels(rows) if rows else []) + [p for p in (
+        [r for r in side if base_metric(r[1]) == metric] for metric in SIDE_EFFECTS) if p]
     longest = max(len(p) for p in panels)
     # A Figure without pyplot: no global state and no backend switch, so notebooks keep their inline plots.
     fig = Figure(figsize=(min(16.0, max(8.0, 0.3 * longest * len(models) + 2)), 5.5 * len(panels)))
@@ -234,6 +246,25 @@ def differences_markdown(differences) -> str:
     return format_markdown(table)
 
 
+def side_effects_markdown(results: list[Result], scores, differences) -> str:
+    """The side effects of generation (sft.evaluation.side_effects): each model's share [95% CI] per task and group,
+    the groups' paired differences, and what was left out (log-likelihood tasks, templates without markers)."""
+    text = ("\n### Side effects of generation (% of generations [95% CI]; gen_length: mean tokens; "
+            "on the raw generation)\n\n")
+    text += scores_markdown(scores) if not scores.empty else "No side-effect rows.\n"
+    diff = differences_markdown(differences)
+    if diff:
+        text += "\nDifferences of the groups' side effects (paired bootstrap):\n\n" + diff
+    notes = []
+    for r in results:
+        info = r.settings.get("side_effects")
+        where = f"{r.settings.get('name')}/{r.settings.get('timestamp')}"
+        if info is None and r.settings.get("tasks"):
+            notes.append(f"{where}: evaluated before side effects were counted; evaluate again for them")
+        notes += [f"{where}: {n}" for n in (info or {}).get("notes", [])]
+    return text + "".join(f"\n* {n}" for n in notes) + ("\n" if notes else "")
+
+
 def heldout_markdown(heldout) -> str:
     """Markdown table of the held-out response metrics."""
     if heldout.empty:
@@ -280,10 +311,13 @@ def compare(result_dirs: list[str | Path], out: str | Path = "assets") -> str:
     out = Path(out)
     plot_comparison(scores, out / "Comparison.png", title)
     write_workbook(scores, differences, heldout, out / "Dataset_results.xlsx")
-    text = f"### Test scores (preset {presets}; score [95% CI])\n\n" + scores_markdown(scores)
-    diff = differences_markdown(differences)
+    side = scores["metric"].map(is_side_effect)
+    text = f"### Test scores (preset {presets}; score [95% CI])\n\n" + scores_markdown(scores[~side])
+    side_diff = differences["metric"].map(is_side_effect) if not differences.empty else differences.index == -1
+    diff = differences_markdown(differences[~side_diff])
     if diff:
         text += "\n### Differences of the averages (paired bootstrap; every task in Dataset_results.xlsx)\n\n" + diff
+    text += side_effects_markdown(results, scores[side], differences[side_diff])
     held = heldout_markdown(heldout)
     if held:
         text += "\n### Held-out response metrics\n\n" + held

@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 import torch
 from lm_eval import simple_evaluate
-from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import handle_non_serializable
 
 from sft.core.chat import renderer_for, stop_at_end_of_turn
 from sft.core.config import load_run_config
+from sft.core.prompts import get_template
 from sft.data.io import write_jsonl
 from sft.evaluation.heldout import (
     ROLE_WEIGHTING,
@@ -50,7 +50,16 @@ from sft.evaluation.results import (
     summary_rows,
     with_suffix,
 )
+from sft.evaluation.raw_generations import RecordingHFLM, attach_raw, generations_of
 from sft.evaluation.settings import EvalConfig
+from sft.evaluation.side_effects import (
+    RULE,
+    model_markers,
+    stop_strings,
+    side_effect_notes,
+    side_effect_rows,
+    with_side_effects,
+)
 from sft.evaluation.tasks import (
     GeneratedTasks,
     group_config,
@@ -73,12 +82,16 @@ def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig,
     if chat:  # a model asked through ChatML stops at <|im_end|> too, even a base model whose config lacks it
         stop_at_end_of_turn(model, renderer_for(tokenizer, tokenizer.chat_template).end_of_turn_id(),
                             tokenizer.eos_token_id)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+    lm = RecordingHFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
     try:
         # Few-shot examples as earlier user/assistant turns in the chat template: how a chat model sees examples.
-        return simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=settings.limit,
-                               batch_size=settings.batch_size, num_fewshot=settings.num_fewshot,
-                               apply_chat_template=chat, fewshot_as_multiturn=chat, log_samples=True)
+        res = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=settings.limit,
+                              batch_size=settings.batch_size, num_fewshot=settings.num_fewshot,
+                              apply_chat_template=chat, fewshot_as_multiturn=chat, log_samples=True)
+        # The side effects count the raw generation (special tokens kept, before lm-eval's stop-string cut of
+        # `resps` and the filters of `filtered_resps`): each generation sample gets it as `raw_generation`.
+        attach_raw(res.get("samples", {}), lm.raw)
+        return res
     finally:
         model.generation_config.eos_token_id = eos  # the raw pass of the same model stops as the model does
 
@@ -228,13 +241,15 @@ def evaluate_models(models: dict[str, str], generated: Sequence[GeneratedTasks] 
     generated: the studies' own task groups (sft.studies.tasks.STUDY_TASKS).
 
     <out>/<name>/<YYYYmmdd_HHMMSS>/
-        summary/summary_<ts>.csv|.md|.txt   OpenCompass-style table, one column per model (chat rows: <task>@chat)
+        summary/summary_<ts>.csv|.md|.txt   OpenCompass-style table, one column per model (chat rows: <task>@chat);
+                                            generation tasks add side-effect rows (sft.evaluation.side_effects)
         summary/differences.csv|.md         every pair a - b, paired bootstrap 95% CI
         summary/confidence.csv|.md          every model's score with its bootstrap 95% CI
         results/<model>[@chat].json         lm-eval's results (without samples), per prompt format
-        predictions/<model>/<task>.jsonl    lm-eval's per-sample log: prompt, generation, score
+        predictions/<model>/<task>.jsonl    lm-eval's per-sample log: prompt, generation, score, raw_generation
         heldout.json                        held-out response loss, perplexity, token accuracy (conversations: per role)
-        settings.json                       models (paths, manifests, prompt formats), tasks, limit, versions
+        settings.json                       models (paths, manifests, prompt formats), tasks, limit, versions,
+                                            side_effects (rule, template markers per model, notes)
         lm_eval_tasks/                      the generated task configs (demo; local-data copies of lm-eval's)
     """
     plan = plan_evaluation(models, EvalConfig(**settings), generated)
@@ -250,17 +265,21 @@ def evaluate_models(models: dict[str, str], generated: Sequence[GeneratedTasks] 
     results, samples, heldout, timings = {}, {}, {}, {}
     for label, path in models.items():
         results[label], samples[label], heldout[label], timings[label] = evaluate_one(label, path, plan, run)
-    write_summaries(plan, run, ts, results, samples, heldout)
-    write_settings(plan, run, name, ts, timings)
+    side = write_summaries(plan, run, ts, results, samples, heldout)
+    write_settings(plan, run, name, ts, timings, side)
     return run
 
 
-def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict, heldout: dict) -> None:
-    """The summary, differences and confidence tables, and heldout.json."""
+def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict, heldout: dict) -> dict:
+    """The summary (side effects included), differences and confidence tables, and heldout.json; returns what the
+    side effects were counted with (settings.json's `side_effects`)."""
     s, labels = plan.settings, list(plan.models)
     chat = [t + CHAT for t in plan.chat_tasks] if any("chat" in f for f in plan.formats.values()) else []
     groups = {g: group_config(plan.tm, g.removesuffix(CHAT)) for r in results.values() for g in r["group_subtasks"]}
     rows = summary_rows(results, samples, plan.tasks + chat, groups) if plan.tasks else heldout_rows(heldout)
+    side = {}
+    if plan.tasks:
+        rows, side = add_side_effects(plan, rows, results, samples)
     write_summary(summary_table(rows, labels), run / "summary", ts)
     write_records(difference_rows(rows, labels, s.n_boot, s.seed), DIFF_COLUMNS, run / "summary" / "differences")
     write_records(confidence_rows(rows, labels, s.n_boot, s.seed), CONF_COLUMNS, run / "summary" / "confidence")
@@ -274,9 +293,34 @@ def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict
             ROLE_WEIGHTING if any("user_tokens" in m for m in heldout.values()) else ""),
         "models": heldout,
     }, indent=2))
+    return side
 
 
-def write_settings(plan: Plan, run: Path, name: str, ts: str, timings: dict) -> None:
+def add_side_effects(plan: Plan, rows: list, results: dict, samples: dict) -> tuple[list, dict]:
+    """The summary rows with the side effects of every generation task and group (sft.evaluation.side_effects)."""
+    template, source = get_template(plan.run_cfg.data.template), plan.tokenizers[plan.source]
+
+    def renderers(label: str) -> list:
+        toks = [source] + ([plan.tokenizers[label]] if "chat" in plan.formats[label] else [])
+        return [(renderer_for(t, t.chat_template), stop_strings(t)) for t in toks if t.chat_template]
+
+    markers = {label: model_markers(template, renderers(label)) for label in plan.models}
+    found = {label: generations_of(samples[label]) for label in plan.models}
+    generations = {label: g for label, (g, _) in found.items()}
+    configs = {t: c for r in results.values() for t, c in r.get("configs", {}).items()}
+    subtasks = {g: m for r in results.values() for g, m in r.get("group_subtasks", {}).items()}
+    datasets = list(dict.fromkeys(r.dataset for r in rows))
+    weighted = {r.dataset: r.size_weighted for r in rows if r.is_group}
+    side = side_effect_rows(generations, markers, datasets, subtasks, {r.dataset: r.version for r in rows}, weighted)
+    loglikelihood = [t for t in configs if configs[t].get("output_type") != "generate_until"]
+    notes = side_effect_notes(generations, markers, loglikelihood, {label: n for label, (_, n) in found.items()})
+    for note in notes:
+        print(f"[side effects] {note}", flush=True)
+    return with_side_effects(rows, side), {"rule": RULE, "notes": notes, "loglikelihood_tasks": loglikelihood,
+                                           "markers": {label: list(m.lines) for label, m in markers.items()}}
+
+
+def write_settings(plan: Plan, run: Path, name: str, ts: str, timings: dict, side_effects: dict) -> None:
     """settings.json: what was evaluated, how, with which versions."""
     s, test_data = plan.settings, plan.test_data
     for label, formats in plan.formats.items():
@@ -291,6 +335,7 @@ def write_settings(plan: Plan, run: Path, name: str, ts: str, timings: dict) -> 
         "bootstrap": {"resamples": s.n_boot, "seed": s.seed, "level": 0.95, "interval": "percentile",
                       "groups": "stratified: items resampled within each member task, member means combined "
                                 "with the group's weights (equal for naive_average)"},
-        "warnings": plan.warnings, "device": str(device()), "timings_s": timings, "versions": package_versions(),
+        "side_effects": side_effects, "warnings": plan.warnings, "device": str(device()), "timings_s": timings,
+        "versions": package_versions(),
         "git_commit": git_commit(),
     }, indent=2, default=str))

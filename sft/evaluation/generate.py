@@ -40,11 +40,18 @@ class _Rows:
     prompts: list[int]  # the prompt each row answers
 
 
-@torch.no_grad()
 def generate_responses(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None,
                        stops: Iterable[int] = ()) -> list[str]:
     """Generate a response for each rendered prompt, batched with left padding, in the prompts' order;
     `stops`: token ids that end a response besides eos_ids (prompt_stops gives a chat template's)."""
+    return tokenizer.batch_decode(generate_ids(model, tokenizer, prompts, settings, stops), skip_special_tokens=True)
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, prompts: list[str], settings: GenerationSettings | None = None,
+                 stops: Iterable[int] = ()) -> list[list[int]]:
+    """generate_responses' new token ids, its stop token excluded: fewer than max_new_tokens means the response
+    stopped (EOS or a stop id), as many means it reached the limit (the case studies' side effects read this)."""
     s = settings or GenerationSettings()
     if s.do_sample:
         torch.manual_seed(s.seed)
@@ -55,8 +62,7 @@ def generate_responses(model, tokenizer, prompts: list[str], settings: Generatio
         empty = [i for i, ids in enumerate(encoded) if not ids]
         if empty:
             raise ValueError(f"Prompts {empty} are empty: a model needs at least one token to continue from.")
-        new = generate_token_ids(model, tokenizer, encoded, s, stops)
-        return tokenizer.batch_decode(new, skip_special_tokens=True)
+        return generate_token_ids(model, tokenizer, encoded, s, stops)
     finally:
         model.train(was_training)
 

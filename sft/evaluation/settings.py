@@ -80,7 +80,8 @@ class GenerationSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
 
 
-TABLES = ("groups", "tasks", "differences", "across", "heldout", "sweep", "sweep-differences", "variants")
+TABLES = ("groups", "tasks", "differences", "across", "heldout", "side-effects", "sweep", "sweep-differences", "seeds",
+          "variants")
 
 
 def add_page_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,5 +97,8 @@ def add_page_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true", help="each model's @chat row where it has one (conversations)")
     p.add_argument("--intervals", action="store_true", help="each score with its 95%% bootstrap interval")
     p.add_argument("--roles", action="store_true", help="heldout: the loss of each role (conversations)")
+    p.add_argument("--metrics", help="side-effects: comma-separated side effects to show (default: all four)")
+    p.add_argument("--target-difference", type=float, action="append", default=[], metavar="D",
+                   help="seeds: also the seeds a difference of D points needs (repeatable)")
     p.add_argument("--check", action="store_true", help="rewrite nothing; list the pages whose blocks differ")
     p.add_argument("--root", default=".", help="the repository whose README.md and docs/*.md are rewritten")

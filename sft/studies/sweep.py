@@ -17,6 +17,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from sft.core.overrides import load_config
@@ -29,6 +30,8 @@ from sft.evaluation.report import (
     write_summary,
 )
 from sft.evaluation.results import role_losses
+from sft.evaluation.seeds import seeds_table, spread
+from sft.evaluation.side_effects import is_side_effect
 from sft.runs.checkpoints import list_checkpoints, run_is_complete
 from sft.runs.layout import (
     RESULTS_ROOT,
@@ -42,7 +45,8 @@ from sft.studies.synthetic import FAMILIES
 from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, STUDY_TASKS
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
-DIFF_COLUMNS = ["dataset", "metric", "w_a", "w_b", "seeds", "diff", "ci_low", "ci_high", "significant", "values"]
+DIFF_COLUMNS = ["dataset", "metric", "w_a", "w_b", "seeds", "diff", "ci_low", "ci_high", "significant", "sd", "mdd",
+                "values"]  # sd: between-seed sd of the difference; mdd: its minimum detectable difference (seeds)
 METRIC_LABELS = {"exact_match": "exact match (%)", "edit_similarity": "edit similarity (0-100, 100 = identical)"}
 GROUP_STYLES = {DEMO_GROUP: ("black", "all"), SHORT_GROUP: ("tab:blue", "short-output"),
                 LONG_GROUP: ("tab:red", "long-output")}  # colour and words of each demo group's curve
@@ -183,6 +187,19 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
     return root
 
 
+def seeds_report(root: Path, targets: list[float] = ()) -> str:
+    """How many seeds each pair of weights needs (sft.evaluation.seeds), on the group averages of the sweep's
+    differences.csv: the between-seed sd of the paired difference, its MDD, the seeds the observed difference (and
+    each target difference) needs. Reads the committed files only: nothing is trained or evaluated."""
+    path = root / "differences.csv"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: run the sweep first (`python -m sft sweep --name "
+                         f"{root.name.removeprefix('sweep-')}`), or pass the --name of a sweep under evaluation_results/.")
+    diffs = pd.read_csv(path)
+    diffs = diffs[diffs["metric"].str.contains("average") & ~diffs["metric"].map(is_side_effect)]
+    return format_markdown(seeds_table(diffs, [], list(targets)))
+
+
 def difference_records(pairs: dict, keys: list[tuple[str, str]], weights: list[float], seeds: list[int]) -> list[dict]:
     """w_a - w_b (w_a the larger weight) on every row: the mean of per-seed differences, 95% t-interval over seeds.
 
@@ -196,10 +213,11 @@ def difference_records(pairs: dict, keys: list[tuple[str, str]], weights: list[f
                       if (dataset, metric) in pairs[a, s] and (dataset, metric) in pairs[b, s]]
             if values:
                 m, lo, hi = mean_interval(values)
+                _, sd, mdd = spread(values)
                 out.append({"dataset": dataset, "metric": metric, "w_a": a, "w_b": b, "seeds": len(values),
                             "diff": round(m, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
                             "significant": "yes" if len(values) > 1 and (lo > 0 or hi < 0) else "no",
-                            "values": " ".join(f"{v:.4f}" for v in values)})
+                            "sd": round(sd, 4), "mdd": round(mdd, 4), "values": " ".join(f"{v:.4f}" for v in values)})
     return out
 
 
@@ -208,6 +226,8 @@ def _diff_cell(record: dict, column: str) -> str:
     value = record[column]
     if column in ("diff", "ci_low", "ci_high"):
         return f"{value:+.4f}" if record["dataset"] == "heldout" else f"{value:+.2f}"
+    if column in ("sd", "mdd"):  # nan with one seed
+        return f"{value:.4f}" if record["dataset"] == "heldout" else f"{value:.2f}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -286,7 +306,8 @@ def _set_weight_axis(ax, weights: list[float]) -> None:
 def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: int, path: Path) -> Path:
     """Scores and held-out response loss against w, mean over seeds: per metric, the group averages with their
     95% bands (all, short- and long-output families) above the families' means; the loss beside them."""
-    scored = [r for r in records if r["dataset"] != "heldout"]
+    # Scores only: the side effects of generation (sweep.csv has them) would crowd the panels.
+    scored = [r for r in records if r["dataset"] != "heldout" and not is_side_effect(r["metric"])]
     metrics = list(dict.fromkeys(base_metric(r["metric"]) for r in scored if "average" not in r["metric"]))
     families = list(dict.fromkeys(r["dataset"] for r in scored if "average" not in r["metric"]))
     if not metrics:  # held-out metrics only (--heldout-only): the loss panel alone

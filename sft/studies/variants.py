@@ -15,11 +15,12 @@ from typing import Any
 
 from sft.data.weights import NORMALIZERS, parse_role_weights
 from sft.evaluation.report import format_markdown
+from sft.evaluation.seeds import spread
 from sft.studies.sweep import mean_interval, pair_label, read_pair
 
 AXES = ("role_weights", "prompt_loss_weight_end", "loss_normalizer")
 COLUMNS = ["dataset", "metric", "prompt_loss_weight", "variant", "baseline", "seeds", "diff", "ci_low", "ci_high",
-           "significant", "values"]
+           "significant", "sd", "mdd", "values"]  # sd, mdd: between-seed sd of the difference, its MDD (seeds.py)
 
 
 def _text(value: Any) -> str:
@@ -95,10 +96,11 @@ def compare_variants(roots: dict[str, Path], weights: list[float], seeds: list[i
                   if (dataset, metric) in scores[v, w, s] and (dataset, metric) in scores[labels[0], w, s]]
         if values:
             m, lo, hi = mean_interval(values)
+            _, sd, mdd = spread(values)
             rows.append({"dataset": dataset, "metric": metric, "prompt_loss_weight": w, "variant": v,
                          "baseline": labels[0], "seeds": len(values), "diff": round(m, 4), "ci_low": round(lo, 4),
                          "ci_high": round(hi, 4), "significant": "yes" if len(values) > 1 and (lo > 0 or hi < 0) else "no",
-                         "values": " ".join(f"{x:.4f}" for x in values)})
+                         "sd": round(sd, 4), "mdd": round(mdd, 4), "values": " ".join(f"{x:.4f}" for x in values)})
     out.mkdir(parents=True, exist_ok=True)
     with (out / "variants.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

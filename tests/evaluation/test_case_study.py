@@ -86,9 +86,14 @@ def test_eval_cli_prints_the_table_and_saves_generations_settings_and_tensorboar
     models = f"base={trained['base']},masked={trained['run']}"
     assert script.main(["--models", models, "--out", str(out_dir), "--max-new-tokens", "12", "--tensorboard"]) == 0
     stdout = capsys.readouterr().out
-    lines = stdout.strip().splitlines()
+    table, side = stdout.strip().split("\n\n", 1)  # the generations, then their side effects
+    lines = table.splitlines()
     assert lines[0] == "| # | prompt | reference | base | masked |"
     assert len(lines) == 2 + len(BUILTIN_FAMILIES)
+    assert side.startswith(f"Side effects of generation ({len(BUILTIN_FAMILIES)} prompts")
+    for metric in ("stop failure (%)", "run on (%)", "prompt echo (%)", "gen length (tokens)"):
+        assert f"| {metric}" in side
+    assert "masked - base" in side
     saved = {p.suffix: p for p in out_dir.iterdir()}
     assert set(saved) == {".md", ".jsonl", ".json"} and saved[".md"].read_text().strip() == stdout.strip()
     records = [json.loads(line) for line in saved[".jsonl"].read_text().splitlines()]
@@ -101,6 +106,9 @@ def test_eval_cli_prints_the_table_and_saves_generations_settings_and_tensorboar
     assert settings["generation"]["do_sample"] is False and settings["prompts"]["source"] == "builtin"
     assert [m["template"] for m in settings["models"]] == ["alpaca", "alpaca"]  # the base inherits the run's
     assert settings["models"][0]["run"] is None and settings["models"][1]["run"] == str(trained["run"])
+    lengths = settings["side_effects"]["rows"]["gen_length"]
+    assert set(lengths) == {"base", "masked"} and all(0 <= v <= 12 for v in lengths.values())
+    assert "### Instruction:" in settings["side_effects"]["markers"]["masked"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -121,11 +129,11 @@ def test_prompts_file_and_single_prompt(trained, tmp_path, capsys):
                     {"instruction": "Reverse the word below.", "input": "cat"}]
     args = ["--models", f"masked={trained['run']}", "--out", str(tmp_path / "o"), "--max-new-tokens", "4"]
     assert script.main([*args, "--prompts", str(prompts)]) == 0
-    table = capsys.readouterr().out.strip().splitlines()
+    table = capsys.readouterr().out.strip().split("\n\n")[0].splitlines()  # the side effects follow the table
     assert table[0] == "| # | prompt | reference | masked |" and len(table) == 4
     assert "Reverse the word below.<br><br>Input: cat" in table[3]
     assert script.main([*args, "--prompt", "Spell 7.", "--input", "seven"]) == 0
-    table = capsys.readouterr().out.strip().splitlines()
+    table = capsys.readouterr().out.strip().split("\n\n")[0].splitlines()
     assert table[0] == "| # | prompt | masked |" and len(table) == 3
 
 

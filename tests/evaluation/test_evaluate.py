@@ -13,6 +13,7 @@ import pytest
 from helpers import ROOT, demo_config
 from sft.cli.main import main
 from sft.evaluation.inputs import parse_models
+from sft.evaluation.side_effects import SIDE_EFFECTS, is_side_effect
 from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, write_demo_tasks
 from sft.evaluation.tasks import task_manager
 from sft.studies.synthetic import FAMILIES
@@ -24,6 +25,7 @@ LONG = [f for f in FAMILIES if FAMILIES[f].long_output]
 # every dataset scored with exact match and edit similarity.
 DATASETS = [f"sft_demo_{f}" for f in SHORT] + [SHORT_GROUP] + [f"sft_demo_{f}" for f in LONG] + [LONG_GROUP, DEMO_GROUP]
 GROUPS = (SHORT_GROUP, LONG_GROUP, DEMO_GROUP)
+N_ROWS = 2 + len(SIDE_EFFECTS)  # rows per dataset: two scores, then the side effects of its generations
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +65,16 @@ def test_result_folder_has_every_file(evaluated):
             sample = json.loads(preds[0])
             assert sample["arguments"][0][0].endswith("### Response:\n")  # the training template, verbatim
             assert "<|endoftext|>" in sample["arguments"][0][1]["until"]
+            raw = sample["raw_generation"]  # what the side effects count: the generation before lm-eval cuts it
+            assert raw["max_tokens"] == 16 and 0 <= raw["tokens"] <= 16
+            assert raw["stopped"] or raw["tokens"] == 16
     settings = json.loads((run / "settings.json").read_text())
     assert settings["limit"] == LIMIT and settings["batch_size"] == 8 and settings["tasks"] == ["sft_demo"]
     assert settings["models"]["tuned"]["manifest"]["run_name"] == "evaltuned"
     assert settings["warnings"] == []  # the base listed is the one the run was tuned from
+    side = settings["side_effects"]
+    assert side["notes"] == [] and side["loglikelihood_tasks"] == []
+    assert {"### Instruction:", "### Response:"} <= set(side["markers"]["base"]) <= set(side["markers"]["tuned"])
 
 
 @pytest.mark.slow
@@ -74,6 +82,15 @@ def test_summary_has_both_metrics_per_family_and_the_three_averages(evaluated):
     run = evaluated["run"]
     summary = pd.read_csv(run / "summary" / f"summary_{run.name}.csv", dtype=str)
     assert list(summary.columns) == ["dataset", "version", "metric", "mode", "base", "tuned"]
+    side = summary[summary["metric"].map(is_side_effect)]
+    assert list(side["dataset"]) == [d for d in DATASETS for _ in SIDE_EFFECTS]
+    assert list(side["metric"]) == [m if d not in GROUPS else f"naive_average:{m}" for d in DATASETS
+                                    for m in SIDE_EFFECTS]
+    side_scores = side[["base", "tuned"]].astype(float)
+    assert ((side_scores >= 0) & (side_scores <= 100)).all().all()
+    lengths = side_scores[side["metric"].str.endswith("gen_length")]
+    assert (lengths <= 16).all().all()  # mean tokens, never past --max-gen-toks
+    summary = summary[~summary["metric"].map(is_side_effect)]
     assert list(summary["dataset"]) == [d for d in DATASETS for _ in range(2)]
     assert list(summary["metric"]) == [m for d in DATASETS for m in (
         ("naive_average:exact_match", "naive_average:edit_similarity") if d in GROUPS
@@ -118,17 +135,17 @@ def test_held_out_loss_is_the_training_split_weighted_by_tokens(evaluated):
 @pytest.mark.slow
 def test_differences_cover_every_row_with_an_interval(evaluated):
     diffs = pd.read_csv(evaluated["run"] / "summary" / "differences.csv")
-    assert len(diffs) == 2 * len(DATASETS)
+    assert len(diffs) == N_ROWS * len(DATASETS)
     assert set(zip(diffs["model_a"], diffs["model_b"])) == {("tuned", "base")}
     assert (diffs["ci_low"] <= diffs["diff"] + 1e-9).all() and (diffs["diff"] <= diffs["ci_high"] + 1e-9).all()
     n = diffs.set_index(["dataset", "metric"])["n"]
     for group, members in ((SHORT_GROUP, SHORT), (LONG_GROUP, LONG), (DEMO_GROUP, FAMILIES)):
-        for metric in ("exact_match", "edit_similarity"):  # a group's items: all of its families'
+        for metric in ("exact_match", "edit_similarity", *SIDE_EFFECTS):  # a group's items: all of its families'
             assert n[group, f"naive_average:{metric}"] == LIMIT * len(members)
     conf = pd.read_csv(evaluated["run"] / "summary" / "confidence.csv")
-    assert set(conf["metric"]) == {"exact_match", "edit_similarity", "naive_average:exact_match",
-                                   "naive_average:edit_similarity"}
-    assert len(conf) == 2 * 2 * len(DATASETS)  # two models
+    metrics = ("exact_match", "edit_similarity", *SIDE_EFFECTS)
+    assert set(conf["metric"]) == {*metrics, *(f"naive_average:{m}" for m in metrics)}
+    assert len(conf) == 2 * N_ROWS * len(DATASETS)  # two models
 
 
 @pytest.mark.slow
@@ -138,12 +155,13 @@ def test_compare_writes_plot_workbook_and_markdown(evaluated, capsys):
     text = capsys.readouterr().out
     assert "| sft_demo " in text and "tuned" in text and "Held-out" in text
     assert "| sft_demo_long  | naive_average:edit_similarity | tuned - base" in text  # the averages' differences
+    assert "### Side effects of generation" in text and "| sft_demo_long  | naive_average:run_on" in text
     assert (assets / "Comparison.png").stat().st_size > 10_000
     sheets = pd.read_excel(assets / "Dataset_results.xlsx", sheet_name=None)
     assert list(sheets) == ["Scores", "Differences", "Heldout"]
     assert {"base", "tuned", "tuned 95% CI low"} <= set(sheets["Scores"].columns)
-    assert len(sheets["Scores"]) == 2 * len(DATASETS) and len(sheets["Heldout"]) == 2
-    assert len(sheets["Differences"]) == 2 * len(DATASETS)
+    assert len(sheets["Scores"]) == N_ROWS * len(DATASETS) and len(sheets["Heldout"]) == 2
+    assert len(sheets["Differences"]) == N_ROWS * len(DATASETS)
     assert "edit_similarity" in set(sheets["Scores"]["metric"]) and SHORT_GROUP in set(sheets["Differences"]["dataset"])
 
 

@@ -110,3 +110,58 @@ def test_variants_table_pairs_each_variant_with_the_first_at_each_weight(tmp_pat
         "| `sft_demo_short` exact match average | +4.50 [-1.2, 10.2] ns |",  # a task row (not an average) is left out
         "| `heldout` response loss | -0.0123 [-0.0200, -0.0047] |",
     ]
+
+
+def _result_with_side_effects(folder):
+    """A result folder written by the report's writers from hand-written generations: a generation task t_a in
+    group g, scored by exact match, with its side effects (a: runs on in 1 of 2, b: never)."""
+    import json
+
+    from sft.core.prompts import ALPACA
+    from sft.evaluation.report import (CONF_COLUMNS, DIFF_COLUMNS, Row, confidence_rows, difference_rows,
+                                       summary_table, write_records, write_summary)
+    from sft.evaluation.side_effects import Generation, side_effect_rows, template_markers, with_side_effects
+
+    prompt = ALPACA.render("Add 6 and 5.")
+    gens = {"a": {"t_a": {0: Generation(prompt, "11", 1, True, 8), 1: Generation(prompt, "11\n### Instruction:", 8,
+                                                                                   False, 8)}},
+            "b": {"t_a": {0: Generation(prompt, "11", 1, True, 8), 1: Generation(prompt, "12", 1, True, 8)}}}
+    scores = [Row("t_a", "v1", "exact_match", "gen", {"a": 50.0, "b": 100.0}, {"a": [{0: 1.0, 1: 0.0}],
+                                                                              "b": [{0: 1.0, 1: 1.0}]}),
+              Row("g", "v2", "naive_average", "gen", {"a": 50.0, "b": 100.0}, {"a": [{0: 1.0, 1: 0.0}],
+                                                                              "b": [{0: 1.0, 1: 1.0}]}, is_group=True)]
+    markers = {m: template_markers(ALPACA) for m in gens}
+    side = side_effect_rows(gens, markers, ["t_a", "g"], {"g": ["t_a"]}, {}, {"g": False})
+    rows = with_side_effects(scores, side)
+    write_summary(summary_table(rows, ["a", "b"]), folder / "summary", "20990101_000000")
+    write_records(difference_rows(rows, ["a", "b"], 500), DIFF_COLUMNS, folder / "summary" / "differences")
+    write_records(confidence_rows(rows, ["a", "b"], 500), CONF_COLUMNS, folder / "summary" / "confidence")
+    (folder / "settings.json").write_text(json.dumps({"name": "t", "timestamp": "20990101_000000", "tasks": ["g"],
+                                                      "models": {"a": {}, "b": {}},
+                                                      "side_effects": {"notes": []}}))
+    return folder
+
+
+def test_side_effects_table_from_the_summary_and_scores_tables_without_them(tmp_path):
+    folder = _result_with_side_effects(tmp_path)
+    table = render_spec(f"side-effects {folder} --datasets g --metrics run_on,gen_length --pair b,a", tmp_path)
+    lines = table.splitlines()
+    assert lines[0] == "| side effect [95% CI] | a | b | b - a |"
+    assert lines[2].startswith("| `g` run on (%) | 50.00 [") and "| 0.00 [0.00, 0.00] | -50.00 [" in lines[2]
+    assert lines[3].startswith("| `g` gen length (tokens) | 4.50 [") and len(lines) == 4
+    groups = render_spec(f"groups {folder} --pair b,a", tmp_path)  # the score tables keep to the scores
+    assert "run" not in groups and "| `g` (1 tasks) | 50.00 | 100.00 | +50.00 [" in groups
+    with pytest.raises(ValueError, match="--metrics"):
+        render_spec(f"side-effects {folder} --metrics accuracy", tmp_path)
+
+
+def test_a_summary_without_side_effects_says_so():
+    table = render_spec(f"side-effects {NEWEST_DEMO} --datasets sft_demo --metrics run_on --pair unmasked,masked",
+                        ROOT)
+    assert "not in this summary" in table and "evaluated before side effects were counted" in table
+
+
+def test_seeds_table_of_the_committed_sweep():
+    table = render_spec("seeds evaluation_results/sweep-demo --datasets sft_demo_long --pair 1,0 "
+                        "--target-difference 5", ROOT)
+    assert "| `sft_demo_long` edit similarity | w = 1 - w = 0 | 3 | +10.53 | 8.55 | 26.48 | 8 | 25 |" in table

@@ -23,6 +23,8 @@ def test_sweep_differences_pair_runs_by_seed():
     (d,) = difference_records(pairs, [key], [0.0, 1.0], [1, 2])
     assert (d["w_a"], d["w_b"], d["seeds"], d["diff"], d["values"]) == (1.0, 0.0, 2, 5.5, "5.0000 6.0000")
     assert d["ci_low"] == pytest.approx(5.5 - 12.706 * 0.5) and d["significant"] == "no"  # t(1) over 2 seeds
+    # sd of (5, 6) = 0.7071; MDD = (t_0.975,1 + t_0.80,1) x sd / sqrt(2), t from a printed table: 12.706, 1.376
+    assert d["sd"] == pytest.approx(0.7071, abs=1e-4) and d["mdd"] == pytest.approx((12.706 + 1.376) * 0.5, abs=2e-3)
 
 
 @pytest.mark.slow
@@ -41,7 +43,7 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
         for metric in ("exact_match", "edit_similarity"):
             assert any(line.startswith(f"{group},naive_average:{metric},1.0,2,") for line in records)
     diffs = (root / "differences.csv").read_text().splitlines()
-    assert diffs[0] == "dataset,metric,w_a,w_b,seeds,diff,ci_low,ci_high,significant,values"
+    assert diffs[0] == "dataset,metric,w_a,w_b,seeds,diff,ci_low,ci_high,significant,sd,mdd,values"
     assert any(line.startswith("sft_demo_long,naive_average:edit_similarity,1.0,0.0,2,") for line in diffs)
     assert (root / "differences.md").is_file()
 
