@@ -32,6 +32,7 @@ from sft.data.conversations import (
 # ---------------------------------------------------------------- rendering
 
 THINK = ("<think>", "</think>")  # the tags around reasoning, in the content or where a template puts it
+STAND_IN = "\x01content\x01"  # rendered in a message's place to find where its content goes
 
 
 @dataclass
@@ -91,7 +92,7 @@ class ChatRenderer:
                 prev = end
                 continue
             code = ROLE_OF_MESSAGE[m["role"]]
-            at = full.find(m["content"], prev, end) if m["content"] else -1
+            at = self._content_at(messages, i, full, prev, end, tools)
             if m["role"] == "tool" and (at >= 0 or not m["content"]):  # the output and its wrapper, not the markup
                 head = self._header_end(full, prev, at if at >= 0 else end)
                 tail = self._trailer_start(full, at + len(m["content"]) if at >= 0 else head, end)
@@ -124,7 +125,7 @@ class ChatRenderer:
         eot = max((len(s) for s in self.specials if s and body[:cut].endswith(s)), default=0)
         reply_end = start + cut - eot  # where the turn's end-of-turn token starts
         spans = [(prev, start, i, TEMPLATE), (start, start + cut, i, ASSISTANT), (start + cut, end, i, TEMPLATE)]
-        at = full.find(m["content"], start, reply_end) if m["content"] else -1
+        at = self._content_at(messages, i, full, start, reply_end, tools)
         spans += self._reasoning_spans(m, full, start, reply_end, i)
         calls = m.get("tool_calls") or []
         if calls:
@@ -139,6 +140,22 @@ class ChatRenderer:
                                      "that renders tool_calls (the tokenizer's own, e.g. Qwen2.5's).")
             spans += [(a, b, i, TOOL_CALL) for a, b in zip(bounds[:-1], bounds[1:])]
         return spans
+
+    def _content_at(self, messages: list[dict], i: int, full: str, start: int, end: int,
+                    tools: list[dict] | None) -> int:
+        """Where message i's content begins in `full` (-1 if empty or not shown verbatim): where a stand-in for it
+        lands when rendered in its place, so that the same words in the system prompt or the tool list (a user
+        writing "You", a tool named like the question) are not taken for it; else its first occurrence."""
+        content = messages[i]["content"]
+        if not content:
+            return -1
+        try:
+            probe = self.text(messages[:i] + [{**messages[i], "content": STAND_IN}], tools=tools).find(STAND_IN)
+        except Exception:  # a template that checks the content: look for the words themselves
+            probe = -1
+        if start <= probe and probe + len(content) <= end and full.startswith(content, probe):
+            return probe
+        return full.find(content, start, end)
 
     def _call_bounds(self, messages: list[dict], i: int, tools: list[dict] | None) -> list[int]:
         """Where each tool call after the first begins: the renderings with the first k and k + 1 calls part there."""

@@ -323,3 +323,57 @@ def test_a_chatml_run_saves_im_end_as_an_eos_id_and_generation_stops_there(qwen_
     assert generate_responses(model, qwen_tokenizer, prompts, GenerationSettings(max_new_tokens=6)) == [""]
     out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=6, do_sample=False)
     assert out[0, ids.shape[1]:].tolist() == [im_end]
+
+
+# ---------------------------------------------------------------- agent data: tool calls, tool outputs, reasoning
+
+
+def expected_roles(tokenizer, text, segments):
+    """(role codes, turns) of each token of `text` from the hand-written account of where each character came from:
+    a token takes its first character's role, or its last one's where that is a reply's (assistant, tool call,
+    reasoning), as a BPE merge across the start of a reply belongs to the reply."""
+    from sft.data.conversations import REPLY_ROLES, ROLE_NAMES
+
+    char_role = np.concatenate([np.full(len(t), ROLE_NAMES.index(r)) for t, r, _ in segments])
+    char_turn = np.concatenate([np.full(len(t), turn) for t, _, turn in segments])
+    enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    starts = np.asarray([o[0] for o in enc.offsets])
+    ends = np.maximum(np.asarray([o[1] for o in enc.offsets]), starts + 1)
+    at = np.where(np.isin(char_role[ends - 1], REPLY_ROLES), ends - 1, starts)
+    return char_role[at], char_turn[at], char_role, starts, ends
+
+
+def test_ids_and_roles_of_1200_tool_calling_conversations_equal_qwens_template(qwen_tokenizer):
+    from helpers import agent_conversations, qwen_role_segments
+    from sft.data.conversations import REASONING, TOOL_CALL, TOOL_OUTPUT, check_conversation
+
+    data = agent_conversations(1200, seed=3)
+    for messages, _ in data:  # every generated conversation is valid as it stands
+        assert check_conversation(messages)[0] == messages
+    renderer = conversation_renderer(qwen_tokenizer, DataConfig())
+    got = renderer.tokens([m for m, _ in data], [t for _, t in data])
+    seen = set()
+    for (messages, tools), (ids, roles, turns) in zip(data, got):
+        given = renderer.template_messages(messages)  # reasoning_content written into the content (no slot here)
+        assert ids == qwen_tokenizer.apply_chat_template(given, tools=tools, tokenize=True)["input_ids"]
+        segments = qwen_role_segments(given, tools)
+        text = "".join(t for t, _, _ in segments)
+        assert text == qwen_tokenizer.apply_chat_template(given, tools=tools, tokenize=False)
+        want_roles, want_turns, char_role, starts, ends = expected_roles(qwen_tokenizer, text, segments)
+        assert roles.tolist() == want_roles.tolist() and turns.tolist() == want_turns.tolist()
+        for k in np.flatnonzero(np.asarray(roles) != char_role[starts]):  # a token of two roles: a merge at a reply
+            assert roles[k] in set(char_role[starts[k]:ends[k]].tolist())
+        seen |= set(roles.tolist())
+    assert {TOOL_CALL, TOOL_OUTPUT, REASONING} <= seen
+    shapes = [(m, t) for m, t in data if t and any(len(x.get("tool_calls") or []) > 1 for x in m)]
+    assert len(shapes) > 100 and sum(not t for _, t in data) > 100  # several calls in a turn; conversations without
+    assert sum(any(a["role"] == "tool" and b["role"] == "user" for a, b in zip(m, m[1:])) for m, _ in data) > 50
+    assert sum(m[0]["role"] == "system" for m, t in data if t) > 100 < sum(m[0]["role"] != "system" for m, t in data if t)
+
+
+def test_a_users_words_found_in_the_default_system_prompt_are_still_the_users(qwen_tokenizer):
+    renderer = conversation_renderer(qwen_tokenizer, DataConfig())
+    for word in ("You", "a", "Qwen", "m"):  # all inside "You are Qwen, created by Alibaba Cloud..." or <|im_end|>
+        conv = [{"role": "user", "content": word}, {"role": "assistant", "content": "ok"}]
+        ids, roles, _ = renderer.tokens([conv])[0]
+        assert qwen_tokenizer.decode([t for t, r in zip(ids, roles) if r == 2]) == word
