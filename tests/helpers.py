@@ -207,6 +207,7 @@ def qwen_role_segments(messages: list[dict], tools: list[dict] | None) -> list[t
             out.append(("<|im_start|>assistant\n", "template", i))
             if content.startswith("<think>"):
                 cut = content.index("</think>") + len("</think>")
+                cut += len(content[cut:]) - len(content[cut:].lstrip())  # the blank line after it
                 out += [(content[:cut], "reasoning", i), (content[cut:], "assistant", i)]
             else:
                 out.append((content, "assistant", i))

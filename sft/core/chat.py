@@ -68,7 +68,8 @@ class ChatRenderer:
         """(text, [(start, end, turn, role code)]) covering the text, later spans overriding earlier ones. A turn's
         markup (ChatML's `<|im_start|>user\n`, an assistant turn's header and trailer) is TEMPLATE; its content is
         its role (an assistant's with its end-of-turn token), a tool's output with its wrapper (`<tool_response>`)
-        TOOL_OUTPUT, an assistant's calls with their tags TOOL_CALL, its `<think>...</think>` REASONING; a system
+        TOOL_OUTPUT, an assistant's calls with their tags TOOL_CALL, its `<think>...</think>` (and the blank line
+        after it) REASONING; a system
         prompt the template inserts by default (Qwen2.5's "You are Qwen...") is SYSTEM, and so are the tools it
         writes into the prompt and a system message the template moves into a later turn.
 
@@ -166,8 +167,9 @@ class ChatRenderer:
 
     @staticmethod
     def _reasoning_spans(m: dict, full: str, start: int, end: int, i: int) -> list[tuple[int, int, int, int]]:
-        """The reasoning of an assistant turn with its <think> tags: a leading span of its content, or where the
-        template put its reasoning_content. None where the template leaves it out."""
+        """The reasoning of an assistant turn with its <think> tags and the blank line after them (Qwen's `>\n\n` is
+        one token): a leading span of its content, or where the template put its reasoning_content. None where the
+        template leaves it out."""
         content = m["content"].lstrip()
         if content.startswith(THINK[0]) and THINK[1] in content:
             reasoning = content[len(THINK[0]):content.find(THINK[1])]
@@ -180,7 +182,9 @@ class ChatRenderer:
         opening = full.rfind(THINK[0], start, s)
         s = opening if opening >= 0 and not full[opening + len(THINK[0]):s].strip() else s
         closing = full.find(THINK[1], e, end)
-        e = closing + len(THINK[1]) if closing >= 0 and not full[e:closing].strip() else e
+        if closing >= 0 and not full[e:closing].strip():  # the closing tag and the blank line after it
+            e = closing + len(THINK[1])
+            e += len(full[e:end]) - len(full[e:end].lstrip())
         return [(s, e, i, REASONING)]
 
     def _tools_spans(self, messages: list[dict], full: str, tools: list[dict],
