@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
-from sft.core.chat import renderer_for
+from sft.core.chat import end_of_call_id, renderer_for
 from sft.core.prompts import get_template
 from sft.evaluation.settings import GenerationSettings
 
@@ -209,11 +209,12 @@ def chat_source(template: str, tokenizer, chat_template: str | None = None) -> s
 
 def prompt_stops(template: str, rows: list[dict], tokenizer, chat_template: str | None = None) -> list[int]:
     """Stop ids for render_prompts' prompts besides EOS: a conversation's chat template end-of-turn token (a base
-    Qwen2.5 asked through ChatML ends its reply with <|im_end|>, which its generation config lacks); none else."""
+    Qwen2.5 asked through ChatML ends its reply with <|im_end|>, which its generation config lacks) and the token
+    that ends a tool call where the template ends calls apart; none else."""
     if not rows or "messages" not in rows[0]:
         return []
-    end = renderer_for(tokenizer, chat_source(template, tokenizer, chat_template)).end_of_turn_id()
-    return [end] if end is not None else []
+    renderer = renderer_for(tokenizer, chat_source(template, tokenizer, chat_template))
+    return [t for t in dict.fromkeys((renderer.end_of_turn_id(), end_of_call_id(renderer))) if t is not None]
 
 
 def conversation_prompt(messages: list[dict], output: str | None = None) -> dict:
