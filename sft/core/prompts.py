@@ -77,6 +77,14 @@ TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"  # around each c
 TOOL_CALL_RE = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.DOTALL)
 
 
+def format_tool_calls(calls: list[dict]) -> str:
+    """Calls ({"name", "arguments"}, or {"function": {...}} as messages carry them) as the chat template renders them
+    after an assistant's content: one <tool_call>{"name": ..., "arguments": {...}}</tool_call> a line."""
+    fns = [c.get("function", c) for c in calls]
+    return "\n".join(TOOL_CALL_OPEN + json.dumps({"name": f["name"], "arguments": f["arguments"]}, ensure_ascii=False)
+                     + TOOL_CALL_CLOSE for f in fns)
+
+
 def parse_tool_calls(text: str) -> list[dict] | None:
     """The calls in a reply, [{"name": str, "arguments": dict}] (arguments given as a JSON string are read too), [] where
     it holds none; None where a <tool_call> span is not such a JSON object (an unclosed last span is read to the end:
@@ -89,7 +97,7 @@ def parse_tool_calls(text: str) -> list[dict] | None:
             arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
         except json.JSONDecodeError:
             return None
-        if not isinstance(call.get("name"), str) or not isinstance(arguments, dict):
+        if not isinstance(arguments, dict) or not isinstance(call.get("name"), str):
             return None
         calls.append({"name": call["name"], "arguments": arguments})
     return calls
