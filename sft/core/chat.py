@@ -4,21 +4,34 @@ Rendering goes through a Jinja chat template (the tokenizer's own, or a register
 template) without needing `{% generation %}` tags: each message's characters are found by rendering prefixes of
 the conversation (messages[:i] vs messages[:i+1]), the whole text is tokenized once, and each token takes the role
 and turn of the characters it covers. The ids are therefore exactly those of
-`tokenizer.apply_chat_template(messages, tokenize=True)`. `stop_at_end_of_turn` is the rule that training saves
+`tokenizer.apply_chat_template(messages, tools=tools, tokenize=True)` (the messages as `template_messages` gives
+them). Agent data: an assistant's tool calls, a tool's output and reasoning are told apart the same way, by
+rendering with and without them. `stop_at_end_of_turn` is the rule that training saves
 in a run's generation config and generation obeys: a reply ends at the template's end-of-turn token.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sft.core.prompts import get_template
-from sft.data.conversations import ASSISTANT, ROLES, SYSTEM, TEMPLATE
+from sft.data.conversations import (
+    ASSISTANT,
+    REASONING,
+    REPLY_ROLES,
+    ROLE_OF_MESSAGE,
+    SYSTEM,
+    TEMPLATE,
+    TOOL_CALL,
+)
 
 # ---------------------------------------------------------------- rendering
+
+THINK = ("<think>", "</think>")  # the tags around reasoning, in the content or where a template puts it
 
 
 @dataclass
@@ -29,49 +42,167 @@ class ChatRenderer:
     template: str  # the Jinja source
     specials: tuple[str, ...]  # special-token strings: an assistant turn ends with the last one its rendering adds
 
-    def text(self, messages: list[dict], generation_prompt: bool = False) -> str:
-        """The template's text for these messages."""
+    def text(self, messages: list[dict], generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+        """The template's text for these messages (and the tools they may call)."""
         if not messages:
             return ""
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
-                                                  add_generation_prompt=generation_prompt)
+        return self.tokenizer.apply_chat_template(messages, tools=tools or None, chat_template=self.template,
+                                                  tokenize=False, add_generation_prompt=generation_prompt)
 
-    def spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int, int, int]]]:
+    def template_messages(self, messages: list[dict]) -> list[dict]:
+        """The messages as the template is given them: keys without a value dropped (Arrow gives every message of a
+        batch the same keys), and an assistant's reasoning_content written into its content as
+        `<think>\n...\n</think>\n\n` where the template has no place for it (Qwen2.5's), so it is never lost."""
+        out = []
+        for m in messages:
+            m = {k: v for k, v in m.items() if v is not None}
+            if "reasoning_content" in m and not self.reasoning_slot():
+                reasoning = m.pop("reasoning_content")
+                m["content"] = f"{THINK[0]}\n{reasoning}\n{THINK[1]}\n\n{m['content']}"
+            out.append(m)
+        return out
+
+    def spans(self, messages: list[dict], tools: list[dict] | None = None
+              ) -> tuple[str, list[tuple[int, int, int, int]]]:
         """(text, [(start, end, turn, role code)]) covering the text, later spans overriding earlier ones. A turn's
         markup (ChatML's `<|im_start|>user\n`, an assistant turn's header and trailer) is TEMPLATE; its content is
-        its role (an assistant's with its end-of-turn token); a system prompt the template inserts by default
-        (Qwen2.5's "You are Qwen...") is SYSTEM, and so is a system message the template moves into a later turn."""
-        full = self.text(messages)
+        its role (an assistant's with its end-of-turn token), a tool's output with its wrapper (`<tool_response>`)
+        TOOL_OUTPUT, an assistant's calls with their tags TOOL_CALL, its `<think>...</think>` REASONING; a system
+        prompt the template inserts by default (Qwen2.5's "You are Qwen...") is SYSTEM, and so are the tools it
+        writes into the prompt and a system message the template moves into a later turn.
+
+        Each message's text is found by rendering prefixes of the conversation (messages[:i] vs messages[:i+1]);
+        only a tool turn followed by another tool turn may render differently once it is not the last (templates
+        group consecutive tool outputs into one turn), and its text then ends where the two renderings part."""
+        messages = self.template_messages(messages)
+        full = self.text(messages, tools=tools)
         spans, prev, pending = [], 0, None
         default = self.default_system() if messages[0]["role"] != "system" else None
         for i, m in enumerate(messages):
-            cur = self.text(messages[: i + 1])
-            if not full.startswith(cur) or len(cur) < prev:
+            cur = self.text(messages[: i + 1], tools=tools)
+            end = common_prefix(cur, full)
+            grouped = m["role"] == "tool" and i + 1 < len(messages) and messages[i + 1]["role"] == "tool"
+            end = back_off(full, end) if end < len(cur) and grouped else end
+            if end < prev or (end < len(cur) and not grouped):
                 raise ValueError(f"turn {i + 1}: the chat template renders the earlier turns differently once this one "
                                  "follows, so its tokens cannot be told apart; use another template (--chat-template).")
-            if m["role"] != "assistant":
-                code = ROLES.index(m["role"]) + 1
-                at = cur.find(m["content"], prev) if m["content"] else -1
-                if at < 0:  # the template does not show the content verbatim: the whole turn is its role's
-                    spans.append((prev, len(cur), i, code))
-                    pending = m["content"] if m["role"] == "system" and m["content"] else pending
-                else:
-                    spans += [(prev, len(cur), i, TEMPLATE), (at, at + len(m["content"]), i, code)]
-                for text_ in (t for t in (default if i == 0 else None, pending if code != SYSTEM else None) if t):
-                    found = cur.find(text_, prev, at if at >= 0 else len(cur))
-                    if found >= 0:
-                        spans.append((found, found + len(text_), i, SYSTEM))
-                        pending = None if text_ == pending else pending
+            if m["role"] == "assistant":
+                spans += self._reply_spans(messages, i, full, prev, end, tools)
+                prev = end
+                continue
+            code = ROLE_OF_MESSAGE[m["role"]]
+            at = full.find(m["content"], prev, end) if m["content"] else -1
+            if m["role"] == "tool" and (at >= 0 or not m["content"]):  # the output and its wrapper, not the markup
+                head = self._header_end(full, prev, at if at >= 0 else end)
+                tail = self._trailer_start(full, at + len(m["content"]) if at >= 0 else head, end)
+                spans += [(prev, end, i, TEMPLATE), (head, tail, i, code)]
+            elif at < 0:  # the template does not show the content verbatim: the whole turn is its role's
+                spans.append((prev, end, i, code))
+                pending = m["content"] if m["role"] == "system" and m["content"] else pending
             else:
-                gen = self.text(messages[:i], generation_prompt=True) if i else ""
-                start = len(gen) if cur.startswith(gen) and len(gen) >= prev else prev
-                body = cur[start:]
-                cut = max((body.rfind(s) + len(s) for s in self.specials if s and s in body), default=len(body))
-                spans += [(prev, start, i, TEMPLATE), (start, start + cut, i, ASSISTANT),
-                          (start + cut, len(cur), i, TEMPLATE)]
-            prev = len(cur)
+                spans += [(prev, end, i, TEMPLATE), (at, at + len(m["content"]), i, code)]
+            for text_ in (t for t in (default if i == 0 else None, pending if code != SYSTEM else None) if t):
+                found = full.find(text_, prev, at if at >= 0 else end)
+                if found >= 0:
+                    spans.append((found, found + len(text_), i, SYSTEM))
+                    pending = None if text_ == pending else pending
+            prev = end
         spans.append((prev, len(full), len(messages) - 1, TEMPLATE))
+        if tools:
+            spans += self._tools_spans(messages, full, tools, spans)
         return full, [s for s in spans if s[1] > s[0]]
+
+    def _reply_spans(self, messages: list[dict], i: int, full: str, prev: int, end: int,
+                     tools: list[dict] | None) -> list[tuple[int, int, int, int]]:
+        """An assistant turn: header TEMPLATE, then its text and end-of-turn token ASSISTANT, within it its
+        reasoning REASONING and each tool call TOOL_CALL, then the trailer TEMPLATE."""
+        m = messages[i]
+        gen = self.text(messages[:i], generation_prompt=True, tools=tools) if i else ""
+        start = len(gen) if full.startswith(gen) and prev <= len(gen) <= end else prev
+        body = full[start:end]
+        cut = max((body.rfind(s) + len(s) for s in self.specials if s and s in body), default=len(body))
+        eot = max((len(s) for s in self.specials if s and body[:cut].endswith(s)), default=0)
+        reply_end = start + cut - eot  # where the turn's end-of-turn token starts
+        spans = [(prev, start, i, TEMPLATE), (start, start + cut, i, ASSISTANT), (start + cut, end, i, TEMPLATE)]
+        at = full.find(m["content"], start, reply_end) if m["content"] else -1
+        spans += self._reasoning_spans(m, full, start, reply_end, i)
+        calls = m.get("tool_calls") or []
+        if calls:
+            first = at + len(m["content"]) if at >= 0 else start
+            bounds = [first] + self._call_bounds(messages, i, tools) + [reply_end]
+            if bounds != sorted(bounds) or bounds[0] < start:  # a template that reorders: the calls as one span
+                bounds = [first, reply_end]
+            for call in calls:
+                if full.find(call["function"]["name"], first, reply_end) < 0:
+                    raise ValueError(f"turn {i + 1}: the chat template does not render the tool call "
+                                     f"{call['function']['name']!r}, so the model would not learn it; use a template "
+                                     "that renders tool_calls (the tokenizer's own, e.g. Qwen2.5's).")
+            spans += [(a, b, i, TOOL_CALL) for a, b in zip(bounds[:-1], bounds[1:])]
+        return spans
+
+    def _call_bounds(self, messages: list[dict], i: int, tools: list[dict] | None) -> list[int]:
+        """Where each tool call after the first begins: the renderings with the first k and k + 1 calls part there."""
+        m, calls = messages[i], messages[i].get("tool_calls") or []
+        texts = [self.text(messages[:i] + [{**m, "tool_calls": calls[:k]}], tools=tools) for k in range(1, len(calls))]
+        texts.append(self.text(messages[: i + 1], tools=tools))
+        return [back_off(a, common_prefix(a, b)) for a, b in zip(texts[:-1], texts[1:])]
+
+    @staticmethod
+    def _reasoning_spans(m: dict, full: str, start: int, end: int, i: int) -> list[tuple[int, int, int, int]]:
+        """The reasoning of an assistant turn with its <think> tags: a leading span of its content, or where the
+        template put its reasoning_content. None where the template leaves it out."""
+        content = m["content"].lstrip()
+        if content.startswith(THINK[0]) and THINK[1] in content:
+            reasoning = content[len(THINK[0]):content.find(THINK[1])]
+        else:
+            reasoning = m.get("reasoning_content") or ""
+        at = full.find(reasoning.strip(), start, end) if reasoning.strip() else -1
+        if at < 0:
+            return []
+        s, e = at, at + len(reasoning.strip())
+        opening = full.rfind(THINK[0], start, s)
+        s = opening if opening >= 0 and not full[opening + len(THINK[0]):s].strip() else s
+        closing = full.find(THINK[1], e, end)
+        e = closing + len(THINK[1]) if closing >= 0 and not full[e:closing].strip() else e
+        return [(s, e, i, REASONING)]
+
+    def _tools_spans(self, messages: list[dict], full: str, tools: list[dict],
+                     spans: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+        """SYSTEM on the text the tools add (Qwen2.5: the "# Tools" block of the system turn): where the rendering
+        with tools and the one without part. A template that does not render tools is an error, not a silent loss."""
+        bare = self.text(messages)
+        if bare == full:
+            raise ValueError("the chat template does not render the tools this conversation may call, so the model "
+                             "would learn the calls without the tool list; use a template that renders tools (the "
+                             "tokenizer's own, e.g. Qwen2.5's).")
+        s = common_prefix(full, bare)
+        e = len(full) - common_prefix(full[s:][::-1], bare[s:][::-1])
+        turn = max((t for a, _, t, _ in spans if a <= s), default=0)
+        return [(s, e, turn, SYSTEM)]
+
+    def _header_end(self, full: str, start: int, end: int) -> int:
+        """Where a turn's header ends: its special tokens, the role name after one, then line breaks
+        (`<|im_start|>user\n`); `start` where the text does not open with a special token."""
+        if not hasattr(self, "_header"):
+            specials = "|".join(re.escape(s) for s in sorted(self.specials, key=len, reverse=True) if s)
+            self._header = re.compile(rf"(?:(?:{specials})[ \t]*\w*)+[ \t]*\n*" if specials else r"(?!)")
+        found = self._header.match(full, start, end)
+        return found.end() if found else start
+
+    def _trailer_start(self, full: str, start: int, end: int) -> int:
+        """Where a turn's trailer begins: its first special token after `start` (ChatML's `<|im_end|>`), else end."""
+        return min((k for k in (full.find(s, start, end) for s in self.specials if s) if k >= 0), default=end)
+
+    def reasoning_slot(self) -> bool:
+        """Whether the template renders an assistant's reasoning_content (Qwen3's does, Qwen2.5's does not)."""
+        if not hasattr(self, "_reasoning_slot"):
+            probe = [{"role": "user", "content": "u"},
+                     {"role": "assistant", "content": "a", "reasoning_content": "\x01r\x01"}]
+            try:
+                self._reasoning_slot = "\x01r\x01" in self.text(probe)
+            except Exception:  # a template that refuses the probe has no place for it
+                self._reasoning_slot = False
+        return self._reasoning_slot
 
     def default_system(self) -> str | None:
         """The system prompt this template inserts when a conversation has none (Qwen2.5's "You are Qwen, created
@@ -91,9 +222,12 @@ class ChatRenderer:
             self._default_system = content.strip("\n") or None
         return self._default_system
 
-    def tokens(self, conversations: list[list[dict]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
-        """(ids, role codes, turns) per conversation, the text of each tokenized once with offsets."""
-        rendered = [self.spans(m) for m in conversations]
+    def tokens(self, conversations: list[list[dict]], tools: list | None = None
+               ) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+        """(ids, role codes, turns) per conversation, the text of each tokenized once with offsets; tools: the
+        tools each conversation may call (a list per conversation, None where it has none)."""
+        tools = tools if tools is not None else [None] * len(conversations)
+        rendered = [self.spans(m, t) for m, t in zip(conversations, tools)]
         encodings = encode_with_offsets(self.tokenizer, [text for text, _ in rendered])
         out = []
         for (text, spans), (ids, offsets) in zip(rendered, encodings):
@@ -103,8 +237,8 @@ class ChatRenderer:
                 role[s:e], turn[s:e] = r, t
             starts = np.asarray([o[0] for o in offsets], dtype=np.int64)
             ends = np.maximum(np.asarray([o[1] for o in offsets], dtype=np.int64), starts + 1)
-            # A token that crosses into an assistant turn's content (a merge at its start) belongs to it.
-            at = np.where(role[ends - 1] == ASSISTANT, ends - 1, starts)
+            # A token that crosses into an assistant turn's reply (a merge at its start) belongs to it.
+            at = np.where(np.isin(role[ends - 1], REPLY_ROLES), ends - 1, starts)
             out.append((ids, role[at], turn[at]))
         return out
 
@@ -115,6 +249,25 @@ class ChatRenderer:
         ids, roles, _ = self.tokens([probe])[0]
         last = int(ids[np.flatnonzero(roles == ASSISTANT)[-1]])
         return last if self.tokenizer.convert_ids_to_tokens(last) in self.specials else None
+
+
+def common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of two strings."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
+    return lo
+
+
+def back_off(text: str, pos: int) -> int:
+    """A boundary found by two renderings parting, moved back to the start of a tag it falls inside (`<|im_end|>`
+    and `<tool_call>` share their `<`)."""
+    opening = text.rfind("<", max(0, pos - 32), pos)
+    return opening if opening >= 0 and text.rfind(">", opening, pos) < 0 else pos
 
 
 def encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
@@ -147,15 +300,6 @@ def renderer_for(tokenizer, source: str) -> ChatRenderer:
     """A ChatRenderer for the Jinja chat template `source`."""
     specials = tuple(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
     return ChatRenderer(tokenizer, source, specials)
-
-
-def token_weights(roles: np.ndarray, turns: np.ndarray, w: float, train_on: str) -> tuple[np.ndarray, np.ndarray]:
-    """(loss weight, trained) per token: weight 1 on the trained assistant tokens (every assistant turn's, or the
-    last turn's with train_on="last"), w everywhere else."""
-    trained = roles == ASSISTANT
-    if train_on == "last" and trained.any():
-        trained &= turns == turns[trained].max()
-    return np.where(trained, 1.0, w).astype(np.float32), trained
 
 
 def stop_at_end_of_turn(model, end_of_turn: int | None, eos: int, end_of_call: int | None = None) -> bool:

@@ -37,6 +37,7 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
         "rows_read": report.rows_read,
         "rows_kept": len(ds),
         "rows_dropped": dropped,
+        "first_bad_rows": report.first_bad_rows,  # where the first dropped rows were (file, row, turn) and why
         "examples_truncated": tok.examples_truncated,
         "truncation": tok.truncation_counts,
         "ignored_columns": report.ignored_columns,
@@ -149,13 +150,16 @@ def render_conversation(example: dict[str, list], tokenizer, colour: bool) -> st
 def format_stats(stats: dict[str, Any]) -> str:
     """A human-readable block of the statistics."""
     lines = [f"source: {stats['source']}"]
-    for k in ("rows_read", "rows_kept", "rows_dropped", "examples_truncated", "ignored_columns",
+    for k in ("rows_read", "rows_kept", "rows_dropped", "first_bad_rows", "examples_truncated", "ignored_columns",
               "prompt_tokens", "response_tokens", "length_mean", "length_p50", "length_p99", "length_max",
               "instruction_output_ratio", "generation_ratio_Rg", "tokens_by_role", "weight_by_role",
               "unknown_message_keys", "conversations_turns_mean"):
-        if k not in stats:
+        if k not in stats or (k == "first_bad_rows" and not stats[k]):
             continue
         v = stats.get(k)
+        if k == "first_bad_rows":  # one per line: each names its file, row (and turn) and reason
+            lines += [f"  {k:26s} {v[0]}"] + [f"  {'':26s} {where}" for where in v[1:]]
+            continue
         lines.append(f"  {k:26s} {v:.3f}" if isinstance(v, float) else f"  {k:26s} {v}")
     if stats.get("groups"):
         lines += ["", "| group | examples | prompt tokens | response tokens (with EOS) | instruction/output | R_g |",
@@ -177,14 +181,15 @@ def token_weights_table(example: dict[str, list], tokenizer, max_tokens: int | N
     """One line per token of an example: position, token, role and the loss weight training gives it (at the
     settings' starting w), headed by the function that applies the weights and followed by each role's count and
     weight: instruction rows are template (the preamble and headers), user (instruction and input) and assistant
-    (the response and EOS); a conversation adds system."""
+    (the response and EOS); a conversation adds system, and agent data tool_call, tool_output and reasoning."""
     ids, weights = example["input_ids"], example["loss_weights"]
     roles = [ROLE_NAMES[r] for r in example["roles"]]
     n = len(ids) if max_tokens is None else min(len(ids), max_tokens)
-    lines = [f"weights set by {WEIGHTED_BY}", f"{'t':>4}  {'token':<24} {'role':<9} w_t"]
+    width = max([9] + [len(r) for r in roles])  # tool_output is the longest role name
+    lines = [f"weights set by {WEIGHTED_BY}", f"{'t':>4}  {'token':<24} {'role':<{width}} w_t"]
     for t in range(n):
         token = repr(tokenizer.decode([ids[t]], skip_special_tokens=False))[1:-1]
-        lines.append(f"{t:>4}  {token:<24} {roles[t]:<9} {weights[t]:g}")
+        lines.append(f"{t:>4}  {token:<24} {roles[t]:<{width}} {weights[t]:g}")
     if n < len(ids):
         lines.append(f"      ... {len(ids) - n} more tokens")
     w = np.asarray(weights, dtype=np.float64)

@@ -248,9 +248,10 @@ def format_plan(p: dict[str, Any]) -> str:
                  f"{d['response_tokens']:,} response (EOS included)")
     if "tokens_by_role" in d:  # conversations: the response is the trained assistant tokens
         r = d["tokens_by_role"]
-        lines.append(f"          by role: template {r['template']:,} + system {r['system']:,} + user {r['user']:,} + "
-                     f"assistant {r['assistant']:,} ({d['response_tokens']:,} trained, "
-                     f"{r['assistant'] - d['response_tokens']:,} in earlier replies outside the loss)")
+        reply = sum(r.get(name, 0) for name in ("assistant", "tool_call", "reasoning"))  # the replies' tokens
+        lines.append("          by role: " + " + ".join(f"{name} {n:,}" for name, n in r.items())
+                     + f" ({d['response_tokens']:,} trained, {reply - d['response_tokens']:,} in earlier replies "
+                     "outside the loss)")
     for mode, b in p["by_batching"].items():
         mark = "  <- this run" if mode == p["batching"] else ""
         lines.append(f"          {mode:7s}: {b['tokens_per_epoch']:,} computed, {b['padding_per_epoch']:,} padding "

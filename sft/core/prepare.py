@@ -25,7 +25,7 @@ from sft.core.tokenize import (
 )
 from sft.core.weights import with_weights
 from sft.data.config import DataConfig
-from sft.data.rows import FIELDS, fingerprint_rows, load_rows
+from sft.data.rows import CHAT_FIELDS, FIELDS, fingerprint_rows, load_rows
 from sft.data.splits import split_indices
 
 logger = logging.getLogger("sft")
@@ -52,7 +52,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
              cfg.max_length, cfg.truncation, CACHE_VERSION]
     if rows and "messages" in rows[0]:  # conversations: the chat template
         parts += [conversation_renderer(tokenizer, cfg).template]
-    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + ("messages",)]
+    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + CHAT_FIELDS]
     if extra:  # carried-through columns (inspect-data's group) are part of the cached table
         parts.append([[r[name] for r in rows] for name in extra])
     key = json.dumps(parts)
@@ -60,7 +60,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     cache = Path(cfg.cache_dir) / f"tokenized-{name}-{fp}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
     from_cache = cache.exists()
-    ds = datasets.Dataset.from_list(rows)
+    ds = datasets.Dataset.from_list([_as_columns(r) for r in rows])
     ds = ds.map(
         tokenize_roles_batch,
         batched=True,
@@ -85,10 +85,27 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     return ds, report
 
 
-CACHE_VERSION = 5  # bump when tokenization changes (5: roles, turns, message weights; no loss weight), so old caches are not reused
+CACHE_VERSION = 6  # bump when tokenization changes (6: tool_call, tool_output, reasoning roles), so old caches are not reused
+
+
+def _as_columns(row: dict) -> dict:
+    """A validated row as the columns tokenization reads: a conversation and its tools as JSON text, because Arrow
+    would give every message, tool call and tool schema of the data the union of their keys (a call's arguments
+    would gain the other calls' argument names, as nulls)."""
+    if "messages" not in row:
+        return row
+    return {**row, "messages": json.dumps(row["messages"], ensure_ascii=False),
+            "tools": json.dumps(row["tools"], ensure_ascii=False) if row.get("tools") else None}
 
 
 # ---------------------------------------------------------------- the splits a run uses
+
+
+def log_load(report) -> None:
+    """Print what loading saw on the console (train and plan): rows read, kept, dropped by reason and where,
+    columns ignored, message keys not read; a warning when anything was dropped or not read, never silent."""
+    lossy = report.rows_dropped or report.unknown_message_keys
+    (logger.warning if lossy else logger.info)("data %s", report.summary())
 
 
 @dataclass
@@ -110,13 +127,11 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
     Training and evaluation both call this, so they see the same held-out rows, tokenized alike.
     """
     rows, report = load_rows(d.data, d.column_map, d.on_bad_rows)
-    if report.unknown_message_keys:  # never dropped without a word
-        logger.warning("%s: message keys the project does not read, ignored: %s (turns with each); a message's "
-                       "weight is read from loss_weight, weight, train or loss", d.data,
-                       dict(report.unknown_message_keys))
+    log_load(report)
     if d.eval_data:
         train_rows = rows
         eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
+        log_load(eval_report)
         if ("messages" in rows[0]) != ("messages" in eval_rows[0]):
             kinds = ("conversations", "instruction rows") if "messages" in rows[0] else ("instruction rows",
                                                                                          "conversations")

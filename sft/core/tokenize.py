@@ -21,8 +21,8 @@ from sft.core.chat import encode_with_offsets, make_renderer
 from sft.core.prompts import get_template
 from sft.core.weights import add_weight_columns
 from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
-from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, TEMPLATE, USER
-from sft.data.rows import FIELDS
+from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REPLY_ROLES, TEMPLATE, USER
+from sft.data.rows import CHAT_FIELDS, FIELDS
 
 # ---------------------------------------------------------------- tokenization
 
@@ -155,7 +155,7 @@ def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
     extra = {name: pa.array([values[i] for i in kept]) for name, values in batch.items()
-             if name not in FIELDS + ("messages",)}
+             if name not in FIELDS + CHAT_FIELDS}
     return pa.table({
         "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
         "roles": column(roles, np.int8), "turns": column(turns, np.int32),
@@ -176,10 +176,14 @@ def tokenize_conversations_batch(batch: dict[str, list], tokenizer, cfg: DataCon
 
 
 def conversation_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
-    """The conversation form of tokenize_roles_batch: each conversation rendered through the chat template, every
-    token with its role, turn and its message's weight from the data (loss_weight, weight, train or loss)."""
+    """The conversation form of tokenize_roles_batch: each conversation rendered through the chat template (with
+    the tools of its row), every token with its role, turn and its message's weight from the data (loss_weight,
+    weight, train or loss). A conversation or tools list may come as its JSON text (tokenize_rows writes them so:
+    Arrow would give every message, call and tool of a batch the same keys)."""
     rows, roles, turns, message_weights, status, kept = [], [], [], [], [], []
-    for i, ids, role, turn, msg_w, st in conversation_tokens(batch["messages"], tokenizer, cfg):
+    conversations = [json.loads(m) if isinstance(m, str) else m for m in batch["messages"]]
+    tools = [json.loads(t) if isinstance(t, str) else t for t in batch.get("tools", [None] * len(conversations))]
+    for i, ids, role, turn, msg_w, st in conversation_tokens(conversations, tokenizer, cfg, tools):
         rows.append(ids)
         roles.append(role)
         turns.append(turn)
@@ -189,14 +193,18 @@ def conversation_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig)
     return _examples_table(rows, roles, turns, message_weights, status, kept, batch, chat=True)
 
 
-def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig) -> Iterator[tuple]:
+def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig,
+                        tools: list | None = None) -> Iterator[tuple]:
     """(index, ids, role codes, turns, message weights, truncation status) of each conversation kept, fitted into
-    max_length. A turn's message weight is its MESSAGE_WEIGHT value (sft.data.conversations), 1 where none."""
+    max_length. A turn's message weight is its MESSAGE_WEIGHT value (sft.data.conversations), 1 where none.
+    tools: the tools each conversation may call (None where it has none)."""
     renderer = conversation_renderer(tokenizer, cfg)
-    for i, (messages, (ids, roles, turns)) in enumerate(zip(conversations, _render_all(renderer, conversations))):
+    tools = tools if tools is not None else [None] * len(conversations)
+    rendered = _render_all(renderer, conversations, tools)
+    for i, (messages, tool_list, (ids, roles, turns)) in enumerate(zip(conversations, tools, rendered)):
         st, kept = "ok", messages
         if len(ids) > cfg.max_length:
-            fitted = fit_conversation(renderer, messages, cfg)
+            fitted = fit_conversation(renderer, messages, cfg, tool_list)
             if fitted is None:
                 continue
             ids, roles, turns, st, kept = fitted
@@ -206,14 +214,14 @@ def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataCon
         yield i, list(ids), roles, turns, per_turn[turns], st
 
 
-def _render_all(renderer, conversations: list[list[dict]]) -> list:
+def _render_all(renderer, conversations: list[list[dict]], tools: list) -> list:
     """Tokens with roles and turns for each conversation; a template error names the conversation."""
     try:
-        return renderer.tokens(conversations)
+        return renderer.tokens(conversations, tools)
     except Exception:  # find the conversation the template refused, and say which
-        for k, messages in enumerate(conversations):
+        for k, (messages, tool_list) in enumerate(zip(conversations, tools)):
             try:
-                renderer.tokens([messages])
+                renderer.tokens([messages], [tool_list])
             except Exception as e:
                 first = next((m["content"] for m in messages if m["role"] == "user"), "")
                 raise ValueError(
@@ -223,13 +231,13 @@ def _render_all(renderer, conversations: list[list[dict]]) -> list:
         raise
 
 
-def fit_conversation(renderer, messages: list[dict], cfg: DataConfig):
+def fit_conversation(renderer, messages: list[dict], cfg: DataConfig, tools: list[dict] | None = None):
     """Fit an over-long conversation into max_length: (ids, roles, turns, status, the messages kept), None if
     dropped (turns index the messages kept).
 
     Earlier exchanges are dropped from the front (a system turn stays) until it fits; if even the last
     exchange is too long, its prompt loses its middle and the answer keeps at least half the window, as
-    truncate_example does for instruction rows.
+    truncate_example does for instruction rows. The tools stay (the system turn's).
     """
     if cfg.truncation == "drop":
         return None
@@ -238,13 +246,13 @@ def fit_conversation(renderer, messages: list[dict], cfg: DataConfig):
     starts = [k for k, m in enumerate(body) if m["role"] == "user" and k > 0]
     ids = roles = turns = None
     for k in starts:
-        ids, roles, turns = renderer.tokens([head + body[k:]])[0]
+        ids, roles, turns = renderer.tokens([head + body[k:]], [tools])[0]
         if len(ids) <= cfg.max_length:
             return list(ids), roles, turns, "turns_dropped", head + body[k:]
     kept = head + body[starts[-1]:] if starts else messages
     if ids is None:
-        ids, roles, turns = renderer.tokens([messages])[0]
-    last = np.flatnonzero(roles == ASSISTANT)
+        ids, roles, turns = renderer.tokens([messages], [tools])[0]
+    last = np.flatnonzero(np.isin(roles, REPLY_ROLES))
     n_p = int(last[turns[last] == turns[last].max()][0]) if len(last) else len(ids)
     fitted = truncate_example(list(range(n_p)), list(range(n_p, len(ids))), cfg.max_length, cfg.truncation)
     keep = np.asarray(fitted[0] + fitted[1], dtype=np.int64)

@@ -1,7 +1,14 @@
 """Conversations validated: OpenAI/HF {"role", "content"} turns or ShareGPT {"from", "value"} turns -> messages.
 
 Also the role codes every token of a conversation is tagged with (ROLE_NAMES): template markup, system, user,
-assistant. A bad turn gives (turn, field, problem, fix) so the reader can name the row and turn.
+assistant, and for agent data the assistant's tool calls, the tools' outputs and reasoning. A bad turn gives
+(turn, field, problem, fix) so the reader can name the row and turn; the turn itself is read by
+sft.data.messages (content parts, tool calls, reasoning).
+
+A validated message is OpenAI/HF form: {"role": "system"|"user"|"assistant"|"tool", "content": str}, with
+"tool_calls" [{"type": "function", "function": {"name": str, "arguments": dict}}] and "reasoning_content" on an
+assistant turn where the data gives them, "name" / "tool_call_id" on a tool turn, and MESSAGE_WEIGHT where the data
+weighs the message.
 """
 
 from __future__ import annotations
@@ -9,16 +16,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-ROLES = ("system", "user", "assistant")  # the roles a turn may have
-SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+from sft.data.messages import MESSAGE_WEIGHT, WEIGHT_KEYS, check_turn, unread_keys
+
+__all__ = ["MESSAGE_WEIGHT", "WEIGHT_KEYS"]
+
+ROLES = ("system", "user", "assistant", "tool")  # the roles of a validated message
 CHAT_COLUMNS = ("messages", "conversations")  # columns that hold a conversation: OpenAI/HF, ShareGPT
-ROLE_NAMES = ("template", "system", "user", "assistant")  # per-token role codes: 0 = markup of an assistant turn
-TEMPLATE, SYSTEM, USER, ASSISTANT = range(4)
-MESSAGE_WEIGHT = "loss_weight"  # a validated message's own weight (only where the data gives one)
-# The per-message weight keys real datasets carry: LLaMA-Factory's loss_weight (a number), Axolotl's weight (0/1)
-# and train (bool), ms-swift's loss (bool). Each multiplies that message's tokens.
-WEIGHT_KEYS = ("loss_weight", "weight", "train", "loss")
-KNOWN_MESSAGE_KEYS = ("role", "content", "from", "value") + WEIGHT_KEYS
+TOOLS_COLUMN = "tools"  # the column with the tools a conversation may call (a JSON schema list, or its JSON text)
+SYSTEM_COLUMN = "system"  # LLaMA-Factory's system prompt column beside a conversation: its opening system turn
+# Per-token role codes, in this order: 0 = markup (an assistant turn's header and trailer, the chat format's tags),
+# then the messages' text by role; tool_call = an assistant's call with its tags (Qwen's <tool_call>...</tool_call>),
+# tool_output = a tool's reply with its wrapper (<tool_response>...</tool_response>), reasoning = <think>...</think>.
+ROLE_NAMES = ("template", "system", "user", "assistant", "tool_call", "tool_output", "reasoning")
+TEMPLATE, SYSTEM, USER, ASSISTANT, TOOL_CALL, TOOL_OUTPUT, REASONING = range(7)
+REPLY_ROLES = (ASSISTANT, TOOL_CALL, REASONING)  # an assistant turn's own tokens: trained (train_on) as its reply
+ROLE_OF_MESSAGE = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT, "tool": TOOL_OUTPUT}
 
 
 # ---------------------------------------------------------------- validation
@@ -41,59 +53,52 @@ def check_conversation(value: Any, from_text: bool = False) -> tuple[list[dict] 
             '[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]')
     messages = []
     for t, turn in enumerate(value, 1):
-        msg, fld, problem, fix = _check_turn(turn, t)
+        msg, fld, problem, fix = check_turn(turn)
         if msg is None:
             return None, t, fld, problem, fix
         messages.append(msg)
     return _check_order(messages)
 
 
-def _check_turn(turn: Any, t: int) -> tuple[dict | None, str, str, str]:
-    """One turn as {"role", "content"}, else (None, field, problem, fix)."""
-    if not isinstance(turn, dict):
-        return None, "(turn)", "is not an object", (
-            f"got {type(turn).__name__}; write {{\"role\": ..., \"content\": ...}}")
-    sharegpt = "role" not in turn and "from" in turn
-    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
-    names = SHAREGPT_ROLES if sharegpt else {r: r for r in ROLES}
-    role = names.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
-    if role is None:
-        known = "human, gpt or system" if sharegpt else "system, user or assistant"
-        got = "no role" if role_key not in turn else f"{turn.get(role_key)!r:.30}"
-        return None, role_key, "unknown role", f"got {got}; use {known}"
-    content = turn.get(content_key)
-    if content is None:
-        return None, content_key, "is missing", f"the {role} turn has no text; give it a string {content_key}"
-    if not isinstance(content, str):
-        return None, content_key, "is not a string", (
-            f"got {type(content).__name__} {content!r:.40}; only text turns are supported, "
-            "join the parts into a string")
-    if role != "system" and not content.strip():
-        return None, content_key, "is empty", f"the {role} turn is empty; drop the turn or fill it"
-    msg = {"role": role, "content": content}
-    for key in (k for k in WEIGHT_KEYS if k in turn):
-        value = turn[key]
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = isinstance(value, bool) if key in ("train", "loss") else number or isinstance(value, bool)
-        if not ok or (number and not (value >= 0 and value == value and value != float("inf"))):
-            want = "true or false" if key in ("train", "loss") else "a number >= 0 (or true/false)"
-            return None, key, "is not a valid message weight", (
-                f"got {value!r:.40}; {key} must be {want}: it multiplies this message's tokens in the loss "
-                "(0 or false leaves the message out)")
-        msg[MESSAGE_WEIGHT] = msg.get(MESSAGE_WEIGHT, 1.0) * float(value)
-    return msg, "", "", ""
+def check_tools(value: Any) -> tuple[list[dict] | None, str, str]:
+    """(tools, "", "") for a row's tools (a list of JSON schemas, or its JSON text; None or [] = no tools), else
+    (None, problem, fix). A bare function schema {"name", "description", "parameters"} (LLaMA-Factory's form) is
+    wrapped as {"type": "function", "function": ...}, the form chat templates are written for."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, "", ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            return None, "is not JSON", (f"{e.msg} at character {e.pos} of {value!r:.40}; give the tools as a JSON "
+                                         'list of function schemas, e.g. [{"type": "function", "function": '
+                                         '{"name": "get_weather", "parameters": {...}}}]')
+    if not isinstance(value, list):
+        return None, "is not a list", (f"got {type(value).__name__} {value!r:.40}; give the tools as a list of "
+                                       'function schemas, e.g. [{"type": "function", "function": {"name": ...}}]')
+    tools = []
+    for k, tool in enumerate(value, 1):
+        fn = tool.get("function") if isinstance(tool, dict) and "function" in tool else tool
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"].strip():
+            return None, "has a tool without a name", (
+                f"tool {k} is {tool!r:.60}; each tool is a function schema with a name, e.g. "
+                '{"type": "function", "function": {"name": "get_weather", "parameters": {...}}}')
+        tools.append(tool if fn is not tool else {"type": "function", "function": tool})
+    return tools or None, "", ""
 
 
 def unknown_message_keys(value: Any) -> list[str]:
     """The keys of a conversation's turns that the project does not read (reported by inspect-data and train,
-    never dropped silently): anything besides role/content (from/value) and the weight keys."""
+    never dropped silently): anything besides role/content (from/value), the weight keys, an assistant's tool
+    calls and reasoning and a tool turn's name and tool_call_id."""
     if not isinstance(value, list):
         return []
-    return sorted({k for turn in value if isinstance(turn, dict) for k in turn if k not in KNOWN_MESSAGE_KEYS})
+    return sorted({k for turn in value for k in unread_keys(turn)})
 
 
 def _check_order(messages: list[dict]) -> tuple[list[dict] | None, int | None, str, str, str]:
-    """The turn order every chat template renders: a system turn first or not at all, ending on the assistant."""
+    """The turn order every chat template renders: a system turn first or not at all, tool turns right after the
+    assistant's call, ending on the assistant."""
     if not messages:
         return None, None, "messages", "is empty", "a conversation needs a user turn and the assistant's reply"
     first = next((t for t, m in enumerate(messages, 1) if m["role"] != "system"), 1)
@@ -104,6 +109,12 @@ def _check_order(messages: list[dict]) -> tuple[list[dict] | None, int | None, s
         if m["role"] == "system":
             return None, t, "role", "system turn after the first", (
                 "a system turn can only open the conversation; move it first or merge it into the next user turn")
+    for t, m in enumerate(messages, 1):
+        before = messages[t - 2] if t > 1 else None
+        if m["role"] == "tool" and not (before and (before["role"] == "tool" or before.get("tool_calls"))):
+            return None, t, "role", "tool turn without a call before it", (
+                "a tool turn is the output of a call the assistant made just before it (its tool_calls, or a "
+                "function_call turn in ShareGPT); add that call, or drop the tool turn")
     if not any(m["role"] == "assistant" for m in messages):
         return None, None, "messages", "has no assistant turn", (
             "nothing would be trained; add the reply or drop the row")

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +22,12 @@ import pyarrow.parquet as pq
 
 from sft.data.conversations import (
     CHAT_COLUMNS,
+    SYSTEM_COLUMN,
+    TOOLS_COLUMN,
     check_conversation,
-    unknown_message_keys,
+    check_tools,
 )
+from sft.data.messages import unread_keys
 from sft.data.files import SUFFIXES
 
 logger = logging.getLogger("sft")
@@ -31,6 +35,7 @@ logger = logging.getLogger("sft")
 REQUIRED = ("instruction", "output")  # columns every row must have, after the column mapping
 OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
 FIELDS = REQUIRED + OPTIONAL  # the fields of a validated row; tokenization carries any other column through
+CHAT_FIELDS = ("messages", "tools")  # the fields of a validated conversation row ("tools" only where it has tools)
 # Column names that real datasets use for the same fields; looked for only when the canonical
 # name is absent, and overridden by an explicit `column_map`.
 ALIASES = {
@@ -52,6 +57,20 @@ class LoadReport:
     column_mapping: dict[str, str] = field(default_factory=dict)  # canonical field -> column found
     first_bad_rows: list[str] = field(default_factory=list)  # where the first skipped rows were, for the user
     unknown_message_keys: Counter = field(default_factory=Counter)  # conversations: turn key not read -> turns with it
+
+    def summary(self) -> str:
+        """One paragraph for the console: rows read, kept and dropped by reason, where the first dropped ones were,
+        the columns ignored and the message keys not read (train and plan print it; nothing is lost unsaid)."""
+        dropped = sum(self.rows_dropped.values())
+        lines = [f"{self.source}: {self.rows_read:,} rows read, {self.rows_kept:,} kept, {dropped:,} dropped"
+                 + (f" ({', '.join(f'{n:,} {why}' for why, n in self.rows_dropped.most_common())})" if dropped else "")]
+        if self.first_bad_rows:
+            lines.append("  first dropped: " + "; ".join(self.first_bad_rows))
+        lines.append("  columns ignored: " + (", ".join(self.ignored_columns) or "none"))
+        if self.unknown_message_keys:
+            lines.append("  message keys not read (turns with each): " + ", ".join(
+                f"{k} ({n:,})" for k, n in sorted(self.unknown_message_keys.items())))
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -141,8 +160,9 @@ def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tup
 
 
 def _skip(report: LoadReport, where: str, reason: str) -> None:
-    """Count a dropped row by reason and remember where the first few were."""
-    report.rows_dropped[reason] += 1
+    """Count a dropped row by reason (a field's list index left out: tool_calls[2].function.name counts as
+    tool_calls.function.name) and remember where the first few were."""
+    report.rows_dropped[re.sub(r"\[\d+\]", "", reason)] += 1
     if len(report.first_bad_rows) < 5:
         report.first_bad_rows.append(f"{where}: {reason}")
 
@@ -151,14 +171,15 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str)
     """Map canonical fields to the columns that hold them (or "messages" to a conversation column), or explain
     what is missing."""
     for col, target in column_map.items():
-        if target not in FIELDS + ("messages",):
-            raise ValueError(
-                f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, output, messages."
-            )
+        if target not in FIELDS + CHAT_FIELDS:
+            raise ValueError(f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, "
+                             "output, messages, tools.")
     mapping = {target: col for col, target in column_map.items() if col in columns}
     chat = mapping.get("messages") or next((c for c in CHAT_COLUMNS if c in columns), None)
     if chat is not None and not any(t in mapping for t in FIELDS) and not {"instruction", "output"} <= set(columns):
-        return {"messages": chat}
+        tools = mapping.get("tools") or (TOOLS_COLUMN if TOOLS_COLUMN in columns else None)
+        return {"messages": chat, **({"tools": tools} if tools else {}),
+                **({"system": SYSTEM_COLUMN} if SYSTEM_COLUMN in columns else {})}
     for target in FIELDS:
         if target not in mapping:
             found = next((a for a in ALIASES[target] if a in columns), None)
@@ -202,10 +223,12 @@ def _check_row(rec: Any, mapping: dict[str, str]) -> tuple[dict[str, str] | None
     return row, "", ""
 
 
-def _check_chat_row(rec: Any, col: str, where: str, from_text: bool,
+def _check_chat_row(rec: Any, mapping: dict[str, str], where: str, from_text: bool,
                     on_bad_rows: str) -> tuple[dict | None, str, str, str]:
     """(row, where, field, problem) for a conversation record; the problem is generic (for counting), and where
-    names the turn; with on_bad_rows="error" the field also says how to fix it."""
+    names the turn; with on_bad_rows="error" the field also says how to fix it. The row's tools (its `tools`
+    column) travel with it; LLaMA-Factory's `system` column becomes the opening system turn."""
+    col = mapping["messages"]
     if not isinstance(rec, dict):
         return None, where, "(row)", f"is a {type(rec).__name__}, not an object with fields"
     if rec.get(col) is None:
@@ -215,7 +238,21 @@ def _check_chat_row(rec: Any, col: str, where: str, from_text: bool,
         where = where if turn is None else f"{where}, turn {turn}"
         label = fld if turn is not None else col
         return None, where, label, problem if on_bad_rows == "skip" else f"{problem} ({fix})"
-    return {"messages": messages}, where, "", ""
+    tools, problem, fix = check_tools(rec.get(mapping["tools"])) if "tools" in mapping else (None, "", "")
+    if problem:
+        return None, where, mapping["tools"], problem if on_bad_rows == "skip" else f"{problem} ({fix})"
+    system = rec.get(mapping["system"]) if "system" in mapping else None
+    if system is not None and not isinstance(system, str):
+        return None, where, mapping["system"], "is not a string" if on_bad_rows == "skip" else (
+            f"is not a string (got {type(system).__name__} {system!r:.40}; the system column holds the system "
+            "prompt as text)")
+    if system and system.strip() and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}] + messages
+    elif system and system.strip():
+        return None, where, mapping["system"], "system prompt given twice" if on_bad_rows == "skip" else (
+            "system prompt given twice (the row has a system column and its conversation opens with a system "
+            "turn; keep one of them)")
+    return {"messages": messages, **({"tools": tools} if tools else {})}, where, "", ""
 
 
 def _files_of(source: Path) -> list[Path]:
@@ -275,10 +312,9 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
     for where, rec in records:
         report.rows_read += 1
         if "messages" in mapping:
-            row, where, fld, problem = _check_chat_row(rec, mapping["messages"], where, from_text, on_bad_rows)
+            row, where, fld, problem = _check_chat_row(rec, mapping, where, from_text, on_bad_rows)
             if row is not None and isinstance(rec.get(mapping["messages"]), list):
-                report.unknown_message_keys.update(k for turn in rec[mapping["messages"]] if isinstance(turn, dict)
-                                                   for k in turn if k in unknown_message_keys(rec[mapping["messages"]]))
+                report.unknown_message_keys.update(k for turn in rec[mapping["messages"]] for k in unread_keys(turn))
         else:
             row, fld, problem = _check_row(rec, mapping)
         if row is not None and keep_column is not None:
@@ -330,6 +366,7 @@ def fingerprint_rows(rows: list[dict[str, str]]) -> str:
     h = hashlib.sha256()
     for r in rows:
         fields = r["messages"] if "messages" in r else [r["instruction"], r["input"], r["output"]]
+        fields = [fields, r["tools"]] if r.get("tools") else fields  # a conversation's tools (only where given)
         h.update(json.dumps(fields, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]

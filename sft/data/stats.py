@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
-from sft.data.conversations import ROLE_NAMES
+from sft.data.conversations import ROLE_NAMES, TOOL_CALL
 
 # ---------------------------------------------------------------- statistics
 
@@ -39,18 +39,25 @@ def is_chat(ds) -> bool:
     return "chat" in ds.column_names and len(ds) > 0 and bool(ds[0]["chat"])
 
 
+def roles_present(roles: np.ndarray) -> list[tuple[int, str]]:
+    """(code, name) of the roles reported: template, system, user and assistant always, the agent roles
+    (tool_call, tool_output, reasoning) where the data has a token of them."""
+    return [(code, name) for code, name in enumerate(ROLE_NAMES) if code < TOOL_CALL or (roles == code).any()]
+
+
 def tokens_by_role(ds, instruction_rows: bool = False) -> dict[str, int] | None:
-    """Tokens per role (sft.data.conversations.ROLE_NAMES); None for instruction rows unless asked for (their
-    roles are template, user and assistant)."""
+    """Tokens per role (sft.data.conversations.ROLE_NAMES, the agent roles where present); None for instruction
+    rows unless asked for (their roles are template, user and assistant)."""
     if "roles" not in ds.column_names or not (instruction_rows or is_chat(ds)):
         return None
     roles = token_column(ds, "roles")
-    return {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES)}
+    return {name: int((roles == code).sum()) for code, name in roles_present(roles)}
 
 
 def weight_by_role(ds) -> dict[str, float] | None:
-    """The total loss weight per role (the weights the dataset's loss_weights column holds)."""
+    """The total loss weight per role (the weights the dataset's loss_weights column holds; the agent roles where
+    present)."""
     if "roles" not in ds.column_names or "loss_weights" not in ds.column_names:
         return None
     roles, weights = token_column(ds, "roles"), token_column(ds, "loss_weights").astype(np.float64)
-    return {name: float(weights[roles == code].sum()) for code, name in enumerate(ROLE_NAMES)}
+    return {name: float(weights[roles == code].sum()) for code, name in roles_present(roles)}

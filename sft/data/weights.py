@@ -2,8 +2,9 @@
 
 Tokenization stores what each token is (its role code, turn, and the weight its message carried in the data);
 nothing here depends on a tokenizer or a model. `WeightSpec` holds every setting that turns those into weights:
-the prompt-loss weight `w` (every non-assistant role), `role_weights` (a weight per role, overriding `w` for the
-roles named), `train_on` (every assistant turn or the last), a linear schedule of `w` over the optimizer steps,
+the prompt-loss weight `w` (every role outside the assistant's reply: template, system, user, tool_output),
+`role_weights` (a weight per role, overriding the default of the roles named), `train_on` (every assistant turn or
+the last; an assistant turn's tool calls and reasoning go with it), a linear schedule of `w` over the optimizer steps,
 and the loss normaliser. Its defaults are the only ones: `DataConfig`'s fields point at them.
 """
 
@@ -14,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sft.data.conversations import ASSISTANT, ROLE_NAMES, TEMPLATE
+from sft.data.conversations import ASSISTANT, REASONING, REPLY_ROLES, ROLE_NAMES, TEMPLATE, TOOL_CALL
 
 NORMALIZERS = ("weight_sum", "response_tokens", "weighted_tokens")
-UNTRAINED = len(ROLE_NAMES)  # the table slot of an assistant token outside the loss (train_on="last"): weighs w
+UNTRAINED = len(ROLE_NAMES)  # the table slot of a reply token outside the loss (train_on="last"): weighs w
 
 
 @dataclass
@@ -59,11 +60,16 @@ class WeightSpec:
         return float(self.prompt_loss_weight + (self.prompt_loss_weight_end - self.prompt_loss_weight) * frac)
 
     def table(self, w: float | None = None) -> list[float]:
-        """The weight of each role code (ROLE_NAMES), then of an untrained assistant token (slot UNTRAINED), at the
-        prompt weight w (default: prompt_loss_weight). One definition, used by the loss and by every report."""
+        """The weight of each role code (ROLE_NAMES), then of an untrained reply token (slot UNTRAINED), at the
+        prompt weight w (default: prompt_loss_weight). One definition, used by the loss and by every report.
+
+        Defaults, as the peers train agent data: the assistant 1, its tool calls and reasoning like the assistant
+        (its weight), everything else w (the tool's output weighs like the prompt)."""
         w = float(self.prompt_loss_weight if w is None else w)
         out = [float(self.role_weights.get(name, w)) for name in ROLE_NAMES]
         out[ASSISTANT] = float(self.role_weights.get("assistant", 1.0))
+        for code in (TOOL_CALL, REASONING):
+            out[code] = float(self.role_weights.get(ROLE_NAMES[code], out[ASSISTANT]))
         return out + [w]
 
 
@@ -104,8 +110,9 @@ def parse_role_weights(value) -> dict[str, float]:
 
 
 def trained_mask(roles: np.ndarray, turns: np.ndarray, train_on: str) -> np.ndarray:
-    """The assistant tokens in the loss: every assistant turn's, or the last turn's with train_on="last"."""
-    trained = roles == ASSISTANT
+    """The reply tokens in the loss (an assistant turn's text, tool calls and reasoning): every assistant turn's,
+    or the last turn's with train_on="last"."""
+    trained = np.isin(roles, REPLY_ROLES)
     if train_on == "last" and trained.any():
         trained &= turns == turns[trained].max()
     return trained
@@ -113,13 +120,13 @@ def trained_mask(roles: np.ndarray, turns: np.ndarray, train_on: str) -> np.ndar
 
 def static_columns(roles, turns, message_weights, train_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What does not change during a run, per token: (index into WeightSpec.table int8, scale float32, response
-    mask bool). The index is the role code, an assistant token outside the loss (train_on="last") moved to slot
+    mask bool). The index is the role code, a reply token outside the loss (train_on="last") moved to slot
     UNTRAINED; the scale is the message's own weight from the data (1 on template tokens, whose weight is their
-    role's alone); the response mask marks the trained assistant tokens of non-zero message weight."""
+    role's alone); the response mask marks the trained reply tokens of non-zero message weight."""
     roles, turns = np.asarray(roles), np.asarray(turns)
     msg = np.asarray(message_weights, dtype=np.float32)
     trained = trained_mask(roles, turns, train_on)
-    codes = np.where((roles == ASSISTANT) & ~trained, UNTRAINED, roles).astype(np.int8)
+    codes = np.where(np.isin(roles, REPLY_ROLES) & ~trained, UNTRAINED, roles).astype(np.int8)
     scale = np.where(roles == TEMPLATE, np.float32(1.0), msg).astype(np.float32)
     return codes, scale, trained & (msg > 0)
 

@@ -38,10 +38,7 @@ def heldout_split(cfg, tokenizer, fingerprint: str | None = None):
     return data.eval
 
 
-# Conversations' token groups: every role of ROLE_NAMES (tool calls, tool outputs and reasoning among them), the
-# assistant's counted as trained, then the assistant tokens outside the loss (an earlier reply under train_on="last").
-ROLE_GROUPS = (*ROLE_NAMES, "assistant_untrained")
-UNTRAINED_GROUP = len(ROLE_NAMES)  # the ROLE_GROUPS index of an assistant token outside the loss
+ROLE_GROUPS = (*ROLE_NAMES, "assistant_untrained")  # conversations' token groups: each role (assistant = trained)
 ROLE_WEIGHTING = ("; conversations: <role>_loss likewise over the tokens of each role (the role of the token "
                   "predicted; template = the chat markup around assistant turns; tool_call, tool_output and "
                   "reasoning where the data has them), assistant_trained / assistant_untrained = the replies inside / "
@@ -100,21 +97,24 @@ def _score_batch(model, cols: dict[str, list], pad_token_id: int, chat: bool):
         roles[i, :len(r)] = torch.as_tensor(r)
     role = shift_left(roles)[scored]
     # An assistant token outside the loss (an earlier reply under train_on="last") is a group of its own.
-    return nll, hit, response, torch.where((role == ASSISTANT) & (response == 0), UNTRAINED_GROUP, role)
+    return nll, hit, response, torch.where((role == ASSISTANT) & (response == 0), len(ROLE_NAMES), role)
 
 
 def role_metrics(by_role: torch.Tensor) -> dict[str, float | int | None]:
-    """{<role>_tokens, <role>_loss} for every role of ROLE_NAMES (template, system, user, assistant, tool_call,
-    tool_output, reasoning); the assistant's trained and untrained tokens apart when there are untrained ones
-    (train_on="last")."""
+    """{<role>_tokens, <role>_loss} for template, system, user and assistant, and tool_call, tool_output and
+    reasoning where the split has them; the assistant's trained and untrained tokens apart when there are
+    untrained ones (train_on="last")."""
     nll, n = by_role.tolist()
     groups = dict(zip(ROLE_GROUPS, zip(nll, n)))
     trained, untrained = groups["assistant"], groups.pop("assistant_untrained")
     groups["assistant"] = (trained[0] + untrained[0], trained[1] + untrained[1])
     if untrained[1]:
         groups.update(assistant_trained=trained, assistant_untrained=untrained)
+    agent = ROLE_NAMES[ASSISTANT + 1:]  # reported where the data has them, so plain conversations' columns stay
     out = {}
     for name, (total, count) in groups.items():
+        if name in agent and not count:
+            continue
         out[f"{name}_tokens"] = int(count)
         out[f"{name}_loss"] = total / count if count else None
     return out

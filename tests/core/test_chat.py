@@ -56,13 +56,13 @@ BAD = [
     ({"messages": "hi"}, r"line 1, field messages: is not a list \(got str"),
     ({"messages": [{"role": "user", "content": "a"}]}, r"line 1, field messages: has no assistant turn"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]},
-     r"line 1, turn 2, field role: unknown role \(got 'bot'; use system, user or assistant"),
+     r"line 1, turn 2, field role: unknown role \(got 'bot'; the roles read are system, user, assistant"),
     ({"messages": [{"role": "user"}, {"role": "assistant", "content": "b"}]},
      r"line 1, turn 1, field content: is missing"),
     ({"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]},
-     r"line 1, turn 1, field content: is not a string"),
+     r"line 1, turn 1, field content\[1\]: content part of unknown type \(part 1 is str 'a'; only text is supported"),
     ({"conversations": [{"from": "human", "value": "a"}, {"from": "model", "value": "b"}]},
-     r"line 1, turn 2, field from: unknown role \(got 'model'; use human, gpt or system"),
+     r"line 1, turn 2, field from: unknown role \(got 'model'; the roles read are human, gpt, system, function_call"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                    {"role": "system", "content": "c"}, {"role": "user", "content": "d"},
                    {"role": "assistant", "content": "e"}]}, r"line 1, turn 3, field role: system turn after the first"),
@@ -88,7 +88,7 @@ def test_skip_counts_bad_conversations_by_reason(tmp_path):
     assert rows == [{"messages": CHAT}] and report.rows_read == 1 + len(BAD) and column
     assert report.rows_dropped == {
         "messages is not a list": 1, "messages has no assistant turn": 1, "role unknown role": 1,
-        "content is missing": 1, "content is not a string": 1, "from unknown role": 1,
+        "content is missing": 1, "content content part of unknown type": 1, "from unknown role": 1,
         "role system turn after the first": 1, "role conversation opens with an assistant turn": 1,
         "role conversation ends without an assistant reply": 1}
 

@@ -62,7 +62,8 @@ def test_role_weights_read_from_flags_and_overrides_alike(tmp_path):
                       loss_normalizer="weighted_tokens")
     spec = cfg.data.weight_spec()
     assert spec.role_weights == {"template": 0.0, "system": 0.0, "user": 0.5}
-    assert spec.table(0.25) == [0.0, 0.0, 0.5, 1.0, 0.25]  # template, system, user, assistant, an untrained reply
+    # template, system, user, assistant, tool_call, tool_output, reasoning, an untrained reply
+    assert spec.table(0.25) == [0.0, 0.0, 0.5, 1.0, 1.0, 0.25, 1.0, 0.25]
     cfg = apply_overrides(load_config("demo"), {"role_weights": {"user": 1}})
     assert cfg.data.role_weights == {"user": 1.0}
 
