@@ -96,3 +96,41 @@ def test_render_with_tools_takes_a_callable_with_tools_or_lm_evals_model_method(
 
 def test_group_names_are_the_studys():
     assert (CALL_GROUP, ANSWER_GROUP) == ("sft_tool_call", "sft_tool_answer")
+
+
+def test_tool_tasks_written_with_the_dialogues_send_history_and_tools_and_score_the_gold(demo_tokenizer, tmp_path):
+    """write_dialogue_tasks on a test split with dialogues and tool-use rows: the dialogue tasks as before, and per
+    tool-use kind a call task and an answer task whose requests are the history and tools in the chat template
+    (through lm-eval's chat pass or pre-rendered for the raw one), the gold scoring 1."""
+    from sft.core.tokenize import with_training_template
+    from sft.evaluation.tasks import render_chat, task_manager
+    from sft.studies.dialogues import KINDS, build_dialogue_dataset
+    from sft.studies.tasks import DIALOGUE_GROUP, write_dialogue_tasks
+    from sft.studies.tools import TOOL_KINDS, add_tool_conversations
+
+    build_dialogue_dataset(tmp_path / "data", 0, 0, 6, seed=0)
+    paths = add_tool_conversations(tmp_path / "data", 0, 0, 8, seed=0)
+    tok = with_training_template(demo_tokenizer, "alpaca")
+    render, out = render_chat(tok), tmp_path / "tasks"
+    names = write_dialogue_tasks(paths["test"], out, render, "alpaca", [tok.eos_token])
+    assert names == ([f"{DIALOGUE_GROUP}_{k}" for k in KINDS] + [f"{CALL_GROUP}_{k}" for k in TOOL_KINDS]
+                     + [f"{ANSWER_GROUP}_{k}" for k in TOOL_KINDS])
+    rows = [json.loads(line) for line in paths["test"].read_text().splitlines()][6:]
+    tm = task_manager([CALL_GROUP, ANSWER_GROUP], [out])
+    for group, cut in ((CALL_GROUP, 1), (ANSWER_GROUP, None)):
+        name = f"{group}_calculator"
+        task = tm.load([name])["tasks"][name]
+        mine = [r for r in rows if r["kind"] == "calculator"]
+        histories = [r["messages"][:-3] if cut else r["messages"][:-1] for r in mine]
+        expected = [tok.apply_chat_template(h, tools=r["tools"], tokenize=False, add_generation_prompt=True)
+                    for h, r in zip(histories, mine)]
+        for chat in (True, False):
+            task.build_all_requests(apply_chat_template=chat, fewshot_as_multiturn=chat,
+                                    chat_template=render if chat else None)
+            assert [i.args[0] for i in sorted(task.instances, key=lambda i: i.doc_id)] == expected
+        for doc, row in zip(task.test_docs(), mine):
+            fn = row["messages"][-3]["tool_calls"][0]["function"]
+            gold = f"<tool_call>{json.dumps(fn)}</tool_call>" if cut else row["answer"]
+            scores = task.process_results(doc, [gold])
+            assert scores == ({"call_exact_match": 1.0, "call_name_match": 1.0} if cut else
+                              {"exact_match": 1.0, "edit_similarity": 1.0})
