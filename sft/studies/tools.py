@@ -38,10 +38,10 @@ def function_schema(name: str, description: str, parameters: dict[str, str]) -> 
                        "required": list(parameters)}}}
 
 
-GET_AGE = function_schema("get_age", "The age of a person, in years.", {"person": "string"})
-GET_CITY = function_schema("get_city", "The city a person lives in.", {"person": "string"})
-ADD = function_schema("add", "The sum of two integers.", {"a": "integer", "b": "integer"})
-MULTIPLY = function_schema("multiply", "The product of two integers.", {"a": "integer", "b": "integer"})
+GET_AGE = function_schema("get_age", "Age of a person.", {"person": "string"})
+GET_CITY = function_schema("get_city", "Home city of a person.", {"person": "string"})
+ADD = function_schema("add", "Sum of two integers.", {"a": "integer", "b": "integer"})
+MULTIPLY = function_schema("multiply", "Product of two integers.", {"a": "integer", "b": "integer"})
 TOOL_SETS = {"people": (GET_AGE, GET_CITY), "calculator": (ADD, MULTIPLY)}  # the two tools each conversation lists
 
 
