@@ -116,3 +116,120 @@ def force_next_token(model, token: int):
         head.bias[token] = 10.0
     model.set_output_embeddings(head)
     return model
+
+
+TOOL_SCHEMAS = [  # function schemas for agent_conversations, in OpenAI's form (one with non-ASCII text)
+    {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                     "unit": {"type": "string", "enum": ["C", "F"]}},
+                                                     "required": ["city"]}}},
+    {"type": "function", "function": {"name": "add", "description": "Add two numbers.",
+                                      "parameters": {"type": "object", "properties": {"a": {"type": "number"},
+                                                                                      "b": {"type": "number"}}}}},
+    {"type": "function", "function": {"name": "search_café", "description": "Cherche un café à proximité.",
+                                      "parameters": {"type": "object", "properties": {"q": {"type": "string"},
+                                                     "tags": {"type": "array", "items": {"type": "string"}}}}}},
+    {"type": "function", "function": {"name": "now", "description": "The current time.",
+                                      "parameters": {"type": "object", "properties": {}}}},
+]
+
+
+def agent_conversations(n: int, seed: int = 0) -> list[tuple[list[dict], list[dict] | None]]:
+    """n validated tool-calling conversations with the tools they may call: several calls in one turn, calls with
+    no content, a tool's reply followed by a user turn, a system turn given or not (or no tools at all), reasoning
+    as a leading <think> span or as reasoning_content, message weights, non-ASCII text."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["Paris", "Rome", "café", "42", "snow", "tea", "{braces}", "ünïcode", "line\nbreak", "<b>tag</b>"]
+
+    def say(k):
+        return " ".join(rng.choice(words) for _ in range(rng.randint(1, k)))
+
+    def arguments(name):
+        return {"get_weather": lambda: {"city": say(2), **({"unit": "C"} if rng.random() < 0.5 else {})},
+                "add": lambda: {"a": rng.randint(-9, 99), "b": rng.choice([1.5, 2, -0.25])},
+                "search_café": lambda: {"q": say(3), "tags": [say(1) for _ in range(rng.randint(0, 2))]},
+                "now": lambda: {}}[name]()
+
+    def reply(tag_reasoning=True):
+        m = {"role": "assistant", "content": say(6)}
+        r = rng.random()
+        if tag_reasoning and r < 0.2:
+            m["content"] = f"<think>{say(4)}</think>{rng.choice(['', chr(10), chr(10) * 2])}{m['content']}"
+        elif tag_reasoning and r < 0.35:
+            m["reasoning_content"] = say(5)
+        return m
+
+    out = []
+    for k in range(n):
+        tools = rng.sample(TOOL_SCHEMAS, rng.randint(1, 3)) if k % 10 else None
+        messages = [{"role": "system", "content": say(4)}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            messages.append({"role": "user", "content": say(5)})
+            if tools and rng.random() < 0.7:
+                calls = [{"type": "function", "function": {"name": t["function"]["name"],
+                                                           "arguments": arguments(t["function"]["name"])}}
+                         for t in rng.choices(tools, k=rng.randint(1, 3))]
+                call = {**reply(), "tool_calls": calls}
+                if rng.random() < 0.5:
+                    call["content"] = ""  # a call with no content
+                    call.pop("reasoning_content", None)
+                messages.append(call)
+                for c in calls:
+                    output = rng.choice([say(4), '{"temp": 21, "sky": "clear"}', "", "a\nb"])
+                    messages.append({"role": "tool", "content": output, "name": c["function"]["name"],
+                                     **({"loss_weight": 0.5} if rng.random() < 0.1 else {})})
+                if rng.random() < 0.3:  # the tool's reply followed by a user turn
+                    messages.append({"role": "user", "content": say(3)})
+            messages.append(reply())
+        if tools and rng.random() < 0.1:  # an agent trajectory that ends on a call
+            messages.append({"role": "user", "content": say(2)})
+            messages.append({"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "now", "arguments": {}}}]})
+        out.append((messages, tools))
+    return out
+
+
+def qwen_role_segments(messages: list[dict], tools: list[dict] | None) -> list[tuple[str, str, int]]:
+    """(text, role, turn) pieces of Qwen2.5's chat template for these messages (reasoning already in the content),
+    written from the template's source by hand: the test's independent account of where each character came from."""
+    import json
+
+    default = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    system = messages[0]["content"] if messages[0]["role"] == "system" else default
+    if tools:
+        system += ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
+                   "provided with function signatures within <tools></tools> XML tags:\n<tools>"
+                   + "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
+                   + "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+                   "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+                   "\"arguments\": <args-json-object>}\n</tool_call>")
+    out = [("<|im_start|>system\n", "template", 0), (system, "system", 0), ("<|im_end|>\n", "template", 0)]
+    for i, m in enumerate(messages):
+        if m["role"] == "user":
+            out += [("<|im_start|>user\n", "template", i), (m["content"], "user", i), ("<|im_end|>\n", "template", i)]
+        elif m["role"] == "assistant":
+            content, calls = m["content"], m.get("tool_calls") or []
+            out.append(("<|im_start|>assistant\n", "template", i))
+            if content.startswith("<think>"):
+                cut = content.index("</think>") + len("</think>")
+                cut += len(content[cut:]) - len(content[cut:].lstrip())  # the blank line after it
+                out += [(content[:cut], "reasoning", i), (content[cut:], "assistant", i)]
+            else:
+                out.append((content, "assistant", i))
+            for k, c in enumerate(calls):
+                text = ('<tool_call>\n{"name": "' + c["function"]["name"] + '", "arguments": '
+                        + json.dumps(c["function"]["arguments"], ensure_ascii=False) + "}\n</tool_call>")
+                out.append((("" if k == 0 and not content else "\n") + text, "tool_call", i))
+            out += [("<|im_end|>", "assistant", i), ("\n", "template", i)]
+        elif m["role"] == "tool":
+            first = messages[i - 1]["role"] != "tool"
+            last = i + 1 == len(messages) or messages[i + 1]["role"] != "tool"
+            if first:
+                out.append(("<|im_start|>user\n", "template", i))
+            out.append((("" if first else "\n") + "<tool_response>\n" + m["content"] + "\n</tool_response>",
+                        "tool_output", i))
+            if last:
+                out.append(("<|im_end|>\n", "template", i))
+    return [piece for piece in out if piece[0]]

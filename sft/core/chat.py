@@ -32,6 +32,7 @@ from sft.data.conversations import (
 # ---------------------------------------------------------------- rendering
 
 THINK = ("<think>", "</think>")  # the tags around reasoning, in the content or where a template puts it
+STAND_IN = "\x01content\x01"  # rendered in a message's place to find where its content goes
 
 
 @dataclass
@@ -67,7 +68,8 @@ class ChatRenderer:
         """(text, [(start, end, turn, role code)]) covering the text, later spans overriding earlier ones. A turn's
         markup (ChatML's `<|im_start|>user\n`, an assistant turn's header and trailer) is TEMPLATE; its content is
         its role (an assistant's with its end-of-turn token), a tool's output with its wrapper (`<tool_response>`)
-        TOOL_OUTPUT, an assistant's calls with their tags TOOL_CALL, its `<think>...</think>` REASONING; a system
+        TOOL_OUTPUT, an assistant's calls with their tags TOOL_CALL, its `<think>...</think>` (and the blank line
+        after it) REASONING; a system
         prompt the template inserts by default (Qwen2.5's "You are Qwen...") is SYSTEM, and so are the tools it
         writes into the prompt and a system message the template moves into a later turn.
 
@@ -91,7 +93,7 @@ class ChatRenderer:
                 prev = end
                 continue
             code = ROLE_OF_MESSAGE[m["role"]]
-            at = full.find(m["content"], prev, end) if m["content"] else -1
+            at = self._content_at(messages, i, full, prev, end, tools)
             if m["role"] == "tool" and (at >= 0 or not m["content"]):  # the output and its wrapper, not the markup
                 head = self._header_end(full, prev, at if at >= 0 else end)
                 tail = self._trailer_start(full, at + len(m["content"]) if at >= 0 else head, end)
@@ -124,7 +126,7 @@ class ChatRenderer:
         eot = max((len(s) for s in self.specials if s and body[:cut].endswith(s)), default=0)
         reply_end = start + cut - eot  # where the turn's end-of-turn token starts
         spans = [(prev, start, i, TEMPLATE), (start, start + cut, i, ASSISTANT), (start + cut, end, i, TEMPLATE)]
-        at = full.find(m["content"], start, reply_end) if m["content"] else -1
+        at = self._content_at(messages, i, full, start, reply_end, tools)
         spans += self._reasoning_spans(m, full, start, reply_end, i)
         calls = m.get("tool_calls") or []
         if calls:
@@ -140,6 +142,22 @@ class ChatRenderer:
             spans += [(a, b, i, TOOL_CALL) for a, b in zip(bounds[:-1], bounds[1:])]
         return spans
 
+    def _content_at(self, messages: list[dict], i: int, full: str, start: int, end: int,
+                    tools: list[dict] | None) -> int:
+        """Where message i's content begins in `full` (-1 if empty or not shown verbatim): where a stand-in for it
+        lands when rendered in its place, so that the same words in the system prompt or the tool list (a user
+        writing "You", a tool named like the question) are not taken for it; else its first occurrence."""
+        content = messages[i]["content"]
+        if not content:
+            return -1
+        try:
+            probe = self.text(messages[:i] + [{**messages[i], "content": STAND_IN}], tools=tools).find(STAND_IN)
+        except Exception:  # a template that checks the content: look for the words themselves
+            probe = -1
+        if start <= probe and probe + len(content) <= end and full.startswith(content, probe):
+            return probe
+        return full.find(content, start, end)
+
     def _call_bounds(self, messages: list[dict], i: int, tools: list[dict] | None) -> list[int]:
         """Where each tool call after the first begins: the renderings with the first k and k + 1 calls part there."""
         m, calls = messages[i], messages[i].get("tool_calls") or []
@@ -149,8 +167,9 @@ class ChatRenderer:
 
     @staticmethod
     def _reasoning_spans(m: dict, full: str, start: int, end: int, i: int) -> list[tuple[int, int, int, int]]:
-        """The reasoning of an assistant turn with its <think> tags: a leading span of its content, or where the
-        template put its reasoning_content. None where the template leaves it out."""
+        """The reasoning of an assistant turn with its <think> tags and the blank line after them (Qwen's `>\n\n` is
+        one token): a leading span of its content, or where the template put its reasoning_content. None where the
+        template leaves it out."""
         content = m["content"].lstrip()
         if content.startswith(THINK[0]) and THINK[1] in content:
             reasoning = content[len(THINK[0]):content.find(THINK[1])]
@@ -163,7 +182,9 @@ class ChatRenderer:
         opening = full.rfind(THINK[0], start, s)
         s = opening if opening >= 0 and not full[opening + len(THINK[0]):s].strip() else s
         closing = full.find(THINK[1], e, end)
-        e = closing + len(THINK[1]) if closing >= 0 and not full[e:closing].strip() else e
+        if closing >= 0 and not full[e:closing].strip():  # the closing tag and the blank line after it
+            e = closing + len(THINK[1])
+            e += len(full[e:end]) - len(full[e:end].lstrip())
         return [(s, e, i, REASONING)]
 
     def _tools_spans(self, messages: list[dict], full: str, tools: list[dict],

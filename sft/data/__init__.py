@@ -2,7 +2,8 @@
 
     config         DataConfig: where the rows come from and how they become token sequences (the `data` section)
     rows           files, folders and hub ids read; columns mapped; every row validated (file, row, field, fix)
-    conversations  chat rows validated (OpenAI messages, ShareGPT); the role codes every token is tagged with
+    conversations  chat rows validated (OpenAI messages, ShareGPT), their tools; the role codes every token is tagged with
+    messages       one turn read: text or text parts, tool calls (OpenAI, ShareGPT function_call), tool outputs, reasoning
     files          which files of a folder are data (the suffixes read; a user's Dataset/ folder)
     splits         the seeded held-out split, a function of (data, seed) only
     weights        WeightSpec: how the roles of tokens become loss weights (w, role weights, train_on, schedule,

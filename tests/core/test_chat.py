@@ -323,3 +323,132 @@ def test_a_chatml_run_saves_im_end_as_an_eos_id_and_generation_stops_there(qwen_
     assert generate_responses(model, qwen_tokenizer, prompts, GenerationSettings(max_new_tokens=6)) == [""]
     out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=6, do_sample=False)
     assert out[0, ids.shape[1]:].tolist() == [im_end]
+
+
+# ---------------------------------------------------------------- agent data: tool calls, tool outputs, reasoning
+
+
+def expected_roles(tokenizer, text, segments):
+    """(role codes, turns) of each token of `text` from the hand-written account of where each character came from:
+    a token takes its first character's role, or its last one's where that is a reply's (assistant, tool call,
+    reasoning), as a BPE merge across the start of a reply belongs to the reply."""
+    from sft.data.conversations import REPLY_ROLES, ROLE_NAMES
+
+    char_role = np.concatenate([np.full(len(t), ROLE_NAMES.index(r)) for t, r, _ in segments])
+    char_turn = np.concatenate([np.full(len(t), turn) for t, _, turn in segments])
+    enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    starts = np.asarray([o[0] for o in enc.offsets])
+    ends = np.maximum(np.asarray([o[1] for o in enc.offsets]), starts + 1)
+    at = np.where(np.isin(char_role[ends - 1], REPLY_ROLES), ends - 1, starts)
+    return char_role[at], char_turn[at], char_role, starts, ends
+
+
+def test_ids_and_roles_of_1200_tool_calling_conversations_equal_qwens_template(qwen_tokenizer):
+    from helpers import agent_conversations, qwen_role_segments
+    from sft.data.conversations import REASONING, TOOL_CALL, TOOL_OUTPUT, check_conversation
+
+    data = agent_conversations(1200, seed=3)
+    for messages, _ in data:  # every generated conversation is valid as it stands
+        assert check_conversation(messages)[0] == messages
+    renderer = conversation_renderer(qwen_tokenizer, DataConfig())
+    got = renderer.tokens([m for m, _ in data], [t for _, t in data])
+    seen = set()
+    for (messages, tools), (ids, roles, turns) in zip(data, got):
+        given = renderer.template_messages(messages)  # reasoning_content written into the content (no slot here)
+        assert ids == qwen_tokenizer.apply_chat_template(given, tools=tools, tokenize=True)["input_ids"]
+        segments = qwen_role_segments(given, tools)
+        text = "".join(t for t, _, _ in segments)
+        assert text == qwen_tokenizer.apply_chat_template(given, tools=tools, tokenize=False)
+        want_roles, want_turns, char_role, starts, ends = expected_roles(qwen_tokenizer, text, segments)
+        assert roles.tolist() == want_roles.tolist() and turns.tolist() == want_turns.tolist()
+        for k in np.flatnonzero(np.asarray(roles) != char_role[starts]):  # a token of two roles: a merge at a reply
+            assert roles[k] in set(char_role[starts[k]:ends[k]].tolist())
+        seen |= set(roles.tolist())
+    assert {TOOL_CALL, TOOL_OUTPUT, REASONING} <= seen
+    shapes = [(m, t) for m, t in data if t and any(len(x.get("tool_calls") or []) > 1 for x in m)]
+    assert len(shapes) > 100 and sum(not t for _, t in data) > 100  # several calls in a turn; conversations without
+    assert sum(any(a["role"] == "tool" and b["role"] == "user" for a, b in zip(m, m[1:])) for m, _ in data) > 50
+    assert sum(m[0]["role"] == "system" for m, t in data if t) > 100 < sum(m[0]["role"] != "system" for m, t in data if t)
+
+
+def test_a_users_words_found_in_the_default_system_prompt_are_still_the_users(qwen_tokenizer):
+    renderer = conversation_renderer(qwen_tokenizer, DataConfig())
+    for word in ("You", "a", "Qwen", "m"):  # all inside "You are Qwen, created by Alibaba Cloud..." or <|im_end|>
+        conv = [{"role": "user", "content": word}, {"role": "assistant", "content": "ok"}]
+        ids, roles, _ = renderer.tokens([conv])[0]
+        assert qwen_tokenizer.decode([t for t, r in zip(ids, roles) if r == 2]) == word
+
+
+AGENT = [
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {"role": "assistant", "content": "Checking both.", "reasoning_content": "Two cities, two calls.", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": c}}} for c in ("Paris", "Rome")]},
+    {"role": "tool", "content": "20C"}, {"role": "tool", "content": "25C"},
+    {"role": "assistant", "content": "<think>25 > 20</think>\nRome is warmer."},
+]
+WEATHER_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def role_text(tokenizer, table, code, weight=None):
+    """The text of one example's tokens of a role (and weight)."""
+    ids, roles = table.column("input_ids").to_pylist()[0], table.column("roles").to_pylist()[0]
+    w = table.column("loss_weights").to_pylist()[0]
+    return tokenizer.decode([t for t, r, x in zip(ids, roles, w) if r == code and (weight is None or x == weight)])
+
+
+@pytest.mark.parametrize("role_weights, train_on", [("", "all"), ("tool_output=0,reasoning=0.5", "all"),
+                                                    ("tool_call=0.5", "last")])
+def test_tool_calls_and_reasoning_weigh_like_the_reply_and_tool_outputs_like_the_prompt(qwen_tokenizer, role_weights,
+                                                                                         train_on):
+    from sft.data.conversations import ASSISTANT, REASONING, TOOL_CALL, TOOL_OUTPUT
+
+    cfg = DataConfig(prompt_loss_weight=0.25, role_weights=role_weights, train_on=train_on)
+    table = tokenize_conversations_batch({"messages": [AGENT], "tools": [WEATHER_TOOLS]}, qwen_tokenizer, cfg)
+    roles = np.asarray(table.column("roles").to_pylist()[0])
+    w = np.asarray(table.column("loss_weights").to_pylist()[0])
+    response = np.asarray(table.column("response_mask").to_pylist()[0]).astype(bool)
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "%s"}}\n</tool_call>'
+    # ".\n" is one token: the reply's last character merged with the call's line break belongs to the call
+    assert role_text(qwen_tokenizer, table, TOOL_CALL) == ".\n" + call % "Paris" + "\n" + call % "Rome"
+    assert role_text(qwen_tokenizer, table, TOOL_OUTPUT) == ("<tool_response>\n20C\n</tool_response>\n"
+                                                             "<tool_response>\n25C\n</tool_response>")
+    assert role_text(qwen_tokenizer, table, REASONING) == ("<think>\nTwo cities, two calls.\n</think>\n\n"
+                                                           "<think>25 > 20</think>\n")
+    assert role_text(qwen_tokenizer, table, ASSISTANT) == "Checking both<|im_end|>Rome is warmer.<|im_end|>"
+    first = np.asarray(table.column("turns").to_pylist()[0]) == 1  # the turn that calls
+    expect = {"": {TOOL_CALL: 1.0, TOOL_OUTPUT: 0.25, REASONING: 1.0},
+              "tool_output=0,reasoning=0.5": {TOOL_CALL: 1.0, TOOL_OUTPUT: 0.0, REASONING: 0.5},
+              "tool_call=0.5": {TOOL_CALL: 0.5, TOOL_OUTPUT: 0.25, REASONING: 1.0}}[role_weights]
+    for code, weight in expect.items():
+        if train_on == "last" and code != TOOL_OUTPUT:  # the calling turn is an earlier reply: outside the loss
+            assert set(w[(roles == code) & first]) == {0.25} and not response[first].any()
+            assert set(w[(roles == code) & ~first]) <= {weight}
+        else:
+            assert set(w[roles == code]) == {weight}
+    assert response.tolist() == (np.isin(roles, [ASSISTANT, TOOL_CALL, REASONING]) & (~first if train_on == "last"
+                                                                                       else True)).tolist()
+
+
+def test_agent_files_in_both_forms_tokenize_like_apply_chat_template(qwen_tokenizer, tmp_path):
+    from helpers import agent_conversations
+
+    data = agent_conversations(60, seed=5)
+    openai = [{"messages": m, **({"tools": t} if t else {})} for m, t in data]
+    path = tmp_path / "agent.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in openai))
+    rows, report = load_rows(path)
+    assert report.rows_kept == report.rows_read == 60
+    ds, _ = tokenize_rows(rows, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path / "c"), max_length=8192))
+    renderer = conversation_renderer(qwen_tokenizer, DataConfig())
+    assert ds["input_ids"] == [qwen_tokenizer.apply_chat_template(renderer.template_messages(m), tools=t,
+                                                                  tokenize=True)["input_ids"] for m, t in data]
+
+
+def test_a_template_that_drops_tools_or_calls_is_an_error_not_a_silent_loss(qwen_tokenizer):
+    alpaca = conversation_renderer(qwen_tokenizer, DataConfig(chat_template="alpaca"))
+    with pytest.raises(ValueError, match="does not render the tool call 'get_weather'"):
+        alpaca.tokens([AGENT[:2] + [{"role": "assistant", "content": "x"}]])
+    plain = [AGENT[0], {"role": "assistant", "content": "I cannot check the weather."}]
+    with pytest.raises(ValueError, match="does not render the tools"):
+        alpaca.tokens([plain], [WEATHER_TOOLS])

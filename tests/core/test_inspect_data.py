@@ -121,3 +121,28 @@ def test_the_weights_table_names_the_conversation_weights(qwen_tokenizer, tmp_pa
     assert table.startswith("weights set by sft.core.weights.step_weights")
     assert [line.split()[-2:] for line in table.splitlines() if line.split()[1:2] == ["5"]] == [["assistant", "1"]]
     assert any(line.split()[-2:] == ["template", "0"] for line in table.splitlines())
+
+
+def test_agent_data_reports_tool_roles_and_the_first_bad_rows_in_text_and_json(tmp_path, capsys):
+    from helpers import QWEN_TOKENIZER, TOOL_SCHEMAS
+    from sft.cli.main import main
+
+    call = {"from": "function_call", "value": json.dumps({"name": "now", "arguments": {}})}
+    good = {"conversations": [{"from": "human", "value": "Time?"}, call, {"from": "observation", "value": "9:00"},
+                              {"from": "gpt", "value": "It is nine."}], "tools": json.dumps(TOOL_SCHEMAS[3:])}
+    bad = {"conversations": [{"from": "human", "value": "Time?"}, {"from": "observation", "value": "9:00"},
+                             {"from": "gpt", "value": "Nine."}]}
+    data = write(tmp_path / "agent.jsonl", [good, bad, good])
+    args = ["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--on-bad-rows", "skip",
+            "--cache-dir", str(tmp_path / "cache"), "--prompt-loss-weight", "0.5", "--role-weights", "tool_output=0"]
+    assert main(args + ["--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    where = f"{data}: line 2, turn 2: role tool turn without a call before it"
+    assert stats["first_bad_rows"] == [where] and stats["rows_dropped"] == {"role tool turn without a call before it": 1}
+    tokens, weights = stats["tokens_by_role"], stats["weight_by_role"]
+    assert tokens["tool_call"] > 0 and weights["tool_call"] == tokens["tool_call"]  # trained like the reply
+    assert tokens["tool_output"] > 0 and weights["tool_output"] == 0  # --role-weights tool_output=0
+    assert "reasoning" not in tokens  # an agent role is reported where the data has it
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert f"first_bad_rows             {where}" in text and "'tool_call': " in text

@@ -196,7 +196,8 @@ def test_plan_counts_the_tokens_of_each_role_of_conversations(plan_root, monkeyp
     train_idx, _ = split_indices(len(CHATS), 2, cfg.data.split_seed)
     renderer = conversation_renderer(qwen_tokenizer, DataConfig())
     roles = np.concatenate([renderer.tokens([CHATS[i]])[0][1] for i in train_idx])
-    assert d["tokens_by_role"] == {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES)}
+    # template, system, user, assistant; the agent roles (tool_call, tool_output, reasoning) only where present
+    assert d["tokens_by_role"] == {name: int((roles == code).sum()) for code, name in enumerate(ROLE_NAMES[:4])}
     assert sum(d["tokens_by_role"].values()) == d["real_tokens_per_epoch"]
     untrained = d["tokens_by_role"]["assistant"] - d["response_tokens"]
     assert (untrained > 0) == (train_on == "last")
@@ -204,3 +205,23 @@ def test_plan_counts_the_tokens_of_each_role_of_conversations(plan_root, monkeyp
                  "--train-on", train_on]) == 0
     assert (f"by role: template {d['tokens_by_role']['template']:,} + system {d['tokens_by_role']['system']:,}"
             in capsys.readouterr().out)
+
+
+def test_plan_prints_what_loading_dropped_and_ignored_and_counts_tool_roles(plan_root, monkeypatch, capsys, caplog):
+    import logging
+
+    from helpers import agent_conversations
+    from sft.cli.main import main
+
+    rows = [{"messages": m, "tools": t, "source": "synthetic"} for m, t in agent_conversations(8, seed=1) if t]
+    rows.append({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]})
+    (plan_root / "agent.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(plan_root)
+    with caplog.at_level(logging.INFO, logger="sft"):
+        assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "agent.jsonl", "--eval-size", "2",
+                     "--on-bad-rows", "skip"]) == 0
+    logged = caplog.text
+    assert f"agent.jsonl: {len(rows)} rows read, {len(rows) - 1} kept, 1 dropped (1 role tool turn without a call" in logged
+    assert f"first dropped: agent.jsonl: line {len(rows)}, turn 2" in logged and "columns ignored: source" in logged
+    out = capsys.readouterr().out
+    assert "+ tool_call " in out and "+ tool_output " in out
