@@ -24,7 +24,7 @@ class DataConfig:
     train_on: str = WeightSpec.train_on  # conversations: "all" assistant turns weigh 1, or only the "last" (earlier ones weigh prompt_loss_weight); a turn's tool calls and reasoning go with it
     max_length: int = 512  # tokens per example, prompt + response + EOS
     prompt_loss_weight: float = WeightSpec.prompt_loss_weight  # w: 0 = masked (response only), 1 = unmasked (whole sequence); every role outside the reply (template, system, user, tool_output) weighs w unless role_weights names it
-    role_weights: dict[str, float] = field(default_factory=dict)  # a weight per role (template, system, user, assistant, tool_call, tool_output, reasoning), overriding its default for the roles named (tool_call and reasoning default to the assistant's weight), e.g. --role-weights tool_output=0,reasoning=0.5
+    role_weights: dict[str, float] = field(default_factory=dict)  # a weight per role (template, system, user, assistant, tool_call, tool_output, reasoning), overriding its default for the roles named (tool_call and reasoning default to the assistant's weight), e.g. tool_output=0,reasoning=0.5
     prompt_loss_weight_end: float | None = WeightSpec.prompt_loss_weight_end  # a schedule: w ramps linearly from prompt_loss_weight to this over the run's optimizer steps; None = constant
     loss_normalizer: str = WeightSpec.loss_normalizer  # sum(w * nll) divided by "weight_sum" (the sum of weights), "response_tokens" (trained assistant tokens, ms-swift) or "weighted_tokens" (tokens of weight > 0, TRL)
     truncation: str = "trim"  # "trim": keep the response, cut the prompt's middle (conversations: drop earlier turns first); "drop": drop over-long examples

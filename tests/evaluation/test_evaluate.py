@@ -331,3 +331,21 @@ def test_heldout_summary_and_comparison_list_the_losses_per_role():
     assert cells[0] == ["model", "template", "system", "user", "assistant"]
     assert cells[2] == ["a", "0.2500 (6)", "-", "3.5000 (14)", "1.5000 (10)"]
     assert "prompt loss" in heldout_markdown(pd.DataFrame([{"model": "a", **chat}]))
+
+
+def test_heldout_metrics_report_the_tool_roles_of_agent_data(qwen_tokenizer, tmp_path):
+    from helpers import agent_conversations
+    from sft.data.config import DataConfig
+    from sft.core.prepare import tokenize_rows
+    from sft.evaluation.heldout import heldout_metrics
+
+    data = [(m, t) for m, t in agent_conversations(12, seed=2) if t][:6]
+    ds, _ = tokenize_rows([{"messages": m, "tools": t} for m, t in data], qwen_tokenizer,
+                          DataConfig(cache_dir=str(tmp_path), prompt_loss_weight=0.5, max_length=4096))
+    got = heldout_metrics(tiny_qwen(qwen_tokenizer), ds, qwen_tokenizer.pad_token_id, batch_size=4)
+    roles = ["template", "system", "user", "assistant", "tool_call", "tool_output"]
+    assert all(got[f"{r}_tokens"] > 0 and got[f"{r}_loss"] > 0 for r in roles)
+    reply = got["assistant_tokens"] + got["tool_call_tokens"] + got.get("reasoning_tokens", 0)
+    assert reply == got["response_tokens"]  # calls and reasoning are trained with the reply (train_on="all")
+    assert sum(got[f"{r}_tokens"] for r in roles) + got.get("reasoning_tokens", 0) == \
+        got["response_tokens"] + got["prompt_tokens"]
