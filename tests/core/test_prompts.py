@@ -184,3 +184,33 @@ def test_demo_tokenizer_reproduces_training_prompt_ids(demo_root):
     assert any(r["input"] for r in rows) and any(not r["input"] for r in rows)
     expected = _training_prompt_ids(rows, base)
     assert [_chat_ids(tok, r["instruction"], r["input"]) for r in rows] == expected
+
+
+def test_demo_chat_tool_conversations_tokenize_with_their_roles(demo_tokenizer):
+    """The demo-chat path: the alpaca chat template on sft.studies.tools' conversations gives the ids of
+    apply_chat_template(..., tools=...), the tools block as system, the call as tool_call, the tool's reply as
+    tool_output and the answer as assistant."""
+    import random
+
+    from sft.core.chat import renderer_for
+    from sft.core.prompts import format_tool_calls
+    from sft.data.conversations import ROLE_NAMES
+    from sft.studies.tools import TOOL_KINDS, make_tool_conversation
+
+    renderer = renderer_for(demo_tokenizer, ALPACA.chat_template())
+    rng = random.Random(0)
+    rows = [make_tool_conversation(k, rng) for _ in range(5) for k in TOOL_KINDS]
+    for row, (ids, roles, _) in zip(rows, renderer.tokens([r["messages"] for r in rows], [r["tools"] for r in rows])):
+        text = demo_tokenizer.apply_chat_template(row["messages"], tools=row["tools"], chat_template=renderer.template,
+                                                  tokenize=False)
+        assert list(ids) == demo_tokenizer(text, add_special_tokens=False)["input_ids"]
+        by_role = {}
+        for i, r in zip(ids, roles):
+            by_role.setdefault(ROLE_NAMES[r], []).append(i)
+        call = row["messages"][-3]["tool_calls"][0]["function"]
+        assert demo_tokenizer.decode(by_role["tool_call"]) == format_tool_calls([call])
+        assert demo_tokenizer.decode(by_role["tool_output"]) == f"### Tool output:\n{row['messages'][-2]['content']}\n\n"
+        assert demo_tokenizer.decode(by_role["system"]).startswith("### Tools:\n")
+        # the call's EOS (trained like the reply it closes), then the answer and its EOS
+        assert demo_tokenizer.decode(by_role["assistant"]) == f"{demo_tokenizer.eos_token}{row['answer']}" \
+            f"{demo_tokenizer.eos_token}"
