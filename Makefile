@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-chat test test-fast sweep bench install clean-demo reference-check
+.PHONY: demo demo-chat test test-fast sweep sweep-tools bench install clean-demo reference-check
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ demo-chat: install
 # The study beyond two points: 4 prompt-loss weights x 3 seeds on the demo (12 runs; docs/results.md has the time).
 sweep: install
 	$(PY) -m sft sweep --preset demo --prompt-loss-weights 0,0.1,0.5,1 --seeds 3 --name demo
+
+# The tool-use study: the tool's output weighing 0, w (0.5) or 1 on demo-chat, 3 seeds each (9 runs; docs/sweeps.md).
+sweep-tools: install
+	$(PY) -m sft sweep --preset demo-chat --prompt-loss-weights 0.5 --role-weights tool_output=0,0.5,1 --seeds 3 --name tools
 
 # The reference experiment's commands end to end on a tiny Qwen2.5 stand-in (needs ../shared; offline, CPU, ~2-4 min).
 # Works in .cache/reference-check/, never in your model/ or Dataset/.

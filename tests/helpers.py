@@ -12,6 +12,13 @@ SHARED = ROOT.parent / "shared"  # the project's shared assets live beside the r
 QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
 GSM8K = SHARED / "data" / "gsm8k_alpaca.json"
 
+# A ChatML-like chat template that closes a turn holding a tool call with <|endoftext|>, its other turns with
+# <|im_end|> (tests of the end of a tool call).
+CALLS_APART = ("{%- for m in messages -%}{{- '<|im_start|>' + m['role'] + '\\n' -}}{%- if m.tool_calls -%}"
+               "{{- m.tool_calls[0].function.name + '<|endoftext|>' -}}{%- else -%}{{- m['content'] + '<|im_end|>' -}}"
+               "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+               "{%- endif -%}")
+
 SMALL_DEMO = dict(n_train=320, n_heldout=64, n_test=64, hidden_size=64, intermediate_size=256, num_hidden_layers=2)
 
 

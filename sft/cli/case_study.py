@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompts", metavar="FILE.jsonl",
                      help="one JSON object per line: instruction (required), input, output (a reference answer); "
+                          "or messages (a conversation ending on a user turn or a tool's output), tools (the JSON "
+                          "schemas it may call) and output; "
                           "default: the demo's built-in prompts for demo runs, else 8 held-out rows of the runs' data")
     src.add_argument("--prompt", metavar="TEXT", help="a single instruction")
     p.add_argument("--input", metavar="TEXT", help="the input of --prompt")

@@ -145,7 +145,8 @@ def _add_sweep(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N per weight")
     p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/sweep-<name>/")
     p.add_argument("--limit", type=float, help="test items per task (lm-eval --limit)")
-    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo)")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo; "
+                                   "for demo-chat: sft_dialogue, sft_tool_call and sft_tool_answer)")
     p.add_argument("--heldout-only", action="store_true",
                    help="held-out losses only (per role for conversations), no lm-eval task")
     p.add_argument("--target-difference", type=float, action="append", default=[], metavar="D",
@@ -164,7 +165,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--models", required=True, metavar="LABEL=PATH,...",
                    help="e.g. base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked")
     p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups (default for the demo: sft_demo; for "
-                                   "demo-chat runs: sft_dialogue)")
+                                   "demo-chat runs: sft_dialogue, sft_tool_call and sft_tool_answer)")
     p.add_argument("--heldout-only", action="store_true",
                    help="held-out response loss and token accuracy only, no lm-eval task (fast; offline)")
     p.add_argument("--name", help="folder under --out (default: the preset of the runs)")

@@ -323,15 +323,41 @@ def renderer_for(tokenizer, source: str) -> ChatRenderer:
     return ChatRenderer(tokenizer, source, specials)
 
 
-def stop_at_end_of_turn(model, end_of_turn: int | None, eos: int) -> bool:
+def stop_at_end_of_turn(model, end_of_turn: int | None, eos: int, end_of_call: int | None = None) -> bool:
     """Make the model's generation config stop at a chat template's end-of-turn token as well as at EOS
-    (eos_token_id [end_of_turn, eos, ...], as Qwen2.5-Instruct ships), so transformers' generate, lm-eval and
-    sft.evaluation.generate end a reply where training taught it to end. False (nothing to do) where EOS ends a turn."""
-    if end_of_turn is None or end_of_turn == eos:
+    (eos_token_id [end_of_turn, eos, ...], as Qwen2.5-Instruct ships), and at the token that ends a tool call where
+    the template ends calls apart (end_of_call_id), so transformers' generate, lm-eval and sft.evaluation.generate
+    end a reply, or a call, where training taught it to end. False (nothing to do) where EOS ends both."""
+    stops = [t for t in dict.fromkeys((end_of_turn, end_of_call)) if t is not None and t != eos]
+    if not stops:
         return False
     config = model.generation_config  # a PeftModel's is its base model's, so it is changed in place
     ids = config.eos_token_id if config.eos_token_id is not None else eos
     ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
-    if end_of_turn not in ids:  # a chat model's config may have it already (Qwen2.5-Instruct's)
-        config.eos_token_id = [end_of_turn, *ids]
+    missing = [t for t in stops if t not in ids]  # a chat model's config may have them already (Qwen2.5-Instruct's)
+    if missing:
+        config.eos_token_id = [*missing, *ids]
     return True
+
+
+PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool", "description": "A probe.",
+                                               "parameters": {"type": "object", "properties": {}}}}
+
+
+def end_of_call_id(renderer: ChatRenderer) -> int | None:
+    """The special token that closes an assistant turn holding a tool call (ChatML's <|im_end|>, EOS in the alpaca
+    chat template, Llama 3.1's <|eom_id|> where its calls end apart from its turns): where a generated call should
+    stop. None where the template shows no call or closes it on no special token."""
+    user = {"role": "user", "content": "Hi"}
+    call = {"role": "assistant", "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "probe_tool", "arguments": {}}}]}
+    try:
+        prompt, full = (renderer.tokenizer.apply_chat_template(m, tools=[PROBE_TOOL], chat_template=renderer.template,
+                                                               tokenize=False, add_generation_prompt=g)
+                        for m, g in (([user], True), ([user, call], False)))
+    except Exception:  # a template that refuses tools or calls: nothing of its own to stop at
+        return None
+    body = full[len(prompt):] if full.startswith(prompt) else ""
+    body = body[body.find("probe_tool"):] if "probe_tool" in body else ""
+    ends = [(body.rfind(s) + len(s), s) for s in renderer.specials if s and s in body]
+    return renderer.tokenizer.convert_tokens_to_ids(max(ends)[1]) if ends else None

@@ -96,6 +96,9 @@ class DemoConfig:
     n_dialogue_train: int = 2400  # training dialogues (400 per kind): 2 epochs of batch 8 (600 steps) per run, 3 runs in the demo-chat budget
     n_dialogue_heldout: int = 300  # held-out dialogues (losses during and after training)
     n_dialogue_test: int = 600  # test dialogues: 100 per kind, the last reply scored by lm-eval through the chat template
+    n_tool_train: int = 320  # tool-use conversations (sft/studies/tools.py, 80 per kind) added to the training dialogues: ~350 tokens each in the alpaca chat template (the two tools' JSON schemas), 4.2 times a dialogue's, so they add ~56% to a run's tokens (demo-chat's budget)
+    n_tool_heldout: int = 80  # tool-use conversations added to the held-out dialogues (20 per kind: the loss of tool_call and tool_output tokens)
+    n_tool_test: int = 120  # tool-use conversations added to the test dialogues: 30 per kind, the call and the final answer scored apart
 
 
 @dataclass

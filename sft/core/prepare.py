@@ -16,6 +16,7 @@ from typing import Any
 
 import datasets
 
+from sft.core.chat import end_of_call_id
 from sft.core.tokenize import (
     check_tokenizer,
     conversation_renderer,
@@ -117,6 +118,7 @@ class PreparedData:
     eval_rows: list[dict[str, str]]  # the held-out rows as text, for generations
     chat_template: str | None = None  # conversations: the Jinja template they were rendered with (saved with the model)
     end_of_turn: int | None = None  # conversations: the token that closes an assistant turn (generation stops there)
+    end_of_call: int | None = None  # conversations: the token that closes a turn holding a tool call (generation stops there too)
 
 
 def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
@@ -163,4 +165,4 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
     info["conversations"] = True
     renderer = conversation_renderer(tokenizer, d)
     return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows, chat_template=renderer.template,
-                        end_of_turn=renderer.end_of_turn_id())
+                        end_of_turn=renderer.end_of_turn_id(), end_of_call=end_of_call_id(renderer))

@@ -8,6 +8,7 @@ run's manifest).  To add one, call `register_template(Template(name=..., ...))`.
 from __future__ import annotations
 
 import json
+import re
 import string
 from dataclasses import dataclass
 
@@ -51,12 +52,18 @@ class Template:
         nothing; an assistant turn is its content and EOS, as training saw it (inside `{% generation %}`, so
         `return_assistant_tokens_mask` works). The template has no system slot: a system message (lm-eval sends a
         task's description so, e.g. MMLU's "The following are multiple choice questions...") opens the next
-        instruction, where the raw prompt has it too. Other roles are an error.
+        instruction, where the raw prompt has it too. Tool calling (`apply_chat_template(messages, tools=tools)`):
+        the tools open the text as a `### Tools:` block, one JSON schema a line; an assistant's calls follow its
+        content as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (TOOL_CALL_OPEN/CLOSE, one a line),
+        before its EOS; a tool reply is `### Tool output:` and its content, and the assistant turn after it opens
+        with the response cue `### Response:` (add_generation_prompt adds that cue after a tool reply). Conversations
+        without tools render exactly as before. Other roles are an error.
         bos_token: start with the BOS token, for tokenizers that add one by themselves (Llama-style).
         """
         return CHAT_TEMPLATE.format(
-            name=self.name, bos="{{- bos_token -}}\n" if bos_token else "",
-            with_input=_jinja_expression(self.prompt_input), no_input=_jinja_expression(self.prompt_no_input))
+            name=self.name, bos="{{- bos_token -}}\n" if bos_token else "", call_open=TOOL_CALL_OPEN,
+            call_close=TOOL_CALL_CLOSE, with_input=_jinja_expression(self.prompt_input),
+            no_input=_jinja_expression(self.prompt_no_input))
 
 
 def user_message(instruction: str, input: str | None = None) -> dict:
@@ -66,12 +73,50 @@ def user_message(instruction: str, input: str | None = None) -> dict:
     return {"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "text", "text": input}]}
 
 
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"  # around each call in the chat form (Qwen2.5's tags)
+TOOL_CALL_RE = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.DOTALL)
+
+
+def format_tool_calls(calls: list[dict]) -> str:
+    """Calls ({"name", "arguments"}, or {"function": {...}} as messages carry them) as the chat template renders them
+    after an assistant's content: one <tool_call>{"name": ..., "arguments": {...}}</tool_call> a line."""
+    fns = [c.get("function", c) for c in calls]
+    return "\n".join(TOOL_CALL_OPEN + json.dumps({"name": f["name"], "arguments": f["arguments"]}, ensure_ascii=False)
+                     + TOOL_CALL_CLOSE for f in fns)
+
+
+def parse_tool_calls(text: str) -> list[dict] | None:
+    """The calls in a reply, [{"name": str, "arguments": dict}] (arguments given as a JSON string are read too), [] where
+    it holds none; None where a <tool_call> span is not such a JSON object (an unclosed last span is read to the end:
+    generation may stop at the closing tag)."""
+    calls = []
+    for body in TOOL_CALL_RE.findall(text):
+        try:
+            call = json.loads(body)
+            arguments = call.get("arguments") if isinstance(call, dict) else None
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(arguments, dict) or not isinstance(call.get("name"), str):
+            return None
+        calls.append({"name": call["name"], "arguments": arguments})
+    return calls
+
+
 # The Jinja skeleton of Template.chat_template: {name}, {bos}, {with_input} and {no_input} are filled in by
 # str.format, which is why Jinja's own braces are doubled here.
 CHAT_TEMPLATE = """\
 {{#- The training prompt of this model (sft.core.prompts template '{name}'): the user message is the instruction, \
 or [instruction, input] as two text parts. -#}}
 {bos}{{%- set ns = namespace(system='') -%}}
+{{%- if tools -%}}
+{{{{- '### Tools:\n' -}}}}
+{{%- for tool in tools -%}}
+{{{{- (tool['function'] if tool['function'] is defined else tool) | tojson -}}}}
+{{{{- '\n' -}}}}
+{{%- endfor -%}}
+{{{{- '\n' -}}}}
+{{%- endif -%}}
 {{%- for message in messages -%}}
 {{%- if message['role'] == 'system' -%}}
 {{%- set ns.system = message['content'] -%}}
@@ -93,13 +138,28 @@ or [instruction, input] as two text parts. -#}}
 {{{{- {no_input} -}}}}
 {{%- endif -%}}
 {{%- elif message['role'] == 'assistant' -%}}
+{{%- if loop.previtem is defined and loop.previtem['role'] == 'tool' -%}}
+{{{{- '### Response:\n' -}}}}
+{{%- endif -%}}
+{{%- set content = '' if message['content'] is none else message['content'] -%}}
 {{%- generation -%}}
-{{{{- message['content'] + eos_token -}}}}
+{{{{- content -}}}}
+{{%- for call in (message['tool_calls'] if message['tool_calls'] is defined and message['tool_calls'] else []) -%}}
+{{%- set fn = call['function'] if call['function'] is defined else call -%}}
+{{%- set arguments = fn['arguments'] if fn['arguments'] is string else (fn['arguments'] | tojson) -%}}
+{{{{- ('\n' if content or not loop.first else '') + '{call_open}{{"name": ' + (fn['name'] | tojson) + ', "arguments": ' + arguments + '}}{call_close}' -}}}}
+{{%- endfor -%}}
+{{{{- eos_token -}}}}
 {{%- endgeneration -%}}
+{{%- elif message['role'] == 'tool' -%}}
+{{{{- '### Tool output:\n' + message['content'] + '\n\n' -}}}}
 {{%- else -%}}
-{{{{- raise_exception('The {name} template has no ' + message['role'] + ' role: pass system, user and assistant messages.') -}}}}
+{{{{- raise_exception('The {name} template has no ' + message['role'] + ' role: pass system, user, assistant and tool messages.') -}}}}
 {{%- endif -%}}
 {{%- endfor -%}}
+{{%- if add_generation_prompt and messages and messages[-1]['role'] == 'tool' -%}}
+{{{{- '### Response:\n' -}}}}
+{{%- endif -%}}
 """
 
 

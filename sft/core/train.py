@@ -145,9 +145,10 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
             data = prepare_data(cfg.data, tokenizer)
     model = model if model is not None else build_model(cfg, args)
     model.config.use_cache = False  # no KV cache while training
-    # Conversations teach the model to end a reply with the template's end-of-turn token (<|im_end|> in ChatML,
-    # not EOS): saved as an extra EOS id with the final model and every checkpoint. Instruction rows: unchanged.
-    turn_stop = stop_at_end_of_turn(model, data.end_of_turn, tokenizer.eos_token_id)
+    # Conversations teach the model to end a reply (and a tool call) with the template's end-of-turn token
+    # (<|im_end|> in ChatML, not EOS): saved as an extra EOS id with the final model and every checkpoint.
+    # Instruction rows: unchanged.
+    turn_stop = stop_at_end_of_turn(model, data.end_of_turn, tokenizer.eos_token_id, data.end_of_call)
     tb = TensorBoardCallback()
     # transformers 5 dropped TrainingArguments.logging_dir: the callback takes its folder from this attribute.
     tb.logging_dir = str(tensorboard_dir(cfg))

@@ -16,6 +16,7 @@
     plots       training and comparison plots
     generate    batched decoding with left padding (notebooks, case studies)
     case_study  eval.py's side-by-side: the same prompts through several models
+    case_cells  how a case study shows prompts, replies, tool calls and outputs in markdown cells
 
 May import: data, runs, models, core.
 """

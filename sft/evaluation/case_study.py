@@ -2,7 +2,9 @@
 
 Each model's prompts are rendered with the template it was trained with (from its run
 manifest), generated in batches, and saved as a markdown table, the raw generations (JSONL)
-and the settings used (JSON) under evaluation_results/case_study/.
+and the settings used (JSON) under evaluation_results/case_study/. A conversation with tools
+shows them, the assistant's calls (`[call] name {arguments}`, generated ones too) and the
+tools' outputs.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from sft.core.chat import renderer_for
 from sft.core.config import load_run_config
 from sft.core.prepare import prepare_data
 from sft.core.prompts import get_template, user_message
-from sft.data.conversations import check_conversation
+from sft.data.conversations import TOOLS_COLUMN, check_conversation, check_tools
 from sft.data.io import write_jsonl
+from sft.evaluation.case_cells import escape_cell, prompt_cell, show_reply
 from sft.evaluation.generate import (
     GenerationSettings,
     conversation_prompt,
@@ -149,19 +152,24 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
 
 
 def read_conversation_prompt(row: dict, where: str) -> dict:
-    """A prompts-file row with `messages` (system/user/assistant turns) whose last turn is the user's."""
+    """A prompts-file row with `messages` (system, user, assistant and tool turns, an assistant's tool calls) whose
+    last turn is the user's or a tool's output, and optionally the `tools` it may call (JSON schemas)."""
     turns = row["messages"]
     if not isinstance(turns, list) or not turns:
         raise ValueError(f"{where}, field messages: must be a non-empty list of {{\"role\", \"content\"}} turns.")
     messages, _, fld, problem, fix = check_conversation(turns + [{"role": "assistant", "content": "(reply)"}])
-    if messages is None or turns[-1].get("role", turns[-1].get("from")) not in ("user", "human"):
-        problem, fix = (problem, fix) if messages is None else ("last turn is not the user's", "end on a user turn")
+    if messages is None or messages[-2]["role"] not in ("user", "tool"):
+        problem, fix = ((problem, fix) if messages is None else
+                        ("last turn is neither the user's nor a tool's", "end on a user turn or a tool's output"))
         raise ValueError(f"{where}, field messages ({fld or 'role'}): {problem} ({fix}); a prompt conversation "
-                         "ends on the user turn the model answers.")
+                         "ends on the turn the model answers.")
+    tools, problem, fix = check_tools(row.get(TOOLS_COLUMN))
+    if problem:
+        raise ValueError(f"{where}, field {TOOLS_COLUMN}: {problem} ({fix}).")
     output = row.get("output")
     if output is not None and not isinstance(output, str):
         raise ValueError(f"{where}: 'output' must be a string (or left out), got {type(output).__name__}.")
-    return conversation_prompt(messages[:-1], output)
+    return conversation_prompt(messages[:-1], output, tools)
 
 
 def parse_models(spec: str) -> list[tuple[str, Path]]:
@@ -257,27 +265,14 @@ def run_case_study(specs: list[ModelSpec], rows: list[dict[str, str]], settings:
 # ---------------------------------------------------------------- outputs
 
 
-def escape_cell(text: str) -> str:
-    """Text safe inside a markdown table cell: pipes escaped, line breaks as <br>."""
-    text = text.replace("\\", "\\\\").replace("|", "\\|")
-    return "<br>".join(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
-
-
-def prompt_cell(row: dict[str, str]) -> str:
-    """The instruction, with the input below it when there is one; a conversation turn by turn."""
-    if "messages" in row:
-        return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
-    return row["instruction"] + (f"\n\nInput: {row['input']}" if row.get("input") else "")
-
-
 def format_table(study: CaseStudy) -> str:
     """One row per prompt, one column per model (and the reference answer, when the prompts have one)."""
     has_reference = any("output" in r for r in study.rows)
     header = ["#", "prompt"] + (["reference"] if has_reference else []) + [s.name for s in study.models]
     lines = ["| " + " | ".join(escape_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(study.rows):
-        cells = [str(i + 1), prompt_cell(row)] + ([row.get("output", "")] if has_reference else [])
-        cells += [study.outputs[s.name][i] for s in study.models]
+        cells = [str(i + 1), prompt_cell(row)] + ([show_reply(row.get("output", ""))] if has_reference else [])
+        cells += [show_reply(study.outputs[s.name][i]) for s in study.models]
         lines.append("| " + " | ".join(escape_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -328,6 +323,7 @@ def records(study: CaseStudy) -> list[dict[str, Any]]:
         for i, row in enumerate(study.rows):
             out.append({"prompt_index": i, "instruction": row["instruction"], "input": row.get("input", ""),
                         **({"messages": row["messages"]} if "messages" in row else {}),
+                        **({"tools": row["tools"]} if row.get("tools") else {}),
                         "reference": row.get("output"), "model": spec.name, "path": str(spec.path),
                         "template": spec.template, "prompt": prompts[i], "output": study.outputs[spec.name][i],
                         "settings": settings})

@@ -23,7 +23,7 @@ import torch
 from lm_eval import simple_evaluate
 from lm_eval.utils import handle_non_serializable
 
-from sft.core.chat import renderer_for, stop_at_end_of_turn
+from sft.core.chat import end_of_call_id, renderer_for, stop_at_end_of_turn
 from sft.core.config import load_run_config
 from sft.core.prompts import get_template
 from sft.data.io import write_jsonl
@@ -80,8 +80,8 @@ def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig,
     model.generation_config.max_new_tokens = None
     eos = model.generation_config.eos_token_id
     if chat:  # a model asked through ChatML stops at <|im_end|> too, even a base model whose config lacks it
-        stop_at_end_of_turn(model, renderer_for(tokenizer, tokenizer.chat_template).end_of_turn_id(),
-                            tokenizer.eos_token_id)
+        renderer = renderer_for(tokenizer, tokenizer.chat_template)
+        stop_at_end_of_turn(model, renderer.end_of_turn_id(), tokenizer.eos_token_id, end_of_call_id(renderer))
     lm = RecordingHFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
     try:
         # Few-shot examples as earlier user/assistant turns in the chat template: how a chat model sees examples.
@@ -175,7 +175,7 @@ def plan_evaluation(models: dict[str, str], settings: EvalConfig, generated: Seq
                              "differ), so one held-out loss cannot serve both. Evaluate them separately.")
     tasks = settings.tasks
     if tasks is None:
-        tasks = [g.group for g in generated if g.is_default(cfg)]
+        tasks = [name for g in generated if g.is_default(cfg) for name in g.defaults(cfg)]
         if not tasks:
             raise ValueError(f"Preset {cfg.preset!r} has no default tasks; pass lm-eval task names, "
                              "e.g. --tasks mmlu,gsm8k, or --heldout-only for the held-out metrics alone.")

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
-from sft.core.chat import renderer_for
-from sft.core.prompts import get_template
+from sft.core.chat import end_of_call_id, renderer_for
+from sft.core.prompts import format_tool_calls, get_template
 from sft.evaluation.settings import GenerationSettings
 
 PREFILL = 16  # new prompts encoded per forward pass: they arrive sorted by length, so little padding
@@ -202,7 +202,8 @@ def render_prompts(template: str, rows: list[dict], tokenizer=None, chat_templat
                              "render_prompts(template, rows, tokenizer, chat_template).")
         source = chat_source(template, tokenizer, chat_template)
         return [tokenizer.apply_chat_template(r["messages"], chat_template=source, add_generation_prompt=True,
-                                              tokenize=False) for r in rows]
+                                              tokenize=False, **({"tools": r["tools"]} if r.get("tools") else {}))
+                for r in rows]
     t = get_template(template)
     return [t.render(r["instruction"], r.get("input") or "") for r in rows]
 
@@ -215,20 +216,30 @@ def chat_source(template: str, tokenizer, chat_template: str | None = None) -> s
 
 def prompt_stops(template: str, rows: list[dict], tokenizer, chat_template: str | None = None) -> list[int]:
     """Stop ids for render_prompts' prompts besides EOS: a conversation's chat template end-of-turn token (a base
-    Qwen2.5 asked through ChatML ends its reply with <|im_end|>, which its generation config lacks); none else."""
+    Qwen2.5 asked through ChatML ends its reply with <|im_end|>, which its generation config lacks) and the token
+    that ends a tool call where the template ends calls apart; none else."""
     if not rows or "messages" not in rows[0]:
         return []
-    end = renderer_for(tokenizer, chat_source(template, tokenizer, chat_template)).end_of_turn_id()
-    return [end] if end is not None else []
+    renderer = renderer_for(tokenizer, chat_source(template, tokenizer, chat_template))
+    return [t for t in dict.fromkeys((renderer.end_of_turn_id(), end_of_call_id(renderer))) if t is not None]
 
 
-def conversation_prompt(messages: list[dict], output: str | None = None) -> dict:
-    """A prompt row of a conversation ending on a user turn (shown by that turn), with an optional reference."""
+def conversation_prompt(messages: list[dict], output: str | None = None, tools: list[dict] | None = None) -> dict:
+    """A prompt row of a conversation ending on a user turn or a tool's output (shown by that turn), with an optional
+    reference and the tools it may call."""
     return {"messages": messages, "instruction": messages[-1]["content"], "input": "",
-            **({"output": output} if output is not None else {})}
+            **({"tools": tools} if tools else {}), **({"output": output} if output is not None else {})}
+
+
+def reply_text(message: dict) -> str:
+    """An assistant message as the chat template writes it: its content, then its tool calls (<tool_call> tags)."""
+    calls = format_tool_calls(message["tool_calls"]) if message.get("tool_calls") else ""
+    return "\n".join(t for t in (message.get("content") or "", calls) if t)
 
 
 def prompt_rows(rows: list[dict], n: int) -> list[dict]:
-    """The first n rows as prompts with their reference `output`: a conversation's turns before its last reply."""
-    return [conversation_prompt(r["messages"][:-1], r["messages"][-1]["content"]) if "messages" in r else
-            {"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows[:n]]
+    """The first n rows as prompts with their reference `output`: a conversation's turns before its last reply (a
+    call is a reply too), with its tools."""
+    return [conversation_prompt(r["messages"][:-1], reply_text(r["messages"][-1]), r.get("tools")) if "messages" in r
+            else {"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]}
+            for r in rows[:n]]

@@ -40,8 +40,9 @@ def heldout_split(cfg, tokenizer, fingerprint: str | None = None):
 
 ROLE_GROUPS = (*ROLE_NAMES, "assistant_untrained")  # conversations' token groups: each role (assistant = trained)
 ROLE_WEIGHTING = ("; conversations: <role>_loss likewise over the tokens of each role (the role of the token "
-                  "predicted; template = the chat markup around assistant turns), assistant_trained / "
-                  "assistant_untrained = the replies inside / outside the loss (train_on=last)")
+                  "predicted; template = the chat markup around assistant turns; tool_call, tool_output and "
+                  "reasoning where the data has them), assistant_trained / assistant_untrained = the replies inside / "
+                  "outside the loss (train_on=last)")
 
 
 @torch.no_grad()

@@ -39,10 +39,16 @@ class GeneratedTasks:
     test_data: Callable[[Any], Path | None]  # run(config) -> its test rows, when --test-data is not given
     write: Callable[..., list[str]]  # (test_data, out_dir, tokenizer, template, stop, max_gen_toks) -> task names
     chat_pass: bool  # also run in each model's chat template (False: its prompts already are the training template)
+    more_groups: tuple[str, ...] = ()  # further lm-eval groups it writes from the same test rows (the dialogues' tool-use tasks)
+    default_groups: Callable[[Any], list[str]] | None = None  # run(config) -> the groups evaluated by default; None = [group]
 
     def owns(self, name: str) -> bool:
         """Whether a task or group name is one of these."""
-        return name == self.group or name.startswith(self.group + "_")
+        return any(name == g or name.startswith(g + "_") for g in (self.group, *self.more_groups))
+
+    def defaults(self, cfg) -> list[str]:
+        """The groups evaluated when no --tasks are given (is_default(cfg) says whether these tasks are)."""
+        return self.default_groups(cfg) if self.default_groups is not None else [self.group]
 
 
 class _Function(str):
@@ -207,10 +213,11 @@ def load_tasks(tm: TaskManager, tasks: list[str], task_data: dict[str, Path]) ->
 
 
 def render_chat(tokenizer):
-    """The chat rendering lm-eval's HF model applies (HFLM.apply_chat_template), for a tokenizer alone."""
-    def render(history: list[dict], add_generation_prompt: bool = True) -> str:
+    """The chat rendering lm-eval's HF model applies (HFLM.apply_chat_template), for a tokenizer alone; `tools` (JSON
+    schemas) go to the template as apply_chat_template(..., tools=tools) passes them."""
+    def render(history: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
         kwargs = {"tokenize": False, "add_generation_prompt": add_generation_prompt,
-                  "continue_final_message": not add_generation_prompt}
+                  "continue_final_message": not add_generation_prompt, **({"tools": tools} if tools else {})}
         try:
             return tokenizer.apply_chat_template(history, **kwargs)
         except TemplateError:  # as HFLM does: a template without a system role gets the history without it

@@ -5,8 +5,10 @@
     vocab, short_families, long_families
                         the families' words and makers (short 1-2 token answers; lists of 3-15 items)
     dialogues           the conversational demo's synthetic dialogues
+    tools               its synthetic tool-use conversations (a call, the tool's reply, the answer from it)
     tiny_model          the demo's base: a byte-level BPE and a randomly initialised Qwen2 built offline
     tasks               the demo's and the dialogues' lm-eval tasks (handed to evaluation as GeneratedTasks)
+    tool_tasks          the tool-use conversations' tasks: the call (parsed, exact match) and the final answer
     sweep               prompt-loss weights x seeds, trained and evaluated, with intervals over seeds
     variants            the sweep's other weight axes (role weights, schedules, normalisers), compared paired by seed
     reference           the reference experiment's stand-in: a tiny Qwen2.5 and local benchmark rows

@@ -16,7 +16,7 @@ from sft.core.train import train
 from sft.evaluation.compare import compare
 from sft.evaluation.evaluate import evaluate_models
 from sft.runs.layout import ASSETS_DIR, DEMO_CHAT_ASSETS_DIR, run_dir
-from sft.studies import dialogues, long_families, short_families, synthetic, vocab
+from sft.studies import dialogues, long_families, short_families, synthetic, tools, vocab
 from sft.studies.synthetic import generate_rows
 from sft.studies.tasks import STUDY_TASKS
 from sft.studies.tiny_model import TinyModelConfig, ensure_demo_base
@@ -40,9 +40,11 @@ def tiny_model_config(demo: DemoConfig):
 GENERATORS = [synthetic, vocab, short_families, long_families]  # the demo families' code: editing it rebuilds the data
 
 
-def ensure_splits(out: str | Path, wanted: dict[str, int], seed: int, sources: list, build) -> dict[str, Path]:
+def ensure_splits(out: str | Path, wanted: dict[str, int], seed: int, sources: list, build,
+                  also: dict | None = None) -> dict[str, Path]:
     """Write train/heldout/test splits to `out` with build(out, n_train, n_heldout, n_test, seed=seed), unless the
-    same ones are already there: same seed, counts and generator (the source of the `sources` modules)."""
+    same ones are already there: same seed, counts and generator (the source of the `sources` modules), and the
+    manifest's entries `also` (the tool-use rows' counts)."""
     out = Path(out)
     paths = {name: out / f"{name}.jsonl" for name in wanted}
     manifest = out / "manifest.json"
@@ -50,7 +52,8 @@ def ensure_splits(out: str | Path, wanted: dict[str, int], seed: int, sources: l
     generator = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in sources)).hexdigest()[:16]
     if manifest.is_file() and all(p.is_file() for p in paths.values()):
         m = json.loads(manifest.read_text())
-        if m.get("seed") == seed and m.get("counts") == wanted and m.get("generator") == generator:
+        if (m.get("seed") == seed and m.get("counts") == wanted and m.get("generator") == generator
+                and all(m.get(k) == v for k, v in (also or {}).items())):
             return paths
     built = build(out, *wanted.values(), seed=seed)
     m = json.loads(manifest.read_text())
@@ -65,10 +68,17 @@ def ensure_demo_dataset(demo: DemoConfig) -> dict[str, Path]:
 
 
 def ensure_dialogue_dataset(demo: DemoConfig) -> dict[str, Path]:
-    """Write the synthetic dialogue splits to demo.dialogue_dir unless the same ones are already there."""
-    wanted = {"train": demo.n_dialogue_train, "heldout": demo.n_dialogue_heldout, "test": demo.n_dialogue_test}
-    return ensure_splits(demo.dialogue_dir, wanted, demo.data_seed, [*GENERATORS, dialogues],
-                         dialogues.build_dialogue_dataset)
+    """Write the synthetic dialogue splits, the tool-use conversations among them, to demo.dialogue_dir unless the
+    same ones are already there."""
+    dialogue = {"train": demo.n_dialogue_train, "heldout": demo.n_dialogue_heldout, "test": demo.n_dialogue_test}
+    tool = {"train": demo.n_tool_train, "heldout": demo.n_tool_heldout, "test": demo.n_tool_test}
+
+    def build(out, n_train, n_heldout, n_test, seed):
+        dialogues.build_dialogue_dataset(out, *dialogue.values(), seed=seed)
+        return tools.add_tool_conversations(out, *tool.values(), seed=seed)
+
+    return ensure_splits(demo.dialogue_dir, {k: n + tool[k] for k, n in dialogue.items()}, demo.data_seed,
+                         [*GENERATORS, dialogues, tools], build, also={"tool_counts": tool})
 
 
 def ensure_demo_assets(demo: DemoConfig) -> Path:

@@ -47,7 +47,8 @@ from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, STUDY_TASKS
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
 DIFF_COLUMNS = ["dataset", "metric", "w_a", "w_b", "seeds", "diff", "ci_low", "ci_high", "significant", "sd", "mdd",
                 "values"]  # sd: between-seed sd of the difference; mdd: its minimum detectable difference (seeds)
-METRIC_LABELS = {"exact_match": "exact match (%)", "edit_similarity": "edit similarity (0-100, 100 = identical)"}
+METRIC_LABELS = {"exact_match": "exact match (%)", "edit_similarity": "edit similarity (0-100, 100 = identical)",
+                 "call_exact_match": "tool call exact match (%)", "call_name_match": "right tool called (%)"}
 GROUP_STYLES = {DEMO_GROUP: ("black", "all"), SHORT_GROUP: ("tab:blue", "short-output"),
                 LONG_GROUP: ("tab:red", "long-output")}  # colour and words of each demo group's curve
 

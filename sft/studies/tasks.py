@@ -1,6 +1,7 @@
 """The demo's lm-eval tasks (one per family, scored by exact match and edit similarity, averaged over the short-
-and long-output families) and the dialogues' multi-turn tasks, written from their test rows for each evaluation
-and handed to evaluation as `GeneratedTasks` (STUDY_TASKS)."""
+and long-output families) and the dialogues' multi-turn tasks (with the tool-use conversations' call and answer
+tasks, sft.studies.tool_tasks), written from their test rows for each evaluation and handed to evaluation as
+`GeneratedTasks` (STUDY_TASKS)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from sft.evaluation.settings import MAX_GEN_TOKS
 from sft.evaluation.tasks import GeneratedTasks, _Function, _TaskDumper, render_chat
 from sft.studies.dialogues import KINDS
 from sft.studies.synthetic import FAMILIES
+from sft.studies.tool_tasks import ANSWER_GROUP, CALL_GROUP, CALL_METRICS, tool_docs
+from sft.studies.tools import TOOL_KINDS
 
 DEMO_GROUP = "sft_demo"  # the demo's lm-eval group; its tasks are sft_demo_<family>
 SHORT_GROUP = f"{DEMO_GROUP}_short"  # subgroup of the families with short answers (Family.long_output False)
@@ -52,10 +55,10 @@ def _in_order(found: list[str], known) -> list[str]:
 
 
 def _write_task(out: Path, group: str, key: str, docs: list[dict], template: str, stop: list[str],
-                max_gen_toks: int, **extra) -> str:
-    """Write the generation task <group>_<key>: its documents to <out>/data/<key>.jsonl and its config (with
+                max_gen_toks: int, file: str | None = None, **extra) -> str:
+    """Write the generation task <group>_<key>: its documents to <out>/data/<file or key>.jsonl and its config (with
     `extra` keys); return its name."""
-    name, data = f"{group}_{key}", write_jsonl(out / "data" / f"{key}.jsonl", docs)
+    name, data = f"{group}_{key}", write_jsonl(out / "data" / f"{file or key}.jsonl", docs)
     config = {**demo_task_config(name, data, template, stop, max_gen_toks), **extra}
     (out / f"{name}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True))
     return name
@@ -153,14 +156,23 @@ class DialogueTask(ConfigurableTask):
         return chat_template(history, add_generation_prompt=True)
 
 
+def is_tool_row(row: dict) -> bool:
+    """Whether a conversation row is a tool-use one (sft.studies.tools: it lists `tools`)."""
+    return bool(row.get("tools"))
+
+
 def read_dialogue_rows(path: str | Path) -> list[dict]:
-    """The rows of a dialogue test JSONL (sft.studies.dialogues): a valid conversation, its kind and last reply each."""
+    """The rows of a dialogue test JSONL (sft.studies.dialogues, and sft.studies.tools' tool-use conversations): a
+    valid conversation, its kind and last reply each."""
     rows = _read_jsonl(path, "Dialogue test data", "it with `python -m sft build-demo --chat`")
     for i, r in enumerate(rows, 1):
         messages = check_conversation(r.get("messages"))[0] if {"messages", "kind"} <= set(r) else None
         if messages is None:
             raise ValueError(f"{path}: line {i} is not a dialogue with `messages` (ending on the assistant's reply) "
                              f"and `kind`. The {DIALOGUE_GROUP} tasks need sft.studies.dialogues' test rows.")
+        if is_tool_row(r) and not any(m["role"] == "assistant" and m.get("tool_calls") for m in r["messages"]):
+            raise ValueError(f"{path}: line {i} lists tools but no assistant turn calls one; the {CALL_GROUP} tasks "
+                             "need sft.studies.tools' test rows (a call, the tool's reply, the answer).")
     if not rows:
         raise ValueError(f"{path} holds no dialogue; build the data again with `python -m sft build-demo`.")
     return rows
@@ -168,32 +180,53 @@ def read_dialogue_rows(path: str | Path) -> list[dict]:
 
 def write_dialogue_tasks(test_data: str | Path, out_dir: str | Path, render, template: str, stop: list[str],
                          max_gen_toks: int = MAX_GEN_TOKS) -> list[str]:
-    """Write one lm-eval task per dialogue kind and their group sft_dialogue; return the task names.
+    """Write one lm-eval task per dialogue kind and their group sft_dialogue, and for the tool-use rows two tasks per
+    kind with their groups sft_tool_call and sft_tool_answer (sft.studies.tool_tasks); return the task names.
 
-    render(history) -> text: the history in the training chat template (sft.evaluation.tasks.render_chat of the run's
-    tokenizer), saved as each document's `prompt` for models evaluated without a chat template (the base);
-    template: its name, kept in the task's metadata.
+    render(history, tools=None) -> text: the history in the training chat template (sft.evaluation.tasks.render_chat
+    of the run's tokenizer), saved as each document's `prompt` for models evaluated without a chat template (the
+    base); template: its name, kept in the task's metadata.
     """
     rows = read_dialogue_rows(test_data)
-    kinds = _in_order(list(dict.fromkeys(r["kind"] for r in rows)), KINDS)
+    dialogues, tool_rows = [r for r in rows if not is_tool_row(r)], [r for r in rows if is_tool_row(r)]
     out = Path(out_dir).resolve()
     names = []
-    for kind in kinds:
+    for kind in _in_order(list(dict.fromkeys(r["kind"] for r in dialogues)), KINDS):
         docs = [{"history": r["messages"][:-1], "prompt": render(r["messages"][:-1]),
-                 "answer": r["messages"][-1]["content"], "kind": kind} for r in rows if r["kind"] == kind]
+                 "answer": r["messages"][-1]["content"], "kind": kind} for r in dialogues if r["kind"] == kind]
         names.append(_write_task(out, DIALOGUE_GROUP, kind, docs, template, stop, max_gen_toks,
                                  **{"class": _Function(f"{__name__}.DialogueTask")}))
-    write_group(out, DIALOGUE_GROUP, names)
-    return names
+    if names:
+        write_group(out, DIALOGUE_GROUP, names)
+    return names + write_tool_tasks(tool_rows, out, render, template, stop, max_gen_toks)
 
 
-def write_group(out: Path, name: str, members: list[str]) -> None:
-    """Write the lm-eval group config <out>/<name>.yaml: the plain mean of every demo metric over its leaf tasks."""
+def write_tool_tasks(rows: list[dict], out: Path, render, template: str, stop: list[str],
+                     max_gen_toks: int) -> list[str]:
+    """The tool-use rows' tasks, sft_tool_call_<kind> and sft_tool_answer_<kind>, and their two groups."""
+    tool_task = {"class": _Function("sft.studies.tool_tasks.ToolTask")}
+    call_metrics = [{"metric": _Function(f"sft.studies.tool_tasks.{m}"), "aggregation": "mean",
+                     "higher_is_better": True} for m in CALL_METRICS]
+    calls, answers = [], []
+    for kind in _in_order(list(dict.fromkeys(r["kind"] for r in rows)), TOOL_KINDS):
+        docs = [tool_docs(r, render) for r in rows if r["kind"] == kind]
+        calls.append(_write_task(out, CALL_GROUP, kind, [c for c, _ in docs], template, stop, max_gen_toks,
+                                 file=f"{CALL_GROUP}_{kind}", metric_list=call_metrics, **tool_task))
+        answers.append(_write_task(out, ANSWER_GROUP, kind, [a for _, a in docs], template, stop, max_gen_toks,
+                                   file=f"{ANSWER_GROUP}_{kind}", **tool_task))
+    if calls:
+        write_group(out, CALL_GROUP, calls, CALL_METRICS)
+        write_group(out, ANSWER_GROUP, answers)
+    return calls + answers
+
+
+def write_group(out: Path, name: str, members: list[str], metrics: tuple[str, ...] = DEMO_METRICS) -> None:
+    """Write the lm-eval group config <out>/<name>.yaml: the plain mean of every metric over its leaf tasks."""
     group = {
         "group": name,
         "task": members,
         # weight_by_size false: every family counts the same in the average (families differ by a row or two).
-        "aggregate_metric_list": [{"metric": m, "aggregation": "mean", "weight_by_size": False} for m in DEMO_METRICS],
+        "aggregate_metric_list": [{"metric": m, "aggregation": "mean", "weight_by_size": False} for m in metrics],
         "metadata": {"version": 2},
     }
     (out / f"{name}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
@@ -213,9 +246,22 @@ DEMO_TASKS = GeneratedTasks(
     is_default=lambda cfg: cfg.demo is not None and not cfg.demo.dialogues,
     test_data=lambda cfg: Path(cfg.demo.dataset_dir) / "test.jsonl" if cfg.demo is not None else None,
     write=_write_demo, chat_pass=False)  # its prompts are rendered in the training template already
+def dialogue_groups(cfg) -> list[str]:
+    """The groups a demo-chat run is evaluated on: sft_dialogue for its dialogues, sft_tool_call and sft_tool_answer
+    for its tool-use conversations; read from its test split where it is written (a run of an earlier demo-chat
+    has no tool-use rows), else from the config's sizes."""
+    path = Path(cfg.demo.dialogue_dir) / "test.jsonl"
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        dialogues, tools = any(not is_tool_row(r) for r in rows), any(is_tool_row(r) for r in rows)
+    else:
+        dialogues, tools = cfg.demo.n_dialogue_test > 0, getattr(cfg.demo, "n_tool_test", 0) > 0
+    return [DIALOGUE_GROUP] * dialogues + [CALL_GROUP, ANSWER_GROUP] * tools
+
+
 DIALOGUE_TASKS = GeneratedTasks(
     group=DIALOGUE_GROUP, folder="dialogue",
     is_default=lambda cfg: cfg.demo is not None and cfg.demo.dialogues,
     test_data=lambda cfg: Path(cfg.demo.dialogue_dir) / "test.jsonl" if cfg.demo is not None else None,
-    write=_write_dialogues, chat_pass=True)
+    write=_write_dialogues, chat_pass=True, more_groups=(CALL_GROUP, ANSWER_GROUP), default_groups=dialogue_groups)
 STUDY_TASKS = (DEMO_TASKS, DIALOGUE_TASKS)  # what the command line, the demo and the sweep hand to evaluate_models

@@ -445,8 +445,15 @@ def test_agent_files_in_both_forms_tokenize_like_apply_chat_template(qwen_tokeni
                                                                   tokenize=True)["input_ids"] for m, t in data]
 
 
+# A ChatML-like template that shows only each message's content: it drops tools and calls.
+DROPS_TOOLS = ("{%- for m in messages -%}{{- '<|im_start|>' + m['role'] + '\\n' + (m['content'] or '') + '<|im_end|>\\n' -}}"
+               "{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+
+
 def test_a_template_that_drops_tools_or_calls_is_an_error_not_a_silent_loss(qwen_tokenizer):
-    alpaca = conversation_renderer(qwen_tokenizer, DataConfig(chat_template="alpaca"))
+    from sft.core.chat import renderer_for
+
+    alpaca = renderer_for(qwen_tokenizer, DROPS_TOOLS)  # (the alpaca chat template renders both)
     with pytest.raises(ValueError, match="does not render the tool call 'get_weather'"):
         alpaca.tokens([AGENT[:2] + [{"role": "assistant", "content": "x"}]])
     plain = [AGENT[0], {"role": "assistant", "content": "I cannot check the weather."}]

@@ -255,3 +255,28 @@ def test_stop_at_end_of_turn_puts_the_token_before_eos_once():
     for end in (151643, None):  # the alpaca chat template ends a turn with EOS; a template may end on no special
         plain = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=151643))
         assert not stop_at_end_of_turn(plain, end, 151643) and plain.generation_config.eos_token_id == 151643
+    # A template that ends a tool call on its own token (Llama 3.1's <|eom_id|>): generation stops there too.
+    calls = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=151643))
+    assert stop_at_end_of_turn(calls, 151645, 151643, 151644)
+    assert calls.generation_config.eos_token_id == [151645, 151644, 151643]
+    assert stop_at_end_of_turn(calls, 151645, 151643, 151645) and calls.generation_config.eos_token_id == [
+        151645, 151644, 151643]
+    calls_only = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=151643))
+    assert stop_at_end_of_turn(calls_only, 151643, 151643, 151644)
+    assert calls_only.generation_config.eos_token_id == [151644, 151643]
+
+
+def test_end_of_call_is_the_token_that_closes_a_turn_holding_a_call(qwen_tokenizer):
+    """Qwen2.5's ChatML and the alpaca chat template close a call as any turn (<|im_end|>, EOS); a template that
+    closes calls apart gives that token; a template that shows no call, none."""
+    from helpers import CALLS_APART
+    from sft.core.chat import end_of_call_id, renderer_for
+    from sft.core.prompts import ALPACA
+
+    im_end, eos = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>"), qwen_tokenizer.eos_token_id
+    assert end_of_call_id(renderer_for(qwen_tokenizer, qwen_tokenizer.chat_template)) == im_end
+    assert end_of_call_id(renderer_for(qwen_tokenizer, ALPACA.chat_template())) == eos
+    apart = renderer_for(qwen_tokenizer, CALLS_APART)
+    assert (apart.end_of_turn_id(), end_of_call_id(apart)) == (im_end, eos)
+    no_calls = "{%- for m in messages -%}{{- m['content'] + '<|im_end|>' -}}{%- endfor -%}"
+    assert end_of_call_id(renderer_for(qwen_tokenizer, no_calls)) is None

@@ -8,17 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import ROOT, demo_config, load_script
-from sft.evaluation import case_study as cs
-from sft.studies.demo import BUILTIN_FAMILIES, builtin_prompts
-from sft.evaluation.generate import generate_responses, generate_token_ids, render_prompts
-from sft.evaluation.settings import GenerationSettings
-from sft.runs.layout import run_dir, tensorboard_dir
-from sft.models.tokenizer import load_tokenizer
+
 from sft.core.prompts import TEMPLATES, Template
-from sft.studies.synthetic import generate_rows
 from sft.core.train import train
+from sft.evaluation import case_cells
+from sft.evaluation import case_study as cs
+from sft.evaluation.generate import (
+    generate_responses,
+    generate_token_ids,
+    render_prompts,
+)
+from sft.evaluation.settings import GenerationSettings
+from sft.models.tokenizer import load_tokenizer
+from sft.runs.layout import run_dir, tensorboard_dir
+from sft.studies.demo import BUILTIN_FAMILIES, builtin_prompts
+from sft.studies.synthetic import generate_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -226,6 +231,48 @@ def test_markdown_table_escapes_pipes_and_newlines():
     assert header == "| # | prompt | reference | m |" and rule == "|---|---|---|---|"
     assert first == "| 1 | Join a \\| b<br><br>Input: x<br>y | a\\|b | line one<br>line \\| two |"
     assert second == "| 2 | Two |  |  |"
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_age", "parameters": {"type": "object", "properties": {}}}},
+         {"type": "function", "function": {"name": "get_city", "parameters": {"type": "object", "properties": {}}}}]
+ASKED = [{"role": "user", "content": "How old is Anna?"},
+         {"role": "assistant", "content": "", "tool_calls": [
+             {"type": "function", "function": {"name": "get_age", "arguments": {"person": "Anna"}}}]},
+         {"role": "tool", "name": "get_age", "content": "42"}]
+
+
+def test_case_study_shows_tools_calls_and_tool_outputs(tmp_path):
+    """A conversation with tools, read from a prompts file: the table lists the tools, the call, the tool's output,
+    and a generated call as a call; the JSONL keeps the raw generation and the tools."""
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"messages": ASKED, "tools": json.dumps(TOOLS), "output": "42"}) + "\n"
+                    + json.dumps({"messages": ASKED[:1], "tools": TOOLS}) + "\n")
+    rows = cs.read_prompts(path)
+    assert rows[0]["tools"] == TOOLS and rows[0]["messages"][-1]["role"] == "tool" and rows[0]["output"] == "42"
+    call = '<tool_call>{"name": "get_age", "arguments": {"person": "Anna"}}</tool_call>'
+    study = cs.CaseStudy(rows=rows, models=[cs.ModelSpec("m", Path("m"))], settings=GenerationSettings(),
+                         outputs={"m": ["42", call]}, prompts={"m": ["p1", "p2"]})
+    _, _, first, second = cs.format_table(study).splitlines()
+    assert first == ('| 1 | tools: get_age, get_city<br>user: How old is Anna?<br>assistant: [call] get_age '
+                     '{"person": "Anna"}<br>tool (get_age): 42 | 42 | 42 |')
+    assert second == '| 2 | tools: get_age, get_city<br>user: How old is Anna? |  | [call] get_age {"person": "Anna"} |'
+    recs = cs.records(study)
+    assert recs[1]["output"] == call and recs[1]["tools"] == TOOLS
+    assert case_cells.show_reply("<tool_call>not json</tool_call>") == "&lt;tool_call>not json&lt;/tool_call>"
+    assert case_cells.show_reply("Let me see. " + call) == 'Let me see.\n[call] get_age {"person": "Anna"}'
+
+
+@pytest.mark.parametrize("row, expected", [
+    ({"messages": ASKED[:2]}, "neither the user's nor a tool's"),
+    ({"messages": ASKED, "tools": "[{"}, "field tools: is not JSON"),
+    ({"messages": ASKED, "tools": {"name": "f"}}, "field tools: is not a list"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "tool turn without a call before it"),
+])
+def test_bad_tool_prompts_are_clear_errors(tmp_path, row, expected):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=expected):
+        cs.read_prompts(path)
 
 
 def test_builtin_prompts_cover_several_families_and_never_change():

@@ -3,7 +3,7 @@ for conversation prompts. (Batching against model.generate is tested in tests/ev
 
 import pytest
 
-from helpers import force_next_token, tiny_qwen25
+from helpers import CALLS_APART, force_next_token, tiny_qwen25
 from sft.evaluation.generate import (
     GenerationSettings, conversation_prompt, eos_ids, generate_responses, generate_token_ids, prompt_stops, render_prompts,
 )
@@ -19,6 +19,18 @@ def test_prompt_stops_are_the_chat_templates_end_of_turn(qwen_tokenizer):
     alpaca = get_template("alpaca").chat_template()
     assert prompt_stops("alpaca", ASK, qwen_tokenizer, alpaca) == [qwen_tokenizer.eos_token_id]  # ends with EOS
     assert prompt_stops("alpaca", [{"instruction": "Add 2 and 3.", "input": ""}], qwen_tokenizer) == []
+
+
+def test_prompt_stops_include_the_end_of_a_tool_call_and_prompts_carry_their_tools(qwen_tokenizer):
+    im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert prompt_stops("alpaca", ASK, qwen_tokenizer, CALLS_APART) == [im_end, qwen_tokenizer.eos_token_id]
+    tools = [{"type": "function", "function": {"name": "get_age", "parameters": {"type": "object", "properties": {}}}}]
+    asked = [conversation_prompt([{"role": "user", "content": "How old is Anna?"}], tools=tools)]
+    assert asked[0]["tools"] == tools
+    (alpaca,) = render_prompts("alpaca", asked, qwen_tokenizer, get_template("alpaca").chat_template())
+    assert alpaca.startswith('### Tools:\n{"name": "get_age"')
+    (chatml,) = render_prompts("alpaca", asked, qwen_tokenizer)
+    assert "<tools>" in chatml and '"get_age"' in chatml  # Qwen2.5 lists tools in its system turn
 
 
 def test_a_base_model_asked_through_chatml_stops_at_im_end(qwen_tokenizer):

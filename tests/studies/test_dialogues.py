@@ -23,6 +23,8 @@ from sft.studies.short_families import ANTONYMS, MONTHS, WEEKDAYS
 from sft.studies.synthetic import FAMILIES
 from sft.studies.vocab import spell_number
 from sft.studies.tasks import DIALOGUE_GROUP, read_dialogue_rows, write_dialogue_tasks
+from sft.studies.tool_tasks import ANSWER_GROUP, CALL_GROUP
+from sft.studies.tools import TOOL_KINDS
 from sft.evaluation.tasks import render_chat, task_manager
 
 
@@ -161,7 +163,8 @@ def test_multi_turn_requests_keep_every_turn_in_a_chat_template(qwen_tokenizer, 
 
 @pytest.mark.slow
 def test_demo_chat_trains_and_evaluates_dialogues(demo_root, tmp_path):
-    """A few steps on dialogues from the small demo's base, evaluated by the CLI: every kind, raw and @chat."""
+    """A few steps on dialogues (and tool-use conversations) from the small demo's base, evaluated by the CLI: every
+    kind, raw and @chat, the tool-use kinds' call and answer tasks, the held-out loss of tool calls and outputs."""
     from sft.core.overrides import load_config
     from sft.studies.demo import ensure_assets
     from sft.runs.layout import run_dir
@@ -174,7 +177,8 @@ def test_demo_chat_trains_and_evaluates_dialogues(demo_root, tmp_path):
              "data.eval_data": str(tmp_path / "Dataset/demo-chat/heldout.jsonl"),
              "model_root": str(tmp_path / "model"), "tensorboard_root": str(tmp_path / "tb"),
              "cache_dir": str(tmp_path / ".cache"), "demo.n_dialogue_train": 48, "demo.n_dialogue_heldout": 12,
-             "demo.n_dialogue_test": 12, **{f"demo.{k}": getattr(base.demo, k) for k in (
+             "demo.n_dialogue_test": 12, "demo.n_tool_train": 16, "demo.n_tool_heldout": 4, "demo.n_tool_test": 8,
+             **{f"demo.{k}": getattr(base.demo, k) for k in (
                  "n_train", "n_heldout", "n_test", "hidden_size", "intermediate_size", "num_hidden_layers")}}
     cfg = load_config("demo-chat", **paths, max_steps=4, eval_steps=1000, save_steps=1000, prompt_loss_weight=0.5)
     ensure_assets(cfg)
@@ -186,7 +190,10 @@ def test_demo_chat_trains_and_evaluates_dialogues(demo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "ev" / "t").iterdir()
     summary = (run / "summary" / f"summary_{run.name}.csv").read_text()
-    for kind in KINDS:
-        assert f"{DIALOGUE_GROUP}_{kind}," in summary and f"{DIALOGUE_GROUP}_{kind}@chat," in summary
+    for task in [f"{DIALOGUE_GROUP}_{kind}" for kind in KINDS] + [f"{g}_{k}" for g in (CALL_GROUP, ANSWER_GROUP)
+                                                                  for k in TOOL_KINDS]:
+        assert f"{task}," in summary and f"{task}@chat," in summary
+    assert "call_exact_match" in summary
     assert (run / "predictions" / "w" / f"{DIALOGUE_GROUP}_add_spell@chat.jsonl").is_file()
-    assert json.loads((run / "heldout.json").read_text())["models"]["w"]["examples"] == 12
+    heldout = json.loads((run / "heldout.json").read_text())["models"]["w"]
+    assert heldout["examples"] == 16 and heldout["tool_call_tokens"] > 0 and heldout["tool_output_tokens"] > 0
