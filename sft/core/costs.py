@@ -8,7 +8,7 @@ Formulas (all stated in `sft plan`'s output too):
 * Memory = weights + gradients + AdamW's two states, each in the dtype the weights are loaded in
   on the GPU (model.dtype "auto" = bf16: the Trainer's bf16=True then only autocasts, there is no
   fp32 master copy), + activations of the largest possible micro-batch (batch x longest example)
-  + the LM head (`head_bytes`: one chunk of fp32 logits with the selective head) + a tied embedding's dense
+  + the LM head (`head_bytes`: its largest chunk of fp32 logits with the selective head) + a tied embedding's dense
   gradient + 1 GiB of CUDA context, summed as if all were alive at once. bench/real_vocab.py checks
   `memory_estimate` against a measured peak.
 * Adapters (docs/lora.md): the same run as full fine-tuning, LoRA (frozen bf16 base; adapter, its
@@ -16,8 +16,8 @@ Formulas (all stated in `sft plan`'s output too):
   with 4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T training FLOPs for the two adapter methods
   (no weight gradient of frozen weights), and which of them fits each GPU.
 
-The head's chunk size (`head_chunk_tokens`) lives here too: sft.core.loss runs its chunks at that size and the
-memory estimate counts one chunk. Light on purpose: the command line reads MFU from here for `plan --help`.
+The head's chunk size (`head_chunk_tokens`, `head_chunk_rows`) lives here too: sft.core.loss runs its chunks at that
+size and the memory estimate counts its largest chunk (`head_chunk_peak_rows`). Light on purpose: the command line reads MFU from here for `plan --help`.
 """
 
 from __future__ import annotations
@@ -56,12 +56,29 @@ METHODS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}  # the 
 
 HEAD_CHUNK_TOKENS = 1024  # the most positions per head chunk (small vocabularies: fewer, larger matmuls)
 HEAD_CHUNK_BYTES = 512 * 2**20  # fp32 logits of one chunk: 883 positions at Qwen2.5's 151,936-row vocabulary
+# A remainder of up to 1/HEAD_CHUNK_SLACK of a chunk is shared among the other chunks instead of making a small chunk
+# of its own, which would stream the whole [V, d] head weight through its 3 products once more for a few rows: a
+# chunk then holds up to 9/8 of HEAD_CHUNK_BYTES (993 rows, 576 MiB at Qwen2.5), and never more.
+HEAD_CHUNK_SLACK = 8
 
 
 def head_chunk_tokens(vocab: int, budget: int | None = None) -> int:
     """Positions per head chunk: as many fp32 logits rows as `budget` (HEAD_CHUNK_BYTES) holds, at most 1,024."""
     budget = HEAD_CHUNK_BYTES if budget is None else budget
     return max(1, min(HEAD_CHUNK_TOKENS, budget // (4 * vocab)))
+
+
+def head_chunk_rows(n: int, chunk: int) -> int:
+    """Rows per chunk for n positions, `chunk` (head_chunk_tokens) being a chunk's budget: the fewest chunks that hold
+    them with at most chunk // HEAD_CHUNK_SLACK rows over in all, of equal size (946 -> one of 946; 2,000 -> 3 of 667)."""
+    chunks = max(1, math.ceil((n - chunk // HEAD_CHUNK_SLACK) / chunk))
+    return max(1, math.ceil(n / chunks))
+
+
+def head_chunk_peak_rows(tokens: int, vocab: int) -> int:
+    """The largest chunk of fp32 logits rows the selective head makes for at most `tokens` positions (any selection)."""
+    chunk = head_chunk_tokens(vocab)
+    return min(tokens, chunk + chunk // HEAD_CHUNK_SLACK)
 
 
 def optimizer_steps(n_examples: int, per_device_batch: int, grad_accum: int = 1, epochs: float = 1.0,
@@ -99,7 +116,7 @@ def activation_bytes_per_token(shape: dict[str, Any], act_bytes: int) -> int:
 def head_bytes(shape: dict[str, Any], tokens: int, selective: bool, weight_bytes: int, compute_bytes: int) -> int:
     """Bytes of the LM head and its cross-entropy at their peak, for a micro-batch of `tokens` positions.
 
-    Selective head (sft/loss.py): one chunk of fp32 logits (worked on in place), and
+    Selective head (sft/core/loss.py): its largest chunk of fp32 logits (worked on in place; head_chunk_peak_rows), and
     the 16-bit product it is cast from when the compute is 16-bit (autocast); with 16-bit weights, its fp32 [V, d] gradient
     accumulator (with fp32 weights that is the weight's gradient, counted apart). Full logits: the logits
     in the compute dtype, their fp32 copy (none when the compute is fp32), the log-softmax and its
@@ -108,7 +125,7 @@ def head_bytes(shape: dict[str, Any], tokens: int, selective: bool, weight_bytes
     vocab, cast = shape["vocab"], compute_bytes if compute_bytes < 4 else 0
     if not selective:
         return tokens * vocab * (cast + 3 * 4)
-    rows = min(tokens, head_chunk_tokens(vocab))
+    rows = head_chunk_peak_rows(tokens, vocab)
     return rows * vocab * (4 + cast) + (shape["embedding_parameters"] * 4 if weight_bytes < 4 else 0)
 
 

@@ -6,8 +6,10 @@ logits of a 16K-token step are ~10 GB in fp32 before their gradient. So the head
 the selected positions only, in chunks, with the gradient of each chunk computed while its
 logits exist (as Liger's fused linear cross-entropy does): the full tokens x vocabulary tensor
 is never materialised. A chunk holds the positions whose fp32 logits fit in HEAD_CHUNK_BYTES
-(883 at Qwen2.5's 151,936-token vocabulary) and is worked on in place, so the head needs one
-chunk and the fp32 gradient of its weight, whatever the batch; bench/real_vocab.py measures it
+(883 at Qwen2.5's 151,936-token vocabulary), the chunks of a batch are of equal size and a small
+remainder joins them rather than streaming the head's weight once more for a few rows
+(`head_chunk_rows`: 946 positions make one chunk), and a chunk is worked on in place, so the head
+needs one chunk and the fp32 gradient of its weight, whatever the batch; bench/real_vocab.py measures it
 against TRL's chunked loss and Cut Cross-Entropy. Written here rather than taken from Liger
 because the loss needs per-token weights and per-token NLLs (for the response/prompt logs),
 which Liger's kernel does not return, and because it must run on the CPU.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sft.core.costs import head_chunk_tokens
+from sft.core.costs import head_chunk_rows, head_chunk_tokens
 from sft.core.weights import step_weights
 
 
@@ -70,7 +72,7 @@ def scored_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tenso
                chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-row NLL, whether the target is the top token) of rows of hidden states [K, H], without gradient:
     the held-out metrics' head, a chunk of positions at a time."""
-    chunk = chunk or head_chunk_tokens(head.weight.shape[0])
+    chunk = head_chunk_rows(len(targets), chunk or head_chunk_tokens(head.weight.shape[0]))
     nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
     hit = torch.empty(len(targets), dtype=torch.bool, device=hidden.device)
     for s in range(0, len(targets), chunk):
@@ -130,7 +132,8 @@ def selected_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Ten
                  chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of w * nll, per-row nll) for selected rows of hidden states [K, H] through a bias-free head.
 
-    `chunk` positions go through the head at a time; by default as many as HEAD_CHUNK_BYTES of logits hold.
+    `chunk` positions go through the head at a time (by default as many as HEAD_CHUNK_BYTES of logits hold), give or
+    take: the chunks are of equal size, a remainder of up to 1/8 of a chunk shared among them (costs.head_chunk_rows).
     """
     if getattr(head, "bias", None) is not None:
         raise ValueError("The selective head supports bias-free output layers (Qwen, Llama, Mistral); set "
@@ -138,5 +141,5 @@ def selected_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Ten
     if hidden.shape[0] == 0:
         zero = hidden.sum() * 0.0 + head.weight.sum() * 0.0  # keeps the graph connected for DDP
         return zero, hidden.new_zeros(0, dtype=torch.float32)
-    chunk = chunk or head_chunk_tokens(head.weight.shape[0])
+    chunk = head_chunk_rows(hidden.shape[0], chunk or head_chunk_tokens(head.weight.shape[0]))
     return _WeightedLinearCrossEntropy.apply(hidden, head.weight, targets, token_weights.to(torch.float32), chunk)

@@ -5,7 +5,13 @@ import torch
 
 from helpers import demo_config
 from sft.core.collate import PackedWeightedLMCollator, WeightedLMCollator
-from sft.core.costs import HEAD_CHUNK_BYTES, HEAD_CHUNK_TOKENS, head_chunk_tokens
+from sft.core.costs import (
+    HEAD_CHUNK_BYTES,
+    HEAD_CHUNK_TOKENS,
+    head_chunk_peak_rows,
+    head_chunk_rows,
+    head_chunk_tokens,
+)
 from sft.core.loss import selected_nll, target_weights
 from sft.core.train import build_trainer, train
 
@@ -63,16 +69,35 @@ def test_head_chunk_follows_the_vocabulary_and_the_memory_budget():
     assert head_chunk_tokens(1000, budget=4000 * 7) == 7
 
 
-def test_selective_head_default_chunk_gives_the_same_loss_and_gradients(monkeypatch):
+def test_head_chunks_are_equal_and_share_a_small_remainder():
+    # Qwen2.5: 946 positions (a step of bench/real_vocab.py) make one chunk, not 883 + 63; 994 make two of 497.
+    assert head_chunk_rows(946, 883) == 946 and head_chunk_rows(993, 883) == 993 and head_chunk_rows(994, 883) == 497
+    assert head_chunk_rows(2000, 883) == 667 and head_chunk_rows(1, 883) == 1 and head_chunk_rows(0, 883) == 1
+    for chunk in (1, 6, 16, 883):
+        peak = chunk + chunk // 8
+        for n in range(1, 3000):
+            rows, plain = head_chunk_rows(n, chunk), -(-n // chunk)  # plain: chunks of `chunk` rows, a ragged last
+            chunks = -(-n // rows)
+            assert rows <= peak and chunks <= plain  # never over the slack, never more chunks than the plain split
+            if n > chunk and 0 < n % chunk <= chunk // 8:
+                assert chunks <= plain - 1  # a small remainder makes no chunk of its own
+    # plan counts the largest chunk any selection of up to `tokens` positions makes.
+    v = 151_936
+    for tokens in (1, 500, 883, 946, 993, 994, 5000):
+        assert head_chunk_peak_rows(tokens, v) == max(head_chunk_rows(n, 883) for n in range(1, tokens + 1))
+
+
+@pytest.mark.parametrize("k", [9, 13, 43])  # one chunk with the remainder shared in; 7 + 6; 5 x 8 + 3
+def test_selective_head_default_chunk_gives_the_same_loss_and_gradients(monkeypatch, k):
     torch.manual_seed(2)
-    k, h, v = 40, 8, 500
+    h, v = 8, 500
     hidden = torch.randn(k, h, requires_grad=True)
     head = torch.nn.Linear(h, v, bias=False)
     targets, w = torch.randint(0, v, (k,)), torch.rand(k)
-    monkeypatch.setattr("sft.core.costs.HEAD_CHUNK_BYTES", 4 * v * 6)  # 6 rows a chunk: the ragged last one included
-    assert head_chunk_tokens(v) == 6
+    monkeypatch.setattr("sft.core.costs.HEAD_CHUNK_BYTES", 4 * v * 8)  # 8 rows a chunk: the ragged last one included
+    assert head_chunk_tokens(v) == 8 and head_chunk_rows(k, 8) == {9: 9, 13: 7, 43: 8}[k]
     results = []
-    for chunk in (None, k):
+    for chunk in (None, 1):  # the default chunks, and one position at a time
         loss, nll = selected_nll(hidden, head, targets, w, chunk=chunk)
         results.append((loss, nll, *torch.autograd.grad(loss, (hidden, head.weight))))
     for a, b in zip(*results):

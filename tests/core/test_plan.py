@@ -9,8 +9,7 @@ import pytest
 from helpers import SHARED, demo_config
 from sft.core.overrides import load_config
 from sft.data.splits import split_indices
-from sft.core.costs import head_chunk_tokens
-from sft.core.costs import GIB, GPUS, memory_estimate, optimizer_steps
+from sft.core.costs import GIB, GPUS, HEAD_CHUNK_SLACK, head_chunk_tokens, memory_estimate, optimizer_steps
 from sft.core.plan import plan_run
 from sft.core.prompts import render_prompt
 
@@ -139,9 +138,11 @@ def test_plan_figures_against_a_hand_count(plan_root, monkeypatch, qwen_tokenize
 def test_memory_estimate_of_the_lm_head():
     shape = {"parameters": 1000, "vocab": 151_936, "hidden": 64, "embedding_parameters": 151_936 * 64,
              "tied_embeddings": True, "layers": 1, "q_dim": 64, "kv_dim": 32, "intermediate": 128}
-    rows = head_chunk_tokens(151_936)
+    rows = head_chunk_tokens(151_936) + head_chunk_tokens(151_936) // HEAD_CHUNK_SLACK
+    assert rows == 883 + 110  # the largest chunk: a 512 MiB one with a remainder of up to 1/8 shared in (576 MiB)
     fp32 = memory_estimate(shape, 4, 5000, act_bytes=4, context_bytes=0)
     assert fp32["lm_head"] == rows * 151_936 * 4  # one fp32 chunk, worked on in place; no cast, no extra grad
+    assert memory_estimate(shape, 4, 946, act_bytes=4)["lm_head"] == 946 * 151_936 * 4  # 946 positions: one chunk
     assert fp32["tied_embedding_gradient"] == 4 * 151_936 * 64 and fp32["cuda_context"] == 0
     assert memory_estimate(shape, 4, 100, act_bytes=4)["lm_head"] == 100 * 151_936 * 4  # fewer tokens than a chunk
     bf16 = memory_estimate(shape, 2, 5000, act_bytes=2)  # bf16 weights: the fp32 gradient accumulator too
