@@ -2,9 +2,10 @@
 
 Formulas (all stated in `sft plan`'s output too):
 * FLOPs = 6 N_body T + 6 V d T_head + 3 A, with N_body the parameters outside the embedding and
-  LM head, T the tokens computed (padding included), T_head the positions the head runs on
-  (weight > 0 with --selective-head, else T) and A the forward attention FLOPs,
-  4 L q_dim n(n+1)/2 per example of n tokens (causal); held-out evaluations add 2 N_body T + ...
+  LM head, T the tokens computed (padding included), T_head the positions the head runs on (with
+  --selective-head those whose target weighs > 0 at the schedule's largest w under the whole weight
+  spec, else T) and A the forward attention FLOPs, 4 L q_dim n(n+1)/2 per example of n tokens
+  (causal); held-out evaluations add 2 N_body T + ...
 * Memory = weights + gradients + AdamW's two states, each in the dtype the weights are loaded in
   on the GPU (model.dtype "auto" = bf16: the Trainer's bf16=True then only autocasts, there is no
   fp32 master copy), + activations of the largest possible micro-batch (batch x longest example)

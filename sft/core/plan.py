@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -38,6 +39,7 @@ from sft.core.costs import (
 )
 from sft.core.prepare import prepare_data
 from sft.data.stats import tokens_by_role
+from sft.data.weights import WeightSpec
 from sft.models.checks import check_inputs
 from sft.models.lora import lora_config
 from sft.models.tokenizer import load_tokenizer, looks_local
@@ -139,7 +141,7 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
     steps = optimizer_steps(len(lengths), t.per_device_train_batch_size, t.gradient_accumulation_steps,
                             t.num_train_epochs, t.max_steps, world_size, drop_last)
     by_mode = {m: padding_of(lengths, t, m) for m in ("padded", "grouped", "packed")}
-    work = run_flops(cfg, shape, lengths, response, held_len, steps, by_mode[mode]["tokens_per_epoch"], mode)
+    work = run_flops(cfg, shape, lengths, data.train, held_len, steps, by_mode[mode]["tokens_per_epoch"], mode)
     mb_tokens = t.per_device_train_batch_size * int(lengths.max())  # the largest micro-batch possible
     checkpointing = bool(t.extra.get("gradient_checkpointing", False))
     common = {"activations": activation_memory(shape, mb_tokens, checkpointing),
@@ -186,14 +188,38 @@ def padding_of(lengths: np.ndarray, t, mode: str) -> dict[str, Any]:
             "padding_share": padding / computed if computed else 0.0}
 
 
-def run_flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray, response: np.ndarray,
+def largest_prompt_weight(spec: WeightSpec) -> float:
+    """The largest w of the run: the schedule's end where it ramps up, else the starting w."""
+    end = spec.prompt_loss_weight_end
+    return float(max(spec.prompt_loss_weight, spec.prompt_loss_weight if end is None else end))
+
+
+def head_positions(train, spec: WeightSpec) -> int:
+    """Positions the selective head runs on in an epoch: those whose target (the next token) weighs more than 0 at
+    the schedule's largest w, under every setting of the spec (role_weights, train_on, the messages' own weights).
+
+    A position's weight is non-zero at some step exactly when it is at that w (a weight is its role's, w or fixed,
+    times the message's), so a ramp that starts or ends at 0 is counted as if w > 0 on all its steps: one step over.
+    """
+    table = train.with_format("arrow")[:]  # the rows in the dataset's order, as one pyarrow table
+    codes = pc.list_flatten(table.column("weight_codes")).to_numpy().astype(np.int64)
+    scale = pc.list_flatten(table.column("weight_scale")).to_numpy()
+    lengths = pc.list_value_length(table.column("weight_codes")).to_numpy().astype(np.int64)
+    scored = np.asarray(spec.table(largest_prompt_weight(spec)), dtype=np.float32)[codes] * scale > 0
+    starts = np.cumsum(lengths) - lengths
+    scored[starts[lengths > 0]] = False  # an example's first token is no position's target
+    return int(scored.sum())
+
+
+def run_flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray, train,
               held_len: np.ndarray, steps: dict[str, int], computed: int, mode: str) -> dict[str, Any]:
     """Training and evaluation FLOPs of the run, and the per-epoch token counts they are made of."""
     t = cfg.train
     epochs = steps["max_steps"] / steps["steps_per_epoch"]  # exact for whole epochs
-    real = int(lengths.sum())
-    scored = int(response.sum()) if cfg.data.prompt_loss_weight == 0 else real - len(lengths)  # weight > 0
-    head_tokens = scored if t.selective_head else computed
+    spec = cfg.data.weight_spec()
+    head_tokens = head_positions(train, spec) if t.selective_head else computed
+    head_note = (f"T_head: the positions whose target weighs > 0 at w = {largest_prompt_weight(spec):g}, role and "
+                 "message weights included" if t.selective_head else "T_head = T: the head runs on every position")
     attn = attention_flops(lengths, shape["layers"], shape["q_dim"])
     eval_batches = [np.arange(i, min(i + t.per_device_eval_batch_size, len(held_len)))
                     for i in range(0, len(held_len), t.per_device_eval_batch_size)]
@@ -206,7 +232,7 @@ def run_flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray,
                "4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T per epoch (frozen weights: no weight gradient)")
     return {"train": epochs * train_flops(run_method(cfg), shape, computed, head_tokens, attn), "eval": eval_flops,
             "evaluations": n_evals, "head_tokens_per_epoch": head_tokens, "attention_forward_per_epoch": attn,
-            "formula": formula + "; evaluations 2 (N_body + V d) T + A", "epochs": epochs, "tokens": computed,
+            "formula": f"{formula}; {head_note}; evaluations 2 (N_body + V d) T + A", "epochs": epochs, "tokens": computed,
             "head_tokens": head_tokens, "attn": attn}
 
 

@@ -10,7 +10,8 @@ from helpers import SHARED, demo_config
 from sft.core.overrides import load_config
 from sft.data.splits import split_indices
 from sft.core.costs import GIB, GPUS, HEAD_CHUNK_SLACK, head_chunk_tokens, memory_estimate, optimizer_steps
-from sft.core.plan import plan_run
+from sft.core.plan import head_positions, plan_run
+from sft.core.prepare import prepare_data
 from sft.core.prompts import render_prompt
 
 ALPACA_CLEANED_ROWS = 51_760  # yahma/alpaca-cleaned's train split
@@ -226,3 +227,56 @@ def test_plan_prints_what_loading_dropped_and_ignored_and_counts_tool_roles(plan
     assert f"first dropped: agent.jsonl: line {len(rows)}, turn 2" in logged and "columns ignored: source" in logged
     out = capsys.readouterr().out
     assert "+ tool_call " in out and "+ tool_output " in out
+
+# A reply with a message weight of 0 (LLaMA-Factory's key): its tokens are never scored, whatever the spec.
+WEIGHTED_CHATS = [CHATS[0][:2] + [dict(CHATS[0][2], loss_weight=0)] + CHATS[0][3:], CHATS[1]] * 3
+
+
+@pytest.mark.parametrize("settings", [
+    {},  # w = 0: the trained replies only
+    {"role_weights": "user=0.5"},  # w = 0, the user's words too
+    {"role_weights": "template=0,system=0", "prompt_loss_weight_end": 1.0},  # a ramp: the user's words after step 1
+    {"train_on": "last"},  # w = 0: the last reply only
+    {"prompt_loss_weight": 1.0, "role_weights": "template=0"},  # unmasked but for the markup
+])
+def test_plan_head_positions_follow_the_whole_weight_spec(plan_root, monkeypatch, qwen_tokenizer, settings):
+    from sft.data.conversations import ASSISTANT, ROLE_NAMES, TEMPLATE
+    from sft.data.config import DataConfig
+    from sft.core.tokenize import conversation_renderer
+
+    (plan_root / "weighted_chats.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in WEIGHTED_CHATS))
+    monkeypatch.chdir(plan_root)
+    cfg = load_config("qwen2.5-0.5b-alpaca", data="weighted_chats.jsonl", eval_size=2,
+                      cache_dir=str(plan_root / ".cache"), **settings)
+    train = prepare_data(cfg.data, qwen_tokenizer).train
+    # By hand: the weight of every target token (each example's first token is none), at the ramp's largest w.
+    w = max(settings.get("prompt_loss_weight", 0.0), settings.get("prompt_loss_weight_end", 0.0))
+    roles_w = dict(pair.split("=") for pair in settings["role_weights"].split(",")) if "role_weights" in settings else {}
+    roles_w = {k: float(v) for k, v in roles_w.items()}
+    train_idx, _ = split_indices(len(WEIGHTED_CHATS), 2, cfg.data.split_seed)
+    renderer = conversation_renderer(qwen_tokenizer, DataConfig())
+    expected = 0
+    for i in train_idx:
+        chat = WEIGHTED_CHATS[i]
+        _, roles, turns = renderer.tokens([chat])[0]
+        last = max(t for t, m in enumerate(chat) if m["role"] == "assistant")
+        for role, turn in zip(roles[1:], turns[1:]):
+            message = chat[turn].get("loss_weight", 1.0)
+            if role == TEMPLATE:
+                weight = roles_w.get("template", w)
+            elif role == ASSISTANT:
+                trained = settings.get("train_on", "all") == "all" or turn == last
+                weight = (roles_w.get("assistant", 1.0) if trained else w) * message
+            else:
+                weight = roles_w.get(ROLE_NAMES[role], w) * message
+            expected += weight > 0
+    assert 0 < head_positions(train, cfg.data.weight_spec()) == expected < sum(train["length"]) - len(train_idx)
+    if "prompt_loss_weight_end" not in settings:
+        return
+    p = plan_run(cfg)  # the plan's FLOPs count them (one plan: each takes seconds)
+    assert p["flops"]["head_tokens_per_epoch"] == expected
+    body, head = p["model"]["body_parameters"], p["model"]["embedding_parameters"]
+    tokens = p["by_batching"]["packed"]["tokens_per_epoch"]
+    assert p["flops"]["train"] == pytest.approx(3 * (6 * body * tokens + 6 * head * expected
+                                                     + 3 * p["flops"]["attention_forward_per_epoch"]), rel=1e-12)
+    assert f"at w = {w:g}" in p["flops"]["formula"]
