@@ -160,7 +160,7 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
                   "epochs": t.num_train_epochs if t.max_steps <= 0 else work["epochs"], "drop_last": drop_last},
         "model": {"path": cfg.model.model, **shape},
         "method": method, "lora": dataclasses.asdict(cfg.lora or LoraSettings()),
-        "flops": {k: work[k] for k in ("train", "eval", "evaluations", "head_tokens_per_epoch",
+        "flops": {k: work[k] for k in ("train", "eval", "evaluations", "head_tokens_per_epoch", "head_tokens_note",
                                        "attention_forward_per_epoch", "formula")} | {"total": total},
         "memory_bytes": memory, "peak_memory_bytes": peak,
         "memory_note": memory_note(cfg, method, mb_tokens // t.per_device_train_batch_size, checkpointing),
@@ -218,8 +218,8 @@ def run_flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray,
     epochs = steps["max_steps"] / steps["steps_per_epoch"]  # exact for whole epochs
     spec = cfg.data.weight_spec()
     head_tokens = head_positions(train, spec) if t.selective_head else computed
-    head_note = (f"T_head: the positions whose target weighs > 0 at w = {largest_prompt_weight(spec):g}, role and "
-                 "message weights included" if t.selective_head else "T_head = T: the head runs on every position")
+    head_note = (f"the positions whose target weighs > 0 at w = {largest_prompt_weight(spec):g}, role and message "
+                 "weights included" if t.selective_head else "every position: no selective head")
     attn = attention_flops(lengths, shape["layers"], shape["q_dim"])
     eval_batches = [np.arange(i, min(i + t.per_device_eval_batch_size, len(held_len)))
                     for i in range(0, len(held_len), t.per_device_eval_batch_size)]
@@ -232,7 +232,7 @@ def run_flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray,
                "4 N_body T + 4 V d T_head + 3 A + 6 N_adapter T per epoch (frozen weights: no weight gradient)")
     return {"train": epochs * train_flops(run_method(cfg), shape, computed, head_tokens, attn), "eval": eval_flops,
             "evaluations": n_evals, "head_tokens_per_epoch": head_tokens, "attention_forward_per_epoch": attn,
-            "formula": f"{formula}; {head_note}; evaluations 2 (N_body + V d) T + A", "epochs": epochs, "tokens": computed,
+            "formula": formula + "; evaluations 2 (N_body + V d) T + A", "head_tokens_note": head_note, "epochs": epochs, "tokens": computed,
             "head_tokens": head_tokens, "attn": attn}
 
 
@@ -290,7 +290,7 @@ def format_plan(p: dict[str, Any]) -> str:
                  f"hidden {m['hidden']}, vocabulary {m['vocab']:,}, embedding {m['embedding_parameters']:,}"
                  f"{' tied' if m['tied_embeddings'] else ''}; {m['body_parameters']:,} outside embedding and head)")
     lines.append(f"FLOPs     {f['total']:.3e} = training {f['train']:.3e} + {f['evaluations']} held-out evaluations "
-                 f"{f['eval']:.3e}  [{f['formula']}; T_head {f['head_tokens_per_epoch']:,} per epoch]")
+                 f"{f['eval']:.3e}  [{f['formula']}; T_head {f['head_tokens_per_epoch']:,} per epoch: {f['head_tokens_note']}]")
     parts = ", ".join(f"{k.replace('_', ' ')} {_gib(v)}" for k, v in mem.items())
     lines.append(f"memory    peak ~{_gib(p['peak_memory_bytes'])} per GPU = {parts}")
     lines.append(f"          ({p['memory_note']})")

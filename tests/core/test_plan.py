@@ -279,4 +279,4 @@ def test_plan_head_positions_follow_the_whole_weight_spec(plan_root, monkeypatch
     tokens = p["by_batching"]["packed"]["tokens_per_epoch"]
     assert p["flops"]["train"] == pytest.approx(3 * (6 * body * tokens + 6 * head * expected
                                                      + 3 * p["flops"]["attention_forward_per_epoch"]), rel=1e-12)
-    assert f"at w = {w:g}" in p["flops"]["formula"]
+    assert f"at w = {w:g}" in p["flops"]["head_tokens_note"]
