@@ -11,7 +11,7 @@ from sft.evaluation.pages import BLOCK, members, pages, regenerate, render_spec,
 
 PAGES = pages(ROOT)
 DEMO = "evaluation_results/demo/20261202_111738"  # a committed result with known figures
-NEWEST_DEMO = "evaluation_results/demo/20261206_164838"  # the run the README shows
+NEWEST_DEMO = "evaluation_results/demo/20261206_192601"  # the run the README shows
 
 
 def _id(page):
