@@ -156,7 +156,8 @@ def test_side_effects_table_from_the_summary_and_scores_tables_without_them(tmp_
 
 
 def test_a_summary_without_side_effects_says_so():
-    table = render_spec(f"side-effects {NEWEST_DEMO} --datasets sft_demo --metrics run_on --pair unmasked,masked",
+    earlier = "evaluation_results/demo/20261206_164838"  # evaluated before side effects were counted
+    table = render_spec(f"side-effects {earlier} --datasets sft_demo --metrics run_on --pair unmasked,masked",
                         ROOT)
     assert "not in this summary" in table and "evaluated before side effects were counted" in table
 

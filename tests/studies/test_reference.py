@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from helpers import ROOT, SHARED
+from sft.evaluation.side_effects import is_side_effect
 from sft.runs.layout import LOCAL_QWEN_DIR
 
 PRESET = "qwen2.5-0.5b-alpaca"
@@ -196,7 +197,10 @@ def test_benchmark_rows_are_lm_evals_own_results(chain):
                     assert len(row) == 1, (task, label)
                     assert float(row[model].iloc[0]) == pytest.approx(100 * value, abs=0.005), (model, task, label)
                     expected.add((task + suffix, label))
-    assert set(zip(summary["dataset"], summary["metric"])) == expected
+    scores = summary[~summary["metric"].map(is_side_effect)]  # side effects: the generation tasks' own rows
+    assert set(zip(scores["dataset"], scores["metric"])) == expected
+    side = summary[summary["metric"].map(is_side_effect)]
+    assert set(side["dataset"]) == {"gsm8k", "gsm8k@chat"}  # the one generation task; log-likelihood tasks get none
     assert {"exact_match_strict-match", "exact_match_flexible-extract", "acc", "acc_norm",
             "weighted_average"} <= set(summary["metric"])
     assert set(summary.loc[summary["dataset"].str.endswith("@chat"), "base"]) == {"-"}  # base: no chat pass
