@@ -109,21 +109,28 @@ def resolve_kinds(kinds: list[str] | None) -> list[str]:
     return resolve_names(kinds, list(KINDS), "dialogue kinds")
 
 
-def fill_dialogues(n: int, seed: int, kinds: list[str], seen: set[str]) -> list[dict]:
-    """Draw n dialogues cycling over kinds, skipping conversations already in seen (and adding the new ones)."""
+def fill_unique(n: int, seed: int, kinds: list[str], seen: set[str], make: Callable[[str, random.Random], dict],
+                key: Callable[[dict], str], what: str) -> list[dict]:
+    """Draw n rows with make(kind, rng), cycling over kinds, skipping rows whose key is already in seen (and adding
+    the new ones): the splits of the dialogues and of the tool-use conversations are disjoint this way."""
     rng = random.Random(seed)
     rows: list[dict] = []
     draws = 0
     while len(rows) < n:
         draws += 1
         if draws > MAX_DRAW_FACTOR * max(n, 1):
-            raise ValueError(f"could not draw {n} unique dialogues; lower the split sizes")
-        row = make_dialogue(kinds[len(rows) % len(kinds)], rng)
-        key = json.dumps(row["messages"])
-        if key not in seen:
-            seen.add(key)
+            raise ValueError(f"could not draw {n} {what}; lower the split sizes")
+        row = make(kinds[len(rows) % len(kinds)], rng)
+        if key(row) not in seen:
+            seen.add(key(row))
             rows.append(row)
     return rows
+
+
+def fill_dialogues(n: int, seed: int, kinds: list[str], seen: set[str]) -> list[dict]:
+    """Draw n dialogues cycling over kinds, skipping conversations already in seen (and adding the new ones)."""
+    return fill_unique(n, seed, kinds, seen, make_dialogue, lambda row: json.dumps(row["messages"]),
+                       "unique dialogues")
 
 
 def build_dialogue_dataset(out_dir: str | Path, n_train: int, n_heldout: int, n_test: int, seed: int = 0,

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from sft.data.io import write_jsonl
-from sft.studies.dialogues import SYSTEM_PROMPTS, SYSTEM_SHARE
+from sft.studies.dialogues import SYSTEM_PROMPTS, SYSTEM_SHARE, fill_unique
 from sft.studies.short_families import CAPITALS
-from sft.studies.synthetic import FAMILIES, MAX_DRAW_FACTOR, check_split_sizes, derive_seed, resolve_names
+from sft.studies.synthetic import FAMILIES, check_split_sizes, derive_seed, resolve_names
 from sft.studies.vocab import NAMES, decorate
 
 AGE_RANGE = (18, 90)  # ages the people tool replies with: drawn per conversation, never guessable
@@ -133,19 +133,8 @@ def resolve_tool_kinds(kinds: list[str] | None) -> list[str]:
 
 def fill_tool_conversations(n: int, seed: int, kinds: list[str], seen: set[str]) -> list[dict]:
     """Draw n conversations cycling over kinds, skipping call prompts already in seen (and adding the new ones)."""
-    rng = random.Random(seed)
-    rows: list[dict] = []
-    draws = 0
-    while len(rows) < n:
-        draws += 1
-        if draws > MAX_DRAW_FACTOR * max(n, 1):
-            raise ValueError(f"could not draw {n} tool-use conversations with distinct questions; lower the split sizes")
-        row = make_tool_conversation(kinds[len(rows) % len(kinds)], rng)
-        key = prompt_key(row)
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
-    return rows
+    return fill_unique(n, seed, kinds, seen, make_tool_conversation, prompt_key,
+                       "tool-use conversations with distinct questions")
 
 
 def add_tool_conversations(out_dir: str | Path, n_train: int, n_heldout: int, n_test: int, seed: int = 0,
