@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sft.runs.layout import sweep_results_dir
+from sft.runs.layout import SWEEP_PLOT, sweep_results_dir
 from sft.studies.sweep import parse_weights, run_sweep, seeds_report
 from sft.studies.variants import compare_variants, split_axes
 
@@ -29,7 +29,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     shared, variants = split_axes(args.overrides)  # --role-weights, --prompt-loss-weight-end, --loss-normalizer
     roots = {}
     for label, settings in variants:  # one sweep per variant; they share one tokenization (no weight is cached)
-        plot = Path(args.plot).with_stem(f"{Path(args.plot).stem}-{label}") if label and args.plot else args.plot
+        plot = sweep_plot(args.plot, name, label)
         roots[label] = run_sweep(args.preset, weights, seeds, f"{name}-{label}" if label else name, limit=args.limit,
                                  overrides={**shared, **settings}, plot=plot,
                                  tasks=[] if args.heldout_only else tasks)
@@ -40,3 +40,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"Seeds{f' of variant {label}' if label else ''}: between-seed sd of each paired difference, its minimum "
               f"detectable difference, seeds needed:\n{seeds_report(root, args.target_difference)}", flush=True)
     return 0
+
+
+def sweep_plot(plot: str | None, name: str, label: str = "") -> Path | None:
+    """Where a sweep's plot goes: the default carries the sweep's name (assets/plw_sweep-<name>.png), so one sweep
+    never overwrites another's, except `make sweep`'s (name "demo": assets/plw_sweep.png); a variant appends its label."""
+    if not plot:
+        return None
+    base = Path(SWEEP_PLOT).with_stem(f"plw_sweep-{name}") if plot == SWEEP_PLOT and name != "demo" else Path(plot)
+    return base.with_stem(f"{base.stem}-{label}") if label else base

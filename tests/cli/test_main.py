@@ -5,15 +5,17 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from helpers import QWEN_TOKENIZER, ROOT, demo_cli_args
 from sft.cli.main import build_parser, main
+from sft.cli.sweep_cmd import sweep_plot
 from sft.core.overrides import field_help, section_classes
 from sft.evaluation.settings import BATCH_SIZE
 from sft.evaluation.settings import MAX_GEN_TOKS
-from sft.runs.layout import RESULTS_ROOT
+from sft.runs.layout import RESULTS_ROOT, SWEEP_PLOT
 
 RENAMED = [{"instruction": f"Name the capital of {c}.", "input": "", "my_col": a}
            for c, a in (("Peru", "Lima"), ("Cuba", "Havana"), ("Norway", "Oslo"), ("Poland", "Warsaw"))]
@@ -131,3 +133,12 @@ def test_dataclass_defaults_are_not_retyped():
     config_flags = [a for a in train._actions if "." in a.dest]
     assert len(config_flags) == sum(len(dataclasses.fields(c)) for c in section_classes().values())
     assert all(a.default is not None and a.default == "==SUPPRESS==" for a in config_flags)  # the preset's value wins
+
+
+def test_a_sweeps_default_plot_carries_its_name_so_sweeps_never_overwrite_each_other():
+    assert sweep_plot(SWEEP_PLOT, "demo") == Path(SWEEP_PLOT)  # make sweep's plot, as the docs show it
+    assert sweep_plot(SWEEP_PLOT, "long-output") == Path(SWEEP_PLOT).with_name("plw_sweep-long-output.png")
+    assert sweep_plot(SWEEP_PLOT, "tools", "rw-tool_output0") == Path(SWEEP_PLOT).with_name(
+        "plw_sweep-tools-rw-tool_output0.png")
+    assert sweep_plot("mine.png", "tools", "rw-tool_output0") == Path("mine-rw-tool_output0.png")  # --plot is kept
+    assert sweep_plot("", "demo") is None
