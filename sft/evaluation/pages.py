@@ -312,12 +312,16 @@ def sweep_table(args) -> str:
     return format_markdown(table)
 
 
-def sweep_differences_table(args) -> str:
-    """Differences between weights, paired by seed [95% t-interval over seeds], for the group averages."""
+def _average_differences(args) -> pd.DataFrame:
+    """A sweep's differences.csv rows of the group averages (scores, not side effects), of --datasets if given."""
     diffs = pd.read_csv(Path(args.source) / "differences.csv")
     diffs = diffs[diffs["metric"].str.contains("average") & ~diffs["metric"].map(is_side_effect)]
-    if args.datasets:
-        diffs = diffs[diffs["dataset"].isin(args.datasets.split(","))]
+    return diffs[diffs["dataset"].isin(args.datasets.split(","))] if args.datasets else diffs
+
+
+def sweep_differences_table(args) -> str:
+    """Differences between weights, paired by seed [95% t-interval over seeds], for the group averages."""
+    diffs = _average_differences(args)
     pairs = [(float(a), float(b)) for a, b in _pairs(args)]
     table = [["paired by seed [95% CI]", *(f"{_weight(a)} - {_weight(b)}" for a, b in pairs)]]
     for (dataset, metric), rows in diffs.groupby(["dataset", "metric"], sort=False):
@@ -351,10 +355,7 @@ def variants_table(args) -> str:
 
 def sweep_seeds_table(args) -> str:
     """How many seeds the sweep's differences need (sft.evaluation.seeds), for the group averages."""
-    diffs = pd.read_csv(Path(args.source) / "differences.csv")
-    diffs = diffs[diffs["metric"].str.contains("average") & ~diffs["metric"].map(is_side_effect)]
-    if args.datasets:
-        diffs = diffs[diffs["dataset"].isin(args.datasets.split(","))]
+    diffs = _average_differences(args)
     return format_markdown(seeds_table(diffs, [(float(a), float(b)) for a, b in _pairs(args)],
                                        args.target_difference))
 
