@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from sft.data.errors import UserError
 from sft.runs.prune import (
     MIN_AGE,
     PrunePolicy,
@@ -64,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                              min_age=args.min_age)
         if args.watch is None:
             if args.until_complete or args.max_iterations is not None:
-                raise ValueError("--until-complete and --max-iterations go with --watch SECONDS.")
+                raise UserError("--until-complete and --max-iterations go with --watch SECONDS.")
             if not Path(args.run_dir).is_dir():
-                raise ValueError(f"Run folder {args.run_dir} does not exist; pass a folder holding checkpoint-N "
+                raise UserError(f"Run folder {args.run_dir} does not exist; pass a folder holding checkpoint-N "
                                  "folders, e.g. model/demo/masked.")
         elif args.watch <= 0:
-            raise ValueError(f"--watch takes a positive number of seconds, got {args.watch:g}.")
+            raise UserError(f"--watch takes a positive number of seconds, got {args.watch:g}.")
         with StopOnSignals() as stop:
             if args.watch is None:
                 decisions, _ = prune_run(args.run_dir, policy, args.dry_run, stop=stop)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             if stop.is_set():
                 print(f"stopped ({stop.reason})", flush=True)
         return 0
-    except (ValueError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:  # any other error is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

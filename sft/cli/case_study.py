@@ -17,6 +17,7 @@ import sys
 from transformers.utils import logging as hf_logging
 
 from sft.core.overrides import field_help
+from sft.data.errors import UserError
 from sft.evaluation import case_study as cs
 from sft.evaluation.case_study import OUT_DIR
 from sft.evaluation.settings import GenerationSettings
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:  # any other error is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -67,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # stderr keeps our one line per model
 
     if args.input is not None and args.prompt is None:
-        raise ValueError("--input belongs to --prompt; pass --prompt TEXT too, or put both in a --prompts file.")
+        raise UserError("--input belongs to --prompt; pass --prompt TEXT too, or put both in a --prompts file.")
     specs = cs.resolve_models(cs.parse_models(args.models), args.template)
     if args.prompts:
         rows, source = cs.read_prompts(args.prompts), args.prompts
     elif args.prompt is not None:
         if not args.prompt.strip():
-            raise ValueError("--prompt is empty; pass the instruction text.")
+            raise UserError("--prompt is empty; pass the instruction text.")
         rows, source = [{"instruction": args.prompt, "input": args.input or ""}], "--prompt"
     else:
         rows, source = cs.default_prompts(specs, builtin_prompts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sft.data.errors import UserError
 from sft.evaluation.compare import compare, load_result
 from sft.evaluation.costs import estimate_costs, format_costs
 from sft.evaluation.evaluate import evaluate_models
@@ -17,10 +18,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
     if args.heldout_only:
         if tasks:
-            raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
+            raise UserError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
         tasks = []
     elif tasks == []:
-        raise ValueError("--tasks is empty; pass lm-eval task names such as mmlu,gsm8k (or sft_demo), "
+        raise UserError("--tasks is empty; pass lm-eval task names such as mmlu,gsm8k (or sft_demo), "
                          "or --heldout-only.")
     settings = dict(tasks=tasks, name=args.name, limit=args.limit, batch_size=args.batch_size, out=args.out,
                     test_data=args.test_data, max_gen_toks=args.max_gen_toks, prompt_format=args.prompt_format,

@@ -4,8 +4,9 @@ The parser is built from the config dataclasses and the settings' defaults alone
 module of sft/cli (inspect_cmd, train_cmd, plan_cmd, evaluate_cmd, sweep_cmd, reference_check), imported by
 `run_command` only when that command runs.
 
-User errors (bad data, a missing model folder, an unknown setting) end with exit code 2 and
-one paragraph saying what is wrong and how to fix it, never a traceback.
+User errors (bad data, a missing model folder, an unknown setting: a UserError, or a missing file) end with exit
+code 2 and one paragraph saying what is wrong and how to fix it, never a traceback; any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import Counter
 from sft.core.config import DEFAULT_PRESET, PRESETS
 from sft.core.costs import MFU
 from sft.core.overrides import field_help, section_classes
+from sft.data.errors import UserError
 from sft.evaluation.settings import (
     BATCH_SIZE,
     FORMATS,
@@ -78,7 +80,7 @@ def _parse_overrides(extra: list[str]) -> dict[str, str]:
     while i < len(extra):
         arg = extra[i]
         if not arg.startswith("--"):
-            raise ValueError(f"Unexpected argument {arg!r}; settings are given as --name VALUE.")
+            raise UserError(f"Unexpected argument {arg!r}; settings are given as --name VALUE.")
         name = arg[2:]
         if "=" in name:
             name, value = name.split("=", 1)
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "accepts_overrides", False):
             args.overrides = {**config_values(args), **_parse_overrides(extra)}
         return run_command(args.func, args)
-    except (ValueError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:  # any other error is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

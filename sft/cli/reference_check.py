@@ -23,6 +23,7 @@ import papermill
 from sft.cli.auto_clean import main as auto_clean_main
 from sft.cli.case_study import main as case_study_main
 from sft.cli.main import main as sft_main
+from sft.data.errors import UserError
 from sft.runs.layout import LOCAL_QWEN_DIR
 from sft.studies.reference import (
     BENCH_DIR,
@@ -63,7 +64,7 @@ def reference_check(workdir: str | Path, shared: str | Path, log=print, bench_ro
     root = Path(workdir).resolve()
     if (root / "model").exists() or (root / "Dataset").exists():
         if not (root / ".reference-check").is_file():
-            raise ValueError(f"{root} already holds model/ or Dataset/ not made by reference-check: pass an empty "
+            raise UserError(f"{root} already holds model/ or Dataset/ not made by reference-check: pass an empty "
                              "or new --workdir, so no real model or data is overwritten.")
         shutil.rmtree(root)  # an earlier check's folder: start clean
     root.mkdir(parents=True, exist_ok=True)

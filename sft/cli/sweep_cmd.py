@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sft.data.errors import UserError
 from sft.runs.layout import SWEEP_PLOT, sweep_results_dir
 from sft.studies.sweep import parse_weights, run_sweep, seeds_report
 from sft.studies.variants import compare_variants, split_axes
@@ -19,12 +20,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
     if not seeds:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}.")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
     if args.heldout_only and tasks:
-        raise ValueError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
+        raise UserError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")
     if tasks == []:
-        raise ValueError("--tasks is empty; pass lm-eval task names such as sft_demo, or --heldout-only.")
+        raise UserError("--tasks is empty; pass lm-eval task names such as sft_demo, or --heldout-only.")
     weights = parse_weights(args.prompt_loss_weights)
     shared, variants = split_axes(args.overrides)  # --role-weights, --prompt-loss-weight-end, --loss-normalizer
     roots = {}

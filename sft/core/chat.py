@@ -28,6 +28,7 @@ from sft.data.conversations import (
     TEMPLATE,
     TOOL_CALL,
 )
+from sft.data.errors import UserError
 
 # ---------------------------------------------------------------- rendering
 
@@ -86,7 +87,7 @@ class ChatRenderer:
             grouped = m["role"] == "tool" and i + 1 < len(messages) and messages[i + 1]["role"] == "tool"
             end = back_off(full, end) if end < len(cur) and grouped else end
             if end < prev or (end < len(cur) and not grouped):
-                raise ValueError(f"turn {i + 1}: the chat template renders the earlier turns differently once this one "
+                raise UserError(f"turn {i + 1}: the chat template renders the earlier turns differently once this one "
                                  "follows, so its tokens cannot be told apart; use another template (--chat-template).")
             if m["role"] == "assistant":
                 spans += self._reply_spans(messages, i, full, prev, end, tools)
@@ -136,7 +137,7 @@ class ChatRenderer:
                 bounds = [first, reply_end]
             for call in calls:
                 if full.find(call["function"]["name"], first, reply_end) < 0:
-                    raise ValueError(f"turn {i + 1}: the chat template does not render the tool call "
+                    raise UserError(f"turn {i + 1}: the chat template does not render the tool call "
                                      f"{call['function']['name']!r}, so the model would not learn it; use a template "
                                      "that renders tool_calls (the tokenizer's own, e.g. Qwen2.5's).")
             spans += [(a, b, i, TOOL_CALL) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -193,7 +194,7 @@ class ChatRenderer:
         with tools and the one without part. A template that does not render tools is an error, not a silent loss."""
         bare = self.text(messages)
         if bare == full:
-            raise ValueError("the chat template does not render the tools this conversation may call, so the model "
+            raise UserError("the chat template does not render the tools this conversation may call, so the model "
                              "would learn the calls without the tool list; use a template that renders tools (the "
                              "tokenizer's own, e.g. Qwen2.5's).")
         s = common_prefix(full, bare)
@@ -305,7 +306,7 @@ def chat_template_source(tokenizer, name: str, template: str, bos_token: bool) -
     `template` as a chat template; "tokenizer" = the tokenizer's own (an error without one); or a template name."""
     own = getattr(tokenizer, "chat_template", None)
     if name == "tokenizer" and not own:
-        raise ValueError("--chat-template tokenizer: this tokenizer has no chat_template; pass a template name such "
+        raise UserError("--chat-template tokenizer: this tokenizer has no chat_template; pass a template name such "
                          "as alpaca, or auto.")
     if name in ("auto", "tokenizer"):
         return own if own else get_template(template).chat_template(bos_token=bos_token)

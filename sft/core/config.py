@@ -15,6 +15,7 @@ from typing import Any
 
 from sft.core.values import check_train_values, read_overrides  # noqa: F401 (read_overrides: the notebooks)
 from sft.data.config import DataConfig
+from sft.data.errors import UserError
 from sft.data.files import data_files
 from sft.runs.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR, MODEL_ROOT, TENSORBOARD_ROOT
 from sft.runs.manifest import read_manifest
@@ -66,10 +67,10 @@ class TrainConfig:
         resume = {"yes": "true", "1": "true", "no": "false", "0": "false"}.get(str(self.resume).lower(),
                                                                                str(self.resume).lower())
         if resume not in ("auto", "true", "false"):
-            raise ValueError(f"resume must be auto, true or false, got {self.resume!r}.")
+            raise UserError(f"resume must be auto, true or false, got {self.resume!r}.")
         self.resume = resume
         if resume == "true" and self.overwrite:
-            raise ValueError("resume (continue the run) and overwrite (start it again, deleting its checkpoints) "
+            raise UserError("resume (continue the run) and overwrite (start it again, deleting its checkpoints) "
                              "exclude each other: set one of them.")
         check_train_values(self)
 

@@ -9,6 +9,7 @@ import numpy as np
 from sft.core.prepare import tokenize_rows
 from sft.data.config import DataConfig
 from sft.data.conversations import ROLE_NAMES
+from sft.data.errors import UserError
 from sft.data.io import write_jsonl
 from sft.data.rows import load_rows
 from sft.data.stats import length_stats, tokens_by_role, weight_by_role
@@ -25,7 +26,7 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
     rows, report = load_rows(cfg.data, cfg.column_map, cfg.on_bad_rows, keep_column=by)
     ds, tok = tokenize_rows(rows, tokenizer, cfg, name="inspect")  # carries the `by` column of the rows kept
     if len(ds) == 0:
-        raise ValueError(f"{cfg.data}: all {len(rows)} rows are longer than max_length={cfg.max_length} tokens and "
+        raise UserError(f"{cfg.data}: all {len(rows)} rows are longer than max_length={cfg.max_length} tokens and "
                          "truncation=drop dropped them; raise --max-length or pass --truncation trim.")
     dropped = dict(report.rows_dropped)
     if tok.examples_dropped_too_long:

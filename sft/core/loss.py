@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from sft.core.costs import head_chunk_rows, head_chunk_tokens
 from sft.core.weights import step_weights
+from sft.data.errors import UserError
 
 
 def shift_left(x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
@@ -136,7 +137,7 @@ def selected_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Ten
     take: the chunks are of equal size, a remainder of up to 1/8 of a chunk shared among them (costs.head_chunk_rows).
     """
     if getattr(head, "bias", None) is not None:
-        raise ValueError("The selective head supports bias-free output layers (Qwen, Llama, Mistral); set "
+        raise UserError("The selective head supports bias-free output layers (Qwen, Llama, Mistral); set "
                          "selective_head=False in the train config for this model.")
     if hidden.shape[0] == 0:
         zero = hidden.sum() * 0.0 + head.weight.sum() * 0.0  # keeps the graph connected for DDP

@@ -29,6 +29,7 @@ from sft.core.config import (
     resolve_local_paths,
     weight_suffix,
 )
+from sft.data.errors import UserError
 
 
 def section_classes() -> dict[str, type]:
@@ -63,11 +64,11 @@ def _parse_mapping(value: str | list[str], name: str) -> dict[str, Any]:
         try:
             return json.loads(items[0])
         except json.JSONDecodeError as e:
-            raise ValueError(f"Cannot read {items[0]!r} as a JSON object for {name}: {e}.") from None
+            raise UserError(f"Cannot read {items[0]!r} as a JSON object for {name}: {e}.") from None
     out = {}
     for pair in (p for item in items for p in item.replace(",", " ").split()):
         if "=" not in pair:
-            raise ValueError(f"Cannot read {pair!r} for {name}: give KEY=VALUE pairs such as my_col=output "
+            raise UserError(f"Cannot read {pair!r} for {name}: give KEY=VALUE pairs such as my_col=output "
                              "(several: my_col=output other=input), or a JSON object.")
         key, text = pair.split("=", 1)
         try:
@@ -96,7 +97,7 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
         if "int" in str(text):
             return int(value)
     except ValueError:
-        raise ValueError(f"Cannot read {value!r} as {text} for {name}.") from None
+        raise UserError(f"Cannot read {value!r} as {text} for {name}.") from None
     return value
 
 
@@ -119,21 +120,21 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
             section, name = None, key
             targets = [s for s, obj in sections.items() if obj is not None and name in _field_types(obj)]
         if len(targets) > 1:
-            raise ValueError(f"{key!r} is ambiguous ({', '.join(targets)}); write it as section.{key}.")
+            raise UserError(f"{key!r} is ambiguous ({', '.join(targets)}); write it as section.{key}.")
         if targets:
             obj = sections[targets[0]]
             if obj is None:
-                raise ValueError(f"{key!r}: this preset has no {targets[0]} section.")
+                raise UserError(f"{key!r}: this preset has no {targets[0]} section.")
             types = _field_types(obj)
             if name not in types:
-                raise ValueError(f"{targets[0]} has no field {name!r}; fields: {', '.join(types)}.")
+                raise UserError(f"{targets[0]} has no field {name!r}; fields: {', '.join(types)}.")
             setattr(obj, name, _coerce(value, types[name], key))
         elif name == "preset":
-            raise ValueError("Choose the preset with load_config(preset), not as an override.")
+            raise UserError("Choose the preset with load_config(preset), not as an override.")
         elif name in _training_argument_types():
             cfg.train.extra[name] = _coerce(value, _training_argument_types()[name], key)
         else:
-            raise ValueError(
+            raise UserError(
                 f"Unknown setting {key!r}: not a field of the data, model, train, demo or lora config, nor a "
                 "transformers.TrainingArguments field. See sft/config.py for the settings and what they do."
             )
@@ -154,7 +155,7 @@ def _lora_section(value: Any, preset: str) -> LoraSettings | None:
     fields = value if isinstance(value, dict) else {}
     unknown = sorted(set(fields) - set(types))
     if unknown:
-        raise ValueError(f"lora has no field(s) {', '.join(unknown)}; fields: {', '.join(types)}.")
+        raise UserError(f"lora has no field(s) {', '.join(unknown)}; fields: {', '.join(types)}.")
     fields = {**LORA_DEFAULTS.get(preset, {}), **{k: _coerce(v, types[k], f"lora.{k}") for k, v in fields.items()}}
     return LoraSettings(**fields)
 
@@ -175,7 +176,7 @@ def _training_argument_types() -> dict[str, Any]:
 def load_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> ExperimentConfig:
     """The named preset with overrides applied (the entry point of notebooks and the CLI)."""
     if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}. Presets: {', '.join(PRESETS)}.")
+        raise UserError(f"Unknown preset {preset!r}. Presets: {', '.join(PRESETS)}.")
     given = {k.replace("-", "_").removeprefix("data.") for k in overrides}
     if "data" in given and "eval_data" not in given:  # a preset's held-out file belongs to its data: split yours
         overrides = {**overrides, "data.eval_data": None}

@@ -38,6 +38,7 @@ from sft.core.costs import (
     train_flops,
 )
 from sft.core.prepare import prepare_data
+from sft.data.errors import UserError
 from sft.data.stats import tokens_by_role
 from sft.data.weights import WeightSpec
 from sft.models.checks import check_inputs
@@ -78,7 +79,7 @@ def model_shape(model: str, lora: LoraSettings | None = None) -> dict[str, Any]:
     try:
         cfg = AutoConfig.from_pretrained(model)
     except Exception as e:  # offline, unknown id, no config: say what the plan needs
-        raise ValueError(f"Cannot read the config of {model!r} ({type(e).__name__}): put at least its config.json "
+        raise UserError(f"Cannot read the config of {model!r} ({type(e).__name__}): put at least its config.json "
                          "and tokenizer files into model/qwen2.5/transformers/0.5b/1/ (the weights are not needed "
                          "for a plan), or pass --model.model PATH.") from None
     with torch.device("meta"):
@@ -114,7 +115,7 @@ def shape_and_tokenizer(cfg: ExperimentConfig) -> tuple[dict[str, Any], Any]:
     model = cfg.model.model
     if cfg.demo is not None:  # the demo's model is built by `build-demo`, so it needs no download checks
         if not Path(model).is_dir():
-            raise ValueError(f"{model} does not exist yet: build the demo first with `python -m sft build-demo`.")
+            raise UserError(f"{model} does not exist yet: build the demo first with `python -m sft build-demo`.")
         return model_shape(model, cfg.lora), load_tokenizer(cfg.model)
     if looks_local(model):  # the folder's files, architecture and tokenizer first: the most precise messages
         tokenizer = check_inputs(cfg, weights=False)
@@ -127,9 +128,9 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
              ) -> dict[str, Any]:
     """Every figure of the plan, as a JSON-ready dict."""
     if world_size < 1:
-        raise ValueError(f"--world-size must be at least 1, got {world_size}.")
+        raise UserError(f"--world-size must be at least 1, got {world_size}.")
     if not 0 < mfu <= 1:
-        raise ValueError(f"--mfu must be in (0, 1], e.g. 0.4, got {mfu}.")
+        raise UserError(f"--mfu must be in (0, 1], e.g. 0.4, got {mfu}.")
     shape, tokenizer = shape_and_tokenizer(cfg)
     t, d = cfg.train, cfg.data
     data = prepare_data(d, tokenizer)  # the split and tokenization training will use (and cache for it)

@@ -25,6 +25,7 @@ from sft.core.tokenize import (
 )
 from sft.core.weights import with_weights
 from sft.data.config import DataConfig
+from sft.data.errors import UserError
 from sft.data.rows import CHAT_FIELDS, FIELDS, fingerprint_rows, load_rows
 from sft.data.splits import split_indices
 
@@ -135,7 +136,7 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
         if ("messages" in rows[0]) != ("messages" in eval_rows[0]):
             kinds = ("conversations", "instruction rows") if "messages" in rows[0] else ("instruction rows",
                                                                                          "conversations")
-            raise ValueError(f"{d.data} holds {kinds[0]} but eval_data {d.eval_data} holds {kinds[1]}: the held-out "
+            raise UserError(f"{d.data} holds {kinds[0]} but eval_data {d.eval_data} holds {kinds[1]}: the held-out "
                              "rows must be of the training kind. Pass --eval-data with held-out rows of your data, "
                              "or --eval-data none to split them off it (eval_size).")
     else:

@@ -12,6 +12,8 @@ import re
 import string
 from dataclasses import dataclass
 
+from sft.data.errors import UserError
+
 
 @dataclass(frozen=True)
 class Template:
@@ -171,7 +173,7 @@ def _jinja_expression(fmt: str) -> str:
             parts.append(json.dumps(literal, ensure_ascii=False))  # JSON's escapes (\n, \") are Jinja's too
         if name is not None:
             if name not in ("instruction", "input"):
-                raise ValueError(f"A prompt template may use {{instruction}} and {{input}} only, not {{{name}}}.")
+                raise UserError(f"A prompt template may use {{instruction}} and {{input}} only, not {{{name}}}.")
             parts.append(name)
     return " ~ ".join(parts)
 
@@ -199,7 +201,7 @@ TEMPLATES: dict[str, Template] = {}
 def register_template(template: Template) -> Template:
     """Add a template to the registry under its name (names are unique)."""
     if template.name in TEMPLATES:
-        raise ValueError(f"A template named {template.name!r} is already registered; pick another name.")
+        raise UserError(f"A template named {template.name!r} is already registered; pick another name.")
     TEMPLATES[template.name] = template
     return template
 
@@ -209,7 +211,7 @@ def get_template(name: str) -> Template:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"Unknown prompt template {name!r}. Known templates: {', '.join(sorted(TEMPLATES))}; "
             "register a new one with sft.prompts.register_template."
         ) from None

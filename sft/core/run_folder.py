@@ -1,6 +1,6 @@
 """What a run does with the folder it finds: continue it, refuse, or start it again without losing the old one.
 
-* `resume_checkpoint`: the checkpoint to continue from, or None for a new start; a `ValueError` wherever going on
+* `resume_checkpoint`: the checkpoint to continue from, or None for a new start; a `UserError` wherever going on
   would lose or mix up work: a finished run (unless resume), `resume` with nothing to resume from, settings that
   change the optimisation differing from the run's manifest (`setting_differences`).
 * `RunFolder`: one training session's hold on its folder: the lock (rank 0 takes it for every process), a new
@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from sft.core.config import ExperimentConfig
+from sft.data.errors import UserError
 from sft.runs.checkpoints import (
     last_complete_checkpoint,
     list_checkpoints,
@@ -73,8 +74,8 @@ def setting_differences(saved: dict[str, Any], new: dict[str, Any]) -> tuple[lis
     return refused, length, harmless
 
 
-def _refuse(out: Path, diffs: list[str], what: str = "settings that change the optimisation") -> ValueError:
-    return ValueError(
+def _refuse(out: Path, diffs: list[str], what: str = "settings that change the optimisation") -> UserError:
+    return UserError(
         f"{out} cannot be resumed with these {what}, which differ from those it was trained with: "
         + "; ".join(diffs) + ". Nothing was "
         "changed. Either continue it with its saved settings (drop these flags or set them to the saved values), "
@@ -139,7 +140,7 @@ def resume_checkpoint(cfg: ExperimentConfig, world_size: int = 1) -> str | None:
         return None  # a run the user asked to start again
     if not (existing or complete):
         if t.resume == "true":
-            raise ValueError(f"resume is set, but {out} holds no run to continue (no checkpoint); nothing was "
+            raise UserError(f"resume is set, but {out} holds no run to continue (no checkpoint); nothing was "
                              "changed. To start a new run there, drop --resume (resume = \"auto\"); to continue "
                              "another run, check --run-name and --model-root.")
         return None  # a new run
@@ -150,7 +151,7 @@ def resume_checkpoint(cfg: ExperimentConfig, world_size: int = 1) -> str | None:
             logger.warning("skipping %s: incomplete (%s); resuming from an earlier checkpoint", path, why)
         if last is None and (t.resume == "true" or complete):
             what = "a finished run whose checkpoints were pruned" if complete else "no complete checkpoint"
-            raise ValueError(f"{out} holds {what}, so there is nothing to resume from; nothing was changed. To "
+            raise UserError(f"{out} holds {what}, so there is nothing to resume from; nothing was changed. To "
                              "train it again from the start, set overwrite (--overwrite, or overwrite = True: the "
                              "old run is kept aside until the new one has saved its first checkpoint); or give the "
                              "new run another run_name (--run-name NEW).")
@@ -163,7 +164,7 @@ def resume_checkpoint(cfg: ExperimentConfig, world_size: int = 1) -> str | None:
         return str(last)
     what = "a finished run" if complete else "a run that was not finished"
     saved = f" (checkpoints: {', '.join(p.name for p in existing)})" if existing else ""
-    raise ValueError(
+    raise UserError(
         f"{out} already holds {what}{saved}; nothing was changed. To continue it from its last complete "
         "checkpoint, set resume (--resume, or resume = True in a notebook); to train it again from the start, "
         "keeping the old run aside until the new one has saved its first checkpoint, set overwrite (--overwrite, "
@@ -172,29 +173,34 @@ def resume_checkpoint(cfg: ExperimentConfig, world_size: int = 1) -> str | None:
 
 
 def on_rank0(args, fn: Callable[[], Any]) -> Any:
-    """Run fn on the main process only; every process raises its ValueError (under torchrun, so no rank waits)."""
+    """Run fn on the main process only; its ValueError is raised on every process (under torchrun, so no rank waits).
+
+    The main process raises the error itself (a bug keeps its traceback); the others a UserError, or a ValueError
+    for a bug, with its message."""
     distributed = args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-    error, result = None, None
+    caught, error, result = None, None, None
     if args.process_index == 0:
         try:
             result = fn()
         except ValueError as e:
-            error = str(e)
+            caught, error = e, (isinstance(e, UserError), str(e))
     if distributed:
         box = [error]
         torch.distributed.broadcast_object_list(box, src=0)
         error = box[0]
+    if caught is not None:
+        raise caught
     if error is not None:
-        raise ValueError(error)
+        raise (UserError if error[0] else ValueError)(error[1])
     return result
 
 
-def disk_full(e: OSError, out: Path) -> ValueError:
+def disk_full(e: OSError, out: Path) -> UserError:
     """The paragraph for a write that ran out of space."""
     last = last_complete_checkpoint(out)
     kept = (f"its last complete checkpoint, {last.name}, is kept: free space and run the same command again to "
             "continue from it" if last else "it had saved no checkpoint yet, so nothing of it was kept")
-    return ValueError(f"No space left on device while training {out} ({e.filename or 'a write'}): {kept}. Free "
+    return UserError(f"No space left on device while training {out} ({e.filename or 'a write'}): {kept}. Free "
                       "space (auto_clean.py prunes old checkpoints) or put runs on another disk with --model-root.")
 
 

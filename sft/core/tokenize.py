@@ -22,6 +22,7 @@ from sft.core.prompts import get_template
 from sft.core.weights import add_weight_columns
 from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
 from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REPLY_ROLES, TEMPLATE, USER
+from sft.data.errors import UserError
 from sft.data.rows import CHAT_FIELDS, FIELDS
 
 # ---------------------------------------------------------------- tokenization
@@ -224,7 +225,7 @@ def _render_all(renderer, conversations: list[list[dict]], tools: list) -> list:
                 renderer.tokens([messages], [tool_list])
             except Exception as e:
                 first = next((m["content"] for m in messages if m["role"] == "user"), "")
-                raise ValueError(
+                raise UserError(
                     f"conversation {k + 1} of this batch (first user turn {first!r:.60}): the chat template cannot "
                     f"render it ({type(e).__name__}: {str(e)[:200]}). Fix the turn order, or choose another template "
                     "with --chat-template.") from None
@@ -287,7 +288,7 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 def check_tokenizer(tokenizer) -> None:
     """Refuse a tokenizer that cannot mark the end of a response."""
     if tokenizer.eos_token_id is None:
-        raise ValueError(
+        raise UserError(
             "The tokenizer has no EOS token, so the model could never learn to stop. Set one, e.g. "
             "tokenizer.eos_token = '<|endoftext|>', or use the base model's own tokenizer."
         )

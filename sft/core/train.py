@@ -22,6 +22,7 @@ from sft.core.prepare import PreparedData, prepare_data
 from sft.core.run_folder import RunFolder, check_data, resume_checkpoint  # noqa: F401 (resume_checkpoint: API)
 from sft.core.tokenize import with_training_template
 from sft.core.trainer import WeightedLossTrainer
+from sft.data.errors import UserError
 from sft.models import attention
 from sft.models.checks import check_inputs
 from sft.models.load import load_model, merge_adapter
@@ -54,7 +55,7 @@ def resolve_batching(setting: str) -> str:
     if setting == "auto":
         return "packed"
     if setting not in ("padded", "grouped", "packed"):
-        raise ValueError(f"batching must be auto, padded, grouped or packed, got {setting!r}.")
+        raise UserError(f"batching must be auto, padded, grouped or packed, got {setting!r}.")
     return setting
 
 
@@ -104,14 +105,14 @@ def build_training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     unknown = sorted(set(t.extra) - known)
     if unknown:
-        raise ValueError(f"extra holds {', '.join(map(repr, unknown))}, which TrainingArguments has no field for: "
+        raise UserError(f"extra holds {', '.join(map(repr, unknown))}, which TrainingArguments has no field for: "
                          "extra takes TrainingArguments fields only (e.g. --extra optim=adamw_torch_fused, or the "
                          "field as its own flag, --optim adamw_torch_fused); see `python -m sft train --help`.")
     args.update(t.extra)
     try:
         return TrainingArguments(**args)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"TrainingArguments refused these settings ({e}); fix the value named there (the flags "
+        raise UserError(f"TrainingArguments refused these settings ({e}); fix the value named there (the flags "
                          "and train.extra are listed by `python -m sft train --help`).") from None
 
 
@@ -119,7 +120,7 @@ def build_model(cfg: ExperimentConfig, args: TrainingArguments):
     """The model to train: the base, with a fresh LoRA adapter on top when cfg.lora is set (QLoRA: a 4-bit base)."""
     lora = cfg.lora
     if is_adapter_dir(cfg.model.model):
-        raise ValueError(f"{cfg.model.model} is a LoRA adapter, not a base model: train from a full model, e.g. the "
+        raise UserError(f"{cfg.model.model} is a LoRA adapter, not a base model: train from a full model, e.g. the "
                          f"adapter merged into its base (--merge writes <run>/{MERGED_DIR}/).")
     quantization = quantization_config(torch.bfloat16 if args.bf16 else torch.float32) if lora and lora.qlora else None
     model = load_model(cfg.model, quantization)

@@ -10,6 +10,7 @@
                    normaliser); per-token weights from roles and the data's message weights
     stats          token statistics of tokenized data (lengths, generation ratio, tokens by role)
     io             the one JSON Lines writer
+    errors         UserError: bad input the user can fix, which the command line prints as one paragraph (exit 2)
 
 May import: nothing of sft (the bottom wing).
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sft.data.errors import UserError
 from sft.data.weights import WeightSpec
 
 PROMPT_TAIL_TOKENS = 16  # a trimmed prompt keeps its last tokens, so "### Response:" stays next to the response
@@ -40,10 +41,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.role_weights = self.weight_spec().role_weights  # checked and parsed ("template=0,user=0.5" too)
         if self.on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}.")
+            raise UserError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}.")
         if self.truncation not in ("trim", "drop"):
-            raise ValueError(f"truncation must be 'trim' or 'drop', got {self.truncation!r}.")
+            raise UserError(f"truncation must be 'trim' or 'drop', got {self.truncation!r}.")
         if self.max_length < 2 * PROMPT_TAIL_TOKENS:
-            raise ValueError(f"max_length must be at least {2 * PROMPT_TAIL_TOKENS}, got {self.max_length}.")
+            raise UserError(f"max_length must be at least {2 * PROMPT_TAIL_TOKENS}, got {self.max_length}.")
         if self.eval_size <= 0:
-            raise ValueError(f"eval_size must be > 0 (a share < 1 or a row count), got {self.eval_size}.")
+            raise UserError(f"eval_size must be > 0 (a share < 1 or a row count), got {self.eval_size}.")

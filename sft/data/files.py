@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sft.data.errors import UserError
+
 SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")  # what a file or a folder may hold
 NOT_DATA = ("readme", ".")  # names (lowercase prefixes) in Dataset/ that are never data: README.md, .gitkeep
 LOCK_SUFFIX = ".lock"  # file locks are never data: the demo's Dataset/demo.lock sits beside the user's files
@@ -22,7 +24,7 @@ def data_files(folder: str | Path) -> list[Path]:
                    and not f.name.lower().startswith(NOT_DATA) and f.suffix.lower() != LOCK_SUFFIX)
     usable = [f for f in files if f.suffix.lower() in SUFFIXES and f.stat().st_size > 0]
     if files and not usable:
-        raise ValueError(f"{root}/ holds no usable data file (found {', '.join(f.name for f in files[:5])}): put the "
+        raise UserError(f"{root}/ holds no usable data file (found {', '.join(f.name for f in files[:5])}): put the "
                          f"dataset there as {'/'.join(SUFFIXES)}, e.g. {root}/alpaca_data_cleaned.json (uncompressed), "
                          "or pass --data PATH or a hub id such as yahma/alpaca-cleaned.")
     return usable

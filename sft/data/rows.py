@@ -1,7 +1,7 @@
 """Rows read and validated: a file, a folder of files or a hub id -> {instruction, input, output} or {messages}.
 
 Columns are found by name or alias (or `column_map`); extra columns are ignored and named in the report. Every
-user error is a `ValueError` that names the file, the row and the field, and says how to fix it; with
+user error is a `UserError` (sft.data.errors) that names the file, the row and the field, and says how to fix it; with
 `on_bad_rows="skip"` bad rows are dropped and counted by reason instead (`LoadReport`), never silently.
 """
 
@@ -27,6 +27,7 @@ from sft.data.conversations import (
     check_conversation,
     check_tools,
 )
+from sft.data.errors import UserError
 from sft.data.messages import unread_keys
 from sft.data.files import SUFFIXES
 
@@ -89,7 +90,7 @@ def _decode(path: Path, raw: bytes) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ValueError(
+        raise UserError(
             f"{path}: line {line} (byte {e.start}) is not valid UTF-8 ({raw[e.start:e.start + 1]!r}). "
             f"Re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed_{path.name}`."
         ) from None
@@ -100,12 +101,12 @@ def _json_records(path: Path, raw: bytes) -> Iterator[tuple[str, Any]]:
     try:
         records = json.loads(_decode(path, raw))
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise UserError(
             f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
             "A .json file must hold one list of objects; use .jsonl for one object per line."
         ) from None
     if not isinstance(records, list):
-        raise ValueError(
+        raise UserError(
             f"{path}: expected a JSON list of row objects, got a {type(records).__name__}. "
             "Wrap the rows in [...] or save them as .jsonl, one object per line."
         )
@@ -126,7 +127,7 @@ def _jsonl_records(path: Path, raw: bytes, on_bad_rows: str, report: LoadReport)
                 report.rows_read += 1  # never yielded, but read
                 _skip(report, where, "invalid JSON")
                 continue
-            raise ValueError(
+            raise UserError(
                 f"{where}: invalid JSON ({e.msg} at column {e.colno}). Fix the line, or pass "
                 "--on-bad-rows skip to drop such lines (they are counted and reported)."
             ) from None
@@ -137,7 +138,7 @@ def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tup
     """Yield (location, record) for each row of one file; location names the file and row."""
     raw = path.read_bytes()
     if not raw.strip():
-        raise ValueError(f"{path}: the file is empty. Put instruction rows in it or point --data elsewhere.")
+        raise UserError(f"{path}: the file is empty. Put instruction rows in it or point --data elsewhere.")
     suffix = path.suffix.lower()
     if suffix == ".json":
         yield from _json_records(path, raw)
@@ -152,11 +153,11 @@ def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tup
         try:
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise ValueError(f"{path}: not a readable Parquet file ({e}). Re-export it, or use .jsonl.") from None
+            raise UserError(f"{path}: not a readable Parquet file ({e}). Re-export it, or use .jsonl.") from None
         for i, rec in enumerate(table.to_pylist(), 1):
             yield f"{path}: row {i}", rec
     else:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}.")
+        raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}.")
 
 
 def _skip(report: LoadReport, where: str, reason: str) -> None:
@@ -172,7 +173,7 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str)
     what is missing."""
     for col, target in column_map.items():
         if target not in FIELDS + CHAT_FIELDS:
-            raise ValueError(f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, "
+            raise UserError(f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, "
                              "output, messages, tools.")
     mapping = {target: col for col, target in column_map.items() if col in columns}
     chat = mapping.get("messages") or next((c for c in CHAT_COLUMNS if c in columns), None)
@@ -188,7 +189,7 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str)
     missing = [t for t in REQUIRED if t not in mapping]
     if missing:
         looked = "; ".join(f"{t}: {', '.join(ALIASES[t])}" for t in missing)
-        raise ValueError(
+        raise UserError(
             f"{where}: no column for {', '.join(missing)} (looked for {looked}). The columns are: "
             f"{', '.join(columns) or '(none)'}. Map yours with --column-map YOUR_COLUMN=output "
             "(DataConfig.column_map in Python); conversations go in a `messages` or `conversations` column."
@@ -261,7 +262,7 @@ def _files_of(source: Path) -> list[Path]:
         return [source]
     files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not files:
-        raise ValueError(
+        raise UserError(
             f"{source}: the folder holds no data file ({', '.join(SUFFIXES)}). Put your dataset file in it, "
             "or pass --data with a file path or a hub dataset id such as yahma/alpaca-cleaned."
         )
@@ -273,7 +274,7 @@ def _records_from_hub(dataset_id: str) -> tuple[str, list[Any]]:
     try:
         ds = datasets.load_dataset(dataset_id, split="train")
     except Exception as e:  # the hub client raises many types (offline, 404, auth); say what to do instead
-        raise ValueError(
+        raise UserError(
             f"{dataset_id!r} is not a local file or folder, and loading it from the Hugging Face Hub failed "
             f"({type(e).__name__}: {str(e)[:200]}). Download the dataset into Dataset/ and pass that path, "
             "or check the id and your network."
@@ -289,7 +290,7 @@ def _sources(source: str | Path, on_bad_rows: str, report: LoadReport) -> list[t
     if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
         name, records = _records_from_hub(str(source))
         return [(name, ((f"{name}: row {i}", r) for i, r in enumerate(records, 1)))]
-    raise ValueError(
+    raise UserError(
         f"{source}: no such file or folder. Pass a .json/.jsonl/.parquet/.csv file, a folder of them, "
         "or a hub dataset id such as yahma/alpaca-cleaned."
     )
@@ -301,7 +302,7 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
     not_object = next((where for where, r in records if not isinstance(r, dict)), None)
     if not_object is not None and on_bad_rows == "error":  # say so before guessing at columns
         _, fld, problem = _check_row(dict(records)[not_object], {})
-        raise ValueError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
+        raise UserError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
                          '{"instruction": ..., "input": ..., "output": ...}.')
     columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
     mapping = _resolve_columns(columns, column_map, name)
@@ -319,7 +320,7 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
             row, fld, problem = _check_row(rec, mapping)
         if row is not None and keep_column is not None:
             if rec.get(keep_column) is None:
-                raise ValueError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
+                raise UserError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
                                  f"value to be grouped by it; drop the grouping or fill the column.")
             row[keep_column] = str(rec[keep_column])
         if row is not None:
@@ -327,7 +328,7 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
         elif on_bad_rows == "skip":
             _skip(report, where, f"{fld} {problem}")
         else:
-            raise ValueError(f"{where}, field {fld}: {problem}. Fix the row, or pass --on-bad-rows skip to drop bad "
+            raise UserError(f"{where}, field {fld}: {problem}. Fix the row, or pass --on-bad-rows skip to drop bad "
                              "rows (they are counted by reason and reported).")
     return rows
 
@@ -342,19 +343,19 @@ def load_rows(
     `family` for statistics by group; a row without it is an error naming the row.
     """
     if on_bad_rows not in ("error", "skip"):
-        raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}.")
+        raise UserError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}.")
     report = LoadReport(source=str(source))
     rows: list[dict[str, str]] = []
     for name, records in _sources(source, on_bad_rows, report):
         part = _valid_rows(name, list(records), dict(column_map or {}), on_bad_rows, keep_column, report)
         if rows and part and ("messages" in rows[0]) != ("messages" in part[0]):
-            raise ValueError(f"{name}: holds {'conversations' if 'messages' in part[0] else 'instruction rows'} "
+            raise UserError(f"{name}: holds {'conversations' if 'messages' in part[0] else 'instruction rows'} "
                              f"while the files before it hold the other kind; train on one kind at a time (put "
                              "conversations and instruction rows in separate folders).")
         rows += part
     report.rows_kept = len(rows)
     if not rows:
-        raise ValueError(
+        raise UserError(
             f"{source}: no valid rows ({report.rows_read} read; dropped: {dict(report.rows_dropped)}). "
             "Check the file and the column mapping."
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sft.data.conversations import ASSISTANT, REASONING, REPLY_ROLES, ROLE_NAMES, TEMPLATE, TOOL_CALL
+from sft.data.errors import UserError
 
 NORMALIZERS = ("weight_sum", "response_tokens", "weighted_tokens")
 UNTRAINED = len(ROLE_NAMES)  # the table slot of a reply token outside the loss (train_on="last"): weighs w
@@ -34,18 +35,18 @@ class WeightSpec:
     def __post_init__(self) -> None:
         self.role_weights = parse_role_weights(self.role_weights)
         if not _finite(self.prompt_loss_weight) or not 0.0 <= float(self.prompt_loss_weight) <= 1.0:
-            raise ValueError(
+            raise UserError(
                 f"prompt_loss_weight must be in [0, 1], got {self.prompt_loss_weight}: "
                 "0 trains on the response only (masked), 1 on the whole sequence (unmasked).")
         end = self.prompt_loss_weight_end
         if end is not None and (not _finite(end) or not 0.0 <= float(end) <= 1.0):
-            raise ValueError(f"--prompt-loss-weight-end must be in [0, 1], got {end}: the prompt weight ramps "
+            raise UserError(f"--prompt-loss-weight-end must be in [0, 1], got {end}: the prompt weight ramps "
                              "linearly from --prompt-loss-weight to it over the run's optimizer steps; omit it "
                              "for a constant weight.")
         if self.train_on not in ("all", "last"):
-            raise ValueError(f"train_on must be 'all' or 'last' (assistant turns trained), got {self.train_on!r}.")
+            raise UserError(f"train_on must be 'all' or 'last' (assistant turns trained), got {self.train_on!r}.")
         if self.loss_normalizer not in NORMALIZERS:
-            raise ValueError(f"--loss-normalizer must be one of {', '.join(NORMALIZERS)}, got "
+            raise UserError(f"--loss-normalizer must be one of {', '.join(NORMALIZERS)}, got "
                              f"{self.loss_normalizer!r}: weight_sum divides sum(w * nll) by the sum of the weights "
                              "(the default), response_tokens by the trained assistant tokens (ms-swift), "
                              "weighted_tokens by the tokens of non-zero weight (TRL).")
@@ -87,23 +88,23 @@ def parse_role_weights(value) -> dict[str, float]:
         for part in value.split(","):
             name, sep, num = part.partition("=")
             if not sep:
-                raise ValueError(f"--role-weights: {part!r} is not ROLE=WEIGHT; write e.g. template=0,system=0,user=0.5 "
+                raise UserError(f"--role-weights: {part!r} is not ROLE=WEIGHT; write e.g. template=0,system=0,user=0.5 "
                                  f"(roles: {', '.join(ROLE_NAMES)}).")
             pairs[name.strip()] = num.strip()
         value = pairs
     if not isinstance(value, dict):
-        raise ValueError(f"--role-weights must be ROLE=WEIGHT pairs or a dict, got {type(value).__name__}.")
+        raise UserError(f"--role-weights must be ROLE=WEIGHT pairs or a dict, got {type(value).__name__}.")
     out = {}
     for name, num in value.items():
         if name not in ROLE_NAMES:
-            raise ValueError(f"--role-weights: unknown role {name!r}; the roles are {', '.join(ROLE_NAMES)} "
+            raise UserError(f"--role-weights: unknown role {name!r}; the roles are {', '.join(ROLE_NAMES)} "
                              "(e.g. --role-weights template=0,system=0,user=0.5).")
         try:
             x = float(num)
         except (TypeError, ValueError):
             x = float("nan")
         if isinstance(num, bool) or not math.isfinite(x) or x < 0:
-            raise ValueError(f"--role-weights: the weight of {name} must be a number >= 0, got {num!r}; e.g. "
+            raise UserError(f"--role-weights: the weight of {name} must be a number >= 0, got {num!r}; e.g. "
                              f"{name}=0.5.")
         out[name] = x
     return out

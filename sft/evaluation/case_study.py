@@ -25,6 +25,7 @@ from sft.core.config import load_run_config
 from sft.core.prepare import prepare_data
 from sft.core.prompts import get_template, user_message
 from sft.data.conversations import TOOLS_COLUMN, check_conversation, check_tools
+from sft.data.errors import UserError
 from sft.data.io import write_jsonl
 from sft.evaluation.case_cells import escape_cell, prompt_cell, show_reply
 from sft.evaluation.generate import (
@@ -86,7 +87,7 @@ def heldout_prompts(specs: list[ModelSpec], n: int = HELDOUT_PROMPTS) -> list[di
     """The first n held-out rows of the fine-tuned runs' own data (the split training and evaluation use)."""
     run = next((s.run for s in specs if s.run), None)
     if run is None:
-        raise ValueError("No model comes from a fine-tuning run (none has a run_manifest.json), so there are no "
+        raise UserError("No model comes from a fine-tuning run (none has a run_manifest.json), so there are no "
                          "held-out rows to prompt with; pass --prompts FILE.jsonl or --prompt TEXT.")
     cfg = load_run_config(run)
     # A conversation: every turn before the last reply, which is the reference.
@@ -118,7 +119,7 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
     """Rows of a JSONL prompts file: `instruction` (required), `input` and a reference `output` (optional)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Prompts file {path} does not exist; pass a JSONL file with one "
+        raise UserError(f"Prompts file {path} does not exist; pass a JSONL file with one "
                          '{"instruction": ..., "input": ...} object per line.')
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -128,10 +129,10 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where} is not valid JSON ({e.msg}); write one JSON object per line, "
+            raise UserError(f"{where} is not valid JSON ({e.msg}); write one JSON object per line, "
                              'e.g. {"instruction": "Add 2 and 3."}.') from None
         if not isinstance(row, dict):
-            raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object; write it as "
+            raise UserError(f"{where} is a JSON {type(row).__name__}, not an object; write it as "
                              '{"instruction": ..., "input": ...}.')
         if "messages" in row:
             rows.append(read_conversation_prompt(row, where))
@@ -139,14 +140,14 @@ def read_prompts(path: str | Path) -> list[dict[str, str]]:
         instruction = row.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             problem = "has no 'instruction'" if instruction is None else "has an empty or non-text 'instruction'"
-            raise ValueError(f"{where} {problem}; every prompt needs a non-empty instruction string.")
+            raise UserError(f"{where} {problem}; every prompt needs a non-empty instruction string.")
         for key in ("input", "output"):
             if row.get(key) is not None and not isinstance(row[key], str):
-                raise ValueError(f"{where}: {key!r} must be a string (or left out), got {type(row[key]).__name__}.")
+                raise UserError(f"{where}: {key!r} must be a string (or left out), got {type(row[key]).__name__}.")
         rows.append({"instruction": instruction, "input": row.get("input") or "",
                      **({"output": row["output"]} if row.get("output") is not None else {})})
     if not rows:
-        raise ValueError(f"Prompts file {path} holds no prompts (it is empty or blank); write one JSON object "
+        raise UserError(f"Prompts file {path} holds no prompts (it is empty or blank); write one JSON object "
                          "with an 'instruction' per line.")
     return rows
 
@@ -156,19 +157,19 @@ def read_conversation_prompt(row: dict, where: str) -> dict:
     last turn is the user's or a tool's output, and optionally the `tools` it may call (JSON schemas)."""
     turns = row["messages"]
     if not isinstance(turns, list) or not turns:
-        raise ValueError(f"{where}, field messages: must be a non-empty list of {{\"role\", \"content\"}} turns.")
+        raise UserError(f"{where}, field messages: must be a non-empty list of {{\"role\", \"content\"}} turns.")
     messages, _, fld, problem, fix = check_conversation(turns + [{"role": "assistant", "content": "(reply)"}])
     if messages is None or messages[-2]["role"] not in ("user", "tool"):
         problem, fix = ((problem, fix) if messages is None else
                         ("last turn is neither the user's nor a tool's", "end on a user turn or a tool's output"))
-        raise ValueError(f"{where}, field messages ({fld or 'role'}): {problem} ({fix}); a prompt conversation "
+        raise UserError(f"{where}, field messages ({fld or 'role'}): {problem} ({fix}); a prompt conversation "
                          "ends on the turn the model answers.")
     tools, problem, fix = check_tools(row.get(TOOLS_COLUMN))
     if problem:
-        raise ValueError(f"{where}, field {TOOLS_COLUMN}: {problem} ({fix}).")
+        raise UserError(f"{where}, field {TOOLS_COLUMN}: {problem} ({fix}).")
     output = row.get("output")
     if output is not None and not isinstance(output, str):
-        raise ValueError(f"{where}: 'output' must be a string (or left out), got {type(output).__name__}.")
+        raise UserError(f"{where}: 'output' must be a string (or left out), got {type(output).__name__}.")
     return conversation_prompt(messages[:-1], output, tools)
 
 
@@ -183,13 +184,13 @@ def parse_models(spec: str) -> list[tuple[str, Path]]:
 def check_model_folder(name: str, path: Path) -> None:
     """A clear error for a folder that is missing or holds no saved model yet."""
     if not path.is_dir():
-        raise ValueError(f"Model folder {str(path)!r} (for {name!r}) does not exist; fix the path, or train the "
+        raise UserError(f"Model folder {str(path)!r} (for {name!r}) does not exist; fix the path, or train the "
                          "run first with `python -m sft train`.")
     if not (path / "config.json").is_file() and not is_adapter_dir(path):
         status = read_manifest(path).get("status") if (path / MANIFEST).is_file() else None
         hint = (f"its {MANIFEST} says status {status!r}: wait for the run to finish or pass one of its "
                 f"checkpoints, e.g. {path}/checkpoint-N" if status else "pass a folder written by save_pretrained")
-        raise ValueError(f"Model folder {str(path)!r} (for {name!r}) holds no model (no config.json, nor "
+        raise UserError(f"Model folder {str(path)!r} (for {name!r}) holds no model (no config.json, nor "
                          f"adapter_config.json); {hint}.")
 
 
@@ -217,7 +218,7 @@ def resolve_models(pairs: list[tuple[str, Path]], template: str | None = None) -
         default = template
     elif len(set(trained.values())) > 1 and len(trained) < len(specs):
         listed = ", ".join(f"{n}: {t}" for n, t in trained.items())
-        raise ValueError(f"The fine-tuned runs were trained with different templates ({listed}), so a model "
+        raise UserError(f"The fine-tuned runs were trained with different templates ({listed}), so a model "
                          "without a run manifest has no template to inherit; pass --template NAME.")
     else:
         default = next(iter(trained.values()), DEFAULT_TEMPLATE)
@@ -225,8 +226,8 @@ def resolve_models(pairs: list[tuple[str, Path]], template: str | None = None) -
         s.template = template or trained.get(s.name, default)
         try:
             get_template(s.template)
-        except ValueError as e:
-            raise ValueError(f"{s.name} ({s.path}) was trained with template {s.template!r}, which is not "
+        except UserError as e:
+            raise UserError(f"{s.name} ({s.path}) was trained with template {s.template!r}, which is not "
                              f"registered here. {e}") from None
     return specs
 
@@ -355,7 +356,7 @@ def log_to_tensorboard(study: CaseStudy) -> list[Path]:
         try:
             folder = tensorboard_dir(load_run_config(spec.run))
         except TypeError as e:  # a manifest written by a different version of sft.core.config
-            raise ValueError(f"{spec.run}/{MANIFEST} does not match this version of sft ({e}), so its "
+            raise UserError(f"{spec.run}/{MANIFEST} does not match this version of sft ({e}), so its "
                              "TensorBoard folder is unknown; run without --tensorboard.") from None
         one = CaseStudy(rows=study.rows, models=[spec], settings=study.settings, outputs=study.outputs,
                         timestamp=study.timestamp)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from sft.data.errors import UserError
 from sft.evaluation.report import (
     CONF_COLUMNS,
     DIFF_COLUMNS,
@@ -36,7 +37,7 @@ def find_result_dir(path: str | Path) -> Path:
         return p
     runs = sorted(d for d in p.glob("*") if (d / "settings.json").is_file()) if p.is_dir() else []
     if not runs:
-        raise ValueError(f"{path} is not an evaluation result folder (no settings.json in it or below it). "
+        raise UserError(f"{path} is not an evaluation result folder (no settings.json in it or below it). "
                          "Pass evaluation_results/<name>/<timestamp>, as written by `python -m sft evaluate`.")
     return runs[-1]
 
@@ -297,7 +298,7 @@ def roles_markdown(heldout) -> str:
 def compare(result_dirs: list[str | Path], out: str | Path = "assets") -> str:
     """Write Comparison.png and Dataset_results.xlsx into `out`; return the markdown tables."""
     if not result_dirs:
-        raise ValueError("compare needs at least one result folder, e.g. evaluation_results/demo/<timestamp>.")
+        raise UserError("compare needs at least one result folder, e.g. evaluation_results/demo/<timestamp>.")
     results = [load_result(p) for p in result_dirs]
     scores = long_scores(results)
     names = _relabel(results)

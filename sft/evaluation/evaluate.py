@@ -26,6 +26,7 @@ from lm_eval.utils import handle_non_serializable
 from sft.core.chat import end_of_call_id, renderer_for, stop_at_end_of_turn
 from sft.core.config import load_run_config
 from sft.core.prompts import get_template
+from sft.data.errors import UserError
 from sft.data.io import write_jsonl
 from sft.evaluation.heldout import (
     ROLE_WEIGHTING,
@@ -164,25 +165,25 @@ def plan_evaluation(models: dict[str, str], settings: EvalConfig, generated: Seq
     info = {label: describe_model(path) for label, path in models.items()}
     source = next((label for label, i in info.items() if "manifest" in i), None)
     if source is None:
-        raise ValueError("None of the models has a run_manifest.json, so the held-out split and the prompt template "
+        raise UserError("None of the models has a run_manifest.json, so the held-out split and the prompt template "
                          "are unknown. Include at least one fine-tuned run of this project, e.g. "
                          "masked=model/demo/masked.")
     cfg = load_run_config(models[source])
     for label, i in info.items():  # every run must have been tuned on the split evaluated here
         fp = i.get("manifest", {}).get("eval_fingerprint")
         if fp and fp != info[source]["manifest"]["eval_fingerprint"]:
-            raise ValueError(f"{label} was trained with another held-out split than {source} (eval fingerprints "
+            raise UserError(f"{label} was trained with another held-out split than {source} (eval fingerprints "
                              "differ), so one held-out loss cannot serve both. Evaluate them separately.")
     tasks = settings.tasks
     if tasks is None:
         tasks = [name for g in generated if g.is_default(cfg) for name in g.defaults(cfg)]
         if not tasks:
-            raise ValueError(f"Preset {cfg.preset!r} has no default tasks; pass lm-eval task names, "
+            raise UserError(f"Preset {cfg.preset!r} has no default tasks; pass lm-eval task names, "
                              "e.g. --tasks mmlu,gsm8k, or --heldout-only for the held-out metrics alone.")
     source_of = generated_source(cfg, tasks, generated)
     test_data = settings.test_data or (source_of.test_data(cfg) if source_of else None)
     if source_of and test_data is None:
-        raise ValueError(f"The {source_of.group} tasks need the demo's test rows: pass --test-data PATH.")
+        raise UserError(f"The {source_of.group} tasks need the demo's test rows: pass --test-data PATH.")
     tokenizers = {label: load_tokenizer(path) for label, path in models.items()}  # also checks every path
     warnings = base_model_warnings(models, info, tokenizers)
     for w in warnings:
@@ -199,7 +200,7 @@ def generated_source(cfg, tasks: list[str], generated: Sequence[GeneratedTasks])
     """The one group of generated tasks among `tasks` (each reads its own test file), or None."""
     used = [g for g in generated if any(g.owns(t) for t in tasks)]
     if len(used) > 1:
-        raise ValueError(f"The {' and '.join(g.group for g in used)} tasks read different test files; evaluate them "
+        raise UserError(f"The {' and '.join(g.group for g in used)} tasks read different test files; evaluate them "
                          "in separate runs of `sft evaluate`.")
     return used[0] if used else None
 

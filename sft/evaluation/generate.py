@@ -23,6 +23,7 @@ from transformers.cache_utils import DynamicLayer
 
 from sft.core.chat import end_of_call_id, renderer_for
 from sft.core.prompts import format_tool_calls, get_template
+from sft.data.errors import UserError
 from sft.evaluation.settings import GenerationSettings
 
 PREFILL = 16  # new prompts encoded per forward pass: they arrive sorted by length, so little padding
@@ -61,7 +62,7 @@ def generate_ids(model, tokenizer, prompts: list[str], settings: GenerationSetti
         encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
         empty = [i for i, ids in enumerate(encoded) if not ids]
         if empty:
-            raise ValueError(f"Prompts {empty} are empty: a model needs at least one token to continue from.")
+            raise UserError(f"Prompts {empty} are empty: a model needs at least one token to continue from.")
         return generate_token_ids(model, tokenizer, encoded, s, stops)
     finally:
         model.train(was_training)
@@ -198,7 +199,7 @@ def render_prompts(template: str, rows: list[dict], tokenizer=None, chat_templat
     turn) through `chat_template` (default: the tokenizer's own, else `template`'s), ready for the reply."""
     if rows and "messages" in rows[0]:
         if tokenizer is None:
-            raise ValueError("Conversation prompts are rendered through a chat template: pass the tokenizer too, "
+            raise UserError("Conversation prompts are rendered through a chat template: pass the tokenizer too, "
                              "render_prompts(template, rows, tokenizer, chat_template).")
         source = chat_source(template, tokenizer, chat_template)
         return [tokenizer.apply_chat_template(r["messages"], chat_template=source, add_generation_prompt=True,

@@ -14,6 +14,7 @@ from sft.core.collate import WeightedLMCollator
 from sft.core.loss import scored_nll, shift_left, target_weights
 from sft.core.prepare import prepare_data
 from sft.data.conversations import ASSISTANT, ROLE_NAMES
+from sft.data.errors import UserError
 from sft.data.stats import is_chat
 from sft.evaluation.settings import BATCH_SIZE
 
@@ -32,7 +33,7 @@ def heldout_split(cfg, tokenizer, fingerprint: str | None = None):
     found = data.info["eval_fingerprint"]
     if fingerprint and found != fingerprint:
         d = cfg.data
-        raise ValueError(f"The held-out rows ({d.eval_data or d.data}, split_seed={d.split_seed}) are not the ones the "
+        raise UserError(f"The held-out rows ({d.eval_data or d.data}, split_seed={d.split_seed}) are not the ones the "
                          f"run was trained with (fingerprint {found}, manifest {fingerprint}): the data changed after "
                          "training. Retrain the runs on the current data, or restore the data they were trained on.")
     return data.eval

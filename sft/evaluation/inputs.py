@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.core.tokenize import fingerprint_tokenizer
+from sft.data.errors import UserError
 from sft.models.checks import check_model_dir
 from sft.models.lora import adapter_base, is_adapter_dir
 from sft.models.tokenizer import looks_local
@@ -27,16 +28,16 @@ def parse_models(spec: str) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         label, sep, path = part.partition("=")
         if not sep or not label or not path:
-            raise ValueError(f"--models takes LABEL=PATH pairs separated by commas, e.g. "
+            raise UserError(f"--models takes LABEL=PATH pairs separated by commas, e.g. "
                              f"base=model/demo/base,masked=model/demo/masked; got {part!r}.")
         if not LABEL.match(label):
-            raise ValueError(f"Model label {label!r} may hold only letters, digits, '_', '.' and '-' "
+            raise UserError(f"Model label {label!r} may hold only letters, digits, '_', '.' and '-' "
                              "(it names files and columns).")
         if label in models:
-            raise ValueError(f"Model label {label!r} is given twice; give each model its own label.")
+            raise UserError(f"Model label {label!r} is given twice; give each model its own label.")
         models[label] = path
     if not models:
-        raise ValueError("--models is empty; pass e.g. base=model/demo/base,masked=model/demo/masked.")
+        raise UserError("--models is empty; pass e.g. base=model/demo/base,masked=model/demo/masked.")
     return models
 
 
@@ -50,7 +51,7 @@ def describe_model(path: str) -> dict[str, Any]:
     if (p / MANIFEST).is_file():
         m = read_manifest(p)
         if m.get("status") != "complete":
-            raise ValueError(f"{path}: the run's manifest says status={m.get('status')!r}, so there is no final "
+            raise UserError(f"{path}: the run's manifest says status={m.get('status')!r}, so there is no final "
                              "model yet. Finish it with `python -m sft train --resume`, or evaluate a checkpoint "
                              "folder instead.")
         keep = ("preset", "run_name", "prompt_loss_weight", "template", "status", "written_at", "git_commit")
@@ -93,7 +94,7 @@ def prompt_formats(models: dict[str, str], info: dict[str, dict], tokenizers: di
         formats[label] = {"auto": ["raw", "chat"] if tuned else ["raw"], "raw": ["raw"], "chat": ["chat"],
                           "both": ["raw", "chat"]}[choice]
         if "chat" in formats[label] and not tokenizers[label].chat_template:
-            raise ValueError(f"{label} ({models[label]}) has no chat template in its tokenizer, so --prompt-format "
+            raise UserError(f"{label} ({models[label]}) has no chat template in its tokenizer, so --prompt-format "
                              f"{choice} cannot render its prompts. Use --prompt-format auto or raw, or retrain it "
                              "with this version (fine-tuned models save their training template).")
     return formats

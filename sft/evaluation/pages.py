@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sft.data.errors import UserError
 from sft.evaluation.compare import (
     heldout_frame,
     heldout_markdown,
@@ -97,7 +98,7 @@ def _pairs(args) -> list[tuple[str, str]]:
     pairs = [tuple(p.split(",")) for p in args.pair]
     bad = [p for p in args.pair if len(p.split(",")) != 2]
     if bad:
-        raise ValueError(f"--pair takes two labels separated by a comma (a,b for a - b), got {bad}.")
+        raise UserError(f"--pair takes two labels separated by a comma (a,b for a - b), got {bad}.")
     return pairs
 
 
@@ -205,7 +206,7 @@ def groups_table(args) -> str:
     wanted = args.datasets.split(",") if args.datasets else [d for d in order if d in groups]
     missing = [g for g in wanted if g not in groups]
     if missing:
-        raise ValueError(f"{args.source}: no group rows {missing}; its groups are {sorted(groups)}.")
+        raise UserError(f"{args.source}: no group rows {missing}; its groups are {sorted(groups)}.")
     rows = [(g, f"`{g}` ({len(members(order, groups, g))} tasks)") for g in wanted]
     return _score_table(result, rows, args, "group (tasks)")
 
@@ -214,7 +215,7 @@ def tasks_table(args) -> str:
     result = load_result(args.source)
     order, groups = _rows(result)
     if args.group not in groups:
-        raise ValueError(f"{args.source}: --group must be one of its groups {sorted(groups)}, got {args.group!r}.")
+        raise UserError(f"{args.source}: --group must be one of its groups {sorted(groups)}, got {args.group!r}.")
     tasks = members(order, groups, args.group)
     rows = [(t, _short_name(t, groups)) for t in tasks] + [(args.group, f"average of {len(tasks)} (`{args.group}`)")]
     return _score_table(result, rows, args, "task")
@@ -237,7 +238,7 @@ def across_table(args) -> str:
     results = [load_result(p) for p in [args.source, *args.also]]
     (a, b), = _pairs(args) or [("", "")]
     if not a:
-        raise ValueError("across needs one --pair a,b.")
+        raise UserError("across needs one --pair a,b.")
     frames = [_frames(r, args.chat) for r in results]
     datasets = args.datasets.split(",") if args.datasets else [g for g in _rows(results[0])[0]
                                                                 if g in _rows(results[0])[1]]
@@ -259,7 +260,7 @@ def side_effects_table(args) -> str:
     metrics = args.metrics.split(",") if args.metrics else list(SIDE_EFFECTS)
     unknown = [m for m in metrics if m not in SIDE_EFFECTS]
     if unknown:
-        raise ValueError(f"--metrics takes side effects among {', '.join(SIDE_EFFECTS)}; got {unknown}.")
+        raise UserError(f"--metrics takes side effects among {', '.join(SIDE_EFFECTS)}; got {unknown}.")
     if s.empty:
         info = result.settings.get("side_effects")
         why = ("evaluated before side effects were counted: evaluate again, then rewrite the pages" if info is None
@@ -369,9 +370,9 @@ WRITERS = {"groups": groups_table, "tasks": tasks_table, "differences": differen
 def render(args) -> str:
     """The table `args` names (parsed by add_page_arguments), as markdown."""
     if args.table is None or args.source is None:
-        raise ValueError(f"{COMMAND} TABLE SOURCE: name a table ({', '.join(TABLES)}) and a result folder.")
+        raise UserError(f"{COMMAND} TABLE SOURCE: name a table ({', '.join(TABLES)}) and a result folder.")
     if args.table in ("tasks", "differences") and not args.group:
-        raise ValueError(f"{COMMAND} {args.table} needs --group (a group row of the summary, e.g. sft_demo_short).")
+        raise UserError(f"{COMMAND} {args.table} needs --group (a group row of the summary, e.g. sft_demo_short).")
     return WRITERS[args.table](args)
 
 
@@ -381,7 +382,7 @@ def render_spec(spec: str, root: str | Path = ".") -> str:
     try:
         args = _parser().parse_args(shlex.split(spec))
     except (argparse.ArgumentError, SystemExit) as e:
-        raise ValueError(f"cannot read the marker `{COMMAND} {spec}`: {e}") from None
+        raise UserError(f"cannot read the marker `{COMMAND} {spec}`: {e}") from None
     if args.source is not None:
         args.source = str(Path(root) / args.source)
     return render(args)

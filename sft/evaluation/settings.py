@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from sft.data.errors import UserError
 from sft.runs.layout import RESULTS_ROOT
 
 BATCH_SIZE = 16  # one fixed batch size for every model (generation and held-out losses)
@@ -47,13 +48,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.limit is not None and self.limit <= 0:
-            raise ValueError(f"--limit must be positive (items per task, or a share below 1), got {self.limit}.")
+            raise UserError(f"--limit must be positive (items per task, or a share below 1), got {self.limit}.")
         if self.limit is not None and self.limit >= 1:
             self.limit = int(self.limit)  # a count of items, as lm-eval expects
         if self.prompt_format not in FORMATS:
-            raise ValueError(f"--prompt-format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}.")
+            raise UserError(f"--prompt-format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}.")
 
 
 @dataclass
@@ -70,14 +71,14 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         """Reject settings generate() would fail on later, with the fix in the message."""
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+            raise UserError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+            raise UserError(f"batch_size must be at least 1, got {self.batch_size}.")
         if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}; "
+            raise UserError(f"temperature must be > 0 when sampling, got {self.temperature}; "
                              "for deterministic output leave sampling off (greedy).")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}.")
 
 
 TABLES = ("groups", "tasks", "differences", "across", "heldout", "side-effects", "sweep", "sweep-differences", "seeds",

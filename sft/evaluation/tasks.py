@@ -20,6 +20,8 @@ from lm_eval.defaults import DEFAULT_OTHER_SEED
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
+from sft.data.errors import UserError
+
 LM_EVAL_MAX_GEN_TOKS = 256  # what lm-eval's HF model generates at most when a task sets no max_gen_toks
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")  # where a task config names splits
 LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # datasets' local loaders
@@ -74,7 +76,7 @@ def task_manager(tasks: list[str], include_paths: list[Path]) -> TaskManager:
     tm = TaskManager(include_path=[str(p) for p in include_paths] or None, include_defaults=defaults)
     unknown = [t for t in tasks if t not in tm.all_tasks]
     if unknown:
-        raise ValueError(f"Unknown lm-eval task(s): {', '.join(unknown)}. List the known ones with `lm-eval ls tasks`; "
+        raise UserError(f"Unknown lm-eval task(s): {', '.join(unknown)}. List the known ones with `lm-eval ls tasks`; "
                          "the demo's tasks are sft_demo, sft_demo_short, sft_demo_long and sft_demo_<family>; "
                          "your own task folders come in with --include-path.")
     return tm
@@ -99,9 +101,9 @@ def parse_task_data(pairs: list[str] | None) -> dict[str, Path]:
     for pair in pairs or []:
         name, sep, folder = pair.partition("=")
         if not sep or not name or not folder:
-            raise ValueError(f"--task-data takes NAME=FOLDER pairs, e.g. gsm8k=data/gsm8k; got {pair!r}.")
+            raise UserError(f"--task-data takes NAME=FOLDER pairs, e.g. gsm8k=data/gsm8k; got {pair!r}.")
         if not Path(folder).is_dir():
-            raise ValueError(f"--task-data {pair}: {folder} is not a folder. Put the task's rows there as "
+            raise UserError(f"--task-data {pair}: {folder} is not a folder. Put the task's rows there as "
                              "<split>.jsonl (e.g. test.jsonl), or one sub-folder per task of a group.")
         out[name] = Path(folder).resolve()
     return out
@@ -115,7 +117,7 @@ def leaf_tasks(tm: TaskManager, name: str) -> list[str]:
     elif entry.kind.name == "GROUP":
         members = entry.cfg.get("task") or []
         if any(not isinstance(m, str) for m in members):
-            raise ValueError(f"lm-eval group {name} defines tasks inline; name its tasks in --tasks instead.")
+            raise UserError(f"lm-eval group {name} defines tasks inline; name its tasks in --tasks instead.")
     else:
         return [name]
     return [leaf for m in members for leaf in leaf_tasks(tm, m)]
@@ -136,13 +138,13 @@ def _split_files(folder: Path, task: str, cfg: dict, num_fewshot: int | None, gi
     missing = [s for s in (scored, fewshot) if s and s not in files]
     if missing:
         source = cfg.get("dataset_path") + (f" (config {cfg['dataset_name']})" if cfg.get("dataset_name") else "")
-        raise ValueError(
+        raise UserError(
             f"lm-eval task {task} (--task-data {given}) needs {' and '.join(f'{s}.jsonl' for s in missing)} in "
             f"{folder}: it is scored on split {scored!r}" + (f" with few-shot examples from {fewshot!r}" if fewshot
                                                              else "")
             + f". Write the rows in the schema of the task's hub dataset {source}, one JSON object per line.")
     if len({LOADERS[p.suffix] for p in files.values()}) > 1:
-        raise ValueError(f"{folder} mixes file formats; keep one of .jsonl/.json, .parquet or .csv per task.")
+        raise UserError(f"{folder} mixes file formats; keep one of .jsonl/.json, .parquet or .csv per task.")
     return {split: str(path) for split, path in files.items()}
 
 
@@ -153,7 +155,7 @@ def _task_folder(folder: Path, name: str, leaf: str, cfg: dict) -> Path:
     for sub in (leaf, cfg.get("dataset_name")):
         if sub and (folder / sub).is_dir():
             return folder / sub
-    raise ValueError(f"--task-data {name}={folder}: the group's task {leaf} has no folder {folder / leaf} "
+    raise UserError(f"--task-data {name}={folder}: the group's task {leaf} has no folder {folder / leaf} "
                      f"(or {folder / str(cfg.get('dataset_name'))}). Give every task of the group its rows, or "
                      "name fewer tasks (a group of your own with --include-path).")
 
@@ -164,11 +166,11 @@ def write_local_tasks(tm: TaskManager, task_data: dict[str, Path], out: Path, nu
     written = []
     for name, folder in task_data.items():
         if name not in tm.task_index:
-            raise ValueError(f"--task-data names {name!r}, which lm-eval does not know (`lm-eval ls tasks`).")
+            raise UserError(f"--task-data names {name!r}, which lm-eval does not know (`lm-eval ls tasks`).")
         for leaf in leaf_tasks(tm, name):
             entry = tm.task_index[leaf]
             if entry.yaml_path is None or entry.kind.name != "TASK":
-                raise ValueError(f"lm-eval task {leaf} is defined in Python, so its data location cannot be "
+                raise UserError(f"lm-eval task {leaf} is defined in Python, so its data location cannot be "
                                  "changed here; run it online, or pick another task.")
             files = _split_files(_task_folder(folder, name, leaf, entry.cfg), leaf, entry.cfg, num_fewshot,
                                  f"{name}={folder}")
@@ -204,7 +206,7 @@ def load_tasks(tm: TaskManager, tasks: list[str], task_data: dict[str, Path]) ->
                        + (" in one sub-folder per task of the group" if leaf != name else "")
                        + f" in the schema of {cfg.get('dataset_path')}")
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                raise ValueError(f"lm-eval task {leaf} could not load its data ({type(e).__name__}: {first}); {how}. "
+                raise UserError(f"lm-eval task {leaf} could not load its data ({type(e).__name__}: {first}); {how}. "
                                  "Nothing was evaluated or written.") from None
     return loaded
 

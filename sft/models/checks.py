@@ -1,6 +1,6 @@
 """Checks of a downloaded base model and dataset before a run writes anything.
 
-Every failure is a one-line `ValueError` that names the path and the fix (the command line
+Every failure is a one-line `UserError` that names the path and the fix (the command line
 turns it into exit code 2): a model folder missing files, an architecture the project cannot
 fine-tune, a tokenizer whose EOS or pad differ from the model's, a `Dataset/` folder holding
 no usable file.
@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from sft.data.errors import UserError
 from sft.data.files import data_files
 from sft.models.tokenizer import load_tokenizer, looks_local
 from sft.runs.layout import BUILD_INFO, MANIFEST
@@ -34,9 +35,9 @@ def check_model_dir(path: str | Path, weights: bool = True, tokenizer: bool = Tr
     p = Path(path)
     fix = fix or f"download the whole model there, e.g. `{DOWNLOAD.format(path=p)}`"
     if p.is_file():
-        raise ValueError(f"{p} is a file, not a model folder: {fix}.")
+        raise UserError(f"{p} is a file, not a model folder: {fix}.")
     if not p.is_dir():
-        raise ValueError(f"Model folder {p} does not exist: {fix}, or pass --model.model with a hub id.")
+        raise UserError(f"Model folder {p} does not exist: {fix}, or pass --model.model with a hub id.")
     missing = ["config.json"] if not (p / "config.json").is_file() else []
     if weights and not any((p / w).is_file() for w in WEIGHTS):
         found = sorted(x.name for x in p.glob("*.bin")) or ["none"]
@@ -44,15 +45,15 @@ def check_model_dir(path: str | Path, weights: bool = True, tokenizer: bool = Tr
     if tokenizer:
         missing += [f for f in TOKENIZER_FILES if not (p / f).is_file()]
     if missing:
-        raise ValueError(f"Model folder {p} lacks {', '.join(missing)}: {fix}.")
+        raise UserError(f"Model folder {p} lacks {', '.join(missing)}: {fix}.")
     try:
         config = json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p / 'config.json'} is not valid JSON ({e}): {fix}.") from None
+        raise UserError(f"{p / 'config.json'} is not valid JSON ({e}): {fix}.") from None
     archs = config.get("architectures") or []
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
     if causal is None or not archs or not all(a.endswith("ForCausalLM") for a in archs):
-        raise ValueError(f"{p / 'config.json'}: architecture {'/'.join(archs) or '(none)'} (model_type "
+        raise UserError(f"{p / 'config.json'}: architecture {'/'.join(archs) or '(none)'} (model_type "
                          f"{config.get('model_type')!r}) is not a causal LM that AutoModelForCausalLM loads, so it "
                          f"cannot be fine-tuned here: download the base causal LM, e.g. `{DOWNLOAD.format(path=p)}`.")
     return config
@@ -71,14 +72,14 @@ def check_tokenizer_matches(model_path: str | Path, config: dict[str, Any], toke
         eos |= _ids(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
     fix = "use the tokenizer that came with the model (drop --model.tokenizer, or re-download the model folder)"
     if eos and tokenizer.eos_token_id not in eos:
-        raise ValueError(f"{p}: the tokenizer's EOS {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}) is not the "
+        raise UserError(f"{p}: the tokenizer's EOS {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}) is not the "
                          f"model's eos_token_id {sorted(eos)}, so the model would never learn to stop: {fix}.")
     pad = config.get("pad_token_id")
     if pad is not None and tokenizer.pad_token_id != pad:
-        raise ValueError(f"{p}: the tokenizer's pad id {tokenizer.pad_token_id} is not the model's pad_token_id {pad}: "
+        raise UserError(f"{p}: the tokenizer's pad id {tokenizer.pad_token_id} is not the model's pad_token_id {pad}: "
                          f"{fix}.")
     if config.get("vocab_size") and len(tokenizer) > config["vocab_size"]:
-        raise ValueError(f"{p}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+        raise UserError(f"{p}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
                          f"{config['vocab_size']} rows: {fix}.")
 
 
@@ -102,11 +103,11 @@ def check_base_weights(model_dir: str | Path) -> None:
            "belong in their own folders (--run-name NAME), never in the base's")
     if recorded is None:
         if (p / MANIFEST).is_file() or any(p.glob("checkpoint-*")):
-            raise ValueError(f"{p} is the base model, but a training run wrote into it ({MANIFEST} or checkpoints "
+            raise UserError(f"{p} is the base model, but a training run wrote into it ({MANIFEST} or checkpoints "
                              f"there), so its weights may be fine-tuned ones: {fix}.")
         return
     if (p / "model.safetensors").is_file() and weights_sha256(p) != recorded:
-        raise ValueError(f"The base model {p} has changed since it was built: its model.safetensors no longer "
+        raise UserError(f"The base model {p} has changed since it was built: its model.safetensors no longer "
                          f"matches the weights_sha256 in {BUILD_INFO} (a run or a copy wrote over it), so runs would "
                          f"start from other weights: {fix}.")
 
@@ -114,14 +115,14 @@ def check_base_weights(model_dir: str | Path) -> None:
 def check_inputs(cfg, weights: bool = True, tokenizer=None):
     """Check the run's base model, tokenizer and data folder (every preset); return the loaded tokenizer."""
     if Path(cfg.data.data).is_dir() and not data_files(cfg.data.data):
-        raise ValueError(f"{cfg.data.data}/ holds no data file: put your dataset there (e.g. alpaca_data_cleaned.json) "
+        raise UserError(f"{cfg.data.data}/ holds no data file: put your dataset there (e.g. alpaca_data_cleaned.json) "
                          "or pass --data PATH or a hub id such as yahma/alpaca-cleaned.")
     model = cfg.model.model
     if not looks_local(model):  # a hub id: transformers checks the files while downloading
         try:
             return tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
         except OSError as e:  # offline, unknown id, gated: say where a download goes instead
-            raise ValueError(f"Cannot load {model!r} from the Hugging Face Hub ({type(e).__name__}): download it "
+            raise UserError(f"Cannot load {model!r} from the Hugging Face Hub ({type(e).__name__}): download it "
                              f"with `{DOWNLOAD.format(path='model/qwen2.5/transformers/0.5b/1')}` (the preset's "
                              "local folder), or pass --model.model PATH.") from None
     config = check_model_dir(model, weights=weights, tokenizer=cfg.model.tokenizer is None,

@@ -14,6 +14,7 @@ from transformers import (
     GenerationConfig,
 )
 
+from sft.data.errors import UserError
 from sft.models.lora import adapter_base, is_adapter_dir
 from sft.models.tokenizer import _check_local, load_tokenizer
 
@@ -25,7 +26,7 @@ def resolve_dtype(name: str) -> torch.dtype:
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}.") from None
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}.") from None
 
 
 def load_model(model_cfg, quantization=None):

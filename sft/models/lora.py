@@ -15,6 +15,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
+from sft.data.errors import UserError
 from sft.runs.layout import MANIFEST
 
 ADAPTER_CONFIG = "adapter_config.json"  # peft's config file: its presence makes a folder an adapter folder
@@ -35,14 +36,14 @@ def names(value: Any) -> str | list[str] | None:
 def lora_config(settings) -> LoraConfig:
     """peft's LoraConfig of a run's LoraSettings, with its values checked."""
     if settings.r < 1:
-        raise ValueError(f"lora.r must be at least 1 (the rank of the adapter), got {settings.r}.")
+        raise UserError(f"lora.r must be at least 1 (the rank of the adapter), got {settings.r}.")
     if not 0 <= settings.dropout < 1:
-        raise ValueError(f"lora.dropout must be in [0, 1), got {settings.dropout}.")
+        raise UserError(f"lora.dropout must be in [0, 1), got {settings.dropout}.")
     if settings.bias not in BIASES:
-        raise ValueError(f"lora.bias must be one of {', '.join(BIASES)}, got {settings.bias!r}.")
+        raise UserError(f"lora.bias must be one of {', '.join(BIASES)}, got {settings.bias!r}.")
     targets = names(settings.target_modules)
     if targets is None:
-        raise ValueError("lora.target_modules is empty: use all-linear or module names such as q_proj,v_proj.")
+        raise UserError("lora.target_modules is empty: use all-linear or module names such as q_proj,v_proj.")
     return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
                       bias=settings.bias, modules_to_save=names(settings.modules_to_save), task_type="CAUSAL_LM")
 
@@ -50,13 +51,13 @@ def lora_config(settings) -> LoraConfig:
 def quantization_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
     """QLoRA's 4-bit base (NF4, double quantization), or a ValueError where bitsandbytes cannot run."""
     if not torch.cuda.is_available():
-        raise ValueError("lora.qlora needs a CUDA GPU: bitsandbytes' 4-bit base weights have no CPU kernels here, "
+        raise UserError("lora.qlora needs a CUDA GPU: bitsandbytes' 4-bit base weights have no CPU kernels here, "
                          "and falling back to a full-precision base would silently train another setup. Drop "
                          "--lora.qlora (plain LoRA runs on the CPU) or run on a GPU.")
     try:
         import bitsandbytes  # noqa: F401  (an optional dependency: only QLoRA needs it)
     except ImportError:
-        raise ValueError("lora.qlora needs bitsandbytes: `pip install bitsandbytes` (a CUDA build of torch is "
+        raise UserError("lora.qlora needs bitsandbytes: `pip install bitsandbytes` (a CUDA build of torch is "
                          "needed too), or drop --lora.qlora.") from None
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
@@ -78,7 +79,7 @@ def add_adapter(model, settings, selective_head: bool = True, gradient_checkpoin
     head = wrapped.get_output_embeddings()
     if selective_head and hasattr(head, "lora_A"):
         # The selective head multiplies by head.weight directly, which would leave the adapter's B @ A out.
-        raise ValueError("lora.target_modules adapts the LM head, which the selective head cannot apply: leave the "
+        raise UserError("lora.target_modules adapts the LM head, which the selective head cannot apply: leave the "
                          "head out of target_modules (all-linear does), or set --selective-head false.")
     return wrapped
 
@@ -98,5 +99,5 @@ def adapter_base(path: str | Path) -> str:
     for folder in (p, p.parent):
         if (folder / MANIFEST).is_file():
             return json.loads((folder / MANIFEST).read_text())["config"]["model"]["model"]
-    raise ValueError(f"{p}: the adapter's base model {base!r} does not exist and no {MANIFEST} names it; put the "
+    raise UserError(f"{p}: the adapter's base model {base!r} does not exist and no {MANIFEST} names it; put the "
                      f"base model there, or fix base_model_name_or_path in {p / ADAPTER_CONFIG}.")

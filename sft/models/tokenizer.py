@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from sft.data.errors import UserError
+
 
 def looks_local(path: str) -> bool:
     """A filesystem path rather than a hub id: owner/name ids such as Qwen/Qwen2.5-0.5B (whose '.5B' is no file
@@ -22,7 +24,7 @@ def _check_local(path: str, what: str) -> None:
     if looks_local(path) and not Path(path).exists():
         hint = ("run `make demo` or `python -m sft build-demo` to build the demo base model"
                 if "demo" in path else "download the model there, or pass a hub id such as Qwen/Qwen2.5-0.5B")
-        raise ValueError(f"{what} folder {path!r} does not exist: {hint}.")
+        raise UserError(f"{what} folder {path!r} does not exist: {hint}.")
 
 
 def load_tokenizer(model_cfg) -> PreTrainedTokenizerFast:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from sft.data.errors import UserError
 from sft.runs.prune import (
     Decision,
     PrunePolicy,
@@ -45,7 +46,7 @@ def _callback_class() -> type:
             protected = (Path(state.best_model_checkpoint).name,) if state.best_model_checkpoint else ()
             try:
                 decisions, freed = prune_run(args.output_dir, self.policy, protected=protected)
-            except ValueError as e:
+            except UserError as e:
                 self.log(f"auto_clean: skipped at step {state.global_step}: {e}")
                 return
             self.history.append(decisions)

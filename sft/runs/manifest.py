@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sft.data.errors import UserError
 from sft.runs.layout import MANIFEST, REPO_ROOT
 
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "lm-eval")  # versions recorded
@@ -68,9 +69,9 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """Read a run's manifest, with a clear error when the folder is not a run of this project."""
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
-        raise ValueError(f"{run_dir} has no {MANIFEST}: it is not a finished run of this project "
+        raise UserError(f"{run_dir} has no {MANIFEST}: it is not a finished run of this project "
                          "(train one with `python -m sft train`, or pass the base model's folder).")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); re-run the training or restore the file.") from None
+        raise UserError(f"{path} is not valid JSON ({e}); re-run the training or restore the file.") from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from sft.data.errors import UserError
 from sft.runs.checkpoints import (
     STATE_FILE,
     WEIGHT_FILES,
@@ -43,7 +44,7 @@ def metric_direction(metric: str, greater_is_better: bool | None = None) -> bool
         return False
     if any(k in name for k in HIGHER_IS_BETTER):
         return True
-    raise ValueError(f"Cannot tell whether a higher or a lower {metric!r} is better; pass --greater-is-better "
+    raise UserError(f"Cannot tell whether a higher or a lower {metric!r} is better; pass --greater-is-better "
                      "or --lower-is-better (greater_is_better in the auto_clean config).")
 
 
@@ -61,11 +62,11 @@ class PrunePolicy:
     def __post_init__(self) -> None:
         """Reject settings that cannot be carried out, with the fix in the message."""
         if self.keep_last < 1:
-            raise ValueError(f"keep_last must be at least 1 (the newest checkpoint is always kept), got {self.keep_last}.")
+            raise UserError(f"keep_last must be at least 1 (the newest checkpoint is always kept), got {self.keep_last}.")
         if self.keep_best < 0:
-            raise ValueError(f"keep_best must be 0 or more, got {self.keep_best}.")
+            raise UserError(f"keep_best must be 0 or more, got {self.keep_best}.")
         if self.min_age < 0:
-            raise ValueError(f"min_age must be 0 or more seconds, got {self.min_age}.")
+            raise UserError(f"min_age must be 0 or more seconds, got {self.min_age}.")
         if self.keep_best:
             metric_direction(self.metric, self.greater_is_better)  # fail now, not at the first checkpoint
 
@@ -79,11 +80,11 @@ def policy_from_config(settings: dict[str, Any]) -> PrunePolicy:
     """A PrunePolicy from `TrainConfig.auto_clean`, e.g. {"keep_last": 2, "strip_optimizer": true}."""
     known = [f.name for f in fields(PrunePolicy) if f.name != "min_age"]
     if not isinstance(settings, dict):
-        raise ValueError(f"auto_clean must be a dict such as {{\"keep_best\": 1}} ({{}} = the defaults), "
+        raise UserError(f"auto_clean must be a dict such as {{\"keep_best\": 1}} ({{}} = the defaults), "
                          f"got {settings!r}.")
     unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise ValueError(f"auto_clean has unknown keys {unknown}; use some of {known}.")
+        raise UserError(f"auto_clean has unknown keys {unknown}; use some of {known}.")
     return PrunePolicy(**settings)
 
 
@@ -133,10 +134,10 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     try:
         state = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file} is not valid JSON ({e}), so {path.name} cannot be ranked; nothing was deleted. "
+        raise UserError(f"{file} is not valid JSON ({e}), so {path.name} cannot be ranked; nothing was deleted. "
                          "Restore the file, or move the damaged checkpoint away, and run again.") from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
-        raise ValueError(f"{file} has no log_history list, so {path.name} cannot be ranked; nothing was deleted. "
+        raise UserError(f"{file} has no log_history list, so {path.name} cannot be ranked; nothing was deleted. "
                          "Restore the file, or move the damaged checkpoint away, and run again.")
     return state
 
@@ -207,7 +208,7 @@ def plan_prune(checkpoints: list[Checkpoint], policy: PrunePolicy, protected: tu
         evaluated = sorted({k for c in finished for k in c.logged
                             if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))})
         if evaluated:  # evaluations ran but never logged this metric: a typo, or the wrong name
-            raise ValueError(f"No checkpoint has {policy.metric!r} in its log_history, though evaluations logged "
+            raise UserError(f"No checkpoint has {policy.metric!r} in its log_history, though evaluations logged "
                              f"{', '.join(evaluated)}; pass --metric with one of those, or --keep-best 0 to keep "
                              "by recency only. Nothing was deleted.")
     place = {c.name: i for i, c in enumerate(ranked)}

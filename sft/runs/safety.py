@@ -1,7 +1,7 @@
 """Run folders kept safe: run names that stay under the preset's folder, one writer per run folder (a lock with
 the writer's pid and host), and a run moved aside, not deleted, while `overwrite` starts it again.
 
-Every failure is a `ValueError` that names the fix (exit code 2 on the command line).
+Every failure is a `UserError` (sft.data.errors) that names the fix (exit code 2 on the command line).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from sft.data.errors import UserError
 from sft.runs.layout import BUILD_INFO
 
 logger = logging.getLogger("sft")
@@ -32,24 +33,24 @@ def check_run_name(name, preset_dir: str | Path, base_dirs: tuple[str | Path, ..
     fix = "give a plain name such as --run-name my-run (or a relative path under it, such as sweep-1/plw0.1)"
     text = "" if name is None else str(name)
     if not text.strip():
-        raise ValueError(f"The run name is empty, so the run would write into {preset_dir}/ itself: {fix}.")
+        raise UserError(f"The run name is empty, so the run would write into {preset_dir}/ itself: {fix}.")
     if PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() or text.startswith("~"):
-        raise ValueError(f"The run name {text!r} is an absolute path: runs are written under {preset_dir}/ only; "
+        raise UserError(f"The run name {text!r} is an absolute path: runs are written under {preset_dir}/ only; "
                          f"{fix}, or move every run with --model-root.")
     parts = PurePosixPath(text.replace("\\", "/")).parts
     if not parts or any(p in ("..", ".") for p in parts) or text != text.strip():
-        raise ValueError(f"The run name {text!r} leaves or aliases its folder ({preset_dir}/): {fix}.")
+        raise UserError(f"The run name {text!r} leaves or aliases its folder ({preset_dir}/): {fix}.")
     if any(p.endswith(LOCK_SUFFIX) or OLD_SUFFIX in p for p in parts):
-        raise ValueError(f"The run name {text!r} ends like the project's own lock or set-aside folders: {fix}.")
+        raise UserError(f"The run name {text!r} ends like the project's own lock or set-aside folders: {fix}.")
     out = Path(preset_dir) / text
     resolved = out.resolve()
     for base in (Path(b) for b in base_dirs if b):
         b = base.resolve()
         if resolved == b or b in resolved.parents or resolved in b.parents:
-            raise ValueError(f"The run name {text!r} is the base model's folder ({base}): training there would "
+            raise UserError(f"The run name {text!r} is the base model's folder ({base}): training there would "
                              f"replace the weights every run starts from; {fix}.")
     if (out / BUILD_INFO).is_file():
-        raise ValueError(f"{out} holds a base model built by the project ({BUILD_INFO}), not a run: {fix}.")
+        raise UserError(f"{out} holds a base model built by the project ({BUILD_INFO}), not a run: {fix}.")
     return out
 
 
@@ -117,7 +118,7 @@ class RunLock:
                 if info is not None and (info.get("host") != me["host"]
                                          or _alive(int(info.get("pid", -1)), info.get("proc_start"))):
                     self._cleanup_parents()
-                    raise ValueError(
+                    raise UserError(
                         f"{self.run} is being written by another training process ({self.describe(info)}); nothing "
                         f"was changed. Wait for it to finish or stop it, or give this run another name "
                         f"(--run-name NEW). If that process is surely gone (e.g. another host that crashed), delete "
@@ -130,7 +131,7 @@ class RunLock:
                 json.dump(me, f)
             self.held = True
             return self
-        raise ValueError(f"Could not take the lock {self.path} (other processes keep taking it); try again.")
+        raise UserError(f"Could not take the lock {self.path} (other processes keep taking it); try again.")
 
     def _read(self) -> dict | None:
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from sft.data.errors import UserError
 from sft.data.io import write_jsonl
 from sft.studies.synthetic import (
     FAMILIES,
@@ -119,7 +120,7 @@ def fill_unique(n: int, seed: int, kinds: list[str], seen: set[str], make: Calla
     while len(rows) < n:
         draws += 1
         if draws > MAX_DRAW_FACTOR * max(n, 1):
-            raise ValueError(f"could not draw {n} {what}; lower the split sizes")
+            raise UserError(f"could not draw {n} {what}; lower the split sizes")
         row = make(kinds[len(rows) % len(kinds)], rng)
         if key(row) not in seen:
             seen.add(key(row))

@@ -21,6 +21,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+from sft.data.errors import UserError
 from sft.runs.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR, REPO_ROOT
 
 ROOT = REPO_ROOT  # the notebooks live there
@@ -64,7 +65,7 @@ def build_reference_fixture(root: str | Path, shared: str | Path, tiny: bool = T
     tokenizer_dir, data = shared / "tokenizers" / "qwen2.5", shared / "data" / "gsm8k_alpaca.json"
     for need in (tokenizer_dir, data):
         if not need.exists():
-            raise ValueError(f"{need} is absent: the reference fixture needs the project's ../shared folder "
+            raise UserError(f"{need} is absent: the reference fixture needs the project's ../shared folder "
                              "(a Qwen2.5 tokenizer and GSM8K in the alpaca schema).")
     model_dir = root / LOCAL_QWEN_DIR
     model_dir.mkdir(parents=True, exist_ok=True)

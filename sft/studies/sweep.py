@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from sft.core.overrides import load_config
 from sft.core.train import train
+from sft.data.errors import UserError
 from sft.evaluation.evaluate import evaluate_models
 from sft.evaluation.report import (
     base_metric,
@@ -63,10 +64,10 @@ def parse_weights(text: str) -> list[float]:
     try:
         weights = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--prompt-loss-weights takes numbers separated by commas, e.g. 0,0.1,1; got {text!r}.") \
+        raise UserError(f"--prompt-loss-weights takes numbers separated by commas, e.g. 0,0.1,1; got {text!r}.") \
             from None
     if not weights or any(not 0 <= w <= 1 for w in weights):
-        raise ValueError(f"--prompt-loss-weights must list weights in [0, 1], got {text!r}.")
+        raise UserError(f"--prompt-loss-weights must list weights in [0, 1], got {text!r}.")
     return sorted(set(weights))
 
 
@@ -194,7 +195,7 @@ def seeds_report(root: Path, targets: list[float] = ()) -> str:
     each target difference) needs. Reads the committed files only: nothing is trained or evaluated."""
     path = root / "differences.csv"
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: run the sweep first (`python -m sft sweep --name "
+        raise UserError(f"{path} does not exist: run the sweep first (`python -m sft sweep --name "
                          f"{root.name.removeprefix('sweep-')}`), or pass the --name of a sweep under evaluation_results/.")
     diffs = pd.read_csv(path)
     diffs = diffs[diffs["metric"].str.contains("average") & ~diffs["metric"].map(is_side_effect)]

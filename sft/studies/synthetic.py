@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from sft.data.errors import UserError
 from sft.data.io import write_jsonl
 from sft.studies.long_families import (
     answer_count_down,
@@ -97,10 +98,10 @@ def resolve_names(requested: Sequence[str] | None, known: Sequence[str], what: s
         return list(known)
     names = list(requested)
     if not names:
-        raise ValueError(f"{what} is empty; pass None for all or some of {list(known)}")
+        raise UserError(f"{what} is empty; pass None for all or some of {list(known)}")
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; choose from {list(known)}")
+        raise UserError(f"unknown {what} {unknown}; choose from {list(known)}")
     return names
 
 
@@ -113,7 +114,7 @@ def check_split_sizes(**counts: int) -> None:
     """A ValueError naming the first negative split size (n_train=..., n_heldout=..., n_test=...)."""
     for name, count in counts.items():
         if count < 0:
-            raise ValueError(f"{name} must be >= 0, got {count}")
+            raise UserError(f"{name} must be >= 0, got {count}")
 
 
 def make_row(family: str, rng: random.Random) -> dict:
@@ -125,7 +126,7 @@ def make_row(family: str, rng: random.Random) -> dict:
 def generate_rows(n: int, seed: int, families: Sequence[str] | None = None) -> list[dict]:
     """Generate n rows cycling over families, deterministic in seed."""
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise UserError(f"n must be >= 0, got {n}")
     names = resolve_families(families)
     rng = random.Random(seed)
     return [make_row(names[i % len(names)], rng) for i in range(n)]
@@ -152,7 +153,7 @@ def fill_split(n: int, seed: int, families: list[str], seen: set[tuple[str, str]
                 continue
             draws += 1
             if draws > MAX_DRAW_FACTOR * max(n, 1):
-                raise ValueError(
+                raise UserError(
                     f"could not draw {n} unique rows (family {family!r} looks exhausted); lower the split sizes"
                 )
             row = make_row(family, rng)

@@ -15,6 +15,7 @@ from rapidfuzz.distance import Levenshtein
 
 from sft.core.prompts import get_template
 from sft.data.conversations import check_conversation
+from sft.data.errors import UserError
 from sft.data.io import write_jsonl
 from sft.evaluation.settings import MAX_GEN_TOKS
 from sft.evaluation.tasks import GeneratedTasks, _Function, _TaskDumper, render_chat
@@ -45,7 +46,7 @@ def _read_jsonl(path: str | Path, what: str, build: str) -> list[dict]:
     """The rows of a test JSONL file, or a ValueError saying how to build it (`build`) when it is absent."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"{what} {path} not found. Build {build}, or pass --test-data PATH.")
+        raise UserError(f"{what} {path} not found. Build {build}, or pass --test-data PATH.")
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -69,7 +70,7 @@ def read_test_rows(path: str | Path) -> list[dict]:
     rows = _read_jsonl(path, "Test data", "the demo data with `python -m sft build-demo`")
     bad = next((i for i, r in enumerate(rows, 1) if not {"instruction", "output", "family"} <= set(r)), None)
     if bad is not None or not rows:
-        raise ValueError(f"{path}: line {bad or 1} lacks instruction, output or family. The {DEMO_GROUP} tasks need "
+        raise UserError(f"{path}: line {bad or 1} lacks instruction, output or family. The {DEMO_GROUP} tasks need "
                          "the demo's test rows; for other data pass lm-eval task names with --tasks.")
     return rows
 
@@ -168,13 +169,13 @@ def read_dialogue_rows(path: str | Path) -> list[dict]:
     for i, r in enumerate(rows, 1):
         messages = check_conversation(r.get("messages"))[0] if {"messages", "kind"} <= set(r) else None
         if messages is None:
-            raise ValueError(f"{path}: line {i} is not a dialogue with `messages` (ending on the assistant's reply) "
+            raise UserError(f"{path}: line {i} is not a dialogue with `messages` (ending on the assistant's reply) "
                              f"and `kind`. The {DIALOGUE_GROUP} tasks need sft.studies.dialogues' test rows.")
         if is_tool_row(r) and not any(m["role"] == "assistant" and m.get("tool_calls") for m in r["messages"]):
-            raise ValueError(f"{path}: line {i} lists tools but no assistant turn calls one; the {CALL_GROUP} tasks "
+            raise UserError(f"{path}: line {i} lists tools but no assistant turn calls one; the {CALL_GROUP} tasks "
                              "need sft.studies.tools' test rows (a call, the tool's reply, the answer).")
     if not rows:
-        raise ValueError(f"{path} holds no dialogue; build the data again with `python -m sft build-demo`.")
+        raise UserError(f"{path} holds no dialogue; build the data again with `python -m sft build-demo`.")
     return rows
 
 

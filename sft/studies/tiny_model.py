@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from sft.core.prompts import render_prompt
+from sft.data.errors import UserError
 from sft.models.checks import check_base_weights, weights_sha256
 from sft.runs.layout import BUILD_INFO
 
@@ -63,18 +64,18 @@ class TinyModelConfig:
     def __post_init__(self) -> None:
         """Reject shapes Qwen2 cannot build, with the fix in the message."""
         if self.vocab_size < len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE:
-            raise ValueError(
+            raise UserError(
                 f"vocab_size={self.vocab_size} is too small; use at least {len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE} "
                 "(special tokens + 256 bytes)"
             )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise UserError(
                 f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}"
             )
         if (self.hidden_size // self.num_attention_heads) % 2:
-            raise ValueError("hidden_size / num_attention_heads must be even for RoPE; change either value")
+            raise UserError("hidden_size / num_attention_heads must be even for RoPE; change either value")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise UserError(
                 f"num_attention_heads={self.num_attention_heads} must be divisible by "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
@@ -86,10 +87,10 @@ def train_tokenizer(
     """Train a Qwen2-style byte-level BPE on texts and save it as a transformers tokenizer in out_dir."""
     corpus = list(texts)
     if not corpus:
-        raise ValueError("train_tokenizer got no texts; pass the rendered training prompts and outputs")
+        raise UserError("train_tokenizer got no texts; pass the rendered training prompts and outputs")
     if vocab_size < len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE:
         minimum = len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE
-        raise ValueError(f"vocab_size={vocab_size} is too small; use at least {minimum}")
+        raise UserError(f"vocab_size={vocab_size} is too small; use at least {minimum}")
     backend = Tokenizer(models.BPE())
     # NFC as in Qwen2.5's tokenizer.json; AutoTokenizer loads this folder as Qwen2Tokenizer, which forces NFC,
     # so training with it keeps the saved tokenizer and the auto-loaded one identical.
@@ -134,12 +135,12 @@ def build_base_model(
 ) -> Path:
     """Randomly initialise a Qwen2ForCausalLM and save it with the tokenizer and build_info.json in out_dir."""
     if len(tokenizer) > cfg.vocab_size:
-        raise ValueError(
+        raise UserError(
             f"tokenizer has {len(tokenizer)} tokens but cfg.vocab_size={cfg.vocab_size}; raise vocab_size"
         )
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
-        raise ValueError(f"tokenizer has no eos token; train it with sft.studies.tiny_model.train_tokenizer ({EOS_TOKEN})")
+        raise UserError(f"tokenizer has no eos token; train it with sft.studies.tiny_model.train_tokenizer ({EOS_TOKEN})")
     # Fork the RNG so building a model does not reseed the caller's torch state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -192,7 +193,7 @@ def read_corpus_texts(corpus_path: str | Path) -> list[str]:
     """Render each train row as its Alpaca prompt followed by its output, the text the tokenizer learns from."""
     path = Path(corpus_path)
     if not path.is_file():
-        raise ValueError(f"corpus {path} not found; write it with sft.studies.synthetic.build_demo_dataset")
+        raise UserError(f"corpus {path} not found; write it with sft.studies.synthetic.build_demo_dataset")
     texts = []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -200,10 +201,10 @@ def read_corpus_texts(corpus_path: str | Path) -> list[str]:
                 continue
             row = json.loads(line)
             if "instruction" not in row or "output" not in row:
-                raise ValueError(f"{path}:{line_no} lacks instruction/output; use alpaca-schema JSONL rows")
+                raise UserError(f"{path}:{line_no} lacks instruction/output; use alpaca-schema JSONL rows")
             texts.append(render_prompt(CORPUS_TEMPLATE, row["instruction"], row.get("input") or None) + row["output"])
     if not texts:
-        raise ValueError(f"corpus {path} is empty; write rows with sft.studies.synthetic.build_demo_dataset")
+        raise UserError(f"corpus {path} is empty; write rows with sft.studies.synthetic.build_demo_dataset")
     return texts
 
 
@@ -238,10 +239,10 @@ def ensure_demo_base(out_dir: str | Path, corpus_path: str | Path, cfg: TinyMode
             (out / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return out
     if out.exists() and ((out / "run_manifest.json").is_file() or any(out.glob("checkpoint-*"))):
-        raise ValueError(f"{out} holds a training run, not only the demo base: move that run elsewhere (runs belong "
+        raise UserError(f"{out} holds a training run, not only the demo base: move that run elsewhere (runs belong "
                          f"in their own folders, --run-name NAME), delete {out}, and run the command again.")
     if out.exists() and any(out.iterdir()) and not (out / BUILD_INFO).is_file():
-        raise ValueError(f"{out} is not empty and holds no {BUILD_INFO}; pick an empty or new folder for the demo base")
+        raise UserError(f"{out} is not empty and holds no {BUILD_INFO}; pick an empty or new folder for the demo base")
     # Build beside the target and swap in at the end, so an interrupted build never looks complete.
     staging = out.parent / f".{out.name}.building"
     if staging.exists():

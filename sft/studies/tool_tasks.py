@@ -18,6 +18,7 @@ from collections import Counter
 from lm_eval.api.task import ConfigurableTask
 
 from sft.core.prompts import parse_tool_calls
+from sft.data.errors import UserError
 
 CALL_GROUP = "sft_tool_call"  # lm-eval group of the call tasks: sft_tool_call_<kind>
 ANSWER_GROUP = "sft_tool_answer"  # lm-eval group of the final-answer tasks: sft_tool_answer_<kind>
@@ -59,7 +60,7 @@ def render_with_tools(chat_template, history: list[dict], tools: list[dict]) -> 
     owner = getattr(chat_template, "__self__", None)
     tokenizer = getattr(owner, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError("The tool-use tasks render their tools through the model's tokenizer, but lm-eval's chat "
+        raise UserError("The tool-use tasks render their tools through the model's tokenizer, but lm-eval's chat "
                          f"template callable {chat_template!r} has none; evaluate with a Hugging Face model (hf).")
     return tokenizer.apply_chat_template(history, tools=tools, tokenize=False, add_generation_prompt=True,
                                          **(getattr(owner, "chat_template_args", None) or {}))

@@ -13,6 +13,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from sft.data.errors import UserError
 from sft.data.weights import NORMALIZERS, parse_role_weights
 from sft.evaluation.report import format_markdown
 from sft.evaluation.seeds import spread
@@ -38,7 +39,7 @@ def parse_role_axis(text: str) -> list[dict[str, float]]:
             role = role.strip()
             values.setdefault(role, [])
         if role is None:
-            raise ValueError(f"--role-weights {text!r}: start with ROLE=WEIGHT, e.g. template=0,1 (template at 0, "
+            raise UserError(f"--role-weights {text!r}: start with ROLE=WEIGHT, e.g. template=0,1 (template at 0, "
                              "then at 1).")
         values[role].append(part)
     combos = [dict(zip(values, c)) for c in itertools.product(*values.values())]
@@ -62,7 +63,7 @@ def split_axes(overrides: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[st
             options = [v.strip() for v in _text(value).split(",")]
             bad = [v for v in options if v not in NORMALIZERS]
             if bad:
-                raise ValueError(f"--loss-normalizer {bad[0]!r}: the normalisers are {', '.join(NORMALIZERS)} (several: "
+                raise UserError(f"--loss-normalizer {bad[0]!r}: the normalisers are {', '.join(NORMALIZERS)} (several: "
                                  "weight_sum,response_tokens).")
         choices.append([(key, v) for v in options])
     return shared, [(variant_label(dict(combo)), dict(combo)) for combo in itertools.product(*choices)]

@@ -6,6 +6,8 @@ import random
 import re
 from typing import Iterable, Sequence
 
+from sft.data.errors import UserError
+
 # A fixed vocabulary keeps the corpus small enough for a tiny model and a ~1k BPE vocab to cover.
 WORDS: tuple[str, ...] = tuple(
     """
@@ -46,7 +48,7 @@ TENS: tuple[str, ...] = (
 def spell_number(n: int) -> str:
     """Spell 0..9999 in English words, e.g. 347 -> 'three hundred forty-seven'."""
     if not 0 <= n <= 9999:
-        raise ValueError(f"spell_number supports 0..9999, got {n}; pass a smaller number")
+        raise UserError(f"spell_number supports 0..9999, got {n}; pass a smaller number")
     if n < 20:
         return ONES[n]
     if n < 100:
@@ -68,7 +70,7 @@ def find_quoted(text: str) -> str:
     """Return the single-quoted target in an instruction, e.g. "the letter 'e'" -> 'e'."""
     match = re.search(r"'([^']+)'", text)
     if match is None:
-        raise ValueError(f"no quoted target in instruction {text!r}; quote the letter or word like 'e'")
+        raise UserError(f"no quoted target in instruction {text!r}; quote the letter or word like 'e'")
     return match.group(1)
 
 

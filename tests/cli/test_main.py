@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from helpers import QWEN_TOKENIZER, ROOT, demo_cli_args
+from sft.cli import plan_cmd
 from sft.cli.main import build_parser, main
 from sft.cli.sweep_cmd import sweep_plot
 from sft.core.overrides import field_help, section_classes
+from sft.data.errors import UserError
 from sft.evaluation.settings import BATCH_SIZE
 from sft.evaluation.settings import MAX_GEN_TOKS
 from sft.runs.layout import RESULTS_ROOT, SWEEP_PLOT
@@ -102,7 +104,17 @@ def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys, monkeypatch):
     assert main(["train", "--no-such-setting", "3"]) == 2
     assert "Unknown setting 'no_such_setting'" in capsys.readouterr().err
     assert main(["train", "--resume", "maybe"]) == 2
-    assert "resume must be auto, true or false" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: resume must be auto, true or false") and err.count("\n") == 1  # one paragraph
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only a UserError (or a missing file) becomes one paragraph; a plain ValueError, as a bug raises it, propagates
+    out of main, so `python -m sft` prints its traceback."""
+    monkeypatch.setattr(plan_cmd, "cmd_plan", lambda args: int("4 steps"))  # the bug: a str read as an int
+    with pytest.raises(ValueError, match="invalid literal for int") as caught:
+        main(["plan", "--preset", "demo"])
+    assert not isinstance(caught.value, UserError)
 
 
 def test_bad_rows_exit_2_or_are_counted(demo_root, tmp_path, capsys, monkeypatch):
