@@ -47,7 +47,7 @@ HEAD_MODULES = {"cce": "cut_cross_entropy", "liger": "liger_kernel"}
 
 @contextlib.contextmanager
 def using_head(name: str | None):
-    """The project's Trainer with a peer's fused head in place of sft/loss.py's (None: the project's own)."""
+    """The project's Trainer with a peer's fused head in place of sft/core/loss.py's (None: the project's own)."""
     original = sft.core.trainer.selected_nll
     if name is not None:
         sft.core.trainer.selected_nll = HEADS[name]  # the one seam: (hidden, head, targets, weights) -> (sum, nll)

@@ -98,7 +98,7 @@ def rss_bytes() -> int:
 
 
 def build_project_trainer(spec: dict):
-    """The project's Trainer, with a peer's head (spec "head": cce) in place of sft/loss.py's where asked."""
+    """The project's Trainer, with a peer's head (spec "head": cce) in place of sft/core/loss.py's where asked."""
     from sft.core.train import build_trainer
 
     return build_trainer(project_config(spec))

@@ -62,7 +62,7 @@ def anchors_of(page: Path) -> set[str]:
 
 
 def paths_of(page: Path) -> list[str]:
-    """Code spans that are wholly a path in the committed tree (`sft/loss.py`, `configs/accelerate/`, `eval.py`)."""
+    """Code spans that are wholly a path in the committed tree (`sft/core/loss.py`, `configs/accelerate/`, `eval.py`)."""
     spans = CODE_SPAN.findall(FENCE.sub("", page.read_text(encoding="utf-8")))
     return [s for s in spans if REPO_PATH.fullmatch(s)]
 

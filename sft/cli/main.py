@@ -46,7 +46,7 @@ def _metavar(typ) -> str:
 
 def add_config_arguments(p: argparse.ArgumentParser, sections: dict[str, type] | None = None,
                          show_defaults: bool = False, required: tuple[str, ...] = ()) -> None:
-    """One flag per config field (sft/config.py), its help the comment on the field's line.
+    """One flag per config field (sft/core/config.py, sft/data/config.py), its help the comment on the field's line.
 
     A field is --name where its name is unique across the sections, and always --section.name. Values stay
     strings (a list for a KEY=VALUE field): sft.core.overrides.apply_overrides reads them, as it reads a notebook's.

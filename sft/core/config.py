@@ -35,7 +35,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The Trainer run: schedule, batching, logging, checkpoints (see sft/train.py)."""
+    """The Trainer run: schedule, batching, logging, checkpoints (see sft/core/train.py)."""
 
     run_name: str | None = None  # None = "masked" (w = 0), "unmasked" (w = 1) or "plw<w>", prefixed "lora-" / "qlora-" for adapters; names the folders model/<preset>/<run>/ and tensorboard_events/<preset>/<run>_finetune_tfb/
     model_root: str = MODEL_ROOT  # checkpoints and the final model go under <model_root>/<preset>/<run_name>/
@@ -54,9 +54,9 @@ class TrainConfig:
     eval_steps: int = 100  # optimizer steps between held-out evaluations
     save_steps: int = 200  # optimizer steps between checkpoints
     save_total_limit: int | None = None  # keep at most N checkpoints (None = all; see auto_clean.py)
-    auto_clean: dict[str, Any] | None = None  # prune checkpoints after each save, e.g. {"keep_last": 1, "keep_best": 1, "metric": "eval_response_loss", "strip_optimizer": true} (sft/prune.py PrunePolicy; None = off)
+    auto_clean: dict[str, Any] | None = None  # prune checkpoints after each save, e.g. {"keep_last": 1, "keep_best": 1, "metric": "eval_response_loss", "strip_optimizer": true} (sft/runs/prune.py PrunePolicy; None = off)
     batching: str = "auto"  # padded | grouped (similar lengths per batch) | packed (one row, no padding) | auto = packed, on every device (the fastest in bench/throughput.py)
-    selective_head: bool = True  # LM head and cross-entropy only where the loss weight is non-zero (sft/loss.py)
+    selective_head: bool = True  # LM head and cross-entropy only where the loss weight is non-zero (sft/core/loss.py)
     seed: int = 42  # model init of new heads, dropout and the data order: same seed = same order in every regime
     bf16: str = "auto"  # "auto" = on where the GPU supports it; "true" / "false"
     resume: bool | str = "auto"  # "auto": continue a stopped run from its last complete checkpoint, refuse a finished one; true: continue any; false: never
@@ -92,7 +92,7 @@ class DemoConfig:
     num_key_value_heads: int = 2  # grouped-query attention, as in Qwen2.5
     intermediate_size: int = 512  # MLP width
     model_seed: int = 0  # random init of the base model
-    dialogues: bool = False  # the demo-chat preset: fine-tune on synthetic dialogues (sft/dialogues.py) from the demo's base
+    dialogues: bool = False  # the demo-chat preset: fine-tune on synthetic dialogues (sft/studies/dialogues.py) from the demo's base
     dialogue_dir: str = "Dataset/demo-chat"  # where the dialogue splits are written
     n_dialogue_train: int = 2400  # training dialogues (400 per kind): 2 epochs of batch 8 (600 steps) per run, 3 runs in the demo-chat budget
     n_dialogue_heldout: int = 300  # held-out dialogues (losses during and after training)
@@ -104,7 +104,7 @@ class DemoConfig:
 
 @dataclass
 class LoraSettings:
-    """LoRA / QLoRA adapters through peft (sft/lora.py). Setting any of these fields turns adapters on."""
+    """LoRA / QLoRA adapters through peft (sft/models/lora.py). Setting any of these fields turns adapters on."""
 
     r: int = 8  # rank of the update B @ A added to each adapted weight
     alpha: float = 16.0  # the update is scaled by alpha / r (peft's lora_alpha)

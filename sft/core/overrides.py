@@ -136,7 +136,7 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
         else:
             raise UserError(
                 f"Unknown setting {key!r}: not a field of the data, model, train, demo or lora config, nor a "
-                "transformers.TrainingArguments field. See sft/config.py for the settings and what they do."
+                "transformers.TrainingArguments field. See sft/core/config.py and sft/data/config.py for the settings and what they do."
             )
     # Rebuild every section, so that its __post_init__ checks (and normalises) the new values.
     for name, obj in _sections(cfg).items():

@@ -213,7 +213,7 @@ def get_template(name: str) -> Template:
     except KeyError:
         raise UserError(
             f"Unknown prompt template {name!r}. Known templates: {', '.join(sorted(TEMPLATES))}; "
-            "register a new one with sft.prompts.register_template."
+            "register a new one with sft.core.prompts.register_template."
         ) from None
 
 

@@ -38,7 +38,7 @@ HARMLESS = {"train.run_name", "train.model_root", "train.tensorboard_root", "tra
 HARMLESS_EXTRA = ("logging_", "save_", "eval_", "dataloader_", "report_to", "disable_tqdm", "push_to_hub", "hub_")
 LENGTH = {"train.max_steps", "train.num_train_epochs"}  # a longer run: only with resume = true, said aloud
 # Compared as one number, the global batch (per-device batch x accumulation x processes): a run may move between
-# world sizes (2 processes of 4 = 1 process of 8, tested in tests/test_distributed.py).
+# world sizes (2 processes of 4 = 1 process of 8, tested in tests/core/test_distributed.py).
 BATCH = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps")
 DATA_FINGERPRINTS = ("data_fingerprint", "train_fingerprint", "eval_fingerprint")
 

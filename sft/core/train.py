@@ -125,7 +125,7 @@ def build_model(cfg: ExperimentConfig, args: TrainingArguments):
     quantization = quantization_config(torch.bfloat16 if args.bf16 else torch.float32) if lora and lora.qlora else None
     model = load_model(cfg.model, quantization)
     if resolve_batching(cfg.train.batching) == "packed" and cfg.model.attn_implementation is None:
-        # One causal SDPA per packed example (sft/attention.py); set model.attn_implementation to
+        # One causal SDPA per packed example (sft/models/attention.py); set model.attn_implementation to
         # "flash_attention_2" on a GPU with flash-attn installed for its variable-length kernel.
         model.set_attn_implementation(attention.NAME)
     if lora is None:
@@ -154,7 +154,7 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
     # transformers 5 dropped TrainingArguments.logging_dir: the callback takes its folder from this attribute.
     tb.logging_dir = str(tensorboard_dir(cfg))
     callbacks = [tb, *(callbacks or [])]  # the caller's own TrainerCallbacks run after TensorBoard's
-    if cfg.train.auto_clean is not None:  # prune checkpoints as they are saved (sft/prune.py)
+    if cfg.train.auto_clean is not None:  # prune checkpoints as they are saved (sft/runs/prune.py)
         callbacks.append(auto_clean_callback(cfg.train.auto_clean))
     trainer = WeightedLossTrainer(
         model=model,

@@ -7,7 +7,7 @@ A page holds each generated table between two markers; the first names the comma
     <!-- end generated -->
 
 `python -m sft pages TABLE SOURCE [options]` prints one table; `python -m sft pages` rewrites every marked
-block of the pages from the files it names; `--check` only says which pages differ (tests/test_pages.py runs it).
+block of the pages from the files it names; `--check` only says which pages differ (tests/evaluation/test_pages.py runs it).
 The tables (TABLE):
 
     groups             an evaluation's group averages: each model's scores, the pairs' differences (--pair a,b)

@@ -2,7 +2,7 @@
 
 `python -m sft evaluate` writes its tables with the writers here (OpenCompass's summary layout:
 `dataset,version,metric,mode,<model>...`, scores 0-100 with two decimals, `-` where missing);
-`python -m sft compare` (sft/compare.py) reads result folders back and draws the comparison.
+`python -m sft compare` (sft/evaluation/compare.py) reads result folders back and draws the comparison.
 
 Intervals are percentile bootstraps over test items. A pairwise difference resamples the same
 items for both models (a paired bootstrap). A group row (e.g. the demo's average over task

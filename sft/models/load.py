@@ -33,7 +33,7 @@ def load_model(model_cfg, quantization=None):
     """The causal LM of a ModelConfig (or a path), from a local folder or the hub, safetensors only.
 
     An adapter folder (a LoRA run or checkpoint: adapter_config.json) loads as its base model with the adapter
-    on top (a peft PeftModel), the base found by sft.lora.adapter_base. `quantization` (QLoRA's
+    on top (a peft PeftModel), the base found by sft.models.lora.adapter_base. `quantization` (QLoRA's
     BitsAndBytesConfig) loads the base in 4-bit on this process's GPU.
     """
     if isinstance(model_cfg, (str, Path)):

@@ -1,4 +1,4 @@
-"""sft/config.py: every field documented on its line, overrides by name, the resume and overwrite switches."""
+"""sft/core/config.py: every field documented on its line, overrides by name, the resume and overwrite switches."""
 
 import dataclasses
 

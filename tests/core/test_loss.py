@@ -1,4 +1,4 @@
-"""sft/loss.py and the batching modes: the selective head and packing change the cost, never the loss."""
+"""sft/core/loss.py and the batching modes: the selective head and packing change the cost, never the loss."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""sft/train.py: the weighted loss, its normalisation over a whole step, logs, checkpoints and resume."""
+"""sft/core/train.py and sft/core/trainer.py: the weighted loss, its normalisation over a whole step, logs, checkpoints and resume."""
 
 import json
 import os

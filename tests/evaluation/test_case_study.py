@@ -1,4 +1,4 @@
-"""eval.py and sft/case_study.py: prompts through several models side by side; sft/generate.py's batching."""
+"""eval.py and sft/evaluation/case_study.py: prompts through several models side by side; sft/evaluation/generate.py's batching."""
 
 import json
 import os

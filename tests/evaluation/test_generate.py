@@ -1,4 +1,4 @@
-"""sft/generate.py's stop tokens: a model's generation-config EOS list, and a chat template's end-of-turn token
+"""sft/evaluation/generate.py's stop tokens: a model's generation-config EOS list, and a chat template's end-of-turn token
 for conversation prompts. (Batching against model.generate is tested in tests/evaluation/test_case_study.py.)"""
 
 import pytest

@@ -1,4 +1,4 @@
-"""sft/prune.py and auto_clean.py: which checkpoints are kept, stripped, deleted or left alone, on real checkpoints."""
+"""sft/runs/prune.py and auto_clean.py: which checkpoints are kept, stripped, deleted or left alone, on real checkpoints."""
 
 import json
 import os

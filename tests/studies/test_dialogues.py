@@ -1,4 +1,4 @@
-"""The synthetic dialogues (sft/dialogues.py) and their lm-eval tasks (sft.studies.tasks.DialogueTask): exact answers,
+"""The synthetic dialogues (sft/studies/dialogues.py) and their lm-eval tasks (sft.studies.tasks.DialogueTask): exact answers,
 determinism, a last turn that needs the history, and multi-turn prompts through the chat template."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""sft/sweep.py: a 2 x 2 sweep end to end, and a resumed sweep that redoes nothing finished."""
+"""sft/studies/sweep.py: a 2 x 2 sweep end to end, and a resumed sweep that redoes nothing finished."""
 
 import json
 
