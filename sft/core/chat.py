@@ -64,7 +64,7 @@ class ChatRenderer:
             out.append(m)
         return out
 
-    def spans(self, messages: list[dict], tools: list[dict] | None = None
+    def spans(self, messages: list[dict], tools: list[dict] | None = None, added: list | None = None
               ) -> tuple[str, list[tuple[int, int, int, int]]]:
         """(text, [(start, end, turn, role code)]) covering the text, later spans overriding earlier ones. A turn's
         markup (ChatML's `<|im_start|>user\n`, an assistant turn's header and trailer) is TEMPLATE; its content is
@@ -76,7 +76,10 @@ class ChatRenderer:
 
         Each message's text is found by rendering prefixes of the conversation (messages[:i] vs messages[:i+1]);
         only a tool turn followed by another tool turn may render differently once it is not the last (templates
-        group consecutive tool outputs into one turn), and its text then ends where the two renderings part."""
+        group consecutive tool outputs into one turn), and its text then ends where the two renderings part.
+
+        added: a list that receives the (start, end) of the text the template adds on its own (its default system
+        prompt, its tool list): no message's words, so no message's weight from the data applies to them."""
         messages = self.template_messages(messages)
         full = self.text(messages, tools=tools)
         spans, prev, pending = [], 0, None
@@ -108,11 +111,15 @@ class ChatRenderer:
                 found = full.find(text_, prev, at if at >= 0 else end)
                 if found >= 0:
                     spans.append((found, found + len(text_), i, SYSTEM))
+                    if added is not None and text_ == default:
+                        added.append((found, found + len(text_)))
                     pending = None if text_ == pending else pending
             prev = end
         spans.append((prev, len(full), len(messages) - 1, TEMPLATE))
         if tools:
             spans += self._tools_spans(messages, full, tools, spans)
+            if added is not None:
+                added.append(spans[-1][:2])
         return full, [s for s in spans if s[1] > s[0]]
 
     def _reply_spans(self, messages: list[dict], i: int, full: str, prev: int, end: int,
@@ -244,24 +251,31 @@ class ChatRenderer:
             self._default_system = content.strip("\n") or None
         return self._default_system
 
-    def tokens(self, conversations: list[list[dict]], tools: list | None = None
-               ) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    def tokens(self, conversations: list[list[dict]], tools: list | None = None, with_added: bool = False
+               ) -> list[tuple]:
         """(ids, role codes, turns) per conversation, the text of each tokenized once with offsets; tools: the
-        tools each conversation may call (a list per conversation, None where it has none)."""
+        tools each conversation may call (a list per conversation, None where it has none). with_added: a fourth
+        array, True on the tokens of text the template adds on its own (its default system prompt, its tool list),
+        whose weight is their role's whatever the message they sit in weighs."""
         tools = tools if tools is not None else [None] * len(conversations)
-        rendered = [self.spans(m, t) for m, t in zip(conversations, tools)]
+        added_spans = [[] for _ in conversations]
+        rendered = [self.spans(m, t, a) for m, t, a in zip(conversations, tools, added_spans)]
         encodings = encode_with_offsets(self.tokenizer, [text for text, _ in rendered])
         out = []
-        for (text, spans), (ids, offsets) in zip(rendered, encodings):
+        for (text, spans), (ids, offsets), extra in zip(rendered, encodings, added_spans):
             role = np.zeros(len(text) + 1, dtype=np.int8)
             turn = np.zeros(len(text) + 1, dtype=np.int32)
+            added = np.zeros(len(text) + 1, dtype=bool)
             for s, e, t, r in spans:
                 role[s:e], turn[s:e] = r, t
+            for s, e in extra:
+                added[s:e] = True
             starts = np.asarray([o[0] for o in offsets], dtype=np.int64)
             ends = np.maximum(np.asarray([o[1] for o in offsets], dtype=np.int64), starts + 1)
             # A token that crosses into an assistant turn's reply (a merge at its start) belongs to it.
             at = np.where(np.isin(role[ends - 1], REPLY_ROLES), ends - 1, starts)
-            out.append((ids, role[at], turn[at]))
+            out.append((ids, role[at], turn[at], added[at] & (role[at] == SYSTEM)) if with_added
+                       else (ids, role[at], turn[at]))
         return out
 
     def end_of_turn_id(self) -> int | None:

@@ -86,7 +86,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     return ds, report
 
 
-CACHE_VERSION = 6  # bump when tokenization changes (6: tool_call, tool_output, reasoning roles), so old caches are not reused
+CACHE_VERSION = 7  # bump when tokenization changes (6: tool_call, tool_output, reasoning roles; 7: the template's own system text keeps its role's weight), so old caches are not reused
 
 
 def _as_columns(row: dict) -> dict:

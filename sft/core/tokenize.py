@@ -202,23 +202,25 @@ def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataCon
     renderer = conversation_renderer(tokenizer, cfg)
     tools = tools if tools is not None else [None] * len(conversations)
     rendered = _render_all(renderer, conversations, tools)
-    for i, (messages, tool_list, (ids, roles, turns)) in enumerate(zip(conversations, tools, rendered)):
+    for i, (messages, tool_list, (ids, roles, turns, added)) in enumerate(zip(conversations, tools, rendered)):
         st, kept = "ok", messages
         if len(ids) > cfg.max_length:
             fitted = fit_conversation(renderer, messages, cfg, tool_list)
             if fitted is None:
                 continue
-            ids, roles, turns, st, kept = fitted
+            ids, roles, turns, added, st, kept = fitted
         # Arrow gives every message of a batch the same keys: a message without a weight reads None there.
         per_turn = np.asarray([1.0 if m.get(MESSAGE_WEIGHT) is None else float(m[MESSAGE_WEIGHT]) for m in kept],
                               dtype=np.float32)
-        yield i, list(ids), roles, turns, per_turn[turns], st
+        # The template's own text (its default system prompt, its tool list) is no message's words: its role's
+        # weight alone, whatever the message it is rendered in weighs (docs/data.md: a weight touches its own words).
+        yield i, list(ids), roles, turns, np.where(added, np.float32(1.0), per_turn[turns]), st
 
 
 def _render_all(renderer, conversations: list[list[dict]], tools: list) -> list:
     """Tokens with roles and turns for each conversation; a template error names the conversation."""
     try:
-        return renderer.tokens(conversations, tools)
+        return renderer.tokens(conversations, tools, with_added=True)
     except Exception:  # find the conversation the template refused, and say which
         for k, (messages, tool_list) in enumerate(zip(conversations, tools)):
             try:
@@ -233,8 +235,8 @@ def _render_all(renderer, conversations: list[list[dict]], tools: list) -> list:
 
 
 def fit_conversation(renderer, messages: list[dict], cfg: DataConfig, tools: list[dict] | None = None):
-    """Fit an over-long conversation into max_length: (ids, roles, turns, status, the messages kept), None if
-    dropped (turns index the messages kept).
+    """Fit an over-long conversation into max_length: (ids, roles, turns, template-added mask, status, the messages
+    kept), None if dropped (turns index the messages kept).
 
     Earlier exchanges are dropped from the front (a system turn stays) until it fits; if even the last
     exchange is too long, its prompt loses its middle and the answer keeps at least half the window, as
@@ -245,20 +247,20 @@ def fit_conversation(renderer, messages: list[dict], cfg: DataConfig, tools: lis
     head = messages[:1] if messages[0]["role"] == "system" else []
     body = messages[len(head):]
     starts = [k for k, m in enumerate(body) if m["role"] == "user" and k > 0]
-    ids = roles = turns = None
+    ids = roles = turns = added = None
     for k in starts:
-        ids, roles, turns = renderer.tokens([head + body[k:]], [tools])[0]
+        ids, roles, turns, added = renderer.tokens([head + body[k:]], [tools], with_added=True)[0]
         if len(ids) <= cfg.max_length:
-            return list(ids), roles, turns, "turns_dropped", head + body[k:]
+            return list(ids), roles, turns, added, "turns_dropped", head + body[k:]
     kept = head + body[starts[-1]:] if starts else messages
     if ids is None:
-        ids, roles, turns = renderer.tokens([messages], [tools])[0]
+        ids, roles, turns, added = renderer.tokens([messages], [tools], with_added=True)[0]
     last = np.flatnonzero(np.isin(roles, REPLY_ROLES))
     n_p = int(last[turns[last] == turns[last].max()][0]) if len(last) else len(ids)
     fitted = truncate_example(list(range(n_p)), list(range(n_p, len(ids))), cfg.max_length, cfg.truncation)
     keep = np.asarray(fitted[0] + fitted[1], dtype=np.int64)
     status = fitted[2] if not starts else f"turns_dropped+{fitted[2]}"
-    return [ids[j] for j in keep], roles[keep], turns[keep], status, kept
+    return [ids[j] for j in keep], roles[keep], turns[keep], added[keep], status, kept
 
 
 def with_training_template(tokenizer, template: str, chat_template: str | None = None):

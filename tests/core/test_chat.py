@@ -459,3 +459,24 @@ def test_a_template_that_drops_tools_or_calls_is_an_error_not_a_silent_loss(qwen
     plain = [AGENT[0], {"role": "assistant", "content": "I cannot check the weather."}]
     with pytest.raises(ValueError, match="does not render the tools"):
         alpaca.tokens([plain], [WEATHER_TOOLS])
+
+
+@pytest.mark.parametrize("with_system", [False, True])
+def test_the_templates_own_system_prompt_and_tool_list_keep_their_roles_weight(qwen_tokenizer, with_system):
+    """A first message weighing 0 zeroes its own words only: Qwen2.5's default system prompt ("You are Qwen...",
+    when the data has none) and its `# Tools` block are the template's text, weighing w like any system text."""
+    from sft.data.conversations import SYSTEM
+
+    system = [{"role": "system", "content": "Be brief.", "loss_weight": 0}] if with_system else []
+    first = {**AGENT[0], "loss_weight": 0} if not with_system else AGENT[0]
+    chat = system + [first, {"role": "assistant", "content": "Let me check."}]
+    table = tokenize_conversations_batch({"messages": [chat], "tools": [WEATHER_TOOLS]}, qwen_tokenizer,
+                                         DataConfig(prompt_loss_weight=0.5))
+    at_half = role_text(qwen_tokenizer, table, SYSTEM, weight=0.5)
+    zeroed = role_text(qwen_tokenizer, table, SYSTEM, weight=0.0)
+    assert "# Tools" in at_half and "get_weather" in at_half
+    if with_system:
+        assert zeroed.strip() == "Be brief." and "Be brief" not in at_half  # ".\n\n" is one token: the message's
+    else:
+        assert at_half.startswith("You are Qwen, created by Alibaba Cloud") and zeroed == ""
+        assert role_text(qwen_tokenizer, table, 2, weight=0.0) == AGENT[0]["content"]  # the user's words: 0
