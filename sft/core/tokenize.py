@@ -240,7 +240,8 @@ def fit_conversation(renderer, messages: list[dict], cfg: DataConfig, tools: lis
 
     Earlier exchanges are dropped from the front (a system turn stays) until it fits; if even the last
     exchange is too long, its prompt loses its middle and the answer keeps at least half the window, as
-    truncate_example does for instruction rows. The tools stay (the system turn's).
+    truncate_example does for instruction rows; where that cut would split an earlier reply of the exchange (a tool
+    call), the example is dropped instead. The tools stay (the system turn's).
     """
     if cfg.truncation == "drop":
         return None
@@ -259,6 +260,13 @@ def fit_conversation(renderer, messages: list[dict], cfg: DataConfig, tools: lis
     n_p = int(last[turns[last] == turns[last].max()][0]) if len(last) else len(ids)
     fitted = truncate_example(list(range(n_p)), list(range(n_p, len(ids))), cfg.max_length, cfg.truncation)
     keep = np.asarray(fitted[0] + fitted[1], dtype=np.int64)
+    # The middle cut must not leave part of an earlier reply (a tool call, its reasoning): the model would learn a
+    # broken call. Such an example is dropped whole (counted with the examples too long to fit).
+    cut = np.ones(len(ids), dtype=bool)
+    cut[keep] = False
+    earlier = np.isin(roles[:n_p], REPLY_ROLES)
+    if np.intersect1d(turns[:n_p][earlier & cut[:n_p]], turns[:n_p][earlier & ~cut[:n_p]]).size:
+        return None
     status = fitted[2] if not starts else f"turns_dropped+{fitted[2]}"
     return [ids[j] for j in keep], roles[keep], turns[keep], added[keep], status, kept
 

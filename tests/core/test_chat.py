@@ -480,3 +480,27 @@ def test_the_templates_own_system_prompt_and_tool_list_keep_their_roles_weight(q
     else:
         assert at_half.startswith("You are Qwen, created by Alibaba Cloud") and zeroed == ""
         assert role_text(qwen_tokenizer, table, 2, weight=0.0) == AGENT[0]["content"]  # the user's words: 0
+
+
+def test_a_trimmed_middle_never_leaves_part_of_a_trained_tool_call(qwen_tokenizer):
+    """A long last exchange loses its prompt's middle; where that cut would land inside an earlier trained tool call
+    (a broken call the model would learn), the whole example is dropped instead (counted as too long)."""
+    from sft.data.conversations import TOOL_CALL
+
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris " * 120}}}
+    chat = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "20C"}, {"role": "assistant", "content": "Sunny, 20C."}]
+    whole = conversation_renderer(qwen_tokenizer, DataConfig()).tokens([chat], [WEATHER_TOOLS])[0]
+    n_call = int((whole[1] == TOOL_CALL).sum())
+    assert len(whole[0]) > 200 and n_call > 100
+    outcomes = set()
+    for max_length in range(len(whole[0]) - 40, len(whole[0]), 8):  # cuts at several points of the call
+        table = tokenize_conversations_batch({"messages": [chat], "tools": [WEATHER_TOOLS]}, qwen_tokenizer,
+                                             DataConfig(max_length=max_length, prompt_loss_weight=0.0))
+        if table.num_rows == 0:
+            outcomes.add("dropped")
+            continue
+        roles = np.asarray(table.column("roles").to_pylist()[0])
+        assert (roles == TOOL_CALL).sum() in (0, n_call), max_length  # the call whole, or not at all
+        outcomes.add("kept")
+    assert "dropped" in outcomes
