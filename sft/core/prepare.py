@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from sft.core.chat import end_of_call_id
 from sft.core.tokenize import (
@@ -42,6 +43,20 @@ class TokenizeReport:
     examples_truncated: int
     truncation_counts: dict[str, int]
     from_cache: bool = False  # True when an earlier run (or the main process) already tokenized these rows
+    examples_dropped_untrained: int = 0  # no reply token the data lets train (every reply's loss_weight 0)
+
+    def summary(self, name: str) -> str:
+        """One line for the console: examples kept, truncated (by how) and dropped (by why)."""
+        line = f"{name} split: {self.examples_out:,} of {self.examples_in:,} examples kept"
+        cut = {k: v for k, v in sorted(self.truncation_counts.items()) if k != "ok"}
+        if cut:
+            line += f"; {self.examples_truncated:,} truncated ({', '.join(f'{v:,} {k}' for k, v in cut.items())})"
+        if self.examples_dropped_too_long:
+            line += f"; {self.examples_dropped_too_long:,} dropped: too long to fit max_length"
+        if self.examples_dropped_untrained:
+            line += (f"; {self.examples_dropped_untrained:,} dropped: no trained token (every reply the data weighs "
+                     "0, e.g. loss_weight: 0)")
+        return line
 
 
 def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
@@ -74,19 +89,37 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
         desc=f"Tokenizing {name}",
     )
     ds = with_weights(ds, cfg.weight_spec())  # in memory, at the run's starting w; the loss recomputes per step
+    fitted = len(ds)
+    # An example whose replies the data weighs 0 teaches no response, like a conversation with no assistant turn
+    # (refused when loading): dropped and counted. It depends on the data and train_on only, never on w, so every
+    # regime of a comparison drops the same examples and keeps the same order.
+    trained = _trained(ds)
+    if not trained.all():
+        ds = ds.select(np.flatnonzero(trained))
     counts = Counter(ds["truncation"])
     report = TokenizeReport(
         examples_in=len(rows),
         examples_out=len(ds),
-        examples_dropped_too_long=len(rows) - len(ds),
+        examples_dropped_too_long=len(rows) - fitted,
         examples_truncated=sum(v for k, v in counts.items() if k != "ok"),
         truncation_counts=dict(counts),
         from_cache=from_cache,
+        examples_dropped_untrained=fitted - len(ds),
     )
     return ds, report
 
 
-CACHE_VERSION = 7  # bump when tokenization changes (6: tool_call, tool_output, reasoning roles; 7: the template's own system text keeps its role's weight), so old caches are not reused
+CACHE_VERSION = 8  # bump when tokenization changes (6: tool_call, tool_output, reasoning roles; 7: the template's own system text keeps its role's weight; 8: no split tool call in a trimmed middle), so old caches are not reused
+
+
+def _trained(ds) -> np.ndarray:
+    """Per example: whether any token is a trained reply token of non-zero message weight (its response_mask)."""
+    if len(ds) == 0:
+        return np.zeros(0, dtype=bool)
+    col = ds.with_format("arrow")[:]["response_mask"].combine_chunks()
+    offsets = np.asarray(col.offsets)
+    counts = np.diff(np.concatenate([[0], np.cumsum(np.asarray(col.flatten(), dtype=np.int64))])[offsets])
+    return counts > 0
 
 
 def _as_columns(row: dict) -> dict:
@@ -149,6 +182,11 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
     for name, tok in (("train", train_tok), ("held-out", eval_tok)):
         logger.info("rank %s: %s split, %d examples, tokenized %s", os.environ.get("RANK", "0"), name,
                     tok.examples_out, "earlier (read from the cache)" if tok.from_cache else "now")
+        lossy = tok.examples_truncated or tok.examples_out < tok.examples_in
+        (logger.warning if lossy else logger.info)("data %s", tok.summary(name))
+    if not len(train):
+        raise UserError(f"{d.data}: no training example is left ({train_tok.summary('train')}). Raise --max-length, "
+                         "give the replies a weight above 0, or check --train-on.")
     info = {
         "load": report.to_dict(),
         "eval_load": eval_report.to_dict() if eval_report else None,

@@ -280,3 +280,33 @@ def test_plan_head_positions_follow_the_whole_weight_spec(plan_root, monkeypatch
     assert p["flops"]["train"] == pytest.approx(3 * (6 * body * tokens + 6 * head * expected
                                                      + 3 * p["flops"]["attention_forward_per_epoch"]), rel=1e-12)
     assert f"at w = {w:g}" in p["flops"]["head_tokens_note"]
+
+
+def test_untrained_and_truncated_examples_are_dropped_counted_and_printed(plan_root, monkeypatch, capsys, caplog):
+    """A conversation whose only reply the data weighs 0 teaches nothing at w = 0 (every weight 0): it is dropped
+    and counted, at every w alike (the regimes stay paired); truncation counts are on the console, not only in the
+    manifest."""
+    import logging
+
+    from sft.cli.main import main
+    from sft.models.tokenizer import load_tokenizer
+
+    quiet = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue.", "loss_weight": 0}]
+    long = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    rows = [CHATS[0], quiet, long, CHATS[1], quiet, CHATS[0]] * 4  # 24 rows: 8 untrained, 4 long
+    (plan_root / "weights.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    (plan_root / "held-chats.jsonl").write_text(json.dumps({"messages": CHATS[1]}) + "\n")
+    monkeypatch.chdir(plan_root)
+    for w in (0.0, 1.0):
+        cfg = load_config("qwen2.5-0.5b-alpaca", data="weights.jsonl", eval_data="held-chats.jsonl",
+                          max_length=128, prompt_loss_weight=w, cache_dir=str(plan_root / ".cache"))
+        data = prepare_data(cfg.data, load_tokenizer(cfg.model))
+        tok = data.info["train_tokenize"]
+        assert tok["examples_dropped_untrained"] == 8 and tok["examples_out"] == 16, tok
+        assert tok["truncation_counts"] == {"ok": 12, "prompt_trimmed": 4}
+        assert all(sum(r) > 0 for r in data.train["response_mask"])
+    with caplog.at_level(logging.INFO, logger="sft"):
+        assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "weights.jsonl", "--eval-data",
+                     "held-chats.jsonl", "--max-length", "128"]) == 0
+    assert ("train split: 16 of 24 examples kept; 4 truncated (4 prompt_trimmed); 8 dropped: no trained token"
+            in caplog.text), caplog.text[-2000:]
