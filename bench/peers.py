@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-import sft.core.trainer
+import sft.core.loss
 
 
 def cce_selected_nll(hidden, head, targets, token_weights, chunk=None):
@@ -48,13 +48,14 @@ HEAD_MODULES = {"cce": "cut_cross_entropy", "liger": "liger_kernel"}
 @contextlib.contextmanager
 def using_head(name: str | None):
     """The project's Trainer with a peer's fused head in place of sft/core/loss.py's (None: the project's own)."""
-    original = sft.core.trainer.selected_nll
+    original = sft.core.loss.selected_nll
     if name is not None:
-        sft.core.trainer.selected_nll = HEADS[name]  # the one seam: (hidden, head, targets, weights) -> (sum, nll)
+        # the one seam, which sft.core.loss.selective_head_loss calls: (hidden, head, targets, weights) -> (sum, nll)
+        sft.core.loss.selected_nll = HEADS[name]
     try:
         yield
     finally:
-        sft.core.trainer.selected_nll = original
+        sft.core.loss.selected_nll = original
 
 
 def head_available(name: str, notes: list[str]) -> bool:

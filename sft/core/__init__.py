@@ -10,7 +10,8 @@
     weights       roles -> loss weights under the run's WeightSpec, for the reports and at every step
     prepare       load + split + tokenize, cached: the data a run trains and evaluates on
     collate       batches: padded, or packed into one row with position_ids
-    loss          the selective LM head: cross-entropy only where the weight is non-zero, in chunks
+    loss          the weighted loss: its definition (weighted_cross_entropy), then the selective LM head that
+                  computes it without the full logits (cross-entropy only where the weight is non-zero, in chunks)
     trainer       the Trainer with the weighted loss: the step's normaliser, response/prompt logs, run totals
     run_folder    what a run does with its folder: resume or refuse, settings compared, overwrite, the lock
     values        checks of setting values (batch sizes, rates, cadences) and a notebook's overrides read

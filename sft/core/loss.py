@@ -1,18 +1,25 @@
-"""The weighted token loss, with the language-model head applied only where it is needed.
+"""The weighted token loss: its definition first (`weighted_cross_entropy`), then how training computes it.
 
-A causal LM's head turns every position's hidden state into vocabulary-sized logits. With the
-prompt masked (w = 0) about half the positions never reach the loss, and for Qwen2.5-0.5B the
-logits of a 16K-token step are ~10 GB in fp32 before their gradient. So the head runs here on
-the selected positions only, in chunks, with the gradient of each chunk computed while its
-logits exist (as Liger's fused linear cross-entropy does): the full tokens x vocabulary tensor
-is never materialised. A chunk holds the positions whose fp32 logits fit in HEAD_CHUNK_BYTES
-(883 at Qwen2.5's 151,936-token vocabulary), the chunks of a batch are of equal size and a small
-remainder joins them rather than streaming the head's weight once more for a few rows
-(`head_chunk_rows`: 946 positions make one chunk), and a chunk is worked on in place, so the head
-needs one chunk and the fp32 gradient of its weight, whatever the batch; bench/real_vocab.py measures it
-against TRL's chunked loss and Cut Cross-Entropy. Written here rather than taken from Liger
-because the loss needs per-token weights and per-token NLLs (for the response/prompt logs),
-which Liger's kernel does not return, and because it must run on the CPU.
+`weighted_cross_entropy` is the loss, in a dozen lines: next-token cross-entropy at every position, times the
+position's weight w (from its token's role, `target_weights`), summed and divided by the normaliser. Everything
+below it computes the same number with less memory, and tests/core/test_loss.py checks that it does, in value and
+in gradient.
+
+Why not train with the definition: it materialises the logits of every position. A causal LM's head turns every
+position's hidden state into vocabulary-sized logits; with the prompt masked (w = 0) about half the positions never
+reach the loss, and for Qwen2.5-0.5B the logits of a 16K-token step are ~10 GB in fp32 before their gradient. So
+`selective_head_loss` runs the head on the positions of non-zero weight only, in chunks (`selected_nll`), with the
+gradient of each chunk computed while its logits exist (as Liger's fused linear cross-entropy does): the full
+tokens x vocabulary tensor is never materialised. A chunk holds the positions whose fp32 logits fit in
+HEAD_CHUNK_BYTES (883 at Qwen2.5's 151,936-token vocabulary), the chunks of a batch are of equal size and a small
+remainder joins them rather than streaming the head's weight once more for a few rows (`head_chunk_rows`: 946
+positions make one chunk), and a chunk is worked on in place, so the head needs one chunk and the fp32 gradient of
+its weight, whatever the batch; bench/real_vocab.py measures it against TRL's chunked loss and Cut Cross-Entropy.
+Written here rather than taken from Liger because the loss needs per-token weights and per-token NLLs (for the
+response/prompt logs), which Liger's kernel does not return, and because it must run on the CPU.
+
+The normaliser of a micro-batch is `batch_normalizer`; the Trainer sums it over the optimizer step's micro-batches
+and processes (sft.core.trainer.WeightedLossTrainer._get_num_items_in_batch).
 """
 
 from __future__ import annotations
@@ -23,6 +30,22 @@ import torch.nn.functional as F
 from sft.core.costs import head_chunk_rows, head_chunk_tokens
 from sft.core.weights import step_weights
 from sft.data.errors import UserError
+
+
+def weighted_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor,
+                           normalizer: float | torch.Tensor) -> torch.Tensor:
+    """The loss, by definition: sum over positions t of w_t * -log p(token t + 1 | tokens up to t), / normalizer.
+
+    logits [B, T, V] (the model's, every position); input_ids [B, T]; weights [B, T] aligned with the predicting
+    position (target_weights' "weights": 0 on padding, on the last position and wherever the role weighs 0);
+    normalizer: the step's (batch_normalizer summed over the step). Training computes the same with
+    selective_head_loss, which never holds [B, T, V] logits.
+    """
+    # fp32 at least: in bf16 the log-probabilities of a 151k vocabulary lose their tail.
+    logprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    targets = shift_left(input_ids)  # position t is scored on token t + 1 (the last on a dummy 0, weighted 0)
+    nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]: -log p(next token)
+    return (weights * nll).sum() / normalizer
 
 
 def shift_left(x: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
@@ -48,8 +71,21 @@ def target_weights(batch: dict[str, torch.Tensor], table: list[float] | None = N
     return {"weights": shift_left(weights) * valid, "response": response, "prompt": valid - response}
 
 
+def batch_normalizer(masks: dict[str, torch.Tensor], how: str = "weight_sum") -> torch.Tensor:
+    """One micro-batch's share of the normaliser (WeightSpec.loss_normalizer), from target_weights' masks: the sum of
+    weights (weight_sum, the default), the trained assistant tokens (response_tokens) or the tokens of non-zero
+    weight (weighted_tokens)."""
+    if how == "response_tokens":
+        return masks["response"].sum()
+    if how == "weighted_tokens":
+        return (masks["weights"] > 0).to(torch.float32).sum()
+    return masks["weights"].sum()
+
+
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-position NLL of the next token from full logits, [B, T] (reference implementation).
+    """Per-position NLL of the next token from full logits, [B, T], 0 at the last position: weighted_cross_entropy's
+    `nll` (bit for bit: F.cross_entropy is the same log_softmax and gather), for the trainer's full-logits path
+    (selective_head=False), whose logs need each position's NLL.
 
     The targets are shifted instead of the logits: `logits[:, :-1]` would copy the whole
     tokens x vocabulary tensor, shifting the ids copies B x T integers.
@@ -59,30 +95,52 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return nll.view_as(input_ids)
 
 
-def _target_nll_(logits: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(NLL of each row's target, sum of exp(z - max z)) from fp32 logits [chunk, vocab], which become
-    exp(z - max z) in place: torch.logsumexp's own steps, without its [chunk, vocab] temporary."""
-    target = logits[rows, y]
-    top = logits.amax(dim=1)
-    total = logits.sub_(top[:, None]).exp_().sum(dim=1)
-    return top + total.log() - target, total
+# ------------------------------------------------------------ the optimisation: the same loss, without the logits
+# weighted_cross_entropy holds [B, T, V] fp32 logits and their gradient (~10 GB for a 16K-token step at Qwen2.5's
+# 151,936-token vocabulary). What follows computes the same sum, in value and in gradient, one chunk of the
+# weighted positions at a time (see the module's docstring; tests/core/test_loss.py checks the equality).
 
 
-@torch.no_grad()
-def scored_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
-               chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-row NLL, whether the target is the top token) of rows of hidden states [K, H], without gradient:
-    the held-out metrics' head, a chunk of positions at a time."""
-    chunk = head_chunk_rows(len(targets), chunk or head_chunk_tokens(head.weight.shape[0]))
-    nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
-    hit = torch.empty(len(targets), dtype=torch.bool, device=hidden.device)
-    for s in range(0, len(targets), chunk):
-        y = targets[s : s + chunk]
-        logits = head(hidden[s : s + chunk]).float()
-        hit[s : s + chunk] = logits.argmax(-1) == y  # before the NLL overwrites the logits
-        nll[s : s + chunk], _ = _target_nll_(logits, y, torch.arange(len(y), device=y.device))
-        del logits
-    return nll, hit
+def selective_head_loss(hidden: torch.Tensor, head: torch.nn.Module, input_ids: torch.Tensor, weights: torch.Tensor,
+                        score: torch.Tensor | None = None, chunk: int | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weighted_cross_entropy's numerator, sum(w * nll), from the final hidden states [B, T, H] and the LM head,
+    without the [B, T, V] logits: the head runs on the positions of non-zero weight only (selected_nll).
+
+    Returns (sum of w * nll, per-position NLL [B, T] detached, mask of the positions scored [B, T]). Positions of
+    weight 0 that `score` ([B, T] bool) marks get their NLL too, without gradient (the logs' prompt_loss); the rest
+    have NLL 0. input_ids and weights as weighted_cross_entropy takes them.
+    """
+    hidden = hidden.flatten(0, 1)
+    targets = shift_left(input_ids).flatten()
+    flat = weights.flatten()
+    nll = torch.zeros_like(flat)
+    scored = (flat > 0).to(flat.dtype)
+    trained = flat.nonzero().squeeze(1)  # the only positions whose logits reach the gradient
+    weighted, nll[trained] = selected_nll(hidden[trained], head, targets[trained], flat[trained], chunk)
+    if score is not None:
+        extra = (score.flatten() & (flat == 0)).nonzero().squeeze(1)
+        with torch.no_grad():
+            _, nll[extra] = selected_nll(hidden[extra].detach(), head, targets[extra], flat[extra], chunk)
+        scored[extra] = 1.0
+    return weighted, nll.view_as(weights), scored.view_as(weights)
+
+
+def selected_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
+                 chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of w * nll, per-row nll) for selected rows of hidden states [K, H] through a bias-free head.
+
+    `chunk` positions go through the head at a time (by default as many as HEAD_CHUNK_BYTES of logits hold), give or
+    take: the chunks are of equal size, a remainder of up to 1/8 of a chunk shared among them (costs.head_chunk_rows).
+    """
+    if getattr(head, "bias", None) is not None:
+        raise UserError("The selective head supports bias-free output layers (Qwen, Llama, Mistral); set "
+                        "selective_head=False in the train config for this model.")
+    if hidden.shape[0] == 0:
+        zero = hidden.sum() * 0.0 + head.weight.sum() * 0.0  # keeps the graph connected for DDP
+        return zero, hidden.new_zeros(0, dtype=torch.float32)
+    chunk = head_chunk_rows(hidden.shape[0], chunk or head_chunk_tokens(head.weight.shape[0]))
+    return _WeightedLinearCrossEntropy.apply(hidden, head.weight, targets, token_weights.to(torch.float32), chunk)
 
 
 class _WeightedLinearCrossEntropy(torch.autograd.Function):
@@ -129,18 +187,27 @@ class _WeightedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
-def selected_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
-                 chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of w * nll, per-row nll) for selected rows of hidden states [K, H] through a bias-free head.
+def _target_nll_(logits: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL of each row's target, sum of exp(z - max z)) from fp32 logits [chunk, vocab], which become
+    exp(z - max z) in place: torch.logsumexp's own steps, without its [chunk, vocab] temporary."""
+    target = logits[rows, y]
+    top = logits.amax(dim=1)
+    total = logits.sub_(top[:, None]).exp_().sum(dim=1)
+    return top + total.log() - target, total
 
-    `chunk` positions go through the head at a time (by default as many as HEAD_CHUNK_BYTES of logits hold), give or
-    take: the chunks are of equal size, a remainder of up to 1/8 of a chunk shared among them (costs.head_chunk_rows).
-    """
-    if getattr(head, "bias", None) is not None:
-        raise UserError("The selective head supports bias-free output layers (Qwen, Llama, Mistral); set "
-                         "selective_head=False in the train config for this model.")
-    if hidden.shape[0] == 0:
-        zero = hidden.sum() * 0.0 + head.weight.sum() * 0.0  # keeps the graph connected for DDP
-        return zero, hidden.new_zeros(0, dtype=torch.float32)
-    chunk = head_chunk_rows(hidden.shape[0], chunk or head_chunk_tokens(head.weight.shape[0]))
-    return _WeightedLinearCrossEntropy.apply(hidden, head.weight, targets, token_weights.to(torch.float32), chunk)
+
+@torch.no_grad()
+def scored_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
+               chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-row NLL, whether the target is the top token) of rows of hidden states [K, H], without gradient:
+    the held-out metrics' head, a chunk of positions at a time."""
+    chunk = head_chunk_rows(len(targets), chunk or head_chunk_tokens(head.weight.shape[0]))
+    nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    hit = torch.empty(len(targets), dtype=torch.bool, device=hidden.device)
+    for s in range(0, len(targets), chunk):
+        y = targets[s : s + chunk]
+        logits = head(hidden[s : s + chunk]).float()
+        hit[s : s + chunk] = logits.argmax(-1) == y  # before the NLL overwrites the logits
+        nll[s : s + chunk], _ = _target_nll_(logits, y, torch.arange(len(y), device=y.device))
+        del logits
+    return nll, hit

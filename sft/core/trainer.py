@@ -8,6 +8,9 @@ WeightSpec: 1 on response tokens (and EOS), `prompt_loss_weight` (or its schedul
 role's own weight) on the others. Besides it, every log has the unweighted mean loss over response tokens
 (`response_loss`) and over prompt tokens (`prompt_loss`), which mean the same in every regime,
 so the masked and unmasked curves can be compared on one chart.
+
+The loss's definition is sft.core.loss.weighted_cross_entropy; compute_loss computes it through the selective head
+(sft.core.loss.selective_head_loss) and divides by the step's normaliser, summed here over micro-batches and processes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from peft import PeftModel
 from transformers import Trainer
 
-from sft.core.loss import selected_nll, shift_left, target_weights, token_nll
+from sft.core.loss import batch_normalizer, selective_head_loss, target_weights, token_nll
 from sft.core.run_folder import RunFolder, check_data, resume_checkpoint  # noqa: F401 (resume_checkpoint: API)
 from sft.data.weights import WeightSpec
 
@@ -101,14 +104,8 @@ class WeightedLossTrainer(Trainer):
         return None if self.weight_spec is None else self.weight_spec.table(self.prompt_weight())
 
     def _denominator(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One micro-batch's share of the normaliser: the sum of weights (weight_sum, the default), the trained
-        assistant tokens (response_tokens) or the tokens of non-zero weight (weighted_tokens)."""
-        how = self.weight_spec.loss_normalizer if self.weight_spec is not None else "weight_sum"
-        if how == "response_tokens":
-            return masks["response"].sum()
-        if how == "weighted_tokens":
-            return (masks["weights"] > 0).to(torch.float32).sum()
-        return masks["weights"].sum()
+        """One micro-batch's share of the normaliser under the run's loss_normalizer (sft.core.loss.batch_normalizer)."""
+        return batch_normalizer(masks, self.weight_spec.loss_normalizer if self.weight_spec is not None else "weight_sum")
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
         """The normaliser of the optimizer step: all its micro-batches, on all processes.
@@ -144,25 +141,15 @@ class WeightedLossTrainer(Trainer):
             return (nll * masks["weights"]).sum(), nll.detach(), masks["response"] + masks["prompt"], outputs
         # logits_to_keep=1: the model's own head runs on one position only; we take the final hidden states.
         outputs = model(**model_inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-        hidden = outputs.hidden_states[-1].flatten(0, 1)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        targets = shift_left(inputs["input_ids"]).flatten()
-        weights = masks["weights"].flatten()
-        nll = torch.zeros_like(weights)
-        scored = (weights > 0).to(weights.dtype)
-        trained = weights.nonzero().squeeze(1)  # the only positions whose logits reach the gradient
-        weighted, nll_trained = selected_nll(hidden[trained], head, targets[trained], weights[trained])
-        nll[trained] = nll_trained
         # Zero-weight positions are scored (without gradient) only when a log will report them:
         # every evaluation, and the training steps that end in a log (masked regime's prompt_loss).
-        if not model.training or self._logs_this_step():
-            seen = (masks["response"] + masks["prompt"]).flatten() > 0
-            extra = (seen & (weights == 0)).nonzero().squeeze(1)
-            with torch.no_grad():
-                _, nll[extra] = selected_nll(hidden[extra].detach(), head, targets[extra], weights[extra])
-            scored[extra] = 1.0
+        logged = not model.training or self._logs_this_step()
+        seen = (masks["response"] + masks["prompt"]) > 0 if logged else None
+        weighted, nll, scored = selective_head_loss(outputs.hidden_states[-1], head, inputs["input_ids"],
+                                                    masks["weights"], score=seen)
         # outputs.logits holds the last position only; nothing downstream reads it (prediction_loss_only).
-        return weighted, nll.view_as(masks["weights"]), scored.view_as(masks["weights"]), outputs
+        return weighted, nll, scored, outputs
 
     def _logs_this_step(self) -> bool:
         """True while computing an optimizer step that ends with a training log."""

@@ -1,4 +1,7 @@
-"""sft/core/loss.py and the batching modes: the selective head and packing change the cost, never the loss."""
+"""sft/core/loss.py and the batching modes: the plain weighted cross-entropy is the loss; the selective head and
+packing change its cost, never its value or its gradient."""
+
+import math
 
 import pytest
 import torch
@@ -12,54 +15,108 @@ from sft.core.costs import (
     head_chunk_rows,
     head_chunk_tokens,
 )
-from sft.core.loss import selected_nll, target_weights
+from sft.core.loss import (
+    batch_normalizer,
+    selected_nll,
+    selective_head_loss,
+    target_weights,
+    token_nll,
+    weighted_cross_entropy,
+)
 from sft.core.train import build_trainer, train
 
 
-def test_selective_head_equals_full_head_loss_and_gradients():
-    torch.manual_seed(0)
-    k, h, v = 37, 16, 300
-    hidden = torch.randn(k, h, dtype=torch.float64, requires_grad=True)
-    head = torch.nn.Linear(h, v, bias=False).double()
-    targets = torch.randint(0, v, (k,))
-    w = torch.rand(k, dtype=torch.float64)
-    loss, nll = selected_nll(hidden, head, targets, w.float(), chunk=8)  # several chunks, a ragged last one
-    ref_nll = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="none")
-    ref = (ref_nll * w.float().double()).sum()
-    torch.testing.assert_close(nll, ref_nll.float().detach(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-6, atol=1e-6)
+NORMALIZERS = ("weight_sum", "response_tokens", "weighted_tokens")  # every loss_normalizer the trainer offers
+
+
+def random_batch(layout: str, dtype=torch.float64, scale: float = 1.0, seed: int = 0):
+    """(hidden states [B, T, H] requiring grad, a bias-free head, input_ids, target_weights' masks) of a random batch
+    shaped as the collators make it: fractional weights, zero weights (the prompt at w = 0: labels -100), response
+    tokens, right padding ("padded", 3 rows of 3 lengths) or three examples in one row ("packed")."""
+    torch.manual_seed(seed)
+    b, t, h, v = (3, 23, 16, 300) if layout == "padded" else (1, 41, 16, 300)
+    hidden = (torch.randn(b, t, h, dtype=dtype) * scale / h**0.5).requires_grad_()
+    head = torch.nn.Linear(h, v, bias=False).to(dtype)
+    ids = torch.randint(1, v, (b, t))
+    if layout == "padded":
+        pos = torch.arange(t).expand(b, t)
+        batch = {"attention_mask": (pos < torch.tensor([[t], [t - 6], [9]])).long()}
+        ids = ids.masked_fill(batch["attention_mask"] == 0, 0)  # pad id 0, as the demo's tokenizer pads
+        response = pos >= torch.tensor([[7], [4], [5]])  # a prompt of 7, 4 and 5 tokens, then the response
+    else:
+        starts = [0, 13, 27]  # example boundaries: no position may predict the next example's first token
+        pos = torch.cat([torch.arange(e - s) for s, e in zip(starts, starts[1:] + [t])])[None]
+        batch = {"position_ids": pos}
+        response = pos >= 5  # each example: a prompt of 5 tokens, then the response
+    weights = torch.where(response, torch.rand(b, t) * 0.8 + 0.2, torch.rand(b, t) * 0.5)  # fractional
+    weights[(torch.rand(b, t) < 0.3) & ~response] = 0.0  # prompt tokens outside the loss
+    weights[:, 2] = 0.0
+    batch.update(input_ids=ids, response_mask=response.long(), loss_weights=weights)
+    return hidden, head, ids, target_weights(batch)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("normalizer", NORMALIZERS)
+@pytest.mark.parametrize("chunk", [1, 7, None])  # one row at a time; several chunks with a ragged last; the default
+def test_selective_head_loss_equals_the_plain_weighted_cross_entropy(layout, normalizer, chunk):
+    hidden, head, ids, masks = random_batch(layout)
+    w = masks["weights"]
+    assert (w == 0).any() and ((w > 0) & (w < 1)).any() and (masks["prompt"] + masks["response"] == 0).any()
+    norm = batch_normalizer(masks, normalizer)
+    plain = weighted_cross_entropy(hidden @ head.weight.T, ids, w, norm)  # float64 throughout: the reference
+    seen = (masks["response"] + masks["prompt"]) > 0
+    weighted, nll, scored = selective_head_loss(hidden, head, ids, w, score=seen, chunk=chunk)
+    loss = weighted / norm
+    # float64 inputs, float32 logits inside the head: equal to float32 precision.
+    torch.testing.assert_close(loss.double(), plain.detach(), rtol=1e-6, atol=1e-6)
     g_h, g_w = torch.autograd.grad(loss * 3.0, (hidden, head.weight))
-    r_h, r_w = torch.autograd.grad(ref * 3.0, (hidden, head.weight))
-    # float64 inputs, float32 logits inside: equal to float32 precision.
+    r_h, r_w = torch.autograd.grad(plain * 3.0, (hidden, head.weight))
     torch.testing.assert_close(g_h, r_h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_w, r_w, rtol=1e-5, atol=1e-6)
-
-
-def reference_weighted_ce(hidden, weight, targets, w):
-    """Plain weighted cross-entropy through the full logits, in float64: sum_i w_i CE_i, and the CE_i."""
-    nll = torch.nn.functional.cross_entropy(hidden.double() @ weight.double().T, targets, reduction="none")
-    return (nll * w.double()).sum(), nll
+    assert g_h[(w == 0)].abs().max() == 0  # a position of weight 0 contributes no gradient
+    # The logs' per-position NLL: every real target scored (zero weights without gradient), nothing else.
+    full = token_nll(hidden.detach() @ head.weight.T.detach(), ids)
+    assert torch.equal(scored.bool(), seen)
+    torch.testing.assert_close(nll, full * seen, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])  # ordinary logits, and logits in the hundreds (overflow without max)
 def test_selective_head_float32_equals_plain_weighted_cross_entropy(scale):
-    torch.manual_seed(1)
-    k, h, v = 53, 24, 1000
-    hidden = (torch.randn(k, h) * scale / h**0.5).requires_grad_()
-    head = torch.nn.Linear(h, v, bias=False)
-    targets = torch.randint(0, v, (k,))
-    w = torch.rand(k)
-    w[::4] = 0.0  # prompt positions at w = 0 contribute nothing, in value and gradient
-    loss, nll = selected_nll(hidden, head, targets, w, chunk=16)
-    ref, ref_nll = reference_weighted_ce(hidden, head.weight, targets, w)
-    torch.testing.assert_close(nll.double(), ref_nll.detach(), rtol=1e-5, atol=1e-5 * scale)
+    hidden, head, ids, masks = random_batch("padded", dtype=torch.float32, scale=scale, seed=1)
+    w, norm = masks["weights"], batch_normalizer(masks)
+    loss = selective_head_loss(hidden, head, ids, w, chunk=16)[0] / norm
+    ref = weighted_cross_entropy(hidden.double() @ head.weight.double().T, ids, w, norm)
     torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-5 * scale)
     g_h, g_w = torch.autograd.grad(loss / 7.0, (hidden, head.weight))
     r_h, r_w = torch.autograd.grad(ref / 7.0, (hidden, head.weight))
     # The reference's gradients come back to the float32 leaves from a float64 computation.
     torch.testing.assert_close(g_h, r_h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_w, r_w, rtol=1e-5, atol=1e-6 * scale)
-    assert g_h[::4].abs().max() == 0
+    # In float32 the plain loss itself is the trainer's full-logits path (token_nll), bit for bit.
+    logits = (hidden @ head.weight.T).detach()
+    assert torch.equal(weighted_cross_entropy(logits, ids, w, norm), (token_nll(logits, ids) * w).sum() / norm)
+
+
+def test_plain_and_selective_loss_equal_a_value_worked_by_hand():
+    # Logits chosen so the probabilities are exact: position 0 gives token 1 p = 2/4, position 1 gives token 2
+    # p = 3/5; position 2 predicts nothing. Token weights 0.3, 1, 0.5 move one left: w = (1, 0.5, 0).
+    logits = torch.log(torch.tensor([[[1.0, 2.0, 1.0], [1.0, 1.0, 3.0], [5.0, 1.0, 1.0]]]))
+    batch = {"input_ids": torch.tensor([[0, 1, 2]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+             "response_mask": torch.tensor([[0, 1, 1]]), "loss_weights": torch.tensor([[0.3, 1.0, 0.5]])}
+    masks = target_weights(batch)
+    assert masks["weights"].tolist() == [[1.0, 0.5, 0.0]]
+    numerator = math.log(2) + 0.5 * math.log(5 / 3)  # 0.9485599...
+    head = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(3))  # the hidden states are the logits
+    for normalizer, denominator in (("weight_sum", 1.5), ("response_tokens", 2.0), ("weighted_tokens", 2.0)):
+        norm = batch_normalizer(masks, normalizer)
+        assert float(norm) == denominator
+        golden = numerator / denominator  # 0.6323733 and 0.4742800
+        assert float(weighted_cross_entropy(logits, batch["input_ids"], masks["weights"], norm)) == pytest.approx(
+            golden, rel=1e-6)
+        loss = selective_head_loss(logits, head, batch["input_ids"], masks["weights"])[0] / norm
+        assert float(loss.detach()) == pytest.approx(golden, rel=1e-6)
 
 
 def test_head_chunk_follows_the_vocabulary_and_the_memory_budget():
@@ -153,8 +210,6 @@ def test_packed_example_losses_equal_the_example_alone(demo_root):
     with torch.no_grad():
         leaky = model(input_ids=packed["input_ids"], attention_mask=torch.ones_like(packed["input_ids"])).logits
     n0 = len(examples[0]["input_ids"])
-    from sft.core.loss import token_nll
-
     assert not torch.allclose(token_nll(leaky, packed["input_ids"])[0, n0:n0 + 10], nll_packed[0, n0:n0 + 10],
                               atol=1e-3)
 

@@ -17,7 +17,7 @@ from sft.runs.layout import run_dir, tensorboard_dir
 from sft.core.config import load_run_config
 from sft.runs.manifest import read_manifest
 from sft.core.train import build_trainer, resume_checkpoint, train
-from sft.core.loss import token_nll
+from sft.core.loss import token_nll, weighted_cross_entropy
 
 
 def test_token_nll_matches_the_models_own_shifted_loss(demo_root):
@@ -30,6 +30,9 @@ def test_token_nll_matches_the_models_own_shifted_loss(demo_root):
     # With w = 1 every real token is a target: our unshifted labels + shift in token_nll equal HF's loss.
     valid = torch.nn.functional.pad(batch["attention_mask"][:, 1:], (0, 1)).bool()
     torch.testing.assert_close(nll[valid].mean(), out.loss, rtol=1e-5, atol=1e-6)
+    # The loss's definition at w = 1 (every real target weighs 1, normalised by their count) is HF's own loss.
+    plain = weighted_cross_entropy(out.logits, batch["input_ids"], valid.float(), valid.sum())
+    torch.testing.assert_close(plain, out.loss, rtol=1e-5, atol=1e-6)
 
 
 def _step_gradients(trainer, batches):

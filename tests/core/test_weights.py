@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import demo_config
+from sft.core.loss import weighted_cross_entropy
 from sft.core.overrides import apply_overrides, load_config
 from sft.core.prepare import tokenize_rows
 from sft.core.tokenize import tokenize_rows_batch
@@ -140,23 +141,22 @@ def test_train_on_last_weighs_earlier_replies_like_the_prompt():
 
 
 def _hand_loss(trainer, batches, normalizer: str, table: list[float]) -> float:
-    """sum(w * nll) / normaliser over the micro-batches, in float64 from the model's full logits."""
+    """The plain loss (sft.core.loss.weighted_cross_entropy) over the micro-batches, in float64 from the model's full
+    logits, with its weights and normaliser worked out here from the batches' columns (not by target_weights)."""
     num = den = 0.0
     with torch.no_grad():
         for b in batches:
             keys = ("input_ids", "attention_mask", "position_ids")
             logits = trainer.model(**{k: b[k] for k in keys if k in b}, use_cache=False).logits.double()
             ids = b["input_ids"]
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
-                                                    reduction="none").view(ids.shape[0], -1)
-            valid = torch.ones_like(nll, dtype=torch.bool)
+            valid = torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)  # position t predicts token t + 1
             if "attention_mask" in b:
                 valid &= b["attention_mask"][:, 1:].bool()
             if "position_ids" in b and "attention_mask" not in b:
                 valid &= b["position_ids"][:, 1:] != 0
             codes, scale = b["weight_codes"][:, 1:], b["weight_scale"][:, 1:].double()
             w = torch.tensor(table, dtype=torch.float64)[codes.long()] * scale * valid
-            num += float((w * nll).sum())
+            num += float(weighted_cross_entropy(logits, ids, torch.nn.functional.pad(w, (0, 1)), 1.0))
             if normalizer == "weight_sum":
                 den += float(w.sum())
             elif normalizer == "response_tokens":
