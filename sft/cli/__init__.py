@@ -2,7 +2,8 @@
 
     main             the parser; a command's module is imported only when that command runs (a fast --help)
     *_cmd            one module per command (inspect, train, plan, evaluate, sweep, pages), imported when it runs
-    case_study       eval.py's command; auto_clean: auto_clean.py's command
+    case_study       eval.py's command
+    auto_clean       auto_clean.py's command
     reference_check  the reference experiment's commands in order on the stand-in (`make reference-check`)
 
 May import: data, runs, models, core, evaluation, studies.

@@ -1,5 +1,7 @@
 """Evaluation: held-out losses, lm-eval tasks, generation, results, reports and case studies of trained models.
 
+    settings    what `sft evaluate` runs (EvalConfig), decoding (GenerationSettings), `sft pages`' tables: the
+                defaults the command line's flags are built from, without torch or lm-eval
     heldout     response loss, perplexity and token accuracy on the held-out split (per role for conversations)
     inputs      the models given to an evaluation: labels, paths, what each one is
     tasks       lm-eval task managers, lm-eval's tasks on local data, request costs; GeneratedTasks, the form
