@@ -82,7 +82,7 @@ class ChatRenderer:
         prompt, its tool list): no message's words, so no message's weight from the data applies to them."""
         messages = self.template_messages(messages)
         full = self.text(messages, tools=tools)
-        spans, prev, pending = [], 0, None
+        spans, prev, pending, ends = [], 0, None, []
         default = self.default_system() if messages[0]["role"] != "system" else None
         for i, m in enumerate(messages):
             cur = self.text(messages[: i + 1], tools=tools)
@@ -94,6 +94,7 @@ class ChatRenderer:
                                  "follows, so its tokens cannot be told apart; use another template (--chat-template).")
             if m["role"] == "assistant":
                 spans += self._reply_spans(messages, i, full, prev, end, tools)
+                ends.append((i, end, ASSISTANT))
                 prev = end
                 continue
             code = ROLE_OF_MESSAGE[m["role"]]
@@ -114,12 +115,19 @@ class ChatRenderer:
                     if added is not None and text_ == default:
                         added.append((found, found + len(text_)))
                     pending = None if text_ == pending else pending
+            ends.append((i, end, TEMPLATE))
             prev = end
         spans.append((prev, len(full), len(messages) - 1, TEMPLATE))
         if tools:
             spans += self._tools_spans(messages, full, tools, spans)
             if added is not None:
                 added.append(spans[-1][:2])
+        closing = self.next_turn_closing()
+        # A template that closes a turn at the start of the next message: the closing token belongs to the turn it
+        # closes, a reply's to the reply (as the next turn's markup, w = 0 would leave it out of the loss, and the
+        # model would never learn to stop); another turn's is that turn's markup.
+        spans += [(end, end + len(closing), i, code) for i, end, code in ends
+                  if closing and full.startswith(closing, end)]
         return full, [s for s in spans if s[1] > s[0]]
 
     def _reply_spans(self, messages: list[dict], i: int, full: str, prev: int, end: int,
@@ -222,6 +230,31 @@ class ChatRenderer:
         """Where a turn's trailer begins: its first special token after `start` (ChatML's `<|im_end|>`), else end."""
         return min((k for k in (full.find(s, start, end) for s in self.specials if s) if k >= 0), default=end)
 
+    def next_turn_closing(self) -> str:
+        """The special tokens a template renders at the start of the message after an assistant turn to close that
+        turn (`<|eot|><|user|>` where the stop token leads the next message), "" where an assistant turn's own rendering
+        closes it (ChatML's `<|im_end|>`, the alpaca template's EOS). Found by rendering a reply alone and followed by
+        a user turn: what comes between them, less the user turn's own header."""
+        if hasattr(self, "_next_turn_closing"):
+            return self._next_turn_closing
+        self._next_turn_closing = ""
+        user, reply, later = ({"role": r, "content": f"\x01{c}\x01"} for r, c in
+                              (("user", "u"), ("assistant", "a"), ("user", "v")))
+        try:
+            alone, two, three = self.text([user]), self.text([user, reply]), self.text([user, reply, later])
+        except Exception:  # a template that refuses the probe: nothing found, the turns as rendered
+            return ""
+        a, u, v = reply["content"], user["content"], later["content"]
+        if a not in two or any(sp and sp in two[two.find(a) + len(a):] for sp in self.specials):
+            return ""  # the reply's own rendering closes it
+        gap = three[three.find(a) + len(a):three.find(v)]
+        header = alone[:alone.find(u)]
+        n = len(gap) - common_prefix(gap[::-1], header[::-1])  # the gap less the user turn's header
+        specials = "|".join(re.escape(sp) for sp in sorted(self.specials, key=len, reverse=True) if sp)
+        found = re.match(rf"(?:{specials})+", gap[:n]) if specials else None
+        self._next_turn_closing = found.group(0) if found else ""
+        return self._next_turn_closing
+
     def reasoning_slot(self) -> bool:
         """Whether the template renders an assistant's reasoning_content (Qwen3's does, Qwen2.5's does not)."""
         if not hasattr(self, "_reasoning_slot"):
@@ -282,8 +315,10 @@ class ChatRenderer:
         """The special token that closes an assistant turn and weighs 1 (ChatML's <|im_end|>, EOS in the alpaca
         chat template): where a generated reply should stop. None where the turn ends on no special token."""
         probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-        ids, roles, _ = self.tokens([probe])[0]
-        last = int(ids[np.flatnonzero(roles == ASSISTANT)[-1]])
+        if self.next_turn_closing():  # a template that closes a turn only when another follows it
+            probe += [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]
+        ids, roles, turns = self.tokens([probe])[0]
+        last = int(ids[np.flatnonzero((roles == ASSISTANT) & (turns == 1))[-1]])
         return last if self.tokenizer.convert_ids_to_tokens(last) in self.specials else None
 
 

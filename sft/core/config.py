@@ -242,12 +242,15 @@ def resolve_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def weight_suffix(d: DataConfig) -> str:
     """'' for the plain weight settings; else what sets a run apart: -template0-user0.5, -to0, -norm-response_tokens
-    (so a run with role weights, a schedule or another normaliser never lands in the plain run's folder)."""
+    -eot-none (so a run with role weights, a schedule, another normaliser or end-of-turn weight never lands in the
+    plain run's folder)."""
     parts = [f"{role}{w:g}" for role, w in d.role_weights.items()]
     if d.prompt_loss_weight_end is not None:
         parts.append(f"to{d.prompt_loss_weight_end:g}")
     if d.loss_normalizer != "weight_sum":
         parts.append(f"norm-{d.loss_normalizer}")
+    if d.end_of_turn != "turn":
+        parts.append(f"eot-{d.end_of_turn}")
     return "".join(f"-{p}" for p in parts)
 
 

@@ -109,7 +109,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
     return ds, report
 
 
-CACHE_VERSION = 8  # bump when tokenization changes (6: tool_call, tool_output, reasoning roles; 7: the template's own system text keeps its role's weight; 8: no split tool call in a trimmed middle), so old caches are not reused
+CACHE_VERSION = 9  # bump when tokenization changes (6: tool_call, tool_output, reasoning roles; 7: the template's own system text keeps its role's weight; 8: no split tool call in a trimmed middle; 9: the closing column), so old caches are not reused
 
 
 def _trained(ds) -> np.ndarray:

@@ -106,7 +106,24 @@ def tokenize_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> 
         status.append(st)
         kept.append(i)
     return _examples_table(rows, roles, turns, [np.ones(len(x), dtype=np.float32) for x in rows], status, kept,
-                           batch, chat=False)
+                           batch, chat=False, specials=special_ids(tokenizer))
+
+
+def special_ids(tokenizer) -> np.ndarray:
+    """The ids of the tokenizer's special tokens (EOS, ChatML's <|im_end|>, ...): a reply's closing token is one."""
+    added = [i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special]
+    return np.unique(np.asarray(list(tokenizer.all_special_ids) + added, dtype=np.int64))
+
+
+def closing_mask(ids: np.ndarray, roles: np.ndarray, turns: np.ndarray, specials: np.ndarray) -> np.ndarray:
+    """The token that closes each reply (int8 1, else 0): the last of an assistant turn's own tokens where it is a
+    special token (ChatML's <|im_end|>, EOS); a reply cut by truncation has none. What --end-of-turn weighs."""
+    out = np.zeros(len(ids), dtype=np.int8)
+    reply = np.flatnonzero(np.isin(roles, REPLY_ROLES))
+    if len(reply):
+        last = reply[np.append(turns[reply][1:] != turns[reply][:-1], True)]  # each reply turn's last token
+        out[last[np.isin(np.asarray(ids)[last], specials)]] = 1
+    return out
 
 
 def _prompt_encodings(tokenizer, texts: list[str]) -> list[tuple[list[int], Any]]:
@@ -144,12 +161,14 @@ def _user_roles(n_chars: int, spans: list[tuple[int, int]], offsets) -> np.ndarr
 
 def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[np.ndarray],
                     message_weights: list[np.ndarray], status: list[str], kept: list[int], batch: dict[str, list],
-                    chat: bool) -> pa.Table:
-    """The examples as Arrow columns: ids, role codes, turns and message weights per token, length, truncation
-    status, whether it is a conversation, and the batch's carried-through columns for the rows kept."""
+                    chat: bool, specials: np.ndarray) -> pa.Table:
+    """The examples as Arrow columns: ids, role codes, turns, message weights and closing tokens (closing_mask) per
+    token, length, truncation status, whether it is a conversation, and the batch's carried-through columns for the
+    rows kept."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
+    closing = [closing_mask(flat[a:b], r, t, specials) for a, b, r, t in zip(offsets[:-1], offsets[1:], roles, turns)]
 
     def column(parts: list[np.ndarray], dtype) -> pa.ListArray:
         values = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
@@ -160,7 +179,7 @@ def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[
     return pa.table({
         "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
         "roles": column(roles, np.int8), "turns": column(turns, np.int32),
-        "message_weights": column(message_weights, np.float32),
+        "message_weights": column(message_weights, np.float32), "closing": column(closing, np.int8),
         "length": pa.array(lengths), "truncation": pa.array(status, type=pa.string()),
         "chat": pa.array([chat] * len(rows), type=pa.bool_()), **extra,
     })
@@ -191,7 +210,8 @@ def conversation_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig)
         message_weights.append(msg_w)
         status.append(st)
         kept.append(i)
-    return _examples_table(rows, roles, turns, message_weights, status, kept, batch, chat=True)
+    return _examples_table(rows, roles, turns, message_weights, status, kept, batch, chat=True,
+                           specials=special_ids(tokenizer))
 
 
 def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig,

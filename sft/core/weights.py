@@ -30,11 +30,15 @@ def add_weight_columns(table: pa.Table, spec: WeightSpec, w: float | None = None
     n = len(ids_col)
     flat = lambda name: np.asarray(table.column(name).combine_chunks().flatten())  # noqa: E731
     ids, roles, turns, msg = flat("input_ids"), flat("roles"), flat("turns"), flat("message_weights")
-    if spec.train_on == "all" or n == 0:
-        codes, scale, response = static_columns(roles, turns, msg, spec.train_on)
+    eot = spec.end_of_turn
+    closing = flat("closing") if eot != "turn" else None  # read only where the setting needs it
+    if (spec.train_on == "all" and eot != "last") or n == 0:
+        codes, scale, response = static_columns(roles, turns, msg, spec.train_on, closing, eot)
     else:  # the last assistant turn is a property of each example
         bounds = np.asarray(offsets)
-        parts = [static_columns(roles[a:b], turns[a:b], msg[a:b], spec.train_on) for a, b in zip(bounds[:-1], bounds[1:])]
+        parts = [static_columns(roles[a:b], turns[a:b], msg[a:b], spec.train_on,
+                                None if closing is None else closing[a:b], eot)
+                 for a, b in zip(bounds[:-1], bounds[1:])]
         codes, scale, response = (np.concatenate([p[k] for p in parts]) for k in range(3))
     weights = (np.asarray(spec.table(w), dtype=np.float32)[codes] * scale).astype(np.float32)
     labels = np.where(weights > 0, ids, IGNORE_INDEX)

@@ -19,6 +19,7 @@ from sft.data.conversations import ASSISTANT, REASONING, REPLY_ROLES, ROLE_NAMES
 from sft.data.errors import UserError
 
 NORMALIZERS = ("weight_sum", "response_tokens", "weighted_tokens")
+END_OF_TURN = ("turn", "last", "none")  # the token closing each reply: weighs as its reply, only the last reply's, never
 UNTRAINED = len(ROLE_NAMES)  # the table slot of a reply token outside the loss (train_on="last"): weighs w
 
 
@@ -31,6 +32,7 @@ class WeightSpec:
     train_on: str = "all"
     prompt_loss_weight_end: float | None = None
     loss_normalizer: str = "weight_sum"
+    end_of_turn: str = "turn"
 
     def __post_init__(self) -> None:
         self.role_weights = parse_role_weights(self.role_weights)
@@ -45,6 +47,10 @@ class WeightSpec:
                              "for a constant weight.")
         if self.train_on not in ("all", "last"):
             raise UserError(f"train_on must be 'all' or 'last' (assistant turns trained), got {self.train_on!r}.")
+        if self.end_of_turn not in END_OF_TURN:
+            raise UserError(f"--end-of-turn must be one of {', '.join(END_OF_TURN)}, got {self.end_of_turn!r}: turn "
+                            "weighs the token that closes a reply (<|im_end|>, EOS) as its reply (the default), last "
+                            "trains only the last reply's, none trains no reply's (weight 0).")
         if self.loss_normalizer not in NORMALIZERS:
             raise UserError(f"--loss-normalizer must be one of {', '.join(NORMALIZERS)}, got "
                              f"{self.loss_normalizer!r}: weight_sum divides sum(w * nll) by the sum of the weights "
@@ -119,26 +125,34 @@ def trained_mask(roles: np.ndarray, turns: np.ndarray, train_on: str) -> np.ndar
     return trained
 
 
-def static_columns(roles, turns, message_weights, train_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def static_columns(roles, turns, message_weights, train_on: str, closing=None, end_of_turn: str = "turn"
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What does not change during a run, per token: (index into WeightSpec.table int8, scale float32, response
     mask bool). The index is the role code, a reply token outside the loss (train_on="last") moved to slot
     UNTRAINED; the scale is the message's own weight from the data (1 on template tokens, whose weight is their
-    role's alone); the response mask marks the trained reply tokens of non-zero message weight."""
+    role's alone), 0 on a reply's closing token that end_of_turn leaves out (closing: the cached flags); the response
+    mask marks the trained reply tokens of non-zero scale."""
     roles, turns = np.asarray(roles), np.asarray(turns)
     msg = np.asarray(message_weights, dtype=np.float32)
     trained = trained_mask(roles, turns, train_on)
     codes = np.where(np.isin(roles, REPLY_ROLES) & ~trained, UNTRAINED, roles).astype(np.int8)
     scale = np.where(roles == TEMPLATE, np.float32(1.0), msg).astype(np.float32)
-    return codes, scale, trained & (msg > 0)
+    if end_of_turn != "turn":
+        dropped = np.asarray(closing, dtype=bool)
+        if end_of_turn == "last" and dropped.any():
+            reply = np.isin(roles, REPLY_ROLES)
+            dropped &= turns != turns[reply].max()  # the last reply's closing token keeps its weight
+        scale = np.where(dropped, np.float32(0.0), scale)
+    return codes, scale, trained & (scale > 0) & (msg > 0)
 
 
-def example_weights(roles, turns, message_weights, spec: WeightSpec, w: float | None = None
+def example_weights(roles, turns, message_weights, spec: WeightSpec, w: float | None = None, closing=None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(loss weight float32, response mask) of one example's tokens under `spec` at prompt weight w.
 
     A message's own weight (loss_weight, weight, train or loss in the data) multiplies its tokens; a template
-    token's weight is its role's alone.
+    token's weight is its role's alone; closing: the reply-closing flags, needed where spec.end_of_turn is not "turn".
     """
-    codes, scale, response = static_columns(roles, turns, message_weights, spec.train_on)
+    codes, scale, response = static_columns(roles, turns, message_weights, spec.train_on, closing, spec.end_of_turn)
     weights = np.asarray(spec.table(w), dtype=np.float32)[codes] * scale
     return weights.astype(np.float32), response

@@ -1,6 +1,7 @@
 """Roles in the tokenized data, weights at batch time (issue #28): the WeightSpec, role weights, message weights,
 the cache that serves every weight, the normalisers against float64 hand computations, and the schedule."""
 
+import copy
 import json
 import math
 
@@ -330,3 +331,106 @@ def test_a_sweep_over_role_weights_tokenizes_once_and_compares_the_variants(demo
     rows = (tmp_path / "evaluation_results/sweep-axes/variants.csv").read_text().splitlines()
     assert rows[0].startswith("dataset,metric,prompt_loss_weight,variant,baseline,seeds,diff,ci_low,ci_high")
     assert any(r.startswith("heldout,response_loss,0.5,rw-template1,rw-template0,2,") for r in rows)
+
+
+# ---------------------------------------------------------------- the end-of-turn token (issue #38)
+
+# A template that renders the stop token at the start of the next message (and none after the last one): the
+# closing <|im_end|> of a reply is rendered as the next turn's first token.
+STOP_LEADS_NEXT = ("{%- for m in messages %}{%- if not loop.first %}<|im_end|>{% endif %}<|im_start|>{{ m.role }}\n"
+                   "{{ m.content }}{%- endfor %}{%- if add_generation_prompt %}<|im_end|><|im_start|>assistant\n"
+                   "{% endif %}")
+
+
+def _pieces(tokenizer, ex, code=ASSISTANT):
+    """(turn, text) of each token of role `code`, with its weight."""
+    return [(t, tokenizer.decode([i]), w) for i, r, t, w in zip(ex["input_ids"], ex["roles"], ex["turns"],
+                                                                 ex["loss_weights"]) if r == code]
+
+
+@pytest.mark.parametrize("mode, first, last", [("turn", 1.0, 1.0), ("last", 0.0, 1.0), ("none", 0.0, 0.0)])
+def test_end_of_turn_weighs_each_replys_closing_token_as_set(qwen_tokenizer, mode, first, last):
+    ex = tokenize_rows_batch({"messages": [CHAT]}, qwen_tokenizer, DataConfig(end_of_turn=mode)).to_pylist()[0]
+    # By hand: Qwen2.5 writes "5" and "20" as digits, each reply closed by <|im_end|>.
+    assert _pieces(qwen_tokenizer, ex) == [(1, "5", 1.0), (1, "<|im_end|>", first),
+                                           (3, "2", 1.0), (3, "0", 1.0), (3, "<|im_end|>", last)]
+    assert sum(ex["closing"]) == 2 and sum(ex["response_mask"]) == 3 + (first > 0) + (last > 0)
+    assert set(np.asarray(ex["loss_weights"])[np.asarray(ex["roles"]) != ASSISTANT]) == {0.0}
+
+
+@pytest.mark.parametrize("mode, eos", [("turn", 1.0), ("last", 1.0), ("none", 0.0)])
+def test_end_of_turn_on_instruction_rows_is_the_eos(qwen_tokenizer, mode, eos):
+    ex = _one(qwen_tokenizer, ROW, end_of_turn=mode)
+    assert _pieces(qwen_tokenizer, ex) == [(1, "7", 1.0), (1, "<|endoftext|>", eos)]
+    cut = _one(qwen_tokenizer, {**ROW, "output": "seven " * 40}, end_of_turn=mode, max_length=32)
+    assert cut["truncation"].endswith("_trimmed") and sum(cut["closing"]) == 0  # a cut reply has no closing token
+    assert set(w for _, _, w in _pieces(qwen_tokenizer, cut)) == {1.0}
+
+
+def test_a_stop_token_rendered_at_the_next_message_belongs_to_the_reply_it_closes(qwen_tokenizer):
+    chat = CHAT + [{"role": "user", "content": "Thanks."}, {"role": "assistant", "content": "OK"}]
+    from sft.core.chat import renderer_for
+    renderer = renderer_for(qwen_tokenizer, STOP_LEADS_NEXT)
+    assert renderer.next_turn_closing() == "<|im_end|>"
+    ids, roles, turns = renderer.tokens([chat])[0]
+    assert ids == qwen_tokenizer.apply_chat_template(chat, chat_template=STOP_LEADS_NEXT, tokenize=True)["input_ids"]
+    pieces = [(int(t), qwen_tokenizer.decode([i]), int(r)) for i, r, t in zip(ids, roles, turns)]
+    # By hand: each <|im_end|> is the last token of the turn before it; a reply's is the reply's (assistant).
+    im_end = [(t, r) for t, s, r in pieces if s == "<|im_end|>"]
+    assert im_end == [(0, TEMPLATE), (1, ASSISTANT), (2, TEMPLATE), (3, ASSISTANT), (4, TEMPLATE)]
+    assert renderer.end_of_turn_id() == qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokenizer = copy.deepcopy(qwen_tokenizer)
+    tokenizer.chat_template = STOP_LEADS_NEXT  # the tokenizer's own template (--chat-template auto)
+    for mode, expected in (("turn", [1.0, 1.0]), ("none", [0.0, 0.0])):
+        ex = tokenize_rows_batch({"messages": [chat]}, tokenizer, DataConfig(end_of_turn=mode)).to_pylist()[0]
+        got = [w for _, s, w in _pieces(qwen_tokenizer, ex) if s == "<|im_end|>"]
+        assert got == expected  # the last reply, "OK", has no closing token: the template renders none
+
+
+def test_end_of_turn_none_on_1200_qwen_conversations_drops_exactly_one_im_end_per_reply(qwen_tokenizer, gsm8k_path):
+    from test_chat import conversations_from
+
+    convs = conversations_from(json.loads(gsm8k_path.read_text()), 1200)
+    im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tables = {m: tokenize_rows_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=4096, end_of_turn=m))
+              for m in ("turn", "last", "none")}
+    base, ids = tables["turn"], np.concatenate(tables["turn"].column("input_ids").to_pylist())
+    for mode, table in tables.items():  # the same ids, roles and turns whatever the setting
+        for name in ("input_ids", "roles", "turns", "message_weights", "closing"):
+            assert table.column(name).equals(base.column(name))
+    w = {m: np.concatenate(t.column("loss_weights").to_pylist()) for m, t in tables.items()}
+    replies = sum(m["role"] == "assistant" for c in convs for m in c)
+    dropped = (w["turn"] > 0) & (w["none"] == 0)
+    assert dropped.sum() == replies and set(ids[dropped]) == {im_end}
+    assert ((w["turn"] > 0) & (w["last"] == 0)).sum() == replies - len(convs)
+
+
+def test_end_of_turn_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+    from sft.core.plan import head_positions
+    from sft.core.prepare import prepare_data
+
+    data, out = _chat_file(tmp_path, CHAT), tmp_path / "masks.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 "--end-of-turn", "last", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    line = json.loads(out.read_text())
+    trained = [qwen_tokenizer.decode([i]) for i, w in zip(line["input_ids"], line["weights"]) if w > 0]
+    assert trained == ["5", "2", "0", "<|im_end|>"]  # by hand: the first reply's <|im_end|> left out
+    assert json.loads(capsys.readouterr().out)["weight_by_role"]["assistant"] == 4.0
+    heads = {}
+    for mode in ("turn", "none"):
+        cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"), end_of_turn=mode)
+        train = prepare_data(cfg, qwen_tokenizer).train
+        heads[mode] = (head_positions(train, cfg.weight_spec()), sum(train[0]["response_mask"]))
+    assert heads == {"turn": (5, 5), "none": (3, 3)}
+
+
+def test_a_bad_end_of_turn_exits_2_naming_the_values(tmp_path, capsys):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    assert main(["inspect-data", "--data", str(_chat_file(tmp_path, CHAT)), "--tokenizer", str(QWEN_TOKENIZER),
+                 "--end-of-turn", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "--end-of-turn must be one of turn, last, none, got 'all'" in err and err.count("\n") == 1
