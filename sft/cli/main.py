@@ -207,6 +207,9 @@ def _add_pages(sub) -> None:
     p.set_defaults(func="pages_cmd:cmd_pages")
 
 
+DEMO_PRESETS = ("demo", "demo-chat")  # what build-demo and demo take as --preset (any other preset has no demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="python -m sft", description=__doc__.splitlines()[0])
@@ -218,12 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _config_command(sub, "build-demo", "write the demo data and build its tiny base model", "train_cmd:cmd_build_demo",
                         preset=False)
     p.add_argument("--chat", action="store_true", help="also write the synthetic dialogues (Dataset/demo-chat/)")
+    p.add_argument("--preset", choices=DEMO_PRESETS, default=None, help="demo (the default), or demo-chat = --chat")
     _add_sweep(sub)
     p = _config_command(sub, "demo", "the whole offline study: build, fine-tune both regimes, evaluate, compare",
                         "train_cmd:cmd_demo", preset=False)
     p.add_argument("--chat", action="store_true",
                    help="the conversational study instead (make demo-chat): dialogues at w = 0, 0.5 and 1, lm-eval "
                         "multi-turn requests through the chat template; results in evaluation_results/demo-chat/")
+    p.add_argument("--preset", choices=DEMO_PRESETS, default=None, help="demo (the default), or demo-chat = --chat")
     _add_evaluate(sub)
     _add_compare(sub)
     _add_pages(sub)

@@ -28,14 +28,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
     """Write the synthetic data (and dialogues, with --chat) and build the tiny base model of the demo preset."""
-    cfg = load_config("demo-chat" if args.chat else "demo", **args.overrides)
+    cfg = load_config("demo-chat" if args.chat or args.preset == "demo-chat" else "demo", **args.overrides)
     print(f"demo base model: {ensure_demo_assets(cfg.demo)}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole offline study (what `make demo` runs), or its conversational part with --chat (`make demo-chat`)."""
-    if args.chat:
+    if args.chat or args.preset == "demo-chat":
         run_demo_chat(overrides=args.overrides)
     else:
         run_demo(overrides=args.overrides)

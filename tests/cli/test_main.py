@@ -154,3 +154,14 @@ def test_a_sweeps_default_plot_carries_its_name_so_sweeps_never_overwrite_each_o
         "plw_sweep-tools-rw-tool_output0.png")
     assert sweep_plot("mine.png", "tools", "rw-tool_output0") == Path("mine-rw-tool_output0.png")  # --plot is kept
     assert sweep_plot("", "demo") is None
+
+
+def test_build_demo_takes_the_demo_presets_as_preset(tmp_path, monkeypatch, capsys):
+    """`python -m sft build-demo --preset demo` was a TypeError (the preset given twice to load_config)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["build-demo", "--preset", "demo"]) == 0
+    assert "demo base model: model/demo/base" in capsys.readouterr().out
+    assert (tmp_path / "model/demo/base/model.safetensors").is_file()
+    with pytest.raises(SystemExit):  # any other preset has no demo to build: argparse names the choices
+        main(["build-demo", "--preset", "qwen2.5-0.5b-alpaca"])
+    assert "invalid choice" in capsys.readouterr().err
