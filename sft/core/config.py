@@ -69,6 +69,13 @@ class TrainConfig:
         if resume not in ("auto", "true", "false"):
             raise UserError(f"resume must be auto, true or false, got {self.resume!r}.")
         self.resume = resume
+        # Read strictly: "maybe" was read as false.
+        bf16 = {"yes": "true", "1": "true", "no": "false", "0": "false"}.get(str(self.bf16).lower(),
+                                                                             str(self.bf16).lower())
+        if bf16 not in ("auto", "true", "false"):
+            raise UserError(f"bf16 must be auto, true or false, got {self.bf16!r}: e.g. --bf16 auto (on where the "
+                            "GPU supports it).")
+        self.bf16 = bf16
         if resume == "true" and self.overwrite:
             raise UserError("resume (continue the run) and overwrite (start it again, deleting its checkpoints) "
                              "exclude each other: set one of them.")

@@ -47,7 +47,7 @@ def use_bf16(setting: str) -> bool:
     """bf16 mixed precision where asked, or 'auto' = where the GPU supports it."""
     if setting == "auto":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return str(setting).lower() in ("true", "1", "yes")
+    return str(setting).lower() == "true"  # TrainConfig has read it strictly: auto, true or false
 
 
 def resolve_batching(setting: str) -> str:

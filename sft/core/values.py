@@ -7,6 +7,7 @@ size 0, a negative learning rate), is a `UserError` naming the fix here, when th
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from sft.data.errors import UserError
@@ -23,9 +24,10 @@ def check_train_values(self) -> None:  # self: a TrainConfig
                              f"--{name.replace('_', '-')} N with N >= 1 (e.g. the preset's value).")
     for name in ("learning_rate", "weight_decay", "max_grad_norm"):
         value = getattr(self, name)
-        if not isinstance(value, (int, float)) or value < 0 or value != value:
-            raise UserError(f"{name} must be a number >= 0, got {value!r}: set --{name.replace('_', '-')} "
-                             "to a non-negative value (e.g. --learning-rate 2e-5).")
+        # inf trained to exit 0 with every parameter NaN: refused as a value, like a negative one.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise UserError(f"{name} must be a finite number >= 0, got {value!r}: set --{name.replace('_', '-')} "
+                            "to a non-negative value (e.g. --learning-rate 2e-5).")
     if not 0 <= self.warmup_ratio < 1:
         raise UserError(f"warmup_ratio is a share of the steps in [0, 1), got {self.warmup_ratio!r}: e.g. "
                          "--warmup-ratio 0.03.")

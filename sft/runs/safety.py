@@ -13,6 +13,7 @@ import shutil
 import socket
 import sys
 import time
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -22,6 +23,9 @@ from sft.runs.layout import BUILD_INFO
 logger = logging.getLogger("sft")
 LOCK_SUFFIX = ".lock"  # model/<preset>/<run>.lock, beside the run folder: held by the one process writing it
 OLD_SUFFIX = ".old-"  # model/<preset>/<run>.old-<timestamp>/: a run being overwritten, until the new one checkpoints
+# The longest part of a run name, in bytes: 255 (a file name's limit) less "_finetune_tfb" and ".old-<timestamp>"
+# (40), which its TensorBoard folder set aside by --overwrite adds.
+MAX_NAME_BYTES = 200
 
 
 # ---------------------------------------------------------------- run names
@@ -40,6 +44,14 @@ def check_run_name(name, preset_dir: str | Path, base_dirs: tuple[str | Path, ..
     parts = PurePosixPath(text.replace("\\", "/")).parts
     if not parts or any(p in ("..", ".") for p in parts) or text != text.strip():
         raise UserError(f"The run name {text!r} leaves or aliases its folder ({preset_dir}/): {fix}.")
+    bad = sorted({c for c in text if unicodedata.category(c)[0] == "C"})
+    if bad:  # a newline or a control character would split or garble the logs, the lock and every message
+        raise UserError(f"The run name {text!r} holds control characters ({', '.join(map(repr, bad))}): {fix}.")
+    long = [p for p in parts if len(p.encode()) > MAX_NAME_BYTES]
+    if long:  # the file system takes 255 bytes a name, and the run's TensorBoard folder set aside adds 40
+        raise UserError(f"The run name {text[:60]!r}... has a part of {len(long[0].encode())} bytes; at most "
+                        f"{MAX_NAME_BYTES} bytes a part (the folder, its lock, its TensorBoard folder and the copy "
+                        f"set aside by --overwrite add their suffixes to it): {fix}.")
     if any(p.endswith(LOCK_SUFFIX) or OLD_SUFFIX in p for p in parts):
         raise UserError(f"The run name {text!r} ends like the project's own lock or set-aside folders: {fix}.")
     out = Path(preset_dir) / text

@@ -36,6 +36,9 @@ from sft.runs.safety import RunLock, check_run_name, lock_path, move_aside, rest
     ("base", "is the base model's folder"), ("base/x", "is the base model's folder"),
     ("/tmp/x", "is an absolute path"), ("", "is empty"), ("  ", "is empty"), ("../x", "leaves or aliases"),
     ("a/../../x", "leaves or aliases"), (".", "leaves or aliases"), ("x.lock", "lock"),
+    ("x" * 245, "has a part of 245 bytes"), ("x" * 300, "has a part of 300 bytes"),  # ENAMETOOLONG tracebacks before
+    ("sweep/" + "é" * 101, "has a part of 202 bytes"), ("two\nlines", "control characters"),
+    ("tab\there", "control characters"), ("bell\x07", "control characters"),
 ])
 def test_a_run_name_stays_under_the_preset_and_off_the_base(tmp_path, name, message):
     preset = tmp_path / "model/demo"
@@ -56,7 +59,11 @@ def test_load_config_refuses_the_base_and_writes_nothing(tmp_path):
     ("save_steps", 0, "save_steps must be a whole number of at least 1"),
     ("per_device_train_batch_size", 0, "per_device_train_batch_size must be"),
     ("gradient_accumulation_steps", 0, "gradient_accumulation_steps must be"),
-    ("learning_rate", -1e-3, "learning_rate must be a number >= 0"),
+    ("learning_rate", -1e-3, "learning_rate must be a finite number >= 0"),
+    ("learning_rate", float("inf"), "learning_rate must be a finite number >= 0"),
+    ("weight_decay", float("inf"), "weight_decay must be a finite number >= 0"),
+    ("max_grad_norm", float("nan"), "max_grad_norm must be a finite number >= 0"),
+    ("bf16", "maybe", "bf16 must be auto, true or false"), ("overwrite", "maybe", "as bool for overwrite"),
     ("weight_decay", -0.1, "weight_decay must be"), ("max_steps", 0, "max_steps must be -1"),
     ("warmup_ratio", 1.5, "warmup_ratio"), ("extra", 5, "extra must be a dict"),
 ])
@@ -64,6 +71,18 @@ def test_bad_values_are_refused_before_any_folder_exists(tmp_path, setting, valu
     with pytest.raises(ValueError, match=message):
         demo_config(tmp_path, **{setting: value})
     assert not (tmp_path / "model").exists()
+
+
+def test_non_finite_and_non_boolean_flags_are_exit_2_before_any_folder(tmp_path, capsys):
+    root = ["--model-root", str(tmp_path / "model"), "--tensorboard-root", str(tmp_path / "tb")]
+    for flags, message in ((["--learning-rate", "inf"], "learning_rate must be a finite number"),
+                           (["--weight-decay", "inf"], "weight_decay must be a finite number"),
+                           (["--bf16", "maybe"], "bf16 must be auto, true or false"),
+                           (["--run-name", "a\nb"], "control characters"), (["--run-name", "r" * 250], "250 bytes")):
+        assert cli.main(["train", *root, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "model").exists() and not (tmp_path / "tb").exists()
 
 
 def test_a_notebooks_overrides_may_be_a_json_string():
