@@ -6,6 +6,7 @@ Every failure is a `UserError` (sft.data.errors) that names the fix (exit code 2
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -77,7 +78,13 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int, started: str | None) -> bool:
+def _alive(pid, started: str | None) -> bool:
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:  # os.kill(-1, 0) would ask about every process
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -97,8 +104,13 @@ def lock_path(run: str | Path) -> Path:
 class RunLock:
     """An exclusive lock on a run folder, taken before anything is written and released on every exit.
 
-    The lock file holds the writer's pid, host, start time and command. A lock whose process is gone (same host,
-    pid dead or reused) is stale: it is taken over with a message. A live one is a ValueError naming it.
+    The lock is `fcntl.flock` on the lock file, so taking it is atomic and the kernel frees it when its process dies
+    (kill -9, a crash): two processes meeting the same stale lock cannot both hold it, as they could when a stale
+    file was read, deleted and created again. The file holds the holder's pid, host, start time and command, for the
+    messages. Only the holder deletes it, while still holding it; a process that locked a file deleted meanwhile
+    (the holder releasing) sees another inode at the path and tries again. A lock file whose process is gone is
+    taken over with a message; one written on another host (whose process cannot be checked, and whose flock a
+    network file system may not share) is refused, naming it.
     """
 
     def __init__(self, run: str | Path) -> None:
@@ -106,10 +118,19 @@ class RunLock:
         self.path = lock_path(run)
         self.made_parent: list[Path] = []
         self.held = False
+        self.fd: int | None = None
 
     def describe(self, info: dict) -> str:
         return (f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started', '?')}"
                 + (f": {info['command']}" if info.get("command") else ""))
+
+    def _busy(self, info: dict | None) -> UserError:
+        self._cleanup_parents()
+        who = self.describe(info) if info else "a process that has not written its name yet"
+        return UserError(
+            f"{self.run} is being written by another training process ({who}); nothing was changed. Wait for it to "
+            f"finish or stop it, or give this run another name (--run-name NEW). If that process is surely gone "
+            f"(e.g. another host that crashed), delete {self.path}.")
 
     def acquire(self) -> "RunLock":
         parent = self.path.parent
@@ -119,37 +140,42 @@ class RunLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _start_time(os.getpid()),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv)[:300]}
-        for _ in range(3):
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                info = self._read()
-                if info is None:  # being written this instant, or a torn file: look again
-                    time.sleep(0.2)
-                    info = self._read()
-                if info is not None and (info.get("host") != me["host"]
-                                         or _alive(int(info.get("pid", -1)), info.get("proc_start"))):
-                    self._cleanup_parents()
-                    raise UserError(
-                        f"{self.run} is being written by another training process ({self.describe(info)}); nothing "
-                        f"was changed. Wait for it to finish or stop it, or give this run another name "
-                        f"(--run-name NEW). If that process is surely gone (e.g. another host that crashed), delete "
-                        f"{self.path}.")
-                logger.warning("taking over the stale lock %s of a process that is gone (%s)", self.path,
-                               self.describe(info) if info else "unreadable lock file")
-                self.path.unlink(missing_ok=True)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._busy(self._read()) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder released (deleting the file) between our open and our lock: again
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
+            info = self._read()
+            if info is not None and (info.get("host") not in (None, me["host"]) or _alive(
+                    info.get("pid"), info.get("proc_start"))):  # another host's; or written without flock
+                os.close(fd)
+                raise self._busy(info)
+            if info is not None:
+                logger.warning("taking over the stale lock %s of a process that is gone (%s)", self.path,
+                               self.describe(info))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            os.fsync(fd)
+            self.fd, self.held = fd, True
             return self
+        self._cleanup_parents()
         raise UserError(f"Could not take the lock {self.path} (other processes keep taking it); try again.")
 
     def _read(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
+            info = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return None
+        return info if isinstance(info, dict) else None
 
     def _cleanup_parents(self) -> None:
         for p in self.made_parent:  # innermost first
@@ -159,10 +185,18 @@ class RunLock:
                 break
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-            self._cleanup_parents()
+        """Delete the lock file while still holding it, and only if it is still ours (the same inode)."""
+        if not self.held:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd, self.held = None, False
+        self._cleanup_parents()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -139,6 +139,59 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
         RunLock(run).acquire()  # another host's process cannot be checked: refused, with the way out
 
 
+def _race_for(run, start, held, done):
+    """One contender: wait for the others, take the lock, say whether it got it, hold it until all have tried."""
+    start.wait()
+    lock = RunLock(run)
+    try:
+        lock.acquire()
+        held.put(os.getpid())
+    except ValueError:
+        pass
+    done.wait()
+    lock.release()
+
+
+@pytest.mark.slow  # launches processes (the marker check: tests/markers.py)
+def test_two_processes_meeting_one_stale_lock_never_both_hold_it(tmp_path):
+    """Read, unlink, create was not atomic: two processes meeting the same dead-pid lock both held it in 17 of 40
+    trials. Now flock: exactly one holder in every trial, and the lock file gone once it released."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "r"
+    for trial in range(40):
+        lock_path(run).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "earlier"}))
+        start, done, held = ctx.Barrier(3), ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_race_for, args=(run, start, held, done)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        start.wait()
+        done.wait(timeout=60)
+        for p in procs:
+            p.join(timeout=60)
+        holders = []
+        while not held.empty():
+            holders.append(held.get())
+        assert len(holders) == 1, (trial, holders)
+        assert all(p.exitcode == 0 for p in procs) and not lock_path(run).exists()
+
+
+def test_release_never_deletes_another_process_lock(tmp_path):
+    run = tmp_path / "r"
+    mine = RunLock(run).acquire()
+    lock_path(run).unlink()  # the file deleted by hand (or by a buggy taker) ...
+    theirs = RunLock(run).acquire()  # ... and taken by another holder: a new file
+    mine.release()
+    assert lock_path(run).exists() and json.loads(lock_path(run).read_text())["pid"] == os.getpid()
+    with pytest.raises(ValueError, match="being written by another training process"):
+        RunLock(run).acquire()  # still held
+    theirs.release()
+    assert not lock_path(run).exists()
+
+
 # ---------------------------------------------------------------- checkpoints and the resume decision
 
 
