@@ -27,7 +27,7 @@ from sft.runs.checkpoints import (
     run_is_complete,
 )
 from sft.runs.layout import MANIFEST, run_dir, tensorboard_dir
-from sft.runs.safety import RunLock, drop, move_aside, restore
+from sft.runs.safety import RunLock, check_nesting, drop, move_aside, restore
 
 logger = logging.getLogger("sft")
 
@@ -211,18 +211,32 @@ class RunFolder:
         self.cfg, self.args, self.out = cfg, args, run_dir(cfg)
         self.main = args.process_index == 0
         self.lock = RunLock(self.out)
+        self.preset_dir = Path(cfg.train.model_root) / cfg.preset
         self.fresh = not self.out.exists()
         self.fresh_tb = not tensorboard_dir(cfg).exists()
         self.old: Path | None = None
 
     def __enter__(self) -> "RunFolder":
-        on_rank0(self.args, self.lock.acquire)
+        on_rank0(self.args, self._take)
         return self
 
+    def _take(self) -> None:
+        """The lock, then the checks that need it held: no run inside this one's folder or around it."""
+        self.lock.acquire()
+        try:
+            check_nesting(self.out, self.preset_dir, self.cfg.train.run_name)
+        except BaseException:
+            self.lock.release()
+            raise
+
     def start_over(self) -> None:
-        """overwrite: move the old run aside (rank 0), once the model, data and settings are known to be good."""
+        """overwrite: move the old run aside (rank 0), once the model, data and settings are known to be good; the
+        folder is checked again just before, so a run started inside it meanwhile is never moved or deleted."""
         if self.cfg.train.overwrite:
-            self.old = on_rank0(self.args, lambda: move_aside(self.out))
+            def move() -> Path | None:
+                check_nesting(self.out, self.preset_dir, self.cfg.train.run_name)
+                return move_aside(self.out)
+            self.old = on_rank0(self.args, move)
 
     def saved_checkpoint(self) -> None:
         """The new run is under way: the run moved aside is deleted."""

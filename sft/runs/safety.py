@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from sft.data.errors import UserError
-from sft.runs.layout import BUILD_INFO
+from sft.runs.layout import BUILD_INFO, CHECKPOINT_RE, MANIFEST
 
 logger = logging.getLogger("sft")
 LOCK_SUFFIX = ".lock"  # model/<preset>/<run>.lock, beside the run folder: held by the one process writing it
@@ -65,6 +65,44 @@ def check_run_name(name, preset_dir: str | Path, base_dirs: tuple[str | Path, ..
     if (out / BUILD_INFO).is_file():
         raise UserError(f"{out} holds a base model built by the project ({BUILD_INFO}), not a run: {fix}.")
     return out
+
+
+def _holds_run(folder: Path, own_name: str | None = None) -> bool:
+    """Whether a folder is (or is being) a run: its lock beside it, a checkpoint-N inside, or a manifest of a run
+    other than `own_name` (a LoRA run's merged/ copy carries its own run's manifest)."""
+    if lock_path(folder).exists() or any(p.is_dir() and CHECKPOINT_RE.match(p.name) for p in folder.iterdir()):
+        return True
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("run_name") != own_name
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError):
+        return True  # a manifest that does not parse is still a run's
+
+
+def check_nesting(run: str | Path, preset_dir: str | Path, name: str) -> None:
+    """A UserError where run `name` would sit inside another run's folder, or its folder holds another run:
+    `--run-name a/b` beside a run `a`, or `a` over a run `a/b` (an overwrite of `a` would move `a/b` aside and delete
+    it, checkpoints, lock and all, even while it trains). Checked once the run's own lock is held, so of two runs
+    starting at once, nested, at least one sees the other's lock."""
+    run, preset_dir = Path(run), Path(preset_dir)
+    fix = ("nothing was changed. Give this run a name that neither holds nor sits inside another run "
+           "(--run-name NEW); run names may be paths, but one run's folder never holds another's")
+    for parent in run.parents:
+        if parent == preset_dir or preset_dir not in parent.parents:
+            break
+        if parent.is_dir() and _holds_run(parent):
+            raise UserError(f"{run} would be inside the folder of the run {parent}: {fix}.")
+    if not run.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(run):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not CHECKPOINT_RE.match(d)]  # the run's own checkpoints
+        inner = [here / f[: -len(LOCK_SUFFIX)] for f in filenames if f.endswith(LOCK_SUFFIX)]
+        if here != run and _holds_run(here, name):
+            inner.append(here)
+        if inner:
+            raise UserError(f"{run} holds another run, {inner[0]}: {fix}; or move that run out of it first.")
 
 
 # ---------------------------------------------------------------- one writer per run folder

@@ -212,3 +212,23 @@ def test_summaries_cover_the_whole_run_after_a_resume(demo_root):
     first = [h for h in resumed.state.log_history if "train_tokens_per_second" in h and h.get("step", 0) > 2][0]
     assert first["train_tokens_per_second"] < 10 * max(
         h["train_tokens_per_second"] for h in straight.state.log_history if "train_tokens_per_second" in h)
+
+
+def test_run_names_never_nest_in_either_direction(demo_root):
+    """`--run-name a/b` then `a --overwrite` moved a/b aside and deleted it (checkpoints and lock), even while it
+    trained; `a` also trained into a folder holding a/b. Both directions are refused, at start and on overwrite."""
+    inner = run_dir(demo_config(demo_root, run_name="nest/inner"))
+    train(demo_config(demo_root, run_name="nest/inner", **SHORT))
+    before = files(inner)
+    for settings in ({}, {"overwrite": True}):
+        with pytest.raises(ValueError, match=r"nest holds another run, .*nest/inner.*nothing was changed.*--run-name"):
+            train(demo_config(demo_root, run_name="nest", **{**SHORT, **settings}))
+    with RunLock(inner):  # nest/inner training again: its lock inside nest/
+        with pytest.raises(ValueError, match="holds another run"):
+            train(demo_config(demo_root, run_name="nest", overwrite=True, **SHORT))
+    assert files(inner) == before and not lock_path(run_dir(demo_config(demo_root, run_name="nest"))).exists()
+    outer = run_dir(demo_config(demo_root, run_name="outer"))
+    train(demo_config(demo_root, run_name="outer", **SHORT))
+    with pytest.raises(ValueError, match=r"would be inside the folder of the run .*outer: nothing was changed"):
+        train(demo_config(demo_root, run_name="outer/inner", **SHORT))
+    assert not (outer / "inner").exists() and read_manifest(outer)["status"] == "complete"
