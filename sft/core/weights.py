@@ -1,5 +1,5 @@
-"""Weights from roles: the tokenized columns (role, turn, message weight per token) -> loss weights, when the
-batch is built and the loss computed, under one WeightSpec (sft.data.weights).
+"""Weights from roles: the tokenized columns (role, turn, message weight and reply-closing flag per token, a row's
+sample weight) -> loss weights, when the batch is built and the loss computed, under one WeightSpec (sft.data.weights).
 
 `add_weight_columns` gives a tokenized table its weights at the spec's starting w, for everything that reports on
 them (held-out metrics, inspect-data, plan, the notebooks' plots): labels, loss_weights, response_mask, and the
@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from sft.data.rows import SAMPLE_WEIGHT
 from sft.data.weights import WeightSpec, static_columns
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
@@ -40,6 +41,9 @@ def add_weight_columns(table: pa.Table, spec: WeightSpec, w: float | None = None
                                 None if closing is None else closing[a:b], eot)
                  for a, b in zip(bounds[:-1], bounds[1:])]
         codes, scale, response = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    if SAMPLE_WEIGHT in table.column_names:  # the row's own weight from the data multiplies every token's
+        sample = np.repeat(np.asarray(table.column(SAMPLE_WEIGHT), dtype=np.float32), np.diff(np.asarray(offsets)))
+        scale, response = (scale * sample).astype(np.float32), response & (sample > 0)
     weights = (np.asarray(spec.table(w), dtype=np.float32)[codes] * scale).astype(np.float32)
     labels = np.where(weights > 0, ids, IGNORE_INDEX)
 

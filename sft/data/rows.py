@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ REQUIRED = ("instruction", "output")  # columns every row must have, after the c
 OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
 FIELDS = REQUIRED + OPTIONAL  # the fields of a validated row; tokenization carries any other column through
 CHAT_FIELDS = ("messages", "tools")  # the fields of a validated conversation row ("tools" only where it has tools)
+SAMPLE_WEIGHT = "sample_weight"  # a row's own weight (a number >= 0, 1 where null): multiplies every token's weight
 # Column names that real datasets use for the same fields; looked for only when the canonical
 # name is absent, and overridden by an explicit `column_map`.
 ALIASES = {
@@ -172,9 +174,9 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str)
     """Map canonical fields to the columns that hold them (or "messages" to a conversation column), or explain
     what is missing."""
     for col, target in column_map.items():
-        if target not in FIELDS + CHAT_FIELDS:
+        if target not in FIELDS + CHAT_FIELDS + (SAMPLE_WEIGHT,):
             raise UserError(f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, "
-                             "output, messages, tools.")
+                             "output, messages, tools, sample_weight.")
     mapping = {target: col for col, target in column_map.items() if col in columns}
     chat = mapping.get("messages") or next((c for c in CHAT_COLUMNS if c in columns), None)
     if chat is not None and not any(t in mapping for t in FIELDS) and not {"instruction", "output"} <= set(columns):
@@ -256,6 +258,25 @@ def _check_chat_row(rec: Any, mapping: dict[str, str], where: str, from_text: bo
     return {"messages": messages, **({"tools": tools} if tools else {})}, where, "", ""
 
 
+def _with_sample_weight(row: dict, value: Any, col: str, on_bad_rows: str, from_text: bool
+                        ) -> tuple[dict | None, str, str]:
+    """The row with its sample_weight (1.0 where null or, in a CSV, empty), else (None, field, problem): a number
+    >= 0 multiplies every token's weight of the row."""
+    if from_text and isinstance(value, str):  # a CSV cell is text
+        try:
+            value = float(value) if value.strip() else None
+        except ValueError:
+            pass
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is None or (number and math.isfinite(value) and value >= 0):
+        return {**row, SAMPLE_WEIGHT: 1.0 if value is None else float(value)}, "", ""
+    label = SAMPLE_WEIGHT if col == SAMPLE_WEIGHT else f"{SAMPLE_WEIGHT} (column {col!r})"
+    problem = "is not a valid sample weight"
+    return None, label, problem if on_bad_rows == "skip" else (
+        f"{problem} (got {value!r:.40}; it must be a number >= 0: it multiplies every token's weight of this row, "
+        "1 keeps it as it is, 0 leaves it out)")
+
+
 def _files_of(source: Path) -> list[Path]:
     """The data files of a file or a folder (sorted, so the row order is stable)."""
     if source.is_file():
@@ -305,7 +326,11 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
         raise UserError(f"{not_object}, field {fld}: {problem}. Each row must be an object such as "
                          '{"instruction": ..., "input": ..., "output": ...}.')
     columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
-    mapping = _resolve_columns(columns, column_map, name)
+    weight_col = next((c for c, t in column_map.items() if t == SAMPLE_WEIGHT), SAMPLE_WEIGHT)
+    weight_col = weight_col if weight_col in columns else None
+    mapping = _resolve_columns(columns, {c: t for c, t in column_map.items() if t != SAMPLE_WEIGHT}, name)
+    if weight_col is not None:
+        mapping[SAMPLE_WEIGHT] = weight_col
     report.column_mapping = {**report.column_mapping, **mapping}
     report.ignored_columns += [c for c in columns if c not in mapping.values() and c != keep_column
                                and c not in report.ignored_columns]
@@ -318,6 +343,8 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
                 report.unknown_message_keys.update(k for turn in rec[mapping["messages"]] for k in unread_keys(turn))
         else:
             row, fld, problem = _check_row(rec, mapping)
+        if row is not None and weight_col is not None:
+            row, fld, problem = _with_sample_weight(row, rec.get(weight_col), weight_col, on_bad_rows, from_text)
         if row is not None and keep_column is not None:
             if rec.get(keep_column) is None:
                 raise UserError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "
@@ -353,6 +380,8 @@ def load_rows(
                              f"while the files before it hold the other kind; train on one kind at a time (put "
                              "conversations and instruction rows in separate folders).")
         rows += part
+    if any(SAMPLE_WEIGHT in r for r in rows):  # a file of a folder without the column: its rows weigh 1
+        rows = [r if SAMPLE_WEIGHT in r else {**r, SAMPLE_WEIGHT: 1.0} for r in rows]
     report.rows_kept = len(rows)
     if not rows:
         raise UserError(

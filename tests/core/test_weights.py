@@ -434,3 +434,117 @@ def test_a_bad_end_of_turn_exits_2_naming_the_values(tmp_path, capsys):
                  "--end-of-turn", "all"]) == 2
     err = capsys.readouterr().err
     assert "--end-of-turn must be one of turn, last, none, got 'all'" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- sample weights (issue #38)
+
+
+def _rows_file(tmp_path, rows, name="r.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_sample_weight_multiplies_every_token_of_its_row(qwen_tokenizer, tmp_path):
+    rows, report = load_rows(_rows_file(tmp_path, [{**ROW, "sample_weight": 0.5}, {**ROW, "sample_weight": None},
+                                                   {**ROW, "sample_weight": 3}]))
+    assert [r["sample_weight"] for r in rows] == [0.5, 1.0, 3.0] and "sample_weight" not in report.ignored_columns
+    ds, _ = tokenize_rows(rows, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path / "c"), prompt_loss_weight=0.2,
+                                                           role_weights={"template": 0.0}))
+    plain = _one(qwen_tokenizer, ROW, prompt_loss_weight=0.2, role_weights={"template": 0.0})
+    for ex, sw in zip(ds, (0.5, 1.0, 3.0)):
+        # by hand: template 0, user 0.2 * sw, the response and its EOS 1 * sw
+        roles = np.asarray(ex["roles"])
+        hand = np.select([roles == TEMPLATE, roles == USER], [0.0, np.float32(0.2) * np.float32(sw)], np.float32(sw))
+        assert np.asarray(ex["loss_weights"], dtype=np.float32).tobytes() == hand.astype(np.float32).tobytes()
+        assert ex["input_ids"] == plain["input_ids"] and ex["roles"] == plain["roles"]
+        assert ex["response_mask"] == plain["response_mask"]
+
+
+def test_a_row_weighed_0_is_dropped_and_counted(qwen_tokenizer, tmp_path):
+    rows, _ = load_rows(_rows_file(tmp_path, [{**ROW, "sample_weight": 0}, {**ROW, "sample_weight": 2.5}]))
+    ds, report = tokenize_rows(rows, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path / "c")))
+    assert len(ds) == 1 and report.examples_dropped_untrained == 1 and ds[0]["sample_weight"] == 2.5
+
+
+def test_without_the_column_nothing_changes(qwen_tokenizer, tmp_path):
+    rows, _ = load_rows(_rows_file(tmp_path, [ROW]))
+    assert rows == [{"instruction": ROW["instruction"], "input": ROW["input"], "output": ROW["output"]}]
+    ds, _ = tokenize_rows(rows, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path / "c"), prompt_loss_weight=0.3))
+    assert "sample_weight" not in ds.column_names
+    assert ds[0]["loss_weights"] == _one(qwen_tokenizer, ROW, prompt_loss_weight=0.3)["loss_weights"]
+
+
+@pytest.mark.parametrize("value, shown", [(-1, "-1"), ("heavy", "'heavy'"), (True, "True"), (float("nan"), "nan")])
+def test_a_bad_sample_weight_names_file_row_and_field(tmp_path, value, shown):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({**ROW, "sample_weight": 1}) + "\n" + json.dumps({**ROW, "sample_weight": value}) + "\n")
+    with pytest.raises(ValueError, match=rf"r.jsonl: line 2, field sample_weight: is not a valid sample weight \(got "
+                                         rf"{shown}; it must be a number >= 0"):
+        load_rows(path)
+    rows, report = load_rows(path, on_bad_rows="skip")
+    assert len(rows) == 1 and report.rows_dropped == {"sample_weight is not a valid sample weight": 1}
+
+
+def test_sample_weights_from_a_csv_and_a_mapped_column(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("instruction,output,w\nAdd.,7,0.25\nAdd.,8,\n")
+    rows, report = load_rows(path, column_map={"w": "sample_weight"})
+    assert [r["sample_weight"] for r in rows] == [0.25, 1.0] and report.column_mapping["sample_weight"] == "w"
+
+
+def test_sample_weights_on_gsm8k_scale_each_rows_weights_exactly(qwen_tokenizer, gsm8k_path, tmp_path):
+    data = json.loads(gsm8k_path.read_text())[:300]
+    weights = [round(0.25 * (i % 9), 2) + 0.1 for i in range(len(data))]
+    plain, _ = load_rows(_rows_file(tmp_path, data, "plain.jsonl"))
+    weighted, _ = load_rows(_rows_file(tmp_path, [{**r, "sample_weight": w} for r, w in zip(data, weights)]))
+    cfg = DataConfig(cache_dir=str(tmp_path / "c"), prompt_loss_weight=0.1, max_length=1024)
+    a, _ = tokenize_rows(plain, qwen_tokenizer, cfg)
+    b, _ = tokenize_rows(weighted, qwen_tokenizer, cfg)
+    assert a["input_ids"] == b["input_ids"] and a["roles"] == b["roles"] and a["response_mask"] == b["response_mask"]
+    for x, y, w in zip(a["loss_weights"], b["loss_weights"], weights):
+        expected = (np.asarray(x, dtype=np.float32) * np.float32(w)).astype(np.float32)
+        assert np.asarray(y, dtype=np.float32).tobytes() == expected.tobytes()
+
+
+def test_sample_weights_in_the_export(tmp_path, capsys):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    data = _rows_file(tmp_path, [{"messages": CHAT, "sample_weight": 0.5}, {"messages": CHAT}])
+    out = tmp_path / "masks.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 "--prompt-loss-weight", "0.2", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    for line, sw in zip(lines, (0.5, 1.0)):  # by hand: w = 0.2 outside the replies, 1 on them, times the row's weight
+        for role, w in zip(line["roles"], line["weights"]):
+            assert w == pytest.approx((1.0 if role == "assistant" else 0.2) * sw)
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["weight_by_role"]["assistant"] == pytest.approx(1.5 * 5)  # 5 reply tokens each
+
+
+@pytest.mark.parametrize("normalizer, factor", [("weight_sum", 1.0), ("response_tokens", 2.0),
+                                                ("weighted_tokens", 2.0)])
+def test_sample_weights_meet_each_normaliser_as_documented(demo_root, tmp_path, normalizer, factor):
+    """Doubling every sample weight leaves weight_sum's loss as it is (a weighted mean) and doubles the token-count
+    normalisers' (their denominators do not count weights); each equals a float64 hand computation."""
+    rows = [json.loads(x) for x in (demo_root / "Dataset/demo/train.jsonl").read_text().splitlines()][:16]
+    losses = []
+    for scale in (1.0, 2.0):
+        path = _rows_file(tmp_path, [{**r, "sample_weight": scale * (0.5 + (i % 3))} for i, r in enumerate(rows)],
+                          f"w{scale}.jsonl")
+        cfg = demo_config(demo_root, data=str(path), prompt_loss_weight=0.3, loss_normalizer=normalizer,
+                          batching="padded", run_name=f"sw-{normalizer}")
+        trainer = build_trainer(cfg)
+        trainer.model.train()
+        examples = [trainer.train_dataset[i] for i in range(8)]
+        micro = [trainer.data_collator(examples[i:i + 2]) for i in range(0, 8, 2)]
+        n = trainer._get_num_items_in_batch(micro, torch.device("cpu"))
+        loss = sum(float(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=n).detach()) for b in micro)
+        # by hand: the role table times each example's sample weight (the demo's rows carry no message weights)
+        sw = [e["sample_weight"] for e in examples]
+        for k, b in enumerate(micro):
+            b["weight_scale"] = torch.tensor(sw[2 * k:2 * k + 2])[:, None] * torch.ones_like(b["weight_scale"])
+        assert loss == pytest.approx(_hand_loss(trainer, micro, normalizer, cfg.data.weight_spec().table()), rel=2e-5)
+        losses.append(loss)
+    assert losses[1] == pytest.approx(factor * losses[0], rel=1e-5)
