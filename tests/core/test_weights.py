@@ -260,7 +260,8 @@ def test_inspect_data_exports_roles_and_final_weights_per_token(tmp_path, capsys
                  "--prompt-loss-weight", "0.5", "--role-weights", "template=0", "--json",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(lines) == 2 and [len(x["input_ids"]) for x in lines] == [len(x["roles"]) for x in lines]
+    # the second conversation's only reply weighs 0: it teaches nothing, and is dropped and counted (#39)
+    assert len(lines) == 1 and [len(x["input_ids"]) for x in lines] == [len(x["roles"]) for x in lines]
     for line in lines:
         by = {}
         for role, w in zip(line["roles"], line["weights"]):
@@ -268,8 +269,7 @@ def test_inspect_data_exports_roles_and_final_weights_per_token(tmp_path, capsys
         assert by["template"] == {0.0} and by["system"] == {0.5} and by["user"] == {0.5}
     # the first reply (loss_weight 0) weighs 0, the second 1
     assert set(lines[0]["weights"][i] for i, r in enumerate(lines[0]["roles"]) if r == "assistant") == {0.0, 1.0}
-    assert set(lines[1]["weights"][i] for i, r in enumerate(lines[1]["roles"]) if r == "assistant") == {0.0}
-    assert json.loads(capsys.readouterr().out)["exported"] == {"path": str(out), "examples": 2}
+    assert json.loads(capsys.readouterr().out)["exported"] == {"path": str(out), "examples": 1}
 
 
 @pytest.mark.parametrize("flags, message", [
