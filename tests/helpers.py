@@ -233,3 +233,32 @@ def qwen_role_segments(messages: list[dict], tools: list[dict] | None) -> list[t
             if last:
                 out.append(("<|im_end|>\n", "template", i))
     return [piece for piece in out if piece[0]]
+
+
+def _summary_scores(run):
+    """(dataset, metric, model) -> score of an evaluation's summary csv (a pandas Series)."""
+    import pandas as pd
+
+    (path,) = (run / "summary").glob("summary_*.csv")
+    s = pd.read_csv(path, dtype=str, keep_default_na=False)
+    s = s.melt(id_vars=["dataset", "version", "metric", "mode"], var_name="model", value_name="score")
+    return s.set_index(["dataset", "metric", "model"])["score"]
+
+
+def check_items_match_summary(run) -> int:
+    """Every task, metric and model's mean item score in an evaluation's item_scores.csv equals its summary's score
+    (two decimals); returns how many were compared."""
+    import pandas as pd
+
+    from sft.evaluation.results import ITEM_COLUMNS
+
+    items = pd.read_csv(run / "item_scores.csv")
+    assert list(items.columns) == ITEM_COLUMNS
+    assert not items.duplicated(["model", "task", "item", "metric"]).any()
+    summary = _summary_scores(run)
+    means = items.groupby(["task", "metric", "model"])["score"].mean()
+    for key, mean in means.items():
+        assert abs(float(summary[key]) - mean) <= 0.005 + 1e-9, (run, key, mean, summary[key])
+    groups = items[items["group"].astype(str) != "nan"].groupby("task")["group"].unique()
+    assert all(len(g) == 1 for g in groups), "a task belongs to one group"
+    return len(means)

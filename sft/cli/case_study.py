@@ -5,7 +5,7 @@
     python eval.py --models masked=PATH --prompt "Sort these words." --input "pear, fig"
 
 Prints a markdown table (one row per prompt, one column per model) and saves it with the raw
-generations and the settings under evaluation_results/case_study/<timestamp>.{md,jsonl,json}.
+generations and the settings under evaluation_results/raw/case_study/<timestamp>.{md,jsonl,json}.
 User errors end with exit code 2 and one paragraph.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sft.data.errors import UserError
-from sft.evaluation.compare import compare, load_result
+from sft.evaluation.compare import compare, find_result_dir, load_result
 from sft.evaluation.costs import estimate_costs, format_costs
 from sft.evaluation.evaluate import evaluate_models
 from sft.evaluation.inputs import parse_models
@@ -14,7 +14,7 @@ from sft.studies.tasks import STUDY_TASKS
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Held-out metrics and lm-eval tasks for every model, summarised under evaluation_results/."""
+    """Held-out metrics and lm-eval tasks for every model, summarised under evaluation_results/raw/."""
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
     if args.heldout_only:
         if tasks:
@@ -39,7 +39,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Plot and tabulate one or more evaluation results into assets/."""
-    print(compare(args.results, out=args.out))
-    print(f"written: {args.out}/Comparison.png, {args.out}/Dataset_results.xlsx")
+    """Plot and tabulate one or more evaluation results into --out (default: the first result folder)."""
+    out = args.out or find_result_dir(args.results[0])
+    print(compare(args.results, out=out))
+    print(f"written: {out}/Comparison.png, {out}/Dataset_results.xlsx")
     return 0

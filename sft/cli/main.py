@@ -31,7 +31,7 @@ from sft.evaluation.settings import (
     EvalConfig,
     add_page_arguments,
 )
-from sft.runs.layout import ASSETS_DIR, RESULTS_ROOT, SWEEP_PLOT
+from sft.runs.layout import RAW_RESULTS_ROOT, SWEEP_PLOT
 
 
 def _metavar(typ) -> str:
@@ -145,7 +145,7 @@ def _add_sweep(sub) -> None:
                         "sweep_cmd:cmd_sweep")
     p.add_argument("--prompt-loss-weights", default="0,0.01,0.1,0.5,1", help="comma-separated weights in [0, 1]")
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N per weight")
-    p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/sweep-<name>/")
+    p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/raw/sweep-<name>/")
     p.add_argument("--limit", type=float, help="test items per task (lm-eval --limit)")
     p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo; "
                                    "for demo-chat: sft_dialogue, sft_tool_call and sft_tool_answer)")
@@ -155,8 +155,10 @@ def _add_sweep(sub) -> None:
                    help="also print how many seeds a difference of D points needs, from the sweep's between-seed "
                         "spread (repeatable)")
     p.add_argument("--report-only", action="store_true",
-                   help="train nothing: print the seeds table of the sweep already under evaluation_results/sweep-NAME")
-    p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes (one per variant, its label appended, when "
+                   help="train nothing: print the seeds table of the sweep under evaluation_results/raw/sweep-NAME "
+                        "(or, without it, its published copy evaluation_results/sweep-NAME)")
+    p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes (default: plw_sweep.png in the sweep's "
+                                                      "folder; '' for none; one per variant, its label appended, when "
                                                       "--role-weights, --prompt-loss-weight-end or --loss-normalizer "
                                                       "list several values: each value is a variant, e.g. "
                                                       "--role-weights template=0,1)")
@@ -173,7 +175,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--name", help="folder under --out (default: the preset of the runs)")
     p.add_argument("--limit", type=float, help="items per task (a number below 1 is a share), for quick checks")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="one fixed batch size for every model")
-    p.add_argument("--out", default=RESULTS_ROOT, help="results go to OUT/NAME/<YYYYmmdd_HHMMSS>/")
+    p.add_argument("--out", default=RAW_RESULTS_ROOT, help="results go to OUT/NAME/<YYYYmmdd_HHMMSS>/ (git-ignored; "
+                                                           "`python -m sft publish` commits what the pages cite)")
     p.add_argument("--test-data", help="test JSONL of the sft_demo or sft_dialogue tasks (default: the demo's "
                                        "test.jsonl, or its dialogues')")
     p.add_argument("--max-gen-toks", type=int, default=MAX_GEN_TOKS, help="tokens generated per answer at most")
@@ -195,10 +198,20 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="plot and spreadsheet of evaluation results (assets/)")
-    p.add_argument("results", nargs="+", metavar="RESULT_DIR", help="evaluation_results/<name>/<timestamp> folders")
-    p.add_argument("--out", default=ASSETS_DIR, help="folder for Comparison.png and Dataset_results.xlsx")
+    p = sub.add_parser("compare", help="plot and spreadsheet of evaluation results (in the first result folder)")
+    p.add_argument("results", nargs="+", metavar="RESULT_DIR",
+                   help="evaluation_results/raw/<name>/<timestamp> folders (or published ones)")
+    p.add_argument("--out", help="folder for Comparison.png and Dataset_results.xlsx (default: the first RESULT_DIR)")
     p.set_defaults(func="evaluate_cmd:cmd_compare")
+
+
+def _add_publish(sub) -> None:
+    p = sub.add_parser("publish", help="copy what the pages cite from evaluation_results/raw/ into the committed "
+                                       "evaluation_results/ (summaries, settings, held-out metrics, item scores)")
+    p.add_argument("paths", nargs="+", metavar="RAW_PATH",
+                   help="evaluation_results/raw/<name>/<timestamp>, a sweep's evaluation_results/raw/sweep-<name>, or "
+                        "a case study evaluation_results/raw/case_study/<timestamp>.md")
+    p.set_defaults(func="publish_cmd:cmd_publish")
 
 
 def _add_pages(sub) -> None:
@@ -231,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=DEMO_PRESETS, default=None, help="demo (the default), or demo-chat = --chat")
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_publish(sub)
     _add_pages(sub)
     return parser
 

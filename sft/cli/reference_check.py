@@ -24,7 +24,7 @@ from sft.cli.auto_clean import main as auto_clean_main
 from sft.cli.case_study import main as case_study_main
 from sft.cli.main import main as sft_main
 from sft.data.errors import UserError
-from sft.runs.layout import LOCAL_QWEN_DIR
+from sft.runs.layout import CASE_STUDY_DIR, LOCAL_QWEN_DIR, RAW_RESULTS_ROOT
 from sft.studies.reference import (
     BENCH_DIR,
     BENCH_TASKS,
@@ -90,17 +90,17 @@ def reference_check(workdir: str | Path, shared: str | Path, log=print, bench_ro
     _run(sft_main, ["evaluate", "--models", models, "--tasks", ",".join(BENCH_TASKS),
                    "--task-data", *(f"{t}={p.relative_to(root)}" for t, p in task_data.items()),
                    "--include-path", f"{BENCH_DIR}/tasks"], root, log)
-    evaluation = max((root / "evaluation_results" / PRESET).iterdir())  # <YYYYmmdd_HHMMSS>: the newest
+    evaluation = max((root / RAW_RESULTS_ROOT / PRESET).iterdir())  # <YYYYmmdd_HHMMSS>: the newest
     _run(sft_main, ["compare", str(evaluation)], root, log)
     _run(case_study_main, ["--models", models, "--max-new-tokens", "8"], root, log)
-    case_study = max((root / "evaluation_results" / "case_study").glob("*.md")).with_suffix("")
+    case_study = max((root / CASE_STUDY_DIR).glob("*.md")).with_suffix("")
     _run(auto_clean_main, [f"model/{PRESET}/masked", "--keep-last", "1", "--keep-best", "0",
                                       "--min-age", "0"], root, log)
     missing = [str(p.relative_to(root)) for p in expected_files(root, evaluation, case_study) if not p.exists()]
     if missing:
         raise RuntimeError(f"the reference chain ran but these promised files are missing: {', '.join(missing)}")
     log(f"[reference-check] all promised files present; {time.perf_counter() - t0:.0f} s in all")
-    heldout = max((root / "evaluation_results" / f"{PRESET}-heldout").iterdir())
+    heldout = max((root / RAW_RESULTS_ROOT / f"{PRESET}-heldout").iterdir())
     return {"root": root, "runs": runs, "evaluation": evaluation, "heldout": heldout, "case_study": case_study}
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sft.data.errors import UserError
-from sft.runs.layout import SWEEP_PLOT, sweep_results_dir
+from sft.runs.layout import RESULTS_ROOT, SWEEP_PLOT, sweep_results_dir
 from sft.studies.sweep import parse_weights, run_sweep, seeds_report
 from sft.studies.variants import compare_variants, split_axes
 
@@ -16,7 +16,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds the committed sweep's differences need, from its files."""
     name = args.name or args.preset
     if args.report_only:
-        print(seeds_report(sweep_results_dir(name), args.target_difference), end="")
+        root = sweep_results_dir(name)  # the local sweep, else its published copy
+        if not (root / "differences.csv").is_file() and sweep_results_dir(name, RESULTS_ROOT).is_dir():
+            root = sweep_results_dir(name, RESULTS_ROOT)
+        print(seeds_report(root, args.target_difference), end="")
         return 0
     seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
     if not seeds:
@@ -44,9 +47,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def sweep_plot(plot: str | None, name: str, label: str = "") -> Path | None:
-    """Where a sweep's plot goes: the default carries the sweep's name (assets/plw_sweep-<name>.png), so one sweep
-    never overwrites another's, except `make sweep`'s (name "demo": assets/plw_sweep.png); a variant appends its label."""
+    """Where a sweep's plot goes: the default in the sweep's own folder (a variant's sweep-<name>-<label>/, so no
+    sweep overwrites another's plot); a --plot path as given, a variant appending its label; '' none."""
     if not plot:
         return None
-    base = Path(SWEEP_PLOT).with_stem(f"plw_sweep-{name}") if plot == SWEEP_PLOT and name != "demo" else Path(plot)
-    return base.with_stem(f"{base.stem}-{label}") if label else base
+    if plot == SWEEP_PLOT:
+        return sweep_results_dir(f"{name}-{label}" if label else name) / SWEEP_PLOT
+    return Path(plot).with_stem(f"{Path(plot).stem}-{label}") if label else Path(plot)

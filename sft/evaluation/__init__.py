@@ -13,8 +13,9 @@
     side_effects     stop failure, run-on, prompt echo and generated length of every generation, as summary rows
     seeds       between-seed spread of a paired difference, minimum detectable difference, seeds a difference needs
     report      summary tables and paired bootstrap intervals
-    compare     results read back, plotted, tabulated (assets/)
-    pages       the result tables of README.md and docs/*.md, written from the committed results (`sft pages`)
+    compare     results read back, plotted, tabulated (Comparison.png, Dataset_results.xlsx)
+    publish     what the pages cite, copied from the git-ignored evaluation_results/raw/ into evaluation_results/
+    pages       the result tables of README.md and docs/*.md, written from the published results (`sft pages`)
     plots       training and comparison plots
     generate    batched decoding with left padding (notebooks, case studies)
     case_study  eval.py's side-by-side: the same prompts through several models

@@ -2,9 +2,9 @@
 
 Each model's prompts are rendered with the template it was trained with (from its run
 manifest), generated in batches, and saved as a markdown table, the raw generations (JSONL)
-and the settings used (JSON) under evaluation_results/case_study/. A conversation with tools
-shows them, the assistant's calls (`[call] name {arguments}`, generated ones too) and the
-tools' outputs.
+and the settings used (JSON) under evaluation_results/raw/case_study/ (git-ignored; `python -m sft publish`
+commits the .md and .json). A conversation with tools shows them, the assistant's calls (`[call] name
+{arguments}`, generated ones too) and the tools' outputs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`python -m sft compare`: evaluation results read back, plotted and tabulated into assets/.
+"""`python -m sft compare`: evaluation results read back, plotted and tabulated (into the first result folder).
 
 One or more result folders of `python -m sft evaluate` become `Comparison.png` (grouped bars with
 95% bootstrap whiskers), `Dataset_results.xlsx` (sheets Scores, Differences, Heldout) and markdown
@@ -38,7 +38,8 @@ def find_result_dir(path: str | Path) -> Path:
     runs = sorted(d for d in p.glob("*") if (d / "settings.json").is_file()) if p.is_dir() else []
     if not runs:
         raise UserError(f"{path} is not an evaluation result folder (no settings.json in it or below it). "
-                         "Pass evaluation_results/<name>/<timestamp>, as written by `python -m sft evaluate`.")
+                         "Pass evaluation_results/raw/<name>/<timestamp>, as written by `python -m sft evaluate`, "
+                         "or its published copy evaluation_results/<name>/<timestamp>.")
     return runs[-1]
 
 
@@ -295,7 +296,7 @@ def roles_markdown(heldout) -> str:
     return format_markdown(table)
 
 
-def compare(result_dirs: list[str | Path], out: str | Path = "assets") -> str:
+def compare(result_dirs: list[str | Path], out: str | Path) -> str:
     """Write Comparison.png and Dataset_results.xlsx into `out`; return the markdown tables."""
     if not result_dirs:
         raise UserError("compare needs at least one result folder, e.g. evaluation_results/demo/<timestamp>.")

@@ -5,7 +5,8 @@ that training used (sft.evaluation.heldout), then every lm-eval task through `lm
 `HFLM` wrapper, with the raw prompt and, for the fine-tuned runs, in their chat template (the training template
 they carry, sft.core.tokenize.with_training_template). Tasks are lm-eval's (by name, or on local data:
 sft.evaluation.tasks) or a study's own, handed in as `GeneratedTasks`; rows from sft.evaluation.results; tables
-and intervals from sft.evaluation.report. Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`).
+and intervals from sft.evaluation.report. Results go to  <out>/<name>/<YYYYmmdd_HHMMSS>/  (see `evaluate_models`;
+<out> is evaluation_results/raw/, git-ignored: `python -m sft publish` commits the small files).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sft.evaluation.report import (
     CONF_COLUMNS,
     DIFF_COLUMNS,
     confidence_rows,
+    format_csv,
     difference_rows,
     summary_table,
     write_records,
@@ -46,7 +48,9 @@ from sft.evaluation.report import (
 )
 from sft.evaluation.results import (
     CHAT,
+    ITEM_COLUMNS,
     heldout_rows,
+    item_records,
     merge_results,
     summary_rows,
     with_suffix,
@@ -55,6 +59,7 @@ from sft.evaluation.raw_generations import RecordingHFLM, attach_raw, generation
 from sft.evaluation.settings import EvalConfig
 from sft.evaluation.side_effects import (
     RULE,
+    is_side_effect,
     model_markers,
     stop_strings,
     side_effect_notes,
@@ -71,6 +76,7 @@ from sft.evaluation.tasks import (
 )
 from sft.models.load import load_model
 from sft.models.tokenizer import load_tokenizer
+from sft.runs.layout import ITEM_SCORES
 from sft.runs.manifest import git_commit, package_versions
 
 TASKS_DIR = "lm_eval_tasks"  # generated task configs (the demo's, local-data copies of lm-eval's), in the result folder
@@ -248,6 +254,7 @@ def evaluate_models(models: dict[str, str], generated: Sequence[GeneratedTasks] 
         summary/confidence.csv|.md          every model's score with its bootstrap 95% CI
         results/<model>[@chat].json         lm-eval's results (without samples), per prompt format
         predictions/<model>/<task>.jsonl    lm-eval's per-sample log: prompt, generation, score, raw_generation
+        item_scores.csv                     model,task,group,item,metric,score: every item's score (summary scale)
         heldout.json                        held-out response loss, perplexity, token accuracy (conversations: per role)
         settings.json                       models (paths, manifests, prompt formats), tasks, limit, versions,
                                             side_effects (rule, template markers per model, notes)
@@ -282,6 +289,7 @@ def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict
     if plan.tasks:
         rows, side = add_side_effects(plan, rows, results, samples)
     write_summary(summary_table(rows, labels), run / "summary", ts)
+    write_item_scores(rows, results, run / ITEM_SCORES)
     write_records(difference_rows(rows, labels, s.n_boot, s.seed), DIFF_COLUMNS, run / "summary" / "differences")
     write_records(confidence_rows(rows, labels, s.n_boot, s.seed), CONF_COLUMNS, run / "summary" / "confidence")
     d = plan.run_cfg.data
@@ -295,6 +303,14 @@ def write_summaries(plan: Plan, run: Path, ts: str, results: dict, samples: dict
         "models": heldout,
     }, indent=2))
     return side
+
+
+def write_item_scores(rows: list, results: dict, path: Path) -> None:
+    """item_scores.csv: every model's score on every item of every task and metric, from lm-eval's per-sample logs
+    (the predictions, which stay local): the statistics over items and seeds read these, committed."""
+    subtasks = {g: m for r in results.values() for g, m in r.get("group_subtasks", {}).items()}
+    scores = [r for r in rows if not is_side_effect(r.metric)]  # the scores: side effects per item would triple it
+    path.write_text(format_csv([ITEM_COLUMNS, *item_records(scores, subtasks)]), encoding="utf-8")
 
 
 def add_side_effects(plan: Plan, rows: list, results: dict, samples: dict) -> tuple[list, dict]:

@@ -158,3 +158,21 @@ def heldout_rows(heldout: dict[str, dict]) -> list[Row]:
                 {m: None if heldout[m].get(metric) is None else scale * heldout[m][metric] for m in models},
                 scale=scale) for metric, scale in metrics]
 
+
+
+ITEM_COLUMNS = ["model", "task", "group", "item", "metric", "score"]  # item_scores.csv (sft.runs.layout.ITEM_SCORES)
+
+
+def item_records(rows: list[Row], subtasks: dict[str, list[str]]) -> list[list]:
+    """One [model, task, group, item, metric, score] per model, item and metric of every task row with item scores:
+    the score on the summary's scale, so a task's mean over its items is its summary score. group: the group whose
+    members the task is (the summary's average row above it), '' for a task in no group."""
+    parent = {leaf: g for g, members in subtasks.items() for leaf in members}
+    out = []
+    for r in rows:
+        if r.is_group or not r.items:
+            continue
+        for model, (items,) in r.items.items():
+            out += [[model, r.dataset, parent.get(r.dataset, ""), item, r.metric, f"{r.scale * v:.6g}"]
+                    for item, v in items.items()]
+    return out

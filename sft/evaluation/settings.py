@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from sft.data.errors import UserError
-from sft.runs.layout import RESULTS_ROOT
+from sft.runs.layout import RAW_RESULTS_ROOT
 
 BATCH_SIZE = 16  # one fixed batch size for every model (generation and held-out losses)
 MAX_GEN_TOKS = 64  # longest demo answer is ~40 tokens; a model that never stops is cut here
@@ -30,7 +30,7 @@ class EvalConfig:
     name: str | None = None  # results go to <out>/<name>/<timestamp>/ (None = the runs' preset)
     limit: float | None = None  # items per task (a number below 1 is a share), for quick checks
     batch_size: int = BATCH_SIZE  # one fixed batch size for every model
-    out: str = RESULTS_ROOT  # root of the result folders
+    out: str = RAW_RESULTS_ROOT  # root of the result folders (git-ignored; `python -m sft publish` commits one)
     test_data: str | None = None  # test JSONL of the sft_demo / sft_dialogue tasks (None = the demo's test.jsonl / its dialogues')
     max_gen_toks: int = MAX_GEN_TOKS  # tokens generated per answer at most, in the demo's tasks
     # auto: base models the raw prompt, fine-tuned runs both the raw prompt and their chat template (the training
@@ -88,7 +88,7 @@ TABLES = ("groups", "tasks", "differences", "across", "heldout", "side-effects",
 def add_page_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of `python -m sft pages` (and of every marker's command)."""
     p.add_argument("table", nargs="?", choices=TABLES, help="print this table (none: rewrite every page's blocks)")
-    p.add_argument("source", nargs="?", help="an evaluation_results/<name>/<timestamp> folder, or a sweep's folder")
+    p.add_argument("source", nargs="?", help="a published evaluation_results/<name>/<timestamp> folder, or a sweep's folder")
     p.add_argument("--pair", action="append", default=[], metavar="A,B",
                    help="a difference a - b: two model labels, or two weights of a sweep (repeatable)")
     p.add_argument("--also", action="append", default=[], metavar="RESULT_DIR",

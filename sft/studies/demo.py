@@ -15,7 +15,7 @@ from sft.core.overrides import load_config
 from sft.core.train import train
 from sft.evaluation.compare import compare
 from sft.evaluation.evaluate import evaluate_models
-from sft.runs.layout import ASSETS_DIR, DEMO_CHAT_ASSETS_DIR, run_dir
+from sft.runs.layout import run_dir
 from sft.studies import dialogues, long_families, short_families, synthetic, tools, vocab
 from sft.studies.synthetic import generate_rows
 from sft.studies.tasks import STUDY_TASKS
@@ -131,9 +131,9 @@ def run_demo(steps: tuple[str, ...] = ("train", "evaluate", "case-study"), overr
         t = time.perf_counter()
         models = {"base": cfg.demo.base_dir, **{run: str(path) for run, path in runs.items()}}
         result = evaluate_models(models, STUDY_TASKS, name="demo")
-        print(compare([result], out=ASSETS_DIR), flush=True)
-        print(f"[demo] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
-              "plot and spreadsheet in assets/", flush=True)
+        print(compare([result], out=result), flush=True)
+        print(f"[demo] evaluation and comparison: {time.perf_counter() - t:.0f} s, results, plot and spreadsheet in "
+              f"{result} (git-ignored; `python -m sft publish {result}` commits what the pages cite)", flush=True)
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -155,9 +155,9 @@ def run_demo_chat(overrides: dict | None = None) -> Path:
         print(f"[demo-chat] {cfg.train.run_name} (w = {w:g}): {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
     result = evaluate_models({"base": cfg.demo.base_dir, **runs}, STUDY_TASKS, name="demo-chat")
-    print(compare([result], out=DEMO_CHAT_ASSETS_DIR), flush=True)
-    print(f"[demo-chat] evaluation and comparison: {time.perf_counter() - t:.0f} s, results in {result}, "
-          f"plot and spreadsheet in {DEMO_CHAT_ASSETS_DIR}/", flush=True)
+    print(compare([result], out=result), flush=True)
+    print(f"[demo-chat] evaluation and comparison: {time.perf_counter() - t:.0f} s, results, plot and spreadsheet in "
+          f"{result} (git-ignored; `python -m sft publish {result}` commits what the pages cite)", flush=True)
     print(f"[demo-chat] done in {time.perf_counter() - t0:.0f} s", flush=True)
     return result
 # One prompt each: four short-answer families and the four long-output ones.

@@ -22,7 +22,7 @@ import yaml
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
 from sft.data.errors import UserError
-from sft.runs.layout import LOCAL_DATA_DIR, LOCAL_QWEN_DIR, REPO_ROOT
+from sft.runs.layout import COMPARISON_FILES, ITEM_SCORES, LOCAL_DATA_DIR, LOCAL_QWEN_DIR, REPO_ROOT
 
 ROOT = REPO_ROOT  # the notebooks live there
 PRESET = "qwen2.5-0.5b-alpaca"
@@ -102,8 +102,8 @@ def expected_files(root: str | Path, evaluation: Path, case_study: Path) -> list
     ts = evaluation.name
     files += [evaluation / "summary" / f"summary_{ts}.{s}" for s in ("csv", "md", "txt")]
     files += [evaluation / "summary" / f"{n}.{s}" for n in ("differences", "confidence") for s in ("csv", "md")]
-    files += [evaluation / "heldout.json", evaluation / "settings.json"]
-    files += [root / "assets" / "Comparison.png", root / "assets" / "Dataset_results.xlsx"]
+    files += [evaluation / "heldout.json", evaluation / "settings.json", evaluation / ITEM_SCORES]
+    files += [evaluation / name for name in COMPARISON_FILES]
     files += [case_study.with_suffix(s) for s in (".md", ".jsonl", ".json")]
     return files
 

@@ -1,7 +1,8 @@
 """The study: fine-tune and evaluate every (prompt-loss weight, seed) pair, then summarise and plot.
 
 Each pair trains to model/<preset>/sweep-<name>/w<w>_s<seed>/ and is evaluated into
-evaluation_results/sweep-<name>/w<w>_s<seed>/<timestamp>/; a pair whose run is complete and
+evaluation_results/raw/sweep-<name>/w<w>_s<seed>/<timestamp>/ (git-ignored, with its item_scores.csv; `python -m sft
+publish evaluation_results/raw/sweep-<name>` commits the summaries, the plot and every pair's small files); a pair whose run is complete and
 evaluated is never redone, so an interrupted sweep resumes where it stopped. All pairs share
 the held-out split (split_seed is fixed) and, for a given seed, the example order.
 """
@@ -35,7 +36,7 @@ from sft.evaluation.seeds import seeds_table, spread
 from sft.evaluation.side_effects import is_side_effect
 from sft.runs.checkpoints import list_checkpoints, run_is_complete
 from sft.runs.layout import (
-    RESULTS_ROOT,
+    RAW_RESULTS_ROOT,
     SWEEP_PLOT,
     run_dir,
     sweep_results_dir,
@@ -93,15 +94,17 @@ def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str,
 
 
 def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, limit: float | None = None,
-              overrides: dict[str, Any] | None = None, results_root: str = RESULTS_ROOT,
+              overrides: dict[str, Any] | None = None, results_root: str = RAW_RESULTS_ROOT,
               plot: str | Path | None = SWEEP_PLOT, tasks: list[str] | None = None) -> Path:
     """Train and evaluate every pair (skipping finished ones), then write the sweep summary and plot.
 
     overrides: config fields of every pair, e.g. {"data": "chats.jsonl"} (your rows, instruction or conversations);
-    tasks: lm-eval tasks (None = the preset's, the demo's sft_demo; [] = held-out metrics only).
+    tasks: lm-eval tasks (None = the preset's, the demo's sft_demo; [] = held-out metrics only); plot: its path
+    (SWEEP_PLOT: in the sweep's folder; None: no plot).
     """
     overrides = dict(overrides or {})
     root = sweep_results_dir(name, results_root)
+    plot = root / SWEEP_PLOT if plot == SWEEP_PLOT else plot
     for seed in seeds:
         for w in weights:
             run = train_pair(preset, name, w, seed, overrides)
@@ -192,11 +195,12 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
 def seeds_report(root: Path, targets: list[float] = ()) -> str:
     """How many seeds each pair of weights needs (sft.evaluation.seeds), on the group averages of the sweep's
     differences.csv: the between-seed sd of the paired difference, its MDD, the seeds the observed difference (and
-    each target difference) needs. Reads the committed files only: nothing is trained or evaluated."""
+    each target difference) needs. Reads that file only: nothing is trained or evaluated."""
     path = root / "differences.csv"
     if not path.is_file():
         raise UserError(f"{path} does not exist: run the sweep first (`python -m sft sweep --name "
-                         f"{root.name.removeprefix('sweep-')}`), or pass the --name of a sweep under evaluation_results/.")
+                         f"{root.name.removeprefix('sweep-')}`), or pass the --name of a sweep under "
+                         "evaluation_results/raw/ or evaluation_results/.")
     diffs = pd.read_csv(path)
     diffs = diffs[diffs["metric"].str.contains("average") & ~diffs["metric"].map(is_side_effect)]
     return format_markdown(seeds_table(diffs, [], list(targets)))

@@ -2,8 +2,8 @@
 
 `sft sweep --role-weights template=0,1 --prompt-loss-weights 0,0.5` sweeps w within each variant (template weighs
 0, template weighs 1): every variant is a sweep of its own, `sweep-<name>-<variant>/`, and `compare_variants`
-sets each variant against the first, paired by seed and w, into evaluation_results/sweep-<name>/variants.csv and
-variants.md. Tokenization does not depend on any of these settings, so the whole grid tokenizes once.
+sets each variant against the first, paired by seed and w, into evaluation_results/raw/sweep-<name>/variants.csv
+and variants.md. Tokenization does not depend on any of these settings, so the whole grid tokenizes once.
 """
 
 from __future__ import annotations

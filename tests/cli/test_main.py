@@ -17,7 +17,7 @@ from sft.core.overrides import field_help, section_classes
 from sft.data.errors import UserError
 from sft.evaluation.settings import BATCH_SIZE
 from sft.evaluation.settings import MAX_GEN_TOKS
-from sft.runs.layout import RESULTS_ROOT, SWEEP_PLOT
+from sft.runs.layout import RAW_RESULTS_ROOT, SWEEP_PLOT, sweep_results_dir
 
 RENAMED = [{"instruction": f"Name the capital of {c}.", "input": "", "my_col": a}
            for c, a in (("Peru", "Lima"), ("Cuba", "Havana"), ("Norway", "Oslo"), ("Poland", "Warsaw"))]
@@ -46,7 +46,7 @@ def test_flags_take_their_defaults_from_one_definition(capsys):
                     if a.dest == "batch_size").container
     defaults = {a.dest: a.default for a in evaluate._actions}
     assert (defaults["batch_size"], defaults["max_gen_toks"], defaults["out"]) == (BATCH_SIZE, MAX_GEN_TOKS,
-                                                                                   RESULTS_ROOT)
+                                                                                   RAW_RESULTS_ROOT)
 
 
 def test_column_map_works_in_every_command(demo_root, tmp_path, capsys, monkeypatch):
@@ -147,11 +147,10 @@ def test_dataclass_defaults_are_not_retyped():
     assert all(a.default is not None and a.default == "==SUPPRESS==" for a in config_flags)  # the preset's value wins
 
 
-def test_a_sweeps_default_plot_carries_its_name_so_sweeps_never_overwrite_each_other():
-    assert sweep_plot(SWEEP_PLOT, "demo") == Path(SWEEP_PLOT)  # make sweep's plot, as the docs show it
-    assert sweep_plot(SWEEP_PLOT, "long-output") == Path(SWEEP_PLOT).with_name("plw_sweep-long-output.png")
-    assert sweep_plot(SWEEP_PLOT, "tools", "rw-tool_output0") == Path(SWEEP_PLOT).with_name(
-        "plw_sweep-tools-rw-tool_output0.png")
+def test_a_sweeps_default_plot_lies_in_its_own_folder_so_sweeps_never_overwrite_each_other():
+    assert sweep_plot(SWEEP_PLOT, "demo") == sweep_results_dir("demo") / SWEEP_PLOT  # in the sweep's own folder
+    assert sweep_plot(SWEEP_PLOT, "long-output") == Path("evaluation_results/raw/sweep-long-output/plw_sweep.png")
+    assert sweep_plot(SWEEP_PLOT, "tools", "rw-tool_output0") == sweep_results_dir("tools-rw-tool_output0") / SWEEP_PLOT
     assert sweep_plot("mine.png", "tools", "rw-tool_output0") == Path("mine-rw-tool_output0.png")  # --plot is kept
     assert sweep_plot("", "demo") is None
 

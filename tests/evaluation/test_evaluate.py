@@ -10,9 +10,10 @@ import sys
 import pandas as pd
 import pytest
 
-from helpers import ROOT, demo_config
+from helpers import ROOT, check_items_match_summary, demo_config
 from sft.cli.main import main
 from sft.evaluation.inputs import parse_models
+from sft.evaluation.report import format_csv
 from sft.evaluation.side_effects import SIDE_EFFECTS, is_side_effect
 from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, write_demo_tasks
 from sft.evaluation.tasks import task_manager
@@ -43,11 +44,29 @@ def evaluated(demo_root, tmp_path_factory):
            "HF_DATASETS_CACHE": str(out / "hf_datasets")}  # an empty datasets cache: nothing comes from earlier runs
     cmd = [sys.executable, "-m", "sft", "evaluate", "--models", f"base={cfg.model.model},tuned={tuned}",
            "--limit", str(LIMIT), "--batch-size", "8", "--max-gen-toks", "16", "--name", "test",
-           "--out", str(out / "evaluation_results")]
+           "--out", str(out / "evaluation_results" / "raw")]
     proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = (out / "evaluation_results" / "test").iterdir()
+    (run,) = (out / "evaluation_results" / "raw" / "test").iterdir()
     return {"run": run, "tuned": tuned, "stdout": proc.stdout, "out": out}
+
+
+@pytest.mark.slow
+def test_item_scores_average_to_the_summary_and_are_published(evaluated):
+    from sft.evaluation.publish import items_from_predictions, publish
+
+    run = evaluated["run"]
+    # two models x 16 families x two metrics (the side effects stay in the summary)
+    assert check_items_match_summary(run) == 2 * len(FAMILIES) * 2
+    items = pd.read_csv(run / "item_scores.csv")
+    assert len(items) == LIMIT * len(set(map(tuple, items[["model", "task", "metric"]].values)))
+    assert set(items["group"]) == {SHORT_GROUP, LONG_GROUP}
+    # an evaluation without the table (one made before it existed) gets the same rows from its predictions
+    assert format_csv([list(items.columns), *items_from_predictions(run)]) == (run / "item_scores.csv").read_text()
+    published = publish(run)
+    assert published == evaluated["out"] / "evaluation_results" / "test" / run.name
+    assert not (published / "predictions").exists() and not (published / "lm_eval_tasks").exists()
+    assert (published / "item_scores.csv").read_bytes() == (run / "item_scores.csv").read_bytes()
 
 
 @pytest.mark.slow
@@ -56,7 +75,7 @@ def test_result_folder_has_every_file(evaluated):
     ts = run.name
     for rel in (f"summary/summary_{ts}.csv", f"summary/summary_{ts}.md", f"summary/summary_{ts}.txt",
                 "summary/differences.csv", "summary/differences.md", "summary/confidence.csv",
-                "results/base.json", "results/tuned.json", "heldout.json", "settings.json"):
+                "results/base.json", "results/tuned.json", "heldout.json", "settings.json", "item_scores.csv"):
         assert (run / rel).is_file(), rel
     for model in ("base", "tuned"):
         for family in FAMILIES:
