@@ -328,7 +328,7 @@ def test_a_sweep_over_role_weights_tokenizes_once_and_compares_the_variants(demo
     # 4 runs (2 variants x 2 seeds), one tokenization of each split
     assert len(list((demo_root / "model/demo").glob("sweep-axes-rw-template*/w0.5_s*/run_manifest.json"))) == 4
     assert len(list(cache.glob("tokenized-train-*.arrow"))) == 1 and len(list(cache.glob("tokenized-eval-*.arrow"))) == 1
-    rows = (tmp_path / "evaluation_results/sweep-axes/variants.csv").read_text().splitlines()
+    rows = (tmp_path / "evaluation_results/raw/sweep-axes/variants.csv").read_text().splitlines()
     assert rows[0].startswith("dataset,metric,prompt_loss_weight,variant,baseline,seeds,diff,ci_low,ci_high")
     assert any(r.startswith("heldout,response_loss,0.5,rw-template1,rw-template0,2,") for r in rows)
 

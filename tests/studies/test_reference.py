@@ -227,12 +227,12 @@ def test_differences_workbook_and_plot_hold_every_benchmark_row(chain):
     assert set(zip(diffs["dataset"], diffs["metric"])) == rows
     chat = diffs[diffs["dataset"].str.endswith("@chat")]
     assert set(zip(chat["model_a"], chat["model_b"])) == {("unmasked", "masked")}
-    sheet = pd.read_excel(chain["root"] / "assets" / "Dataset_results.xlsx", sheet_name="Scores")
+    sheet = pd.read_excel(evaluation / "Dataset_results.xlsx", sheet_name="Scores")  # compare: beside the summary
     assert set(zip(sheet["dataset"], sheet["metric"])) == rows
     scores = long_scores([load_result(evaluation)])
     drawn = {r for panel in comparison_panels(list(dict.fromkeys(zip(scores["dataset"], scores["metric"]))))
              for r in panel}
-    assert drawn == rows and (chain["root"] / "assets" / "Comparison.png").stat().st_size > 10_000
+    assert drawn == rows and (evaluation / "Comparison.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
@@ -311,7 +311,7 @@ def test_dry_run_prints_every_task_and_its_cost(chain, monkeypatch, capsys):
     mmlu = next(line for line in lines if "mmlu_high_school_mathematics" in line)
     assert "multiple_choice" in mmlu and f"| {4 * MMLU_SUBJECTS['high_school_mathematics']} " in mmlu
     assert "assuming 20,000 prompt tokens/s" in out
-    assert not (chain["root"] / "evaluation_results" / PRESET / "dry").exists()
+    assert not (chain["root"] / "evaluation_results" / "raw" / PRESET / "dry").exists()
 
 
 def test_hub_ids_are_not_taken_for_folders():

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from helpers import demo_dialogues, demo_overrides
+from helpers import check_items_match_summary, demo_dialogues, demo_overrides
+from sft.evaluation.publish import publish
 from sft.studies.sweep import difference_records, mean_interval, pair_label, parse_weights, run_sweep
 
 
@@ -30,7 +31,7 @@ def test_sweep_differences_pair_runs_by_seed():
 @pytest.mark.slow
 def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     overrides = {**demo_overrides(demo_root), "max_steps": 4, "save_steps": 2, "eval_steps": 4, "logging_steps": 2}
-    results = tmp_path / "evaluation_results"
+    results = tmp_path / "evaluation_results" / "raw"
     kwargs = dict(limit=2, overrides=overrides, results_root=str(results), plot=tmp_path / "plw_sweep.png")
     root = run_sweep("demo", [0.0, 1.0], [1, 2], "t", **kwargs)
     records = (root / "sweep.csv").read_text().splitlines()
@@ -46,6 +47,14 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     assert diffs[0] == "dataset,metric,w_a,w_b,seeds,diff,ci_low,ci_high,significant,sd,mdd,values"
     assert any(line.startswith("sft_demo_long,naive_average:edit_similarity,1.0,0.0,2,") for line in diffs)
     assert (root / "differences.md").is_file()
+    # every pair keeps its per-item scores, and publishing the sweep commits them with its summaries
+    for pair in ("w0_s1", "w0_s2", "w1_s1", "w1_s2"):
+        (run,) = root.glob(f"{pair}/*/summary")
+        assert check_items_match_summary(run.parent) == 16 * 2  # one model x 16 families x 2 metrics
+    published = publish(root)
+    assert published == tmp_path / "evaluation_results" / "sweep-t"
+    assert (published / "sweep.csv").read_text() == (root / "sweep.csv").read_text()
+    assert len(list(published.glob("w*_s*/*/item_scores.csv"))) == 4 and not list(published.rglob("predictions"))
 
     runs = demo_root / "model/demo/sweep-t"
     finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/model.safetensors")}
@@ -82,11 +91,11 @@ def test_sweep_on_conversations_reports_the_held_out_loss_of_each_role(demo_root
     for flag in ("--data.data", "--data.eval-data"):  # the sweep's data: the conversations; held out: a split of them
         i = args.index(flag)
         del args[i:i + 2]
-    monkeypatch.chdir(tmp_path)  # evaluation_results/ and the plot go to the working folder
+    monkeypatch.chdir(tmp_path)  # evaluation_results/raw/ and the plot go to the working folder
     assert main(["sweep", *args, "--data", str(chats), "--eval-size", "16", "--train-on", "last",
                  "--prompt-loss-weights", "0,1", "--seeds", "1", "--name", "chat", "--heldout-only",
                  "--max-steps", "6", "--eval-steps", "6", "--save-steps", "6", "--plot", "sweep.png"]) == 0
-    root = tmp_path / "evaluation_results" / "sweep-chat"
+    root = tmp_path / "evaluation_results" / "raw" / "sweep-chat"
     records = {tuple(line.split(",")[:3]): line for line in (root / "sweep.csv").read_text().splitlines()[1:]}
     for w in ("0.0", "1.0"):
         for role in ("user", "assistant", "assistant_trained", "assistant_untrained"):
