@@ -88,7 +88,8 @@ TABLES = ("groups", "tasks", "differences", "across", "heldout", "side-effects",
 def add_page_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of `python -m sft pages` (and of every marker's command)."""
     p.add_argument("table", nargs="?", choices=TABLES, help="print this table (none: rewrite every page's blocks)")
-    p.add_argument("source", nargs="?", help="a published evaluation_results/<name>/<timestamp> folder, or a sweep's folder")
+    p.add_argument("source", nargs="?",
+                   help="a published evaluation_results/<name>/<timestamp> folder, or a sweep's folder")
     p.add_argument("--pair", action="append", default=[], metavar="A,B",
                    help="a difference a - b: two model labels, or two weights of a sweep (repeatable)")
     p.add_argument("--also", action="append", default=[], metavar="RESULT_DIR",

@@ -2,8 +2,8 @@
 
 Each pair trains to model/<preset>/sweep-<name>/w<w>_s<seed>/ and is evaluated into
 evaluation_results/raw/sweep-<name>/w<w>_s<seed>/<timestamp>/ (git-ignored, with its item_scores.csv; `python -m sft
-publish evaluation_results/raw/sweep-<name>` commits the summaries, the plot and every pair's small files); a pair whose run is complete and
-evaluated is never redone, so an interrupted sweep resumes where it stopped. All pairs share
+publish evaluation_results/raw/sweep-<name>` commits the summaries, the plot and every pair's small files); a pair
+whose run is complete and evaluated is never redone, so an interrupted sweep resumes where it stopped. All pairs share
 the held-out split (split_seed is fixed) and, for a given seed, the example order.
 """
 

@@ -30,7 +30,8 @@ def _committed_intervals() -> set[str]:
     """'[31.33, 36.17]' of every group row's difference in every published evaluation and sweep."""
     found = set()
     for path in ROOT.glob("evaluation_results/**/differences.csv"):
-        if "sweep-demo/w" in str(path) or path.is_relative_to(ROOT / RAW_RESULTS_ROOT):  # raw: local, not cited  # a sweep pair's own files: the sweep's tables read sweep.csv
+        # a sweep pair's own files (the sweep's tables read sweep.csv); raw results: local, never cited
+        if "sweep-demo/w" in str(path) or path.is_relative_to(ROOT / RAW_RESULTS_ROOT):
             continue
         d = pd.read_csv(path)
         d = d[d["metric"].str.contains("average")]
