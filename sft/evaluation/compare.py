@@ -38,8 +38,8 @@ def find_result_dir(path: str | Path) -> Path:
     runs = sorted(d for d in p.glob("*") if (d / "settings.json").is_file()) if p.is_dir() else []
     if not runs:
         raise UserError(f"{path} is not an evaluation result folder (no settings.json in it or below it). "
-                         "Pass evaluation_results/raw/<name>/<timestamp>, as written by `python -m sft evaluate`, "
-                         "or its published copy evaluation_results/<name>/<timestamp>.")
+                        "Pass evaluation_results/raw/<name>/<timestamp>, as written by `python -m sft evaluate`, "
+                        "or its published copy evaluation_results/<name>/<timestamp>.")
     return runs[-1]
 
 

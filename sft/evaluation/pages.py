@@ -387,8 +387,8 @@ def render_spec(spec: str, root: str | Path = ".") -> str:
     if args.source is not None:
         if Path(RAW_RESULTS_ROOT) in [Path(args.source), *Path(args.source).parents]:
             raise UserError(f"the marker `{COMMAND} {spec}` cites {args.source}, which git ignores (a fresh clone "
-                             f"lacks it): run `python -m sft publish {args.source}` and cite "
-                             f"{published_path(args.source)}.")
+                            f"lacks it): run `python -m sft publish {args.source}` and cite "
+                            f"{published_path(args.source)}.")
         args.source = str(Path(root) / args.source)
     return render(args)
 

@@ -43,7 +43,7 @@ def publish(path: str | Path) -> Path:
         return publish_case_study(raw.with_suffix(".md"))
     if not raw.is_dir():
         raise UserError(f"{raw} does not exist: pass a folder under evaluation_results/raw/ (an evaluation "
-                         "<name>/<timestamp>, a sweep sweep-<name>) or a case study case_study/<timestamp>.md.")
+                        "<name>/<timestamp>, a sweep sweep-<name>) or a case study case_study/<timestamp>.md.")
     target = published_target(raw)
     if (raw / "settings.json").is_file():
         files = evaluation_files(raw)
@@ -51,7 +51,7 @@ def publish(path: str | Path) -> Path:
         files = sweep_files(raw)
     else:
         raise UserError(f"{raw} is neither an evaluation (no settings.json) nor a sweep (no sweep.csv or summary/): "
-                         "pass evaluation_results/raw/<name>/<timestamp> or evaluation_results/raw/sweep-<name>.")
+                        "pass evaluation_results/raw/<name>/<timestamp> or evaluation_results/raw/sweep-<name>.")
     if target.exists():
         shutil.rmtree(target)
     for rel, src in files.items():
@@ -100,7 +100,7 @@ def publish_case_study(md: Path) -> Path:
     """A case study's table and settings, beside the published evaluations."""
     if not md.is_file():
         raise UserError(f"{md} does not exist: pass a case study eval.py wrote, "
-                         "evaluation_results/raw/case_study/<timestamp>.md.")
+                        "evaluation_results/raw/case_study/<timestamp>.md.")
     target = published_target(md)
     target.parent.mkdir(parents=True, exist_ok=True)
     for ext in CASE_STUDY_FILES:

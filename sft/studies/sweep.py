@@ -199,8 +199,8 @@ def seeds_report(root: Path, targets: list[float] = ()) -> str:
     path = root / "differences.csv"
     if not path.is_file():
         raise UserError(f"{path} does not exist: run the sweep first (`python -m sft sweep --name "
-                         f"{root.name.removeprefix('sweep-')}`), or pass the --name of a sweep under "
-                         "evaluation_results/raw/ or evaluation_results/.")
+                        f"{root.name.removeprefix('sweep-')}`), or pass the --name of a sweep under "
+                        "evaluation_results/raw/ or evaluation_results/.")
     diffs = pd.read_csv(path)
     diffs = diffs[diffs["metric"].str.contains("average") & ~diffs["metric"].map(is_side_effect)]
     return format_markdown(seeds_table(diffs, [], list(targets)))
