@@ -8,10 +8,10 @@ import numpy as np
 
 from sft.core.prepare import tokenize_rows
 from sft.data.config import DataConfig
-from sft.data.conversations import ROLE_NAMES
+from sft.data.conversations import ROLE_NAMES, TEXT
 from sft.data.errors import UserError
 from sft.data.io import write_jsonl
-from sft.data.rows import load_rows
+from sft.data.rows import TEXT_FIELD, load_rows
 from sft.data.stats import length_stats, tokens_by_role, weight_by_role
 
 COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}
@@ -31,8 +31,9 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
     dropped = dict(report.rows_dropped)
     if tok.examples_dropped_too_long:
         dropped["too long (truncation=drop)"] = tok.examples_dropped_too_long
-    chat = "messages" in rows[0]
-    instruction, output = field_tokens(rows, tokenizer) if not chat else (np.zeros(len(rows)), np.ones(len(rows)))
+    chat, text = "messages" in rows[0], TEXT_FIELD in rows[0]  # plain text: no instruction, every token a target
+    instruction, output = (field_tokens(rows, tokenizer) if not (chat or text)
+                           else (np.zeros(len(rows)), np.ones(len(rows))))
     stats = {
         "source": str(cfg.data),
         "rows_read": report.rows_read,
@@ -48,7 +49,7 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
         "role_weights": cfg.role_weights,
         "unknown_message_keys": dict(report.unknown_message_keys),  # conversations: turn keys not read, never silent
         **length_stats(ds),
-        "instruction_output_ratio": None if chat else int(instruction.sum()) / max(int(output.sum()), 1),
+        "instruction_output_ratio": None if chat or text else int(instruction.sum()) / max(int(output.sum()), 1),
     }
     # every token's role (instruction rows: template, user, assistant); its total weight under these settings
     stats["tokens_by_role"] = tokens_by_role(ds, instruction_rows=True)
@@ -123,7 +124,7 @@ def render_example(example: dict[str, list], tokenizer, colour: bool) -> str:
             out.append(f"{COLOURS[kind]}{text}{COLOURS['reset']}")
         else:
             label = {"zero": "weight 0", "prompt": f"prompt, weight {example['loss_weights'][0]:g}",
-                     "response": "response, weight 1"}[kind]
+                     "response": "text, weight 1" if TEXT in example.get("roles", ()) else "response, weight 1"}[kind]
             out.append(f"[[{label}: {text}]]")
     return "".join(out)
 

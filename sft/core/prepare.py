@@ -27,7 +27,7 @@ from sft.core.tokenize import (
 from sft.core.weights import with_weights
 from sft.data.config import DataConfig
 from sft.data.errors import UserError
-from sft.data.rows import CHAT_FIELDS, FIELDS, fingerprint_rows, load_rows
+from sft.data.rows import CHAT_FIELDS, FIELDS, TEXT_FIELD, fingerprint_rows, load_rows, row_kind
 from sft.data.splits import split_indices
 
 logger = logging.getLogger("sft")
@@ -68,7 +68,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
              cfg.max_length, cfg.truncation, CACHE_VERSION]
     if rows and "messages" in rows[0]:  # conversations: the chat template
         parts += [conversation_renderer(tokenizer, cfg).template]
-    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + CHAT_FIELDS]
+    extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + CHAT_FIELDS + (TEXT_FIELD,)]
     if extra:  # carried-through columns (inspect-data's group) are part of the cached table
         parts.append([[r[name] for r in rows] for name in extra])
     key = json.dumps(parts)
@@ -166,9 +166,8 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
         train_rows = rows
         eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
         log_load(eval_report)
-        if ("messages" in rows[0]) != ("messages" in eval_rows[0]):
-            kinds = ("conversations", "instruction rows") if "messages" in rows[0] else ("instruction rows",
-                                                                                         "conversations")
+        if row_kind(rows[0]) != row_kind(eval_rows[0]):
+            kinds = row_kind(rows[0]), row_kind(eval_rows[0])
             raise UserError(f"{d.data} holds {kinds[0]} but eval_data {d.eval_data} holds {kinds[1]}: the held-out "
                              "rows must be of the training kind. Pass --eval-data with held-out rows of your data, "
                              "or --eval-data none to split them off it (eval_size).")

@@ -21,9 +21,9 @@ from sft.core.chat import encode_with_offsets, make_renderer
 from sft.core.prompts import get_template
 from sft.core.weights import add_weight_columns
 from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
-from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REPLY_ROLES, TEMPLATE, USER
+from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REPLY_ROLES, TEMPLATE, TEXT, USER
 from sft.data.errors import UserError
-from sft.data.rows import CHAT_FIELDS, FIELDS
+from sft.data.rows import CHAT_FIELDS, FIELDS, TEXT_FIELD
 
 # ---------------------------------------------------------------- tokenization
 
@@ -81,6 +81,8 @@ def tokenize_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> 
     """
     if "messages" in batch:
         return conversation_roles_batch(batch, tokenizer, cfg)
+    if TEXT_FIELD in batch:
+        return text_roles_batch(batch, tokenizer, cfg)
     template = get_template(cfg.template)
     rendered = [template.render_spans(i, x) for i, x in zip(batch["instruction"], batch["input"])]
     # Apart, so that no BPE merge crosses the prompt/response boundary: the prompt's tokens are
@@ -124,6 +126,24 @@ def closing_mask(ids: np.ndarray, roles: np.ndarray, turns: np.ndarray, specials
         last = reply[np.append(turns[reply][1:] != turns[reply][:-1], True)]  # each reply turn's last token
         out[last[np.isin(np.asarray(ids)[last], specials)]] = 1
     return out
+
+
+def text_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
+    """Plain-text rows tokenized (continued pretraining): the text and an EOS, every token role `text` (weight 1 at
+    any w: there is no prompt), turn 0. A text longer than max_length keeps its start (and loses its EOS) under
+    truncation "trim", is dropped under "drop"."""
+    prefix, eos = _prompt_prefix_ids(tokenizer), tokenizer.eos_token_id
+    rows, status, kept = [], [], []
+    for i, ids in enumerate(_encode(tokenizer, list(batch[TEXT_FIELD]))):
+        fitted = truncate_example([], prefix + list(ids) + [eos], cfg.max_length, cfg.truncation)
+        if fitted is None:
+            continue
+        rows.append(fitted[1])
+        status.append("ok" if fitted[2] == "ok" else "text_trimmed")
+        kept.append(i)
+    roles = [np.full(len(r), TEXT, dtype=np.int8) for r in rows]
+    return _examples_table(rows, roles, [np.zeros(len(r), dtype=np.int32) for r in rows],
+                           [np.ones(len(r), dtype=np.float32) for r in rows], status, kept, batch, chat=False)
 
 
 def _prompt_encodings(tokenizer, texts: list[str]) -> list[tuple[list[int], Any]]:
@@ -175,7 +195,7 @@ def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
     extra = {name: pa.array([values[i] for i in kept]) for name, values in batch.items()
-             if name not in FIELDS + CHAT_FIELDS}
+             if name not in FIELDS + CHAT_FIELDS + (TEXT_FIELD,)}
     return pa.table({
         "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
         "roles": column(roles, np.int8), "turns": column(turns, np.int32),

@@ -27,9 +27,11 @@ SYSTEM_COLUMN = "system"  # LLaMA-Factory's system prompt column beside a conver
 # Per-token role codes, in this order: 0 = markup (an assistant turn's header and trailer, the chat format's tags),
 # then the messages' text by role; tool_call = an assistant's call with its tags (Qwen's <tool_call>...</tool_call>),
 # tool_output = a tool's reply with its wrapper (<tool_response>...</tool_response>), reasoning = <think>...</think>.
-ROLE_NAMES = ("template", "system", "user", "assistant", "tool_call", "tool_output", "reasoning")
-TEMPLATE, SYSTEM, USER, ASSISTANT, TOOL_CALL, TOOL_OUTPUT, REASONING = range(7)
-REPLY_ROLES = (ASSISTANT, TOOL_CALL, REASONING)  # an assistant turn's own tokens: trained (train_on) as its reply
+# text = a plain-text row's tokens ({"text": ...}, continued pretraining): every one a target, weighing 1 always.
+ROLE_NAMES = ("template", "system", "user", "assistant", "tool_call", "tool_output", "reasoning", "text")
+TEMPLATE, SYSTEM, USER, ASSISTANT, TOOL_CALL, TOOL_OUTPUT, REASONING, TEXT = range(8)
+# The tokens trained as a reply (train_on): an assistant turn's own, and plain text (all of it is the target).
+REPLY_ROLES = (ASSISTANT, TOOL_CALL, REASONING, TEXT)
 ROLE_OF_MESSAGE = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT, "tool": TOOL_OUTPUT}
 
 

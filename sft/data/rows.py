@@ -1,4 +1,5 @@
-"""Rows read and validated: a file, a folder of files or a hub id -> {instruction, input, output} or {messages}.
+"""Rows read and validated: a file, a folder of files or a hub id -> {instruction, input, output}, {messages} or
+{text} (plain text for language modelling, every token a target).
 
 Columns are found by name or alias (or `column_map`); extra columns are ignored and named in the report. Every
 user error is a `UserError` (sft.data.errors) that names the file, the row and the field, and says how to fix it; with
@@ -39,6 +40,9 @@ OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
 FIELDS = REQUIRED + OPTIONAL  # the fields of a validated row; tokenization carries any other column through
 CHAT_FIELDS = ("messages", "tools")  # the fields of a validated conversation row ("tools" only where it has tools)
 SAMPLE_WEIGHT = "sample_weight"  # a row's own weight (a number >= 0, 1 where null): multiplies every token's weight
+# Plain text (TRL's `text` datasets, LLaMA-Factory's `pt` stage): a row {"text": ...} with no instruction, output or
+# conversation column is language-modelling text, every token of it a target (role `text`, weight 1).
+TEXT_FIELD = "text"
 # Column names that real datasets use for the same fields; looked for only when the canonical
 # name is absent, and overridden by an explicit `column_map`.
 ALIASES = {
@@ -174,9 +178,9 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str)
     """Map canonical fields to the columns that hold them (or "messages" to a conversation column), or explain
     what is missing."""
     for col, target in column_map.items():
-        if target not in FIELDS + CHAT_FIELDS + (SAMPLE_WEIGHT,):
+        if target not in FIELDS + CHAT_FIELDS + (SAMPLE_WEIGHT, TEXT_FIELD):
             raise UserError(f"column_map maps {col!r} to {target!r}; targets must be one of instruction, input, "
-                             "output, messages, tools, sample_weight.")
+                             "output, messages, tools, sample_weight, text.")
     mapping = {target: col for col, target in column_map.items() if col in columns}
     chat = mapping.get("messages") or next((c for c in CHAT_COLUMNS if c in columns), None)
     if chat is not None and not any(t in mapping for t in FIELDS) and not {"instruction", "output"} <= set(columns):
@@ -194,7 +198,8 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str)
         raise UserError(
             f"{where}: no column for {', '.join(missing)} (looked for {looked}). The columns are: "
             f"{', '.join(columns) or '(none)'}. Map yours with --column-map YOUR_COLUMN=output "
-            "(DataConfig.column_map in Python); conversations go in a `messages` or `conversations` column."
+            "(DataConfig.column_map in Python); conversations go in a `messages` or `conversations` column, "
+            "plain text in a `text` column."
         )
     return mapping
 
@@ -224,6 +229,50 @@ def _check_row(rec: Any, mapping: dict[str, str]) -> tuple[dict[str, str] | None
         return None, label, f"must be a string or missing, got {type(value).__name__} {value!r:.40}"
     row["input"] = value or ""
     return row, "", ""
+
+
+def _check_text_row(rec: Any, col: str) -> tuple[dict[str, str] | None, str, str]:
+    """Return ({"text": ...}, "", "") for a valid plain-text record, else (None, field, problem)."""
+    if not isinstance(rec, dict):
+        return None, "(row)", f"is a {type(rec).__name__}, not an object with fields"
+    value, label = rec.get(col), TEXT_FIELD if col == TEXT_FIELD else f"text (column {col!r})"
+    if value is None:
+        return None, label, "is missing" if col not in rec else "is null"
+    if not isinstance(value, str):
+        return None, label, f"must be a string, got {type(value).__name__} {value!r:.40}"
+    if not value.strip():
+        return None, label, "is empty"
+    return {TEXT_FIELD: value}, "", ""
+
+
+# Columns that make a row an instruction row or a conversation, not plain text (any alias, filled in).
+_NOT_TEXT = tuple(dict.fromkeys(ALIASES["instruction"] + ALIASES["output"] + CHAT_COLUMNS))
+
+
+def _is_text_record(rec: Any, text_col: str, column_map: dict[str, str]) -> bool:
+    """Whether a record is plain text: its text column filled in and no instruction, output or conversation column
+    (alpaca's own `text` column, the rendered prompt beside instruction and output, leaves a row an instruction row)."""
+    if not isinstance(rec, dict) or rec.get(text_col) in (None, ""):
+        return False
+    others = set(_NOT_TEXT) | {c for c, t in column_map.items() if t != TEXT_FIELD}
+    return not any(rec.get(c) not in (None, "") for c in others)
+
+
+def _text_column(records: list[tuple[str, Any]], column_map: dict[str, str], name: str) -> str | None:
+    """The column of a plain-text source (its rows all text), None for instruction rows or conversations; a source
+    mixing plain text with other rows is a ValueError naming the first row of the other kind."""
+    text_col = next((c for c, t in column_map.items() if t == TEXT_FIELD), TEXT_FIELD)
+    kinds = [(where, _is_text_record(rec, text_col, column_map)) for where, rec in records if isinstance(rec, dict)]
+    if not any(is_text for _, is_text in kinds):
+        return None
+    first_where, first = kinds[0]
+    odd = next((where for where, is_text in kinds if is_text != first), None)
+    if odd is not None:
+        kind = lambda t: 'plain text ({"text": ...})' if t else "an instruction row or conversation"  # noqa: E731
+        raise UserError(f"{odd}: is {kind(not first)} while {first_where} is {kind(first)}; {name} mixes plain "
+                         "text with instruction rows. A file holds one kind: put the text rows and the instruction "
+                         "rows in separate files and train on one kind at a time.")
+    return text_col
 
 
 def _check_chat_row(rec: Any, mapping: dict[str, str], where: str, from_text: bool,
@@ -328,7 +377,9 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
     columns = list(dict.fromkeys(k for _, r in records if isinstance(r, dict) for k in r))
     weight_col = next((c for c, t in column_map.items() if t == SAMPLE_WEIGHT), SAMPLE_WEIGHT)
     weight_col = weight_col if weight_col in columns else None
-    mapping = _resolve_columns(columns, {c: t for c, t in column_map.items() if t != SAMPLE_WEIGHT}, name)
+    fields_map = {c: t for c, t in column_map.items() if t != SAMPLE_WEIGHT}
+    text_col = _text_column(records, fields_map, name)
+    mapping = {TEXT_FIELD: text_col} if text_col else _resolve_columns(columns, fields_map, name)
     if weight_col is not None:
         mapping[SAMPLE_WEIGHT] = weight_col
     report.column_mapping = {**report.column_mapping, **mapping}
@@ -337,7 +388,9 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
     rows, from_text = [], name.lower().endswith(".csv")
     for where, rec in records:
         report.rows_read += 1
-        if "messages" in mapping:
+        if text_col is not None:
+            row, fld, problem = _check_text_row(rec, text_col)
+        elif "messages" in mapping:
             row, where, fld, problem = _check_chat_row(rec, mapping, where, from_text, on_bad_rows)
             if row is not None and isinstance(rec.get(mapping["messages"]), list):
                 report.unknown_message_keys.update(k for turn in rec[mapping["messages"]] for k in unread_keys(turn))
@@ -375,10 +428,10 @@ def load_rows(
     rows: list[dict[str, str]] = []
     for name, records in _sources(source, on_bad_rows, report):
         part = _valid_rows(name, list(records), dict(column_map or {}), on_bad_rows, keep_column, report)
-        if rows and part and ("messages" in rows[0]) != ("messages" in part[0]):
-            raise UserError(f"{name}: holds {'conversations' if 'messages' in part[0] else 'instruction rows'} "
-                             f"while the files before it hold the other kind; train on one kind at a time (put "
-                             "conversations and instruction rows in separate folders).")
+        if rows and part and row_kind(rows[0]) != row_kind(part[0]):
+            raise UserError(f"{name}: holds {row_kind(part[0])} while the files before it hold "
+                             f"{row_kind(rows[0])}; train on one kind at a time (put plain text, conversations and "
+                             "instruction rows in separate folders).")
         rows += part
     if any(SAMPLE_WEIGHT in r for r in rows):  # a file of a folder without the column: its rows weigh 1
         rows = [r if SAMPLE_WEIGHT in r else {**r, SAMPLE_WEIGHT: 1.0} for r in rows]
@@ -391,11 +444,17 @@ def load_rows(
     return rows, report
 
 
+def row_kind(row: dict) -> str:
+    """What a validated row is: "conversations", "plain text" or "instruction rows" (one kind per dataset)."""
+    return "conversations" if "messages" in row else "plain text" if TEXT_FIELD in row else "instruction rows"
+
+
 def fingerprint_rows(rows: list[dict[str, str]]) -> str:
     """A short content hash of the validated rows (order included), for manifests and caches."""
     h = hashlib.sha256()
     for r in rows:
-        fields = r["messages"] if "messages" in r else [r["instruction"], r["input"], r["output"]]
+        fields = (r["messages"] if "messages" in r else [r[TEXT_FIELD]] if TEXT_FIELD in r
+                  else [r["instruction"], r["input"], r["output"]])
         fields = [fields, r["tools"]] if r.get("tools") else fields  # a conversation's tools (only where given)
         h.update(json.dumps(fields, ensure_ascii=False).encode())
         h.update(b"\n")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sft.data.conversations import ASSISTANT, REASONING, REPLY_ROLES, ROLE_NAMES, TEMPLATE, TOOL_CALL
+from sft.data.conversations import ASSISTANT, REASONING, REPLY_ROLES, ROLE_NAMES, TEMPLATE, TEXT, TOOL_CALL
 from sft.data.errors import UserError
 
 NORMALIZERS = ("weight_sum", "response_tokens", "weighted_tokens")
@@ -77,6 +77,7 @@ class WeightSpec:
         out[ASSISTANT] = float(self.role_weights.get("assistant", 1.0))
         for code in (TOOL_CALL, REASONING):
             out[code] = float(self.role_weights.get(ROLE_NAMES[code], out[ASSISTANT]))
+        out[TEXT] = 1.0  # plain text has no prompt: every token is the target, whatever w
         return out + [w]
 
 
@@ -102,6 +103,10 @@ def parse_role_weights(value) -> dict[str, float]:
         raise UserError(f"--role-weights must be ROLE=WEIGHT pairs or a dict, got {type(value).__name__}.")
     out = {}
     for name, num in value.items():
+        if name == ROLE_NAMES[TEXT]:
+            raise UserError("--role-weights: plain text (role text) always weighs 1, as every token of a "
+                             "{\"text\": ...} row is a target; drop text=... (train instruction rows or "
+                             "conversations to weigh a prompt).")
         if name not in ROLE_NAMES:
             raise UserError(f"--role-weights: unknown role {name!r}; the roles are {', '.join(ROLE_NAMES)} "
                              "(e.g. --role-weights template=0,system=0,user=0.5).")

@@ -101,7 +101,7 @@ def test_check_conversation_reads_json_text_only_from_csv():
 def test_a_folder_may_not_mix_conversations_and_instruction_rows(tmp_path):
     write(tmp_path / "a.jsonl", [{"instruction": "a", "output": "b"}])
     write(tmp_path / "b.jsonl", [{"messages": CHAT}])
-    with pytest.raises(ValueError, match="b.jsonl: holds conversations while the files before it hold the other"):
+    with pytest.raises(ValueError, match="b.jsonl: holds conversations while the files before it hold instruction rows"):
         load_rows(tmp_path)
 
 

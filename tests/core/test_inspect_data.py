@@ -146,3 +146,20 @@ def test_agent_data_reports_tool_roles_and_the_first_bad_rows_in_text_and_json(t
     assert main(args) == 0
     text = capsys.readouterr().out
     assert f"first_bad_rows             {where}" in text and "'tool_call': " in text
+
+
+def test_plain_text_exports_every_weight_one_and_the_eos(qwen_tokenizer, tmp_path, capsys):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    texts = ["Paris is the capital of France.", "Seven, eight, nine, ten."]
+    data = write(tmp_path / "corpus.jsonl", [{"text": t} for t in texts])
+    out = tmp_path / "export.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 "--prompt-loss-weight", "0", "--show", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "[[text, weight 1: Paris is the capital of France.<|endoftext|>]]" in capsys.readouterr().out
+    tok = qwen_tokenizer
+    for t, line in zip(texts, out.read_text().splitlines()):
+        ex = json.loads(line)
+        assert ex["input_ids"] == tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert set(ex["roles"]) == {"text"} and set(ex["weights"]) == {1.0}

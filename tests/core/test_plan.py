@@ -310,3 +310,16 @@ def test_untrained_and_truncated_examples_are_dropped_counted_and_printed(plan_r
                      "held-chats.jsonl", "--max-length", "128"]) == 0
     assert ("train split: 16 of 24 examples kept; 4 truncated (4 prompt_trimmed); 8 dropped: no trained token"
             in caplog.text), caplog.text[-2000:]
+
+
+def test_plan_of_plain_text_counts_every_token_as_a_target(plan_root, monkeypatch, qwen_tokenizer):
+    texts = [{"text": f"{r['instruction']} {r['output']}"} for r in ROWS]
+    (plan_root / "texts.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
+    monkeypatch.chdir(plan_root)
+    cfg = load_config("qwen2.5-0.5b-alpaca", data="texts.jsonl", eval_size=1, cache_dir=str(plan_root / ".cache"))
+    p = plan_run(cfg)
+    train_idx, _ = split_indices(len(texts), 1, cfg.data.split_seed)
+    lengths = [len(qwen_tokenizer(texts[i]["text"], add_special_tokens=False)["input_ids"]) + 1 for i in train_idx]
+    d = p["data"]  # every token (EOS included) is a target: no prompt tokens, the head on every predicted position
+    assert d["prompt_tokens"] == 0 and d["response_tokens"] == d["real_tokens_per_epoch"] == sum(lengths)
+    assert head_positions(prepare_data(cfg.data, qwen_tokenizer).train, cfg.data.weight_spec()) == sum(lengths) - len(lengths)

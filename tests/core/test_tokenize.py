@@ -187,3 +187,29 @@ def test_gsm8k_loads_and_tokenizes_with_cache(qwen_tokenizer, gsm8k_path, tmp_pa
     again, _ = tokenize_rows(rows[:500], qwen_tokenizer, cfg)
     assert again["input_ids"] == ds["input_ids"]
     assert fingerprint_rows(rows[:500]) != fingerprint_rows(rows[1:501])
+
+
+# ---------------------------------------------------------------- plain text: every token a target
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5])
+def test_plain_text_is_its_tokens_and_eos_every_one_weighing_one(qwen_tokenizer, tmp_path, w):
+    from sft.data.conversations import TEXT
+
+    texts = ["Paris is the capital of France.", "Count: 7, 8, 9."]
+    cfg = DataConfig(data="x", cache_dir=str(tmp_path), prompt_loss_weight=w)
+    ds, report = tokenize_rows([{"text": t} for t in texts], qwen_tokenizer, cfg, name="text")
+    assert report.examples_out == 2 and report.truncation_counts == {"ok": 2}
+    for t, ex in zip(texts, ds):
+        assert ex["input_ids"] == ids(qwen_tokenizer, t) + [qwen_tokenizer.eos_token_id]
+        assert set(ex["roles"]) == {TEXT} and ex["loss_weights"] == [1.0] * len(ex["input_ids"])
+        assert ex["labels"] == ex["input_ids"] and all(ex["response_mask"])
+
+
+def test_a_long_text_keeps_its_start_or_is_dropped(qwen_tokenizer, tmp_path):
+    text = " ".join(["word"] * 80)
+    for truncation, kept in (("trim", [ids(qwen_tokenizer, text)[:32]]), ("drop", [])):
+        cfg = DataConfig(data="x", cache_dir=str(tmp_path), max_length=32, truncation=truncation)
+        ds, report = tokenize_rows([{"text": text}], qwen_tokenizer, cfg, name=f"long-{truncation}")
+        assert ds["input_ids"] == kept, truncation  # trimmed: its start, without the EOS (it does not end there)
+    assert report.examples_dropped_too_long == 1

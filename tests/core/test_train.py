@@ -116,6 +116,28 @@ def test_short_run_lowers_held_out_response_loss_and_logs_everything(demo_root):
             "eval/response_perplexity"} <= set(events.Tags()["scalars"])
 
 
+@pytest.mark.slow  # optimizer steps through the Trainer
+def test_plain_text_trains_with_every_token_a_target(demo_root, tmp_path):
+    rows = [json.loads(line) for line in (demo_root / "Dataset/demo/train.jsonl").read_text().splitlines()]
+    texts = [{"text": " ".join(x for x in (r["instruction"], r["input"], r["output"]) if x)} for r in rows]
+    for name, part in (("train", texts[:-32]), ("held", texts[-32:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(t) + "\n" for t in part))
+    cfg = demo_config(demo_root, run_name="text", data=str(tmp_path / "train.jsonl"),
+                      eval_data=str(tmp_path / "held.jsonl"), max_steps=20, logging_steps=5, eval_steps=20,
+                      save_steps=20, learning_rate=3e-3, overwrite=True)  # w = 0: irrelevant to plain text
+    trainer = train(cfg)
+    logs = [h for h in trainer.state.log_history if "response_loss" in h]
+    # every token a target: no prompt loss, and the loss is the response loss (a mean of the interval's steps
+    # against a mean over its tokens: equal up to the steps' different token counts)
+    assert logs and all("prompt_loss" not in h and h["loss"] == pytest.approx(h["response_loss"], rel=0.03)
+                        for h in logs), logs
+    base = build_trainer(demo_config(demo_root, run_name="text-base", data=cfg.data.data,
+                                     eval_data=cfg.data.eval_data)).evaluate()
+    final = trainer.state.log_history[-2] if "eval_response_loss" not in trainer.state.log_history[-1] else \
+        trainer.state.log_history[-1]
+    assert final["eval_response_loss"] < base["eval_response_loss"] - 1.0, (base, final)
+
+
 def fake_run(root, steps, status=None, complete=True):
     """A run folder in the state a run leaves it: checkpoint-N folders (with or without their trainer state, as a
     kill mid-save leaves the last one) and the manifest's status; file contents do not matter to the decision."""

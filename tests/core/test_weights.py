@@ -65,7 +65,7 @@ def test_role_weights_read_from_flags_and_overrides_alike(tmp_path):
     spec = cfg.data.weight_spec()
     assert spec.role_weights == {"template": 0.0, "system": 0.0, "user": 0.5}
     # template, system, user, assistant, tool_call, tool_output, reasoning, an untrained reply
-    assert spec.table(0.25) == [0.0, 0.0, 0.5, 1.0, 1.0, 0.25, 1.0, 0.25]
+    assert spec.table(0.25) == [0.0, 0.0, 0.5, 1.0, 1.0, 0.25, 1.0, 1.0, 0.25]  # text 1 always
     cfg = apply_overrides(load_config("demo"), {"role_weights": {"user": 1}})
     assert cfg.data.role_weights == {"user": 1.0}
 
@@ -73,6 +73,7 @@ def test_role_weights_read_from_flags_and_overrides_alike(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"role_weights": "tool=0"}, "unknown role 'tool'; the roles are template, system, user, assistant"),
     ({"role_weights": "user=-1"}, "the weight of user must be a number >= 0"),
+    ({"role_weights": "text=0.5"}, "plain text \\(role text\\) always weighs 1"),
     ({"role_weights": {"user": float("nan")}}, "the weight of user must be a number >= 0"),
     ({"role_weights": "user"}, "Cannot read .user. for role_weights"),
     ({"prompt_loss_weight_end": 1.5}, "--prompt-loss-weight-end must be in \\[0, 1\\]"),

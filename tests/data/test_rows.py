@@ -78,8 +78,8 @@ def test_bad_input_names_file_row_field_and_fix(tmp_path, content, pattern):
 
 
 def test_unknown_columns_only_error_when_required_are_missing(tmp_path):
-    path = write_json(tmp_path / "u.json", [{"text": "hello", "label": 1}])
-    with pytest.raises(ValueError, match=r"The columns are: text, label"):
+    path = write_json(tmp_path / "u.json", [{"body": "hello", "label": 1}])
+    with pytest.raises(ValueError, match=r"The columns are: body, label.* plain text in a `text` column"):
         load_rows(path)
 
 
@@ -131,3 +131,55 @@ def test_split_is_a_function_of_data_and_seed_only():
 def test_prompt_loss_weight_is_checked():
     with pytest.raises(ValueError, match=r"prompt_loss_weight must be in \[0, 1\]"):
         DataConfig(prompt_loss_weight=1.5)
+
+
+# ---------------------------------------------------------------- plain text ({"text": ...})
+
+TEXTS = [{"text": "Paris is the capital of France."}, {"text": "Two plus three is five."}]
+
+
+def test_plain_text_rows_load_from_every_format_and_a_folder(tmp_path):
+    write_json(tmp_path / "a.json", TEXTS)
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({**r, "id": i}) for i, r in enumerate(TEXTS)) + "\n")
+    pd.DataFrame(TEXTS).to_csv(tmp_path / "c.csv", index=False)
+    pd.DataFrame(TEXTS).to_parquet(tmp_path / "d.parquet")
+    for name in ("a.json", "b.jsonl", "c.csv", "d.parquet"):
+        rows, report = load_rows(tmp_path / name)
+        assert rows == TEXTS, name
+        assert report.column_mapping == {"text": "text"}
+    assert load_rows(tmp_path / "b.jsonl")[1].ignored_columns == ["id"]
+    assert load_rows(tmp_path)[0] == TEXTS * 4
+    rows, _ = load_rows(write_json(tmp_path / "e.json", [{"body": "x y"}]), column_map={"body": "text"})
+    assert rows == [{"text": "x y"}]
+
+
+def test_a_file_mixing_plain_text_and_instruction_rows_names_the_file_and_row(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*TEXTS, ROWS[0]]))
+    with pytest.raises(ValueError, match=rf"{path}: line 3: is an instruction row .* while {path}: line 1 is plain "
+                                         r"text .* separate files"):
+        load_rows(path)
+    pd.DataFrame([{"text": "abc", "instruction": "", "output": ""},
+                  {"text": "", "instruction": "i", "output": "o"}]).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ValueError, match=r"m.csv: row 2 \(line 3\): is an instruction row"):
+        load_rows(tmp_path / "m.csv")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_json(folder / "a.json", TEXTS)
+    write_json(folder / "b.json", ROWS)
+    with pytest.raises(ValueError, match="b.json: holds instruction rows while the files before it hold plain text"):
+        load_rows(folder)
+
+
+def test_alpacas_own_text_column_leaves_the_rows_instruction_rows(tmp_path):
+    # tatsu-lab/alpaca ships a `text` column (the rendered prompt) beside instruction and output
+    rows, report = load_rows(write_json(tmp_path / "a.json", [{**r, "text": "rendered"} for r in ROWS]))
+    assert rows == ROWS and report.ignored_columns == ["text"]
+
+
+def test_a_bad_text_row_names_its_field_or_is_counted(tmp_path):
+    path = write_json(tmp_path / "t.json", [TEXTS[0], {"text": "  "}, {"text": 5}])
+    with pytest.raises(ValueError, match=r"t.json: row 2, field text: is empty"):
+        load_rows(path)
+    rows, report = load_rows(path, on_bad_rows="skip")
+    assert rows == [TEXTS[0]] and dict(report.rows_dropped) == {"text is empty": 1, "text must be a string, got int 5": 1}
