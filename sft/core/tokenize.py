@@ -143,7 +143,8 @@ def text_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.T
         kept.append(i)
     roles = [np.full(len(r), TEXT, dtype=np.int8) for r in rows]
     return _examples_table(rows, roles, [np.zeros(len(r), dtype=np.int32) for r in rows],
-                           [np.ones(len(r), dtype=np.float32) for r in rows], status, kept, batch, chat=False)
+                           [np.ones(len(r), dtype=np.float32) for r in rows], status, kept, batch, chat=False,
+                           specials=np.zeros(0, dtype=np.int64))  # no reply closes: the EOS weighs 1 whatever --end-of-turn
 
 
 def _prompt_encodings(tokenizer, texts: list[str]) -> list[tuple[list[int], Any]]:

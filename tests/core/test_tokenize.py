@@ -192,12 +192,12 @@ def test_gsm8k_loads_and_tokenizes_with_cache(qwen_tokenizer, gsm8k_path, tmp_pa
 # ---------------------------------------------------------------- plain text: every token a target
 
 
-@pytest.mark.parametrize("w", [0.0, 0.5])
-def test_plain_text_is_its_tokens_and_eos_every_one_weighing_one(qwen_tokenizer, tmp_path, w):
+@pytest.mark.parametrize("w, end_of_turn", [(0.0, "turn"), (0.5, "none")])
+def test_plain_text_is_its_tokens_and_eos_every_one_weighing_one(qwen_tokenizer, tmp_path, w, end_of_turn):
     from sft.data.conversations import TEXT
 
     texts = ["Paris is the capital of France.", "Count: 7, 8, 9."]
-    cfg = DataConfig(data="x", cache_dir=str(tmp_path), prompt_loss_weight=w)
+    cfg = DataConfig(data="x", cache_dir=str(tmp_path), prompt_loss_weight=w, end_of_turn=end_of_turn)
     ds, report = tokenize_rows([{"text": t} for t in texts], qwen_tokenizer, cfg, name="text")
     assert report.examples_out == 2 and report.truncation_counts == {"ok": 2}
     for t, ex in zip(texts, ds):
