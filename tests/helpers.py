@@ -46,6 +46,15 @@ def demo_config(root: Path, **overrides):
     return load_config("demo", **{**demo_overrides(root), **overrides})
 
 
+def tokenize_batch(batch: dict[str, list], tokenizer, cfg):
+    """A batch of rows or conversations as training sees it: tokenized with roles by the cached map function
+    (sft.core.tokenize.tokenize_roles_batch), weighted at the spec's starting w (sft.core.weights.add_weight_columns)."""
+    from sft.core.tokenize import tokenize_roles_batch
+    from sft.core.weights import add_weight_columns
+
+    return add_weight_columns(tokenize_roles_batch(batch, tokenizer, cfg), cfg.weight_spec())
+
+
 def demo_cli_args(root: Path) -> list[str]:
     """The same small, relocated demo as command-line overrides, for subprocess tests."""
     cfg = demo_config(root)

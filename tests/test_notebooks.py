@@ -12,7 +12,7 @@ import pytest
 
 from helpers import ROOT, demo_dialogues, demo_overrides
 from sft.runs.checkpoints import (
-    checkpoint_step, is_complete, last_complete_checkpoint, list_checkpoints, run_is_complete,
+    checkpoint_problem, checkpoint_step, last_complete_checkpoint, list_checkpoints, run_is_complete,
 )
 
 NOTEBOOKS = ("finetune_masked.ipynb", "finetune_unmasked.ipynb")
@@ -132,7 +132,7 @@ def _kill_training_notebook(name, run, out, parameters):
         child.kill()
     proc.wait(timeout=120)
     assert proc.returncode != 0, "the notebook finished before its kernel could be killed"
-    return [c for c in list_checkpoints(run) if is_complete(c)]
+    return [c for c in list_checkpoints(run) if checkpoint_problem(c) is None]
 
 
 @pytest.mark.slow

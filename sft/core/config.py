@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sft.core.values import check_train_values, read_overrides  # noqa: F401 (read_overrides: the notebooks)
+from sft.core.values import check_train_values
 from sft.data.config import DataConfig
 from sft.data.errors import UserError
 from sft.data.files import data_files

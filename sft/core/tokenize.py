@@ -19,7 +19,6 @@ import pyarrow as pa
 
 from sft.core.chat import encode_with_offsets, make_renderer
 from sft.core.prompts import get_template
-from sft.core.weights import add_weight_columns
 from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
 from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REPLY_ROLES, TEMPLATE, TEXT, USER
 from sft.data.errors import UserError
@@ -61,12 +60,6 @@ def _prompt_prefix_ids(tokenizer) -> list[int]:
     if bos is not None and tokenizer("x")["input_ids"][:1] == [bos]:
         return [bos]
     return []
-
-
-def tokenize_rows_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
-    """The tokenized examples with their weights under cfg's weight spec (at its starting w): the cached columns
-    of tokenize_roles_batch plus labels, loss_weights and response_mask (sft.core.weights.add_weight_columns)."""
-    return add_weight_columns(tokenize_roles_batch(batch, tokenizer, cfg), cfg.weight_spec())
 
 
 def tokenize_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
@@ -209,11 +202,6 @@ def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[
 def conversation_renderer(tokenizer, cfg: DataConfig):
     """The ChatRenderer of cfg.chat_template for this tokenizer (sft.core.chat.chat_template_source)."""
     return make_renderer(tokenizer, cfg.chat_template, cfg.template, bool(_prompt_prefix_ids(tokenizer)))
-
-
-def tokenize_conversations_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
-    """Conversations tokenized, with their weights under cfg's weight spec (as tokenize_rows_batch)."""
-    return add_weight_columns(conversation_roles_batch(batch, tokenizer, cfg), cfg.weight_spec())
 
 
 def conversation_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:

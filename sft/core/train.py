@@ -19,7 +19,7 @@ from sft.core.chat import stop_at_end_of_turn
 from sft.core.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.core.config import ExperimentConfig, check_run_folder
 from sft.core.prepare import PreparedData, prepare_data
-from sft.core.run_folder import RunFolder, check_data, resume_checkpoint  # noqa: F401 (resume_checkpoint: API)
+from sft.core.run_folder import RunFolder, check_data, resume_checkpoint
 from sft.core.tokenize import with_training_template
 from sft.core.trainer import WeightedLossTrainer
 from sft.data.errors import UserError
@@ -39,8 +39,6 @@ from sft.runs.layout import run_dir, tensorboard_dir
 from sft.runs.manifest import write_manifest
 
 logger = logging.getLogger("sft")
-RUN_TOTALS = "RunTotals"  # the key of the run's totals in trainer_state.json's stateful_callbacks
-SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
 
 
 def use_bf16(setting: str) -> bool:

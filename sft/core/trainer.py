@@ -15,7 +15,6 @@ The loss's definition is sft.core.loss.weighted_cross_entropy; compute_loss comp
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Any
@@ -25,10 +24,8 @@ from peft import PeftModel
 from transformers import Trainer
 
 from sft.core.loss import batch_normalizer, selective_head_loss, target_weights, token_nll
-from sft.core.run_folder import RunFolder, check_data, resume_checkpoint  # noqa: F401 (resume_checkpoint: API)
 from sft.data.weights import WeightSpec
 
-logger = logging.getLogger("sft")
 RUN_TOTALS = "RunTotals"  # the key of the run's totals in trainer_state.json's stateful_callbacks
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
 

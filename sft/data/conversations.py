@@ -20,7 +20,6 @@ from sft.data.messages import MESSAGE_WEIGHT, WEIGHT_KEYS, check_turn, unread_ke
 
 __all__ = ["MESSAGE_WEIGHT", "WEIGHT_KEYS"]
 
-ROLES = ("system", "user", "assistant", "tool")  # the roles of a validated message
 CHAT_COLUMNS = ("messages", "conversations")  # columns that hold a conversation: OpenAI/HF, ShareGPT
 TOOLS_COLUMN = "tools"  # the column with the tools a conversation may call (a JSON schema list, or its JSON text)
 SYSTEM_COLUMN = "system"  # LLaMA-Factory's system prompt column beside a conversation: its opening system turn

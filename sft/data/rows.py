@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import math
 import re
 from collections import Counter
@@ -33,7 +32,6 @@ from sft.data.errors import UserError
 from sft.data.messages import unread_keys
 from sft.data.files import SUFFIXES
 
-logger = logging.getLogger("sft")
 
 REQUIRED = ("instruction", "output")  # columns every row must have, after the column mapping
 OPTIONAL = ("input",)  # may be absent or null: both mean "no input"

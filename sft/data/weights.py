@@ -150,14 +150,3 @@ def static_columns(roles, turns, message_weights, train_on: str, closing=None, e
         scale = np.where(dropped, np.float32(0.0), scale)
     return codes, scale, trained & (scale > 0) & (msg > 0)
 
-
-def example_weights(roles, turns, message_weights, spec: WeightSpec, w: float | None = None, closing=None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(loss weight float32, response mask) of one example's tokens under `spec` at prompt weight w.
-
-    A message's own weight (loss_weight, weight, train or loss in the data) multiplies its tokens; a template
-    token's weight is its role's alone; closing: the reply-closing flags, needed where spec.end_of_turn is not "turn".
-    """
-    codes, scale, response = static_columns(roles, turns, message_weights, spec.train_on, closing, spec.end_of_turn)
-    weights = np.asarray(spec.table(w), dtype=np.float32)[codes] * scale
-    return weights.astype(np.float32), response

@@ -89,11 +89,6 @@ def weights_problem(path: str | Path) -> str | None:
     return None
 
 
-def is_complete(path: str | Path) -> bool:
-    """True when the trainer state (saved last) parses and the weights open (their safetensors header is whole)."""
-    return checkpoint_problem(path) is None
-
-
 def can_resume_from(path: str | Path) -> bool:
     """True when a checkpoint also has the optimizer and scheduler states that resuming needs."""
     return resume_problem(path) is None

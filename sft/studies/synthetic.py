@@ -198,11 +198,3 @@ def build_demo_dataset(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return paths
-
-
-# ---------------------------------------------------------------- scoring
-
-
-def score_exact(prediction: str, answer: str) -> bool:
-    """Return True when prediction equals answer after stripping surrounding whitespace."""
-    return prediction.strip() == answer.strip()

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import tokenize_batch
 from sft.data.conversations import ASSISTANT, check_conversation
 from sft.data.config import DataConfig
-from sft.core.tokenize import conversation_renderer, tokenize_conversations_batch
+from sft.core.tokenize import conversation_renderer
 from sft.data.rows import load_rows
 from sft.core.prepare import tokenize_rows
 
@@ -119,7 +120,7 @@ def conversations_from(rows, n, seed=0):
 
 def test_ids_equal_apply_chat_template_on_1200_qwen_conversations(qwen_tokenizer, gsm8k_path):
     convs = conversations_from(json.loads(gsm8k_path.read_text()), 1200)
-    table = tokenize_conversations_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=4096))
+    table = tokenize_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=4096))
     ids = table.column("input_ids").to_pylist()
     expected = [qwen_tokenizer.apply_chat_template(m, tokenize=True)["input_ids"] for m in convs]
     assert len(ids) == 1200 and sum(a == b for a, b in zip(ids, expected)) == 1200
@@ -136,7 +137,7 @@ def test_ids_equal_apply_chat_template_with_the_alpaca_chat_template(demo_tokeni
     convs = conversations_from(json.loads(gsm8k_path.read_text()), 1000, seed=1)
     cfg = DataConfig(max_length=100_000, chat_template="alpaca")
     template = conversation_renderer(demo_tokenizer, cfg).template
-    table = tokenize_conversations_batch({"messages": convs}, demo_tokenizer, cfg)
+    table = tokenize_batch({"messages": convs}, demo_tokenizer, cfg)
     expected = [demo_tokenizer.apply_chat_template(m, chat_template=template, tokenize=True)["input_ids"]
                 for m in convs]
     assert table.column("input_ids").to_pylist() == expected
@@ -147,7 +148,7 @@ def test_weights_by_role_and_im_end_trained_although_pad_is_eos(qwen_tokenizer, 
     assert qwen_tokenizer.pad_token_id == qwen_tokenizer.eos_token_id  # <|endoftext|>: the trap of trl #1623
     renderer = conversation_renderer(qwen_tokenizer, DataConfig())
     ids, roles, turns = renderer.tokens([CHAT])[0]
-    table = tokenize_conversations_batch({"messages": [CHAT]}, qwen_tokenizer, DataConfig(prompt_loss_weight=w))
+    table = tokenize_batch({"messages": [CHAT]}, qwen_tokenizer, DataConfig(prompt_loss_weight=w))
     weights = np.asarray(table.column("loss_weights").to_pylist()[0])
     labels = np.asarray(table.column("labels").to_pylist()[0])
     text = [qwen_tokenizer.decode([t]) for t in ids]
@@ -161,7 +162,7 @@ def test_weights_by_role_and_im_end_trained_although_pad_is_eos(qwen_tokenizer, 
 
 def test_train_on_last_weighs_earlier_replies_like_the_prompt(qwen_tokenizer):
     cfg = DataConfig(prompt_loss_weight=0.25, train_on="last")
-    table = tokenize_conversations_batch({"messages": [CHAT]}, qwen_tokenizer, cfg)
+    table = tokenize_batch({"messages": [CHAT]}, qwen_tokenizer, cfg)
     ids, w = table.column("input_ids").to_pylist()[0], table.column("loss_weights").to_pylist()[0]
     response = table.column("response_mask").to_pylist()[0]
     assert qwen_tokenizer.decode([t for t, v in zip(ids, w) if v == 1]) == "20<|im_end|>"
@@ -171,20 +172,20 @@ def test_train_on_last_weighs_earlier_replies_like_the_prompt(qwen_tokenizer):
 def test_truncation_drops_earlier_turns_and_keeps_the_last_answer(qwen_tokenizer):
     long = [CHAT[0]] + [{"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "ok " * 30}] * 3
     long += CHAT[1:3]
-    table = tokenize_conversations_batch({"messages": [long]}, qwen_tokenizer, DataConfig(max_length=120))
+    table = tokenize_batch({"messages": [long]}, qwen_tokenizer, DataConfig(max_length=120))
     ids, w = table.column("input_ids").to_pylist()[0], table.column("loss_weights").to_pylist()[0]
     text = qwen_tokenizer.decode(ids)
     assert len(ids) <= 120 and table.column("truncation").to_pylist() == ["turns_dropped"]
     assert text.startswith("<|im_start|>system\nYou add numbers.") and text.endswith("5<|im_end|>\n")
     assert qwen_tokenizer.decode([t for t, v in zip(ids, w) if v == 1]) == "5<|im_end|>"
-    dropped = tokenize_conversations_batch({"messages": [long]}, qwen_tokenizer,
+    dropped = tokenize_batch({"messages": [long]}, qwen_tokenizer,
                                            DataConfig(max_length=120, truncation="drop"))
     assert dropped.num_rows == 0
 
 
 def test_an_answer_longer_than_the_window_keeps_half_of_it(qwen_tokenizer):
     conv = [{"role": "user", "content": "word " * 100}, {"role": "assistant", "content": "ok " * 100}]
-    table = tokenize_conversations_batch({"messages": [conv]}, qwen_tokenizer, DataConfig(max_length=64))
+    table = tokenize_batch({"messages": [conv]}, qwen_tokenizer, DataConfig(max_length=64))
     w = table.column("loss_weights").to_pylist()[0]
     assert len(w) == 64 and sum(v == 1 for v in w) == 32
     assert table.column("truncation").to_pylist() == ["both_trimmed"]
@@ -404,7 +405,7 @@ def test_tool_calls_and_reasoning_weigh_like_the_reply_and_tool_outputs_like_the
     from sft.data.conversations import ASSISTANT, REASONING, TOOL_CALL, TOOL_OUTPUT
 
     cfg = DataConfig(prompt_loss_weight=0.25, role_weights=role_weights, train_on=train_on)
-    table = tokenize_conversations_batch({"messages": [AGENT], "tools": [WEATHER_TOOLS]}, qwen_tokenizer, cfg)
+    table = tokenize_batch({"messages": [AGENT], "tools": [WEATHER_TOOLS]}, qwen_tokenizer, cfg)
     roles = np.asarray(table.column("roles").to_pylist()[0])
     w = np.asarray(table.column("loss_weights").to_pylist()[0])
     response = np.asarray(table.column("response_mask").to_pylist()[0]).astype(bool)
@@ -470,7 +471,7 @@ def test_the_templates_own_system_prompt_and_tool_list_keep_their_roles_weight(q
     system = [{"role": "system", "content": "Be brief.", "loss_weight": 0}] if with_system else []
     first = {**AGENT[0], "loss_weight": 0} if not with_system else AGENT[0]
     chat = system + [first, {"role": "assistant", "content": "Let me check."}]
-    table = tokenize_conversations_batch({"messages": [chat], "tools": [WEATHER_TOOLS]}, qwen_tokenizer,
+    table = tokenize_batch({"messages": [chat], "tools": [WEATHER_TOOLS]}, qwen_tokenizer,
                                          DataConfig(prompt_loss_weight=0.5))
     at_half = role_text(qwen_tokenizer, table, SYSTEM, weight=0.5)
     zeroed = role_text(qwen_tokenizer, table, SYSTEM, weight=0.0)
@@ -495,7 +496,7 @@ def test_a_trimmed_middle_never_leaves_part_of_a_trained_tool_call(qwen_tokenize
     assert len(whole[0]) > 200 and n_call > 100
     outcomes = set()
     for max_length in range(len(whole[0]) - 40, len(whole[0]), 8):  # cuts at several points of the call
-        table = tokenize_conversations_batch({"messages": [chat], "tools": [WEATHER_TOOLS]}, qwen_tokenizer,
+        table = tokenize_batch({"messages": [chat], "tools": [WEATHER_TOOLS]}, qwen_tokenizer,
                                              DataConfig(max_length=max_length, prompt_loss_weight=0.0))
         if table.num_rows == 0:
             outcomes.add("dropped")

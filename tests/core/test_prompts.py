@@ -46,13 +46,13 @@ def _chat_ids(tokenizer, instruction: str, input: str = "") -> list[int]:
 
 
 def _training_prompt_ids(rows: list[dict], tokenizer) -> list[list[int]]:
-    """The prompt ids training used for each row (tokenize_rows_batch, the path that runs), untruncated."""
+    """The prompt ids training used for each row (tokenize_batch: the path that runs), untruncated."""
     from sft.data.config import DataConfig
-    from sft.core.tokenize import tokenize_rows_batch
+    from helpers import tokenize_batch
 
     cfg = DataConfig(data="unused", max_length=100_000)
     batch = {k: [r[k] for r in rows] for k in ("instruction", "input", "output")}
-    table = tokenize_rows_batch(batch, tokenizer, cfg).to_pydict()
+    table = tokenize_batch(batch, tokenizer, cfg).to_pydict()
     return [ids[:len(ids) - sum(mask)] for ids, mask in zip(table["input_ids"], table["response_mask"])]
 
 

@@ -4,9 +4,10 @@ the exact boundary with Qwen2.5's), truncation, and the tokenized cache. (Loadin
 import numpy as np
 import pytest
 
+from helpers import tokenize_batch
 from sft.core.prepare import tokenize_rows
 from sft.core.prompts import render_prompt
-from sft.core.tokenize import tokenize_rows_batch, truncate_example
+from sft.core.tokenize import truncate_example
 from sft.core.weights import IGNORE_INDEX
 from sft.data.config import DataConfig
 from sft.data.rows import fingerprint_rows, load_rows
@@ -29,8 +30,8 @@ def ids(tokenizer, text):
 
 
 def tokenize_one(tokenizer, row, **cfg):
-    """tokenize_rows_batch (the datasets.map function training runs) on one row; its example, or None."""
-    out = tokenize_rows_batch({k: [v] for k, v in row.items()}, tokenizer, DataConfig(**cfg)).to_pylist()
+    """tokenize_batch (the map function training caches, weighted) on one row; its example, or None."""
+    out = tokenize_batch({k: [v] for k, v in row.items()}, tokenizer, DataConfig(**cfg)).to_pylist()
     return out[0] if out else None
 
 
@@ -97,7 +98,7 @@ def test_a_short_prompt_is_kept_whole_and_the_response_cut(demo_tokenizer):
 def test_drop_policy_drops_the_long_row_and_keeps_the_others_columns(demo_tokenizer):
     long = {**WITH_INPUT, "input": " ".join(["cat"] * 60), "family": "count"}
     batch = {k: [long[k], v] for k, v in {**NO_INPUT, "family": "capital"}.items()}
-    table = tokenize_rows_batch(batch, demo_tokenizer, DataConfig(max_length=64, truncation="drop"))
+    table = tokenize_batch(batch, demo_tokenizer, DataConfig(max_length=64, truncation="drop"))
     assert table.num_rows == 1 and table.column("family").to_pylist() == ["capital"]
     kept = table.to_pylist()[0]
     assert kept["input_ids"] == tokenize_one(demo_tokenizer, NO_INPUT)["input_ids"]

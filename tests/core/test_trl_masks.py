@@ -15,10 +15,9 @@ import json
 import numpy as np
 import pytest
 
-from helpers import tiny_qwen25
+from helpers import tiny_qwen25, tokenize_batch
 from sft.data.config import DataConfig
 from sft.core.prompts import ALPACA
-from sft.core.tokenize import tokenize_rows_batch
 
 trl = pytest.importorskip("trl", reason="TRL is not installed: pip install -r bench/requirements.txt (trl==1.16.0)")
 
@@ -46,7 +45,7 @@ def test_masked_equals_trl_completion_only_loss_on_gsm8k(qwen_tokenizer, gsm8k_p
     records = [{"prompt": ALPACA.render(r["instruction"], r.get("input")), "completion": r["output"]} for r in rows]
     trl_ids, trl_labels = _trl_labels(qwen_tokenizer, records, tmp_path, completion_only_loss=True)
     batch = {k: [r.get(k, "") for r in rows] for k in ("instruction", "input", "output")}
-    ours = tokenize_rows_batch(batch, qwen_tokenizer, DataConfig(max_length=4096, prompt_loss_weight=0.0)).to_pydict()
+    ours = tokenize_batch(batch, qwen_tokenizer, DataConfig(max_length=4096, prompt_loss_weight=0.0)).to_pydict()
     assert ours["input_ids"] == trl_ids  # prompt and response tokenized apart: no merge crosses the boundary here
     assert ours["labels"] == trl_labels  # -100 on every prompt token, the response and EOS trained
 
@@ -67,7 +66,7 @@ def test_assistant_only_equals_trl_assistant_only_loss_on_conversations(qwen_tok
     convs = _conversations(_rows(gsm8k_path))
     trl_ids, trl_labels = _trl_labels(qwen_tokenizer, [{"messages": c} for c in convs], tmp_path,
                                       assistant_only_loss=True)
-    ours = tokenize_rows_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=8192)).to_pydict()
+    ours = tokenize_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=8192)).to_pydict()
     assert ours["input_ids"] == trl_ids
     newline = qwen_tokenizer.convert_tokens_to_ids("Ċ")
     compared = 0

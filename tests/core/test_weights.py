@@ -6,19 +6,20 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from helpers import demo_config
+from helpers import demo_config, tokenize_batch
 from sft.core.loss import weighted_cross_entropy
 from sft.core.overrides import apply_overrides, load_config
 from sft.core.prepare import tokenize_rows
-from sft.core.tokenize import tokenize_rows_batch
 from sft.core.train import build_trainer
+from sft.core.weights import add_weight_columns
 from sft.data.config import DataConfig
 from sft.data.conversations import ASSISTANT, TEMPLATE, USER
 from sft.data.rows import load_rows
-from sft.data.weights import WeightSpec, example_weights
+from sft.data.weights import WeightSpec
 
 ROW = {"instruction": "Add the numbers.", "input": "3 and 4", "output": "7"}
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"},
@@ -26,7 +27,7 @@ CHAT = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "co
 
 
 def _one(tokenizer, row, **cfg):
-    return tokenize_rows_batch({k: [v] for k, v in row.items()}, tokenizer, DataConfig(**cfg)).to_pylist()[0]
+    return tokenize_batch({k: [v] for k, v in row.items()}, tokenizer, DataConfig(**cfg)).to_pylist()[0]
 
 
 def test_alpaca_rows_carry_template_user_and_assistant_roles(qwen_tokenizer):
@@ -108,7 +109,7 @@ def test_message_weights_from_the_data_multiply_the_message(qwen_tokenizer, tmp_
     turns = [dict(t) for t in CHAT]
     turns[1][key] = value  # the first reply
     rows, report = load_rows(_chat_file(tmp_path, turns))
-    ex = tokenize_rows_batch({"messages": [rows[0]["messages"]]}, qwen_tokenizer, DataConfig()).to_pylist()[0]
+    ex = tokenize_batch({"messages": [rows[0]["messages"]]}, qwen_tokenizer, DataConfig()).to_pylist()[0]
     roles, turn_of, w = map(np.asarray, (ex["roles"], ex["turns"], ex["loss_weights"]))
     first, last = (roles == ASSISTANT) & (turn_of == 1), (roles == ASSISTANT) & (turn_of == 3)
     assert set(w[first]) == {factor} and set(w[last]) == {1.0}
@@ -134,9 +135,11 @@ def test_unknown_message_keys_are_reported_not_dropped_silently(tmp_path):
 def test_train_on_last_weighs_earlier_replies_like_the_prompt():
     roles = np.asarray([TEMPLATE, USER, ASSISTANT, TEMPLATE, USER, ASSISTANT])
     turns = np.asarray([0, 0, 1, 2, 2, 3])
-    w, response = example_weights(roles, turns, np.ones(6), WeightSpec(prompt_loss_weight=0.3, train_on="last",
-                                                                      role_weights={"user": 0.7}))
-    assert w.tolist() == pytest.approx([0.3, 0.7, 0.3, 0.3, 0.7, 1.0]) and response.tolist() == [0, 0, 0, 0, 0, 1]
+    table = pa.table({"input_ids": [list(range(6))], "roles": [roles.tolist()], "turns": [turns.tolist()],
+                      "message_weights": [[1.0] * 6]})
+    ex = add_weight_columns(table, WeightSpec(prompt_loss_weight=0.3, train_on="last", role_weights={"user": 0.7}))
+    ex = ex.to_pylist()[0]
+    assert ex["loss_weights"] == pytest.approx([0.3, 0.7, 0.3, 0.3, 0.7, 1.0]) and ex["response_mask"] == [0] * 5 + [1]
 
 
 # ---------------------------------------------------------------- normalisers, float64 by hand
@@ -351,7 +354,7 @@ def _pieces(tokenizer, ex, code=ASSISTANT):
 
 @pytest.mark.parametrize("mode, first, last", [("turn", 1.0, 1.0), ("last", 0.0, 1.0), ("none", 0.0, 0.0)])
 def test_end_of_turn_weighs_each_replys_closing_token_as_set(qwen_tokenizer, mode, first, last):
-    ex = tokenize_rows_batch({"messages": [CHAT]}, qwen_tokenizer, DataConfig(end_of_turn=mode)).to_pylist()[0]
+    ex = tokenize_batch({"messages": [CHAT]}, qwen_tokenizer, DataConfig(end_of_turn=mode)).to_pylist()[0]
     # By hand: Qwen2.5 writes "5" and "20" as digits, each reply closed by <|im_end|>.
     assert _pieces(qwen_tokenizer, ex) == [(1, "5", 1.0), (1, "<|im_end|>", first),
                                            (3, "2", 1.0), (3, "0", 1.0), (3, "<|im_end|>", last)]
@@ -383,7 +386,7 @@ def test_a_stop_token_rendered_at_the_next_message_belongs_to_the_reply_it_close
     tokenizer = copy.deepcopy(qwen_tokenizer)
     tokenizer.chat_template = STOP_LEADS_NEXT  # the tokenizer's own template (--chat-template auto)
     for mode, expected in (("turn", [1.0, 1.0]), ("none", [0.0, 0.0])):
-        ex = tokenize_rows_batch({"messages": [chat]}, tokenizer, DataConfig(end_of_turn=mode)).to_pylist()[0]
+        ex = tokenize_batch({"messages": [chat]}, tokenizer, DataConfig(end_of_turn=mode)).to_pylist()[0]
         got = [w for _, s, w in _pieces(qwen_tokenizer, ex) if s == "<|im_end|>"]
         assert got == expected  # the last reply, "OK", has no closing token: the template renders none
 
@@ -393,7 +396,7 @@ def test_end_of_turn_none_on_1200_qwen_conversations_drops_exactly_one_im_end_pe
 
     convs = conversations_from(json.loads(gsm8k_path.read_text()), 1200)
     im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    tables = {m: tokenize_rows_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=4096, end_of_turn=m))
+    tables = {m: tokenize_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=4096, end_of_turn=m))
               for m in ("turn", "last", "none")}
     base, ids = tables["turn"], np.concatenate(tables["turn"].column("input_ids").to_pylist())
     for mode, table in tables.items():  # the same ids, roles and turns whatever the setting

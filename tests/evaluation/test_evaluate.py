@@ -9,13 +9,15 @@ import sys
 
 import pandas as pd
 import pytest
+from lm_eval.api.registry import get_metric
 
 from helpers import ROOT, check_items_match_summary, demo_config
 from sft.cli.main import main
 from sft.evaluation.inputs import parse_models
 from sft.evaluation.report import format_csv
 from sft.evaluation.side_effects import SIDE_EFFECTS, is_side_effect
-from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, edit_similarity, write_demo_tasks
+from sft.studies.tasks import (DEMO_GROUP, LONG_GROUP, SHORT_GROUP, demo_task_config, edit_similarity,
+                               write_demo_tasks)
 from sft.evaluation.tasks import task_manager
 from sft.studies.synthetic import FAMILIES
 
@@ -209,6 +211,19 @@ def test_held_out_data_changed_since_training_is_refused(evaluated, tmp_path, ca
 ])
 def test_edit_similarity_on_known_pairs(prediction, answer, expected):
     assert 100 * edit_similarity(references=[answer], predictions=[prediction]) == pytest.approx(expected)
+
+
+def test_exact_match_is_on_the_raw_generation(tmp_path):
+    """A demo task scores with lm-eval's exact_match as its config names it, no option: the raw generation must be
+    the answer, so surrounding whitespace, punctuation or another case is a miss."""
+    data = tmp_path / "test.jsonl"
+    data.write_text('{"prompt": "p", "answer": "42"}\n')
+    metric = demo_task_config("sft_demo_x", data, "alpaca", ["<eos>"], 8)["metric_list"][0]
+    assert metric == {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}
+    exact_match = get_metric(metric["metric"])
+    assert exact_match(references=["42"], predictions=["42"])["exact_match"] == 1
+    for prediction, answer in (("  42\n", "42"), ("42.", "42"), ("Apple", "apple")):
+        assert exact_match(references=[answer], predictions=[prediction])["exact_match"] == 0
 
 
 def test_demo_tasks_carry_both_metrics_and_the_groups_by_output_length(demo_root, tmp_path):

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import ROOT, TESTS, demo_cli_args, demo_config, demo_overrides, load_script
-from sft.runs.checkpoints import can_resume_from, is_complete, last_complete_checkpoint, list_checkpoints
+from sft.runs.checkpoints import can_resume_from, checkpoint_problem, last_complete_checkpoint, list_checkpoints
 from sft.runs.layout import run_dir
 from sft.runs.prune import PrunePolicy, metric_at, plan_prune, prune_run, scan_checkpoints, watch
 from sft.runs.callbacks import auto_clean_callback
@@ -108,7 +108,7 @@ def test_strip_optimizer_keeps_what_resuming_needs(run):
     decisions, freed = prune_run(run, PrunePolicy(keep_last=2, keep_best=0, strip_optimizer=True))
     assert {d.checkpoint.step: d.action for d in decisions} == {2: "delete", 4: "delete", 6: "strip", 8: "keep"}
     stripped = run / "checkpoint-6"
-    assert is_complete(stripped) and not can_resume_from(stripped)
+    assert checkpoint_problem(stripped) is None and not can_resume_from(stripped)
     assert not list(stripped.glob("rng_state*.pth")) and not (stripped / "optimizer.pt").exists()
     assert can_resume_from(run / "checkpoint-8") and last_complete_checkpoint(run) == run / "checkpoint-8"
     after = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
@@ -257,7 +257,7 @@ def test_watch_prunes_beside_a_training_run_and_resume_still_works(demo_root, tm
     assert "delete" in stdout and "stopped (Ctrl-C)" in stdout and "freed" in stdout
 
     resume_from = last_complete_checkpoint(out)
-    complete = [p for p in list_checkpoints(out) if is_complete(p)]
+    complete = [p for p in list_checkpoints(out) if checkpoint_problem(p) is None]
     assert resume_from == complete[-1]  # the newest complete checkpoint kept its optimizer state
     survivors = set(names(out))
     assert len(complete) <= 3  # newest + best (+ one saved after the watcher's last pass)
@@ -299,7 +299,7 @@ def test_watcher_stops_cleanly_whenever_the_signal_comes(run, tmp_path, delay):
     for path in run.iterdir():  # every checkpoint is either whole or gone: no .deleting leftovers, no half folders
         assert not path.name.endswith(".deleting")
         if path.name.startswith("checkpoint-"):
-            assert is_complete(path) and can_resume_from(path) or path.name == "checkpoint-8"
+            assert checkpoint_problem(path) is None and can_resume_from(path) or path.name == "checkpoint-8"
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from helpers import demo_config
 from sft.cli import main as cli
-from sft.core.config import read_overrides
+from sft.core.values import read_overrides
 from sft.core.overrides import load_config
 from sft.core.run_folder import resume_checkpoint, setting_differences
 from sft.models.checks import check_base_weights, weights_sha256

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, SHARED
+from helpers import ROOT, SHARED, tokenize_batch
 from sft.evaluation.side_effects import is_side_effect
 from sft.runs.layout import LOCAL_QWEN_DIR
 
@@ -240,7 +240,6 @@ def test_fine_tuned_folders_carry_the_training_template(chain):
     """The final model and its checkpoint render, via apply_chat_template, the prompt ids training used."""
     from transformers import AutoTokenizer
 
-    from sft.core.tokenize import tokenize_rows_batch
     from sft.data.config import DataConfig
     from sft.data.rows import load_rows
 
@@ -249,7 +248,7 @@ def test_fine_tuned_folders_carry_the_training_template(chain):
     rows = rows[:200]
     base = AutoTokenizer.from_pretrained(root / LOCAL_QWEN_DIR)
     assert "<|im_start|>" in base.chat_template  # the base folder keeps Qwen's ChatML
-    table = tokenize_rows_batch({k: [r[k] for r in rows] for k in ("instruction", "input", "output")}, base,
+    table = tokenize_batch({k: [r[k] for r in rows] for k in ("instruction", "input", "output")}, base,
                                 DataConfig(data="unused", max_length=100_000)).to_pydict()
     expected = [ids[:len(ids) - sum(m)] for ids, m in zip(table["input_ids"], table["response_mask"])]
     for folder in (root / "model" / PRESET / "masked", root / "model" / PRESET / "masked" / "checkpoint-2"):

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from sft.studies.vocab import DECOR_PREFIXES, DECOR_SUFFIXES, WORDS, spell_number
-from sft.studies.synthetic import FAMILIES, build_demo_dataset, generate_rows, score_exact
+from sft.studies.synthetic import FAMILIES, build_demo_dataset, generate_rows
 
 
 def test_same_seed_same_rows_and_other_seed_other_rows():
@@ -179,9 +179,3 @@ def test_demo_dataset_seed_changes_the_files(tmp_path):
     a = build_demo_dataset(tmp_path / "a", 50, 10, 10, seed=0)
     b = build_demo_dataset(tmp_path / "b", 50, 10, 10, seed=1)
     assert a["train"].read_bytes() != b["train"].read_bytes()
-
-
-def test_score_exact_strips_whitespace_only():
-    assert score_exact("  42\n", "42")
-    assert not score_exact("42.", "42")
-    assert not score_exact("Apple", "apple")
