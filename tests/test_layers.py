@@ -308,3 +308,26 @@ def test_probe_a_module_missing_from_its_wings_list(package):
     (package / "core" / "extra.py").unlink()
     (package / "core" / "loss.py").unlink()
     assert any("lists ['loss']" in p for p in module_list_problems(package)), module_list_problems(package)
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """A library a module imports (at its top or inside a function) is in pyproject.toml's dependencies, so
+    `pip install .` gives what the package imports; bitsandbytes (QLoRA only, a CUDA build) is the one optional."""
+    import importlib.metadata
+    import sys
+    import tomllib
+
+    declared = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower().replace("_", "-")
+                for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    imported = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"sft", "bitsandbytes", "__future__"}
+    missing = {m: distributions.get(m, [m]) for m in sorted(third_party)
+               if not any(d.lower().replace("_", "-") in declared for d in distributions.get(m, [m]))}
+    assert not missing, f"add these distributions to pyproject.toml's dependencies: {missing}"
