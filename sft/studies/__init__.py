@@ -8,7 +8,9 @@
     tools               its synthetic tool-use conversations (a call, the tool's reply, the answer from it)
     tiny_model          the demo's base: a byte-level BPE and a randomly initialised Qwen2 built offline
     tasks               the demo's and the dialogues' lm-eval tasks (handed to evaluation as GeneratedTasks)
-    tool_tasks          the tool-use conversations' tasks: the call (parsed, exact match) and the final answer
+    dialogue_task       DialogueTask: an lm-eval task whose documents are conversations sent as chat turns
+    tool_tasks          the tool-use conversations' tasks: the call (parsed, exact match) and the final answer;
+                        ToolTask, a DialogueTask with tools
     sweep               prompt-loss weights x seeds, trained and evaluated, with intervals over seeds
     variants            the sweep's other weight axes (role weights, schedules, normalisers), compared paired by seed
     reference           the reference experiment's stand-in: a tiny Qwen2.5 and local benchmark rows

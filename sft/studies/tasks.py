@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import yaml
-from lm_eval.api.task import ConfigurableTask
 from rapidfuzz.distance import Levenshtein
 
 from sft.core.prompts import get_template
@@ -19,6 +18,7 @@ from sft.data.errors import UserError
 from sft.data.io import write_jsonl
 from sft.evaluation.settings import MAX_GEN_TOKS
 from sft.evaluation.tasks import GeneratedTasks, _Function, _TaskDumper, render_chat
+from sft.studies.dialogue_task import DialogueTask  # noqa: F401 (their YAML names it here)
 from sft.studies.dialogues import KINDS
 from sft.studies.synthetic import FAMILIES
 from sft.studies.tool_tasks import ANSWER_GROUP, CALL_GROUP, CALL_METRICS, tool_docs
@@ -130,31 +130,6 @@ def demo_task_config(name: str, data: Path, template: str, stop: list[str], max_
 
 
 # ---------------------------------------------------------------- the conversational demo's tasks
-
-
-class DialogueTask(ConfigurableTask):
-    """A generation task whose documents are conversations: the history goes to the model as chat turns.
-
-    lm-eval builds a chat prompt from a task's few-shot examples and one question (fewshot_context); here the
-    "examples" are the document's own earlier turns. Through a chat template (apply_chat_template) the history
-    (a system turn, earlier user and assistant turns, the last user turn) is rendered as those messages, the way
-    fewshot_as_multiturn renders few-shot turns; without one, the prompt is `doc_to_text` (the history already
-    rendered in the training chat template when the task was written). The last reply is the target.
-    """
-
-    def __init__(self, config: dict | None = None) -> None:
-        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})  # TaskConfig has no class
-
-    def fewshot_context(self, doc: dict, num_fewshot: int, system_instruction: str | None = None,
-                        apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
-                        chat_template=None, gen_prefix: str | None = None) -> str:
-        """The prompt of one dialogue: its history through the chat template, else the pre-rendered text."""
-        if not (apply_chat_template and chat_template):
-            return super().fewshot_context(doc, 0, system_instruction=system_instruction, gen_prefix=gen_prefix)
-        history = [{"role": m["role"], "content": m["content"]} for m in doc["history"]]
-        if system_instruction and history[0]["role"] != "system":
-            history.insert(0, {"role": "system", "content": system_instruction})
-        return chat_template(history, add_generation_prompt=True)
 
 
 def is_tool_row(row: dict) -> bool:

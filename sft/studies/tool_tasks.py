@@ -15,10 +15,9 @@ import inspect
 import json
 from collections import Counter
 
-from lm_eval.api.task import ConfigurableTask
-
 from sft.core.prompts import parse_tool_calls
 from sft.data.errors import UserError
+from sft.studies.dialogue_task import DialogueTask
 
 CALL_GROUP = "sft_tool_call"  # lm-eval group of the call tasks: sft_tool_call_<kind>
 ANSWER_GROUP = "sft_tool_answer"  # lm-eval group of the final-answer tasks: sft_tool_answer_<kind>
@@ -66,23 +65,17 @@ def render_with_tools(chat_template, history: list[dict], tools: list[dict]) -> 
                                          **(getattr(owner, "chat_template_args", None) or {}))
 
 
-class ToolTask(ConfigurableTask):
-    """A generation task whose documents are tool-use conversations: `history` (JSON text of the messages, the
-    calls and tool replies included) and `tools` (JSON text of their schemas) go to the model through its chat
-    template; without one the prompt is `doc_to_text` (the history rendered in the training chat template)."""
+class ToolTask(DialogueTask):
+    """A DialogueTask whose documents are tool-use conversations: `history` (JSON text of the messages, the calls
+    and tool replies included) and `tools` (JSON text of their schemas) go to the model through its chat template,
+    the tools listed; without one the prompt is `doc_to_text` (the history rendered in the training chat template)."""
 
-    def __init__(self, config: dict | None = None) -> None:
-        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})  # TaskConfig has no class
+    def chat_history(self, doc: dict) -> list[dict]:
+        """The messages as written, tool calls and tool replies included."""
+        return json.loads(doc["history"])
 
-    def fewshot_context(self, doc: dict, num_fewshot: int, system_instruction: str | None = None,
-                        apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
-                        chat_template=None, gen_prefix: str | None = None) -> str:
-        """The prompt of one document: its history and tools through the chat template, else the pre-rendered text."""
-        if not (apply_chat_template and chat_template):
-            return super().fewshot_context(doc, 0, system_instruction=system_instruction, gen_prefix=gen_prefix)
-        history = json.loads(doc["history"])
-        if system_instruction and history[0]["role"] != "system":
-            history.insert(0, {"role": "system", "content": system_instruction})
+    def render_chat_prompt(self, chat_template, history: list[dict], doc: dict) -> str:
+        """The history and the document's tools through the chat template."""
         return render_with_tools(chat_template, history, json.loads(doc["tools"]))
 
 
