@@ -34,6 +34,11 @@ from sft.evaluation.settings import (
 from sft.runs.layout import RAW_RESULTS_ROOT, SWEEP_PLOT
 
 
+# Sections whose fields' flags carry the section's name: --lora-r, --lora-alpha, --lora-dropout, --lora-bias (a bare
+# --r or --bias says nothing of LoRA, and --dropout or --bias could be taken for the model's own).
+PREFIXED = ("lora",)
+
+
 def _metavar(typ) -> str:
     """How a field's value is written on the command line."""
     text = str(typ)
@@ -48,17 +53,19 @@ def add_config_arguments(p: argparse.ArgumentParser, sections: dict[str, type] |
                          show_defaults: bool = False, required: tuple[str, ...] = ()) -> None:
     """One flag per config field (sft/core/config.py, sft/data/config.py), its help the comment on the field's line.
 
-    A field is --name where its name is unique across the sections, and always --section.name. Values stay
-    strings (a list for a KEY=VALUE field): sft.core.overrides.apply_overrides reads them, as it reads a notebook's.
+    A field is --name where its name is unique across the sections (--section-name in a PREFIXED section), and
+    always --section.name. Values stay strings (a list for a KEY=VALUE field): sft.core.overrides.apply_overrides
+    reads them, as it reads a notebook's.
     """
     sections = sections or section_classes()
-    counts = Counter(f.name for cls in sections.values() for f in dataclasses.fields(cls))
+    counts = Counter(f.name for s, cls in sections.items() if s not in PREFIXED for f in dataclasses.fields(cls))
     for section, cls in sections.items():
         group = p.add_argument_group(f"{section} ({cls.__name__})", cls.__doc__.splitlines()[0])
         hints, helps = typing.get_type_hints(cls), field_help(cls)
         for f in dataclasses.fields(cls):
             name = f.name.replace("_", "-")
-            flags = ([f"--{name}"] if counts[f.name] == 1 else []) + [f"--{section}.{name}"]
+            short = f"--{section}-{name}" if section in PREFIXED else f"--{name}" if counts[f.name] == 1 else None
+            flags = [short] * (short is not None) + [f"--{section}.{name}"]
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             text = helps[f.name] + (f" (default: {default})" if show_defaults and f.name not in required else "")
             kind = _metavar(hints[f.name])
@@ -77,6 +84,7 @@ def _parse_overrides(extra: list[str]) -> dict[str, str]:
     """Turn `--some-flag VALUE` pairs (any config or TrainingArguments field) into a dict."""
     out: dict[str, str] = {}
     i = 0
+    bare = {f.name: s for s in PREFIXED for f in dataclasses.fields(section_classes()[s])}  # --r: now --lora-r
     while i < len(extra):
         arg = extra[i]
         if not arg.startswith("--"):
@@ -91,11 +99,16 @@ def _parse_overrides(extra: list[str]) -> dict[str, str]:
         else:
             value = "true"  # a bare flag switches a boolean on
             i += 1
-        out[name.replace("-", "_")] = value
+        key = name.replace("-", "_")
+        if key in bare:
+            raise UserError(f"--{name} is now --{bare[key]}-{name} (or --{bare[key]}.{name}): the {bare[key]} "
+                            f"settings' flags carry its name.")
+        out[key] = value
     return out
 
 
-OVERRIDES = ("Every config field (sft/core/config.py) below is a flag, as --name or --section.name; a field not given "
+OVERRIDES = ("Every config field (sft/core/config.py) below is a flag, as --name (LoRA's as --lora-name) or "
+             "--section.name; a field not given "
              "keeps the preset's value. Any other transformers.TrainingArguments field is set the same way, e.g. "
              "--optim adamw_torch_fused.")
 

@@ -119,7 +119,7 @@ def build_model(cfg: ExperimentConfig, args: TrainingArguments):
     lora = cfg.lora
     if is_adapter_dir(cfg.model.model):
         raise UserError(f"{cfg.model.model} is a LoRA adapter, not a base model: train from a full model, e.g. the "
-                         f"adapter merged into its base (--merge writes <run>/{MERGED_DIR}/).")
+                         f"adapter merged into its base (--lora-merge writes <run>/{MERGED_DIR}/).")
     quantization = quantization_config(torch.bfloat16 if args.bf16 else torch.float32) if lora and lora.qlora else None
     model = load_model(cfg.model, quantization)
     if resolve_batching(cfg.train.batching) == "packed" and cfg.model.attn_implementation is None:

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import QWEN_TOKENIZER, ROOT, demo_cli_args
 from sft.cli import plan_cmd
-from sft.cli.main import build_parser, main
+from sft.cli.main import build_parser, config_values, main
 from sft.cli.sweep_cmd import sweep_plot
 from sft.core.overrides import field_help, section_classes
 from sft.data.errors import UserError
@@ -37,6 +37,19 @@ def test_every_config_field_is_a_flag_with_its_comment_as_help(command, capsys):
             assert f"--{section}.{name.replace('_', '-')}" in text
             assert " ".join(comment.split()) in text, (section, name)
     assert "--learning-rate X, --train.learning-rate X" in text and "--seed N, --train.seed N" in text
+
+
+def test_lora_flags_carry_its_name_and_the_old_spellings_are_refused(capsys):
+    text = help_of("train", capsys)
+    for flag in ("--lora-r N, --lora.r N", "--lora-alpha X, --lora.alpha X", "--lora-dropout X, --lora.dropout X",
+                 "--lora-bias TEXT, --lora.bias TEXT", "--lora-merge [BOOL], --lora.merge [BOOL]"):
+        assert flag in text
+    assert "--r N" not in text and "--bias TEXT" not in text and "--merge [BOOL]" not in text
+    args, extra = build_parser().parse_known_args(["train", "--lora-r", "4", "--lora-merge", "--lora-bias", "all"])
+    assert config_values(args) == {"lora.r": "4", "lora.merge": "true", "lora.bias": "all"} and extra == []
+    for old in ("--r", "--alpha", "--dropout", "--bias", "--target-modules", "--qlora", "--merge"):
+        assert main(["train", old, "1"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {old} is now --lora-{old[2:]} (or --lora.{old[2:]})")
 
 
 def test_flags_take_their_defaults_from_one_definition(capsys):

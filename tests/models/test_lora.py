@@ -29,7 +29,7 @@ def test_any_lora_field_turns_adapters_on_and_round_trips():
 
     assert load_config("demo").lora is None  # full fine-tuning unless asked
     cfg = load_config("demo", **_parse_overrides(["--lora.r", "4", "--lora.target-modules", "q_proj,v_proj",
-                                                  "--merge", "--prompt-loss-weight", "1"]))
+                                                  "--lora.merge", "--prompt-loss-weight", "1"]))
     # The demo's preset default: its randomly initialised base also needs the final norm trained (sft/core/config.py).
     assert cfg.lora == LoraSettings(r=4, target_modules="q_proj,v_proj", merge=True, modules_to_save="model.norm")
     assert load_config("qwen2.5-0.5b-alpaca", **{"lora.r": 4}).lora == LoraSettings(r=4)
