@@ -321,10 +321,18 @@ def _average_differences(args) -> pd.DataFrame:
     return diffs[diffs["dataset"].isin(args.datasets.split(","))] if args.datasets else diffs
 
 
+def _weight_pairs(args) -> list[tuple[float, float]]:
+    """A sweep table's --pair a,b as prompt-loss weights."""
+    try:
+        return [(float(a), float(b)) for a, b in _pairs(args)]
+    except ValueError:
+        raise UserError(f"--pair of a sweep table takes two prompt-loss weights, e.g. 1,0; got {args.pair}.") from None
+
+
 def sweep_differences_table(args) -> str:
     """Differences between weights, paired by seed [95% t-interval over seeds], for the group averages."""
     diffs = _average_differences(args)
-    pairs = [(float(a), float(b)) for a, b in _pairs(args)]
+    pairs = _weight_pairs(args)
     table = [["paired by seed [95% CI]", *(f"{_weight(a)} - {_weight(b)}" for a, b in pairs)]]
     for (dataset, metric), rows in diffs.groupby(["dataset", "metric"], sort=False):
         cells = []
@@ -358,7 +366,7 @@ def variants_table(args) -> str:
 def sweep_seeds_table(args) -> str:
     """How many seeds the sweep's differences need (sft.evaluation.seeds), for the group averages."""
     diffs = _average_differences(args)
-    return format_markdown(seeds_table(diffs, [(float(a), float(b)) for a, b in _pairs(args)],
+    return format_markdown(seeds_table(diffs, _weight_pairs(args),
                                        args.target_difference))
 
 

@@ -58,7 +58,11 @@ def split_axes(overrides: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[st
         if name == "role_weights":
             options = parse_role_axis(_text(value)) if not isinstance(value, dict) else [parse_role_weights(value)]
         elif name == "prompt_loss_weight_end":
-            options = [None if v.strip().lower() == "none" else float(v) for v in _text(value).split(",")]
+            try:
+                options = [None if v.strip().lower() == "none" else float(v) for v in _text(value).split(",")]
+            except ValueError:
+                raise UserError(f"--prompt-loss-weight-end {_text(value)!r}: give weights in [0, 1] or none, separated "
+                                "by commas, e.g. 0,1.") from None
         else:
             options = [v.strip() for v in _text(value).split(",")]
             bad = [v for v in options if v not in NORMALIZERS]
