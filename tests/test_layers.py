@@ -331,3 +331,35 @@ def test_every_third_party_import_is_a_declared_dependency():
     missing = {m: distributions.get(m, [m]) for m in sorted(third_party)
                if not any(d.lower().replace("_", "-") in declared for d in distributions.get(m, [m]))}
     assert not missing, f"add these distributions to pyproject.toml's dependencies: {missing}"
+
+
+def unused_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every name a file imports and never uses; an import marked `# noqa: F401`, or a name listed
+    in __all__, is meant (a re-export)."""
+    source = path.read_text()
+    tree, lines = ast.parse(source), source.splitlines()
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    used |= {e.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)
+             for e in getattr(n.value, "elts", []) if isinstance(e, ast.Constant)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "module", None) != "__future__":
+            if "noqa" in lines[node.end_lineno - 1] and "F401" in lines[node.end_lineno - 1]:
+                continue
+            out += [(node.lineno, name) for a in node.names
+                    if (name := a.asname or a.name.split(".")[0]) not in used]
+    return out
+
+
+def test_no_unused_imports():
+    found = [f"{p.relative_to(ROOT)}:{line} imports {name} and never uses it"
+             for p in sorted(PACKAGE.rglob("*.py")) for line, name in unused_imports(p)]
+    assert not found, "drop these imports (or mark one that is meant with `# noqa: F401 (why)`):\n" + "\n".join(found)
+
+
+def test_the_checker_sees_an_unused_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from __future__ import annotations\nimport json\nimport os.path\nimport time  # noqa: F401 (kept)\n"
+                   "from re import match, sub\n\n__all__ = ['sub']\nprint(os.path.sep)\n")
+    assert unused_imports(bad) == [(2, "json"), (5, "match")]

@@ -36,12 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from sft.data.errors import UserError
-from sft.evaluation.compare import (
-    heldout_frame,
-    heldout_markdown,
-    load_result,
-    roles_markdown,
-)
+from sft.evaluation.compare import heldout_frame, heldout_markdown, load_result, roles_markdown
 from sft.evaluation.report import base_metric
 from sft.evaluation.seeds import seeds_table
 from sft.evaluation.settings import TABLES, add_page_arguments
@@ -95,12 +90,16 @@ def _model_header(result, model: str) -> str:
     return model if w is None else f"{model} (w = {w:g})"
 
 
-def _pairs(args) -> list[tuple[str, str]]:
-    pairs = [tuple(p.split(",")) for p in args.pair]
-    bad = [p for p in args.pair if len(p.split(",")) != 2]
+def _pairs(args, weights: bool = False) -> list[tuple]:
+    """--pair a,b: two labels, or two prompt-loss weights (a sweep's tables)."""
+    try:
+        bad = [p for p in args.pair if len(tuple(map(float if weights else str, p.split(",")))) != 2]
+    except ValueError:
+        bad = args.pair
     if bad:
-        raise UserError(f"--pair takes two labels separated by a comma (a,b for a - b), got {bad}.")
-    return pairs
+        raise UserError(f"--pair takes two {'weights' if weights else 'labels'} separated by a comma (a,b for a - b), "
+                        f"got {bad}.")
+    return [tuple(map(float if weights else str, p.split(","))) for p in args.pair]
 
 
 def _frames(result, chat: bool, side: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -321,18 +320,10 @@ def _average_differences(args) -> pd.DataFrame:
     return diffs[diffs["dataset"].isin(args.datasets.split(","))] if args.datasets else diffs
 
 
-def _weight_pairs(args) -> list[tuple[float, float]]:
-    """A sweep table's --pair a,b as prompt-loss weights."""
-    try:
-        return [(float(a), float(b)) for a, b in _pairs(args)]
-    except ValueError:
-        raise UserError(f"--pair of a sweep table takes two prompt-loss weights, e.g. 1,0; got {args.pair}.") from None
-
-
 def sweep_differences_table(args) -> str:
     """Differences between weights, paired by seed [95% t-interval over seeds], for the group averages."""
     diffs = _average_differences(args)
-    pairs = _weight_pairs(args)
+    pairs = _pairs(args, weights=True)
     table = [["paired by seed [95% CI]", *(f"{_weight(a)} - {_weight(b)}" for a, b in pairs)]]
     for (dataset, metric), rows in diffs.groupby(["dataset", "metric"], sort=False):
         cells = []
@@ -366,7 +357,7 @@ def variants_table(args) -> str:
 def sweep_seeds_table(args) -> str:
     """How many seeds the sweep's differences need (sft.evaluation.seeds), for the group averages."""
     diffs = _average_differences(args)
-    return format_markdown(seeds_table(diffs, _weight_pairs(args),
+    return format_markdown(seeds_table(diffs, _pairs(args, weights=True),
                                        args.target_difference))
 
 

@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import sys
-import time
 import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
