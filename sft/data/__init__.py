@@ -5,6 +5,7 @@
     conversations  chat rows validated (OpenAI messages, ShareGPT), their tools; the role codes every token is tagged with
     messages       one turn read: text or text parts, tool calls (OpenAI, ShareGPT function_call), tool outputs, reasoning
     files          which files of a folder are data (the suffixes read; a user's Dataset/ folder)
+    readers        one file read into records (JSON, JSON Lines, CSV, Parquet), bad bytes and lines named
     splits         the seeded held-out split, a function of (data, seed) only
     weights        WeightSpec: how the roles of tokens become loss weights (w, role weights, train_on, schedule,
                    normaliser); per-token weights from roles and the data's message weights

@@ -8,7 +8,6 @@ user error is a `UserError` (sft.data.errors) that names the file, the row and t
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import datasets
-import pyarrow.parquet as pq
 
 from sft.data.conversations import (
     CHAT_COLUMNS,
@@ -31,6 +29,7 @@ from sft.data.conversations import (
 from sft.data.errors import UserError
 from sft.data.messages import unread_keys
 from sft.data.files import SUFFIXES
+from sft.data.readers import read_records
 
 
 REQUIRED = ("instruction", "output")  # columns every row must have, after the column mapping
@@ -85,91 +84,18 @@ class LoadReport:
         return d
 
 
-# ---------------------------------------------------------------- reading files
-
-
-def _decode(path: Path, raw: bytes) -> str:
-    """Decode UTF-8 (a BOM is allowed), or say where the bad byte is and how to convert."""
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}: line {line} (byte {e.start}) is not valid UTF-8 ({raw[e.start:e.start + 1]!r}). "
-            f"Re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed_{path.name}`."
-        ) from None
-
-
-def _json_records(path: Path, raw: bytes) -> Iterator[tuple[str, Any]]:
-    """The rows of a .json file: one list of objects."""
-    try:
-        records = json.loads(_decode(path, raw))
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
-            "A .json file must hold one list of objects; use .jsonl for one object per line."
-        ) from None
-    if not isinstance(records, list):
-        raise UserError(
-            f"{path}: expected a JSON list of row objects, got a {type(records).__name__}. "
-            "Wrap the rows in [...] or save them as .jsonl, one object per line."
-        )
-    for i, rec in enumerate(records, 1):
-        yield f"{path}: row {i}", rec
-
-
-def _jsonl_records(path: Path, raw: bytes, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
-    """The rows of a .jsonl file, one object per line; a line that is not JSON is an error or, skipped, counted."""
-    for i, line in enumerate(_decode(path, raw).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            where = f"{path}: line {i}"
-            if on_bad_rows == "skip":
-                report.rows_read += 1  # never yielded, but read
-                _skip(report, where, "invalid JSON")
-                continue
-            raise UserError(
-                f"{where}: invalid JSON ({e.msg} at column {e.colno}). Fix the line, or pass "
-                "--on-bad-rows skip to drop such lines (they are counted and reported)."
-            ) from None
-        yield f"{path}: line {i}", rec
-
-
-def _read_file(path: Path, on_bad_rows: str, report: LoadReport) -> Iterator[tuple[str, Any]]:
-    """Yield (location, record) for each row of one file; location names the file and row."""
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise UserError(f"{path}: the file is empty. Put instruction rows in it or point --data elsewhere.")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        yield from _json_records(path, raw)
-    elif suffix == ".jsonl":
-        yield from _jsonl_records(path, raw, on_bad_rows, report)
-    elif suffix == ".csv":
-        # csv keeps every cell a string; an empty cell is "" (caught by validation), never NaN.
-        reader = csv.DictReader(_decode(path, raw).splitlines())
-        for i, rec in enumerate(reader, 1):
-            yield f"{path}: row {i} (line {reader.line_num})", rec
-    elif suffix == ".parquet":
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise UserError(f"{path}: not a readable Parquet file ({e}). Re-export it, or use .jsonl.") from None
-        for i, rec in enumerate(table.to_pylist(), 1):
-            yield f"{path}: row {i}", rec
-    else:
-        raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}.")
-
-
 def _skip(report: LoadReport, where: str, reason: str) -> None:
     """Count a dropped row by reason (a field's list index left out: tool_calls[2].function.name counts as
     tool_calls.function.name) and remember where the first few were."""
     report.rows_dropped[re.sub(r"\[\d+\]", "", reason)] += 1
     if len(report.first_bad_rows) < 5:
         report.first_bad_rows.append(f"{where}: {reason}")
+
+
+def _skip_unread(report: LoadReport, where: str, reason: str) -> None:
+    """Count a line that was read but never became a record (a .jsonl line that is not JSON)."""
+    report.rows_read += 1
+    _skip(report, where, reason)
 
 
 def _resolve_columns(columns: list[str], column_map: dict[str, str], where: str) -> dict[str, str]:
@@ -354,7 +280,8 @@ def _sources(source: str | Path, on_bad_rows: str, report: LoadReport) -> list[t
     """(name, records) for each file of a file or folder, or for a hub dataset."""
     path = Path(source)
     if path.exists():
-        return [(str(f), _read_file(f, on_bad_rows, report)) for f in _files_of(path)]
+        return [(str(f), read_records(f, on_bad_rows, lambda where, why: _skip_unread(report, where, why)))
+                for f in _files_of(path)]
     if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
         name, records = _records_from_hub(str(source))
         return [(name, ((f"{name}: row {i}", r) for i, r in enumerate(records, 1)))]
