@@ -17,7 +17,9 @@ import math
 
 import numpy as np
 from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp
 
+LEVEL = 0.95  # confidence level of every interval over seeds
 ALPHA = 0.05  # two-sided test level
 POWER = 0.80  # chance of detecting a true difference of the MDD
 MAX_SEEDS = 10_000  # seeds_needed gives up (None) beyond this many
@@ -26,6 +28,28 @@ MAX_SEEDS = 10_000  # seeds_needed gives up (None) beyond this many
 def t_quantile(p: float, df: int) -> float:
     """The p quantile of Student's t with df degrees of freedom."""
     return float(student_t.ppf(p, df))
+
+
+def t_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over seeds with its Student-t interval, t_{(1+level)/2, n-1} * sd / sqrt(n) on each
+    side (scipy.stats.t); one value: the mean itself, with no interval."""
+    x = np.asarray(values, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, m, m
+    half = t_quantile((1 + level) / 2, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return m, m - half, m + half
+
+
+def t_test_p(values) -> float:
+    """Two-sided p-value of a paired t-test that the mean of the per-seed differences is 0 (scipy.stats.ttest_1samp);
+    nan below 2 seeds; seeds that all agree give 0 (a non-zero difference) or 1 (none)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return math.nan
+    if float(x.std(ddof=1)) == 0.0:  # scipy returns nan here: no spread, so the sign is certain or there is none
+        return 0.0 if float(x.mean()) != 0.0 else 1.0
+    return float(ttest_1samp(x, 0.0).pvalue)
 
 
 def mdd(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from sft.evaluation.report import (
     write_summary,
 )
 from sft.evaluation.results import role_losses
-from sft.evaluation.seeds import seeds_table, spread
+from sft.evaluation.seeds import seeds_table, spread, t_interval
 from sft.evaluation.side_effects import is_side_effect
 from sft.runs.checkpoints import list_checkpoints, run_is_complete
 from sft.runs.layout import (
@@ -46,7 +45,6 @@ from sft.studies.demo import ensure_assets
 from sft.studies.synthetic import FAMILIES
 from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, STUDY_TASKS
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
 DIFF_COLUMNS = ["dataset", "metric", "w_a", "w_b", "seeds", "diff", "ci_low", "ci_high", "significant", "sd", "mdd",
                 "values"]  # sd: between-seed sd of the difference; mdd: its minimum detectable difference (seeds)
 METRIC_LABELS = {"exact_match": "exact match (%)", "edit_similarity": "edit similarity (0-100, 100 = identical)",
@@ -134,16 +132,6 @@ def read_pair(folder: Path, label: str) -> dict[tuple[str, str], float]:
     return scores
 
 
-def mean_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval over seeds (the interval is the mean itself for one seed)."""
-    x = np.asarray(values, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, m, m
-    half = T_975.get(len(x) - 1, 1.96) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return m, m - half, m + half
-
-
 def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: str,
                     plot: str | Path | None) -> Path:
     """Write summary/summary_<ts>.{csv,md,txt} (mean over seeds per weight) and sweep.csv with intervals."""
@@ -154,7 +142,7 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
         for w in weights:
             values = [pairs[w, s][dataset, metric] for s in seeds if (dataset, metric) in pairs[w, s]]
             if values:
-                m, lo, hi = mean_interval(values)
+                m, lo, hi = t_interval(values)
                 records.append({"dataset": dataset, "metric": metric, "prompt_loss_weight": w, "seeds": len(values),
                                 "mean": round(m, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
                                 "values": " ".join(f"{v:.4f}" for v in values)})
@@ -218,7 +206,7 @@ def difference_records(pairs: dict, keys: list[tuple[str, str]], weights: list[f
             values = [pairs[a, s][dataset, metric] - pairs[b, s][dataset, metric] for s in seeds
                       if (dataset, metric) in pairs[a, s] and (dataset, metric) in pairs[b, s]]
             if values:
-                m, lo, hi = mean_interval(values)
+                m, lo, hi = t_interval(values)
                 _, sd, mdd = spread(values)
                 out.append({"dataset": dataset, "metric": metric, "w_a": a, "w_b": b, "seeds": len(values),
                             "diff": round(m, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),

@@ -16,8 +16,8 @@ from typing import Any
 from sft.data.errors import UserError
 from sft.data.weights import NORMALIZERS, parse_role_weights
 from sft.evaluation.report import format_markdown
-from sft.evaluation.seeds import spread
-from sft.studies.sweep import mean_interval, pair_label, read_pair
+from sft.evaluation.seeds import spread, t_interval
+from sft.studies.sweep import pair_label, read_pair
 
 AXES = ("role_weights", "prompt_loss_weight_end", "loss_normalizer")
 COLUMNS = ["dataset", "metric", "prompt_loss_weight", "variant", "baseline", "seeds", "diff", "ci_low", "ci_high",
@@ -100,7 +100,7 @@ def compare_variants(roots: dict[str, Path], weights: list[float], seeds: list[i
         values = [scores[v, w, s][dataset, metric] - scores[labels[0], w, s][dataset, metric] for s in seeds
                   if (dataset, metric) in scores[v, w, s] and (dataset, metric) in scores[labels[0], w, s]]
         if values:
-            m, lo, hi = mean_interval(values)
+            m, lo, hi = t_interval(values)
             _, sd, mdd = spread(values)
             rows.append({"dataset": dataset, "metric": metric, "prompt_loss_weight": w, "variant": v,
                          "baseline": labels[0], "seeds": len(values), "diff": round(m, 4), "ci_low": round(lo, 4),

@@ -11,7 +11,10 @@ import pytest
 
 from helpers import ROOT
 from sft.cli.main import main
-from sft.evaluation.seeds import mdd, seeds_needed, seeds_table, spread, t_quantile
+import numpy as np
+from scipy import stats
+
+from sft.evaluation.seeds import mdd, seeds_needed, seeds_table, spread, t_interval, t_quantile, t_test_p
 
 # Student t quantiles from a printed table (df: t_0.975, t_0.80)
 T = {2: (4.303, 1.061), 3: (3.182, 0.978), 4: (2.776, 0.941), 7: (2.365, 0.896)}
@@ -21,6 +24,25 @@ def test_t_quantiles_match_the_printed_table():
     for df, (t975, t80) in T.items():
         assert t_quantile(0.975, df) == pytest.approx(t975, abs=1e-3)
         assert t_quantile(0.80, df) == pytest.approx(t80, abs=1e-3)
+
+
+@pytest.mark.parametrize("n", [2, 8, 12])
+def test_t_interval_is_scipys_at_2_8_and_12_seeds(n):
+    values = np.random.default_rng(n).normal(3.0, 2.0, size=n)
+    m, low, high = t_interval(values)
+    assert (low, high) == pytest.approx(stats.t.interval(0.95, n - 1, loc=values.mean(), scale=stats.sem(values)))
+    ci = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    assert (m, low, high) == pytest.approx((values.mean(), ci.low, ci.high))
+    assert t_test_p(values) == pytest.approx(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def test_t_interval_uses_t_past_ten_seeds_not_1_96():
+    # 12 seeds: t_0.975 with 11 dof is 2.201 (a printed table), 12% wider than the normal quantile 1.96
+    values = [float(v) for v in range(12)]  # mean 5.5, sd 3.6056
+    m, low, high = t_interval(values)
+    assert high - m == pytest.approx(2.201 * 3.6056 / math.sqrt(12), abs=2e-3)
+    assert t_interval([5.0]) == (5.0, 5.0, 5.0)  # one seed: no interval
+    assert math.isnan(t_test_p([5.0])) and t_test_p([2.0, 2.0, 2.0]) == 0.0 and t_test_p([0.0, 0.0]) == 1.0
 
 
 def test_mdd_and_seeds_needed_by_hand():

@@ -6,16 +6,13 @@ import pytest
 
 from helpers import check_items_match_summary, demo_dialogues, demo_overrides
 from sft.evaluation.publish import publish
-from sft.studies.sweep import difference_records, mean_interval, pair_label, parse_weights, run_sweep
+from sft.studies.sweep import difference_records, pair_label, parse_weights, run_sweep
 
 
-def test_parse_weights_and_interval():
+def test_parse_weights():
     assert parse_weights("1,0,0.1,0.1") == [0.0, 0.1, 1.0]
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         parse_weights("0,2")
-    m, lo, hi = mean_interval([1.0, 3.0])
-    assert m == 2.0 and lo < 1.0 and hi > 3.0  # two seeds: a wide Student-t interval
-    assert mean_interval([5.0]) == (5.0, 5.0, 5.0)
 
 
 def test_sweep_differences_pair_runs_by_seed():
@@ -23,7 +20,7 @@ def test_sweep_differences_pair_runs_by_seed():
     pairs = {(0.0, 1): {key: 10.0}, (0.0, 2): {key: 30.0}, (1.0, 1): {key: 15.0}, (1.0, 2): {key: 36.0}}
     (d,) = difference_records(pairs, [key], [0.0, 1.0], [1, 2])
     assert (d["w_a"], d["w_b"], d["seeds"], d["diff"], d["values"]) == (1.0, 0.0, 2, 5.5, "5.0000 6.0000")
-    assert d["ci_low"] == pytest.approx(5.5 - 12.706 * 0.5) and d["significant"] == "no"  # t(1) over 2 seeds
+    assert d["ci_low"] == pytest.approx(5.5 - 12.706 * 0.5, abs=1e-3) and d["significant"] == "no"  # t(1) over 2 seeds
     # sd of (5, 6) = 0.7071; MDD = (t_0.975,1 + t_0.80,1) x sd / sqrt(2), t from a printed table: 12.706, 1.376
     assert d["sd"] == pytest.approx(0.7071, abs=1e-4) and d["mdd"] == pytest.approx((12.706 + 1.376) * 0.5, abs=2e-3)
 
