@@ -16,6 +16,7 @@ The loss's definition is sft.core.loss.weighted_cross_entropy; compute_loss comp
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ from sft.data.weights import WeightSpec
 
 RUN_TOTALS = "RunTotals"  # the key of the run's totals in trainer_state.json's stateful_callbacks
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
+NORM_DIGITS = 6  # significant digits of each step's gradient norm kept in the checkpoint (the run's clipping stats)
 
 
 class WeightedLossTrainer(Trainer):
@@ -49,7 +51,11 @@ class WeightedLossTrainer(Trainer):
         self._last_log_time = time.perf_counter()
         # The whole run's loss sum, steps, tokens and training seconds up to the checkpoint resumed from (saved in
         # trainer_state.json's stateful_callbacks as RUN_TOTALS), so summaries cover the run, not this session.
-        self._run_offset = {"loss_sum": 0.0, "steps": 0, "tokens": 0.0, "seconds": 0.0}
+        self._run_offset = {"loss_sum": 0.0, "steps": 0, "tokens": 0.0, "seconds": 0.0, "grad_norms": []}
+        # Every optimizer step's gradient norm before clipping, as the Trainer computes it: this session's, read (one
+        # device sync) at each log; _pending holds the steps since the last log, still on the device.
+        self._grad_norms: list[float] = []
+        self._pending_norms: list = []
         self._session_tokens = 0.0
         self._session_start = time.perf_counter()
 
@@ -75,7 +81,34 @@ class WeightedLossTrainer(Trainer):
             "steps": self.state.global_step,
             "tokens": off["tokens"] + self._session_tokens + float(self._sums["train"][4]),
             "seconds": off["seconds"] + time.perf_counter() - self._session_start,
+            "grad_norms": off["grad_norms"] + self._grad_norms + self._read_norms(keep=True),
         }
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's norm of this optimizer step's gradient (before clipping), also kept for the clipping stats."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None:
+            self._pending_norms.append(grad_norm.detach() if isinstance(grad_norm, torch.Tensor) else grad_norm)
+        return grad_norm
+
+    def _read_norms(self, keep: bool = False) -> list[float]:
+        """The gradient norms of the steps since the last log, as floats (moved to this session's list unless keep)."""
+        norms = [float(f"{float(n):.{NORM_DIGITS}g}") for n in self._pending_norms]
+        if not keep:
+            self._grad_norms += norms
+            self._pending_norms = []
+        return norms
+
+    def clipping_stats(self, norms: list[float]) -> dict[str, float]:
+        """grad_clipped_share: the share of the steps whose gradient norm exceeded max_grad_norm, so that clipping
+        scaled the step down (none where max_grad_norm <= 0: clipping is off); grad_norm_median: their median norm."""
+        finite = [n for n in norms if math.isfinite(n)]
+        if not finite:
+            return {}
+        out = {"grad_norm_median": round(float(statistics.median(finite)), 6)}
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            out["grad_clipped_share"] = round(sum(n > self.args.max_grad_norm for n in norms) / len(norms), 6)
+        return out
 
     def _save_checkpoint(self, model, trial) -> None:
         """Save the run's totals with the checkpoint (inside trainer_state.json, written last)."""
@@ -188,6 +221,7 @@ class WeightedLossTrainer(Trainer):
             logs["train_tokens_per_second"] = round(tokens / max(now - self._last_log_time, 1e-9), 1)
             self._last_log_time = now
             logs.update({k: round(v, 6) for k, v in metrics.items()})
+            logs.update(self.clipping_stats(self._read_norms()))  # the steps since the last log (TensorBoard)
             if self.weight_spec is not None and self.weight_spec.prompt_loss_weight_end is not None:
                 # the schedule's w of the step just taken (TensorBoard: train/prompt_loss_weight)
                 logs["prompt_loss_weight"] = self.weight_spec.prompt_weight_at(self.state.global_step - 1,
@@ -198,6 +232,9 @@ class WeightedLossTrainer(Trainer):
             logs["train_loss"] = totals["loss_sum"] / max(totals["steps"], 1)
             logs["train_tokens_per_second"] = round(totals["tokens"] / max(totals["seconds"], 1e-9), 1)
             logs["train_run_seconds"] = round(totals["seconds"], 1)
+            # over every step of the run, across resumes: into the manifest's results.train (CLIPPING_STATS)
+            logs.update({f"train_{k}": v for k, v in self.clipping_stats(totals["grad_norms"]).items()})
+            logs["train_grad_norm_steps"] = len(totals["grad_norms"])  # the steps those two cover
         super().log(logs, start_time)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any):

@@ -251,7 +251,7 @@ def run_case_study(specs: list[ModelSpec], rows: list[dict[str, str]], settings:
         # The side effects read the raw generation: special tokens kept; fewer tokens than the limit = it stopped.
         study.generations[spec.name] = [
             Generation(p, tokenizer.decode(i, skip_special_tokens=False), len(i), len(i) < settings.max_new_tokens,
-                       settings.max_new_tokens) for p, i in zip(prompts, ids)]
+                       settings.max_new_tokens, row.get("output")) for p, i, row in zip(prompts, ids, rows)]
         chat = [(renderer_for(tokenizer, tokenizer.chat_template), stop_strings(tokenizer))] \
             if tokenizer.chat_template else []
         study.markers[spec.name] = model_markers(get_template(spec.template), chat)

@@ -14,7 +14,7 @@ from sft.models.checks import check_model_dir
 from sft.models.lora import adapter_base, is_adapter_dir
 from sft.models.tokenizer import looks_local
 from sft.runs.layout import BUILD_INFO, MANIFEST
-from sft.runs.manifest import read_manifest
+from sft.runs.manifest import CLIPPING_STATS, read_manifest
 
 LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -58,6 +58,10 @@ def describe_model(path: str) -> dict[str, Any]:
         info["manifest"] = {k: m.get(k) for k in keep}
         info["manifest"]["eval_fingerprint"] = m.get("data", {}).get("eval_fingerprint")
         info["manifest"]["eval_response_loss"] = m.get("results", {}).get("eval", {}).get("eval_response_loss")
+        trained = m.get("results", {}).get("train", {})
+        for key in CLIPPING_STATS:  # the optimiser's regime (sft.core.trainer.clipping_stats); absent in older runs
+            if key in trained:
+                info["manifest"][key] = trained[key]
         info["manifest"]["base_model"] = m.get("config", {}).get("model", {}).get("model")
     elif (p / BUILD_INFO).is_file():
         b = json.loads((p / BUILD_INFO).read_text())

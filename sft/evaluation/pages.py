@@ -295,18 +295,19 @@ def _weight(w) -> str:
 
 
 def sweep_table(args) -> str:
-    """Mean of the seeds [95% t-interval over seeds] per weight: the group averages and the held-out response loss."""
+    """Mean of the seeds [95% t-interval over seeds] per weight: the group averages, the held-out response loss and,
+    where the runs recorded them, the training's clipped share of steps and median gradient norm."""
     sweep = pd.read_csv(Path(args.source) / "sweep.csv")
-    keep = sweep["metric"].str.contains("average") | (sweep["metric"] == "response_loss")
+    keep = sweep["metric"].str.contains("average") | (sweep["metric"] == "response_loss") | (sweep["dataset"] == "train")
     keep &= ~sweep["metric"].map(is_side_effect)
     if args.datasets:
-        keep &= sweep["dataset"].isin(args.datasets.split(",") + ["heldout"])
+        keep &= sweep["dataset"].isin(args.datasets.split(",") + ["heldout", "train"])
     sweep = sweep[keep]
     weights = list(dict.fromkeys(sweep["prompt_loss_weight"]))
     seeds = int(sweep["seeds"].max())
     table = [[f"mean of {seeds} seeds [95% CI]", *map(_weight, weights)]]
     for (dataset, metric), rows in sweep.groupby(["dataset", "metric"], sort=False):
-        digits = 4 if dataset == "heldout" else 2
+        digits = 4 if dataset in ("heldout", "train") else 2
         cells = {r["prompt_loss_weight"]: f"{r['mean']:.{digits}f} [{r['ci_low']:.{digits - 1}f}, "
                                            f"{r['ci_high']:.{digits - 1}f}]" for _, r in rows.iterrows()}
         table.append([f"`{dataset}` {_metric_name(metric)}", *(cells.get(w, "-") for w in weights)])

@@ -102,6 +102,8 @@ def generations_of(samples: dict[str, list[dict]]) -> tuple[dict[str, dict[Any, 
                 missing += rec.get("filter", "none") == records[0].get("filter", "none")
                 continue
             r = rec[RAW]
-            out.setdefault(task, {}).setdefault(rec["doc_id"], Generation(args[0][0], r["text"], r["tokens"],
-                                                                          r["stopped"], r["max_tokens"]))
+            target = rec.get("target")  # the gold answer as lm-eval logged it (a list or index for some tasks)
+            out.setdefault(task, {}).setdefault(rec["doc_id"], Generation(
+                args[0][0], r["text"], r["tokens"], r["stopped"], r["max_tokens"],
+                target if isinstance(target, str) else None))
     return out, missing

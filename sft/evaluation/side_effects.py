@@ -1,11 +1,16 @@
 """What fine-tuning does to a generation besides its score: does it stop, run on into a new turn, echo the prompt?
 
-Four side-effect metrics of every generation (lm-eval's generation tasks and eval.py's case studies), counted on
+Five side-effect metrics of every generation (lm-eval's generation tasks and eval.py's case studies), counted on
 the raw generation (special tokens kept, before lm-eval cuts it at a stop string or any filter extracts an answer;
 where that text comes from: sft.evaluation.raw_generations for lm-eval, sft.evaluation.generate for case studies):
 
     stop_failure  1 if the generation reached its token limit without an EOS or end-of-turn token (nor, in an
                   lm-eval task, one of the task's stop strings), else 0
+    overshoot     where the reference is a list (one line of two or more items separated by ', ', as the demo's
+                  long-output answers): 1 if the generation stopped before its limit after going on past the
+                  reference's last item (its items start with every item of the reference, in order, and at
+                  least one more follows), else 0; undefined (None, no row) where the reference is not a list.
+                  The answer read is the generation's first line, cut at the first template marker
     run_on        1 if the generation contains one of the training template's markers (Alpaca's `### Instruction:`,
                   ChatML's `<|im_start|>user`, ...: `template_markers` reads them from the template), else 0;
                   undefined (None) where the template has no recognisable marker
@@ -30,11 +35,17 @@ from sft.core.prompts import Template
 from sft.data.conversations import TEMPLATE
 from sft.evaluation.report import Row, base_metric, confidence_rows, difference_rows, model_pairs
 
-SIDE_EFFECTS = ("stop_failure", "run_on", "prompt_echo", "gen_length")  # summary metric names, in this order
-SCALES = {"stop_failure": 100.0, "run_on": 100.0, "prompt_echo": 100.0, "gen_length": 1.0}  # shares in %, tokens
+SIDE_EFFECTS = ("stop_failure", "overshoot", "run_on", "prompt_echo", "gen_length")  # summary metric names, in order
+SCALES = {"stop_failure": 100.0, "overshoot": 100.0, "run_on": 100.0, "prompt_echo": 100.0,
+          "gen_length": 1.0}  # shares in %, tokens
+ONLY_WHERE_DEFINED = ("overshoot",)  # no row at all for a dataset none of whose items defines it (no list reference)
+LIST_SEP = ", "  # a reference is a list when it is one line of two or more items joined by this (the demo's lists)
 ECHO_N = 4  # prompt_echo compares word n-grams of this length ...
 ECHO_SHARE = 0.5  # ... and counts an echo when at least this share of the prompt's n-grams occur in the output
-RULE = (f"stop_failure: the token limit reached without EOS, end-of-turn token or stop string; run_on: a marker of "
+RULE = (f"stop_failure: the token limit reached without EOS, end-of-turn token or stop string; overshoot (list "
+        f"references only: one line of two or more items joined by {LIST_SEP!r}): stopped before the limit after every "
+        "item of the reference, in order, and at least one more (the answer: the generation's first line, cut at the "
+        "first template marker); run_on: a marker of "
         f"the training template anywhere in the generation; prompt_echo: at least {ECHO_SHARE:g} of the prompt's "
         f"word {ECHO_N}-grams (its last instruction or user turn, markers removed) in the generation; gen_length: "
         "generated tokens, the stop token excluded. Counted on the raw generation (special tokens kept), before "
@@ -56,6 +67,7 @@ class Generation:
     tokens: int  # tokens generated, the stop token excluded
     stopped: bool  # ended by EOS, an end-of-turn token or a stop string (False: the limit, or nothing said)
     max_tokens: int  # the token limit it was generated under
+    reference: str | None = None  # the gold answer (lm-eval's target), for overshoot; None where there is none
 
 
 @dataclass
@@ -139,9 +151,38 @@ def echoes(prompt: str, output: str, markers: Markers) -> bool:
     return len(grams & seen) >= ECHO_SHARE * len(grams)
 
 
+def list_items(text: str) -> list[str] | None:
+    """The items of a list reference ('3, 4, 5' -> ['3', '4', '5']): one line, two or more non-empty items joined by
+    LIST_SEP; None for anything else (a single answer, a multi-line solution)."""
+    if not isinstance(text, str) or "\n" in text.strip() or LIST_SEP not in text:
+        return None
+    items = [x.strip() for x in text.split(",")]
+    return items if len(items) >= 2 and all(items) else None
+
+
+def answer_items(text: str, markers: Markers) -> list[str]:
+    """The items of a generated list: its first line, cut at the first template marker, split at commas."""
+    for m in markers.lines + markers.specials:
+        text = text.split(m)[0]
+    line = text.strip().split("\n")[0]
+    return [x.strip() for x in line.split(",")]
+
+
+def overshoots(gen: Generation, markers: Markers) -> float | None:
+    """1.0 if the generation stopped before its limit after the whole list reference and at least one item more, else
+    0.0; None where the reference is not a list."""
+    reference = list_items(gen.reference) if gen.reference is not None else None
+    if reference is None:
+        return None
+    items = answer_items(gen.text, markers)
+    return float(gen.stopped and len(items) > len(reference) and items[:len(reference)] == reference)
+
+
 def item_values(gen: Generation, markers: Markers) -> dict[str, float | None]:
-    """The four side effects of one generation (run_on None where the template has no markers)."""
+    """The side effects of one generation (run_on None where the template has no markers, overshoot where the
+    reference is not a list)."""
     return {"stop_failure": float(not gen.stopped and gen.tokens >= gen.max_tokens),
+            "overshoot": overshoots(gen, markers),
             "run_on": float(any(m in gen.text for m in markers.lines)) if markers.lines else None,
             "prompt_echo": float(echoes(gen.prompt, gen.text, markers)),
             "gen_length": float(gen.tokens)}
@@ -184,6 +225,8 @@ def side_effect_rows(generations: dict[str, dict[str, dict[Any, Generation]]], m
                 mean = (sum(m * n for m, n in zip(means, sizes)) / sum(sizes) if weighted
                         else sum(means) / len(means))
                 scores[model], items[model] = SCALES[metric] * mean, per_leaf
+            if metric in ONLY_WHERE_DEFINED and not items:
+                continue  # overshoot where no reference is a list: no row (run_on without markers keeps its '-')
             label = (f"{'weighted' if weighted else 'naive'}_average:{metric}" if is_group else metric)
             rows.append(Row(name, versions.get(name, "-"), label, "gen", scores, items or None, weighted,
                             SCALES[metric], is_group))

@@ -13,6 +13,9 @@ from typing import Any
 from sft.data.errors import UserError
 from sft.runs.layout import MANIFEST, REPO_ROOT
 
+# The optimiser's regime over every step of a run (sft.core.trainer, in results.train): the share of steps whose gradient
+# norm exceeded max_grad_norm (clipped), the median norm before clipping, and how many steps they cover.
+CLIPPING_STATS = ("train_grad_clipped_share", "train_grad_norm_median", "train_grad_norm_steps")
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "lm-eval")  # versions recorded
 
 

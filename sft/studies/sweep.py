@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -41,6 +40,7 @@ from sft.runs.layout import (
     sweep_results_dir,
     sweep_run_name,
 )
+from sft.runs.manifest import CLIPPING_STATS
 from sft.studies.demo import ensure_assets
 from sft.studies.synthetic import FAMILIES
 from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, STUDY_TASKS
@@ -49,6 +49,8 @@ DIFF_COLUMNS = ["dataset", "metric", "w_a", "w_b", "seeds", "diff", "ci_low", "c
                 "values"]  # sd: between-seed sd of the difference; mdd: its minimum detectable difference (seeds)
 METRIC_LABELS = {"exact_match": "exact match (%)", "edit_similarity": "edit similarity (0-100, 100 = identical)",
                  "call_exact_match": "tool call exact match (%)", "call_name_match": "right tool called (%)"}
+TRAINING = "train"  # the dataset of a run's training statistics in the sweep's tables: the clipping regime per arm
+NOT_SCORES = ("heldout", TRAINING)  # rows that are losses or training statistics, not test scores (four decimals)
 GROUP_STYLES = {DEMO_GROUP: ("black", "all"), SHORT_GROUP: ("tab:blue", "short-output"),
                 LONG_GROUP: ("tab:red", "long-output")}  # colour and words of each demo group's curve
 
@@ -117,7 +119,7 @@ def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, li
 
 def read_pair(folder: Path, label: str) -> dict[tuple[str, str], float]:
     """{(dataset, metric): score} from a pair's OpenCompass summary, plus its held-out losses (conversations: also
-    the loss of each role)."""
+    the loss of each role) and, as dataset `train`, its training's clipped share of steps and median gradient norm."""
     run = latest_evaluation(folder)
     csv_path = next((run / "summary").glob("summary_*.csv"))
     scores = {}
@@ -129,6 +131,11 @@ def read_pair(folder: Path, label: str) -> dict[tuple[str, str], float]:
     for key in ("response_loss", "response_perplexity", "response_token_accuracy", *role_losses(heldout)):
         if heldout[key] is not None:  # None: a role the held-out split has no token of
             scores["heldout", key] = float(heldout[key])
+    settings = json.loads((run / "settings.json").read_text())
+    manifest = settings.get("models", {}).get(label, {}).get("manifest") or {}
+    for key in CLIPPING_STATS[:2]:  # the clipped share and median gradient norm (runs trained before: none)
+        if manifest.get(key) is not None:
+            scores[TRAINING, key.removeprefix("train_")] = float(manifest[key])
     return scores
 
 
@@ -154,8 +161,8 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
         for w in weights:
             r = next((r for r in records if (r["dataset"], r["metric"], r["prompt_loss_weight"]) == (dataset, metric, w)),
                      None)
-            cells.append("-" if r is None else f"{r['mean']:.2f}" if dataset != "heldout" else f"{r['mean']:.4f}")
-        table.append([dataset, "-", metric, "gen" if dataset != "heldout" else "-", *cells])
+            cells.append("-" if r is None else f"{r['mean']:.2f}" if dataset not in NOT_SCORES else f"{r['mean']:.4f}")
+        table.append([dataset, "-", metric, "gen" if dataset not in NOT_SCORES else "-", *cells])
     write_summary(table, root / "summary", ts)
     with (root / "sweep.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
@@ -172,7 +179,7 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
         diff_table = [DIFF_COLUMNS[:-1]] + [[_diff_cell(d, c) for c in DIFF_COLUMNS[:-1]] for d in diffs]
         (root / "differences.md").write_text(format_markdown(diff_table))
         shown = [row for d, row in zip(diffs, diff_table[1:])
-                 if d["w_b"] == weights[0] and ("average" in d["metric"] or d["dataset"] == "heldout")]
+                 if d["w_b"] == weights[0] and ("average" in d["metric"] or d["dataset"] in NOT_SCORES)]
         print(f"Differences from w={weights[0]:g} (paired by seed, 95% t-interval; every pair in differences.csv):\n"
               + format_markdown([DIFF_COLUMNS[:-1]] + shown), flush=True)
     if plot:
@@ -219,9 +226,9 @@ def _diff_cell(record: dict, column: str) -> str:
     """A differences.md cell: scores with two decimals, held-out metrics with four."""
     value = record[column]
     if column in ("diff", "ci_low", "ci_high"):
-        return f"{value:+.4f}" if record["dataset"] == "heldout" else f"{value:+.2f}"
+        return f"{value:+.4f}" if record["dataset"] in NOT_SCORES else f"{value:+.2f}"
     if column in ("sd", "mdd"):  # nan with one seed
-        return f"{value:.4f}" if record["dataset"] == "heldout" else f"{value:.2f}"
+        return f"{value:.4f}" if record["dataset"] in NOT_SCORES else f"{value:.2f}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -233,7 +240,7 @@ def _curve(records: list[dict], dataset: str, metric: str) -> list[dict]:
 
 def _plot_groups(ax, records: list[dict], metric: str, n_metrics: int, families: list[str]) -> None:
     """The group averages of one metric against w, each with its 95% band (the whole demo's as a thin line)."""
-    scored = [r for r in records if r["dataset"] != "heldout"]
+    scored = [r for r in records if r["dataset"] not in NOT_SCORES]
     groups = list(dict.fromkeys(r["dataset"] for r in scored if "average" in r["metric"]))
     cmap = matplotlib.colormaps["tab20"]
     for k, dataset in enumerate(groups):
@@ -301,7 +308,7 @@ def plot_sweep(records: list[dict], weights: list[float], preset: str, n_seeds: 
     """Scores and held-out response loss against w, mean over seeds: per metric, the group averages with their
     95% bands (all, short- and long-output families) above the families' means; the loss beside them."""
     # Scores only: the side effects of generation (sweep.csv has them) would crowd the panels.
-    scored = [r for r in records if r["dataset"] != "heldout" and not is_side_effect(r["metric"])]
+    scored = [r for r in records if r["dataset"] not in NOT_SCORES and not is_side_effect(r["metric"])]
     metrics = list(dict.fromkeys(base_metric(r["metric"]) for r in scored if "average" not in r["metric"]))
     families = list(dict.fromkeys(r["dataset"] for r in scored if "average" not in r["metric"]))
     if not metrics:  # held-out metrics only (--heldout-only): the loss panel alone

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -138,6 +139,31 @@ def test_plain_text_trains_with_every_token_a_target(demo_root, tmp_path):
     assert final["eval_response_loss"] < base["eval_response_loss"] - 1.0, (base, final)
 
 
+@pytest.mark.slow
+def test_clipping_stats_are_the_logged_gradient_norms(demo_root):
+    # A log every step: the Trainer's own grad_norm (before clipping) of every step is in the history, so the run's
+    # clipped share and median norm in the manifest can be recomputed from it. max_grad_norm 2.9 sits inside the
+    # norms of the small demo's first 12 steps at lr 3e-3 (2.7 to 3.1: some clip, some do not).
+    cfg = demo_config(demo_root, run_name="clip", max_steps=12, logging_steps=1, eval_steps=100, save_steps=100,
+                      learning_rate=3e-3, max_grad_norm=2.9, overwrite=True)
+    train(cfg)
+    history = json.loads((run_dir(cfg) / "log_history.json").read_text())
+    steps = [h for h in history if "grad_norm" in h and "loss" in h]
+    norms = [h["grad_norm"] for h in steps]
+    assert len(norms) == 12 and all(h["grad_clipped_share"] == float(h["grad_norm"] > 2.9) for h in steps)
+    assert all(h["grad_norm_median"] == pytest.approx(h["grad_norm"], rel=1e-5) for h in steps)
+    results = read_manifest(run_dir(cfg))["results"]["train"]
+    share = sum(n > 2.9 for n in norms) / 12
+    assert 0 < share < 1, norms
+    assert results["train_grad_clipped_share"] == pytest.approx(share)
+    assert results["train_grad_norm_median"] == pytest.approx(statistics.median(norms), rel=1e-5)
+    assert results["train_grad_norm_steps"] == 12
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir(cfg))).Reload()
+    assert {"train/grad_clipped_share", "train/grad_norm_median"} <= set(events.Tags()["scalars"])
+
+
 def fake_run(root, steps, status=None, complete=True):
     """A run folder in the state a run leaves it: checkpoint-N folders (with or without their trainer state, as a
     kill mid-save leaves the last one) and the manifest's status; file contents do not matter to the decision."""
@@ -232,6 +258,12 @@ def test_resume_after_sigkill_gives_the_same_weights(demo_root, tmp_path):
         assert torch.equal(straight[k], resumed[k]), k
     history = json.loads((run_dir(cfg) / "log_history.json").read_text())
     assert history[-1]["step"] == 45
+    # The clipping stats cover all 45 steps, the 20 before the kill read back from checkpoint-20: the same norms.
+    stats = ("train_grad_clipped_share", "train_grad_norm_median", "train_grad_norm_steps")
+    straight_stats = read_manifest(run_dir(demo_config(demo_root, run_name="straight")))["results"]["train"]
+    resumed_stats = read_manifest(run_dir(cfg))["results"]["train"]
+    assert [resumed_stats[k] for k in stats] == pytest.approx([straight_stats[k] for k in stats], rel=1e-5)
+    assert resumed_stats["train_grad_norm_steps"] == 45
 
 
 GOLDEN_LOSSES = TESTS / "golden" / "train_losses.json"

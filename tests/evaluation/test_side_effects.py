@@ -1,6 +1,7 @@
 """Side effects of generation on hand-written generations whose answers are known, through the summary rows:
 stop failure, run-on (read from the template's markers), prompt echo and generated length, their intervals
-and paired differences; a log-likelihood task gets no rows, a template without markers no run_on score."""
+and paired differences; a log-likelihood task gets no rows, a template without markers no run_on score; overshoot
+(past the end of a list reference, then stopped) only where the reference is a list."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from sft.evaluation.side_effects import (
     chat_markers,
     echoes,
     item_values,
+    list_items,
+    overshoots,
     side_effect_notes,
     side_effect_rows,
     template_markers,
@@ -95,6 +98,53 @@ def test_intervals_and_paired_differences_like_every_other_row(rows):
     assert ("t_a", "run_on") not in diffs
 
 
+REF = "3, 4, 5"
+# Model a on a list task (reference 3, 4, 5):                              overshoot
+LISTS_A = {0: gen("3, 4, 5, 6", 4, True),                                # 1: on past 5, then stopped
+           1: gen("3, 4, 5", 3, True),                                   # 0: the list exactly
+           2: gen("3, 4, 5, 6, 7, 8, 9, 10", 8, False),                  # 0: ran to the limit (a stop failure)
+           3: gen("5, 4, 3, 2", 4, True),                                # 0: a wrong list, not past the right one
+           4: gen("3, 4, 5, 6\n\n### Instruction:\nCount.", 8, True),  # 1: its first line goes on past 5
+           5: gen("3,4 , 5,6", 4, True)}                                 # 1: spacing does not matter
+LISTS_B = {d: gen("3, 4, 5", 3, True) for d in LISTS_A}  # model b: every list exactly
+
+
+def _with_reference(generations: dict, reference: str) -> dict:
+    return {d: Generation(g.prompt, g.text, g.tokens, g.stopped, g.max_tokens, reference) for d, g in generations.items()}
+
+
+def test_overshoot_on_known_generations():
+    m = template_markers(ALPACA)
+    values = [overshoots(g, m) for g in _with_reference(LISTS_A, REF).values()]
+    assert values == [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert overshoots(gen("3, 4, 5, 6", 4, True), m) is None  # no reference
+    assert list_items("11") is None and list_items("a, b\nc, d") is None and list_items("1,000") is None
+    assert list_items("Monday, Tuesday") == ["Monday", "Tuesday"]
+    assert overshoots(Generation(PROMPT, "11, 12", 2, True, 8, "11"), m) is None  # a single answer: undefined
+    assert item_values(_with_reference(LISTS_A, REF)[0], m)["overshoot"] == 1.0
+
+
+def test_overshoot_rows_only_where_the_reference_is_a_list_with_intervals_and_differences():
+    numbers = {d: Generation(PROMPT, "11", 1, True, 8, "11") for d in range(6)}  # single answers: no overshoot
+    gens = {"a": {"lists": _with_reference(LISTS_A, REF), "single": numbers},
+            "b": {"lists": _with_reference(LISTS_B, REF), "single": numbers}}
+    markers = {"a": template_markers(ALPACA), "b": template_markers(ALPACA)}
+    subtasks = {"long": ["lists"], "all": ["lists", "single"]}
+    found = {(r.dataset, r.metric): r for r in side_effect_rows(gens, markers, ["lists", "single", "long", "all"],
+                                                                subtasks, {}, {"long": False, "all": False})}
+    assert found["lists", "overshoot"].scores == {"a": pytest.approx(50.0), "b": 0.0}
+    assert found["long", "naive_average:overshoot"].scores["a"] == pytest.approx(50.0)
+    assert ("single", "overshoot") not in found and ("all", "naive_average:overshoot") not in found
+    assert ("all", "naive_average:stop_failure") in found  # the other side effects cover every task
+    metrics = [m for d, m in found if d == "lists"]
+    assert metrics[:2] == ["stop_failure", "overshoot"]  # beside stop failure
+    rows = [found["lists", "overshoot"]]
+    (c,) = [c for c in confidence_rows(rows, ["a", "b"], n_boot=2000) if c["model"] == "a"]
+    assert c["score"] == 50.0 and c["n"] == 6 and c["ci_low"] < 50.0 < c["ci_high"]
+    (d,) = difference_rows(rows, ["a", "b"], n_boot=2000)
+    assert (d["model_a"], d["model_b"], d["diff"]) == ("b", "a", -50.0) and d["ci_high"] < 0
+
+
 def test_side_rows_follow_their_datasets_rows():
     base = [Row("t_a", "-", m, "gen", {}) for m in ("exact_match", "edit_similarity")] + [Row("g", "-", "x", "gen", {})]
     side = [Row("g", "-", "naive_average:run_on", "gen", {}), Row("t_a", "-", "run_on", "gen", {})]
@@ -119,7 +169,7 @@ def test_chatml_markers_are_read_from_the_chat_template(qwen_tokenizer):
     prompt = qwen_tokenizer.apply_chat_template([{"role": "user", "content": "Add 6 and 5 please"}], tokenize=False,
                                                 add_generation_prompt=True)
     values = item_values(Generation(prompt, "11<|im_end|>\n<|im_start|>user\nAdd 6 and 5 please", 9, False, 9), m)
-    assert values == {"stop_failure": 1.0, "run_on": 1.0, "prompt_echo": 1.0, "gen_length": 9.0}
+    assert values == {"stop_failure": 1.0, "overshoot": None, "run_on": 1.0, "prompt_echo": 1.0, "gen_length": 9.0}
 
 
 class _Tok:
