@@ -170,6 +170,13 @@ def _add_sweep(sub) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: print the seeds table of the sweep under evaluation_results/raw/sweep-NAME "
                         "(or, without it, its published copy evaluation_results/sweep-NAME)")
+    p.add_argument("--primary", metavar="DATASET:METRIC,...",
+                   help="the primary endpoints, declared in the sweep's primary.json before its first run (fixed "
+                        "once declared), e.g. sft_demo_short:exact_match,sft_demo_long:edit_similarity; the report "
+                        "opens with them, Holm-adjusted; every other row is exploratory (docs/sweeps.md)")
+    p.add_argument("--primary-pairs", metavar="A-B,...",
+                   help="the pairs of weights the primary endpoints are tested on, e.g. 1-0,0.5-0 (default: each "
+                        "weight against the smallest)")
     p.add_argument("--plot", default=SWEEP_PLOT, help="where the plot goes (default: plw_sweep.png in the sweep's "
                                                       "folder; '' for none; one per variant, its label appended, when "
                                                       "--role-weights, --prompt-loss-weight-end or --loss-normalizer "

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from sft.data.errors import UserError
+from sft.evaluation.multiplicity import parse_endpoints, parse_pairs
 from sft.runs.layout import RESULTS_ROOT, SWEEP_PLOT, sweep_results_dir
 from sft.studies.sweep import parse_weights, run_sweep, seeds_report
 from sft.studies.variants import compare_variants, split_axes
@@ -30,13 +31,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if tasks == []:
         raise UserError("--tasks is empty; pass lm-eval task names such as sft_demo, or --heldout-only.")
     weights = parse_weights(args.prompt_loss_weights)
+    primary = parse_endpoints(args.primary) if args.primary else None
+    pairs = parse_pairs(args.primary_pairs) if args.primary_pairs else None
+    if pairs and not primary:
+        raise ValueError("--primary-pairs names the pairs the primary endpoints are tested on: declare the endpoints "
+                         "too (--primary DATASET:METRIC,...).")
+    missing = sorted({w for p in pairs or [] for w in p} - set(weights))
+    if missing:
+        raise ValueError(f"--primary-pairs uses weight(s) {', '.join(f'{w:g}' for w in missing)} that "
+                         f"--prompt-loss-weights ({args.prompt_loss_weights}) does not run; add them there or pair "
+                         "the weights it runs.")
     shared, variants = split_axes(args.overrides)  # --role-weights, --prompt-loss-weight-end, --loss-normalizer
     roots = {}
     for label, settings in variants:  # one sweep per variant; they share one tokenization (no weight is cached)
         plot = sweep_plot(args.plot, name, label)
         roots[label] = run_sweep(args.preset, weights, seeds, f"{name}-{label}" if label else name, limit=args.limit,
                                  overrides={**shared, **settings}, plot=plot,
-                                 tasks=[] if args.heldout_only else tasks)
+                                 tasks=[] if args.heldout_only else tasks, primary=primary, primary_pairs=pairs)
     compare_variants(roots, weights, seeds, sweep_results_dir(name))
     for label, root in roots.items():  # can these seeds answer? (docs/sweeps.md: the formula)
         if not (root / "differences.csv").is_file():

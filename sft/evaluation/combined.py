@@ -24,7 +24,8 @@ import pandas as pd
 from sft.evaluation.report import LEVEL
 from sft.evaluation.settings import BOOT_SEED, N_BOOT
 
-ITEM_COLUMNS = ["model", "task", "group", "item", "metric", "score"]  # the item_scores.csv contract
+ITEM_SCORES = "item_scores.csv"  # an evaluation's per-item scores, beside its summary/ (one per evaluation run)
+ITEM_COLUMNS = ["model", "task", "group", "item", "metric", "score"]  # its columns; score on the summary's scale
 DESIGNS = ("crossed", "nested")
 
 

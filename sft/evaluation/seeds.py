@@ -47,8 +47,9 @@ def t_test_p(values) -> float:
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return math.nan
-    if float(x.std(ddof=1)) == 0.0:  # scipy returns nan here: no spread, so the sign is certain or there is none
-        return 0.0 if float(x.mean()) != 0.0 else 1.0
+    m = float(x.mean())
+    if float(x.std(ddof=1)) <= 1e-12 * max(1.0, abs(m)):  # no spread (to rounding): scipy gives nan or a warning;
+        return 0.0 if abs(m) > 1e-12 else 1.0  # the sign is then certain, or there is no difference
     return float(ttest_1samp(x, 0.0).pvalue)
 
 

@@ -3,8 +3,11 @@
 Each pair trains to model/<preset>/sweep-<name>/w<w>_s<seed>/ and is evaluated into
 evaluation_results/raw/sweep-<name>/w<w>_s<seed>/<timestamp>/ (git-ignored, with its item_scores.csv; `python -m sft
 publish evaluation_results/raw/sweep-<name>` commits the summaries, the plot and every pair's small files); a pair
-whose run is complete and evaluated is never redone, so an interrupted sweep resumes where it stopped. All pairs share
-the held-out split (split_seed is fixed) and, for a given seed, the example order.
+whose run is complete and evaluated is never redone, so an interrupted sweep resumes where it stopped (a finished run
+trained with other settings is refused, not reused). All pairs share the held-out split (split_seed is fixed) and,
+for a given seed, the example order. Primary endpoints declared with `primary` go to primary.json before the first
+run; the summary opens with them, Holm-adjusted (sft.evaluation.multiplicity), with the interval over seeds and items
+together from the runs' item_scores.csv (sft.evaluation.combined).
 """
 
 from __future__ import annotations
@@ -20,9 +23,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sft.core.overrides import load_config
+from sft.core.run_folder import setting_differences
 from sft.core.train import train
 from sft.data.errors import UserError
+from sft.evaluation.combined import ITEM_SCORES, combined_interval, read_item_scores
 from sft.evaluation.evaluate import evaluate_models
+from sft.evaluation.multiplicity import (
+    PRIMARY_FILE,
+    declaration_text,
+    declare,
+    holm,
+    read_declaration,
+)
 from sft.evaluation.report import (
     base_metric,
     format_markdown,
@@ -30,23 +42,31 @@ from sft.evaluation.report import (
     write_summary,
 )
 from sft.evaluation.results import role_losses
-from sft.evaluation.seeds import seeds_table, spread, t_interval
+from sft.evaluation.seeds import ALPHA, seeds_table, spread, t_interval, t_test_p
 from sft.evaluation.side_effects import is_side_effect
 from sft.runs.checkpoints import list_checkpoints, run_is_complete
 from sft.runs.layout import (
+    MANIFEST,
     RAW_RESULTS_ROOT,
     SWEEP_PLOT,
     run_dir,
     sweep_results_dir,
     sweep_run_name,
 )
-from sft.runs.manifest import CLIPPING_STATS
+from sft.runs.manifest import CLIPPING_STATS, git_commit
 from sft.studies.demo import ensure_assets
 from sft.studies.synthetic import FAMILIES
 from sft.studies.tasks import DEMO_GROUP, LONG_GROUP, SHORT_GROUP, STUDY_TASKS
 
 DIFF_COLUMNS = ["dataset", "metric", "w_a", "w_b", "seeds", "diff", "ci_low", "ci_high", "significant", "sd", "mdd",
-                "values"]  # sd: between-seed sd of the difference; mdd: its minimum detectable difference (seeds)
+                "p", "family", "p_holm", "significant_holm", "values"]
+# sd: between-seed sd of the difference; mdd: its minimum detectable difference (seeds); p: the paired t-test's;
+# family: the tests Holm adjusts together (primary: the declared endpoints x pairs; else this row's pair, kind and
+# metric: sft.evaluation.multiplicity); p_holm, significant_holm: after Holm
+PRIMARY_COLUMNS = ["endpoint", "w_a", "w_b", "seeds", "diff", "ci_low", "ci_high", "p", "p_holm", "significant_holm",
+                   "sd", "mdd", "combined_low", "combined_high", "items"]
+# combined_low/high: the 95% interval that resamples seeds and test items together (sft.evaluation.combined), from
+# each run's item_scores.csv; '-' where a run has none (evaluated before it existed)
 METRIC_LABELS = {"exact_match": "exact match (%)", "edit_similarity": "edit similarity (0-100, 100 = identical)",
                  "call_exact_match": "tool call exact match (%)", "call_name_match": "right tool called (%)"}
 TRAINING = "train"  # the dataset of a run's training statistics in the sweep's tables: the clipping regime per arm
@@ -84,6 +104,7 @@ def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str,
     cfg = load_config(preset, **{**overrides, "prompt_loss_weight": w, "seed": seed, "run_name": run_name})
     out = run_dir(cfg)
     if run_is_complete(out):
+        check_finished(cfg, out)
         print(f"[sweep] {run_name}: already trained", flush=True)
         return out
     ensure_assets(cfg)
@@ -93,18 +114,39 @@ def train_pair(preset: str, name: str, w: float, seed: int, overrides: dict[str,
     return out
 
 
+def check_finished(cfg, out: Path) -> None:
+    """A finished pair is reused only if it was trained with this sweep's settings (sft.core.run_folder's rule for a
+    resume: nothing that changes the optimisation, nor the run's length, may differ); else a clear error."""
+    saved = json.loads((out / MANIFEST).read_text()).get("config") or {}
+    refused, length, _ = setting_differences(saved, cfg.to_dict())
+    if refused or length:
+        raise ValueError(f"{out} is a finished run of this sweep trained with other settings: {'; '.join(refused + length)}. "
+                         "A sweep reuses a finished pair only when its settings are the same: give this sweep another "
+                         "--name (its runs go to model/<preset>/sweep-<name>/), or run it with the saved settings.")
+
+
 def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, limit: float | None = None,
               overrides: dict[str, Any] | None = None, results_root: str = RAW_RESULTS_ROOT,
-              plot: str | Path | None = SWEEP_PLOT, tasks: list[str] | None = None) -> Path:
+              plot: str | Path | None = SWEEP_PLOT, tasks: list[str] | None = None,
+              primary: list[tuple[str, str]] | None = None,
+              primary_pairs: list[tuple[float, float]] | None = None) -> Path:
     """Train and evaluate every pair (skipping finished ones), then write the sweep summary and plot.
 
     overrides: config fields of every pair, e.g. {"data": "chats.jsonl"} (your rows, instruction or conversations);
     tasks: lm-eval tasks (None = the preset's, the demo's sft_demo; [] = held-out metrics only); plot: its path
-    (SWEEP_PLOT: in the sweep's folder; None: no plot).
+    (SWEEP_PLOT: in the sweep's folder; None: no plot); primary: the primary endpoints, (dataset, metric), declared
+    in primary.json before the first run (fixed once declared); primary_pairs: the pairs of weights they are tested
+    on (None: each weight against the smallest).
     """
     overrides = dict(overrides or {})
     root = sweep_results_dir(name, results_root)
     plot = root / SWEEP_PLOT if plot == SWEEP_PLOT else plot
+    if primary:
+        done = any(latest_evaluation(root / pair_label(w, s)) for w in weights for s in seeds)
+        record = declare(root, primary, primary_pairs, done, git_commit())
+        print(declaration_text(record, _primary_pairs(record, weights), len(primary) * len(
+            _primary_pairs(record, weights))), flush=True)
+    checked = False
     for seed in seeds:
         for w in weights:
             run = train_pair(preset, name, w, seed, overrides)
@@ -114,7 +156,34 @@ def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, li
                                 tasks=tasks)
             else:
                 print(f"[sweep] {label}: already evaluated", flush=True)
+            if not checked:  # the declared endpoints exist in the first pair's summary: fail now, not after every run
+                check_endpoints(root, read_pair(root / label, label))
+                checked = True
     return summarise_sweep(root, weights, seeds, preset, plot)
+
+
+def _primary_pairs(record: dict, weights: list[float]) -> list[tuple[float, float]]:
+    """The pairs the primary endpoints are tested on: the declared ones, else each weight against the smallest."""
+    if record.get("pairs"):
+        return [tuple(p) for p in record["pairs"]]
+    return [(w, weights[0]) for w in weights[1:]]
+
+
+def _endpoint_rows(scores, dataset: str, metric: str) -> list[tuple[str, str]]:
+    """The (dataset, metric) keys of a declared endpoint: its dataset, the metric with or without an average's
+    prefix."""
+    return [k for k in scores if k[0] == dataset and base_metric(k[1]) == metric]
+
+
+def check_endpoints(root: Path, scores: dict) -> None:
+    """A clear error when a declared primary endpoint is no row of the sweep's summaries."""
+    record = read_declaration(root)
+    missing = [f"{d}:{m}" for d, m in (record or {}).get("endpoints", []) if not _endpoint_rows(scores, d, m)]
+    if missing:
+        rows = sorted({f"{d}:{base_metric(m)}" for d, m in scores if "average" in m or d in NOT_SCORES})
+        raise ValueError(f"{root / PRIMARY_FILE}: the primary endpoint(s) {', '.join(missing)} are no row of this "
+                         f"sweep's summaries; its group rows are {', '.join(rows)}. Declare endpoints from these "
+                         "(delete primary.json first: nothing was declared on real results yet).")
 
 
 def read_pair(folder: Path, label: str) -> dict[tuple[str, str], float]:
@@ -153,6 +222,26 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
                 records.append({"dataset": dataset, "metric": metric, "prompt_loss_weight": w, "seeds": len(values),
                                 "mean": round(m, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
                                 "values": " ".join(f"{v:.4f}" for v in values)})
+    diffs = difference_records(pairs, keys, weights, seeds)
+    record = read_declaration(root)
+    if record:  # the declared endpoints first, before any number
+        primary_keys = {(k[0], k[1], a, b) for d, m in record["endpoints"] for k in _endpoint_rows(dict.fromkeys(keys), d, m)
+                        for a, b in _primary_pairs(record, weights)}
+        print(declaration_text(record, _primary_pairs(record, weights), len(primary_keys)), flush=True)
+    else:
+        primary_keys = set()
+    add_holm(diffs, primary_keys)
+    if record:
+        primary = primary_records(root, diffs, record, weights, seeds)
+        table = [PRIMARY_COLUMNS] + [[_diff_cell(r, c) for c in PRIMARY_COLUMNS] for r in primary]
+        with (root / "primary.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=PRIMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(primary)
+        (root / "primary.md").write_text(declaration_text(record, _primary_pairs(record, weights), len(primary))
+                                         + "\n" + format_markdown(table))
+        print("Primary endpoints (paired by seed; 95% t-interval over seeds; Holm over the primary tests; combined: "
+              "seeds and items resampled together):\n" + format_markdown(table), flush=True)
     ts = datetime.now().strftime("%Y%m%d_%H%M%S")
     columns = [f"w={w:g}" for w in weights]
     table = [["dataset", "version", "metric", "mode", *columns]]
@@ -170,7 +259,6 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
         writer.writerows(records)
     (root / "sweep.md").write_text(format_markdown(table))
     print(format_markdown(table), flush=True)
-    diffs = difference_records(pairs, keys, weights, seeds)
     if diffs:
         with (root / "differences.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=DIFF_COLUMNS)
@@ -180,7 +268,8 @@ def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: 
         (root / "differences.md").write_text(format_markdown(diff_table))
         shown = [row for d, row in zip(diffs, diff_table[1:])
                  if d["w_b"] == weights[0] and ("average" in d["metric"] or d["dataset"] in NOT_SCORES)]
-        print(f"Differences from w={weights[0]:g} (paired by seed, 95% t-interval; every pair in differences.csv):\n"
+        print(f"Differences from w={weights[0]:g} (paired by seed, 95% t-interval; p: paired t-test, p_holm: Holm "
+              f"within each family; every pair and row in differences.csv):\n"
               + format_markdown([DIFF_COLUMNS[:-1]] + shown), flush=True)
     if plot:
         plot_sweep(records, weights, preset, len(seeds), Path(plot))
@@ -218,17 +307,84 @@ def difference_records(pairs: dict, keys: list[tuple[str, str]], weights: list[f
                 out.append({"dataset": dataset, "metric": metric, "w_a": a, "w_b": b, "seeds": len(values),
                             "diff": round(m, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
                             "significant": "yes" if len(values) > 1 and (lo > 0 or hi < 0) else "no",
-                            "sd": round(sd, 4), "mdd": round(mdd, 4), "values": " ".join(f"{v:.4f}" for v in values)})
+                            "sd": round(sd, 4), "mdd": round(mdd, 4), "p": _round_p(t_test_p(values)),
+                            "values": " ".join(f"{v:.4f}" for v in values)})
     return out
 
 
+def _round_p(p: float) -> float:
+    """A p-value to 3 significant digits (nan for one seed)."""
+    return p if p != p or p == 0 else float(f"{p:.3g}")
+
+
+def row_family(d: dict) -> str:
+    """The exploratory family a difference row is Holm-adjusted in: its pair of weights, its kind of row and (for
+    scores and side effects) its metric, e.g. 'w=1 - w=0, tasks: exact_match'."""
+    if d["dataset"] == "heldout":
+        kind = "held-out losses"
+    elif d["dataset"] == TRAINING:
+        kind = "training statistics"
+    else:
+        kind = f"{'group averages' if 'average' in d['metric'] else 'tasks'}: {base_metric(d['metric'])}"
+    return f"w={d['w_a']:g} - w={d['w_b']:g}, {kind}"
+
+
+def add_holm(diffs: list[dict], primary: set[tuple]) -> None:
+    """Set each row's family (primary: its (dataset, metric, w_a, w_b) is among the declared endpoints x pairs),
+    its Holm-adjusted p-value within the family and whether that is below 0.05."""
+    families: dict[str, list[dict]] = {}
+    for d in diffs:
+        d["family"] = "primary" if (d["dataset"], d["metric"], d["w_a"], d["w_b"]) in primary else row_family(d)
+        families.setdefault(d["family"], []).append(d)
+    for rows in families.values():
+        for d, p in zip(rows, holm([d["p"] for d in rows])):
+            d["p_holm"] = _round_p(p)
+            d["significant_holm"] = "-" if p != p else "yes" if p < ALPHA else "no"
+
+
+def primary_records(root: Path, diffs: list[dict], record: dict, weights: list[float], seeds: list[int]) -> list[dict]:
+    """The primary rows of differences.csv, each with the interval over seeds and items together where every run of
+    the pair has an item_scores.csv."""
+    items = {(w, s): _item_table(root, w, s) for w in weights for s in seeds}
+    out = []
+    for dataset, metric in record["endpoints"]:
+        for a, b in _primary_pairs(record, weights):
+            row = next((d for d in diffs if d["family"] == "primary" and d["dataset"] == dataset
+                        and base_metric(d["metric"]) == metric and (d["w_a"], d["w_b"]) == (a, b)), None)
+            if row is None:
+                continue  # a weight of the declared pairs that this sweep does not run
+            r = {"endpoint": f"{dataset}:{metric}", **{c: row[c] for c in PRIMARY_COLUMNS if c in row},
+                 "combined_low": "-", "combined_high": "-", "items": "-"}
+            tables_a = [items[a, s] for s in seeds]
+            tables_b = [items[b, s] for s in seeds]
+            if dataset not in NOT_SCORES and all(t is not None for t in tables_a + tables_b):
+                c = combined_interval(pd.concat(tables_a), pd.concat(tables_b), dataset, metric,
+                                      weighted=row["metric"].startswith("weighted_average"))
+                r.update(combined_low=round(c["ci_low"], 4), combined_high=round(c["ci_high"], 4), items=c["items"])
+            out.append(r)
+    return out
+
+
+def _item_table(root: Path, w: float, seed: int) -> pd.DataFrame | None:
+    """A pair's item_scores.csv with its seed, or None where its evaluation wrote none."""
+    run = latest_evaluation(root / pair_label(w, seed))
+    path = run / ITEM_SCORES if run is not None else None
+    if path is None or not path.is_file():
+        return None
+    return read_item_scores(path).assign(seed=seed)
+
+
 def _diff_cell(record: dict, column: str) -> str:
-    """A differences.md cell: scores with two decimals, held-out metrics with four."""
+    """A differences.md (primary.md) cell: scores with two decimals, held-out metrics with four, p-values with three
+    significant digits."""
     value = record[column]
+    held = record.get("dataset", record.get("endpoint", "").split(":")[0]) in NOT_SCORES
     if column in ("diff", "ci_low", "ci_high"):
-        return f"{value:+.4f}" if record["dataset"] in NOT_SCORES else f"{value:+.2f}"
-    if column in ("sd", "mdd"):  # nan with one seed
-        return f"{value:.4f}" if record["dataset"] in NOT_SCORES else f"{value:.2f}"
+        return f"{value:+.4f}" if held else f"{value:+.2f}"
+    if column in ("sd", "mdd", "combined_low", "combined_high") and isinstance(value, float):  # nan with one seed
+        return f"{value:.4f}" if held else f"{value:.2f}"
+    if column in ("p", "p_holm"):
+        return f"{value:.3g}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

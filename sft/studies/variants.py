@@ -1,9 +1,11 @@
-"""The sweep's weight axes beyond w: role weights, schedules and normalisers, each value a variant of the sweep.
+"""The sweep's axes beyond w: role weights, schedules, normalisers and learning rates, each value a variant of the sweep.
 
 `sft sweep --role-weights template=0,1 --prompt-loss-weights 0,0.5` sweeps w within each variant (template weighs
 0, template weighs 1): every variant is a sweep of its own, `sweep-<name>-<variant>/`, and `compare_variants`
 sets each variant against the first, paired by seed and w, into evaluation_results/raw/sweep-<name>/variants.csv
-and variants.md. Tokenization does not depend on any of these settings, so the whole grid tokenizes once.
+and variants.md. `--learning-rate 1e-3,3e-3` makes a variant per rate (lr0.001, lr0.003); one rate is a setting
+every run shares, as any other field. Tokenization does not depend on any of these settings, so the whole grid
+tokenizes once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from sft.evaluation.report import format_markdown
 from sft.evaluation.seeds import spread, t_interval
 from sft.studies.sweep import pair_label, read_pair
 
-AXES = ("role_weights", "prompt_loss_weight_end", "loss_normalizer")
+AXES = ("role_weights", "prompt_loss_weight_end", "loss_normalizer", "learning_rate")
+SEVERAL_ONLY = ("learning_rate",)  # an axis only when given several values (one value: a setting every run shares)
 COLUMNS = ["dataset", "metric", "prompt_loss_weight", "variant", "baseline", "seeds", "diff", "ci_low", "ci_high",
            "significant", "sd", "mdd", "values"]  # sd, mdd: between-seed sd of the difference, its MDD (seeds.py)
 
@@ -46,12 +49,26 @@ def parse_role_axis(text: str) -> list[dict[str, float]]:
     return [parse_role_weights(c) for c in combos]  # checks each role and weight (exit 2 with the fix)
 
 
+def parse_rates(text: str) -> list[float]:
+    """'1e-3,3e-3' -> [0.001, 0.003]: positive learning rates, each a variant of the sweep."""
+    try:
+        rates = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(r <= 0 for r in rates) or len(set(rates)) != len(rates):
+        raise ValueError(f"--learning-rate {text!r}: give positive learning rates separated by commas, each once, e.g. "
+                         "1e-3,3e-3 (each a variant of the sweep: sweep-<name>-lr0.001/, ...).")
+    return rates
+
+
 def split_axes(overrides: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """(the overrides every run shares, [(variant label, its own overrides)]); one unlabeled variant without axes."""
     shared, axes = {}, {}
     for key, value in overrides.items():
         name = key.rsplit(".", 1)[-1]
-        (axes if name in AXES and value is not None else shared)[key] = value
+        several = "," in _text(value)
+        is_axis = name in AXES and value is not None and (name not in SEVERAL_ONLY or several)
+        (axes if is_axis else shared)[key] = value
     choices = []
     for key, value in axes.items():
         name = key.rsplit(".", 1)[-1]
@@ -63,6 +80,8 @@ def split_axes(overrides: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[st
             except ValueError:
                 raise UserError(f"--prompt-loss-weight-end {_text(value)!r}: give weights in [0, 1] or none, separated "
                                 "by commas, e.g. 0,1.") from None
+        elif name == "learning_rate":
+            options = parse_rates(_text(value))
         else:
             options = [v.strip() for v in _text(value).split(",")]
             bad = [v for v in options if v not in NORMALIZERS]
@@ -82,6 +101,8 @@ def variant_label(settings: dict[str, Any]) -> str:
             parts.append("rw-" + "-".join(f"{r}{w:g}" for r, w in value.items()))
         elif name == "prompt_loss_weight_end":
             parts.append("const" if value is None else f"end{value:g}")
+        elif name == "learning_rate":
+            parts.append(f"lr{value:g}")
         else:
             parts.append(f"norm-{value}")
     return "_".join(parts)

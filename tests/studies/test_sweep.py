@@ -2,11 +2,26 @@
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from helpers import check_items_match_summary, demo_dialogues, demo_overrides
+from helpers import check_items_match_summary, demo_config, demo_dialogues, demo_overrides
+from sft.evaluation.combined import ITEM_COLUMNS
+from sft.evaluation.multiplicity import declare, holm
 from sft.evaluation.publish import publish
-from sft.studies.sweep import difference_records, pair_label, parse_weights, run_sweep
+from sft.evaluation.seeds import t_test_p
+from sft.runs.layout import run_dir
+from sft.studies.sweep import (
+    add_holm,
+    difference_records,
+    pair_label,
+    parse_weights,
+    run_sweep,
+    summarise_sweep,
+    train_pair,
+)
+from sft.studies.variants import split_axes
 
 
 def test_parse_weights():
@@ -25,6 +40,102 @@ def test_sweep_differences_pair_runs_by_seed():
     assert d["sd"] == pytest.approx(0.7071, abs=1e-4) and d["mdd"] == pytest.approx((12.706 + 1.376) * 0.5, abs=2e-3)
 
 
+def test_several_learning_rates_are_variants_one_is_shared():
+    shared, variants = split_axes({"train.learning_rate": "1e-3,3e-3", "data.data": "x"})
+    assert shared == {"data.data": "x"}
+    assert variants == [("lr0.001", {"train.learning_rate": 0.001}), ("lr0.003", {"train.learning_rate": 0.003})]
+    assert split_axes({"train.learning_rate": "3e-3"}) == ({"train.learning_rate": "3e-3"}, [("", {})])
+    for bad in ("0,1e-3", "x,1e-3", "1e-3,1e-3"):
+        with pytest.raises(ValueError, match="positive learning rates"):
+            split_axes({"train.learning_rate": bad})
+
+
+FAMILIES16 = [f"sft_demo_f{i}" for i in range(16)]
+
+
+def _scores(w: float, seed: int, rng) -> dict:
+    """One pair's scores: 16 task rows, a group average, a held-out loss; w = 1 better on every task."""
+    out = {(t, "exact_match"): 40 + 10 * w + 3 * rng.normal() + (5 if i < 8 else 0) * w for i, t in enumerate(FAMILIES16)}
+    out["sft_demo_short", "naive_average:exact_match"] = float(np.mean(list(out.values())))
+    out["heldout", "response_loss"] = 1.0 - 0.1 * w + 0.01 * rng.normal()
+    return out
+
+
+def test_every_difference_row_gets_its_t_test_and_holm_within_its_family():
+    rng = np.random.default_rng(3)
+    pairs = {(w, s): _scores(w, s, rng) for w in (0.0, 1.0) for s in (1, 2, 3, 4)}
+    keys = list(pairs[0.0, 1])
+    diffs = difference_records(pairs, keys, [0.0, 1.0], [1, 2, 3, 4])
+    add_holm(diffs, {("sft_demo_short", "naive_average:exact_match", 1.0, 0.0)})
+    by = {d["dataset"]: d for d in diffs}
+    values = [float(v) for v in by["sft_demo_f0"]["values"].split()]
+    assert by["sft_demo_f0"]["p"] == pytest.approx(t_test_p(values), rel=1e-2)
+    assert by["sft_demo_short"]["family"] == "primary" and by["sft_demo_short"]["p_holm"] == by["sft_demo_short"]["p"]
+    tasks = [d for d in diffs if d["dataset"] in FAMILIES16]
+    assert {d["family"] for d in tasks} == {"w=1 - w=0, tasks: exact_match"}  # the 16 families: one family of tests
+    assert [d["p_holm"] for d in tasks] == pytest.approx(holm([d["p"] for d in tasks]), rel=1e-2)
+    assert sum(d["significant"] == "yes" for d in tasks) > sum(d["significant_holm"] == "yes" for d in tasks)
+    assert by["heldout"]["family"] == "w=1 - w=0, held-out losses"
+
+
+def _write_pair(root, w: float, seed: int, scores: dict, items: pd.DataFrame | None, clipped: float) -> None:
+    """A pair's evaluation folder as the sweep writes it: summary, heldout.json, settings.json, item_scores.csv."""
+    label = pair_label(w, seed)
+    run = root / label / "20260101_000000"
+    (run / "summary").mkdir(parents=True)
+    rows = ["dataset,version,metric,mode," + label]
+    rows += [f"{d},-,{m},gen,{v:.4f}" for (d, m), v in scores.items() if d != "heldout"]
+    (run / "summary" / "summary_20260101_000000.csv").write_text("\n".join(rows) + "\n")
+    held = {"response_loss": scores["heldout", "response_loss"], "response_perplexity": 2.0,
+            "response_token_accuracy": 0.5}
+    (run / "heldout.json").write_text(json.dumps({"models": {label: held}}))
+    manifest = {"train_grad_clipped_share": clipped, "train_grad_norm_median": 1.5, "train_grad_norm_steps": 100}
+    (run / "settings.json").write_text(json.dumps({"models": {label: {"manifest": manifest}}}))
+    if items is not None:
+        items.assign(model=label).to_csv(run / "item_scores.csv", index=False)
+
+
+def test_the_summary_opens_with_the_declared_endpoints_and_their_combined_interval(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "sweep-p"
+    declare(root, [("sft_demo_short", "exact_match")], None, results_exist=False, commit="abc")
+    for w in (0.0, 1.0):
+        for s in (1, 2, 3):
+            item = pd.DataFrame([["", t, "sft_demo_short", str(i), "exact_match", 100.0 * (rng.random() < 0.4 + 0.3 * w)]
+                                 for t in ("sft_demo_a", "sft_demo_b") for i in range(30)], columns=ITEM_COLUMNS)
+            means = item.groupby("task")["score"].mean()
+            scores = {("sft_demo_a", "exact_match"): means["sft_demo_a"], ("sft_demo_b", "exact_match"): means["sft_demo_b"],
+                      ("sft_demo_short", "naive_average:exact_match"): means.mean(),
+                      ("heldout", "response_loss"): 1.0 - 0.1 * w + 0.01 * s}
+            _write_pair(root, w, s, scores, item, clipped=0.9 - 0.8 * w)
+    summarise_sweep(root, [0.0, 1.0], [1, 2, 3], "demo", plot=None)
+    out = capsys.readouterr().out
+    assert out.startswith("Primary endpoints (declared ") and "before any result" in out
+    assert out.index("Primary endpoints") < out.index("| dataset")  # before any number
+    primary = pd.read_csv(root / "primary.csv")
+    (row,) = primary.to_dict("records")
+    assert row["endpoint"] == "sft_demo_short:exact_match" and (row["w_a"], row["w_b"], row["items"]) == (1.0, 0.0, 60)
+    assert row["combined_low"] < row["diff"] < row["combined_high"] and row["p_holm"] == row["p"]  # one test
+    assert (root / "primary.md").read_text().startswith("Primary endpoints (declared ")
+    sweep = pd.read_csv(root / "sweep.csv")
+    clipped = sweep[(sweep["dataset"] == "train") & (sweep["metric"] == "grad_clipped_share")]
+    assert list(clipped["mean"]) == pytest.approx([0.9, 0.1])  # the clipping regime of each arm
+    diffs = pd.read_csv(root / "differences.csv")
+    assert {"p", "family", "p_holm", "significant_holm"} <= set(diffs.columns)
+    assert set(diffs.loc[diffs["dataset"] == "sft_demo_short", "family"]) == {"primary"}
+
+
+def test_a_finished_pair_is_reused_only_with_the_same_settings(tmp_path):
+    overrides = {**demo_overrides(tmp_path), "learning_rate": 3e-3}
+    cfg = demo_config(tmp_path, **{**overrides, "prompt_loss_weight": 0.0, "seed": 1, "run_name": "sweep-lr/w0_s1"})
+    run_dir(cfg).mkdir(parents=True)  # a finished run's manifest (written by hand: write_manifest would call git)
+    (run_dir(cfg) / "run_manifest.json").write_text(json.dumps({"status": "complete", "config": cfg.to_dict()},
+                                                                default=str))
+    assert train_pair("demo", "lr", 0.0, 1, overrides) == run_dir(cfg)  # the same settings: not trained again
+    with pytest.raises(ValueError, match="trained with other settings: learning_rate: saved 0.003, now 0.001"):
+        train_pair("demo", "lr", 0.0, 1, {**overrides, "learning_rate": 1e-3})
+
+
 @pytest.mark.slow
 def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     overrides = {**demo_overrides(demo_root), "max_steps": 4, "save_steps": 2, "eval_steps": 4, "logging_steps": 2}
@@ -41,7 +152,11 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
         for metric in ("exact_match", "edit_similarity"):
             assert any(line.startswith(f"{group},naive_average:{metric},1.0,2,") for line in records)
     diffs = (root / "differences.csv").read_text().splitlines()
-    assert diffs[0] == "dataset,metric,w_a,w_b,seeds,diff,ci_low,ci_high,significant,sd,mdd,values"
+    assert diffs[0] == ("dataset,metric,w_a,w_b,seeds,diff,ci_low,ci_high,significant,sd,mdd,p,family,p_holm,"
+                        "significant_holm,values")
+    # each arm's optimiser regime: the share of steps clipped and the median gradient norm, with intervals
+    assert any(line.startswith("train,grad_clipped_share,0.0,2,") for line in records)
+    assert any(line.startswith("train,grad_norm_median,1.0,2,") for line in records)
     assert any(line.startswith("sft_demo_long,naive_average:edit_similarity,1.0,0.0,2,") for line in diffs)
     assert (root / "differences.md").is_file()
     # every pair keeps its per-item scores, and publishing the sweep commits them with its summaries
@@ -74,6 +189,7 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     history = json.loads((broken / "log_history.json").read_text())
     assert history[-1]["step"] == 4 and (broken / "checkpoint-4").is_dir()
     assert (broken / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == kept  # resumed, not restarted
+    assert manifest["results"]["train"]["train_grad_norm_steps"] == 4  # the two steps before the resume included
     assert len(list((results / "sweep-t" / pair_label(0.0, 1)).glob("*/summary/summary_*.csv"))) == 1
 
 
