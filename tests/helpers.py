@@ -271,3 +271,40 @@ def check_items_match_summary(run) -> int:
     groups = items[items["group"].astype(str) != "nan"].groupby("task")["group"].unique()
     assert all(len(g) == 1 for g in groups), "a task belongs to one group"
     return len(means)
+
+
+def fake_sweep(root: Path) -> Path:
+    """A sweep's evaluation folders as the sweep writes them (summary, heldout.json, settings.json, item_scores.csv),
+    w in {0, 1} x seeds 1-3 on two tasks of sft_demo_short, with the primary endpoint sft_demo_short:exact_match
+    declared first and w = 1 better; summarised by the sweep's own code (nothing is trained)."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from sft.evaluation.combined import ITEM_COLUMNS
+    from sft.evaluation.multiplicity import declare
+    from sft.studies.sweep import pair_label, summarise_sweep
+
+    rng = np.random.default_rng(0)
+    declare(root, [("sft_demo_short", "exact_match")], None, results_exist=False, commit="abc")
+    for w in (0.0, 1.0):
+        for s in (1, 2, 3):
+            label = pair_label(w, s)
+            run = root / label / "20260101_000000"
+            (run / "summary").mkdir(parents=True)
+            items = pd.DataFrame([[label, t, "sft_demo_short", str(i), "exact_match",
+                                   100.0 * (rng.random() < 0.4 + 0.3 * w)]
+                                  for t in ("sft_demo_a", "sft_demo_b") for i in range(30)], columns=ITEM_COLUMNS)
+            items.to_csv(run / "item_scores.csv", index=False)
+            means = items.groupby("task")["score"].mean()
+            rows = ["dataset,version,metric,mode," + label, *(f"{t},-,exact_match,gen,{v:.4f}" for t, v in means.items()),
+                    f"sft_demo_short,-,naive_average:exact_match,gen,{means.mean():.4f}"]
+            (run / "summary" / "summary_20260101_000000.csv").write_text("\n".join(rows) + "\n")
+            held = {"response_loss": 1.0 - 0.1 * w + 0.01 * s, "response_perplexity": 2.0, "response_token_accuracy": 0.5}
+            (run / "heldout.json").write_text(json.dumps({"models": {label: held}}))
+            manifest = {"train_grad_clipped_share": 0.9 - 0.8 * w, "train_grad_norm_median": 1.5,
+                        "train_grad_norm_steps": 100}
+            (run / "settings.json").write_text(json.dumps({"models": {label: {"manifest": manifest}}}))
+    summarise_sweep(root, [0.0, 1.0], [1, 2, 3], "demo", plot=None)
+    return root

@@ -24,6 +24,9 @@ The tables (TABLE):
                        share [95% CI] and the pairs' differences; says so where the summary has none
     seeds              a sweep's between-seed spread of each pair's difference, its minimum detectable difference and
                        the seeds a difference needs (--pair 1,0; --target-difference D), from differences.csv
+    primary            a sweep's declared primary endpoints (primary.json), then their differences, p-values, Holm's
+                       and the interval over seeds and items together (primary.csv); sweep-differences marks a row
+                       significant alone but not after Holm within its family "(ns after Holm)"
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import pandas as pd
 
 from sft.data.errors import UserError
 from sft.evaluation.compare import heldout_frame, heldout_markdown, load_result, roles_markdown
+from sft.evaluation.multiplicity import declaration_text, read_declaration
 from sft.evaluation.report import base_metric
 from sft.evaluation.seeds import seeds_table
 from sft.evaluation.settings import TABLES, add_page_arguments
@@ -331,9 +335,41 @@ def sweep_differences_table(args) -> str:
         for a, b in pairs:
             r = rows[(rows["w_a"] == a) & (rows["w_b"] == b)]
             cells.append("-" if r.empty else _interval(r.iloc[0]["diff"], r.iloc[0]["ci_low"], r.iloc[0]["ci_high"],
-                                                       r.iloc[0]["significant"], digits=1))
+                                                       r.iloc[0]["significant"], digits=1) + _holm_mark(r.iloc[0]))
         table.append([f"`{dataset}` {_metric_name(metric)}", *cells])
     return format_markdown(table)
+
+
+def _holm_mark(row) -> str:
+    """' (ns after Holm)' where a difference is significant alone but not after Holm within its family; '' for a
+    sweep summarised before p-values were kept."""
+    if "significant_holm" not in row or row["significant"] != "yes":
+        return ""
+    return " (ns after Holm)" if row["significant_holm"] == "no" else ""
+
+
+def primary_table(args) -> str:
+    """A sweep's declared primary endpoints (primary.json) and their tests (primary.csv): the declaration first, then
+    each endpoint and pair: the difference [95% t-interval over seeds], p, Holm's p, the seeds x items interval."""
+    root = Path(args.source)
+    record = read_declaration(root)
+    if record is None or not (root / "primary.csv").is_file():
+        raise ValueError(f"{root}: no primary endpoints declared (primary.json) or none summarised (primary.csv); run "
+                         "the sweep with --primary DATASET:METRIC,... (docs/sweeps.md).")
+    rows = pd.read_csv(root / "primary.csv", dtype={"combined_low": str, "combined_high": str, "items": str})
+    pairs = list(dict.fromkeys(zip(rows["w_a"], rows["w_b"])))
+    table = [["endpoint", "pair", "seeds", "difference [95% CI over seeds]", "p", "p (Holm)",
+              "95% CI over seeds and items"]]
+    for _, r in rows.iterrows():
+        dataset, metric = r["endpoint"].split(":", 1)
+        combined = "-" if r["combined_low"] == "-" else (f"[{float(r['combined_low']):.1f}, "
+                                                         f"{float(r['combined_high']):.1f}] ({r['items']} items)")
+        table.append([f"`{dataset}` {_metric_name(metric)}", f"{_weight(r['w_a'])} - {_weight(r['w_b'])}",
+                      str(r["seeds"]), _interval(r["diff"], r["ci_low"], r["ci_high"], digits=1),
+                      f"{r['p']:.3g}", f"{r['p_holm']:.3g}" + ("" if r["significant_holm"] == "yes" else " ns"),
+                      combined])
+    return declaration_text(record, [(float(a), float(b)) for a, b in pairs], len(rows)) + "\n" + \
+        format_markdown(table)
 
 
 def variants_table(args) -> str:
@@ -365,7 +401,7 @@ def sweep_seeds_table(args) -> str:
 WRITERS = {"groups": groups_table, "tasks": tasks_table, "differences": differences_table, "across": across_table,
            "heldout": heldout_table, "side-effects": side_effects_table,
            "sweep": sweep_table, "sweep-differences": sweep_differences_table, "seeds": sweep_seeds_table,
-           "variants": variants_table}
+           "variants": variants_table, "primary": primary_table}
 
 
 def render(args) -> str:

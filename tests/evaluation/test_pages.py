@@ -5,7 +5,7 @@ each page matches what the commands in its markers write, and no page types a co
 import pandas as pd
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, fake_sweep
 from sft.cli.main import main
 from sft.evaluation.pages import BLOCK, members, pages, regenerate, render_spec, update_pages
 from sft.runs.layout import RAW_RESULTS_ROOT
@@ -168,3 +168,19 @@ def test_seeds_table_of_the_committed_sweep():
     table = render_spec("seeds evaluation_results/sweep-demo --datasets sft_demo_long --pair 1,0 "
                         "--target-difference 5", ROOT)
     assert "| `sft_demo_long` edit similarity | w = 1 - w = 0 | 3 | +10.53 | 8.55 | 26.48 | 8 | 25 |" in table
+
+
+def test_primary_table_opens_with_the_declaration_and_sweep_differences_mark_holm(tmp_path, capsys):
+    root = fake_sweep(tmp_path / "sweep-p")
+    capsys.readouterr()
+    text = render_spec(f"primary {root}")
+    assert text.startswith("Primary endpoints (declared ") and "Holm over these 1 tests" in text
+    lines = text.splitlines()
+    assert lines[2].startswith("| endpoint | pair | seeds | difference [95% CI over seeds] | p | p (Holm) |")
+    assert lines[4].startswith("| `sft_demo_short` exact match | w = 1 - w = 0 | 3 | +") and "(60 items)" in lines[4]
+    diffs = pd.read_csv(root / "differences.csv")
+    diffs.loc[:, ["significant", "significant_holm"]] = ["yes", "no"]  # significant alone, not after Holm
+    diffs.to_csv(root / "differences.csv", index=False)
+    assert "(ns after Holm)" in render_spec(f"sweep-differences {root} --pair 1,0")
+    with pytest.raises(ValueError, match="no primary endpoints declared"):
+        render_spec(f"primary {tmp_path}")

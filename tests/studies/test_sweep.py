@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import check_items_match_summary, demo_config, demo_dialogues, demo_overrides
-from sft.evaluation.combined import ITEM_COLUMNS
-from sft.evaluation.multiplicity import declare, holm
+from helpers import check_items_match_summary, demo_config, demo_dialogues, demo_overrides, fake_sweep
+from sft.evaluation.multiplicity import holm
 from sft.evaluation.publish import publish
 from sft.evaluation.seeds import t_test_p
 from sft.runs.layout import run_dir
@@ -18,7 +17,6 @@ from sft.studies.sweep import (
     pair_label,
     parse_weights,
     run_sweep,
-    summarise_sweep,
     train_pair,
 )
 from sft.studies.variants import split_axes
@@ -78,37 +76,8 @@ def test_every_difference_row_gets_its_t_test_and_holm_within_its_family():
     assert by["heldout"]["family"] == "w=1 - w=0, held-out losses"
 
 
-def _write_pair(root, w: float, seed: int, scores: dict, items: pd.DataFrame | None, clipped: float) -> None:
-    """A pair's evaluation folder as the sweep writes it: summary, heldout.json, settings.json, item_scores.csv."""
-    label = pair_label(w, seed)
-    run = root / label / "20260101_000000"
-    (run / "summary").mkdir(parents=True)
-    rows = ["dataset,version,metric,mode," + label]
-    rows += [f"{d},-,{m},gen,{v:.4f}" for (d, m), v in scores.items() if d != "heldout"]
-    (run / "summary" / "summary_20260101_000000.csv").write_text("\n".join(rows) + "\n")
-    held = {"response_loss": scores["heldout", "response_loss"], "response_perplexity": 2.0,
-            "response_token_accuracy": 0.5}
-    (run / "heldout.json").write_text(json.dumps({"models": {label: held}}))
-    manifest = {"train_grad_clipped_share": clipped, "train_grad_norm_median": 1.5, "train_grad_norm_steps": 100}
-    (run / "settings.json").write_text(json.dumps({"models": {label: {"manifest": manifest}}}))
-    if items is not None:
-        items.assign(model=label).to_csv(run / "item_scores.csv", index=False)
-
-
 def test_the_summary_opens_with_the_declared_endpoints_and_their_combined_interval(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "sweep-p"
-    declare(root, [("sft_demo_short", "exact_match")], None, results_exist=False, commit="abc")
-    for w in (0.0, 1.0):
-        for s in (1, 2, 3):
-            item = pd.DataFrame([["", t, "sft_demo_short", str(i), "exact_match", 100.0 * (rng.random() < 0.4 + 0.3 * w)]
-                                 for t in ("sft_demo_a", "sft_demo_b") for i in range(30)], columns=ITEM_COLUMNS)
-            means = item.groupby("task")["score"].mean()
-            scores = {("sft_demo_a", "exact_match"): means["sft_demo_a"], ("sft_demo_b", "exact_match"): means["sft_demo_b"],
-                      ("sft_demo_short", "naive_average:exact_match"): means.mean(),
-                      ("heldout", "response_loss"): 1.0 - 0.1 * w + 0.01 * s}
-            _write_pair(root, w, s, scores, item, clipped=0.9 - 0.8 * w)
-    summarise_sweep(root, [0.0, 1.0], [1, 2, 3], "demo", plot=None)
+    root = fake_sweep(tmp_path / "sweep-p")
     out = capsys.readouterr().out
     assert out.startswith("Primary endpoints (declared ") and "before any result" in out
     assert out.index("Primary endpoints") < out.index("| dataset")  # before any number
