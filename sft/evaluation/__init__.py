@@ -10,8 +10,12 @@
     costs       what an evaluation will cost (`--dry-run`)
     results     lm-eval's results to OpenCompass-style summary rows
     raw_generations  lm-eval's HF model recording each generation's raw tokens (before stop-string cuts, filters)
-    side_effects     stop failure, run-on, prompt echo and generated length of every generation, as summary rows
-    seeds       between-seed spread of a paired difference, minimum detectable difference, seeds a difference needs
+    side_effects     stop failure, overshoot (past a list's end), run-on, prompt echo and generated length of every
+                     generation, as summary rows
+    seeds       Student-t intervals and paired t-tests over seeds; between-seed spread of a paired difference,
+                minimum detectable difference, seeds a difference needs
+    multiplicity  Holm's adjustment; the primary endpoints a sweep declares before its results
+    combined    the interval of a sweep's difference that resamples seeds and test items together (item_scores.csv)
     report      summary tables and paired bootstrap intervals
     compare     results read back, plotted, tabulated (Comparison.png, Dataset_results.xlsx)
     publish     what the pages cite, copied from the git-ignored evaluation_results/raw/ into evaluation_results/
