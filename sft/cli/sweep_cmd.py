@@ -34,11 +34,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     primary = parse_endpoints(args.primary) if args.primary else None
     pairs = parse_pairs(args.primary_pairs) if args.primary_pairs else None
     if pairs and not primary:
-        raise ValueError("--primary-pairs names the pairs the primary endpoints are tested on: declare the endpoints "
+        raise UserError("--primary-pairs names the pairs the primary endpoints are tested on: declare the endpoints "
                          "too (--primary DATASET:METRIC,...).")
     missing = sorted({w for p in pairs or [] for w in p} - set(weights))
     if missing:
-        raise ValueError(f"--primary-pairs uses weight(s) {', '.join(f'{w:g}' for w in missing)} that "
+        raise UserError(f"--primary-pairs uses weight(s) {', '.join(f'{w:g}' for w in missing)} that "
                          f"--prompt-loss-weights ({args.prompt_loss_weights}) does not run; add them there or pair "
                          "the weights it runs.")
     shared, variants = split_axes(args.overrides)  # --role-weights, --prompt-loss-weight-end, --loss-normalizer

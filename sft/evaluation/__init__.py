@@ -20,6 +20,7 @@
     compare     results read back, plotted, tabulated (Comparison.png, Dataset_results.xlsx)
     publish     what the pages cite, copied from the git-ignored evaluation_results/raw/ into evaluation_results/
     pages       the result tables of README.md and docs/*.md, written from the published results (`sft pages`)
+    sweep_tables  a sweep's tables for the pages (intervals over seeds, variants, seeds needed, primary endpoints)
     plots       training and comparison plots
     generate    batched decoding with left padding (notebooks, case studies)
     case_study  eval.py's side-by-side: the same prompts through several models

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sft.data.errors import UserError
 from sft.evaluation.report import LEVEL
 from sft.evaluation.settings import BOOT_SEED, N_BOOT
 
@@ -36,16 +37,16 @@ def read_item_scores(path: str | Path) -> pd.DataFrame:
         table = pd.read_csv(path, dtype={"model": str, "task": str, "group": str, "item": str, "metric": str},
                             keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise ValueError(f"{path}: cannot read it as the per-item score table ({e}); evaluate the run again to "
+        raise UserError(f"{path}: cannot read it as the per-item score table ({e}); evaluate the run again to "
                          "rewrite it.") from None
     missing = [c for c in ITEM_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: no column {', '.join(missing)}; the per-item table has the columns "
+        raise UserError(f"{path}: no column {', '.join(missing)}; the per-item table has the columns "
                          f"{','.join(ITEM_COLUMNS)} (evaluate the run again to rewrite it).")
     table["score"] = pd.to_numeric(table["score"], errors="coerce")
     bad = table.index[table["score"].isna()]
     if len(bad):
-        raise ValueError(f"{path}: row {bad[0] + 2}, field score: {table.loc[bad[0], 'score']!r} is not a number "
+        raise UserError(f"{path}: row {bad[0] + 2}, field score: {table.loc[bad[0], 'score']!r} is not a number "
                          f"({len(bad)} such rows); evaluate the run again to rewrite it.")
     return table
 
@@ -55,7 +56,7 @@ def endpoint_tasks(table: pd.DataFrame, dataset: str, metric: str) -> pd.DataFra
     rows = table[(table["metric"] == metric) & ((table["task"] == dataset) | (table["group"] == dataset))]
     if rows.empty:
         groups = sorted(g for g in table["group"].unique() if g)
-        raise ValueError(f"no item scores for {dataset}:{metric}; the table's metrics are "
+        raise UserError(f"no item scores for {dataset}:{metric}; the table's metrics are "
                          f"{sorted(table['metric'].unique())} and its groups {groups} (a group of groups has no "
                          "tasks of its own: name one of its subgroups).")
     return rows
@@ -73,7 +74,7 @@ def _matrices(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[np.ndarray], list[
         items = [i for i in ma.columns.intersection(mb.columns) if ma[i].notna().all() and mb[i].notna().all()]
         dropped += len(set(ma.columns) | set(mb.columns)) - len(items)
         if not items:
-            raise ValueError(f"task {task}: no test item is scored in every run of both arms; evaluate the runs on "
+            raise UserError(f"task {task}: no test item is scored in every run of both arms; evaluate the runs on "
                              "the same items (the same --limit).")
         out.append((ma[items] - mb[items]).to_numpy(dtype=float))
         sizes.append(len(items))
@@ -95,7 +96,7 @@ def combined_interval(a: pd.DataFrame, b: pd.DataFrame, dataset: str, metric: st
     diffs, sizes, dropped = _matrices(a, b)
     n_seeds = diffs[0].shape[0]
     if n_seeds < 1:
-        raise ValueError(f"{dataset}:{metric}: the two arms share no seed; pair runs of the same seeds.")
+        raise UserError(f"{dataset}:{metric}: the two arms share no seed; pair runs of the same seeds.")
     w = np.asarray(sizes, dtype=float) if weighted else np.ones(len(sizes))
     w = w / w.sum()
     estimate = float(sum(wk * d.mean() for wk, d in zip(w, diffs)))

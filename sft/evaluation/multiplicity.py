@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from sft.data.errors import UserError
+
 PRIMARY_FILE = "primary.json"  # a sweep's declared primary endpoints, written before its first run
 
 
@@ -50,14 +52,14 @@ def parse_endpoints(text: str) -> list[tuple[str, str]]:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         dataset, sep, metric = part.partition(":")
         if not sep or not dataset.strip() or not metric.strip():
-            raise ValueError(f"--primary takes DATASET:METRIC endpoints separated by commas, e.g. "
+            raise UserError(f"--primary takes DATASET:METRIC endpoints separated by commas, e.g. "
                              f"sft_demo_short:exact_match,sft_demo_long:edit_similarity (a group's name for its "
                              f"average); got {part!r}.")
         out.append((dataset.strip(), metric.strip()))
     if not out:
-        raise ValueError("--primary is empty; name at least one DATASET:METRIC endpoint.")
+        raise UserError("--primary is empty; name at least one DATASET:METRIC endpoint.")
     if len(set(out)) != len(out):
-        raise ValueError(f"--primary names an endpoint twice: {text!r}.")
+        raise UserError(f"--primary names an endpoint twice: {text!r}.")
     return out
 
 
@@ -71,7 +73,7 @@ def parse_pairs(text: str) -> list[tuple[float, float]]:
         except ValueError:
             pair = None
         if not sep or pair is None or pair[0] == pair[1]:
-            raise ValueError(f"--primary-pairs takes A-B pairs of two different weights separated by commas, e.g. "
+            raise UserError(f"--primary-pairs takes A-B pairs of two different weights separated by commas, e.g. "
                              f"1-0,0.5-0 (w = 1 minus w = 0, w = 0.5 minus w = 0); got {part!r}.")
         out.append((max(pair), min(pair)))  # the sweep's differences are the larger weight minus the smaller
     return out
@@ -86,7 +88,7 @@ def declare(root: Path, endpoints: list[tuple[str, str]], pairs: list[tuple[floa
     if path.is_file():
         found = read_declaration(root)
         if {k: found.get(k) for k in wanted} != wanted:
-            raise ValueError(f"{path} declares the primary endpoints {_describe(found)}, declared "
+            raise UserError(f"{path} declares the primary endpoints {_describe(found)}, declared "
                              f"{found.get('declared_at')}; this run asks for {_describe(wanted)}. Endpoints are fixed "
                              "once declared: run the sweep again with the same --primary (or none, which keeps "
                              "them), or give the new endpoints a new --name.")
@@ -106,7 +108,7 @@ def read_declaration(root: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): restore it from git, or delete it and declare the "
+        raise UserError(f"{path} is not valid JSON ({e}): restore it from git, or delete it and declare the "
                          "endpoints again with --primary (they will then be marked as declared after the "
                          "results).") from None
 

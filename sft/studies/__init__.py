@@ -11,8 +11,11 @@
     dialogue_task       DialogueTask: an lm-eval task whose documents are conversations sent as chat turns
     tool_tasks          the tool-use conversations' tasks: the call (parsed, exact match) and the final answer;
                         ToolTask, a DialogueTask with tools
-    sweep               prompt-loss weights x seeds, trained and evaluated, with intervals over seeds
-    variants            the sweep's other weight axes (role weights, schedules, normalisers), compared paired by seed
+    sweep               prompt-loss weights x seeds, trained and evaluated, with intervals over seeds, p-values,
+                        Holm and the declared primary endpoints
+    sweep_plot          the sweep's plot: scores and held-out loss against w, with 95% bands over seeds
+    variants            the sweep's other axes (role weights, schedules, normalisers, learning rates), compared
+                        paired by seed
     reference           the reference experiment's stand-in: a tiny Qwen2.5 and local benchmark rows
 
 May import: data, runs, models, core, evaluation.

@@ -56,7 +56,7 @@ def parse_rates(text: str) -> list[float]:
     except ValueError:
         rates = []
     if not rates or any(r <= 0 for r in rates) or len(set(rates)) != len(rates):
-        raise ValueError(f"--learning-rate {text!r}: give positive learning rates separated by commas, each once, e.g. "
+        raise UserError(f"--learning-rate {text!r}: give positive learning rates separated by commas, each once, e.g. "
                          "1e-3,3e-3 (each a variant of the sweep: sweep-<name>-lr0.001/, ...).")
     return rates
 

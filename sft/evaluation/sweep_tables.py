@@ -1,0 +1,148 @@
+"""A sweep's tables for the pages (`python -m sft pages sweep|sweep-differences|variants|seeds|primary`), and the
+cells every page table writes: markdown without padding, a difference with its interval, a metric's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from sft.data.errors import UserError
+from sft.evaluation.multiplicity import declaration_text, read_declaration
+from sft.evaluation.report import base_metric
+from sft.evaluation.seeds import seeds_table
+from sft.evaluation.side_effects import is_side_effect
+
+
+def format_markdown(table: list[list[str]]) -> str:
+    """A markdown table without padding: `| a | b |` rows under `|---|---|` (pages stay short)."""
+    rows = ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
+    return "\n".join([rows[0], "|" + "---|" * len(table[0]), *rows[1:]]) + "\n"
+
+
+def interval(diff: float, low: float, high: float, significant: str | None = None, digits: int = 2) -> str:
+    """'+33.75 [31.33, 36.17]', with ' ns' where the interval contains 0."""
+    text = f"{diff:+.{max(2, digits)}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return text + (" ns" if significant == "no" else "")
+
+
+def metric_name(metric: str) -> str:
+    """'naive_average:edit_similarity' -> 'edit similarity'."""
+    return base_metric(metric).replace("_", " ")
+
+
+def pair_args(args, weights: bool = False) -> list[tuple]:
+    """--pair a,b: two labels, or two prompt-loss weights (a sweep's tables)."""
+    try:
+        bad = [p for p in args.pair if len(tuple(map(float if weights else str, p.split(",")))) != 2]
+    except ValueError:
+        bad = args.pair
+    if bad:
+        raise UserError(f"--pair takes two {'weights' if weights else 'labels'} separated by a comma (a,b for a - b), "
+                        f"got {bad}.")
+    return [tuple(map(float if weights else str, p.split(","))) for p in args.pair]
+
+
+def weight_label(w) -> str:
+    """'w = 0.5'."""
+    return f"w = {float(w):g}"
+
+
+def sweep_table(args) -> str:
+    """Mean of the seeds [95% t-interval over seeds] per weight: the group averages, the held-out response loss and,
+    where the runs recorded them, the training's clipped share of steps and median gradient norm."""
+    sweep = pd.read_csv(Path(args.source) / "sweep.csv")
+    keep = sweep["metric"].str.contains("average") | (sweep["metric"] == "response_loss") | (sweep["dataset"] == "train")
+    keep &= ~sweep["metric"].map(is_side_effect)
+    if args.datasets:
+        keep &= sweep["dataset"].isin(args.datasets.split(",") + ["heldout", "train"])
+    sweep = sweep[keep]
+    weights = list(dict.fromkeys(sweep["prompt_loss_weight"]))
+    seeds = int(sweep["seeds"].max())
+    table = [[f"mean of {seeds} seeds [95% CI]", *map(weight_label, weights)]]
+    for (dataset, metric), rows in sweep.groupby(["dataset", "metric"], sort=False):
+        digits = 4 if dataset in ("heldout", "train") else 2
+        cells = {r["prompt_loss_weight"]: f"{r['mean']:.{digits}f} [{r['ci_low']:.{digits - 1}f}, "
+                                           f"{r['ci_high']:.{digits - 1}f}]" for _, r in rows.iterrows()}
+        table.append([f"`{dataset}` {metric_name(metric)}", *(cells.get(w, "-") for w in weights)])
+    return format_markdown(table)
+
+
+def _average_differences(args) -> pd.DataFrame:
+    """A sweep's differences.csv rows of the group averages (scores, not side effects), of --datasets if given."""
+    diffs = pd.read_csv(Path(args.source) / "differences.csv")
+    diffs = diffs[diffs["metric"].str.contains("average") & ~diffs["metric"].map(is_side_effect)]
+    return diffs[diffs["dataset"].isin(args.datasets.split(","))] if args.datasets else diffs
+
+
+def sweep_differences_table(args) -> str:
+    """Differences between weights, paired by seed [95% t-interval over seeds], for the group averages."""
+    diffs = _average_differences(args)
+    pairs = pair_args(args, weights=True)
+    table = [["paired by seed [95% CI]", *(f"{weight_label(a)} - {weight_label(b)}" for a, b in pairs)]]
+    for (dataset, metric), rows in diffs.groupby(["dataset", "metric"], sort=False):
+        cells = []
+        for a, b in pairs:
+            r = rows[(rows["w_a"] == a) & (rows["w_b"] == b)]
+            cells.append("-" if r.empty else interval(r.iloc[0]["diff"], r.iloc[0]["ci_low"], r.iloc[0]["ci_high"],
+                                                       r.iloc[0]["significant"], digits=1) + _holm_mark(r.iloc[0]))
+        table.append([f"`{dataset}` {metric_name(metric)}", *cells])
+    return format_markdown(table)
+
+
+def _holm_mark(row) -> str:
+    """' (ns after Holm)' where a difference is significant alone but not after Holm within its family; '' for a
+    sweep summarised before p-values were kept."""
+    if "significant_holm" not in row or row["significant"] != "yes":
+        return ""
+    return " (ns after Holm)" if row["significant_holm"] == "no" else ""
+
+
+def primary_table(args) -> str:
+    """A sweep's declared primary endpoints (primary.json) and their tests (primary.csv): the declaration first, then
+    each endpoint and pair: the difference [95% t-interval over seeds], p, Holm's p, the seeds x items interval."""
+    root = Path(args.source)
+    record = read_declaration(root)
+    if record is None or not (root / "primary.csv").is_file():
+        raise UserError(f"{root}: no primary endpoints declared (primary.json) or none summarised (primary.csv); run "
+                         "the sweep with --primary DATASET:METRIC,... (docs/sweeps.md).")
+    rows = pd.read_csv(root / "primary.csv", dtype={"combined_low": str, "combined_high": str, "items": str})
+    pairs = list(dict.fromkeys(zip(rows["w_a"], rows["w_b"])))
+    table = [["endpoint", "pair", "seeds", "difference [95% CI over seeds]", "p", "p (Holm)",
+              "95% CI over seeds and items"]]
+    for _, r in rows.iterrows():
+        dataset, metric = r["endpoint"].split(":", 1)
+        combined = "-" if r["combined_low"] == "-" else (f"[{float(r['combined_low']):.1f}, "
+                                                         f"{float(r['combined_high']):.1f}] ({r['items']} items)")
+        table.append([f"`{dataset}` {metric_name(metric)}", f"{weight_label(r['w_a'])} - {weight_label(r['w_b'])}",
+                      str(r["seeds"]), interval(r["diff"], r["ci_low"], r["ci_high"], digits=1),
+                      f"{r['p']:.3g}", f"{r['p_holm']:.3g}" + ("" if r["significant_holm"] == "yes" else " ns"),
+                      combined])
+    return declaration_text(record, [(float(a), float(b)) for a, b in pairs], len(rows)) + "\n" + \
+        format_markdown(table)
+
+
+def variants_table(args) -> str:
+    """Each variant minus the first at every weight, paired by seed [95% t-interval over seeds] (variants.csv)."""
+    rows = pd.read_csv(Path(args.source) / "variants.csv")
+    rows = rows[(rows["metric"].str.contains("average") & ~rows["metric"].map(is_side_effect))
+                | (rows["metric"] == "response_loss")]
+    if args.datasets:
+        rows = rows[rows["dataset"].isin(args.datasets.split(",") + ["heldout"])]
+    columns = list(dict.fromkeys(zip(rows["variant"], rows["prompt_loss_weight"])))
+    baseline = rows["baseline"].iloc[0]
+    table = [["paired by seed [95% CI]", *(f"{v} - {baseline} at {weight_label(w)}" for v, w in columns)]]
+    for (dataset, metric), group in rows.groupby(["dataset", "metric"], sort=False):
+        digits = 4 if dataset == "heldout" else 1
+        cells = {(r["variant"], r["prompt_loss_weight"]): interval(r["diff"], r["ci_low"], r["ci_high"],
+                                                                    r["significant"], digits=digits)
+                 for _, r in group.iterrows()}
+        table.append([f"`{dataset}` {metric_name(metric)}", *(cells.get(c, "-") for c in columns)])
+    return format_markdown(table)
+
+
+def sweep_seeds_table(args) -> str:
+    """How many seeds the sweep's differences need (sft.evaluation.seeds), for the group averages."""
+    diffs = _average_differences(args)
+    return format_markdown(seeds_table(diffs, pair_args(args, weights=True),
+                                       args.target_difference))
