@@ -202,7 +202,9 @@ def read_pair(folder: Path, label: str) -> dict[tuple[str, str], float]:
 
 def summarise_sweep(root: Path, weights: list[float], seeds: list[int], preset: str,
                     plot: str | Path | None) -> Path:
-    """Write summary/summary_<ts>.{csv,md,txt} (mean over seeds per weight) and sweep.csv with intervals."""
+    """Write summary/summary_<ts>.{csv,md,txt} (mean over seeds per weight), sweep.csv with intervals,
+    differences.csv/.md (every pair, p-values, Holm) and, where endpoints were declared, primary.csv/.md (printed
+    first)."""
     pairs = {(w, s): read_pair(root / pair_label(w, s), pair_label(w, s)) for w in weights for s in seeds}
     keys = list(dict.fromkeys(k for scores in pairs.values() for k in scores))
     records = []
