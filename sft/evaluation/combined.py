@@ -23,10 +23,11 @@ import pandas as pd
 
 from sft.data.errors import UserError
 from sft.evaluation.report import LEVEL
+from sft.evaluation.results import (
+    ITEM_COLUMNS,  # model,task,group,item,metric,score; score on the summary's scale
+)
 from sft.evaluation.settings import BOOT_SEED, N_BOOT
 
-ITEM_SCORES = "item_scores.csv"  # an evaluation's per-item scores, beside its summary/ (one per evaluation run)
-ITEM_COLUMNS = ["model", "task", "group", "item", "metric", "score"]  # its columns; score on the summary's scale
 DESIGNS = ("crossed", "nested")
 
 

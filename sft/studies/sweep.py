@@ -24,7 +24,7 @@ from sft.core.overrides import load_config
 from sft.core.run_folder import setting_differences
 from sft.core.train import train
 from sft.data.errors import UserError
-from sft.evaluation.combined import ITEM_SCORES, combined_interval, read_item_scores
+from sft.evaluation.combined import combined_interval, read_item_scores
 from sft.evaluation.evaluate import evaluate_models
 from sft.evaluation.multiplicity import (
     PRIMARY_FILE,
@@ -44,6 +44,7 @@ from sft.evaluation.seeds import ALPHA, seeds_table, spread, t_interval, t_test_
 from sft.evaluation.side_effects import is_side_effect
 from sft.runs.checkpoints import list_checkpoints, run_is_complete
 from sft.runs.layout import (
+    ITEM_SCORES,
     MANIFEST,
     RAW_RESULTS_ROOT,
     SWEEP_PLOT,
