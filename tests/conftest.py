@@ -9,7 +9,8 @@ import pytest
 
 from helpers import GSM8K, QWEN_TOKENIZER, demo_config
 # The check of the `slow` marker (tests/markers.py): its hooks, registered by being names of this conftest.
-from markers import pytest_configure, pytest_fixture_setup, pytest_runtest_makereport, pytest_runtest_setup  # noqa: F401
+from markers import (pytest_configure, pytest_fixture_setup, pytest_runtest_logreport,  # noqa: F401
+                     pytest_runtest_makereport, pytest_runtest_setup, pytest_terminal_summary)
 
 pytest_plugins = ["pytester"]  # tests/test_markers.py runs pytest on a test file of its own
 

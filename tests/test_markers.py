@@ -115,3 +115,88 @@ def test_the_check_fails_exactly_the_wrong_markers(pytester):
     result.stdout.fnmatch_lines(["*test_launches_unmarked_wrong is not marked slow, but it launches a process*",
                                  "*test_idle_marked_wrong is marked slow, but it neither trains*"], consecutive=False)
 
+
+
+@pytest.mark.parametrize("marked, cpu_s, wrong", [
+    (False, 0.0, False), (False, markers.CPU_LIMIT_S, False), (False, markers.CPU_LIMIT_S + 0.1, True),
+    (True, markers.CPU_LIMIT_S + 0.1, False), (True, markers.CPU_FLOOR_S, False),
+    (True, markers.CPU_FLOOR_S - 0.1, True),
+])
+def test_mismatch_by_cpu_time_alone(marked, cpu_s, wrong):
+    why = mismatch(marked, [], cpu_s, {"built_once": cpu_s / 2})
+    assert (why is not None) == wrong
+    if wrong and not marked:
+        assert "add @pytest.mark.slow" in why and f"used {cpu_s:.1f} s of CPU" in why and "built_once" in why
+    if wrong and marked:
+        assert "remove @pytest.mark.slow" in why
+
+
+# The duration rule with its limits lowered (0.3 s, floor 0.1 s) so that the run takes a second: a test's CPU
+# time, not its wall time, counts (a sleep is free, so a busy machine cannot fail a test), and a shared fixture's
+# setup counts for every test that uses it.
+TIMED = '''
+import time
+
+import pytest
+
+
+def burn(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+@pytest.fixture(scope="module")
+def costly():
+    burn(0.5)
+
+
+def test_quick_ok():
+    pass
+
+
+def test_sleeps_unmarked_ok():
+    time.sleep(0.5)
+
+
+def test_burns_unmarked_wrong():
+    burn(0.5)
+
+
+@pytest.mark.slow
+def test_burns_marked_ok():
+    burn(0.5)
+
+
+@pytest.mark.slow
+def test_sleeps_marked_wrong():
+    time.sleep(0.5)
+
+
+def test_builds_the_costly_fixture_unmarked_wrong(costly):
+    pass
+
+
+def test_reuses_the_costly_fixture_unmarked_wrong(costly):
+    pass  # the fixture was built during the test before: its CPU still counts for this one
+'''
+
+
+@pytest.mark.slow
+def test_the_check_fails_exactly_the_long_unmarked_tests(pytester):
+    pytester.makeini('[pytest]\nmarkers =\n    slow: trains, launches, runs a notebook or takes long\n')
+    pytester.makeconftest(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport markers\n"
+                          "markers.CPU_LIMIT_S, markers.CPU_FLOOR_S = 0.3, 0.1\n"
+                          "from markers import pytest_configure, pytest_fixture_setup, pytest_runtest_makereport, "
+                          "pytest_runtest_setup\n")
+    pytester.makepyfile(test_timed=TIMED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rf")
+    failed = sorted(line.split("::")[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED"))
+    assert failed == ["test_builds_the_costly_fixture_unmarked_wrong", "test_burns_unmarked_wrong",
+                      "test_reuses_the_costly_fixture_unmarked_wrong", "test_sleeps_marked_wrong"]
+    result.assert_outcomes(passed=3, failed=4)
+    result.stdout.fnmatch_lines(["*test_burns_unmarked_wrong is not marked slow, but it used 0.* s of CPU*"
+                                 "add @pytest.mark.slow*",
+                                 "*test_sleeps_marked_wrong is marked slow, but it neither trains*",
+                                 "*test_reuses_the_costly_fixture_unmarked_wrong is not marked slow, but it used "
+                                 "0.* s of CPU (itself and its fixtures: costly 0.5 s*"], consecutive=False)

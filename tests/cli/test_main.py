@@ -91,6 +91,7 @@ def test_train_with_a_column_map(demo_root, tmp_path, monkeypatch, one_thread):
     assert manifest["status"] == "complete" and manifest["config"]["data"]["column_map"] == {"my_col": "output"}
 
 
+@pytest.mark.slow  # 7,473 rows tokenized: 9-10 s of CPU
 def test_inspect_data_json_on_gsm8k(gsm8k_path, qwen_tokenizer, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["inspect-data", "--data", str(gsm8k_path), "--tokenizer", str(QWEN_TOKENIZER), "--json",

@@ -118,6 +118,7 @@ def conversations_from(rows, n, seed=0):
     return out
 
 
+@pytest.mark.slow  # 1,200 conversations: 5 s of CPU
 def test_ids_equal_apply_chat_template_on_1200_qwen_conversations(qwen_tokenizer, gsm8k_path):
     convs = conversations_from(json.loads(gsm8k_path.read_text()), 1200)
     table = tokenize_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=4096))
@@ -133,6 +134,7 @@ def test_ids_equal_apply_chat_template_on_1200_qwen_conversations(qwen_tokenizer
         assert sum(1 for t, v in zip(x, w) if t == im_end and v == 1) == sum(m["role"] == "assistant" for m in conv)
 
 
+@pytest.mark.slow  # 1,000 conversations: 3.5 s of CPU
 def test_ids_equal_apply_chat_template_with_the_alpaca_chat_template(demo_tokenizer, gsm8k_path):
     convs = conversations_from(json.loads(gsm8k_path.read_text()), 1000, seed=1)
     cfg = DataConfig(max_length=100_000, chat_template="alpaca")
@@ -344,6 +346,7 @@ def expected_roles(tokenizer, text, segments):
     return char_role[at], char_turn[at], char_role, starts, ends
 
 
+@pytest.mark.slow  # 1,200 conversations: 9-10 s of CPU
 def test_ids_and_roles_of_1200_tool_calling_conversations_equal_qwens_template(qwen_tokenizer):
     from helpers import agent_conversations, qwen_role_segments
     from sft.data.conversations import REASONING, TOOL_CALL, TOOL_OUTPUT, check_conversation

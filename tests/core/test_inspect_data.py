@@ -123,6 +123,7 @@ def test_the_weights_table_names_the_conversation_weights(qwen_tokenizer, tmp_pa
     assert any(line.split()[-2:] == ["template", "0"] for line in table.splitlines())
 
 
+@pytest.mark.slow  # inspect-data twice, each loading the 18 MB tokenizer: 4-6 s of CPU
 def test_agent_data_reports_tool_roles_and_the_first_bad_rows_in_text_and_json(tmp_path, capsys):
     from helpers import QWEN_TOKENIZER, TOOL_SCHEMAS
     from sft.cli.main import main

@@ -87,6 +87,7 @@ def _plan(root, monkeypatch, **overrides):
     return plan_run(cfg)
 
 
+@pytest.mark.slow  # two plans (each loads the 18 MB tokenizer and builds Qwen2.5-0.5B on the meta device): 8 s of CPU
 def test_plan_figures_against_a_hand_count(plan_root, monkeypatch, qwen_tokenizer):
     tok = qwen_tokenizer
     prompt = [len(tok(render_prompt("alpaca", r["instruction"], r["input"] or None), add_special_tokens=False)
@@ -153,6 +154,7 @@ def test_memory_estimate_of_the_lm_head():
     assert memory_estimate(shape | {"tied_embeddings": False}, 4, 10)["tied_embedding_gradient"] == 0
 
 
+@pytest.mark.slow  # a plan: 5 s of CPU
 def test_plan_steps_and_unmasked_head(plan_root, monkeypatch):
     p = _plan(plan_root, monkeypatch, per_device_train_batch_size=2, gradient_accumulation_steps=2,
               prompt_loss_weight=1.0, batching="padded")
@@ -163,6 +165,7 @@ def test_plan_steps_and_unmasked_head(plan_root, monkeypatch):
     assert p["flops"]["head_tokens_per_epoch"] == p["data"]["real_tokens_per_epoch"] - 5
 
 
+@pytest.mark.slow  # two plans: 9 s of CPU
 def test_plan_cli_prints_and_errors(plan_root, monkeypatch, capsys):
     from sft.cli.main import main
 
@@ -183,6 +186,7 @@ CHATS = [[{"role": "system", "content": "You add numbers."}, {"role": "user", "c
 
 
 @pytest.mark.parametrize("train_on", ["all", "last"])
+@pytest.mark.slow  # two plans: 9-10 s of CPU
 def test_plan_counts_the_tokens_of_each_role_of_conversations(plan_root, monkeypatch, capsys, qwen_tokenizer,
                                                               train_on):
     from sft.cli.main import main
@@ -209,6 +213,7 @@ def test_plan_counts_the_tokens_of_each_role_of_conversations(plan_root, monkeyp
             in capsys.readouterr().out)
 
 
+@pytest.mark.slow  # a plan: 6 s of CPU
 def test_plan_prints_what_loading_dropped_and_ignored_and_counts_tool_roles(plan_root, monkeypatch, capsys, caplog):
     import logging
 
@@ -235,7 +240,8 @@ WEIGHTED_CHATS = [CHATS[0][:2] + [dict(CHATS[0][2], loss_weight=0)] + CHATS[0][3
 @pytest.mark.parametrize("settings", [
     {},  # w = 0: the trained replies only
     {"role_weights": "user=0.5"},  # w = 0, the user's words too
-    {"role_weights": "template=0,system=0", "prompt_loss_weight_end": 1.0},  # a ramp: the user's words after step 1
+    pytest.param({"role_weights": "template=0,system=0", "prompt_loss_weight_end": 1.0},  # a ramp: the user's
+                 marks=pytest.mark.slow),  # words after step 1; and a plan, whose FLOPs count them: 5 s of CPU
     {"train_on": "last"},  # w = 0: the last reply only
     {"prompt_loss_weight": 1.0, "role_weights": "template=0"},  # unmasked but for the markup
 ])

@@ -153,6 +153,7 @@ def test_format_tool_calls_is_what_the_template_writes():
     assert text == ALPACA.render("How old is Anna?") + format_tool_calls(CALL["tool_calls"]) + "</s>"
 
 
+@pytest.mark.slow  # 2 x 7,473 rows: 17-21 s of CPU
 def test_fine_tuned_tokenizer_reproduces_training_prompt_ids_on_every_gsm8k_row(qwen_tokenizer, gsm8k_path):
     import json
 

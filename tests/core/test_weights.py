@@ -237,7 +237,7 @@ def _sharegpt(tmp_path, extra: dict | None = None):
     return path
 
 
-def test_inspect_data_counts_qwens_default_system_prompt_as_system(tmp_path, capsys):
+def test_inspect_data_counts_qwens_default_system_prompt_as_system(tmp_path, capsys, qwen_tokenizer):
     from helpers import QWEN_TOKENIZER
     from sft.cli.main import main
 
@@ -247,8 +247,7 @@ def test_inspect_data_counts_qwens_default_system_prompt_as_system(tmp_path, cap
     stats = json.loads(capsys.readouterr().out)
     # "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", in both conversations
     default = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-    from transformers import AutoTokenizer
-    n = len(AutoTokenizer.from_pretrained(QWEN_TOKENIZER)(default)["input_ids"])
+    n = len(qwen_tokenizer(default)["input_ids"])
     assert stats["tokens_by_role"]["system"] == 2 * n
     assert stats["tokens_by_role"]["user"] == 2 * 8 + 5  # "What is 2 + 3?" twice, "And times 4?" once
     assert stats["weight_by_role"] == {"template": 0.0, "system": 0.0, "user": 0.0, "assistant": 7.0}

@@ -57,6 +57,7 @@ def chaotic(demo_root):
     return model, tokenizer, stops
 
 
+@pytest.mark.slow  # generation, batched and one prompt at a time: 3-5 s of CPU
 def test_batched_generation_matches_one_prompt_at_a_time(chaotic):
     model, tokenizer, stops = chaotic
     prompts = render_prompts("alpaca", generate_rows(24, seed=11))

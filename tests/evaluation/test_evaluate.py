@@ -393,6 +393,7 @@ def test_heldout_summary_and_comparison_list_the_losses_per_role():
     assert "prompt loss" in heldout_markdown(pd.DataFrame([{"model": "a", **chat}]))
 
 
+@pytest.mark.slow  # a forward pass over a 151,665-token vocabulary: 4-4.5 s of CPU
 def test_heldout_metrics_report_the_tool_roles_of_agent_data(qwen_tokenizer, tmp_path):
     from helpers import agent_conversations
     from sft.data.config import DataConfig

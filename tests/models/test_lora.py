@@ -227,6 +227,7 @@ def plan_rows(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow  # two plans of a 7B model: 5-8 s of CPU
 def test_plan_says_which_method_fits_for_qwen25_7b(plan_rows, monkeypatch, capsys):
     from sft.cli.main import main
     from sft.core.costs import GIB

@@ -35,6 +35,7 @@ def fixture_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # the fixture (a tiny model, the tokenizer saved) and the tokenizer loaded: 6 s of CPU
 def test_fixture_looks_like_the_download(fixture_root):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -82,6 +83,7 @@ def _fails_cleanly(root, monkeypatch, capsys, *args, expect=()):
 TRAIN = ("train", "--preset", PRESET, "--prompt-loss-weight", "0", "--max-steps", "1")
 
 
+@pytest.mark.slow  # the fixture and a copy of it checked: 3.5 s of CPU
 def test_model_folder_missing_files(fixture_root, tmp_path, monkeypatch, capsys):
     root = _copy(fixture_root, tmp_path)
     model = root / LOCAL_QWEN_DIR
@@ -93,6 +95,7 @@ def test_model_folder_missing_files(fixture_root, tmp_path, monkeypatch, capsys)
     _fails_cleanly(root, monkeypatch, capsys, *TRAIN, expect=("lacks config.json",))
 
 
+@pytest.mark.slow  # the fixture and a copy of it checked: 3.5 s of CPU
 def test_wrong_architecture(fixture_root, tmp_path, monkeypatch, capsys):
     root = _copy(fixture_root, tmp_path)
     path = root / LOCAL_QWEN_DIR / "config.json"
@@ -103,6 +106,7 @@ def test_wrong_architecture(fixture_root, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("change, expect", [({"eos_token_id": 151645}, "EOS '<|endoftext|>' (id 151643)"),
                                             ({"pad_token_id": 0}, "pad id 151643 is not the model's pad_token_id 0")])
+@pytest.mark.slow  # the fixture and the tokenizer re-saved and checked: 6-7 s of CPU
 def test_tokenizer_special_ids_differ_from_the_model(fixture_root, tmp_path, monkeypatch, capsys, change, expect):
     root = _copy(fixture_root, tmp_path)
     model = root / LOCAL_QWEN_DIR
@@ -111,6 +115,7 @@ def test_tokenizer_special_ids_differ_from_the_model(fixture_root, tmp_path, mon
     _fails_cleanly(root, monkeypatch, capsys, *TRAIN, expect=(expect,))
 
 
+@pytest.mark.slow  # the fixture and a copy of it checked: 3.5 s of CPU
 def test_dataset_folder_without_a_usable_file(fixture_root, tmp_path, monkeypatch, capsys):
     root = _copy(fixture_root, tmp_path)
     data = root / "Dataset"
