@@ -19,7 +19,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 test: install
 	$(PY) -m pytest
 
-# The inner loop: every test that neither trains, nor launches a process, nor runs a notebook (pytest -m "not slow").
+# The inner loop: every test that neither trains, nor launches a process, nor runs a notebook, nor uses more than 5 s
+# of CPU (pytest -m "not slow"; tests/markers.py checks the markers, docs/testing.md has the timings).
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from helpers import GSM8K, QWEN_TOKENIZER, demo_config
-# The check of the `slow` marker (tests/markers.py): its hooks, registered by being names of this conftest.
-from markers import (pytest_configure, pytest_fixture_setup, pytest_runtest_logreport,  # noqa: F401
-                     pytest_runtest_makereport, pytest_runtest_setup, pytest_terminal_summary)
 
-pytest_plugins = ["pytester"]  # tests/test_markers.py runs pytest on a test file of its own
+# pytester: tests/test_markers.py runs pytest on test files of its own. markers: the check of the `slow` marker
+# (tests/markers.py), a plugin rather than hooks of this conftest, whose pytest_fixture_setup would not see the
+# session-scoped fixtures (their node, the session, is not under tests/).
+pytest_plugins = ["pytester", "markers"]
 
 
 def _need(path: Path) -> Path:

@@ -56,10 +56,12 @@ def qwen25_config(tiny: bool = True) -> Qwen2Config:
     return config
 
 
-def build_reference_fixture(root: str | Path, shared: str | Path, tiny: bool = True, seed: int = 0) -> dict[str, Path]:
+def build_reference_fixture(root: str | Path, shared: str | Path, tiny: bool = True, seed: int = 0,
+                            tokenizer=None) -> dict[str, Path]:
     """Write model/qwen2.5/transformers/0.5b/1/ and Dataset/alpaca_data_cleaned.json under root, as downloaded.
 
-    tiny=False writes the full-size config.json and tokenizer without weights (enough for `sft plan`).
+    tiny=False writes the full-size config.json and tokenizer without weights (enough for `sft plan`). tokenizer:
+    shared's tokenizer if the caller has already loaded it (loading its 18 MB takes a second of CPU).
     """
     root, shared = Path(root), Path(shared)
     tokenizer_dir, data = shared / "tokenizers" / "qwen2.5", shared / "data" / "gsm8k_alpaca.json"
@@ -81,7 +83,7 @@ def build_reference_fixture(root: str | Path, shared: str | Path, tiny: bool = T
     eos = QWEN25_05B["eos_token_id"]
     GenerationConfig(bos_token_id=QWEN25_05B["bos_token_id"], eos_token_id=eos, do_sample=False,
                      max_new_tokens=2048).save_pretrained(str(model_dir))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(model_dir))
+    (tokenizer or AutoTokenizer.from_pretrained(str(tokenizer_dir))).save_pretrained(str(model_dir))
     data_dir = root / LOCAL_DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(data, data_dir / DATA_FILE)

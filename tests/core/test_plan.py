@@ -67,14 +67,12 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def plan_root(tmp_path_factory):
+def plan_root(tmp_path_factory, qwen_tokenizer):
     """The real Qwen2.5-0.5B config.json and tokenizer (no weights: a plan does not need them) and 5 rows."""
     from sft.studies.reference import build_reference_fixture
 
-    if not SHARED.exists():
-        pytest.skip(f"{SHARED} is absent: the plan tests need the project's ../shared folder beside the repo")
     root = tmp_path_factory.mktemp("plan")
-    build_reference_fixture(root, SHARED, tiny=False)
+    build_reference_fixture(root, SHARED, tiny=False, tokenizer=qwen_tokenizer)  # the session's: no second load
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     (root / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:2]))
     return root

@@ -237,6 +237,7 @@ def _sharegpt(tmp_path, extra: dict | None = None):
     return path
 
 
+@pytest.mark.slow  # the 18 MB tokenizer loaded twice (the command's, the fixture): 2.5 s of CPU, 5.5 s loaded
 def test_inspect_data_counts_qwens_default_system_prompt_as_system(tmp_path, capsys, qwen_tokenizer):
     from helpers import QWEN_TOKENIZER
     from sft.cli.main import main
