@@ -286,6 +286,7 @@ def test_plan_head_positions_follow_the_whole_weight_spec(plan_root, monkeypatch
     assert f"at w = {w:g}" in p["flops"]["head_tokens_note"]
 
 
+@pytest.mark.slow  # plans: 10.2 s of CPU
 def test_untrained_and_truncated_examples_are_dropped_counted_and_printed(plan_root, monkeypatch, capsys, caplog):
     """A conversation whose only reply the data weighs 0 teaches nothing at w = 0 (every weight 0): it is dropped
     and counted, at every w alike (the regimes stay paired); truncation counts are on the console, not only in the

@@ -391,6 +391,7 @@ def test_a_stop_token_rendered_at_the_next_message_belongs_to_the_reply_it_close
         assert got == expected  # the last reply, "OK", has no closing token: the template renders none
 
 
+@pytest.mark.slow  # 1,200 conversations: 7.3 s of CPU
 def test_end_of_turn_none_on_1200_qwen_conversations_drops_exactly_one_im_end_per_reply(qwen_tokenizer, gsm8k_path):
     from test_chat import conversations_from
 
