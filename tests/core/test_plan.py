@@ -317,6 +317,7 @@ def test_untrained_and_truncated_examples_are_dropped_counted_and_printed(plan_r
             in caplog.text), caplog.text[-2000:]
 
 
+@pytest.mark.slow  # a plan: 4.8-5.2 s of CPU at load 15
 def test_plan_of_plain_text_counts_every_token_as_a_target(plan_root, monkeypatch, qwen_tokenizer):
     texts = [{"text": f"{r['instruction']} {r['output']}"} for r in ROWS]
     (plan_root / "texts.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))

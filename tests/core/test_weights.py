@@ -410,6 +410,7 @@ def test_end_of_turn_none_on_1200_qwen_conversations_drops_exactly_one_im_end_pe
     assert ((w["turn"] > 0) & (w["last"] == 0)).sum() == replies - len(convs)
 
 
+@pytest.mark.slow  # an export and a plan: 3.9-4.4 s of CPU at load 15
 def test_end_of_turn_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
     from helpers import QWEN_TOKENIZER
     from sft.cli.main import main
