@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,12 +23,14 @@ import torch
 from sft.core.config import ExperimentConfig
 from sft.data.errors import UserError
 from sft.runs.checkpoints import (
+    REFUSED,
+    checkpoint_step,
     last_complete_checkpoint,
     list_checkpoints,
     run_is_complete,
 )
 from sft.runs.layout import MANIFEST, run_dir, tensorboard_dir
-from sft.runs.safety import RunLock, check_nesting, drop, move_aside, restore
+from sft.runs.safety import RunLock, check_nesting, check_set_aside, drop, move_aside, restore
 
 logger = logging.getLogger("sft")
 
@@ -91,13 +94,8 @@ def global_batch(train: dict[str, Any], world_size: int) -> tuple[int, str]:
 
 def check_settings(cfg: ExperimentConfig, out: Path, world_size: int = 1) -> None:
     """Refuse a resume whose optimisation settings differ from the run's manifest; say which others are applied."""
-    try:
-        manifest = json.loads((out / MANIFEST).read_text())
-        saved = manifest["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        logger.warning("%s has no readable %s: the settings of the run being resumed cannot be compared", out,
-                       MANIFEST)
-        return
+    manifest = read_saved_manifest(out)
+    saved = manifest["config"]
     refused, length, harmless = setting_differences(saved, cfg.to_dict())
     (old, how_old), (new, how_new) = (global_batch(saved["train"], int(manifest.get("world_size", 1))),
                                       global_batch(cfg.to_dict()["train"], world_size))
@@ -114,12 +112,28 @@ def check_settings(cfg: ExperimentConfig, out: Path, world_size: int = 1) -> Non
         logger.warning("resume: applying changed settings that do not alter the optimisation: %s", "; ".join(harmless))
 
 
+def read_saved_manifest(out: Path) -> dict[str, Any]:
+    """The manifest of a run being resumed; a UserError where it is missing or unreadable: without it the settings
+    the checkpoints were trained with cannot be checked, and the new manifest would claim the new ones for the
+    whole run."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        if isinstance(manifest, dict) and isinstance(manifest.get("config"), dict) and "train" in manifest["config"]:
+            return manifest
+        problem = "holds no run config"
+    except FileNotFoundError:
+        problem = "is missing"
+    except (OSError, ValueError) as e:
+        problem = f"does not parse ({str(e)[:120]})"
+    raise UserError(
+        f"{out / MANIFEST} {problem}, so the settings {out}'s checkpoints were trained with cannot be checked; "
+        f"nothing was changed. Restore the file from a copy, or train the run again from the start (--overwrite, keeping the old run aside until the new one has saved "
+        "its first checkpoint), or give the new run another --run-name.")
+
+
 def check_data(out: Path, info: dict[str, Any]) -> None:
     """Refuse a resume on other data than the run was trained on (fingerprints in its manifest)."""
-    try:
-        saved = json.loads((out / MANIFEST).read_text()).get("data") or {}
-    except (OSError, json.JSONDecodeError):
-        return
+    saved = read_saved_manifest(out).get("data") or {}
     diffs = [f"{k}: saved {saved[k]}, now {info.get(k)}" for k in DATA_FINGERPRINTS
              if k in saved and saved[k] != info.get(k)]
     if diffs:
@@ -146,8 +160,13 @@ def resume_checkpoint(cfg: ExperimentConfig, world_size: int = 1) -> str | None:
         return None  # a new run
     if t.resume == "true" or (t.resume == "auto" and not complete):
         skipped: list[tuple[Path, str]] = []
-        last = last_complete_checkpoint(out, skipped)
+        last = last_complete_checkpoint(out, skipped, parse_states=True)
         for path, why in skipped:
+            if REFUSED in why:  # not a cut write: a file training never writes; said, never loaded, never skipped
+                raise UserError(
+                    f"{path}: {why}. Training never writes such a file, and it is not loaded; nothing was changed. "
+                    f"Delete {path} (the run then resumes from the complete checkpoint before it) or restore the file "
+                    "from a copy you trust; or train the run again from the start (--overwrite).")
             logger.warning("skipping %s: incomplete (%s); resuming from an earlier checkpoint", path, why)
         if last is None and (t.resume == "true" or complete):
             what = "a finished run whose checkpoints were pruned" if complete else "no complete checkpoint"
@@ -159,6 +178,15 @@ def resume_checkpoint(cfg: ExperimentConfig, world_size: int = 1) -> str | None:
             logger.warning("%s stopped before its first complete checkpoint: starting it from the base model", out)
             return None
         check_settings(cfg, out, world_size)
+        step = json.loads((last / "trainer_state.json").read_text())["global_step"]  # checked: an int >= 0
+        if t.max_steps > 0 and step > t.max_steps:
+            raise UserError(
+                f"{out}'s last complete checkpoint, {last.name}, holds {step} optimizer steps, more than max_steps "
+                f"{t.max_steps}: resuming cannot take steps back, and the run would end with the step-{step} weights "
+                f"under a manifest saying {t.max_steps}; nothing was changed. To train it further, set --max-steps "
+                f"above {step} (or drop it: the saved value); for a {t.max_steps}-step model, use its "
+                f"checkpoint-{t.max_steps} where it was kept, or train it again (--overwrite), or give the new run "
+                "another --run-name.")
         # A warning, so a notebook shows it: the run continues where it was, not from the base model.
         logger.warning("resuming %s from %s (resume=%s)", out, last.name, t.resume)
         return str(last)
@@ -195,13 +223,49 @@ def on_rank0(args, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def disk_full(e: OSError, out: Path) -> UserError:
-    """The paragraph for a write that ran out of space."""
-    last = last_complete_checkpoint(out)
-    kept = (f"its last complete checkpoint, {last.name}, is kept: free space and run the same command again to "
-            "continue from it" if last else "it had saved no checkpoint yet, so nothing of it was kept")
-    return UserError(f"No space left on device while training {out} ({e.filename or 'a write'}): {kept}. Free "
-                      "space (auto_clean.py prunes old checkpoints) or put runs on another disk with --model-root.")
+# What a write that ran out of room raises: OSError ENOSPC (or EFBIG past a file-size limit), and, wrapping the same
+# error in text, torch.save's zip writer ("PytorchStreamWriter failed writing file ...: unexpected pos") and
+# safetensors' Rust writer ("SafetensorError: ... No space left on device (os error 28)").
+FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+FULL_TEXT = ("No space left on device", "os error 28", "File too large", "os error 27", "Disk quota exceeded",
+             "unexpected pos")
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether an exception (or one it was raised from) is a write that ran out of room."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
+            return True
+        if any(t in str(error) for t in FULL_TEXT):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def disk_full(e: BaseException, out: Path) -> UserError:
+    """The paragraph for a write that ran out of space: the folder, the space free and needed, what was kept. A
+    checkpoint cut short by it (newer than the last complete one) is deleted: it is never resumed from, and it
+    holds the space the next try needs."""
+    last = last_complete_checkpoint(out) if out.exists() else None
+    for ckpt in list_checkpoints(out):
+        if last is None or checkpoint_step(ckpt) > checkpoint_step(last):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    where = out if out.exists() else next(p for p in out.parents if p.exists())
+    free = shutil.disk_usage(where).free
+    need = folder_bytes(last) if last is not None else None
+    kept = (f"its last complete checkpoint, {last.name}, is kept (the one cut short was deleted): free space and run "
+            "the same command again to continue from it" if last else
+            "it had saved no complete checkpoint yet, so nothing of it was kept")
+    size = (f"{free / 2**20:.1f} MiB are free there; each checkpoint of this run takes {need / 2**20:.1f} MiB, and "
+            "the final model about half that" if need else f"{free / 2**20:.1f} MiB are free there")
+    return UserError(f"No space left on device while training {out} ({getattr(e, 'filename', None) or 'a write'}): "
+                     f"{kept}. {size}. Free space (auto_clean.py prunes old checkpoints; --save-total-limit keeps "
+                     "fewer) or put runs on another disk with --model-root.")
 
 
 class RunFolder:
@@ -215,6 +279,7 @@ class RunFolder:
         self.fresh = not self.out.exists()
         self.fresh_tb = not tensorboard_dir(cfg).exists()
         self.old: Path | None = None
+        self.old_tb: Path | None = None  # the old run's TensorBoard folder, set aside with it
 
     def __enter__(self) -> "RunFolder":
         on_rank0(self.args, self._take)
@@ -225,6 +290,7 @@ class RunFolder:
         self.lock.acquire()
         try:
             check_nesting(self.out, self.preset_dir, self.cfg.train.run_name)
+            check_set_aside(self.out, tensorboard_dir(self.cfg))
         except BaseException:
             self.lock.release()
             raise
@@ -233,13 +299,17 @@ class RunFolder:
         """overwrite: move the old run aside (rank 0), once the model, data and settings are known to be good; the
         folder is checked again just before, so a run started inside it meanwhile is never moved or deleted."""
         if self.cfg.train.overwrite:
-            def move() -> Path | None:
+            def move() -> tuple[Path | None, Path | None]:
                 check_nesting(self.out, self.preset_dir, self.cfg.train.run_name)
-                return move_aside(self.out)
-            self.old = on_rank0(self.args, move)
+                stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # one stamp: the run and its events go together
+                return move_aside(self.out, stamp), move_aside(tensorboard_dir(self.cfg), stamp)
+            self.old, self.old_tb = on_rank0(self.args, move) or (None, None)
 
     def saved_checkpoint(self) -> None:
-        """The new run is under way: the run moved aside is deleted."""
+        """The new run is under way: the run moved aside, and its TensorBoard events, are deleted."""
+        if self.main and self.old_tb is not None:
+            drop(self.old_tb)
+            self.old_tb = None
         if self.main and self.old is not None:
             drop(self.old)
             logger.warning("overwrite: the old run %s was deleted (the new run saved its first checkpoint)", self.old)
@@ -253,12 +323,14 @@ class RunFolder:
                     restore(self.out, self.old)
                 elif self.fresh and kept is None and self.out.exists():
                     shutil.rmtree(self.out)  # a run that never started leaves no folder behind
-                if self.fresh_tb and kept is None and tensorboard_dir(self.cfg).exists():
-                    shutil.rmtree(tensorboard_dir(self.cfg))
+                if self.old_tb is not None and kept is None:
+                    restore(tensorboard_dir(self.cfg), self.old_tb)
+                elif (self.fresh_tb or self.old is not None) and kept is None and tensorboard_dir(self.cfg).exists():
+                    shutil.rmtree(tensorboard_dir(self.cfg))  # the failed new start's events
             elif error is None:
                 self.saved_checkpoint()  # a run that finished before its first checkpoint
         finally:
             if self.main:
                 self.lock.release()
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if error is not None and self.main and not isinstance(error, UserError) and is_disk_full(error):
             raise disk_full(error, self.out) from None

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+from datetime import datetime, timezone
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
@@ -19,7 +20,12 @@ from sft.core.chat import stop_at_end_of_turn
 from sft.core.collate import PackedWeightedLMCollator, WeightedLMCollator
 from sft.core.config import ExperimentConfig, check_run_folder
 from sft.core.prepare import PreparedData, prepare_data
-from sft.core.run_folder import RunFolder, check_data, resume_checkpoint
+from sft.core.run_folder import (
+    RunFolder,
+    check_data,
+    read_saved_manifest,
+    resume_checkpoint,
+)
 from sft.core.tokenize import with_training_template
 from sft.core.trainer import WeightedLossTrainer
 from sft.data.errors import UserError
@@ -35,6 +41,7 @@ from sft.models.lora import (
 )
 from sft.models.tokenizer import load_tokenizer
 from sft.runs.callbacks import auto_clean_callback
+from sft.runs.checkpoints import checkpoint_step
 from sft.runs.layout import run_dir, tensorboard_dir
 from sft.runs.manifest import write_manifest
 
@@ -188,7 +195,7 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
     with RunFolder(cfg, args) as folder:  # the lock first (rank 0, for every process); released on every exit
         checkpoint = resume_checkpoint(cfg, args.world_size)
         trainer = build_trainer(cfg, tokenizer=tokenizer, data=data, args=args,
-                                callbacks=[*(callbacks or []), FirstCheckpoint(folder)])
+                                callbacks=[StopWhenNonFinite(), *(callbacks or []), FirstCheckpoint(folder)])
         if checkpoint is not None:
             check_data(run_dir(cfg), trainer.prepared_data.info)
         if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
@@ -201,9 +208,12 @@ def train(cfg: ExperimentConfig, tokenizer=None, data: PreparedData | None = Non
 
 def _train(cfg: ExperimentConfig, trainer: WeightedLossTrainer, checkpoint: str | None) -> WeightedLossTrainer:
     out = run_dir(cfg)
+    segments = session_segments(cfg, out, checkpoint, trainer.args.world_size)
     if trainer.is_world_process_zero():
-        write_manifest(out, cfg, trainer.prepared_data.info, status="training", world_size=trainer.args.world_size)
+        write_manifest(out, cfg, trainer.prepared_data.info, status="training", world_size=trainer.args.world_size,
+                       segments=segments)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    segments[-1].update(to_step=trainer.state.global_step, ended_at=_now())
     trainer.save_model(str(out))  # the final model (LoRA: the adapter) and tokenizer, at the run folder's top
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     if evals and evals[-1]["step"] == trainer.state.global_step:  # the last step was just evaluated
@@ -214,11 +224,47 @@ def _train(cfg: ExperimentConfig, trainer: WeightedLossTrainer, checkpoint: str 
         results = {"train": result.metrics, "eval": metrics}
         if cfg.lora is not None and cfg.lora.merge:  # a full model beside the adapter, with the same manifest
             merge_adapter(out, out / MERGED_DIR, "auto" if cfg.lora.qlora else cfg.model.dtype)
-            write_manifest(out / MERGED_DIR, cfg, trainer.prepared_data.info, status="complete", results=results)
+            write_manifest(out / MERGED_DIR, cfg, trainer.prepared_data.info, status="complete", results=results,
+                           segments=segments)
         write_manifest(out, cfg, trainer.prepared_data.info, status="complete", results=results,
-                       world_size=trainer.args.world_size)
+                       world_size=trainer.args.world_size, segments=segments)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return trainer
+
+
+class StopWhenNonFinite(TrainerCallback):
+    """Stop a run whose parameters went NaN or inf (a non-finite loss makes them so at the same step's update), at
+    the end of that optimizer step, before anything of it is saved: `--learning-rate inf` trained to exit 0 with
+    every parameter NaN, and the Trainer's logging_nan_inf_filter hides a NaN loss from the logs. One fused norm per
+    parameter group and one host sync a step (the Trainer syncs on the loss every micro-batch already)."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        params = [p.detach() for p in model.parameters() if p.requires_grad] if model is not None else []
+        if not params or torch.isfinite(torch.stack(torch._foreach_norm(params)).sum()):
+            return
+        # A non-finite sum of norms may also be huge finite weights overflowing: look tensor by tensor.
+        bad = next((n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()), None)
+        if bad is None:
+            return
+        raise UserError(
+            f"Training stopped at optimizer step {state.global_step} of {state.max_steps}: the parameters became "
+            f"NaN or inf (first: {bad}), so every later step would be too; nothing of this step was saved, and "
+            f"checkpoints saved before it are kept. Lower the learning rate (--learning-rate, now "
+            f"{args.learning_rate}) or the warm-up's end, clip gradients (--max-grad-norm, now {args.max_grad_norm}), "
+            "or check the data for extreme values; then train again (--overwrite), or resume from a checkpoint "
+            "before the divergence.")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def session_segments(cfg: ExperimentConfig, out, checkpoint: str | None, world_size: int) -> list[dict]:
+    """The run's history for its manifest: the earlier sessions (a resume keeps them) and this one."""
+    earlier = list(read_saved_manifest(out).get("segments") or []) if checkpoint is not None else []
+    start = checkpoint_step(checkpoint) if checkpoint is not None else 0
+    return earlier + [{"started_at": _now(), "resumed_from": os.path.basename(checkpoint) if checkpoint else None,
+                       "from_step": start, "to_step": None, "world_size": world_size, "config": cfg.to_dict()}]
 
 
 class FirstCheckpoint(TrainerCallback):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import zipfile
 import struct
 from pathlib import Path
 
@@ -54,17 +56,50 @@ def safetensors_problem(file: str | Path) -> str | None:
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
-    """Why a checkpoint is incomplete, or None: its trainer state must parse and its weights must open."""
+    """Why a checkpoint is incomplete, or None: its trainer state must parse, with a global_step that is a whole
+    number >= 0 equal to the N of its folder's name (a damaged -5 trained 125 steps more and repeated 1-60), and its
+    weights must open."""
     path = Path(path)
     try:
         state = json.loads((path / STATE_FILE).read_text())
         if not isinstance(state, dict) or "global_step" not in state:
-            return f"{STATE_FILE} holds no trainer state"
+            return f"{STATE_FILE} holds no trainer state (no global_step)"
     except FileNotFoundError:
         return f"no {STATE_FILE}"
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        return f"{STATE_FILE} does not parse ({e})"
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # ValueError: JSON errors, and numbers too long to read
+        return f"{STATE_FILE} does not parse ({str(e)[:120]})"
+    step = state["global_step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"{STATE_FILE} has global_step {str(step)[:40]!r}, not a whole number >= 0"
+    if CHECKPOINT_RE.match(path.name) and step != checkpoint_step(path):
+        return f"{STATE_FILE} has global_step {str(step)[:40]}, not the {checkpoint_step(path)} of its folder's name"
     return weights_problem(path)
+
+
+REFUSED = "refused by torch.load(weights_only=True)"  # a state file holding more than tensors and plain data
+
+
+def torch_state_problem(file: Path) -> str | None:
+    """Why a torch.save'd state that resuming loads (optimizer, scheduler, RNG) does not load, or None. Loaded as
+    the Trainer loads it (weights_only, with its numpy allowlist) but memory-mapped: the pickle and the zip's
+    directory are read, not the tensors, so a cut file is found without reading gigabytes."""
+    import pickle
+
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    try:
+        with safe_globals():
+            torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        # torch's text goes on to suggest weights_only=False, which would run whatever the file holds: only the
+        # line naming what was refused is kept.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"{found.group(1)}, which is never loaded" if found else "objects outside the allowlist"
+        return f"{file.name} was {REFUSED}: it holds objects other than tensors and plain data ({what})"
+    except Exception as e:  # a cut or garbled file: RuntimeError (zip), EOFError, ...
+        return f"{file.name} does not load ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    return None
 
 
 def weights_problem(path: str | Path) -> str | None:
@@ -100,14 +135,47 @@ def resume_problem(path: str | Path) -> str | None:
     missing = [f for f in ("optimizer.pt", "scheduler.pt") if not (path / f).is_file() or not (path / f).stat().st_size]
     if "optimizer.pt" in missing and any(p.is_dir() for pattern in SHARDED_OPTIMIZER for p in path.glob(pattern)):
         missing.remove("optimizer.pt")  # the optimizer sharded (FSDP, DeepSpeed ZeRO)
-    return checkpoint_problem(path) or (f"no {' or '.join(missing)}" if missing else None)
+    problem = checkpoint_problem(path) or (f"no {' or '.join(missing)}" if missing else None)
+    if problem:
+        return problem
+    for file in state_files(path):  # every torch.save'd file the resume reads: whole, by its zip directory
+        problem = zip_problem(file)
+        if problem:
+            return problem
+    return None
 
 
-def last_complete_checkpoint(run_dir: str | Path, skipped: list[tuple[Path, str]] | None = None) -> Path | None:
+def state_files(path: Path) -> list[Path]:
+    """The torch.save'd files of a checkpoint that resuming loads: optimizer, scheduler, RNG states."""
+    states = [path / f for f in ("optimizer.pt", "scheduler.pt") if (path / f).is_file()]
+    return states + sorted(path.glob("rng_state*.pth"))
+
+
+def zip_problem(file: Path) -> str | None:
+    """Why a torch.save'd file is not whole (a write cut short: no zip directory at its end, or members reaching
+    past it), or None. Reads the zip directory only, without torch: pruning checks every checkpoint with it."""
+    try:
+        size = file.stat().st_size
+        with zipfile.ZipFile(file) as z:
+            members = z.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        return f"{file.name} is cut short or garbled ({str(e)[:80]})"
+    if not any(m.filename.endswith("data.pkl") for m in members):
+        return f"{file.name} is not a torch.save file (no data.pkl)"
+    if any(m.header_offset + m.compress_size > size for m in members):
+        return f"{file.name} is cut short (a member reaches past its end)"
+    return None
+
+
+def last_complete_checkpoint(run_dir: str | Path, skipped: list[tuple[Path, str]] | None = None,
+                             parse_states: bool = False) -> Path | None:
     """The newest checkpoint that training can resume from (a half-written or damaged one is skipped, and added
-    to `skipped` with the reason when a list is given)."""
+    to `skipped` with the reason when a list is given). parse_states: also load each optimizer, scheduler and RNG
+    state as the resume will (torch.load, weights_only), memory-mapped: what a resume decides by."""
     for path in reversed(list_checkpoints(run_dir)):
         problem = resume_problem(path)
+        if problem is None and parse_states:
+            problem = next(filter(None, (torch_state_problem(f) for f in state_files(path))), None)
         if problem is None:
             return path
         if skipped is not None:

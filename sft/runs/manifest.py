@@ -43,8 +43,10 @@ def git_commit() -> str:
 
 
 def write_manifest(run_dir: str | Path, cfg, data_info: dict[str, Any], status: str,
-                   results: dict[str, Any] | None = None, world_size: int = 1) -> Path:
-    """Write run_manifest.json: the full config, data fingerprints, versions, commit, status."""
+                   results: dict[str, Any] | None = None, world_size: int = 1,
+                   segments: list[dict[str, Any]] | None = None) -> Path:
+    """Write run_manifest.json: the full config, data fingerprints, versions, commit, status, and the run's
+    sessions (segments: each start or resume, its settings and the steps it took)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -60,6 +62,10 @@ def write_manifest(run_dir: str | Path, cfg, data_info: dict[str, Any], status: 
         "versions": package_versions(),
         "git_commit": git_commit(),
         "results": results or {},
+        # One entry per training session, oldest first: started_at, resumed_from (a checkpoint, or null for a start
+        # from the base), from_step, to_step (null while training, or where the session stopped before its end: the
+        # next one's from_step says which of its steps the run kept), world_size and the session's full config.
+        "segments": segments or [],
     }
     path = run_dir / MANIFEST
     tmp = path.with_suffix(".tmp")

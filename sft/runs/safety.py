@@ -245,12 +245,46 @@ class RunLock:
 # ---------------------------------------------------------------- overwrite: move aside, then delete
 
 
-def move_aside(run: str | Path) -> Path | None:
-    """Rename a run folder to <run>.old-<timestamp>/ (None when there is nothing to move)."""
+def set_aside(folder: str | Path) -> list[Path]:
+    """The <folder>.old-<timestamp>/ folders beside a folder: what an --overwrite killed before its new run's first
+    checkpoint left (it is deleted at that checkpoint)."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return []
+    return sorted(p for p in folder.parent.glob(f"{glob_escape(folder.name)}{OLD_SUFFIX}*") if p.is_dir())
+
+
+def glob_escape(name: str) -> str:
+    """A name with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def check_set_aside(run: str | Path, tensorboard: str | Path) -> None:
+    """A UserError naming a run (and its TensorBoard folder) left set aside by an --overwrite that was stopped
+    before its first checkpoint, with the commands to restore or delete it: a re-run had silently started from
+    the base model, and --resume said there was nothing to continue."""
+    run, tensorboard = Path(run), Path(tensorboard)
+    old, old_tb = set_aside(run), set_aside(tensorboard)
+    if not old and not old_tb:
+        return
+    stamp = (old or old_tb)[-1].name.rsplit(OLD_SUFFIX, 1)[1]
+    moves = [(old[-1], run)] if old else []
+    moves += [(p, tensorboard) for p in old_tb if p.name.endswith(stamp)]
+    restore_cmd = " && ".join(f"rm -rf '{dst}' && mv '{src}' '{dst}'" for src, dst in moves)
+    delete_cmd = "rm -rf " + " ".join(f"'{p}'" for p in old + old_tb)
+    raise UserError(
+        f"{(old or old_tb)[-1]} holds the run {run} had before an --overwrite that stopped before the new run's first "
+        f"checkpoint (the old run is kept until then); nothing was changed. To get the old run back: {restore_cmd} ; "
+        f"to drop it and keep what is at {run}: {delete_cmd} ; then run this command again.")
+
+
+def move_aside(run: str | Path, stamp: str | None = None) -> Path | None:
+    """Rename a run folder (or its TensorBoard folder) to <run>.old-<timestamp>/ (None when there is nothing to
+    move)."""
     run = Path(run)
     if not run.exists() or not any(run.iterdir()):
         return None
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    stamp = stamp or datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     old = run.parent / f"{run.name}{OLD_SUFFIX}{stamp}"
     run.rename(old)
     logger.warning("overwrite: %s moved aside to %s until the new run has written its first checkpoint", run, old)

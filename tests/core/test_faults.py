@@ -1,14 +1,13 @@
 """Faults injected into real (tiny) training runs on the CPU: nothing of a run folder is lost or mixed up (issue #31).
 
 kill -9 at random points of checkpoint writes, several times over, then a bit-identical finish; a full disk
-(ENOSPC, monkeypatched) mid-run and before the first write; two concurrent runs of one name; a damaged newest
+(a real 4 MiB tmpfs, or a file-size limit) mid-run; two concurrent runs of one name; a damaged newest
 checkpoint; changed settings on resume; --overwrite whose new start fails; --resume on a pruned finished run;
 whole-run summaries after a crash and a resume.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import signal
@@ -93,30 +92,55 @@ def test_kill_9_at_random_points_of_checkpoint_writes_loses_nothing(demo_root, t
     assert read_manifest(out)["status"] == "complete"
 
 
-def test_a_full_disk_keeps_the_last_checkpoint_and_a_new_run_leaves_nothing(demo_root, monkeypatch):
-    real_save = torch.save
+def small_disk(folder, size_mb):
+    """A real small file system at `folder` (tmpfs; root only), or None where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
+                          capture_output=True)
+    return folder if done.returncode == 0 else None
 
-    def full_at_second_save(obj, f, *a, **k):  # the optimizer of checkpoint-4 cannot be written
-        if "checkpoint-4" in str(f):
-            raise OSError(errno.ENOSPC, "No space left on device", str(f))
-        return real_save(obj, f, *a, **k)
 
-    monkeypatch.setattr(torch, "save", full_at_second_save)
-    cfg = demo_config(demo_root, run_name="full", **SHORT)
-    with pytest.raises(ValueError, match=r"No space left on device .*checkpoint-2, is kept.*--model-root"):
-        train(cfg)
-    assert last_complete_checkpoint(run_dir(cfg)).name == "checkpoint-2" and not lock_path(run_dir(cfg)).exists()
-    monkeypatch.setattr(torch, "save", real_save)
-    assert train(demo_config(demo_root, run_name="full", **SHORT)).state.global_step == 4  # resumed, finished
+def file_size_limit(limit_bytes):
+    """preexec_fn for a child whose files may not grow past limit_bytes (EFBIG, SIGXFSZ ignored): a real limit."""
+    import resource
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", "run_manifest.tmp")
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
 
-    monkeypatch.setattr(train_module, "write_manifest", full)
-    cfg = demo_config(demo_root, run_name="full-at-start", **SHORT)
-    with pytest.raises(ValueError, match="had saved no checkpoint yet"):
-        train(cfg)
-    assert not run_dir(cfg).exists() and not tensorboard_dir(cfg).exists() and not lock_path(run_dir(cfg)).exists()
+
+def test_a_full_disk_is_exit_2_keeps_the_last_checkpoint_and_resumes(demo_root, tmp_path):
+    """A 4 MiB tmpfs as --model-root holds one checkpoint of the demo (2.7 MiB), not two: the run ended in a
+    traceback, exit 1 (torch.save's 'unexpected pos', or safetensors' 'os error 28'). Now exit 2 naming the folder,
+    the space free and needed, the last complete checkpoint kept, the cut one deleted; given room, the same command
+    finishes the run. Where mounting is not allowed, a file-size limit (EFBIG) in the child stands in."""
+    disk = small_disk(tmp_path / "disk", 4)
+    root = disk if disk is not None else tmp_path / "limited"
+    cmd = [sys.executable, "-m", "sft", "train", *demo_cli_args(demo_root), "--model-root", str(root), "--run-name",
+           "full", "--max-steps", "6", "--save-steps", "2", "--eval-steps", "1000", "--logging-steps", "1"]
+    out = root / "demo" / "full"
+    try:
+        limit = None if disk is not None else file_size_limit(1_500_000)  # the optimizer state: over 1.5 MB
+        full = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit)
+        assert full.returncode == 2, full.stderr[-3000:]
+        err = full.stderr
+        assert "Traceback" not in err and f"No space left on device while training {out}" in err, err[-3000:]
+        assert "MiB are free there" in err and "--model-root" in err
+        if disk is not None:
+            assert "its last complete checkpoint, checkpoint-2, is kept" in err and "each checkpoint of this run" in err
+            assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]  # the cut checkpoint-4 deleted
+            assert last_complete_checkpoint(out).name == "checkpoint-2" and not lock_path(out).exists()
+            assert read_manifest(out)["status"] == "training"  # never "complete" on a cut final model
+            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+            done = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert "from checkpoint-2" in done.stderr and read_manifest(out)["status"] == "complete"
+        else:
+            assert "saved no complete checkpoint yet" in err and not out.exists()
+    finally:
+        if disk is not None:
+            subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_two_concurrent_runs_of_one_name(demo_root, tmp_path):
@@ -232,3 +256,126 @@ def test_run_names_never_nest_in_either_direction(demo_root):
     with pytest.raises(ValueError, match=r"would be inside the folder of the run .*outer: nothing was changed"):
         train(demo_config(demo_root, run_name="outer/inner", **SHORT))
     assert not (outer / "inner").exists() and read_manifest(outer)["status"] == "complete"
+
+
+DAMAGE = {  # what was found in a run folder, as it was found: trainer_state.json edited, state files cut short
+    "global_step missing": ("trainer_state.json", lambda s: {k: v for k, v in s.items() if k != "global_step"}),
+    "global_step null": ("trainer_state.json", lambda s: {**s, "global_step": None}),
+    "global_step a string": ("trainer_state.json", lambda s: {**s, "global_step": "4"}),
+    "global_step 60.5": ("trainer_state.json", lambda s: {**s, "global_step": 60.5}),
+    "global_step 10**30": ("trainer_state.json", lambda s: {**s, "global_step": 10**30}),
+    "global_step -5": ("trainer_state.json", lambda s: {**s, "global_step": -5}),
+    "global_step not the folder's": ("trainer_state.json", lambda s: {**s, "global_step": 2}),
+    "optimizer.pt cut": ("optimizer.pt", None), "scheduler.pt cut": ("scheduler.pt", None),
+    "rng_state.pth cut": ("rng_state.pth", None),
+}
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(demo_root, caplog):
+    """A damaged trainer_state.json gave TypeError tracebacks, or (-5) trained 125 more steps on the step-60 weights
+    and called the run complete; a cut optimizer/scheduler/RNG state a traceback on every re-run. Each is now an
+    incomplete checkpoint: skipped, said on the console, the run resumed from the complete one before it."""
+    import json
+    import shutil
+
+    pristine = crashed_run(demo_root, "damage-src", step=4)
+    for n, (what, (name, edit)) in enumerate(DAMAGE.items()):
+        out = run_dir(demo_config(demo_root, run_name=f"damage-{n}"))
+        shutil.copytree(pristine, out)
+        file = out / "checkpoint-4" / name
+        if edit is None:
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # a write cut half-way
+        else:
+            file.write_text(json.dumps(edit(json.loads(file.read_text()))))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="sft"):
+            trainer = train(demo_config(demo_root, run_name=f"damage-{n}", **SHORT))
+        assert f"skipping {out / 'checkpoint-4'}: incomplete" in caplog.text, (what, caplog.text[-1500:])
+        assert "from checkpoint-2" in caplog.text, what
+        steps = [h["step"] for h in trainer.state.log_history if "loss" in h]
+        assert trainer.state.global_step == 4 and steps == sorted(set(steps)) and min(steps) >= 1, (what, steps)
+        assert read_manifest(out)["status"] == "complete"
+
+
+def test_a_refused_pickle_in_a_checkpoint_is_a_clear_error(demo_root):
+    """A raw UnpicklingError whose text suggested weights_only=False; now a paragraph naming the file and the fix."""
+    import shutil
+
+    out = run_dir(demo_config(demo_root, run_name="hostile"))
+    shutil.copytree(crashed_run(demo_root, "hostile-src", step=4), out)
+    torch.save({"state": {}, "hook": os.system}, out / "checkpoint-4" / "optimizer.pt")  # not tensors: never run
+    before = files(out)
+    with pytest.raises(ValueError) as refused:
+        train(demo_config(demo_root, run_name="hostile", **SHORT))
+    message = str(refused.value)
+    assert "checkpoint-4" in message and "optimizer.pt was refused by torch.load(weights_only=True)" in message
+    assert "Delete" in message and "weights_only=False" not in message
+    assert files(out) == before and not lock_path(out).exists()
+
+
+def test_a_diverging_run_stops_at_the_step_with_exit_2_and_saves_nothing_of_it(demo_root):
+    """A learning rate of 1e30 trained to exit 0 with every parameter NaN and a manifest saying complete."""
+    from sft.data.errors import UserError
+
+    cfg = demo_config(demo_root, run_name="diverge", **{**SHORT, "learning_rate": 1e30, "max_grad_norm": 0.0})
+    with pytest.raises(UserError, match=r"stopped at optimizer step 3 of 4: the parameters became NaN or inf"):
+        train(cfg)
+    out = run_dir(cfg)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]  # huge but finite; step 3 never saved
+    weights = load_file(out / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert read_manifest(out)["status"] == "training" and not lock_path(out).exists()  # never "complete"
+
+
+def test_the_record_never_claims_more_than_the_weights_hold(demo_root):
+    """--max-steps 40 --resume on a run stopped at 60 ended with the step-60 weights and a manifest saying 40; a
+    missing manifest made the settings check a warning; the manifest kept no history of the sessions."""
+    out = crashed_run(demo_root, "record", step=4, max_steps=6)
+    with pytest.raises(ValueError, match=r"checkpoint-4, holds 4 optimizer steps, more than max_steps 3.*nothing "
+                                         r"was changed.*--max-steps.*above 4"):
+        train(demo_config(demo_root, run_name="record", resume=True, **{**SHORT, "max_steps": 3}))
+    manifest = (out / "run_manifest.json").read_bytes()
+    (out / "run_manifest.json").unlink()
+    with pytest.raises(ValueError, match=r"run_manifest.json is missing, so the settings .* cannot be checked.*"
+                                         r"--overwrite"):
+        train(demo_config(demo_root, run_name="record", **{**SHORT, "max_steps": 6}))
+    (out / "run_manifest.json").write_text("{")
+    with pytest.raises(ValueError, match="run_manifest.json does not parse"):
+        train(demo_config(demo_root, run_name="record", **{**SHORT, "max_steps": 6}))
+    (out / "run_manifest.json").write_bytes(manifest)
+    train(demo_config(demo_root, run_name="record", **{**SHORT, "max_steps": 6, "logging_steps": 2}))
+    segments = read_manifest(out)["segments"]
+    assert [(s["resumed_from"], s["from_step"], s["to_step"]) for s in segments] == [
+        (None, 0, None), ("checkpoint-4", 4, 6)]  # the first session crashed after step 4
+    assert [s["config"]["train"]["logging_steps"] for s in segments] == [1, 2]
+
+
+def test_an_overwrite_stopped_before_its_first_checkpoint_is_named_with_the_commands(demo_root, tmp_path):
+    """An overwrite killed before the new run's first checkpoint left the old run at <name>.old-<time>, mentioned
+    nowhere: a re-run started from the base. And --overwrite left the old run's TensorBoard events beside the new."""
+    cfg = demo_config(demo_root, run_name="orphan", **SHORT)
+    train(cfg)
+    out, tb = run_dir(cfg), tensorboard_dir(cfg)
+    old_events = files(tb)
+    assert old_events
+    cmd = [sys.executable, "-m", "sft", "train", *demo_cli_args(demo_root), "--run-name", "orphan", "--overwrite",
+           "--max-steps", "4", "--save-steps", "2", "--eval-steps", "1000"]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(tb.parent.glob(f"{tb.name}.old-*")):  # the old run set aside ...
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # ... and the new one killed before its first checkpoint
+    proc.wait()
+    (old,) = out.parent.glob("orphan.old-*")
+    (old_tb,) = tb.parent.glob(f"{tb.name}.old-*")  # the events went aside with their run
+    assert files(old_tb) == old_events and not list_checkpoints(out)
+    again = subprocess.run(cmd[:-7] + ["--max-steps", "4"], env=ENV, cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert str(old) in again.stderr and f"mv '{old}' '{out}'" in again.stderr and f"rm -rf '{old}'" in again.stderr
+    assert f"mv '{old_tb}' '{tb}'" in again.stderr
+    subprocess.run(f"rm -rf '{out}' && mv '{old}' '{out}' && rm -rf '{tb}' && mv '{old_tb}' '{tb}'", shell=True,
+                   check=True)
+    assert read_manifest(out)["status"] == "complete" and files(tb) == old_events  # back as it was
+    train(demo_config(demo_root, run_name="orphan", overwrite=True, **{**SHORT, "seed": 9}))
+    assert not list(tb.parent.glob(f"{tb.name}.old-*")) and files(tb) != old_events  # the new run's events only
+    assert not any(f in files(tb) for f in old_events)

@@ -166,7 +166,8 @@ def test_clipping_stats_are_the_logged_gradient_norms(demo_root):
 
 def fake_run(root, steps, status=None, complete=True):
     """A run folder in the state a run leaves it: checkpoint-N folders (with or without their trainer state, as a
-    kill mid-save leaves the last one) and the manifest's status; file contents do not matter to the decision."""
+    kill mid-save leaves the last one) and the manifest's status and config; the states are whole torch.save files
+    (a resume parses them)."""
     cfg = demo_config(root, run_name=f"state-{len(list((root / 'model/demo').glob('state-*')))}")
     out = run_dir(cfg)
     for i, step in enumerate(steps):
@@ -175,11 +176,14 @@ def fake_run(root, steps, status=None, complete=True):
         names = ["model.safetensors", "optimizer.pt", "scheduler.pt"]
         names += ["trainer_state.json"] if complete or i < len(steps) - 1 else []
         for name in names:
-            (ckpt / name).write_text(json.dumps({"global_step": step}) if name.endswith(".json") else "{}")
+            if name.endswith(".pt"):
+                torch.save({}, ckpt / name)
+            else:
+                (ckpt / name).write_text(json.dumps({"global_step": step}))
         save_file({"w": torch.zeros(1)}, ckpt / "model.safetensors")  # a header that opens
     if status is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run_manifest.json").write_text(json.dumps({"status": status}))
+        (out / "run_manifest.json").write_text(json.dumps({"status": status, "config": cfg.to_dict()}))
     return cfg, out
 
 
