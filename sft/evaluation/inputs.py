@@ -59,7 +59,7 @@ def describe_model(path: str) -> dict[str, Any]:
         info["manifest"]["eval_fingerprint"] = m.get("data", {}).get("eval_fingerprint")
         info["manifest"]["eval_response_loss"] = m.get("results", {}).get("eval", {}).get("eval_response_loss")
         trained = m.get("results", {}).get("train", {})
-        for key in CLIPPING_STATS:  # the optimiser's regime (sft.core.trainer.clipping_stats); absent in older runs
+        for key in CLIPPING_STATS:  # the optimiser's regime (sft.core.trainer.WeightedLossTrainer.clipping_stats); absent in older runs
             if key in trained:
                 info["manifest"][key] = trained[key]
         info["manifest"]["base_model"] = m.get("config", {}).get("model", {}).get("model")
