@@ -38,7 +38,7 @@ import pytest
 
 EVENTS: list[str] = []  # everything recorded in this process, in order; indexes delimit a test's or a fixture's share
 _FIXTURE_EVENTS: dict[tuple[str, str], set[str]] = {}  # (fixture name, its baseid) -> what its setup did
-_FIXTURE_CPU: dict[tuple[str, str], float] = {}  # (name, baseid) -> CPU seconds of a shared (not function) fixture's setup
+_FIXTURE_CPU: dict[tuple[str, str], float] = {}  # (name, baseid) -> CPU seconds of a shared fixture's setup
 _EXCLUDED = [0.0]  # CPU seconds of this process not charged to the test that spent them: first imports of modules,
 # and shared (module, class, package, session) fixtures' setups, which are charged to every test that uses them
 _PATCHED = False
