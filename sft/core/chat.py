@@ -34,6 +34,7 @@ from sft.data.errors import UserError
 
 THINK = ("<think>", "</think>")  # the tags around reasoning, in the content or where a template puts it
 STAND_IN = "\x01content\x01"  # rendered in a message's place to find where its content goes
+EMPTY_THINK = re.compile(r"\s*(<think>\s*</think>)\s*")  # an empty reasoning block leading a reply, the blank line after it
 
 
 @dataclass
@@ -191,7 +192,10 @@ class ChatRenderer:
             reasoning = content[len(THINK[0]):content.find(THINK[1])]
         else:
             reasoning = m.get("reasoning_content") or ""
-        at = full.find(reasoning.strip(), start, end) if reasoning.strip() else -1
+        if not reasoning.strip():  # an empty block (<think>\n\n</think>\n\n), written in the content or by the template
+            empty = EMPTY_THINK.match(full, start, end)
+            return [(empty.start(1), empty.end(), i, REASONING)] if empty else []
+        at = full.find(reasoning.strip(), start, end)
         if at < 0:
             return []
         s, e = at, at + len(reasoning.strip())

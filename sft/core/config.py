@@ -258,6 +258,10 @@ def weight_suffix(d: DataConfig) -> str:
         parts.append(f"norm-{d.loss_normalizer}")
     if d.end_of_turn != "turn":
         parts.append(f"eot-{d.end_of_turn}")
+    if d.empty_reasoning != "ignore":
+        parts.append(f"empty-think-{d.empty_reasoning}")
+    if d.reasoning_history != "keep":
+        parts.append(f"history-{d.reasoning_history}")
     return "".join(f"-{p}" for p in parts)
 
 

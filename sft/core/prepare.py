@@ -68,6 +68,8 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
              cfg.max_length, cfg.truncation, CACHE_VERSION]
     if rows and "messages" in rows[0]:  # conversations: the chat template
         parts += [conversation_renderer(tokenizer, cfg).template]
+        if cfg.reasoning_history != "keep":  # it changes the rendered text (only then in the key: old keys hold)
+            parts.append(f"reasoning_history={cfg.reasoning_history}")
     extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + CHAT_FIELDS + (TEXT_FIELD,)]
     if extra:  # carried-through columns (inspect-data's group) are part of the cached table
         parts.append([[r[name] for r in rows] for name in extra])

@@ -17,10 +17,12 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from sft.core.chat import encode_with_offsets, make_renderer
+from sft.core.chat import THINK, encode_with_offsets, make_renderer
 from sft.core.prompts import get_template
 from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
-from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REPLY_ROLES, TEMPLATE, TEXT, USER
+from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REASONING, REPLY_ROLES, TEMPLATE, TEXT, USER
+from sft.data.messages import SPANS
+from sft.data.weights import CLOSING, EMPTY_REASONING
 from sft.data.errors import UserError
 from sft.data.rows import CHAT_FIELDS, FIELDS, TEXT_FIELD
 
@@ -110,14 +112,19 @@ def special_ids(tokenizer) -> np.ndarray:
     return np.unique(np.asarray(list(tokenizer.all_special_ids) + added, dtype=np.int64))
 
 
-def closing_mask(ids: np.ndarray, roles: np.ndarray, turns: np.ndarray, specials: np.ndarray) -> np.ndarray:
-    """The token that closes each reply (int8 1, else 0): the last of an assistant turn's own tokens where it is a
-    special token (ChatML's <|im_end|>, EOS); a reply cut by truncation has none. What --end-of-turn weighs."""
+def token_marks(ids: np.ndarray, roles: np.ndarray, turns: np.ndarray, specials: np.ndarray,
+                empty_turns: list[int] | None = None) -> np.ndarray:
+    """Per token, int8 bits of what the settings may weigh apart (sft.data.weights): CLOSING on the token that closes
+    each reply, the last of an assistant turn's own tokens where it is a special token (ChatML's <|im_end|>, EOS; a
+    reply cut by truncation has none), what --end-of-turn weighs; EMPTY_REASONING on the reasoning tokens of the
+    turns `empty_turns` (an empty <think></think> block), what --empty-reasoning weighs."""
     out = np.zeros(len(ids), dtype=np.int8)
     reply = np.flatnonzero(np.isin(roles, REPLY_ROLES))
     if len(reply):
         last = reply[np.append(turns[reply][1:] != turns[reply][:-1], True)]  # each reply turn's last token
-        out[last[np.isin(np.asarray(ids)[last], specials)]] = 1
+        out[last[np.isin(np.asarray(ids)[last], specials)]] = CLOSING
+    if empty_turns:
+        out[(roles == REASONING) & np.isin(turns, empty_turns)] |= EMPTY_REASONING
     return out
 
 
@@ -175,14 +182,16 @@ def _user_roles(n_chars: int, spans: list[tuple[int, int]], offsets) -> np.ndarr
 
 def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[np.ndarray],
                     message_weights: list[np.ndarray], status: list[str], kept: list[int], batch: dict[str, list],
-                    chat: bool, specials: np.ndarray) -> pa.Table:
-    """The examples as Arrow columns: ids, role codes, turns, message weights and closing tokens (closing_mask) per
-    token, length, truncation status, whether it is a conversation, and the batch's carried-through columns for the
-    rows kept."""
+                    chat: bool, specials: np.ndarray, empty_turns: list[list[int]] | None = None) -> pa.Table:
+    """The examples as Arrow columns: ids, role codes, turns, message weights and marks (token_marks) per token,
+    length, truncation status, whether it is a conversation, and the batch's carried-through columns for the rows
+    kept. empty_turns: per example, the turns whose reasoning block is empty."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
-    closing = [closing_mask(flat[a:b], r, t, specials) for a, b, r, t in zip(offsets[:-1], offsets[1:], roles, turns)]
+    empty_turns = empty_turns or [None] * len(rows)
+    marks = [token_marks(flat[a:b], r, t, specials, e)
+             for a, b, r, t, e in zip(offsets[:-1], offsets[1:], roles, turns, empty_turns)]
 
     def column(parts: list[np.ndarray], dtype) -> pa.ListArray:
         values = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
@@ -193,7 +202,7 @@ def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[
     return pa.table({
         "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
         "roles": column(roles, np.int8), "turns": column(turns, np.int32),
-        "message_weights": column(message_weights, np.float32), "closing": column(closing, np.int8),
+        "message_weights": column(message_weights, np.float32), "marks": column(marks, np.int8),
         "length": pa.array(lengths), "truncation": pa.array(status, type=pa.string()),
         "chat": pa.array([chat] * len(rows), type=pa.bool_()), **extra,
     })
@@ -209,25 +218,55 @@ def conversation_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig)
     the tools of its row), every token with its role, turn and its message's weight from the data (loss_weight,
     weight, train or loss). A conversation or tools list may come as its JSON text (tokenize_rows writes them so:
     Arrow would give every message, call and tool of a batch the same keys)."""
-    rows, roles, turns, message_weights, status, kept = [], [], [], [], [], []
+    rows, roles, turns, message_weights, status, kept, empty = [], [], [], [], [], [], []
     conversations = [json.loads(m) if isinstance(m, str) else m for m in batch["messages"]]
+    if cfg.reasoning_history == "drop":  # as Qwen3-style templates render a conversation
+        conversations = [drop_history_reasoning(m) for m in conversations]
     tools = [json.loads(t) if isinstance(t, str) else t for t in batch.get("tools", [None] * len(conversations))]
-    for i, ids, role, turn, msg_w, st in conversation_tokens(conversations, tokenizer, cfg, tools):
+    for i, ids, role, turn, msg_w, st, kept_messages in conversation_tokens(conversations, tokenizer, cfg, tools,
+                                                                            with_messages=True):
         rows.append(ids)
         roles.append(role)
         turns.append(turn)
         message_weights.append(msg_w)
         status.append(st)
         kept.append(i)
+        empty.append([k for k, m in enumerate(kept_messages) if m["role"] == "assistant" and empty_reasoning(m)])
     return _examples_table(rows, roles, turns, message_weights, status, kept, batch, chat=True,
-                           specials=special_ids(tokenizer))
+                           specials=special_ids(tokenizer), empty_turns=empty)
+
+
+def empty_reasoning(message: dict) -> bool:
+    """Whether an assistant message's reasoning is given and empty (reasoning_content "" or a leading empty
+    <think></think> span), or absent: its reasoning tokens, if the template renders a block, are an empty block."""
+    content = (message.get("content") or "").lstrip()
+    if content.startswith(THINK[0]) and THINK[1] in content:
+        return not content[len(THINK[0]):content.find(THINK[1])].strip()
+    return not (message.get("reasoning_content") or "").strip()
+
+
+def drop_history_reasoning(messages: list[dict]) -> list[dict]:
+    """The conversation with the reasoning of every assistant turn before the last user turn dropped (its
+    reasoning_content, and a leading <think>...</think> span of its content with the line breaks after it), as
+    Qwen3's template renders the history (NeMo Automodel's drop_history_reasoning_content)."""
+    last_user = max((k for k, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    out = []
+    for k, m in enumerate(messages):
+        if k < last_user and m["role"] == "assistant":
+            m = {key: v for key, v in m.items() if key != "reasoning_content"}
+            content = m.get("content") or ""
+            if content.lstrip().startswith(THINK[0]) and THINK[1] in content:
+                m["content"] = content.split(THINK[1], 1)[1].lstrip("\n")
+        out.append(m)
+    return out
 
 
 def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig,
-                        tools: list | None = None) -> Iterator[tuple]:
+                        tools: list | None = None, with_messages: bool = False) -> Iterator[tuple]:
     """(index, ids, role codes, turns, message weights, truncation status) of each conversation kept, fitted into
     max_length. A turn's message weight is its MESSAGE_WEIGHT value (sft.data.conversations), 1 where none.
-    tools: the tools each conversation may call (None where it has none)."""
+    tools: the tools each conversation may call (None where it has none); with_messages: each tuple ends with the
+    messages kept (their indices are the turns)."""
     renderer = conversation_renderer(tokenizer, cfg)
     tools = tools if tools is not None else [None] * len(conversations)
     rendered = _render_all(renderer, conversations, tools)
@@ -243,7 +282,45 @@ def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataCon
                               dtype=np.float32)
         # The template's own text (its default system prompt, its tool list) is no message's words: its role's
         # weight alone, whatever the message it is rendered in weighs (docs/data.md: a weight touches its own words).
-        yield i, list(ids), roles, turns, np.where(added, np.float32(1.0), per_turn[turns]), st
+        weights = np.where(added, np.float32(1.0), per_turn[turns])
+        if any(m.get(SPANS) for m in kept):  # weighted character spans inside messages (only rows that have them)
+            weights = weights * span_factors(renderer, kept, tool_list, list(ids))
+        out = (i, list(ids), roles, turns, weights.astype(np.float32), st)
+        yield (*out, kept) if with_messages else out
+
+
+def span_factors(renderer, messages: list[dict], tools: list | None, ids: list[int]) -> np.ndarray:
+    """Per token of `ids` (the conversation's tokens, or what truncation kept of them), the weight its message's
+    character spans give it (sft.data.messages.SPANS; 1 outside every span): a token weighs the least of its
+    characters' weights, so a token that straddles a span boundary takes the lower side (a token half in a masked
+    span is masked). Character offsets go to tokens through the tokenizer's offset mapping."""
+    text, spans = renderer.spans(messages, tools)
+    (full, offsets), = encode_with_offsets(renderer.tokenizer, [text])
+    char = np.ones(len(text) + 1, dtype=np.float32)
+    first = {}
+    for s, _, t, _ in spans:
+        first[t] = min(first.get(t, s), s)
+    for i, (m, shown) in enumerate(zip(messages, renderer.template_messages(messages))):
+        if not m.get(SPANS):
+            continue
+        at = text.find(shown["content"], first.get(i, 0)) if shown["content"] else -1
+        if at < 0:
+            raise UserError(f"turn {i + 1}: the chat template does not show this message's text verbatim, so its "
+                            "character spans cannot be placed; use a template that does (the tokenizer's own, e.g. "
+                            "Qwen2.5's) or drop the spans.")
+        at += len(shown["content"]) - len(m["content"])  # reasoning the template is given before the content
+        for s, e, w in m[SPANS]:  # later spans override earlier ones
+            char[at + int(s):at + int(e)] = w
+    factor = np.asarray([char[a:max(b, a + 1)].min() for a, b in offsets], dtype=np.float32)
+    if len(full) == len(ids):
+        return factor
+    # Truncation kept a head of the tokens and one later run (the prompt's end and the answer): find that run.
+    head = next((k for k, (a, b) in enumerate(zip(ids, full)) if a != b), len(ids))
+    rest = ids[head:]
+    for x in range(len(full) - len(rest), head - 1, -1):
+        if full[x:x + len(rest)] == rest:
+            return np.concatenate([factor[:head], factor[x:x + len(rest)]])
+    raise RuntimeError("span_factors: the truncated tokens are not a head and a run of the conversation's")
 
 
 def _render_all(renderer, conversations: list[list[dict]], tools: list) -> list:

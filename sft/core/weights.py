@@ -13,6 +13,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from sft.data.rows import SAMPLE_WEIGHT
@@ -31,14 +32,17 @@ def add_weight_columns(table: pa.Table, spec: WeightSpec, w: float | None = None
     n = len(ids_col)
     flat = lambda name: np.asarray(table.column(name).combine_chunks().flatten())  # noqa: E731
     ids, roles, turns, msg = flat("input_ids"), flat("roles"), flat("turns"), flat("message_weights")
-    eot = spec.end_of_turn
-    closing = flat("closing") if eot != "turn" else None  # read only where the setting needs it
+    eot, empty = spec.end_of_turn, spec.empty_reasoning
+    # The marks are read where a setting weighs them: an --end-of-turn other than turn, or an empty reasoning block
+    # (ignored by default) that only conversations can hold.
+    needed = "marks" in table.column_names and (eot != "turn" or (empty == "ignore" and pc.any(table.column("chat")).as_py()))
+    marks = flat("marks") if needed else None
     if (spec.train_on == "all" and eot != "last") or n == 0:
-        codes, scale, response = static_columns(roles, turns, msg, spec.train_on, closing, eot)
+        codes, scale, response = static_columns(roles, turns, msg, spec.train_on, marks, eot, empty)
     else:  # the last assistant turn is a property of each example
         bounds = np.asarray(offsets)
         parts = [static_columns(roles[a:b], turns[a:b], msg[a:b], spec.train_on,
-                                None if closing is None else closing[a:b], eot)
+                                None if marks is None else marks[a:b], eot, empty)
                  for a, b in zip(bounds[:-1], bounds[1:])]
         codes, scale, response = (np.concatenate([p[k] for p in parts]) for k in range(3))
     if SAMPLE_WEIGHT in table.column_names:  # the row's own weight from the data multiplies every token's

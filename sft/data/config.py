@@ -28,6 +28,8 @@ class DataConfig:
     role_weights: dict[str, float] = field(default_factory=dict)  # a weight per role (template, system, user, assistant, tool_call, tool_output, reasoning), overriding its default for the roles named (tool_call and reasoning default to the assistant's weight), e.g. tool_output=0,reasoning=0.5
     prompt_loss_weight_end: float | None = WeightSpec.prompt_loss_weight_end  # a schedule: w ramps linearly from prompt_loss_weight to this over the run's optimizer steps; None = constant
     end_of_turn: str = WeightSpec.end_of_turn  # the token that closes each reply (<|im_end|>, EOS): "turn" weighs it as its reply, "last" only the last reply's (the others 0), "none" 0
+    empty_reasoning: str = WeightSpec.empty_reasoning  # an empty <think></think> block leading a reply: "ignore" gives it weight 0 (ms-swift's ignore_empty_think), "train" weighs it as reasoning
+    reasoning_history: str = "keep"  # conversations: "drop" removes the reasoning of every assistant turn before the last user turn from the rendered text, as Qwen3-style templates do (re-tokenizes: part of the cache key); "keep" renders it
     loss_normalizer: str = WeightSpec.loss_normalizer  # sum(w * nll) divided by "weight_sum" (the sum of weights), "response_tokens" (trained assistant tokens, ms-swift) or "weighted_tokens" (tokens of weight > 0, TRL)
     truncation: str = "trim"  # "trim": keep the response, cut the prompt's middle (conversations: drop earlier turns first); "drop": drop over-long examples
     max_rows: int | None = None  # use only the first N valid rows (quick experiments); None = all
@@ -37,12 +39,17 @@ class DataConfig:
         """The settings that turn roles into loss weights (validated there): applied at batch time, never cached."""
         return WeightSpec(prompt_loss_weight=self.prompt_loss_weight, role_weights=self.role_weights,
                           train_on=self.train_on, prompt_loss_weight_end=self.prompt_loss_weight_end,
-                          loss_normalizer=self.loss_normalizer, end_of_turn=self.end_of_turn)
+                          loss_normalizer=self.loss_normalizer, end_of_turn=self.end_of_turn,
+                          empty_reasoning=self.empty_reasoning)
 
     def __post_init__(self) -> None:
         self.role_weights = self.weight_spec().role_weights  # checked and parsed ("template=0,user=0.5" too)
         if self.on_bad_rows not in ("error", "skip"):
             raise UserError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}.")
+        if self.reasoning_history not in ("keep", "drop"):
+            raise UserError(f"--reasoning-history must be keep or drop, got {self.reasoning_history!r}: drop removes "
+                            "earlier assistant turns' reasoning from the rendered conversation (Qwen3-style), keep "
+                            "renders it (the default).")
         if self.truncation not in ("trim", "drop"):
             raise UserError(f"truncation must be 'trim' or 'drop', got {self.truncation!r}.")
         if self.max_length < 2 * PROMPT_TAIL_TOKENS:

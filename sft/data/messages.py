@@ -17,7 +17,11 @@ MESSAGE_WEIGHT = "loss_weight"  # a validated message's own weight (only where t
 # The per-message weight keys real datasets carry: LLaMA-Factory's loss_weight (a number), Axolotl's weight (0/1)
 # and train (bool), ms-swift's loss (bool). Each multiplies that message's tokens.
 WEIGHT_KEYS = ("loss_weight", "weight", "train", "loss")
-KNOWN_MESSAGE_KEYS = ("role", "content", "from", "value") + WEIGHT_KEYS  # read on every turn
+SPANS = "spans"  # a validated message's weighted character spans of its content: [[start, end, weight], ...]
+# Character spans that weigh parts of a message: this project's [{"start", "end", "weight"}] (end exclusive) and
+# Axolotl's train_detail [{"begin_offset", "end_offset", "train"}] (end_offset inclusive, as Axolotl reads it).
+SPAN_KEYS = (SPANS, "train_detail")
+KNOWN_MESSAGE_KEYS = ("role", "content", "from", "value") + WEIGHT_KEYS + SPAN_KEYS  # read on every turn
 KEYS_OF_ROLE = {"assistant": ("tool_calls", "function_call", "reasoning_content"), "tool": ("name", "tool_call_id")}
 OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "function": "tool"}
 # ShareGPT's names; function_call is an assistant turn that only calls (its value the call's JSON), observation
@@ -61,7 +65,8 @@ def check_turn(turn: Any) -> tuple[dict | None, str, str, str]:
         msg, fld, problem, fix = _check_message(turn, role, content_key)
     if msg is None:
         return None, fld, problem, fix
-    return _with_weight(turn, msg)
+    msg, fld, problem, fix = _with_weight(turn, msg)
+    return (msg, "", "", "") if msg is None or fld else _with_spans(turn, msg, content_key)
 
 
 def _check_message(turn: dict, role: str, content_key: str) -> tuple[dict | None, str, str, str]:
@@ -127,6 +132,12 @@ def _text(content: Any, key: str) -> tuple[str | None, str, str, str]:
         if not isinstance(text, str):
             return None, f"{key}[{k}]", "text part without text", (
                 f"part {k} is {part!r:.40}; a text part holds its string in `text` (or `value`)")
+        bad = ("weight" in part and not (_is_number(part["weight"]) and part["weight"] >= 0)) or (
+            "train" in part and not isinstance(part["train"], bool)) or ("weight" in part and "train" in part)
+        if bad:
+            return None, f"{key}[{k}]", "is not a valid part weight", (
+                f"part {k} is {part!r:.60}; a part's weight is a number >= 0 (`weight`) or true/false (`train`), "
+                "one of them: it multiplies that part's tokens")
         parts.append(text)
     return "".join(parts), "", "", ""
 
@@ -197,9 +208,8 @@ def _check_reasoning(reasoning: Any, content: str, key: str) -> tuple[str | None
         if close < 0:
             return None, key, "reasoning span is not closed", (
                 f"the {key} opens with {THINK_OPEN} but has no {THINK_CLOSE}; close the reasoning before the answer")
-        if not lead[len(THINK_OPEN):close].strip():
-            return None, key, "reasoning span is empty", (
-                f"the {THINK_OPEN}{THINK_CLOSE} span holds no text; drop the empty span or fill it")
+        # An empty span (a reply without reasoning in a reasoning model's form) is read, and weighs 0 by default
+        # (DataConfig.empty_reasoning).
         if reasoning is not None:
             return None, "reasoning_content", "reasoning given twice", (
                 f"the turn has reasoning_content and a leading {THINK_OPEN} span in its {key}; give one of them")
@@ -209,10 +219,7 @@ def _check_reasoning(reasoning: Any, content: str, key: str) -> tuple[str | None
     if not isinstance(reasoning, str):
         return None, "reasoning_content", "is not a string", (
             f"got {type(reasoning).__name__} {reasoning!r:.40}; give the reasoning as text")
-    if not reasoning.strip():
-        return None, "reasoning_content", "reasoning span is empty", (
-            "the reasoning_content is empty; drop the key or fill it")
-    return reasoning, "", "", ""
+    return reasoning, "", "", ""  # empty: rendered as an empty block where the template shows one, weighing 0
 
 
 def _with_weight(turn: dict, msg: dict) -> tuple[dict | None, str, str, str]:
@@ -228,3 +235,63 @@ def _with_weight(turn: dict, msg: dict) -> tuple[dict | None, str, str, str]:
                 "(0 or false leaves the message out)")
         msg[MESSAGE_WEIGHT] = msg.get(MESSAGE_WEIGHT, 1.0) * float(value)
     return msg, "", "", ""
+
+
+def _with_spans(turn: dict, msg: dict, key: str) -> tuple[dict | None, str, str, str]:
+    """The message with its weighted character spans (SPANS, [[start, end, weight]] over its content, end exclusive),
+    from `spans`, Axolotl's `train_detail` or text parts that carry `weight` or `train`; one of the three at most."""
+    given = [k for k in SPAN_KEYS if turn.get(k) is not None]
+    parts = _part_spans(turn.get(key))
+    if len(given) + bool(parts) > 1:
+        return None, given[-1], "spans given twice", (
+            f"the turn weighs parts of its text with {' and '.join(given + (['its parts'] if parts else []))}; "
+            "give one of them")
+    if parts:
+        return {**msg, SPANS: parts}, "", "", ""
+    if not given:
+        return msg, "", "", ""
+    k, value, n = given[0], turn[given[0]], len(msg["content"])
+    axolotl = k == "train_detail"
+    example = ('[{"begin_offset": 0, "end_offset": 4, "train": false}]' if axolotl
+               else '[{"start": 0, "end": 5, "weight": 0.5}]')
+    if not isinstance(value, list):
+        return None, k, "is not a list of spans", f"got {type(value).__name__} {value!r:.40}; write e.g. {example}"
+    spans = []
+    for j, span in enumerate(value):
+        start, end, weight = ((span.get("begin_offset"), span.get("end_offset"), span.get("train")) if axolotl else
+                              (span.get("start"), span.get("end"), span.get("weight"))) if isinstance(span, dict) \
+            else (None, None, None)
+        end = end + 1 if axolotl and _is_int(end) else end  # Axolotl's end_offset is the last character's
+        ok_weight = isinstance(weight, bool) if axolotl else _is_number(weight) and weight >= 0
+        if not (_is_int(start) and _is_int(end) and 0 <= start < end <= n and ok_weight):
+            what = "train must be true or false" if axolotl else "weight must be a number >= 0"
+            return None, f"{k}[{j}]", "is not a valid span", (
+                f"got {span!r:.60}; a span covers characters of this turn's {n}-character text ({key}), with "
+                f"0 <= start < end <= {n}, and {what}: e.g. {example}")
+        spans.append([int(start), int(end), float(weight)])
+    return {**msg, SPANS: spans}, "", "", ""
+
+
+def _part_spans(content: Any) -> list[list[float]]:
+    """[[start, end, weight]] of the text parts that carry a weight (`weight` a number, or `train` a boolean), in the
+    joined text; [] when none does (a part's bad weight is refused by _part_weight_problem)."""
+    if not isinstance(content, list) or not any(isinstance(p, dict) and ("weight" in p or "train" in p)
+                                                for p in content):
+        return []
+    out, at = [], 0
+    for part in content:
+        text = part.get("text", part.get("value")) if isinstance(part, dict) else ""
+        text = text if isinstance(text, str) else ""
+        weight = part.get("weight", part.get("train", True)) if isinstance(part, dict) else True
+        if text and float(weight) != 1.0:
+            out.append([at, at + len(text), float(weight)])
+        at += len(text)
+    return out
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

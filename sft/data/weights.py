@@ -20,6 +20,8 @@ from sft.data.errors import UserError
 
 NORMALIZERS = ("weight_sum", "response_tokens", "weighted_tokens")
 END_OF_TURN = ("turn", "last", "none")  # the token closing each reply: weighs as its reply, only the last reply's, never
+EMPTY_REASONING_MODES = ("ignore", "train")  # an empty <think></think> block: weight 0 (ms-swift), or as reasoning
+CLOSING, EMPTY_REASONING = 1, 2  # the bits of the cached `marks` column (sft.core.tokenize.token_marks)
 UNTRAINED = len(ROLE_NAMES)  # the table slot of a reply token outside the loss (train_on="last"): weighs w
 
 
@@ -33,6 +35,7 @@ class WeightSpec:
     prompt_loss_weight_end: float | None = None
     loss_normalizer: str = "weight_sum"
     end_of_turn: str = "turn"
+    empty_reasoning: str = "ignore"
 
     def __post_init__(self) -> None:
         self.role_weights = parse_role_weights(self.role_weights)
@@ -51,6 +54,9 @@ class WeightSpec:
             raise UserError(f"--end-of-turn must be one of {', '.join(END_OF_TURN)}, got {self.end_of_turn!r}: turn "
                             "weighs the token that closes a reply (<|im_end|>, EOS) as its reply (the default), last "
                             "trains only the last reply's, none trains no reply's (weight 0).")
+        if self.empty_reasoning not in EMPTY_REASONING_MODES:
+            raise UserError(f"--empty-reasoning must be ignore or train, got {self.empty_reasoning!r}: ignore gives an "
+                            "empty <think></think> block weight 0 (the default), train weighs it as reasoning.")
         if self.loss_normalizer not in NORMALIZERS:
             raise UserError(f"--loss-normalizer must be one of {', '.join(NORMALIZERS)}, got "
                              f"{self.loss_normalizer!r}: weight_sum divides sum(w * nll) by the sum of the weights "
@@ -130,23 +136,28 @@ def trained_mask(roles: np.ndarray, turns: np.ndarray, train_on: str) -> np.ndar
     return trained
 
 
-def static_columns(roles, turns, message_weights, train_on: str, closing=None, end_of_turn: str = "turn"
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def static_columns(roles, turns, message_weights, train_on: str, marks=None, end_of_turn: str = "turn",
+                   empty_reasoning: str = "ignore") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What does not change during a run, per token: (index into WeightSpec.table int8, scale float32, response
     mask bool). The index is the role code, a reply token outside the loss (train_on="last") moved to slot
     UNTRAINED; the scale is the message's own weight from the data (1 on template tokens, whose weight is their
-    role's alone), 0 on a reply's closing token that end_of_turn leaves out (closing: the cached flags); the response
-    mask marks the trained reply tokens of non-zero scale."""
+    role's alone), 0 on a reply's closing token that end_of_turn leaves out and on an empty reasoning block unless
+    empty_reasoning="train" (marks: the cached bits, CLOSING and EMPTY_REASONING); the response mask marks the trained
+    reply tokens of non-zero scale."""
     roles, turns = np.asarray(roles), np.asarray(turns)
     msg = np.asarray(message_weights, dtype=np.float32)
     trained = trained_mask(roles, turns, train_on)
     codes = np.where(np.isin(roles, REPLY_ROLES) & ~trained, UNTRAINED, roles).astype(np.int8)
     scale = np.where(roles == TEMPLATE, np.float32(1.0), msg).astype(np.float32)
-    if end_of_turn != "turn":
-        dropped = np.asarray(closing, dtype=bool)
-        if end_of_turn == "last" and dropped.any():
+    if marks is not None and (end_of_turn != "turn" or empty_reasoning == "ignore"):
+        marks = np.asarray(marks)
+        dropped = (marks & EMPTY_REASONING).astype(bool) if empty_reasoning == "ignore" else np.zeros(len(marks), bool)
+        closing = (marks & CLOSING).astype(bool)
+        if end_of_turn == "last" and closing.any():
             reply = np.isin(roles, REPLY_ROLES)
-            dropped &= turns != turns[reply].max()  # the last reply's closing token keeps its weight
+            closing &= turns != turns[reply].max()  # the last reply's closing token keeps its weight
+        if end_of_turn != "turn":
+            dropped |= closing
         scale = np.where(dropped, np.float32(0.0), scale)
     return codes, scale, trained & (scale > 0) & (msg > 0)
 

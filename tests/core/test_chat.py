@@ -197,7 +197,7 @@ def test_tokenize_rows_caches_conversations_with_the_same_keys_as_alpaca(qwen_to
     cfg = DataConfig(cache_dir=str(tmp_path), prompt_loss_weight=0.5)
     ds, report = tokenize_rows([{"messages": CHAT}] * 3, qwen_tokenizer, cfg)
     assert set(ds.column_names) == {"input_ids", "labels", "loss_weights", "response_mask", "length", "truncation",
-                                    "roles", "turns", "message_weights", "closing", "chat", "weight_codes", "weight_scale"}
+                                    "roles", "turns", "message_weights", "marks", "chat", "weight_codes", "weight_scale"}
     assert report.examples_out == 3 and not report.from_cache
     again, report = tokenize_rows([{"messages": CHAT}] * 3, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path),
                                                                                         prompt_loss_weight=0.5))

@@ -17,9 +17,9 @@ from sft.core.prepare import tokenize_rows
 from sft.core.train import build_trainer
 from sft.core.weights import add_weight_columns
 from sft.data.config import DataConfig
-from sft.data.conversations import ASSISTANT, TEMPLATE, USER
+from sft.data.conversations import ASSISTANT, REASONING, TEMPLATE, USER
 from sft.data.rows import load_rows
-from sft.data.weights import WeightSpec
+from sft.data.weights import CLOSING, WeightSpec
 
 ROW = {"instruction": "Add the numbers.", "input": "3 and 4", "output": "7"}
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"},
@@ -358,7 +358,7 @@ def test_end_of_turn_weighs_each_replys_closing_token_as_set(qwen_tokenizer, mod
     # By hand: Qwen2.5 writes "5" and "20" as digits, each reply closed by <|im_end|>.
     assert _pieces(qwen_tokenizer, ex) == [(1, "5", 1.0), (1, "<|im_end|>", first),
                                            (3, "2", 1.0), (3, "0", 1.0), (3, "<|im_end|>", last)]
-    assert sum(ex["closing"]) == 2 and sum(ex["response_mask"]) == 3 + (first > 0) + (last > 0)
+    assert sum(m & CLOSING for m in ex["marks"]) == 2 and sum(ex["response_mask"]) == 3 + (first > 0) + (last > 0)
     assert set(np.asarray(ex["loss_weights"])[np.asarray(ex["roles"]) != ASSISTANT]) == {0.0}
 
 
@@ -367,7 +367,7 @@ def test_end_of_turn_on_instruction_rows_is_the_eos(qwen_tokenizer, mode, eos):
     ex = _one(qwen_tokenizer, ROW, end_of_turn=mode)
     assert _pieces(qwen_tokenizer, ex) == [(1, "7", 1.0), (1, "<|endoftext|>", eos)]
     cut = _one(qwen_tokenizer, {**ROW, "output": "seven " * 40}, end_of_turn=mode, max_length=32)
-    assert cut["truncation"].endswith("_trimmed") and sum(cut["closing"]) == 0  # a cut reply has no closing token
+    assert cut["truncation"].endswith("_trimmed") and sum(cut["marks"]) == 0  # a cut reply has no closing token
     assert set(w for _, _, w in _pieces(qwen_tokenizer, cut)) == {1.0}
 
 
@@ -401,7 +401,7 @@ def test_end_of_turn_none_on_1200_qwen_conversations_drops_exactly_one_im_end_pe
               for m in ("turn", "last", "none")}
     base, ids = tables["turn"], np.concatenate(tables["turn"].column("input_ids").to_pylist())
     for mode, table in tables.items():  # the same ids, roles and turns whatever the setting
-        for name in ("input_ids", "roles", "turns", "message_weights", "closing"):
+        for name in ("input_ids", "roles", "turns", "message_weights", "marks"):
             assert table.column(name).equals(base.column(name))
     w = {m: np.concatenate(t.column("loss_weights").to_pylist()) for m, t in tables.items()}
     replies = sum(m["role"] == "assistant" for c in convs for m in c)
@@ -554,3 +554,211 @@ def test_sample_weights_meet_each_normaliser_as_documented(demo_root, tmp_path, 
         assert loss == pytest.approx(_hand_loss(trainer, micro, normalizer, cfg.data.weight_spec().table()), rel=2e-5)
         losses.append(loss)
     assert losses[1] == pytest.approx(factor * losses[0], rel=1e-5)
+
+
+# ---------------------------------------------------------------- reasoning across turns (issue #38)
+
+THINKING = [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "<think>add</think>\n\n5"},
+            {"role": "user", "content": "Times 4?"}, {"role": "assistant", "content": "20", "reasoning_content": ""}]
+
+
+def _reasoning_pieces(tokenizer, **cfg):
+    ex = tokenize_batch({"messages": [THINKING]}, tokenizer, DataConfig(**cfg)).to_pylist()[0]
+    return [(t, tokenizer.decode([i]), w) for i, r, t, w in zip(ex["input_ids"], ex["roles"], ex["turns"],
+                                                                ex["loss_weights"]) if r == REASONING]
+
+
+def test_an_empty_reasoning_block_weighs_0_by_default(qwen_tokenizer):
+    # By hand: Qwen2.5's template has no reasoning slot, so the empty reasoning_content is written into the content
+    # as "<think>\n\n</think>\n\n" (ChatRenderer.template_messages); the first reply's span is "<think>add</think>\n\n".
+    thought = [(1, "<th", 1.0), (1, "ink", 1.0), (1, ">", 1.0), (1, "add", 1.0), (1, "</", 1.0), (1, "think", 1.0),
+               (1, ">\n\n", 1.0)]
+    empty = [(3, "<th", 0.0), (3, "ink", 0.0), (3, ">\n\n", 0.0), (3, "</", 0.0), (3, "think", 0.0), (3, ">\n\n", 0.0)]
+    assert _reasoning_pieces(qwen_tokenizer) == thought + empty
+    assert _reasoning_pieces(qwen_tokenizer, empty_reasoning="train") == thought + [(t, s, 1.0) for t, s, _ in empty]
+
+
+def test_reasoning_history_drop_renders_earlier_turns_without_their_reasoning(qwen_tokenizer, tmp_path):
+    dropped = _reasoning_pieces(qwen_tokenizer, reasoning_history="drop")
+    assert [t for t, _, _ in dropped] == [3] * 6  # only the last reply's (empty) block is left
+    ex = tokenize_batch({"messages": [THINKING]}, qwen_tokenizer,
+                             DataConfig(reasoning_history="drop")).to_pylist()[0]
+    by_hand = [THINKING[0], {"role": "assistant", "content": "5"}, THINKING[2],
+               {"role": "assistant", "content": "<think>\n\n</think>\n\n20"}]
+    assert ex["input_ids"] == qwen_tokenizer.apply_chat_template(by_hand, tokenize=True)["input_ids"]
+    # part of the cache key: keep and drop are two tokenizations, each read back
+    rows = [{"messages": THINKING}]
+    seen = [tokenize_rows(rows, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path), reasoning_history=h))[1].from_cache
+            for h in ("keep", "drop", "keep", "drop")]
+    assert seen == [False, False, True, True]
+
+
+def test_reasoning_history_drop_on_300_agent_conversations(qwen_tokenizer):
+    from helpers import agent_conversations
+    from sft.core.tokenize import conversation_renderer, drop_history_reasoning
+
+    renderer = conversation_renderer(qwen_tokenizer, DataConfig())
+    data = agent_conversations(300, seed=3)
+    convs, tools = [m for m, _ in data], [t for _, t in data]
+    table = tokenize_batch({"messages": [json.dumps(m) for m in convs], "tools": [json.dumps(t) for t in tools]},
+                                qwen_tokenizer, DataConfig(max_length=100_000, reasoning_history="drop")).to_pylist()
+    assert len(table) == 300
+    had = 0
+    for ex, messages, tool_list in zip(table, convs, tools):
+        last_user = max(k for k, m in enumerate(messages) if m["role"] == "user")
+        # Qwen2.5's template has no reasoning slot: the last turns' reasoning_content is written into their content
+        kept = renderer.template_messages(drop_history_reasoning(messages))
+        expected = qwen_tokenizer.apply_chat_template(kept, tools=tool_list, tokenize=True)["input_ids"]
+        assert ex["input_ids"] == expected
+        roles, turns = np.asarray(ex["roles"]), np.asarray(ex["turns"])
+        assert not ((roles == REASONING) & (turns < last_user)).any()  # no reasoning before the last user turn
+        had += any(m.get("reasoning_content") or m["content"].startswith("<think>")
+                   for m in messages[:last_user] if m["role"] == "assistant")
+    assert had > 30  # the data had history reasoning to drop
+
+
+def test_reasoning_controls_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+    from sft.core.plan import head_positions
+    from sft.core.prepare import prepare_data
+
+    data, out = _chat_file(tmp_path, THINKING), tmp_path / "masks.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 "--reasoning-history", "drop", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    line = json.loads(out.read_text())
+    # by hand: "5<|im_end|>" and "20<|im_end|>" trained; the first reply's reasoning gone, the empty block at 0
+    trained = [qwen_tokenizer.decode([i]) for i, w in zip(line["input_ids"], line["weights"]) if w > 0]
+    assert trained == ["5", "<|im_end|>", "2", "0", "<|im_end|>"]
+    assert [w for r, w in zip(line["roles"], line["weights"]) if r == "reasoning"] == [0.0] * 6
+    assert json.loads(capsys.readouterr().out)["tokens_by_role"]["reasoning"] == 6
+    heads = {}
+    for mode in ("ignore", "train"):
+        cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"), empty_reasoning=mode)
+        train = prepare_data(cfg, qwen_tokenizer).train
+        heads[mode] = (head_positions(train, cfg.weight_spec()), sum(train[0]["response_mask"]))
+    assert heads == {"ignore": (12, 12), "train": (18, 18)}  # 7 + 2 + 3 reply tokens, and the 6 of the empty block
+
+
+@pytest.mark.parametrize("flags, message", [(["--empty-reasoning", "zero"], "--empty-reasoning must be ignore or train"),
+                                            (["--reasoning-history", "last"], "--reasoning-history must be keep or drop")])
+def test_bad_reasoning_settings_exit_2(tmp_path, capsys, flags, message):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    assert main(["inspect-data", "--data", str(_chat_file(tmp_path, THINKING)), "--tokenizer", str(QWEN_TOKENIZER),
+                 *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- spans inside a message (issue #38)
+
+SPANNED = [{"role": "user", "content": "Say hi."},
+           {"role": "assistant", "content": "Sure! Hello there.",
+            "spans": [{"start": 0, "end": 5, "weight": 0}, {"start": 13, "end": 18, "weight": 2}]}]
+
+
+def _reply(tokenizer, chat, **cfg):
+    from sft.data.conversations import check_conversation
+
+    messages, *problem = check_conversation(chat)
+    assert messages is not None, problem
+    ex = tokenize_batch({"messages": [messages]}, tokenizer, DataConfig(**cfg)).to_pylist()[0]
+    return [(tokenizer.decode([i]), w) for i, r, w in zip(ex["input_ids"], ex["roles"], ex["loss_weights"])
+            if r == ASSISTANT], ex
+
+
+@pytest.mark.parametrize("shape", ["spans", "train_detail", "parts"])
+def test_spans_weigh_characters_and_a_straddling_token_takes_the_lower_side(qwen_tokenizer, shape):
+    chat = [dict(m) for m in SPANNED]
+    if shape == "train_detail":  # Axolotl's shape: end_offset is the span's last character; train a boolean
+        chat[1]["spans"] = None
+        chat[1] = {k: v for k, v in chat[1].items() if k != "spans"}
+        chat[1]["train_detail"] = [{"begin_offset": 0, "end_offset": 4, "train": False}]
+    elif shape == "parts":
+        chat[1] = {"role": "assistant", "content": [{"type": "text", "text": "Sure!", "weight": 0},
+                                                    {"type": "text", "text": " Hello t"},
+                                                    {"type": "text", "text": "here.", "weight": 2}]}
+    pieces, ex = _reply(qwen_tokenizer, chat)
+    # By hand: "Sure! Hello there." is Sure|!| Hello| there|. in Qwen2.5; characters 0-4 weigh 0, 13-17 weigh 2:
+    # " there" (characters 11-16) straddles the boundary at 13 and takes the lower side, 1.
+    two = 2.0 if shape != "train_detail" else 1.0
+    assert pieces == [("Sure", 0.0), ("!", 0.0), (" Hello", 1.0), (" there", 1.0), (".", two), ("<|im_end|>", 1.0)]
+    plain = tokenize_batch({"messages": [[SPANNED[0], {"role": "assistant", "content": "Sure! Hello there."}]]},
+                                qwen_tokenizer, DataConfig()).to_pylist()[0]
+    assert ex["input_ids"] == plain["input_ids"] and ex["roles"] == plain["roles"]
+
+
+def test_spans_survive_truncation_on_the_tokens_kept(qwen_tokenizer):
+    long_user = {"role": "user", "content": "Think about this. " * 60}
+    chat = [long_user, SPANNED[1]]
+    pieces, ex = _reply(qwen_tokenizer, chat, max_length=64)
+    assert ex["truncation"] == "prompt_trimmed" and len(ex["input_ids"]) == 64
+    assert pieces == [("Sure", 0.0), ("!", 0.0), (" Hello", 1.0), (" there", 1.0), (".", 2.0), ("<|im_end|>", 1.0)]
+
+
+def test_spans_on_300_agent_conversations_weigh_exactly_their_characters(qwen_tokenizer):
+    """Real-shaped data: a span over the whole of each reply's text at weight 0.5 halves exactly the tokens of that
+    text and no other (ids unchanged)."""
+    import random
+
+    from helpers import agent_conversations
+
+    rng = random.Random(5)
+    data = agent_conversations(300, seed=7)
+    cfg = DataConfig(max_length=100_000)
+    spanned, count = [], 0
+    for messages, _ in data:
+        out = []
+        for m in messages:
+            if m["role"] == "assistant" and m["content"].strip() and not m["content"].startswith("<think>") \
+                    and rng.random() < 0.5:
+                m = {**m, "spans": [[0, len(m["content"]), 0.5]]}
+                count += 1
+            out.append(m)
+        spanned.append(out)
+    batch = lambda convs: {"messages": [json.dumps(m) for m in convs],  # noqa: E731
+                           "tools": [json.dumps(t) for _, t in data]}
+    a = tokenize_batch(batch([m for m, _ in data]), qwen_tokenizer, cfg).to_pylist()
+    b = tokenize_batch(batch(spanned), qwen_tokenizer, cfg).to_pylist()
+    assert count > 100
+    for x, y, messages in zip(a, b, spanned):
+        assert x["input_ids"] == y["input_ids"] and x["roles"] == y["roles"]
+        wx, wy = np.asarray(x["message_weights"]), np.asarray(y["message_weights"])
+        halved = wy == wx * 0.5
+        assert ((wy == wx) | halved).all()
+        text = qwen_tokenizer.decode([i for i, h in zip(y["input_ids"], halved & (wx > 0)) if h])
+        # the halved tokens spell the spanned replies' texts, one after the other (a merge at a reply's start stays 1)
+        spans = [m["content"] for m in messages if m.get("spans")]
+        assert all(s.strip()[1:] in text for s in spans)
+
+
+@pytest.mark.parametrize("spans, message", [
+    ([{"start": 0, "end": 99, "weight": 1}], "field spans[0]: is not a valid span (got {'start': 0, 'end': 99"),
+    ([{"start": 0, "end": 2, "weight": -1}], "weight must be a number >= 0"),
+    ("all", "field spans: is not a list of spans"),
+])
+def test_a_bad_span_names_file_row_turn_and_field(tmp_path, spans, message):
+    turns = [dict(t) for t in SPANNED]
+    turns[1]["spans"] = spans
+    with pytest.raises(ValueError, match=r"c.jsonl: line 1, turn 2, ") as e:
+        load_rows(_chat_file(tmp_path, turns))
+    assert message in str(e.value)
+
+
+def test_spans_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+    from sft.core.plan import head_positions
+    from sft.core.prepare import prepare_data
+
+    data, out = _chat_file(tmp_path, SPANNED), tmp_path / "masks.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    line = json.loads(out.read_text())
+    assert [w for r, w in zip(line["roles"], line["weights"]) if r == "assistant"] == [0.0, 0.0, 1.0, 1.0, 2.0, 1.0]
+    assert json.loads(capsys.readouterr().out)["weight_by_role"]["assistant"] == 5.0
+    cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"))
+    train = prepare_data(cfg, qwen_tokenizer).train
+    assert head_positions(train, cfg.weight_spec()) == 4 and sum(train[0]["response_mask"]) == 4

@@ -65,10 +65,7 @@ BAD = [
     ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]}, "content[1]",
      "content part of unknown type", "only text is supported"),
     ({"role": "user", "content": [{"type": "text"}]}, "content[1]", "text part without text", "in `text`"),
-    ({"role": "assistant", "content": "<think> </think>Rome."}, "content", "reasoning span is empty", "drop the empty"),
     ({"role": "assistant", "content": "<think>hm Rome."}, "content", "reasoning span is not closed", "</think>"),
-    ({"role": "assistant", "content": "Rome.", "reasoning_content": "  "}, "reasoning_content",
-     "reasoning span is empty", "drop the key or fill it"),
     ({"role": "assistant", "content": "<think>a</think>b", "reasoning_content": "a"}, "reasoning_content",
      "reasoning given twice", "give one of them"),
     ({"role": "user", "content": "hi", "tool_calls": [CALL]}, "tool_calls", "is on a user turn",
@@ -92,3 +89,12 @@ def test_keys_not_read_are_named_by_role():
     assert unread_keys({"role": "assistant", "content": "a", "tool_calls": [], "reasoning_content": "r",
                         "thinking": "t"}) == ["thinking"]
     assert json.dumps(unread_keys("not a turn")) == "[]"
+
+
+@pytest.mark.parametrize("turn", [{"role": "assistant", "content": "<think> </think>Rome."},
+                                  {"role": "assistant", "content": "Rome.", "reasoning_content": ""}])
+def test_an_empty_reasoning_block_is_read_not_refused(turn):
+    """A reasoning model's reply without reasoning (issue #38): read, and weighed 0 by default (empty_reasoning)."""
+    msg, fld, _, _ = check_turn(turn)
+    assert msg is not None and not fld and msg["content"] == turn["content"]
+    assert msg.get("reasoning_content") == turn.get("reasoning_content")
