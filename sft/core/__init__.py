@@ -7,6 +7,8 @@
                   the end-of-turn rule that training saves and generation obeys
     tokenize      rows -> input_ids, a role, turn and message weight per token (prompt and response tokenized
                   apart; EOS appended); no loss weight: one cache serves every weight setting
+    controls      the weight controls that act on tokens and text: reply-closing and empty-reasoning marks, earlier
+                  reasoning dropped, a message's character spans to tokens
     weights       roles -> loss weights under the run's WeightSpec, for the reports and at every step
     prepare       load + split + tokenize, cached: the data a run trains and evaluates on
     collate       batches: padded, or packed into one row with position_ids

@@ -26,6 +26,7 @@ from sft.core.tokenize import (
 )
 from sft.core.weights import with_weights
 from sft.data.config import DataConfig
+from sft.data.weights import parse_weight_rules
 from sft.data.errors import UserError
 from sft.data.rows import CHAT_FIELDS, FIELDS, TEXT_FIELD, fingerprint_rows, load_rows, row_kind
 from sft.data.splits import split_indices
@@ -70,6 +71,8 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
         parts += [conversation_renderer(tokenizer, cfg).template]
         if cfg.reasoning_history != "keep":  # it changes the rendered text (only then in the key: old keys hold)
             parts.append(f"reasoning_history={cfg.reasoning_history}")
+        if parse_weight_rules(cfg.weight_rules):  # rules act on the text, so at tokenization (only then in the key)
+            parts.append([list(vars(r).values()) for r in parse_weight_rules(cfg.weight_rules)])
     extra = [name for name in (rows[0] if rows else {}) if name not in FIELDS + CHAT_FIELDS + (TEXT_FIELD,)]
     if extra:  # carried-through columns (inspect-data's group) are part of the cached table
         parts.append([[r[name] for r in rows] for name in extra])

@@ -17,12 +17,13 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from sft.core.chat import THINK, encode_with_offsets, make_renderer
+from sft.core.chat import encode_with_offsets, make_renderer
+from sft.core.controls import drop_history_reasoning, empty_reasoning, span_factors, special_ids, token_marks
 from sft.core.prompts import get_template
 from sft.data.config import PROMPT_TAIL_TOKENS, DataConfig
-from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REASONING, REPLY_ROLES, TEMPLATE, TEXT, USER
+from sft.data.conversations import ASSISTANT, MESSAGE_WEIGHT, REPLY_ROLES, TEMPLATE, TEXT, USER
 from sft.data.messages import SPANS
-from sft.data.weights import CLOSING, EMPTY_REASONING
+from sft.data.weights import parse_weight_rules
 from sft.data.errors import UserError
 from sft.data.rows import CHAT_FIELDS, FIELDS, TEXT_FIELD
 
@@ -76,6 +77,9 @@ def tokenize_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> 
     """
     if "messages" in batch:
         return conversation_roles_batch(batch, tokenizer, cfg)
+    if parse_weight_rules(cfg.weight_rules):
+        raise UserError("--weight-rules weighs text within the messages of a role, in conversations; this data holds "
+                        "instruction or text rows. Give it as conversations ({\"messages\": [...]}) or drop the rules.")
     if TEXT_FIELD in batch:
         return text_roles_batch(batch, tokenizer, cfg)
     template = get_template(cfg.template)
@@ -104,28 +108,6 @@ def tokenize_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> 
         kept.append(i)
     return _examples_table(rows, roles, turns, [np.ones(len(x), dtype=np.float32) for x in rows], status, kept,
                            batch, chat=False, specials=special_ids(tokenizer))
-
-
-def special_ids(tokenizer) -> np.ndarray:
-    """The ids of the tokenizer's special tokens (EOS, ChatML's <|im_end|>, ...): a reply's closing token is one."""
-    added = [i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special]
-    return np.unique(np.asarray(list(tokenizer.all_special_ids) + added, dtype=np.int64))
-
-
-def token_marks(ids: np.ndarray, roles: np.ndarray, turns: np.ndarray, specials: np.ndarray,
-                empty_turns: list[int] | None = None) -> np.ndarray:
-    """Per token, int8 bits of what the settings may weigh apart (sft.data.weights): CLOSING on the token that closes
-    each reply, the last of an assistant turn's own tokens where it is a special token (ChatML's <|im_end|>, EOS; a
-    reply cut by truncation has none), what --end-of-turn weighs; EMPTY_REASONING on the reasoning tokens of the
-    turns `empty_turns` (an empty <think></think> block), what --empty-reasoning weighs."""
-    out = np.zeros(len(ids), dtype=np.int8)
-    reply = np.flatnonzero(np.isin(roles, REPLY_ROLES))
-    if len(reply):
-        last = reply[np.append(turns[reply][1:] != turns[reply][:-1], True)]  # each reply turn's last token
-        out[last[np.isin(np.asarray(ids)[last], specials)]] = CLOSING
-    if empty_turns:
-        out[(roles == REASONING) & np.isin(turns, empty_turns)] |= EMPTY_REASONING
-    return out
 
 
 def text_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> pa.Table:
@@ -236,31 +218,6 @@ def conversation_roles_batch(batch: dict[str, list], tokenizer, cfg: DataConfig)
                            specials=special_ids(tokenizer), empty_turns=empty)
 
 
-def empty_reasoning(message: dict) -> bool:
-    """Whether an assistant message's reasoning is given and empty (reasoning_content "" or a leading empty
-    <think></think> span), or absent: its reasoning tokens, if the template renders a block, are an empty block."""
-    content = (message.get("content") or "").lstrip()
-    if content.startswith(THINK[0]) and THINK[1] in content:
-        return not content[len(THINK[0]):content.find(THINK[1])].strip()
-    return not (message.get("reasoning_content") or "").strip()
-
-
-def drop_history_reasoning(messages: list[dict]) -> list[dict]:
-    """The conversation with the reasoning of every assistant turn before the last user turn dropped (its
-    reasoning_content, and a leading <think>...</think> span of its content with the line breaks after it), as
-    Qwen3's template renders the history (NeMo Automodel's drop_history_reasoning_content)."""
-    last_user = max((k for k, m in enumerate(messages) if m["role"] == "user"), default=-1)
-    out = []
-    for k, m in enumerate(messages):
-        if k < last_user and m["role"] == "assistant":
-            m = {key: v for key, v in m.items() if key != "reasoning_content"}
-            content = m.get("content") or ""
-            if content.lstrip().startswith(THINK[0]) and THINK[1] in content:
-                m["content"] = content.split(THINK[1], 1)[1].lstrip("\n")
-        out.append(m)
-    return out
-
-
 def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataConfig,
                         tools: list | None = None, with_messages: bool = False) -> Iterator[tuple]:
     """(index, ids, role codes, turns, message weights, truncation status) of each conversation kept, fitted into
@@ -268,6 +225,7 @@ def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataCon
     tools: the tools each conversation may call (None where it has none); with_messages: each tuple ends with the
     messages kept (their indices are the turns)."""
     renderer = conversation_renderer(tokenizer, cfg)
+    rules = parse_weight_rules(cfg.weight_rules)
     tools = tools if tools is not None else [None] * len(conversations)
     rendered = _render_all(renderer, conversations, tools)
     for i, (messages, tool_list, (ids, roles, turns, added)) in enumerate(zip(conversations, tools, rendered)):
@@ -283,44 +241,10 @@ def conversation_tokens(conversations: list[list[dict]], tokenizer, cfg: DataCon
         # The template's own text (its default system prompt, its tool list) is no message's words: its role's
         # weight alone, whatever the message it is rendered in weighs (docs/data.md: a weight touches its own words).
         weights = np.where(added, np.float32(1.0), per_turn[turns])
-        if any(m.get(SPANS) for m in kept):  # weighted character spans inside messages (only rows that have them)
-            weights = weights * span_factors(renderer, kept, tool_list, list(ids))
+        if rules or any(m.get(SPANS) for m in kept):  # weighted characters (only rows with spans, or rules set)
+            weights = weights * span_factors(renderer, kept, tool_list, list(ids), rules)
         out = (i, list(ids), roles, turns, weights.astype(np.float32), st)
         yield (*out, kept) if with_messages else out
-
-
-def span_factors(renderer, messages: list[dict], tools: list | None, ids: list[int]) -> np.ndarray:
-    """Per token of `ids` (the conversation's tokens, or what truncation kept of them), the weight its message's
-    character spans give it (sft.data.messages.SPANS; 1 outside every span): a token weighs the least of its
-    characters' weights, so a token that straddles a span boundary takes the lower side (a token half in a masked
-    span is masked). Character offsets go to tokens through the tokenizer's offset mapping."""
-    text, spans = renderer.spans(messages, tools)
-    (full, offsets), = encode_with_offsets(renderer.tokenizer, [text])
-    char = np.ones(len(text) + 1, dtype=np.float32)
-    first = {}
-    for s, _, t, _ in spans:
-        first[t] = min(first.get(t, s), s)
-    for i, (m, shown) in enumerate(zip(messages, renderer.template_messages(messages))):
-        if not m.get(SPANS):
-            continue
-        at = text.find(shown["content"], first.get(i, 0)) if shown["content"] else -1
-        if at < 0:
-            raise UserError(f"turn {i + 1}: the chat template does not show this message's text verbatim, so its "
-                            "character spans cannot be placed; use a template that does (the tokenizer's own, e.g. "
-                            "Qwen2.5's) or drop the spans.")
-        at += len(shown["content"]) - len(m["content"])  # reasoning the template is given before the content
-        for s, e, w in m[SPANS]:  # later spans override earlier ones
-            char[at + int(s):at + int(e)] = w
-    factor = np.asarray([char[a:max(b, a + 1)].min() for a, b in offsets], dtype=np.float32)
-    if len(full) == len(ids):
-        return factor
-    # Truncation kept a head of the tokens and one later run (the prompt's end and the answer): find that run.
-    head = next((k for k, (a, b) in enumerate(zip(ids, full)) if a != b), len(ids))
-    rest = ids[head:]
-    for x in range(len(full) - len(rest), head - 1, -1):
-        if full[x:x + len(rest)] == rest:
-            return np.concatenate([factor[:head], factor[x:x + len(rest)]])
-    raise RuntimeError("span_factors: the truncated tokens are not a head and a run of the conversation's")
 
 
 def _render_all(renderer, conversations: list[list[dict]], tools: list) -> list:

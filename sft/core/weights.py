@@ -16,8 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from sft.data.rows import SAMPLE_WEIGHT
-from sft.data.weights import WeightSpec, static_columns
+from sft.data.weights import SAMPLE_WEIGHT, WeightSpec, static_columns
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 WEIGHT_COLUMNS = ("labels", "loss_weights", "response_mask", "weight_codes", "weight_scale")

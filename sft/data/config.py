@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sft.data.errors import UserError
-from sft.data.weights import WeightSpec
+from sft.data.weights import WeightSpec, parse_weight_rules
 
 PROMPT_TAIL_TOKENS = 16  # a trimmed prompt keeps its last tokens, so "### Response:" stays next to the response
 
@@ -29,6 +29,7 @@ class DataConfig:
     prompt_loss_weight_end: float | None = WeightSpec.prompt_loss_weight_end  # a schedule: w ramps linearly from prompt_loss_weight to this over the run's optimizer steps; None = constant
     end_of_turn: str = WeightSpec.end_of_turn  # the token that closes each reply (<|im_end|>, EOS): "turn" weighs it as its reply, "last" only the last reply's (the others 0), "none" 0
     empty_reasoning: str = WeightSpec.empty_reasoning  # an empty <think></think> block leading a reply: "ignore" gives it weight 0 (ms-swift's ignore_empty_think), "train" weighs it as reasoning
+    weight_rules: str = ""  # conversations: "ROLE:PATTERN=WEIGHT;..." multiplies the weight of the text matching a literal PATTERN or a /regular expression/ within that role's messages (e.g. "assistant:/I think[^.]*[.]/=0"); acts at tokenization (part of the cache key); a config file may give a list of {role, literal or regex, weight}
     reasoning_history: str = "keep"  # conversations: "drop" removes the reasoning of every assistant turn before the last user turn from the rendered text, as Qwen3-style templates do (re-tokenizes: part of the cache key); "keep" renders it
     loss_normalizer: str = WeightSpec.loss_normalizer  # sum(w * nll) divided by "weight_sum" (the sum of weights), "response_tokens" (trained assistant tokens, ms-swift) or "weighted_tokens" (tokens of weight > 0, TRL)
     truncation: str = "trim"  # "trim": keep the response, cut the prompt's middle (conversations: drop earlier turns first); "drop": drop over-long examples
@@ -46,6 +47,7 @@ class DataConfig:
         self.role_weights = self.weight_spec().role_weights  # checked and parsed ("template=0,user=0.5" too)
         if self.on_bad_rows not in ("error", "skip"):
             raise UserError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}.")
+        parse_weight_rules(self.weight_rules)  # checked up front: a bad rule is an error before any tokenization
         if self.reasoning_history not in ("keep", "drop"):
             raise UserError(f"--reasoning-history must be keep or drop, got {self.reasoning_history!r}: drop removes "
                             "earlier assistant turns' reasoning from the rendered conversation (Qwen3-style), keep "

@@ -66,7 +66,9 @@ def check_turn(turn: Any) -> tuple[dict | None, str, str, str]:
     if msg is None:
         return None, fld, problem, fix
     msg, fld, problem, fix = _with_weight(turn, msg)
-    return (msg, "", "", "") if msg is None or fld else _with_spans(turn, msg, content_key)
+    if msg is None:
+        return None, fld, problem, fix
+    return _with_spans(turn, msg, content_key)
 
 
 def _check_message(turn: dict, role: str, content_key: str) -> tuple[dict | None, str, str, str]:

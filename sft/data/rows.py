@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from sft.data.conversations import (
     check_tools,
 )
 from sft.data.errors import UserError
+from sft.data.weights import SAMPLE_WEIGHT, check_sample_weight
 from sft.data.messages import unread_keys
 from sft.data.files import SUFFIXES
 from sft.data.readers import read_records
@@ -36,7 +36,6 @@ REQUIRED = ("instruction", "output")  # columns every row must have, after the c
 OPTIONAL = ("input",)  # may be absent or null: both mean "no input"
 FIELDS = REQUIRED + OPTIONAL  # the fields of a validated row; tokenization carries any other column through
 CHAT_FIELDS = ("messages", "tools")  # the fields of a validated conversation row ("tools" only where it has tools)
-SAMPLE_WEIGHT = "sample_weight"  # a row's own weight (a number >= 0, 1 where null): multiplies every token's weight
 # Plain text (TRL's `text` datasets, LLaMA-Factory's `pt` stage): a row {"text": ...} with no instruction, output or
 # conversation column is language-modelling text, every token of it a target (role `text`, weight 1).
 TEXT_FIELD = "text"
@@ -231,25 +230,6 @@ def _check_chat_row(rec: Any, mapping: dict[str, str], where: str, from_text: bo
     return {"messages": messages, **({"tools": tools} if tools else {})}, where, "", ""
 
 
-def _with_sample_weight(row: dict, value: Any, col: str, on_bad_rows: str, from_text: bool
-                        ) -> tuple[dict | None, str, str]:
-    """The row with its sample_weight (1.0 where null or, in a CSV, empty), else (None, field, problem): a number
-    >= 0 multiplies every token's weight of the row."""
-    if from_text and isinstance(value, str):  # a CSV cell is text
-        try:
-            value = float(value) if value.strip() else None
-        except ValueError:
-            pass
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if value is None or (number and math.isfinite(value) and value >= 0):
-        return {**row, SAMPLE_WEIGHT: 1.0 if value is None else float(value)}, "", ""
-    label = SAMPLE_WEIGHT if col == SAMPLE_WEIGHT else f"{SAMPLE_WEIGHT} (column {col!r})"
-    problem = "is not a valid sample weight"
-    return None, label, problem if on_bad_rows == "skip" else (
-        f"{problem} (got {value!r:.40}; it must be a number >= 0: it multiplies every token's weight of this row, "
-        "1 keeps it as it is, 0 leaves it out)")
-
-
 def _files_of(source: Path) -> list[Path]:
     """The data files of a file or a folder (sorted, so the row order is stable)."""
     if source.is_file():
@@ -322,7 +302,8 @@ def _valid_rows(name: str, records: list[tuple[str, Any]], column_map: dict[str,
         else:
             row, fld, problem = _check_row(rec, mapping)
         if row is not None and weight_col is not None:
-            row, fld, problem = _with_sample_weight(row, rec.get(weight_col), weight_col, on_bad_rows, from_text)
+            weight, problem = check_sample_weight(rec.get(weight_col), from_text, on_bad_rows)
+            row, fld = ({**row, SAMPLE_WEIGHT: weight}, "") if weight is not None else (None, weight_col)
         if row is not None and keep_column is not None:
             if rec.get(keep_column) is None:
                 raise UserError(f"{where}, field {keep_column}: is missing. Every row needs a {keep_column!r} "

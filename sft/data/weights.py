@@ -11,6 +11,7 @@ and the loss normaliser. Its defaults are the only ones: `DataConfig`'s fields p
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ from sft.data.errors import UserError
 NORMALIZERS = ("weight_sum", "response_tokens", "weighted_tokens")
 END_OF_TURN = ("turn", "last", "none")  # the token closing each reply: weighs as its reply, only the last reply's, never
 EMPTY_REASONING_MODES = ("ignore", "train")  # an empty <think></think> block: weight 0 (ms-swift), or as reasoning
+SAMPLE_WEIGHT = "sample_weight"  # a row's own weight (a number >= 0, 1 where null): multiplies every token's weight
 CLOSING, EMPTY_REASONING = 1, 2  # the bits of the cached `marks` column (sft.core.tokenize.token_marks)
 UNTRAINED = len(ROLE_NAMES)  # the table slot of a reply token outside the loss (train_on="last"): weighs w
 
@@ -161,3 +163,92 @@ def static_columns(roles, turns, message_weights, train_on: str, marks=None, end
         scale = np.where(dropped, np.float32(0.0), scale)
     return codes, scale, trained & (scale > 0) & (msg > 0)
 
+
+
+def check_sample_weight(value, from_text: bool, on_bad_rows: str = "error") -> tuple[float | None, str]:
+    """(weight, "") for a row's sample_weight cell (1.0 where null or, in a CSV, empty), else (None, problem): a
+    number >= 0 multiplies every token's weight of the row; the problem says how to fix it (short under skip)."""
+    if from_text and isinstance(value, str):  # a CSV cell is text
+        try:
+            value = float(value) if value.strip() else None
+        except ValueError:
+            pass
+    if value is None or (_finite(value) and value >= 0):
+        return (1.0 if value is None else float(value)), ""
+    problem = "is not a valid sample weight"
+    return None, problem if on_bad_rows == "skip" else (
+        f"{problem} (got {value!r:.40}; it must be a number >= 0: it multiplies every token's weight of this row, "
+        "1 keeps it as it is, 0 leaves it out)")
+
+
+RULE_ROLES = ("system", "user", "assistant", "tool")  # the message roles a weight rule may name
+
+
+@dataclass(frozen=True)
+class WeightRule:
+    """A weight for the text that matches a literal string or a regular expression within the messages of one role
+    (ms-swift's loss_scale rules): the matched characters' weight is multiplied by `weight`."""
+
+    role: str
+    pattern: str
+    regex: bool
+    weight: float
+
+    def finditer(self, text: str):
+        """(start, end) of every match in text."""
+        found = re.finditer(self.pattern if self.regex else re.escape(self.pattern), text)
+        return ((m.start(), m.end()) for m in found if m.end() > m.start())
+
+
+def parse_weight_rules(value) -> tuple[WeightRule, ...]:
+    """Rules from "ROLE:PATTERN=WEIGHT;..." (PATTERN a literal, or /a regular expression/; split at the first ':' and
+    the last '='), a list of {"role", "literal" or "regex", "weight"} (a config file), or None/"" (none). A bad rule
+    is a UserError naming it and the fix."""
+    if value is None or value == "" or value == []:
+        return ()
+    example = "e.g. --weight-rules 'assistant:/I think[^.]*[.]/=0;user:Note:=0'"
+    items = []
+    if isinstance(value, str):
+        for part in (p for p in value.split(";") if p.strip()):
+            role, sep, rest = part.partition(":")
+            pattern, eq, weight = rest.rpartition("=")
+            if not sep or not eq or not pattern:
+                raise UserError(f"--weight-rules: {part!r} is not ROLE:PATTERN=WEIGHT; {example} (a /pattern/ is a "
+                                "regular expression, anything else a literal string).")
+            regex = len(pattern) > 1 and pattern.startswith("/") and pattern.endswith("/")
+            items.append({"role": role.strip(), ("regex" if regex else "literal"): pattern[1:-1] if regex else pattern,
+                          "weight": weight.strip()})
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise UserError(f"--weight-rules must be ROLE:PATTERN=WEIGHT rules or a list of them, got "
+                        f"{type(value).__name__}; {example}.")
+    rules = []
+    for item in items:
+        if isinstance(item, WeightRule):
+            rules.append(item)
+            continue
+        if not isinstance(item, dict) or ("literal" in item) == ("regex" in item):
+            raise UserError(f"--weight-rules: {item!r:.60} must give a role, a weight and one of literal or regex; "
+                            f"{example}.")
+        role, regex = item.get("role"), "regex" in item
+        pattern = item["regex" if regex else "literal"]
+        if role not in RULE_ROLES:
+            raise UserError(f"--weight-rules: unknown role {role!r} in {item!r:.60}; the roles are "
+                            f"{', '.join(RULE_ROLES)}.")
+        try:
+            weight = float(item.get("weight"))
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if isinstance(item.get("weight"), bool) or not math.isfinite(weight) or weight < 0:
+            raise UserError(f"--weight-rules: the weight of {pattern!r} must be a number >= 0, got "
+                            f"{item.get('weight')!r}; {example}.")
+        if not isinstance(pattern, str) or not pattern:
+            raise UserError(f"--weight-rules: the pattern of {item!r:.60} is empty; {example}.")
+        if regex:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UserError(f"--weight-rules: /{pattern}/ is not a regular expression ({e}); {example}.") from None
+        rules.append(WeightRule(role, pattern, regex, weight))
+    return tuple(rules)

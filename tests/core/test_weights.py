@@ -762,3 +762,96 @@ def test_spans_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
     cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"))
     train = prepare_data(cfg, qwen_tokenizer).train
     assert head_positions(train, cfg.weight_spec()) == 4 and sum(train[0]["response_mask"]) == 4
+
+
+# ---------------------------------------------------------------- weight rules (issue #38)
+
+
+@pytest.mark.parametrize("rules", ["assistant:/[0-9]+/=0;user:Say=0.5", [
+    {"role": "assistant", "regex": "[0-9]+", "weight": 0}, {"role": "user", "literal": "Say", "weight": 0.5}]])
+def test_weight_rules_weigh_matched_text_within_a_role(qwen_tokenizer, rules):
+    chat = [{"role": "user", "content": "Say 12."}, {"role": "assistant", "content": "Sure: 12 and 3."}]
+    cfg = DataConfig(weight_rules=rules, prompt_loss_weight=1.0)
+    ex = tokenize_batch({"messages": [chat]}, qwen_tokenizer, cfg).to_pylist()[0]
+    pieces = [(qwen_tokenizer.decode([i]), r, w) for i, r, w in zip(ex["input_ids"], ex["roles"], ex["loss_weights"])
+              if r in (USER, ASSISTANT)]
+    # By hand: the user's "Say" at 0.5 (its "12" is the user's: the rule names the assistant only); the reply's digits
+    # (Qwen2.5 writes each digit apart) at 0, the rest 1.
+    assert pieces == [("Say", USER, 0.5), (" ", USER, 1.0), ("1", USER, 1.0), ("2", USER, 1.0), (".", USER, 1.0),
+                      ("Sure", ASSISTANT, 1.0), (":", ASSISTANT, 1.0), (" ", ASSISTANT, 1.0), ("1", ASSISTANT, 0.0),
+                      ("2", ASSISTANT, 0.0), (" and", ASSISTANT, 1.0), (" ", ASSISTANT, 1.0), ("3", ASSISTANT, 0.0),
+                      (".", ASSISTANT, 1.0), ("<|im_end|>", ASSISTANT, 1.0)]
+
+
+def test_weight_rules_are_part_of_the_cache_key(qwen_tokenizer, tmp_path):
+    rows = [{"messages": CHAT}]
+    seen = [tokenize_rows(rows, qwen_tokenizer, DataConfig(cache_dir=str(tmp_path), weight_rules=r))[1].from_cache
+            for r in ("", "assistant:5=0", "assistant:5=0.5", "", "assistant:5=0")]
+    assert seen == [False, False, False, True, True]  # a change of rules re-tokenizes; the same rules read back
+
+
+def test_weight_rules_on_gsm8k_conversations_zero_exactly_the_results(qwen_tokenizer, gsm8k_path):
+    """Real-shaped data: GSM8K's answers write each step's result after '='; a rule weighing '= N' 0 in the replies
+    zeroes exactly the tokens that hold a character of such a match (the straddling rule: ')=' goes too), found here
+    independently from Qwen2.5's own offsets over apply_chat_template's text, and leaves every other token as it was."""
+    import re
+
+    from test_chat import conversations_from
+
+    convs = conversations_from(json.loads(gsm8k_path.read_text()), 200, seed=2)
+    plain = tokenize_batch({"messages": convs}, qwen_tokenizer, DataConfig(max_length=4096)).to_pylist()
+    ruled = tokenize_batch({"messages": convs}, qwen_tokenizer,
+                           DataConfig(max_length=4096, weight_rules="assistant:/= ?[0-9]+/=0")).to_pylist()
+    total = 0
+    for x, y, conv in zip(plain, ruled, convs):
+        assert x["input_ids"] == y["input_ids"]
+        wx, wy = np.asarray(x["loss_weights"]), np.asarray(y["loss_weights"])
+        zeroed = (wx > 0) & (wy == 0)
+        assert (wy[~zeroed] == wx[~zeroed]).all()
+        text = qwen_tokenizer.apply_chat_template(conv, tokenize=False)
+        matched, at = np.zeros(len(text), dtype=bool), 0
+        for m in conv:
+            at = text.find(m["content"], at)
+            if m["role"] == "assistant":
+                for found in re.finditer("= ?[0-9]+", m["content"]):
+                    matched[at + found.start():at + found.end()] = True
+                    total += 1
+            at += len(m["content"])
+        enc = qwen_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert enc["input_ids"] == x["input_ids"]
+        expected = [bool(matched[a:b].any()) for a, b in enc["offset_mapping"]]
+        assert zeroed.tolist() == expected
+    assert total > 500
+
+
+@pytest.mark.parametrize("rules, message", [
+    ("assistant=0", "is not ROLE:PATTERN=WEIGHT"),
+    ("bot:hi=0", "unknown role 'bot'"),
+    ("assistant:/[/=0", "is not a regular expression"),
+    ("assistant:hi=-1", "must be a number >= 0"),
+])
+def test_bad_weight_rules_exit_2(tmp_path, capsys, rules, message):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    assert main(["inspect-data", "--data", str(_chat_file(tmp_path, CHAT)), "--tokenizer", str(QWEN_TOKENIZER),
+                 "--weight-rules", rules]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--weight-rules" in err and err.count("\n") == 1
+
+
+def test_weight_rules_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+    from sft.core.plan import head_positions
+    from sft.core.prepare import prepare_data
+
+    data, out = _chat_file(tmp_path, CHAT), tmp_path / "masks.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 "--weight-rules", "assistant:0=0", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    line = json.loads(out.read_text())
+    trained = [qwen_tokenizer.decode([i]) for i, w in zip(line["input_ids"], line["weights"]) if w > 0]
+    assert trained == ["5", "<|im_end|>", "2", "<|im_end|>"]  # by hand: the "0" of "20" weighs 0
+    cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"), weight_rules="assistant:0=0")
+    train = prepare_data(cfg, qwen_tokenizer).train
+    assert head_positions(train, cfg.weight_spec()) == 4 and sum(train[0]["response_mask"]) == 4
