@@ -23,19 +23,24 @@ def special_ids(tokenizer) -> np.ndarray:
     return np.unique(np.asarray(list(tokenizer.all_special_ids) + added, dtype=np.int64))
 
 
-def token_marks(ids: np.ndarray, roles: np.ndarray, turns: np.ndarray, specials: np.ndarray,
-                empty_turns: list[int] | None = None) -> np.ndarray:
-    """Per token, int8 bits of what the settings may weigh apart (sft.data.weights): CLOSING on the token that closes
-    each reply, the last of an assistant turn's own tokens where it is a special token (ChatML's <|im_end|>, EOS; a
-    reply cut by truncation has none), what --end-of-turn weighs; EMPTY_REASONING on the reasoning tokens of the
-    turns `empty_turns` (an empty <think></think> block), what --empty-reasoning weighs."""
+def token_marks(ids: np.ndarray, roles: np.ndarray, turns: np.ndarray, specials: np.ndarray, offsets: np.ndarray,
+                empty_turns: list[list[int]] | None = None) -> np.ndarray:
+    """Per token of a batch's examples (flat; `offsets` their bounds), int8 bits of what the settings may weigh apart
+    (sft.data.weights): CLOSING on the token that closes each reply, the last of an assistant turn's own tokens where
+    it is a special token (ChatML's <|im_end|>, EOS; a reply cut by truncation has none), what --end-of-turn weighs;
+    EMPTY_REASONING on the reasoning tokens of each example's `empty_turns` (an empty <think></think> block), what
+    --empty-reasoning weighs. One pass over the batch: it runs on every tokenization."""
     out = np.zeros(len(ids), dtype=np.int8)
+    example = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
     reply = np.flatnonzero(np.isin(roles, REPLY_ROLES))
     if len(reply):
-        last = reply[np.append(turns[reply][1:] != turns[reply][:-1], True)]  # each reply turn's last token
+        t, e = turns[reply], example[reply]
+        last = reply[np.append((t[1:] != t[:-1]) | (e[1:] != e[:-1]), True)]  # each reply turn's last token
         out[last[np.isin(np.asarray(ids)[last], specials)]] = CLOSING
-    if empty_turns:
-        out[(roles == REASONING) & np.isin(turns, empty_turns)] |= EMPTY_REASONING
+    for k, turns_k in enumerate(empty_turns or ()):
+        if turns_k:
+            a, b = offsets[k], offsets[k + 1]
+            out[a:b][(roles[a:b] == REASONING) & np.isin(turns[a:b], turns_k)] |= EMPTY_REASONING
     return out
 
 

@@ -171,9 +171,8 @@ def _examples_table(rows: list[list[int]], roles: list[np.ndarray], turns: list[
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
-    empty_turns = empty_turns or [None] * len(rows)
-    marks = [token_marks(flat[a:b], r, t, specials, e)
-             for a, b, r, t, e in zip(offsets[:-1], offsets[1:], roles, turns, empty_turns)]
+    marks = [token_marks(flat, np.concatenate(roles) if roles else np.zeros(0, np.int8),
+                         np.concatenate(turns) if turns else np.zeros(0, np.int32), specials, offsets, empty_turns)]
 
     def column(parts: list[np.ndarray], dtype) -> pa.ListArray:
         values = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
