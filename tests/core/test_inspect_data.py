@@ -149,6 +149,7 @@ def test_agent_data_reports_tool_roles_and_the_first_bad_rows_in_text_and_json(t
     assert f"first_bad_rows             {where}" in text and "'tool_call': " in text
 
 
+@pytest.mark.slow  # the 18 MB tokenizer loaded twice (the command's, the fixture): 3.5-4.5 s of CPU at load 11-15
 def test_plain_text_exports_every_weight_one_and_the_eos(qwen_tokenizer, tmp_path, capsys):
     from helpers import QWEN_TOKENIZER
     from sft.cli.main import main
