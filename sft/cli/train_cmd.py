@@ -8,7 +8,7 @@ import torch
 
 from sft.core.overrides import load_config
 from sft.core.train import train
-from sft.studies.demo import ensure_assets, ensure_demo_assets, run_demo, run_demo_chat
+from sft.studies.demo import ensure_assets, ensure_demo_assets, gate_line, run_demo, run_demo_chat
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -29,7 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_build_demo(args: argparse.Namespace) -> int:
     """Write the synthetic data (and dialogues, with --chat) and build the tiny base model of the demo preset."""
     cfg = load_config("demo-chat" if args.chat or args.preset == "demo-chat" else "demo", **args.overrides)
-    print(f"demo base model: {ensure_demo_assets(cfg.demo)}")
+    base = ensure_demo_assets(cfg.demo)
+    print(f"demo base model: {base}\n{gate_line(base)}")
     return 0
 
 

@@ -27,6 +27,7 @@ from sft.studies.tools import TOOL_KINDS
 DEMO_GROUP = "sft_demo"  # the demo's lm-eval group; its tasks are sft_demo_<family>
 SHORT_GROUP = f"{DEMO_GROUP}_short"  # subgroup of the families with short answers (Family.long_output False)
 LONG_GROUP = f"{DEMO_GROUP}_long"  # subgroup of the long-output families (Family.long_output True)
+SEEN_GROUP = f"{DEMO_GROUP}_seen"  # the test rows about a fact a training row holds, reworded (facts: seen)
 DEMO_METRICS = ("exact_match", "edit_similarity")  # every demo task's metrics, in the summaries' order
 DIALOGUE_GROUP = "sft_dialogue"  # the conversational demo's group; its tasks are sft_dialogue_<kind>
 
@@ -86,9 +87,22 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
     """
     rows = read_test_rows(test_data)
     tmpl = get_template(template)
-    families = _in_order(list(dict.fromkeys(r["family"] for r in rows)), FAMILIES)
     out = Path(out_dir).resolve()
+    # The rows about facts no training row holds are the demo's test (sft_demo_<family>); those about a trained fact,
+    # reworded (facts: seen), a second group of their own (sft_demo_seen_<family>). A test file of the earlier demo
+    # has no `facts`: all its rows are sft_demo's.
+    seen = [r for r in rows if r.get("facts") == "seen"]
+    rows = [r for r in rows if r.get("facts") != "seen"]
     names = []
+    seen_families = _in_order(list(dict.fromkeys(r["family"] for r in seen)), FAMILIES)
+    for family in seen_families:
+        docs = [{"instruction": r["instruction"], "input": r.get("input") or "",
+                 "prompt": tmpl.render(r["instruction"], r.get("input") or ""),
+                 "answer": r.get("answer", r["output"]), "family": family} for r in seen if r["family"] == family]
+        names.append(_write_task(out, SEEN_GROUP, family, docs, template, stop, max_gen_toks, file=f"seen_{family}"))
+    if seen_families:
+        write_group(out, SEEN_GROUP, [f"{SEEN_GROUP}_{f}" for f in seen_families])
+    families = _in_order(list(dict.fromkeys(r["family"] for r in rows)), FAMILIES)
     for family in families:
         docs = [{"instruction": r["instruction"], "input": r.get("input") or "",
                  "prompt": tmpl.render(r["instruction"], r.get("input") or ""),
@@ -103,7 +117,7 @@ def write_demo_tasks(test_data: str | Path, out_dir: str | Path, template: str, 
     for g in subgroups:
         write_group(out, g, by_length[g])
     write_group(out, DEMO_GROUP, subgroups + [f"{DEMO_GROUP}_{f}" for f in families if f not in FAMILIES])
-    return names
+    return names[len(seen_families):] + names[:len(seen_families)]
 
 
 def demo_task_config(name: str, data: Path, template: str, stop: list[str], max_gen_toks: int) -> dict:
@@ -221,7 +235,8 @@ DEMO_TASKS = GeneratedTasks(
     group=DEMO_GROUP, folder="demo",
     is_default=lambda cfg: cfg.demo is not None and not cfg.demo.dialogues,
     test_data=lambda cfg: Path(cfg.demo.dataset_dir) / "test.jsonl" if cfg.demo is not None else None,
-    write=_write_demo, chat_pass=False)  # its prompts are rendered in the training template already
+    write=_write_demo, chat_pass=False,  # its prompts are rendered in the training template already
+    more_groups=(SEEN_GROUP,))  # sft_demo_seen is scored when asked for (`make demo` asks: sft.studies.demo.run_demo)
 def dialogue_groups(cfg) -> list[str]:
     """The groups a demo-chat run is evaluated on: sft_dialogue for its dialogues, sft_tool_call and sft_tool_answer
     for its tool-use conversations; read from its test split where it is written (a run of an earlier demo-chat

@@ -225,11 +225,13 @@ def read_build_fingerprint(out_dir: Path) -> str | None:
     return json.loads((out_dir / BUILD_INFO).read_text(encoding="utf-8")).get("fingerprint")
 
 
-def ensure_demo_base(out_dir: str | Path, corpus_path: str | Path, cfg: TinyModelConfig | None = None) -> Path:
-    """Build the demo base model and tokenizer in out_dir, or reuse it when config and corpus are unchanged."""
+def ensure_demo_base(out_dir: str | Path, corpus_path: str | Path, cfg: TinyModelConfig | None = None,
+                     extra_texts: Iterable[str] = ()) -> Path:
+    """Build the demo base model (randomly initialised) and tokenizer in out_dir, or reuse it when config and corpus
+    are unchanged. The tokenizer learns from the training rows rendered and `extra_texts` (the pretraining corpus)."""
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir)
-    texts = read_corpus_texts(corpus_path)
+    texts = read_corpus_texts(corpus_path) + list(extra_texts)
     corpus_fp = fingerprint_texts(texts)
     if read_build_fingerprint(out) == fingerprint(cfg, corpus_fp):
         check_base_weights(out)  # the config is the same, but are the weights still the ones built?

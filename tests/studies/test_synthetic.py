@@ -179,3 +179,33 @@ def test_demo_dataset_seed_changes_the_files(tmp_path):
     a = build_demo_dataset(tmp_path / "a", 50, 10, 10, seed=0)
     b = build_demo_dataset(tmp_path / "b", 50, 10, 10, seed=1)
     assert a["train"].read_bytes() != b["train"].read_bytes()
+
+
+# ---------------------------------------------------------------- splits by fact
+
+
+def test_held_out_and_unseen_test_facts_are_in_no_training_row(tmp_path):
+    from sft.studies.facts import fact_key
+
+    build_demo_dataset(tmp_path, n_train=800, n_heldout=96, n_test=160, seed=3, n_test_seen=48)
+    rows = {s: [json.loads(line) for line in (tmp_path / f"{s}.jsonl").read_text().splitlines()]
+            for s in ("train", "heldout", "test")}
+    trained = {fact_key(r) for r in rows["train"]}
+    unseen = [r for r in rows["test"] if r["facts"] == "unseen"]
+    seen = [r for r in rows["test"] if r["facts"] == "seen"]
+    assert len(unseen) == 160 and len(seen) == 48
+    assert not trained & {fact_key(r) for r in rows["heldout"] + unseen}  # no fine-tuning row holds their fact
+    assert {fact_key(r) for r in seen} <= trained  # the second group: a trained fact, reworded
+    pairs = [(r["instruction"], r["input"]) for s in rows.values() for r in s]
+    assert len(pairs) == len(set(pairs))  # and no (instruction, input) repeats anywhere
+    facts = json.loads((tmp_path / "manifest.json").read_text())["facts"]
+    assert facts["train_overlap"] == {"heldout": 0, "test_unseen": 0, "test_seen": len({fact_key(r) for r in seen})}
+
+
+def test_a_fact_key_ignores_the_phrasing():
+    from sft.studies.facts import fact_key
+
+    a = {"family": "add", "instruction": "What is 3 + 4?", "input": "", "output": "7"}
+    b = {"family": "add", "instruction": "Quick task: Add 4 and 3. Be brief.", "input": "", "output": "7"}
+    c = {"family": "capital", "instruction": "Peru has which city as its capital?", "input": "", "output": "Lima"}
+    assert fact_key(a) == fact_key(b) == "add:[3,4]" and fact_key(c) == 'capital:"Peru"'
