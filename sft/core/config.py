@@ -104,7 +104,7 @@ class DemoConfig:
     base: str = "random"  # random: the random init | pretrained: that init pretrained on the plain-text corpus (sft/studies/corpus.py, sft/studies/pretrain.py). random until the pretrained base's first make demo is measured within 10 minutes on 2 quiet cores (issue #36)
     corpus_seed: int = 0  # seed of the pretraining corpus's phrasings and documents, apart from data_seed
     pretrain_epochs: float = 3.0  # passes over the corpus; sized for the first make demo to stay within 10 minutes on 2 cores
-    pretrain_batch_size: int = 16  # corpus documents per step (padded batches: sft/studies/pretrain.py says why)
+    pretrain_batch_size: int = 16  # corpus documents per step (packed, as the fine-tunes' rows)
     pretrain_learning_rate: float = 3e-3  # as the fine-tunes; linear decay after 5% warmup
     dialogues: bool = False  # the demo-chat preset: fine-tune on synthetic dialogues (sft/studies/dialogues.py) from the demo's base
     dialogue_dir: str = "Dataset/demo-chat"  # where the dialogue splits are written

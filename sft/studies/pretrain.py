@@ -100,10 +100,7 @@ def pretrain(demo, init: Path, corpus_paths: dict[str, Path]) -> tuple[Path, dic
         model_root=str(base.parent.parent), run_name=PRETRAIN_RUN, tensorboard_root=str(base.parent / "tensorboard"),
         num_train_epochs=demo.pretrain_epochs, per_device_train_batch_size=demo.pretrain_batch_size,
         learning_rate=demo.pretrain_learning_rate, eval_steps=10**9, save_steps=10**9, logging_steps=20,
-        overwrite=True, max_length=512,
-        # padded, not packed: the documents are of one size (6 statements), and a packed row of 16 of them costs
-        # attention over ~1,800 positions on a CPU (no varlen kernel), ~16 times that of 16 rows of ~110
-        batching="padded")
+        overwrite=True, max_length=512)  # packed, as the fine-tunes
     trainer = train(cfg)
     evals = [h for h in trainer.state.log_history if "eval_response_loss" in h]
     return run_dir(cfg), {"steps": trainer.state.global_step, "heldout_corpus_loss": evals[-1]["eval_response_loss"]}
