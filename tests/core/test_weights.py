@@ -617,6 +617,7 @@ def test_reasoning_history_drop_on_300_agent_conversations(qwen_tokenizer):
     assert had > 30  # the data had history reasoning to drop
 
 
+@pytest.mark.slow  # an export and a plan: 3.6 s of CPU at load 11-14, near the limit
 def test_reasoning_controls_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
     from helpers import QWEN_TOKENIZER
     from sft.cli.main import main
@@ -698,6 +699,7 @@ def test_spans_survive_truncation_on_the_tokens_kept(qwen_tokenizer):
     assert pieces == [("Sure", 0.0), ("!", 0.0), (" Hello", 1.0), (" there", 1.0), (".", 2.0), ("<|im_end|>", 1.0)]
 
 
+@pytest.mark.slow  # 300 conversations: 6.4 s of CPU at load 11-14
 def test_spans_on_300_agent_conversations_weigh_exactly_their_characters(qwen_tokenizer):
     """Real-shaped data: a span over the whole of each reply's text at weight 0.5 halves exactly the tokens of that
     text and no other (ids unchanged)."""
@@ -747,6 +749,7 @@ def test_a_bad_span_names_file_row_turn_and_field(tmp_path, spans, message):
     assert message in str(e.value)
 
 
+@pytest.mark.slow  # an export and a plan: 3.9 s of CPU at load 11-14, near the limit
 def test_spans_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
     from helpers import QWEN_TOKENIZER
     from sft.cli.main import main
@@ -840,6 +843,7 @@ def test_bad_weight_rules_exit_2(tmp_path, capsys, rules, message):
     assert message in err and "--weight-rules" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # an export and a plan: 3.6 s of CPU at load 11-14, near the limit
 def test_weight_rules_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
     from helpers import QWEN_TOKENIZER
     from sft.cli.main import main
