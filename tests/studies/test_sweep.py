@@ -142,8 +142,10 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     assert len(finished) == 4
     # Interrupt one pair mid-training (checkpoint-2 kept, final model gone) and lose another's evaluation.
     broken = runs / pair_label(1.0, 2)
-    for name in ("model.safetensors", "run_manifest.json", "log_history.json"):
+    for name in ("model.safetensors", "log_history.json"):
         (broken / name).unlink()
+    manifest = json.loads((broken / "run_manifest.json").read_text())  # as a kill mid-training leaves it
+    (broken / "run_manifest.json").write_text(json.dumps({**manifest, "status": "training", "results": {}}))
     import shutil
 
     shutil.rmtree(broken / "checkpoint-4")
