@@ -7,6 +7,9 @@
     dialogues           the conversational demo's synthetic dialogues
     tools               its synthetic tool-use conversations (a call, the tool's reply, the answer from it)
     tiny_model          the demo's base: a byte-level BPE and a randomly initialised Qwen2 built offline
+    corpus              the pretraining corpus: every family's facts as plain statements, no template
+    facts               the fact each demo row asks about, and the seeded facts fine-tuning never shows
+    pretrain            the demo's pretrained base: the tiny init trained on the corpus (sft.core.train)
     tasks               the demo's and the dialogues' lm-eval tasks (handed to evaluation as GeneratedTasks)
     dialogue_task       DialogueTask: an lm-eval task whose documents are conversations sent as chat turns
     tool_tasks          the tool-use conversations' tasks: the call (parsed, exact match) and the final answer;

@@ -15,8 +15,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from sft.core.overrides import load_config
+from sft.core.prepare import tokenize_rows
+from sft.core.train import train
+from sft.data.config import DataConfig
+from sft.data.conversations import ASSISTANT, TEMPLATE, USER
+from sft.data.errors import UserError
+from sft.data.rows import load_rows
 from sft.models.checks import check_base_weights, weights_sha256
-from sft.runs.layout import BUILD_INFO
+from sft.models.tokenizer import load_tokenizer
+from sft.runs.layout import BUILD_INFO, run_dir
 from sft.studies import corpus as corpus_module
 from sft.studies import facts, tiny_model
 from sft.studies.tiny_model import TinyModelConfig, ensure_demo_base, read_build_fingerprint
@@ -56,8 +64,6 @@ def ensure_pretrained_base(demo, cfg: TinyModelConfig, corpus_paths: dict[str, P
         check_base_weights(out)
         return out
     if out.exists() and ((out / "run_manifest.json").is_file() or any(out.glob("checkpoint-*"))):
-        from sft.data.errors import UserError
-
         raise UserError(f"{out} holds a training run, not only the demo base: move that run elsewhere, delete {out}, "
                         "and run the command again.")
     corpus_texts = [r["text"] for r in read_jsonl(corpus_paths["train"])]
@@ -90,10 +96,6 @@ def ensure_pretrained_base(demo, cfg: TinyModelConfig, corpus_paths: dict[str, P
 def pretrain(demo, init: Path, corpus_paths: dict[str, Path]) -> tuple[Path, dict]:
     """Train the random init on the corpus with sft.core.train (text rows: every token a target); return the run
     folder and its final held-out corpus loss."""
-    from sft.core.overrides import load_config
-    from sft.core.train import train
-    from sft.runs.layout import run_dir
-
     base = Path(demo.base_dir)
     cfg = load_config(
         "demo", data=str(corpus_paths["train"]), eval_data=str(corpus_paths["heldout"]), model=str(init),
@@ -108,8 +110,6 @@ def pretrain(demo, init: Path, corpus_paths: dict[str, Path]) -> tuple[Path, dic
 
 def corpus_tokens(base: Path, corpus_paths: dict[str, Path]) -> dict[str, int]:
     """The corpus's size in the demo tokenizer's tokens (EOS of each document included)."""
-    from sft.models.tokenizer import load_tokenizer
-
     tok = load_tokenizer(base)
     return {name: sum(len(ids) + 1 for ids in tok([r["text"] for r in read_jsonl(path)],
                                                   add_special_tokens=False)["input_ids"])
@@ -121,11 +121,6 @@ def gate_figures(base: Path, init: Path, sft_heldout: Path) -> dict:
     guess): the prompt's (template and user tokens together), the template's (Alpaca's preamble and headers, which
     the corpus never shows), the user's (instruction and input) and the response's. The pretrained base should
     model the user's words far below ln V; the template it meets first in fine-tuning, as Qwen2.5 meets it."""
-    from sft.core.prepare import tokenize_rows
-    from sft.data.config import DataConfig
-    from sft.data.rows import load_rows
-    from sft.models.tokenizer import load_tokenizer
-
     tok = load_tokenizer(base)
     rows, _ = load_rows(sft_heldout)
     ds, _ = tokenize_rows(rows, tok, DataConfig(data=str(sft_heldout), max_length=256,
@@ -142,8 +137,6 @@ def gate_figures(base: Path, init: Path, sft_heldout: Path) -> dict:
 def role_losses(model, ds) -> dict[str, float]:
     """Mean next-token loss over the tokenized rows' targets, by the target's role: prompt (template and user),
     template, user and response (assistant)."""
-    from sft.data.conversations import ASSISTANT, TEMPLATE, USER
-
     model.eval()
     groups = {"prompt": (TEMPLATE, USER), "template": (TEMPLATE,), "user": (USER,), "response": (ASSISTANT,)}
     sums = {name: [0.0, 0] for name in groups}
