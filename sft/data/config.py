@@ -30,7 +30,7 @@ class DataConfig:
     end_of_turn: str = WeightSpec.end_of_turn  # the token that closes each reply (<|im_end|>, EOS): "turn" weighs it as its reply, "last" only the last reply's (the others 0), "none" 0
     empty_reasoning: str = WeightSpec.empty_reasoning  # an empty <think></think> block leading a reply: "ignore" gives it weight 0 (ms-swift's ignore_empty_think), "train" weighs it as reasoning
     weight_rules: str = ""  # conversations: "ROLE:PATTERN=WEIGHT;..." multiplies the weight of the text matching a literal PATTERN or a /regular expression/ within that role's messages (e.g. "assistant:/I think[^.]*[.]/=0"); acts at tokenization (part of the cache key); a config file may give a list of {role, literal or regex, weight}
-    reasoning_history: str = "keep"  # conversations: "drop" removes the reasoning of every assistant turn before the last user turn from the rendered text, as Qwen3-style templates do (re-tokenizes: part of the cache key); "keep" renders it
+    reasoning_history: str = "keep"  # conversations: "drop" removes the reasoning of every assistant turn before the last user turn from the rendered text, as Qwen3-style templates do (part of the cache key: the data is tokenized anew); "keep" renders it
     loss_normalizer: str = WeightSpec.loss_normalizer  # sum(w * nll) divided by "weight_sum" (the sum of weights), "response_tokens" (trained assistant tokens, ms-swift) or "weighted_tokens" (tokens of weight > 0, TRL)
     truncation: str = "trim"  # "trim": keep the response, cut the prompt's middle (conversations: drop earlier turns first); "drop": drop over-long examples
     max_rows: int | None = None  # use only the first N valid rows (quick experiments); None = all
