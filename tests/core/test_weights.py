@@ -103,6 +103,32 @@ def _chat_file(tmp_path, turns):
     return path
 
 
+def _export(tmp_path, capsys, data, *flags):
+    """`inspect-data --export --json` through the CLI: the exported lines and the printed statistics."""
+    from helpers import QWEN_TOKENIZER
+    from sft.cli.main import main
+
+    out = tmp_path / "masks.jsonl"
+    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
+                 *flags, "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    return [json.loads(x) for x in out.read_text().splitlines()], json.loads(capsys.readouterr().out)
+
+
+def _trained(tokenizer, line):
+    """The tokens of an exported line that weigh more than 0, decoded one by one."""
+    return [tokenizer.decode([i]) for i, w in zip(line["input_ids"], line["weights"]) if w > 0]
+
+
+def _plan_counts(tmp_path, tokenizer, data, **cfg):
+    """What plan counts for a data file: the head's positions and the first example's trained reply tokens."""
+    from sft.core.plan import head_positions
+    from sft.core.prepare import prepare_data
+
+    config = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"), **cfg)
+    train = prepare_data(config, tokenizer).train
+    return head_positions(train, config.weight_spec()), sum(train[0]["response_mask"])
+
+
 @pytest.mark.parametrize("key, value, factor", [("loss_weight", 0, 0.0), ("loss_weight", 0.25, 0.25),
                                                 ("weight", 0, 0.0), ("train", False, 0.0), ("loss", True, 1.0)])
 def test_message_weights_from_the_data_multiply_the_message(qwen_tokenizer, tmp_path, key, value, factor):
@@ -256,14 +282,8 @@ def test_inspect_data_counts_qwens_default_system_prompt_as_system(tmp_path, cap
 
 
 def test_inspect_data_exports_roles_and_final_weights_per_token(tmp_path, capsys):
-    from helpers import QWEN_TOKENIZER
-    from sft.cli.main import main
-
-    data, out = _sharegpt(tmp_path, {"loss_weight": 0}), tmp_path / "masks.jsonl"
-    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
-                 "--prompt-loss-weight", "0.5", "--role-weights", "template=0", "--json",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    lines, stats = _export(tmp_path, capsys, _sharegpt(tmp_path, {"loss_weight": 0}),
+                           "--prompt-loss-weight", "0.5", "--role-weights", "template=0")
     # the second conversation's only reply weighs 0: it teaches nothing, and is dropped and counted (#39)
     assert len(lines) == 1 and [len(x["input_ids"]) for x in lines] == [len(x["roles"]) for x in lines]
     for line in lines:
@@ -273,7 +293,7 @@ def test_inspect_data_exports_roles_and_final_weights_per_token(tmp_path, capsys
         assert by["template"] == {0.0} and by["system"] == {0.5} and by["user"] == {0.5}
     # the first reply (loss_weight 0) weighs 0, the second 1
     assert set(lines[0]["weights"][i] for i, r in enumerate(lines[0]["roles"]) if r == "assistant") == {0.0, 1.0}
-    assert json.loads(capsys.readouterr().out)["exported"] == {"path": str(out), "examples": 1}
+    assert stats["exported"] == {"path": str(tmp_path / "masks.jsonl"), "examples": 1}
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -412,23 +432,11 @@ def test_end_of_turn_none_on_1200_qwen_conversations_drops_exactly_one_im_end_pe
 
 @pytest.mark.slow  # an export and a plan: 3.9-4.4 s of CPU at load 15
 def test_end_of_turn_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
-    from helpers import QWEN_TOKENIZER
-    from sft.cli.main import main
-    from sft.core.plan import head_positions
-    from sft.core.prepare import prepare_data
-
-    data, out = _chat_file(tmp_path, CHAT), tmp_path / "masks.jsonl"
-    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
-                 "--end-of-turn", "last", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
-    line = json.loads(out.read_text())
-    trained = [qwen_tokenizer.decode([i]) for i, w in zip(line["input_ids"], line["weights"]) if w > 0]
-    assert trained == ["5", "2", "0", "<|im_end|>"]  # by hand: the first reply's <|im_end|> left out
-    assert json.loads(capsys.readouterr().out)["weight_by_role"]["assistant"] == 4.0
-    heads = {}
-    for mode in ("turn", "none"):
-        cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"), end_of_turn=mode)
-        train = prepare_data(cfg, qwen_tokenizer).train
-        heads[mode] = (head_positions(train, cfg.weight_spec()), sum(train[0]["response_mask"]))
+    data = _chat_file(tmp_path, CHAT)
+    [line], stats = _export(tmp_path, capsys, data, "--end-of-turn", "last")
+    assert _trained(qwen_tokenizer, line) == ["5", "2", "0", "<|im_end|>"]  # by hand: the first reply's <|im_end|> left out
+    assert stats["weight_by_role"]["assistant"] == 4.0
+    heads = {mode: _plan_counts(tmp_path, qwen_tokenizer, data, end_of_turn=mode) for mode in ("turn", "none")}
     assert heads == {"turn": (5, 5), "none": (3, 3)}
 
 
@@ -514,18 +522,11 @@ def test_sample_weights_on_gsm8k_scale_each_rows_weights_exactly(qwen_tokenizer,
 
 
 def test_sample_weights_in_the_export(tmp_path, capsys):
-    from helpers import QWEN_TOKENIZER
-    from sft.cli.main import main
-
     data = _rows_file(tmp_path, [{"messages": CHAT, "sample_weight": 0.5}, {"messages": CHAT}])
-    out = tmp_path / "masks.jsonl"
-    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
-                 "--prompt-loss-weight", "0.2", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    lines, stats = _export(tmp_path, capsys, data, "--prompt-loss-weight", "0.2")
     for line, sw in zip(lines, (0.5, 1.0)):  # by hand: w = 0.2 outside the replies, 1 on them, times the row's weight
         for role, w in zip(line["roles"], line["weights"]):
             assert w == pytest.approx((1.0 if role == "assistant" else 0.2) * sw)
-    stats = json.loads(capsys.readouterr().out)
     assert stats["weight_by_role"]["assistant"] == pytest.approx(1.5 * 5)  # 5 reply tokens each
 
 
@@ -619,25 +620,13 @@ def test_reasoning_history_drop_on_300_agent_conversations(qwen_tokenizer):
 
 @pytest.mark.slow  # an export and a plan: 3.6 s of CPU at load 11-14, near the limit
 def test_reasoning_controls_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
-    from helpers import QWEN_TOKENIZER
-    from sft.cli.main import main
-    from sft.core.plan import head_positions
-    from sft.core.prepare import prepare_data
-
-    data, out = _chat_file(tmp_path, THINKING), tmp_path / "masks.jsonl"
-    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
-                 "--reasoning-history", "drop", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
-    line = json.loads(out.read_text())
+    data = _chat_file(tmp_path, THINKING)
+    [line], stats = _export(tmp_path, capsys, data, "--reasoning-history", "drop")
     # by hand: "5<|im_end|>" and "20<|im_end|>" trained; the first reply's reasoning gone, the empty block at 0
-    trained = [qwen_tokenizer.decode([i]) for i, w in zip(line["input_ids"], line["weights"]) if w > 0]
-    assert trained == ["5", "<|im_end|>", "2", "0", "<|im_end|>"]
+    assert _trained(qwen_tokenizer, line) == ["5", "<|im_end|>", "2", "0", "<|im_end|>"]
     assert [w for r, w in zip(line["roles"], line["weights"]) if r == "reasoning"] == [0.0] * 6
-    assert json.loads(capsys.readouterr().out)["tokens_by_role"]["reasoning"] == 6
-    heads = {}
-    for mode in ("ignore", "train"):
-        cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"), empty_reasoning=mode)
-        train = prepare_data(cfg, qwen_tokenizer).train
-        heads[mode] = (head_positions(train, cfg.weight_spec()), sum(train[0]["response_mask"]))
+    assert stats["tokens_by_role"]["reasoning"] == 6
+    heads = {mode: _plan_counts(tmp_path, qwen_tokenizer, data, empty_reasoning=mode) for mode in ("ignore", "train")}
     assert heads == {"ignore": (12, 12), "train": (18, 18)}  # 7 + 2 + 3 reply tokens, and the 6 of the empty block
 
 
@@ -751,20 +740,11 @@ def test_a_bad_span_names_file_row_turn_and_field(tmp_path, spans, message):
 
 @pytest.mark.slow  # an export and a plan: 3.9 s of CPU at load 11-14, near the limit
 def test_spans_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
-    from helpers import QWEN_TOKENIZER
-    from sft.cli.main import main
-    from sft.core.plan import head_positions
-    from sft.core.prepare import prepare_data
-
-    data, out = _chat_file(tmp_path, SPANNED), tmp_path / "masks.jsonl"
-    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
-                 "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
-    line = json.loads(out.read_text())
+    data = _chat_file(tmp_path, SPANNED)
+    [line], stats = _export(tmp_path, capsys, data)
     assert [w for r, w in zip(line["roles"], line["weights"]) if r == "assistant"] == [0.0, 0.0, 1.0, 1.0, 2.0, 1.0]
-    assert json.loads(capsys.readouterr().out)["weight_by_role"]["assistant"] == 5.0
-    cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"))
-    train = prepare_data(cfg, qwen_tokenizer).train
-    assert head_positions(train, cfg.weight_spec()) == 4 and sum(train[0]["response_mask"]) == 4
+    assert stats["weight_by_role"]["assistant"] == 5.0
+    assert _plan_counts(tmp_path, qwen_tokenizer, data) == (4, 4)
 
 
 # ---------------------------------------------------------------- weight rules (issue #38)
@@ -845,17 +825,7 @@ def test_bad_weight_rules_exit_2(tmp_path, capsys, rules, message):
 
 @pytest.mark.slow  # an export and a plan: 3.6 s of CPU at load 11-14, near the limit
 def test_weight_rules_in_the_export_and_the_plan(tmp_path, capsys, qwen_tokenizer):
-    from helpers import QWEN_TOKENIZER
-    from sft.cli.main import main
-    from sft.core.plan import head_positions
-    from sft.core.prepare import prepare_data
-
-    data, out = _chat_file(tmp_path, CHAT), tmp_path / "masks.jsonl"
-    assert main(["inspect-data", "--data", str(data), "--tokenizer", str(QWEN_TOKENIZER), "--export", str(out),
-                 "--weight-rules", "assistant:0=0", "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
-    line = json.loads(out.read_text())
-    trained = [qwen_tokenizer.decode([i]) for i, w in zip(line["input_ids"], line["weights"]) if w > 0]
-    assert trained == ["5", "<|im_end|>", "2", "<|im_end|>"]  # by hand: the "0" of "20" weighs 0
-    cfg = DataConfig(data=str(data), eval_data=str(data), cache_dir=str(tmp_path / "cache"), weight_rules="assistant:0=0")
-    train = prepare_data(cfg, qwen_tokenizer).train
-    assert head_positions(train, cfg.weight_spec()) == 4 and sum(train[0]["response_mask"]) == 4
+    data = _chat_file(tmp_path, CHAT)
+    [line], _ = _export(tmp_path, capsys, data, "--weight-rules", "assistant:0=0")
+    assert _trained(qwen_tokenizer, line) == ["5", "<|im_end|>", "2", "<|im_end|>"]  # by hand: the "0" of "20" weighs 0
+    assert _plan_counts(tmp_path, qwen_tokenizer, data, weight_rules="assistant:0=0") == (4, 4)
