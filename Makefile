@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-chat test test-fast sweep sweep-tools bench install clean-demo reference-check
+.PHONY: demo demo-chat test test-fast sweep sweep-tools sweep-lr sweep-pretrained sweep-random bench install clean-demo \
+	reference-check
 
 install: $(VENV)/.installed
 
@@ -40,6 +41,33 @@ sweep: install
 # The tool-use study: the tool's output weighing 0, w (0.5) or 1 on demo-chat, 3 seeds each (9 runs; docs/sweeps.md).
 sweep-tools: install
 	$(PY) -m sft sweep --preset demo-chat --prompt-loss-weights 0.5 --role-weights tool_output=0,0.5,1 --seeds 3 --name tools
+
+# Issue #36's three sweeps on the fact-held-out split (docs/sweeps.md has what each runs and costs; docs/results.md
+# reads what they publish). All score both test groups (sft_demo: facts no fine-tuning row holds; sft_demo_seen: seen
+# facts, new phrasing) and declare the two primary endpoints before their first run. Each resumes where it stopped
+# when run again, then publishes into evaluation_results/sweep-<name>/ (commit that folder).
+PRIMARY := sft_demo_short:exact_match,sft_demo_long:edit_similarity
+STUDY := --preset demo --demo.split-by-fact true --tasks sft_demo,sft_demo_seen --primary $(PRIMARY)
+# The fine-tuning learning rate of sweep-pretrained and sweep-random (the demo preset's): set it from sweep-lr's result,
+# e.g. make sweep-pretrained SWEEP_LR=1e-3.
+SWEEP_LR ?= 3e-3
+
+# lr in {1e-3, 3e-3} x w in {0, 1} x 3 seeds on the pretrained base (12 runs): one sweep per rate, variants.csv between them.
+sweep-lr: install
+	$(PY) -m sft sweep $(STUDY) --demo.base pretrained --prompt-loss-weights 0,1 --learning-rate 1e-3,3e-3 --seeds 3 --name lr-check
+	$(PY) -m sft publish evaluation_results/raw/sweep-lr-check
+	$(PY) -m sft publish evaluation_results/raw/sweep-lr-check-lr0.001
+	$(PY) -m sft publish evaluation_results/raw/sweep-lr-check-lr0.003
+
+# The study on the pretrained base: w in {0, 0.01, 0.1, 0.5, 1} x 8 seeds (40 runs).
+sweep-pretrained: install
+	$(PY) -m sft sweep $(STUDY) --demo.base pretrained --learning-rate $(SWEEP_LR) --prompt-loss-weights 0,0.01,0.1,0.5,1 --seeds 8 --name pretrained
+	$(PY) -m sft publish evaluation_results/raw/sweep-pretrained
+
+# The same split and code on the random-init base: w in {0, 0.1, 0.5, 1} x 8 seeds (32 runs).
+sweep-random: install
+	$(PY) -m sft sweep $(STUDY) --demo.base random --learning-rate $(SWEEP_LR) --prompt-loss-weights 0,0.1,0.5,1 --seeds 8 --name random-init
+	$(PY) -m sft publish evaluation_results/raw/sweep-random-init
 
 # The reference experiment's commands end to end on a tiny Qwen2.5 stand-in (needs ../shared; offline, CPU, ~2-4 min).
 # Works in .cache/reference-check/, never in your model/ or Dataset/.

@@ -21,6 +21,8 @@
     publish     what the pages cite, copied from the git-ignored evaluation_results/raw/ into evaluation_results/
     pages       the result tables of README.md and docs/*.md, written from the published results (`sft pages`)
     sweep_tables  a sweep's tables for the pages (intervals over seeds, variants, seeds needed, primary endpoints)
+    provenance  where and how a published result was made: commit, machine, date, command, wall times (`sft pages
+                provenance`)
     plots       training and comparison plots
     generate    batched decoding with left padding (notebooks, case studies)
     case_study  eval.py's side-by-side: the same prompts through several models

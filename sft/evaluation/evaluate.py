@@ -77,7 +77,7 @@ from sft.evaluation.tasks import (
 from sft.models.load import load_model
 from sft.models.tokenizer import load_tokenizer
 from sft.runs.layout import ITEM_SCORES
-from sft.runs.manifest import git_commit, package_versions
+from sft.runs.manifest import command_line, git_commit, machine_info, package_versions
 
 TASKS_DIR = "lm_eval_tasks"  # generated task configs (the demo's, local-data copies of lm-eval's), in the result folder
 def run_benchmarks(model, tokenizer, tasks: list[str], tm, settings: EvalConfig, chat: bool) -> dict:
@@ -355,4 +355,6 @@ def write_settings(plan: Plan, run: Path, name: str, ts: str, timings: dict, sid
         "side_effects": side_effects, "warnings": plan.warnings, "device": str(device()), "timings_s": timings,
         "versions": package_versions(),
         "git_commit": git_commit(),
+        "machine": machine_info(),  # CPU model, cores, torch threads (sft pages provenance)
+        "command": command_line(),
     }, indent=2, default=str))

@@ -63,6 +63,14 @@ def describe_model(path: str) -> dict[str, Any]:
             if key in trained:
                 info["manifest"][key] = trained[key]
         info["manifest"]["base_model"] = m.get("config", {}).get("model", {}).get("model")
+        # provenance (python -m sft pages provenance): the training's wall time (train_run_seconds: every session of a
+        # resumed run), where and by what command it ran; absent in runs trained before they were recorded
+        for key in ("train_runtime", "train_run_seconds"):
+            if key in trained:
+                info["manifest"][key] = trained[key]
+        for key in ("machine", "command"):
+            if key in m:
+                info["manifest"][key] = m[key]
     elif (p / BUILD_INFO).is_file():
         b = json.loads((p / BUILD_INFO).read_text())
         info["build_info"] = {k: b.get(k) for k in ("fingerprint", "num_parameters", "build_version")}

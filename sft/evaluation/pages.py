@@ -27,6 +27,9 @@ The tables (TABLE):
     primary            a sweep's declared primary endpoints (primary.json), then their differences, p-values, Holm's
                        and the interval over seeds and items together (primary.csv); sweep-differences marks a row
                        significant alone but not after Holm within its family "(ns after Holm)"
+    provenance         a published evaluation's or sweep's commit(s), machine (CPU, cores, torch threads), date(s),
+                       command(s) and wall time, total and per run (sft.evaluation.provenance); "not recorded" where
+                       the result predates a field
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from sft.evaluation.compare import (
     load_result,
     roles_markdown,
 )
+from sft.evaluation.provenance import provenance_table
 from sft.evaluation.report import base_metric
 from sft.evaluation.settings import TABLES, add_page_arguments
 from sft.evaluation.side_effects import SIDE_EFFECTS, is_side_effect
@@ -280,7 +284,8 @@ def heldout_table(args) -> str:
 WRITERS = {"groups": groups_table, "tasks": tasks_table, "differences": differences_table, "across": across_table,
            "heldout": heldout_table, "side-effects": side_effects_table,
            "sweep": sweep_table, "sweep-differences": sweep_differences_table, "seeds": sweep_seeds_table,
-           "variants": variants_table, "primary": primary_table}
+           "variants": variants_table, "primary": primary_table,
+           "provenance": provenance_table}
 
 
 def render(args) -> str:

@@ -5,7 +5,8 @@ command that adds results to the repository.
     evaluation  raw/<name>/<ts>/ -> <name>/<ts>/: summary/ (summary, differences, confidence as csv, md, txt),
                 settings.json, heldout.json, item_scores.csv, and Comparison.png, Dataset_results.xlsx where
                 `compare` wrote them; not the predictions, lm-eval's own json or the task copies
-    sweep       raw/sweep-<name>/ -> sweep-<name>/: its own files (sweep.csv, differences, variants, summary/, the plot)
+    sweep       raw/sweep-<name>/ -> sweep-<name>/: its own files (sweep.csv, differences, variants, primary, summary/,
+                the plot, provenance.json: its sessions' commands, machine and wall times)
                 and each pair's newest evaluation, as above
     case study  raw/case_study/<ts>.md -> case_study/<ts>.md and its settings <ts>.json; not the raw generations
 

@@ -31,6 +31,7 @@ RESULTS_ROOT = "evaluation_results"  # published (committed) evaluations: evalua
 RAW_RESULTS_ROOT = f"{RESULTS_ROOT}/raw"  # what evaluations write (git-ignored): raw/<name>/<timestamp>/
 CASE_STUDY_DIR = f"{RAW_RESULTS_ROOT}/case_study"  # eval.py's case studies, one timestamp per study
 SWEEP_PLOT = "plw_sweep.png"  # a sweep's plot, in the sweep's folder (a variant's in its own sweep folder)
+SWEEP_SESSIONS = "provenance.json"  # a sweep's sessions: command, commit, machine, start, end, wall seconds (published)
 ITEM_SCORES = "item_scores.csv"  # an evaluation's per-item scores: model,task,group,item,metric,score
 COMPARISON_FILES = ("Comparison.png", "Dataset_results.xlsx")  # `sft compare`'s plot and spreadsheet
 LOCAL_QWEN_DIR = "model/qwen2.5/transformers/0.5b/1"  # where users of the original project keep the base model

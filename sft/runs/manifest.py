@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shlex
 import subprocess
+import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +31,34 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, where platform.processor() is often empty), else the platform's."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() or "unknown"  # (platform.processor() would launch `uname -p`)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a result was computed: CPU model, logical cores, the threads torch uses (what a wall time depends on)."""
+    import torch  # here, not at the top: reading a manifest must not import torch
+
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "system": f"{os.uname().sysname} {os.uname().release}"}
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that is running, as a user would type it: 'python -m sft sweep ...' (python -m's argv[0] is the
+    package's __main__.py path), else 'python <script> ...'."""
+    argv = list(sys.argv if argv is None else argv)
+    head = ["python", "-m", "sft"] if argv and argv[0].endswith(os.path.join("sft", "__main__.py")) else \
+        ["python", argv[0]] if argv else ["python"]
+    return shlex.join(head + argv[1:])
 
 
 def git_commit() -> str:
@@ -61,6 +92,8 @@ def write_manifest(run_dir: str | Path, cfg, data_info: dict[str, Any], status: 
         "data": data_info,
         "versions": package_versions(),
         "git_commit": git_commit(),
+        "machine": machine_info(),  # CPU model, cores, torch threads: what the run's wall time depends on
+        "command": command_line(),  # the command that wrote this manifest (a sweep's, for its runs)
         "results": results or {},
         # One entry per training session, oldest first: started_at, resumed_from (a checkpoint, or null for a start
         # from the base), from_step, to_step (null while training, or where the session stopped before its end: the

@@ -7,14 +7,16 @@ whose run is complete and evaluated is never redone, so an interrupted sweep res
 trained with other settings is refused, not reused). All pairs share the held-out split (split_seed is fixed) and,
 for a given seed, the example order. Primary endpoints declared with `primary` go to primary.json before the first
 run; the summary opens with them, Holm-adjusted (sft.evaluation.multiplicity), with the interval over seeds and items
-together from the runs' item_scores.csv (sft.evaluation.combined).
+together from the runs' item_scores.csv (sft.evaluation.combined). Each invocation appends a session (command, commit,
+machine, start, end, wall seconds) to the sweep's provenance.json, published with it (`sft pages provenance`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,12 @@ from sft.runs.layout import (
     MANIFEST,
     RAW_RESULTS_ROOT,
     SWEEP_PLOT,
+    SWEEP_SESSIONS,
     run_dir,
     sweep_results_dir,
     sweep_run_name,
 )
-from sft.runs.manifest import CLIPPING_STATS, git_commit
+from sft.runs.manifest import CLIPPING_STATS, command_line, git_commit, machine_info
 from sft.studies.demo import ensure_assets
 from sft.studies.sweep_plot import NOT_SCORES, TRAINING, plot_sweep
 from sft.studies.tasks import STUDY_TASKS
@@ -139,6 +142,7 @@ def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, li
         record = declare(root, primary, primary_pairs, done, git_commit())
         print(declaration_text(record, _primary_pairs(record, weights), len(primary) * len(
             _primary_pairs(record, weights))), flush=True)
+    session = start_session(root)
     checked = False
     for seed in seeds:
         for w in weights:
@@ -152,7 +156,46 @@ def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, li
             if not checked:  # the declared endpoints exist in the first pair's summary: fail now, not after every run
                 check_endpoints(root, read_pair(root / label, label))
                 checked = True
-    return summarise_sweep(root, weights, seeds, preset, plot)
+    out = summarise_sweep(root, weights, seeds, preset, plot)
+    end_session(root, session)
+    return out
+
+
+def _read_sessions(root: Path) -> list[dict]:
+    path = root / SWEEP_SESSIONS
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())["sessions"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a sweep's session record ({e}): restore it from git, or delete it (the "
+                         "provenance of the sessions so far is then lost).") from None
+
+
+def _write_sessions(root: Path, sessions: list[dict]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / (SWEEP_SESSIONS + ".tmp")
+    tmp.write_text(json.dumps({"sessions": sessions}, indent=2))
+    tmp.replace(root / SWEEP_SESSIONS)  # atomic: an interrupted write leaves the previous record
+
+
+def start_session(root: Path) -> tuple[int, float]:
+    """Append this invocation to the sweep's provenance.json (command, commit, machine, start); (its index, start)."""
+    sessions = _read_sessions(root)
+    sessions.append({"command": command_line(), "git_commit": git_commit(), "machine": machine_info(),
+                     "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
+                     "wall_seconds": None})  # stays None where the session was interrupted
+    _write_sessions(root, sessions)
+    return len(sessions) - 1, time.perf_counter()
+
+
+def end_session(root: Path, session: tuple[int, float]) -> None:
+    """Record the session's end and wall time (every pair trained, evaluated or skipped, and the summary)."""
+    index, start = session
+    sessions = _read_sessions(root)
+    sessions[index].update(finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           wall_seconds=round(time.perf_counter() - start, 1))
+    _write_sessions(root, sessions)
 
 
 def _primary_pairs(record: dict, weights: list[float]) -> list[tuple[float, float]]:

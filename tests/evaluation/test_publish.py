@@ -13,7 +13,15 @@ from helpers import ROOT, check_items_match_summary
 from sft.cli.main import main
 from sft.evaluation.pages import render_spec
 from sft.evaluation.publish import publish
-from sft.runs.layout import CASE_STUDY_DIR, ITEM_SCORES, RAW_RESULTS_ROOT, RESULTS_ROOT, SWEEP_PLOT, published_path
+from sft.runs.layout import (
+    CASE_STUDY_DIR,
+    ITEM_SCORES,
+    RAW_RESULTS_ROOT,
+    RESULTS_ROOT,
+    SWEEP_PLOT,
+    SWEEP_SESSIONS,
+    published_path,
+)
 
 DEMO = "evaluation_results/demo/20261206_192601"  # a published demo run with its item table
 CASE_STUDY = "evaluation_results/case_study/20261206_192656"  # a published case study
@@ -66,11 +74,12 @@ def test_publish_copies_a_sweep_with_each_pairs_newest_evaluation(tmp_path, monk
     shutil.copytree(ROOT / DEMO, raw / "w0_s1" / "20261206_192601")
     shutil.copytree(ROOT / DEMO, raw / "w0_s1" / "20261206_200000")  # the newest: the one the sweep read
     (raw / "w0_s1" / "20261206_210000").mkdir()  # an evaluation that never finished: skipped
+    (raw / SWEEP_SESSIONS).write_text('{"sessions": []}')  # the sweep's session record (command, machine, wall time)
     monkeypatch.chdir(tmp_path)
     out = publish(f"{RAW_RESULTS_ROOT}/sweep-x")
     assert out == published_path(f"{RAW_RESULTS_ROOT}/sweep-x") == __import__("pathlib").Path(RESULTS_ROOT, "sweep-x")
     assert sorted(p.name for p in (tmp_path / out).iterdir()) == sorted(
-        ["summary", "sweep.csv", "differences.csv", SWEEP_PLOT, "w0_s1"])
+        ["summary", "sweep.csv", "differences.csv", SWEEP_PLOT, SWEEP_SESSIONS, "w0_s1"])
     assert [p.name for p in (tmp_path / out / "w0_s1").iterdir()] == ["20261206_200000"]
     assert (tmp_path / out / "w0_s1" / "20261206_200000" / ITEM_SCORES).is_file()
 
