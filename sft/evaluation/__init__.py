@@ -21,6 +21,7 @@
     publish     what the pages cite, copied from the git-ignored evaluation_results/raw/ into evaluation_results/
     pages       the result tables of README.md and docs/*.md, written from the published results (`sft pages`)
     sweep_tables  a sweep's tables for the pages (intervals over seeds, variants, seeds needed, primary endpoints)
+    bases       the same endpoints of sweeps on different bases side by side, with Holm's p and a plot
     provenance  where and how a published result was made: commit, machine, date, command, wall times (`sft pages
                 provenance`)
     plots       training and comparison plots

@@ -27,6 +27,9 @@ The tables (TABLE):
     primary            a sweep's declared primary endpoints (primary.json), then their differences, p-values, Holm's
                        and the interval over seeds and items together (primary.csv); sweep-differences marks a row
                        significant alone but not after Holm within its family "(ns after Holm)"
+    bases              the same endpoints of several sweeps (SOURCE and --also) side by side: per w each sweep's
+                       mean [t-interval], difference from its smallest w with paired-t p and Holm's p (--endpoints,
+                       default the first sweep's primary.json; --plot PATH draws them, sft.evaluation.bases)
     provenance         a published evaluation's or sweep's commit(s), machine (CPU, cores, torch threads), date(s),
                        command(s) and wall time, total and per run (sft.evaluation.provenance); "not recorded" where
                        the result predates a field
@@ -42,6 +45,7 @@ from pathlib import Path
 import pandas as pd
 
 from sft.data.errors import UserError
+from sft.evaluation.bases import bases_table
 from sft.evaluation.compare import (
     heldout_frame,
     heldout_markdown,
@@ -285,7 +289,7 @@ WRITERS = {"groups": groups_table, "tasks": tasks_table, "differences": differen
            "heldout": heldout_table, "side-effects": side_effects_table,
            "sweep": sweep_table, "sweep-differences": sweep_differences_table, "seeds": sweep_seeds_table,
            "variants": variants_table, "primary": primary_table,
-           "provenance": provenance_table}
+           "provenance": provenance_table, "bases": bases_table}
 
 
 def render(args) -> str:

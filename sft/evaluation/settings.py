@@ -82,7 +82,7 @@ class GenerationSettings:
 
 
 TABLES = ("groups", "tasks", "differences", "across", "heldout", "side-effects", "sweep", "sweep-differences", "seeds",
-          "variants", "primary", "provenance")
+          "variants", "primary", "provenance", "bases")
 
 
 def add_page_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,5 +102,9 @@ def add_page_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", help="side-effects: comma-separated side effects to show (default: all four)")
     p.add_argument("--target-difference", type=float, action="append", default=[], metavar="D",
                    help="seeds: also the seeds a difference of D points needs (repeatable)")
+    p.add_argument("--endpoints", metavar="DATASET:METRIC,...",
+                   help="bases: the endpoints compared (default: the first sweep's declared ones, primary.json)")
+    p.add_argument("--plot", metavar="PATH", help="bases: also draw the endpoints against w, a band per sweep, to PATH "
+                                                  "(e.g. assets/plw_bases.png); never from a page's marker")
     p.add_argument("--check", action="store_true", help="rewrite nothing; list the pages whose blocks differ")
     p.add_argument("--root", default=".", help="the repository whose README.md and docs/*.md are rewritten")

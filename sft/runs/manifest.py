@@ -8,13 +8,14 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from sft.data.errors import UserError
-from sft.runs.layout import MANIFEST, REPO_ROOT
+from sft.runs.layout import MANIFEST, REPO_ROOT, SWEEP_SESSIONS
 
 # The optimiser's regime over every step of a run (sft.core.trainer, in results.train): the share of steps whose gradient
 # norm exceeded max_grad_norm (clipped), the median norm before clipping, and how many steps they cover.
@@ -117,3 +118,44 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); re-run the training or restore the file.") from None
+
+
+# A sweep's sessions (sft.studies.sweep): each invocation's command, commit, machine, start, end and wall seconds, in
+# the sweep's provenance.json, published with it and read by `sft pages provenance`.
+
+
+def _read_sessions(root: Path) -> list[dict]:
+    path = root / SWEEP_SESSIONS
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())["sessions"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a sweep's session record ({e}): restore it from git, or delete it (the "
+                         "provenance of the sessions so far is then lost).") from None
+
+
+def _write_sessions(root: Path, sessions: list[dict]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / (SWEEP_SESSIONS + ".tmp")
+    tmp.write_text(json.dumps({"sessions": sessions}, indent=2))
+    tmp.replace(root / SWEEP_SESSIONS)  # atomic: an interrupted write leaves the previous record
+
+
+def start_session(root: Path) -> tuple[int, float]:
+    """Append this invocation to a sweep's provenance.json (command, commit, machine, start); (its index, start)."""
+    sessions = _read_sessions(root)
+    sessions.append({"command": command_line(), "git_commit": git_commit(), "machine": machine_info(),
+                     "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
+                     "wall_seconds": None})  # stays None where the session was interrupted
+    _write_sessions(root, sessions)
+    return len(sessions) - 1, time.perf_counter()
+
+
+def end_session(root: Path, session: tuple[int, float]) -> None:
+    """Record the session's end and wall time (every pair trained, evaluated or skipped, and the summary)."""
+    index, start = session
+    sessions = _read_sessions(root)
+    sessions[index].update(finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           wall_seconds=round(time.perf_counter() - start, 1))
+    _write_sessions(root, sessions)

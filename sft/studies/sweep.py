@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,11 @@ from sft.runs.layout import (
     MANIFEST,
     RAW_RESULTS_ROOT,
     SWEEP_PLOT,
-    SWEEP_SESSIONS,
     run_dir,
     sweep_results_dir,
     sweep_run_name,
 )
-from sft.runs.manifest import CLIPPING_STATS, command_line, git_commit, machine_info
+from sft.runs.manifest import CLIPPING_STATS, end_session, git_commit, start_session
 from sft.studies.demo import ensure_assets
 from sft.studies.sweep_plot import NOT_SCORES, TRAINING, plot_sweep
 from sft.studies.tasks import STUDY_TASKS
@@ -159,43 +157,6 @@ def run_sweep(preset: str, weights: list[float], seeds: list[int], name: str, li
     out = summarise_sweep(root, weights, seeds, preset, plot)
     end_session(root, session)
     return out
-
-
-def _read_sessions(root: Path) -> list[dict]:
-    path = root / SWEEP_SESSIONS
-    if not path.is_file():
-        return []
-    try:
-        return json.loads(path.read_text())["sessions"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a sweep's session record ({e}): restore it from git, or delete it (the "
-                         "provenance of the sessions so far is then lost).") from None
-
-
-def _write_sessions(root: Path, sessions: list[dict]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / (SWEEP_SESSIONS + ".tmp")
-    tmp.write_text(json.dumps({"sessions": sessions}, indent=2))
-    tmp.replace(root / SWEEP_SESSIONS)  # atomic: an interrupted write leaves the previous record
-
-
-def start_session(root: Path) -> tuple[int, float]:
-    """Append this invocation to the sweep's provenance.json (command, commit, machine, start); (its index, start)."""
-    sessions = _read_sessions(root)
-    sessions.append({"command": command_line(), "git_commit": git_commit(), "machine": machine_info(),
-                     "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
-                     "wall_seconds": None})  # stays None where the session was interrupted
-    _write_sessions(root, sessions)
-    return len(sessions) - 1, time.perf_counter()
-
-
-def end_session(root: Path, session: tuple[int, float]) -> None:
-    """Record the session's end and wall time (every pair trained, evaluated or skipped, and the summary)."""
-    index, start = session
-    sessions = _read_sessions(root)
-    sessions[index].update(finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           wall_seconds=round(time.perf_counter() - start, 1))
-    _write_sessions(root, sessions)
 
 
 def _primary_pairs(record: dict, weights: list[float]) -> list[tuple[float, float]]:

@@ -8,13 +8,18 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import ROOT
+
 from sft.evaluation.pages import render_spec
 from sft.evaluation.provenance import provenance_rows
 from sft.runs.layout import SWEEP_SESSIONS
-from sft.runs.manifest import command_line, cpu_model, machine_info
-from sft.studies.sweep import end_session, start_session
+from sft.runs.manifest import (
+    command_line,
+    cpu_model,
+    end_session,
+    machine_info,
+    start_session,
+)
 
 DEMO = "evaluation_results/demo/20261206_192601"
 

@@ -1,0 +1,69 @@
+"""Sweeps on different bases side by side (sft pages bases): means, paired differences, p and Holm's p against scipy
+and hand computation, on the committed sweeps as stand-ins for the two bases."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from helpers import ROOT
+from scipy import stats
+
+from sft.cli.main import main
+from sft.data.errors import UserError
+from sft.evaluation.bases import endpoint_rows
+from sft.evaluation.pages import render_spec
+
+A, B = "evaluation_results/sweep-demo", "evaluation_results/sweep-long-output"
+ENDPOINTS = [("sft_demo_short", "exact_match"), ("sft_demo_long", "edit_similarity")]
+
+
+def _values(folder: str, dataset: str, metric: str) -> list[float]:
+    d = pd.read_csv(ROOT / folder / "differences.csv")
+    r = d[(d["dataset"] == dataset) & (d["metric"] == f"naive_average:{metric}") & (d["w_a"] == 1) & (d["w_b"] == 0)]
+    return [float(v) for v in r.iloc[0]["values"].split()]
+
+
+def test_differences_p_and_holm_match_scipy_and_the_hand_rule():
+    rows = endpoint_rows(ROOT / B, ENDPOINTS)  # w = 0 and 1, 8 seeds: two tests, w = 1 - w = 0 per endpoint
+    tested = [r for r in rows if r["diff"] is not None]
+    assert [(r["endpoint"], r["w"]) for r in tested] == [(e, 1.0) for e in ENDPOINTS]
+    p = [stats.ttest_1samp(_values(B, *e), 0).pvalue for e in ENDPOINTS]
+    assert [r["p"] for r in tested] == pytest.approx(p)
+    low, high = sorted(p)  # Holm over two: the smaller times 2, the larger times 1 (never below the first)
+    expected = {low: min(1, 2 * low), high: max(min(1, 2 * low), high)}
+    assert [r["p_holm"] for r in tested] == pytest.approx([expected[x] for x in p])
+    x = _values(B, *ENDPOINTS[0])
+    half = stats.t.ppf(0.975, len(x) - 1) * stats.sem(x)
+    assert tested[0]["diff"] == pytest.approx((sum(x) / len(x), sum(x) / len(x) - half, sum(x) / len(x) + half))
+    assert tested[0]["diff"][0] == pytest.approx(23.6875)  # differences.csv's published diff (23.69 on the page)
+
+
+def test_holm_runs_over_every_weight_and_endpoint_of_a_sweep():
+    rows = endpoint_rows(ROOT / A, ENDPOINTS)  # w = 0.1, 0.5, 1 against 0 on two endpoints: six tests
+    p = [r["p"] for r in rows if r["diff"] is not None]
+    assert len(p) == 6
+    order = sorted(range(6), key=p.__getitem__)
+    running, expected = 0.0, [0.0] * 6
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (6 - rank) * p[i]))
+        expected[i] = running
+    assert [r["p_holm"] for r in rows if r["diff"] is not None] == pytest.approx(expected)
+
+
+def test_the_table_puts_both_sweeps_side_by_side_and_draws_them(tmp_path):
+    spec = f"bases {A} --also {B} --endpoints sft_demo_short:exact_match,sft_demo_long:edit_similarity"
+    table = render_spec(spec, ROOT)
+    assert table.count("| w = 0 |") == 2 and "(reference)" in table
+    assert "| w = 1 | 37.4 [32.0, 42.8] | +20.22 [10.0, 30.4] |" in table  # sweep-demo's sweep.csv: 37.4, its w=1 - w=0
+    assert "| w = 0.1 |" in table and "- | - | - |" in table  # sweep-long-output has no w = 0.1: dashes
+    png = tmp_path / "bases.png"
+    assert main(["pages", *spec.split(), "--plot", str(png)]) == 0 and png.stat().st_size > 10_000
+
+
+def test_bases_needs_two_sweeps_and_endpoints():
+    with pytest.raises(UserError, match="--also"):
+        render_spec(f"bases {A} --endpoints sft_demo_short:exact_match", ROOT)
+    with pytest.raises(UserError, match="primary.json"):
+        render_spec(f"bases {A} --also {B}", ROOT)
+    with pytest.raises(UserError, match="no row sft_demo_nope"):
+        render_spec(f"bases {A} --also {B} --endpoints sft_demo_nope:exact_match", ROOT)
