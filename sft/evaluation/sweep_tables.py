@@ -8,10 +8,22 @@ from pathlib import Path
 import pandas as pd
 
 from sft.data.errors import UserError
-from sft.evaluation.multiplicity import declaration_text, read_declaration
+from sft.evaluation.combined import combined_interval, read_item_scores
+from sft.evaluation.multiplicity import declaration_text, holm, parse_endpoints, read_declaration
 from sft.evaluation.report import base_metric
-from sft.evaluation.seeds import seeds_table
+from sft.evaluation.seeds import (
+    ALPHA,
+    MAX_SEEDS,
+    POWER,
+    parse_values,
+    seeds_needed,
+    seeds_table,
+    spread,
+    t_interval,
+    t_test_p,
+)
 from sft.evaluation.side_effects import is_side_effect
+from sft.runs.layout import ITEM_SCORES
 
 
 def format_markdown(table: list[list[str]]) -> str:
@@ -99,27 +111,95 @@ def _holm_mark(row) -> str:
 
 
 def primary_table(args) -> str:
-    """A sweep's declared primary endpoints (primary.json) and their tests (primary.csv): the declaration first, then
-    each endpoint and pair: the difference [95% t-interval over seeds], p, Holm's p, the seeds x items interval."""
+    """A sweep's primary endpoints: the declaration first (primary.json), then per endpoint and pair the difference
+    [95% t-interval over seeds], p, Holm's p, the interval over seeds and items together, the minimum detectable
+    difference at the seeds used and the seeds the observed difference (and each --target-difference) needs.
+
+    A sweep that declared none takes --endpoints (each weight against the smallest), computed from differences.csv
+    and labelled post hoc; a sweep whose runs kept no item_scores.csv says so under the table."""
     root = Path(args.source)
     record = read_declaration(root)
-    if record is None or not (root / "primary.csv").is_file():
-        raise UserError(f"{root}: no primary endpoints declared (primary.json) or none summarised (primary.csv); run "
-                         "the sweep with --primary DATASET:METRIC,... (docs/sweeps.md).")
-    rows = pd.read_csv(root / "primary.csv", dtype={"combined_low": str, "combined_high": str, "items": str})
-    pairs = list(dict.fromkeys(zip(rows["w_a"], rows["w_b"])))
+    if args.endpoints or record is None or not (root / "primary.csv").is_file():
+        if not args.endpoints:
+            raise UserError(f"{root}: no primary endpoints declared (primary.json) or none summarised (primary.csv); "
+                             "run the sweep with --primary DATASET:METRIC,... (docs/sweeps.md), or name the "
+                             "endpoints to test post hoc, --endpoints DATASET:METRIC,...")
+        rows, intro = _post_hoc_rows(root, parse_endpoints(args.endpoints), record)
+    else:
+        rows = pd.read_csv(root / "primary.csv", dtype={"combined_low": str, "combined_high": str, "items": str})
+        pairs = list(dict.fromkeys(zip(rows["w_a"], rows["w_b"])))
+        intro = declaration_text(record, [(float(a), float(b)) for a, b in pairs], len(rows))
+    targets = args.target_difference
     table = [["endpoint", "pair", "seeds", "difference [95% CI over seeds]", "p", "p (Holm)",
-              "95% CI over seeds and items"]]
+              "95% CI over seeds and items", f"MDD ({ALPHA:g} two-sided, {POWER:.0%} power)",
+              "seeds for the observed difference", *(f"seeds for {d:g}" for d in targets)]]
+    missing = False
     for _, r in rows.iterrows():
         dataset, metric = r["endpoint"].split(":", 1)
+        missing |= r["combined_low"] == "-"
         combined = "-" if r["combined_low"] == "-" else (f"[{float(r['combined_low']):.1f}, "
                                                          f"{float(r['combined_high']):.1f}] ({r['items']} items)")
+        sd = float(r["sd"])
         table.append([f"`{dataset}` {metric_name(metric)}", f"{weight_label(r['w_a'])} - {weight_label(r['w_b'])}",
                       str(r["seeds"]), interval(r["diff"], r["ci_low"], r["ci_high"], digits=1),
                       f"{r['p']:.3g}", f"{r['p_holm']:.3g}" + ("" if r["significant_holm"] == "yes" else " ns"),
-                      combined])
-    return declaration_text(record, [(float(a), float(b)) for a, b in pairs], len(rows)) + "\n" + \
-        format_markdown(table)
+                      combined, f"{float(r['mdd']):.1f}",
+                      _needed(seeds_needed(sd, float(r["diff"]))) if float(r["diff"]) else "- (no difference)",
+                      *(_needed(seeds_needed(sd, d)) for d in targets)])
+    note = ("\nNo interval over seeds and items (`-`): some runs of this sweep kept no per-item score table "
+            "(item_scores.csv; sweeps evaluated before it existed lack it), so the intervals are over seeds only and "
+            "treat each run's score as exact.\n") if missing else ""
+    return intro + "\n" + format_markdown(table) + note
+
+
+def _needed(n: int | None) -> str:
+    return f"> {MAX_SEEDS:,}" if n is None else str(n)
+
+
+def _post_hoc_rows(root: Path, endpoints: list[tuple[str, str]], record: dict | None) -> tuple[pd.DataFrame, str]:
+    """primary.csv's rows for endpoints named after the results (each weight against the smallest), from
+    differences.csv's per-seed values and, where every run kept one, the item tables; and the paragraph saying so."""
+    diffs = pd.read_csv(root / "differences.csv")
+    weights = sorted(set(diffs["w_a"]) | set(diffs["w_b"]))
+    out = []
+    for dataset, metric in endpoints:
+        for w in weights[1:]:
+            d = diffs[(diffs["dataset"] == dataset) & (diffs["metric"].map(base_metric) == metric)
+                      & ~diffs["metric"].str.contains("stderr") & (diffs["w_a"] == w) & (diffs["w_b"] == weights[0])]
+            if d.empty:
+                raise UserError(f"{root}: no row {dataset}:{metric} (w = {w:g} - w = {weights[0]:g}) in "
+                                 "differences.csv; name a group average or task of the sweep.")
+            values = parse_values(d.iloc[0]["values"])
+            mean, low, high = t_interval(values)
+            n, sd, m = spread(values)
+            row = {"endpoint": f"{dataset}:{metric}", "w_a": w, "w_b": weights[0], "seeds": n, "diff": mean,
+                   "ci_low": low, "ci_high": high, "p": t_test_p(values), "sd": sd, "mdd": m,
+                   "combined_low": "-", "combined_high": "-", "items": "-"}
+            a, b = _published_items(root, w), _published_items(root, weights[0])
+            if a is not None and b is not None:
+                c = combined_interval(a, b, dataset, metric, weighted=d.iloc[0]["metric"].startswith("weighted"))
+                row.update(combined_low=str(c["ci_low"]), combined_high=str(c["ci_high"]), items=str(c["items"]))
+            out.append(row)
+    for row, p in zip(out, holm([r["p"] for r in out])):
+        row["p_holm"] = p
+        row["significant_holm"] = "yes" if p < ALPHA else "no"
+    ends = "; ".join(f"`{d}` {m.replace('_', ' ')}" for d, m in endpoints)
+    declared = "" if record is None else f" (the sweep declared {', '.join(':'.join(e) for e in record['endpoints'])})"
+    intro = (f"Endpoints named after the results, not declared before them{declared}: post hoc, read as exploratory. "
+             f"{ends}; each weight against w = {weights[0]:g}, paired by seed. Holm over these {len(out)} tests "
+             "(paired t-tests over seeds).\n")
+    return pd.DataFrame(out), intro
+
+
+def _published_items(root: Path, w: float) -> pd.DataFrame | None:
+    """Every seed's item table of weight w (its newest evaluation, with the seed), or None where a run has none."""
+    tables = []
+    for pair in sorted(root.glob(f"w{w:g}_s*")):
+        runs = sorted(p for p in pair.iterdir() if (p / "summary").is_dir())
+        if not runs or not (runs[-1] / ITEM_SCORES).is_file():
+            return None
+        tables.append(read_item_scores(runs[-1] / ITEM_SCORES).assign(seed=int(pair.name.rsplit("_s", 1)[1])))
+    return pd.concat(tables) if tables else None
 
 
 def variants_table(args) -> str:

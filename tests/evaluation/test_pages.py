@@ -184,3 +184,38 @@ def test_primary_table_opens_with_the_declaration_and_sweep_differences_mark_hol
     assert "(ns after Holm)" in render_spec(f"sweep-differences {root} --pair 1,0")
     with pytest.raises(ValueError, match="no primary endpoints declared"):
         render_spec(f"primary {tmp_path}")
+
+
+def test_primary_table_gives_power_and_seeds_needed_against_scipy(tmp_path):
+    root = fake_sweep(tmp_path / "sweep-p")
+    text = render_spec(f"primary {root} --target-difference 5")
+    row = next(line for line in text.splitlines() if line.startswith("| `sft_demo_short`"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    r = pd.read_csv(root / "primary.csv").iloc[0]
+    t = __import__("scipy").stats.t
+    mdd = lambda n: (t.ppf(0.975, n - 1) + t.ppf(0.8, n - 1)) * r["sd"] / n ** 0.5  # noqa: E731 (the formula, by hand)
+    assert float(cells[7]) == pytest.approx(mdd(3), abs=0.05)
+    assert int(cells[8]) == next(n for n in range(2, 10_000) if mdd(n) <= abs(r["diff"]))
+    assert int(cells[9]) == next(n for n in range(2, 10_000) if mdd(n) <= 5)
+    assert "(60 items)" in cells[6] and "No interval over seeds and items" not in text
+
+
+def test_primary_post_hoc_on_a_sweep_without_item_tables_says_so():
+    text = render_spec("primary evaluation_results/sweep-long-output --endpoints "
+                       "sft_demo_short:exact_match,sft_demo_long:edit_similarity", ROOT)
+    assert text.startswith("Endpoints named after the results, not declared before them: post hoc")
+    diffs = pd.read_csv(ROOT / "evaluation_results/sweep-long-output/differences.csv")
+    short = diffs[(diffs["dataset"] == "sft_demo_short") & (diffs["metric"] == "naive_average:exact_match")].iloc[0]
+    p = [__import__("scipy").stats.ttest_1samp([float(v) for v in x.split()], 0).pvalue for x in
+         [short["values"], diffs[(diffs["dataset"] == "sft_demo_long")
+                                 & (diffs["metric"] == "naive_average:edit_similarity")].iloc[0]["values"]]]
+    assert f"| {p[0]:.3g} | {min(1, 2 * min(p)):.3g} |" in text  # Holm over two: the smaller p doubled
+    assert "| +23.69 [19.3, 28.0] |" in text and "No interval over seeds and items (`-`)" in text
+
+
+def test_primary_post_hoc_uses_the_item_tables_as_the_sweep_does(tmp_path):
+    root = fake_sweep(tmp_path / "sweep-p")
+    declared = render_spec(f"primary {root}").splitlines()[4].split("|")[7]
+    post_hoc = render_spec(f"primary {root} --endpoints sft_demo_short:exact_match")
+    assert "the sweep declared sft_demo_short:exact_match" in post_hoc
+    assert post_hoc.splitlines()[4].split("|")[7] == declared  # the same seeds x items interval

@@ -8,9 +8,10 @@ import pytest
 
 from helpers import check_items_match_summary, demo_config, demo_dialogues, demo_overrides, fake_sweep
 from sft.evaluation.multiplicity import holm
+from sft.evaluation.provenance import provenance_rows
 from sft.evaluation.publish import publish
 from sft.evaluation.seeds import t_test_p
-from sft.runs.layout import run_dir
+from sft.runs.layout import SWEEP_SESSIONS, run_dir
 from sft.studies.sweep import (
     add_holm,
     difference_records,
@@ -136,6 +137,10 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     assert published == tmp_path / "evaluation_results" / "sweep-t"
     assert (published / "sweep.csv").read_text() == (root / "sweep.csv").read_text()
     assert len(list(published.glob("w*_s*/*/item_scores.csv"))) == 4 and not list(published.rglob("predictions"))
+    # its provenance: the session's machine and wall time, each run's training seconds (sft pages provenance)
+    rows = dict(provenance_rows(published))
+    assert "torch threads" in rows["machine"] and rows["wall time, whole sweep"].endswith("over 1 session(s)")
+    assert rows["wall time, training per run"].endswith("over 4 runs") and rows["runs"] == "4 fine-tuned (4 evaluations)"
 
     runs = demo_root / "model/demo/sweep-t"
     finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/model.safetensors")}
@@ -162,6 +167,8 @@ def test_sweep_runs_and_resumes_without_redoing_pairs(demo_root, tmp_path):
     assert (broken / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == kept  # resumed, not restarted
     assert manifest["results"]["train"]["train_grad_norm_steps"] == 4  # the two steps before the resume included
     assert len(list((results / "sweep-t" / pair_label(0.0, 1)).glob("*/summary/summary_*.csv"))) == 1
+    sessions = json.loads((results / "sweep-t" / SWEEP_SESSIONS).read_text())["sessions"]
+    assert len(sessions) == 2 and all(s["wall_seconds"] > 0 and s["machine"]["torch_threads"] >= 1 for s in sessions)
 
 
 @pytest.mark.slow
