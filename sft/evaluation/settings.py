@@ -105,6 +105,6 @@ def add_page_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoints", metavar="DATASET:METRIC,...",
                    help="bases: the endpoints compared (default: the first sweep's declared ones, primary.json)")
     p.add_argument("--plot", metavar="PATH", help="bases: also draw the endpoints against w, a band per sweep, to PATH "
-                                                  "(e.g. assets/plw_bases.png); never from a page's marker")
+                                                  "(a png under assets/); never from a page's marker")
     p.add_argument("--check", action="store_true", help="rewrite nothing; list the pages whose blocks differ")
     p.add_argument("--root", default=".", help="the repository whose README.md and docs/*.md are rewritten")
