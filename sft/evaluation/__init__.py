@@ -19,6 +19,7 @@
     report      summary tables and paired bootstrap intervals
     compare     results read back, plotted, tabulated (Comparison.png, Dataset_results.xlsx)
     publish     what the pages cite, copied from the git-ignored evaluation_results/raw/ into evaluation_results/
+    item_tests  paired tests over items (exact McNemar, paired t) Holm-adjusted over a page table's differences
     pages       the result tables of README.md and docs/*.md, written from the published results (`sft pages`)
     sweep_tables  a sweep's tables for the pages (intervals over seeds, variants, seeds needed, primary endpoints)
     bases       the same endpoints of sweeps on different bases side by side, with Holm's p and a plot

@@ -10,7 +10,9 @@ A page holds each generated table between two markers; the first names the comma
 block of the pages from the files it names; `--check` only says which pages differ (tests/evaluation/test_pages.py runs it).
 The tables (TABLE):
 
-    groups             an evaluation's group averages: each model's scores, the pairs' differences (--pair a,b)
+    groups             an evaluation's group averages: each model's scores, the pairs' differences (--pair a,b);
+                       these three tables (exploratory) mark each difference with Holm's p of a paired test over
+                       its items (sft.evaluation.item_tests) where the evaluation kept item_scores.csv
     tasks              the tasks of one group (--group) and its average, as `groups`; --chat takes each model's
                        @chat row where it has one, --intervals adds each score's bootstrap interval
     differences        the paired differences of groups (--group, comma-separated) for several pairs (--pair, repeated)
@@ -52,6 +54,7 @@ from sft.evaluation.compare import (
     load_result,
     roles_markdown,
 )
+from sft.evaluation.item_tests import caption, item_tests, mark
 from sft.evaluation.provenance import provenance_table
 from sft.evaluation.report import base_metric
 from sft.evaluation.settings import TABLES, add_page_arguments
@@ -169,22 +172,26 @@ def _score_cells(s: pd.DataFrame, dataset: str, metrics: list[str], models: list
     return cells
 
 
-def _diff_cell(d: pd.DataFrame, dataset: str, metric: str, a: str, b: str) -> str:
+def _diff_cell(d: pd.DataFrame, dataset: str, metric: str, a: str, b: str, tests: dict | None = None) -> str:
     r = d[(d["dataset"] == dataset) & (d["metric"] == metric) & (d["model_a"] == a) & (d["model_b"] == b)]
     if r.empty:
         return "-"
     r = r.iloc[0]
-    return interval(r["diff"], r["ci_low"], r["ci_high"], r["significant"])
+    return interval(r["diff"], r["ci_low"], r["ci_high"], r["significant"]) + mark(tests, (dataset, metric, a, b),
+                                                                                    r["significant"])
 
 
 def _metrics_of(s: pd.DataFrame, dataset: str) -> list[str]:
     return list(dict.fromkeys(s.loc[s["dataset"] == dataset, "metric"]))
 
 
-def _score_table(result, datasets: list[tuple[str, str]], args, first: str) -> str:
-    """One row per (dataset, label): every model's scores (metrics joined by ' / '), then each pair's differences."""
+def _score_table(result, datasets: list[tuple[str, str]], args, first: str, tested: int | None = None) -> str:
+    """One row per (dataset, label): every model's scores (metrics joined by ' / '), then each pair's differences,
+    marked with Holm's p of a paired test over items (sft.evaluation.item_tests) for the first `tested` rows."""
     s, d = _frames(result, args.chat)
     pairs = pair_args(args)
+    tests = item_tests(result.path, [(ds, m, a, b) for ds, _ in datasets[:tested] for a, b in pairs
+                                     for m in _metrics_of(s, ds)], args.chat) if pairs else None
     metrics = _metrics_of(s, datasets[-1][0])
     names = " / ".join(metric_name(m) for m in metrics)
     header = [f"{first}: {names}", *(_model_header(result, m) for m in result.models)]
@@ -193,9 +200,9 @@ def _score_table(result, datasets: list[tuple[str, str]], args, first: str) -> s
     for dataset, label in datasets:
         ms = _metrics_of(s, dataset)
         row = [label, *_score_cells(s, dataset, ms, result.models, args.intervals)]
-        row += [_diff_cell(d, dataset, m, a, b) for a, b in pairs for m in ms]
+        row += [_diff_cell(d, dataset, m, a, b, tests) for a, b in pairs for m in ms]
         table.append(row)
-    return format_markdown(table)
+    return caption(tests) + format_markdown(table)
 
 
 def groups_table(args) -> str:
@@ -216,7 +223,7 @@ def tasks_table(args) -> str:
         raise UserError(f"{args.source}: --group must be one of its groups {sorted(groups)}, got {args.group!r}.")
     tasks = members(order, groups, args.group)
     rows = [(t, _short_name(t, groups)) for t in tasks] + [(args.group, f"average of {len(tasks)} (`{args.group}`)")]
-    return _score_table(result, rows, args, "task")
+    return _score_table(result, rows, args, "task", tested=len(tasks))  # the families tested, not their average
 
 
 def differences_table(args) -> str:
@@ -226,9 +233,10 @@ def differences_table(args) -> str:
     columns = [(g, m) for g in groups for m in _metrics_of(s, g)]
     first = f"`{groups[0]}`" if len(groups) == 1 else "difference [95% CI]"
     table = [[first, *(metric_name(m) if len(groups) == 1 else f"`{g}` {metric_name(m)}" for g, m in columns)]]
+    tests = item_tests(result.path, [(g, m, a, b) for a, b in pair_args(args) for g, m in columns], args.chat)
     for a, b in pair_args(args):
-        table.append([f"{a} - {b}", *(_diff_cell(d, g, m, a, b) for g, m in columns)])
-    return format_markdown(table)
+        table.append([f"{a} - {b}", *(_diff_cell(d, g, m, a, b, tests) for g, m in columns)])
+    return caption(tests) + format_markdown(table)
 
 
 def across_table(args) -> str:
