@@ -82,18 +82,27 @@ def _dates(settings: list[dict], runs: list[dict]) -> str:
     return f"evaluated {first}" + ("" if first == last else f" to {last}")
 
 
-def provenance_rows(folder: str | Path) -> list[list[str]]:
-    """[[field, value], ...] for a published evaluation or sweep folder."""
-    folder = Path(folder)
-    settings = _settings(folder)
-    if not settings:
-        raise UserError(f"{folder}: no settings.json (an evaluation) nor */*/settings.json (a sweep's pairs): pass a "
-                         "published evaluation_results/<name>/<timestamp> or evaluation_results/sweep-<name> folder.")
+def _name(folder: Path) -> str:
+    return f"`{folder.name}`" if not (folder / "settings.json").is_file() else f"`{folder.parent.name}/{folder.name}`"
+
+
+def provenance_rows(*folders: str | Path) -> list[list[str]]:
+    """[[field, value], ...] for one published evaluation or sweep folder, or several of one study (a sweep's
+    variants) together."""
+    folders = [Path(f) for f in folders]
+    settings, sessions = [], []
+    for folder in folders:
+        found = _settings(folder)
+        if not found:
+            raise UserError(f"{folder}: no settings.json (an evaluation) nor */*/settings.json (a sweep's pairs): "
+                             "pass a published evaluation_results/<name>/<timestamp> or evaluation_results/sweep-<name> "
+                             "folder.")
+        settings += found
+        if (folder / SWEEP_SESSIONS).is_file():
+            sessions += json.loads((folder / SWEEP_SESSIONS).read_text())["sessions"]
     runs = _runs(settings)
-    sessions = json.loads((folder / SWEEP_SESSIONS).read_text())["sessions"] if (folder / SWEEP_SESSIONS).is_file() \
-        else []
-    sweep = not (folder / "settings.json").is_file()
-    rows = [["provenance", f"`{folder.name}`" if sweep else f"`{folder.parent.name}/{folder.name}`"]]
+    sweep = not (folders[0] / "settings.json").is_file()
+    rows = [["provenance", " + ".join(_name(f) for f in folders)]]
     rows.append(["runs", f"{len(runs)} fine-tuned" + (f" ({len(settings)} evaluations)" if sweep else "")])
     rows.append(["commit (training)", _commits([r.get("git_commit") for r in runs]) if runs else "-"])
     rows.append(["commit (evaluation)", _commits([s.get("git_commit") for s in settings])])
@@ -127,5 +136,6 @@ def provenance_rows(folder: str | Path) -> list[list[str]]:
 
 
 def provenance_table(args) -> str:
-    """The provenance block of a published evaluation or sweep (sft pages provenance SOURCE)."""
-    return format_markdown(provenance_rows(args.source))
+    """The provenance block of a published evaluation or sweep (sft pages provenance SOURCE [--also FOLDER ...]: the
+    folders of one study, e.g. a sweep's variants, in one block)."""
+    return format_markdown(provenance_rows(args.source, *args.also))

@@ -78,3 +78,10 @@ def test_the_provenance_table_is_a_page_block():
     table = render_spec(f"provenance {DEMO}", ROOT)
     assert table.splitlines()[0] == "| provenance | `demo/20261206_192601` |"
     assert "| machine | not recorded |" in table and "| commit (training) | `bc75c0d890e1+dirty` |" in table
+
+
+def test_one_block_covers_a_studys_variants():
+    table = render_spec("provenance evaluation_results/sweep-template-rw-template0 --also "
+                        "evaluation_results/sweep-template-rw-template0.5", ROOT)
+    assert table.splitlines()[0] == "| provenance | `sweep-template-rw-template0` + `sweep-template-rw-template0.5` |"
+    assert "| runs | 6 fine-tuned (6 evaluations) |" in table
