@@ -29,12 +29,12 @@ demo: install
 	$(PY) -m sft demo
 	$(PY) eval.py --models base=model/demo/base,masked=model/demo/masked,unmasked=model/demo/unmasked --tensorboard
 
-# The conversational study (docs/results.md): synthetic dialogues from the demo's base at w = 0, 0.5, 1, evaluated
+# The conversational study (docs/results-history.md): synthetic dialogues from the demo's base at w = 0, 0.5, 1, evaluated
 # with lm-eval multi-turn requests through the chat template. Its own target: make demo already takes ~5 minutes.
 demo-chat: install
 	$(PY) -m sft demo --chat
 
-# The study beyond two points: 4 prompt-loss weights x 3 seeds on the demo (12 runs; docs/results.md has the time).
+# The study beyond two points: 4 prompt-loss weights x 3 seeds on the demo (12 runs; docs/results-history.md has the time).
 sweep: install
 	$(PY) -m sft sweep --preset demo --prompt-loss-weights 0,0.1,0.5,1 --seeds 3 --name demo
 

@@ -177,7 +177,7 @@ def _demo() -> ExperimentConfig:
         model=ModelConfig(model=demo.base_dir, dtype="float32"),
         train=TrainConfig(
             # Measured on 2 CPU cores, 8000 rows x 2 epochs, batch 8 (2000 steps), the 16 families of sft.studies.synthetic:
-            # lr 3e-3. In the committed run (docs/results.md) unmasked (w = 1) reaches 53.2% exact match on the 12
+            # lr 3e-3. In the committed run (docs/results-history.md) unmasked (w = 1) reaches 53.2% exact match on the 12
             # short-answer families, masked (w = 0) 19.4%; on the 4 long-output families (counting, day and month spans)
             # both learn the successor rule (edit similarity 62.9 and 38.0 against the base's 3.5) but rarely stop on the
             # right item (exact match 7.8 and 0.0). Copy tasks (sort, reverse, case) stayed at 0 in this budget and
