@@ -99,7 +99,8 @@ def add_page_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true", help="each model's @chat row where it has one (conversations)")
     p.add_argument("--intervals", action="store_true", help="each score with its 95%% bootstrap interval")
     p.add_argument("--roles", action="store_true", help="heldout: the loss of each role (conversations)")
-    p.add_argument("--metrics", help="side-effects: comma-separated side effects to show (default: all four)")
+    p.add_argument("--metrics", help="side-effects: comma-separated side effects to show (default: all); sweep, "
+                                     "sweep-differences: these side effects instead of the scores")
     p.add_argument("--target-difference", type=float, action="append", default=[], metavar="D",
                    help="seeds: also the seeds a difference of D points needs (repeatable)")
     p.add_argument("--endpoints", metavar="DATASET:METRIC,...",

@@ -22,7 +22,7 @@ from sft.evaluation.seeds import (
     t_interval,
     t_test_p,
 )
-from sft.evaluation.side_effects import is_side_effect
+from sft.evaluation.side_effects import SIDE_EFFECTS, is_side_effect
 from sft.runs.layout import ITEM_SCORES
 
 
@@ -64,8 +64,12 @@ def sweep_table(args) -> str:
     """Mean of the seeds [95% t-interval over seeds] per weight: the group averages, the held-out response loss and,
     where the runs recorded them, the training's clipped share of steps and median gradient norm."""
     sweep = pd.read_csv(Path(args.source) / "sweep.csv")
-    keep = sweep["metric"].str.contains("average") | (sweep["metric"] == "response_loss") | (sweep["dataset"] == "train")
-    keep &= ~sweep["metric"].map(is_side_effect)
+    if args.metrics:  # the side effects asked for, on the group rows
+        keep = sweep["metric"].str.contains("average") & sweep["metric"].map(base_metric).isin(_side_effects(args))
+    else:
+        keep = sweep["metric"].str.contains("average") | (sweep["metric"] == "response_loss") | \
+            (sweep["dataset"] == "train")
+        keep &= ~sweep["metric"].map(is_side_effect)
     if args.datasets:
         keep &= sweep["dataset"].isin(args.datasets.split(",") + ["heldout", "train"])
     sweep = sweep[keep]
@@ -76,14 +80,30 @@ def sweep_table(args) -> str:
         digits = 4 if dataset in ("heldout", "train") else 2
         cells = {r["prompt_loss_weight"]: f"{r['mean']:.{digits}f} [{r['ci_low']:.{digits - 1}f}, "
                                            f"{r['ci_high']:.{digits - 1}f}]" for _, r in rows.iterrows()}
-        table.append([f"`{dataset}` {metric_name(metric)}", *(cells.get(w, "-") for w in weights)])
+        unit = (" (tokens)" if base_metric(metric) == "gen_length" else " (%)") if is_side_effect(metric) else ""
+        table.append([f"`{dataset}` {metric_name(metric)}{unit}", *(cells.get(w, "-") for w in weights)])
     return format_markdown(table)
 
 
+def _side_effects(args) -> list[str]:
+    """--metrics as side effects (sft.evaluation.side_effects), or a clear error."""
+    wanted = args.metrics.split(",")
+    unknown = [m for m in wanted if m not in SIDE_EFFECTS]
+    if unknown:
+        raise UserError(f"--metrics takes side effects among {', '.join(SIDE_EFFECTS)}; got {unknown}.")
+    return wanted
+
+
 def _average_differences(args) -> pd.DataFrame:
-    """A sweep's differences.csv rows of the group averages (scores, not side effects), of --datasets if given."""
+    """A sweep's differences.csv rows of the group averages (scores; with --metrics those side effects), of
+    --datasets if given."""
     diffs = pd.read_csv(Path(args.source) / "differences.csv")
-    diffs = diffs[diffs["metric"].str.contains("average") & ~diffs["metric"].map(is_side_effect)]
+    side = diffs["metric"].map(is_side_effect)
+    if getattr(args, "metrics", None):
+        side = diffs["metric"].map(base_metric).isin(_side_effects(args))
+        diffs = diffs[diffs["metric"].str.contains("average") & side]
+    else:
+        diffs = diffs[diffs["metric"].str.contains("average") & ~side]
     return diffs[diffs["dataset"].isin(args.datasets.split(","))] if args.datasets else diffs
 
 

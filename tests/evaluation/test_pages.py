@@ -219,3 +219,19 @@ def test_primary_post_hoc_uses_the_item_tables_as_the_sweep_does(tmp_path):
     post_hoc = render_spec(f"primary {root} --endpoints sft_demo_short:exact_match")
     assert "the sweep declared sft_demo_short:exact_match" in post_hoc
     assert post_hoc.splitlines()[4].split("|")[7] == declared  # the same seeds x items interval
+
+
+def test_a_sweeps_side_effects_per_weight_with_intervals_over_seeds():
+    source = "evaluation_results/sweep-long-output"
+    table = render_spec(f"sweep {source} --metrics stop_failure,gen_length --datasets sft_demo_long", ROOT)
+    sweep = pd.read_csv(ROOT / source / "sweep.csv")
+    r = sweep[(sweep["dataset"] == "sft_demo_long") & (sweep["metric"] == "naive_average:stop_failure")]
+    values = [float(v) for v in r.iloc[0]["values"].split()]  # w = 0's 8 seeds
+    half = __import__("scipy").stats.t.ppf(0.975, 7) * pd.Series(values).std() / 8 ** 0.5
+    mean = sum(values) / 8
+    assert f"| `sft_demo_long` stop failure (%) | {mean:.2f} [{mean - half:.1f}, {mean + half:.1f}] |" in table
+    assert "exact match" not in table and "response loss" not in table
+    diffs = render_spec(f"sweep-differences {source} --metrics stop_failure --datasets sft_demo_long --pair 1,0", ROOT)
+    assert diffs.splitlines()[-1].startswith("| `sft_demo_long` stop failure | -")
+    with pytest.raises(ValueError, match="side effects among"):
+        render_spec(f"sweep {source} --metrics exact_match", ROOT)
