@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from sft.core.weights import IGNORE_INDEX
+from sft.data.mixture import SOURCE
 
 # input_ids take pad_token_id. weight_codes and weight_scale are what the loss recomputes each step's weights from
 # (sft.core.weights.step_weights); loss_weights are those at the run's starting w (what held-out metrics read).
@@ -40,6 +41,8 @@ class WeightedLMCollator:
                 out[i, : lengths[i]] = torch.as_tensor(ex[key], dtype=dtype)
             batch[key] = out
         batch["attention_mask"] = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+        if SOURCE in examples[0]:  # a mixture: each token's source (padding's is 0, and weighs nothing)
+            batch[SOURCE] = torch.tensor([ex[SOURCE] for ex in examples])[:, None].expand(-1, width).contiguous()
         return batch
 
 
@@ -63,4 +66,6 @@ class PackedWeightedLMCollator:
             dtype = torch.float32 if key in FLOAT_COLUMNS else torch.long
             batch[key] = torch.cat([torch.as_tensor(ex[key], dtype=dtype) for ex in examples])[None, :]
         batch["position_ids"] = torch.cat([torch.arange(len(ex["input_ids"])) for ex in examples])[None, :]
+        if SOURCE in examples[0]:  # a mixture: each token's source
+            batch[SOURCE] = torch.cat([torch.full((len(ex["input_ids"]),), ex[SOURCE]) for ex in examples])[None, :]
         return batch

@@ -5,6 +5,7 @@ Training and evaluation both call `prepare_data`, so they see the same held-out 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +27,8 @@ from sft.core.tokenize import (
 )
 from sft.core.weights import with_weights
 from sft.data.config import DataConfig
-from sft.data.weights import parse_weight_rules
+from sft.data.mixture import SOURCE, describe_draw, draw_counts, draw_indices, is_mixture, parse_mixture, shares
+from sft.data.weights import SAMPLE_WEIGHT, WeightSpec, parse_weight_rules
 from sft.data.errors import UserError
 from sft.data.rows import CHAT_FIELDS, FIELDS, TEXT_FIELD, fingerprint_rows, load_rows, row_kind
 from sft.data.splits import split_indices
@@ -60,8 +62,10 @@ class TokenizeReport:
         return line
 
 
-def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train"):
-    """Tokenize validated rows into a `datasets.Dataset`, cached on disk across runs."""
+def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: str = "train",
+                  spec: WeightSpec | None = None):
+    """Tokenize validated rows into a `datasets.Dataset`, cached on disk across runs; its weight columns under `spec`
+    (default: cfg.weight_spec(); a mixture's source gives its own)."""
     check_tokenizer(tokenizer)
     # No weight setting is part of the key: the cache holds roles, turns and message weights, and the weights are
     # computed from them (with_weights, and at every step by the loss), so a sweep over weights tokenizes once.
@@ -93,7 +97,7 @@ def tokenize_rows(rows: list[dict[str, str]], tokenizer, cfg: DataConfig, name: 
         new_fingerprint=fp,
         desc=f"Tokenizing {name}",
     )
-    ds = with_weights(ds, cfg.weight_spec())  # in memory, at the run's starting w; the loss recomputes per step
+    ds = with_weights(ds, spec or cfg.weight_spec())  # in memory, at the run's starting w; the loss recomputes per step
     fitted = len(ds)
     # An example whose replies the data weighs 0 teaches no response, like a conversation with no assistant turn
     # (refused when loading): dropped and counted. It depends on the data and train_on only, never on w, so every
@@ -158,13 +162,18 @@ class PreparedData:
     chat_template: str | None = None  # conversations: the Jinja template they were rendered with (saved with the model)
     end_of_turn: int | None = None  # conversations: the token that closes an assistant turn (generation stops there)
     end_of_call: int | None = None  # conversations: the token that closes a turn holding a tool call (generation stops there too)
+    sources: list[str] | None = None  # a mixture: its sources' names, in the order of the examples' `source` index
+    weight_spec: WeightSpec | None = None  # a mixture whose sources give role weights: the run's spec with them
 
 
 def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
     """Load, validate, split and tokenize; the held-out split depends on (data, split_seed) only.
 
-    Training and evaluation both call this, so they see the same held-out rows, tokenized alike.
+    Training and evaluation both call this, so they see the same held-out rows, tokenized alike. A mixture
+    (`a.jsonl:0.7,b.jsonl:0.3`, or a YAML list) goes through prepare_mixture.
     """
+    if is_mixture(d.data):
+        return prepare_mixture(d, tokenizer)
     rows, report = load_rows(d.data, d.column_map, d.on_bad_rows)
     log_load(report)
     if d.eval_data:
@@ -202,10 +211,100 @@ def prepare_data(d: DataConfig, tokenizer) -> PreparedData:
         "train_examples": len(train),
         "eval_examples": len(eval_),
     }
-    if "messages" not in rows[0]:
-        info["conversations"] = False
-        return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows)
-    info["conversations"] = True
+    return _prepared(d, tokenizer, train, eval_, info, eval_rows, "messages" in rows[0])
+
+
+def _prepared(d: DataConfig, tokenizer, train, eval_, info: dict, eval_rows: list, chat: bool,
+              sources: list[str] | None = None, spec: WeightSpec | None = None) -> PreparedData:
+    """The PreparedData of tokenized splits (conversations: with their template and end-of-turn tokens)."""
+    info["conversations"] = chat
+    if not chat:
+        return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows, sources=sources, weight_spec=spec)
     renderer = conversation_renderer(tokenizer, d)
     return PreparedData(train=train, eval=eval_, info=info, eval_rows=eval_rows, chat_template=renderer.template,
-                        end_of_turn=renderer.end_of_turn_id(), end_of_call=end_of_call_id(renderer))
+                        end_of_turn=renderer.end_of_turn_id(), end_of_call=end_of_call_id(renderer), sources=sources,
+                        weight_spec=spec)
+
+
+# ---------------------------------------------------------------- a mixture of sources
+
+
+def _source_spec(spec: WeightSpec, k: int) -> WeightSpec:
+    """The weight spec of source k: the run's, with the role weights the source gives over it."""
+    return spec.for_source(k) if spec.source_role_weights else spec
+
+
+def prepare_mixture(d: DataConfig, tokenizer) -> PreparedData:
+    """A mixture's splits (sft.data.mixture): each source loaded, split (eval_size, split_seed) and tokenized on its
+    own and weighed with its own role weights; then its training examples drawn by the ratios (repeated where a
+    source has fewer than its share, a seeded choice where more: printed), every example carrying its source.
+    The held-out split holds every source's held-out rows once (or --eval-data's rows, of no source).
+
+    Written here rather than with datasets.interleave_datasets(probabilities=...): that draws each example's source
+    at random, so a source's count varies with the seed and the epoch's length is set by its stopping strategy;
+    here each source gives exactly its share of a stated number of examples (concatenate_datasets of the draws).
+    """
+    sources = parse_mixture(d.data)
+    spec = d.weight_spec()
+    if any(s.role_weights for s in sources):
+        spec = dataclasses.replace(spec, source_role_weights=tuple(s.role_weights for s in sources))
+    loaded = []
+    for s in sources:
+        rows, report = load_rows(s.path, d.column_map, d.on_bad_rows)
+        log_load(report)
+        if loaded and row_kind(rows[0]) != row_kind(loaded[0][0][0]):
+            raise UserError(f"source {s.name} ({s.path}) holds {row_kind(rows[0])} while source {sources[0].name} "
+                            f"holds {row_kind(loaded[0][0][0])}: a mixture's sources hold one kind. Train on one "
+                            "kind at a time, or convert the rows (instruction rows are one-turn conversations).")
+        loaded.append((rows, report))
+    if any(SAMPLE_WEIGHT in rows[0] for rows, _ in loaded):  # a source without the column: its rows weigh 1
+        loaded = [([r if SAMPLE_WEIGHT in r else {**r, SAMPLE_WEIGHT: 1.0} for r in rows], rep) for rows, rep in loaded]
+    trains, evals, eval_rows, reports, fingerprints = [], [], [], [], []
+    for k, (s, (rows, report)) in enumerate(zip(sources, loaded)):
+        if d.eval_data:
+            train_rows = rows
+        else:
+            train_idx, eval_idx = split_indices(len(rows), d.eval_size, d.split_seed)
+            train_rows, held = [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
+            ev, _ = tokenize_rows(held, tokenizer, d, name="eval", spec=_source_spec(spec, k))
+            evals.append(ev.add_column(SOURCE, [k] * len(ev)))
+            eval_rows += held
+        train_rows = train_rows if d.max_rows is None else train_rows[: d.max_rows]
+        tr, tok = tokenize_rows(train_rows, tokenizer, d, name="train", spec=_source_spec(spec, k))
+        logger.info("data %s", tok.summary(f"{s.name} train"))
+        trains.append(tr.add_column(SOURCE, [k] * len(tr)))
+        reports.append(tok)
+        fingerprints.append(fingerprint_rows(train_rows))
+    available, share = [len(t) for t in trains], shares(sources)
+    counts = draw_counts(available, share)
+    empty = next((s for s, n, c in zip(sources, available, counts) if c and not n), None)
+    if empty is not None:
+        raise UserError(f"source {empty.name} ({empty.path}): no training example is left (its rows were all dropped: "
+                        "too long, or no trained token) while its ratio asks for some. Fix its rows, raise "
+                        "--max-length, or give it ratio 0.")
+    drawn = []
+    for k, (s, t, n, c, p) in enumerate(zip(sources, trains, available, counts, share)):
+        (logger.warning if c != n else logger.info)("data %s", describe_draw(s.name, n, c, p))
+        drawn.append(t.select(draw_indices(n, c, d.split_seed, k)))
+    train = datasets.concatenate_datasets([t for t in drawn if len(t)])
+    if d.eval_data:
+        eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
+        log_load(eval_report)
+        eval_ = tokenize_rows(eval_rows, tokenizer, d, name="eval")[0]
+    else:
+        eval_ = datasets.concatenate_datasets(evals)
+    info = {
+        "load": {"source": d.data, "sources": [r.to_dict() for _, r in loaded]},
+        "train_tokenize": {k: sum(vars(r)[k] for r in reports) for k in ("examples_in", "examples_out",
+                           "examples_dropped_too_long", "examples_truncated", "examples_dropped_untrained")},
+        "mixture": [{"name": s.name, "path": s.path, "ratio": s.ratio, "share": p, "role_weights": s.role_weights,
+                     "rows": len(rows), "training_examples": n, "drawn": c}
+                    for s, (rows, _), n, c, p in zip(sources, loaded, available, counts, share)],
+        "data_fingerprint": fingerprint_rows([r for rows, _ in loaded for r in rows]),
+        "train_fingerprint": hashlib.sha256(json.dumps([fingerprints, counts, d.split_seed]).encode()).hexdigest()[:16],
+        "eval_fingerprint": fingerprint_rows(eval_rows),
+        "train_examples": len(train),
+        "eval_examples": len(eval_),
+    }
+    chat = "messages" in loaded[0][0][0]
+    return _prepared(d, tokenizer, train, eval_, info, eval_rows, chat, [s.name for s in sources], spec)

@@ -168,7 +168,8 @@ def build_trainer(cfg: ExperimentConfig, model=None, tokenizer=None, data: Prepa
             pad_token_id=tokenizer.pad_token_id),
         selective_head=cfg.train.selective_head,
         adapter_generation_config=turn_stop,
-        weight_spec=cfg.data.weight_spec(),
+        weight_spec=data.weight_spec or cfg.data.weight_spec(),  # a mixture's sources may weigh roles their own way
+        source_names=data.sources,  # a mixture: the loss per source is logged (source_<name>_loss)
         train_dataset=data.train,
         eval_dataset=data.eval,
         # saved with every checkpoint: the prompt template as a chat template, or the one conversations went through

@@ -24,11 +24,16 @@ import torch
 from peft import PeftModel
 from transformers import Trainer
 
-from sft.core.loss import batch_normalizer, selective_head_loss, target_weights, token_nll
-from sft.data.weights import WeightSpec
+from sft.core.loss import batch_normalizer, selective_head_loss, shift_left, target_weights, token_nll
+from sft.data.conversations import ROLE_NAMES
+from sft.data.mixture import SOURCE
+from sft.data.weights import UNTRAINED, WeightSpec
 
 RUN_TOTALS = "RunTotals"  # the key of the run's totals in trainer_state.json's stateful_callbacks
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
+# The loss per role logged as <role>_loss (the role of the token predicted, as the held-out metrics name them); the
+# reply tokens outside the loss (train_on="last": earlier turns' text, tool calls and reasoning) as assistant_untrained.
+ROLE_GROUPS = (*ROLE_NAMES[:UNTRAINED], "assistant_untrained")  # index = weight_codes (the untrained slot last)
 NORM_DIGITS = 6  # significant digits of each step's gradient norm kept in the checkpoint (the run's clipping stats)
 
 
@@ -40,7 +45,7 @@ class WeightedLossTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, selective_head: bool = True, adapter_generation_config: bool = False,
-                 weight_spec: WeightSpec | None = None, **kwargs: Any) -> None:
+                 weight_spec: WeightSpec | None = None, source_names: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Roles -> weights at every step (w may follow a schedule) and the normaliser; None = the batches'
         # loss_weights as they are, normalised by their sum.
@@ -48,6 +53,11 @@ class WeightedLossTrainer(Trainer):
         self.selective_head = selective_head  # head and cross-entropy only at positions that need them
         self.adapter_generation_config = adapter_generation_config  # save it beside a LoRA adapter too (see _save)
         self._sums = {split: torch.zeros(len(SUMS), dtype=torch.float64) for split in ("train", "eval")}
+        # A mixture's sources, in the order of the examples' `source` index: logged as source_<name>_loss.
+        self.source_names = list(source_names or [])
+        # NLL sum (row 0) and scored tokens (row 1) of each role (ROLE_GROUPS), then of each source, between logs.
+        self._groups = {split: torch.zeros(2, len(ROLE_GROUPS) + len(self.source_names), dtype=torch.float64)
+                        for split in ("train", "eval")}
         self._last_log_time = time.perf_counter()
         # The whole run's loss sum, steps, tokens and training seconds up to the checkpoint resumed from (saved in
         # trainer_state.json's stateful_callbacks as RUN_TOTALS), so summaries cover the run, not this session.
@@ -131,7 +141,7 @@ class WeightedLossTrainer(Trainer):
 
     def _weight_table(self) -> list[float] | None:
         """This step's weight per role code (WeightSpec.table), or None to use the batches' loss_weights."""
-        return None if self.weight_spec is None else self.weight_spec.table(self.prompt_weight())
+        return None if self.weight_spec is None else self.weight_spec.tables(self.prompt_weight())
 
     def _denominator(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
         """One micro-batch's share of the normaliser under the run's loss_normalizer (sft.core.loss.batch_normalizer)."""
@@ -159,7 +169,7 @@ class WeightedLossTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         else:
             loss = weighted / self._denominator(masks).clamp_min(1e-8)
-        self._accumulate(nll, masks, scored, "train" if model.training else "eval")
+        self._accumulate(nll, masks, scored, "train" if model.training else "eval", inputs)
         return (loss, outputs) if return_outputs else loss
 
     def _token_nll(self, model, inputs, masks):
@@ -186,8 +196,9 @@ class WeightedLossTrainer(Trainer):
         step = self.state.global_step + 1
         return step % max(self.args.logging_steps, 1) == 0 or (step == 1 and self.args.logging_first_step)
 
-    def _accumulate(self, nll, masks, scored, split: str) -> None:
-        """Add this micro-batch's response/prompt NLL sums and token count to the running log sums."""
+    def _accumulate(self, nll, masks, scored, split: str, inputs: dict | None = None) -> None:
+        """Add this micro-batch's response/prompt NLL sums and token count to the running log sums, and the NLL and
+        scored tokens of each role and (a mixture) each source: the loss's own per-token NLL, grouped."""
         seen_prompt = masks["prompt"] * scored  # prompt positions scored in this micro-batch
         sums = torch.stack([
             (nll * masks["response"]).sum(), masks["response"].sum(),
@@ -196,18 +207,36 @@ class WeightedLossTrainer(Trainer):
         ]).double()
         # Kept on the device until a log reads them: a .cpu() here would wait on the GPU every micro-batch.
         self._sums[split] = self._sums[split].to(sums.device) + sums
+        if inputs is None or "weight_codes" not in inputs:
+            return
+        # Each position scored goes to the group of the token it predicts (t + 1): scatter_add, never bincount,
+        # which syncs with the GPU to size its output.
+        seen = ((masks["response"] + masks["prompt"]) * scored).flatten()
+        values = torch.stack([nll.flatten() * seen, seen]).double()
+        groups = self._groups[split].to(values.device)
+        groups.scatter_add_(1, shift_left(inputs["weight_codes"]).long().flatten().expand(2, -1), values)
+        if self.source_names and SOURCE in inputs:
+            slot = shift_left(inputs[SOURCE]).long().flatten() + len(ROLE_GROUPS)
+            groups.scatter_add_(1, slot.expand(2, -1), values)
+        self._groups[split] = groups
 
     def _drain(self, split: str) -> dict[str, float]:
         """Reduce the accumulated sums over processes, reset them, and turn them into means."""
-        sums = self._sums[split].to(self.args.device)
-        if self.args.world_size > 1:
+        sums = torch.cat([self._sums[split].to(self.args.device), self._groups[split].to(self.args.device).flatten()])
+        if self.args.world_size > 1:  # one all-reduce for the response/prompt sums and the groups
             sums = self.accelerator.reduce(sums.to(torch.float32), reduction="sum").double()
         self._sums[split] = torch.zeros_like(self._sums[split])
+        self._groups[split] = torch.zeros_like(self._groups[split])
+        sums, (group_nll, group_n) = sums[:len(SUMS)], sums[len(SUMS):].view(2, -1).tolist()
         r_nll, r_n, p_nll, p_n, tokens = sums.tolist()
         out = {"response_loss": r_nll / r_n if r_n else float("nan")}
         out["response_perplexity"] = math.exp(min(out["response_loss"], 50.0))
         if p_n:  # none scored: a masked run between logging steps
             out["prompt_loss"] = p_nll / p_n
+        # Unweighted means, like response_loss: each role's and source's tokens scored since the last log (a role
+        # weighing 0 is scored on the logging step's batch only, as prompt_loss is).
+        names = [f"{r}_loss" for r in ROLE_GROUPS] + [f"source_{n}_loss" for n in self.source_names]
+        out.update({name: total / n for name, total, n in zip(names, group_nll, group_n) if n})
         out["tokens"] = tokens
         return out
 

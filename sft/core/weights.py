@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from sft.data.mixture import SOURCE
 from sft.data.weights import SAMPLE_WEIGHT, WeightSpec, static_columns
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
@@ -70,9 +71,13 @@ def with_weights(ds, spec: WeightSpec, w: float | None = None):
                                        desc="Weights from roles").with_format(None)
 
 
-def step_weights(batch: dict[str, torch.Tensor], table: list[float]) -> torch.Tensor:
-    """The loss weight of every token of a collated batch at a step whose role table (WeightSpec.table(w)) is
-    `table`: table[weight_codes] * weight_scale, float32, as add_weight_columns computes it."""
+def step_weights(batch: dict[str, torch.Tensor], table: list[float] | list[list[float]]) -> torch.Tensor:
+    """The loss weight of every token of a collated batch at a step whose role table (WeightSpec.tables(w)) is
+    `table`: table[weight_codes] * weight_scale, float32, as add_weight_columns computes it. A mixture whose sources
+    weigh roles their own way gives one table per source (the run's last): table[source, weight_codes]."""
     codes = batch["weight_codes"].long()
     t = torch.as_tensor(table, dtype=torch.float32, device=codes.device)
+    if t.dim() == 2:
+        t = t[batch[SOURCE].long(), codes] if SOURCE in batch else t[-1][codes]
+        return t * batch["weight_scale"]
     return t[codes] * batch["weight_scale"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,9 +38,12 @@ class WeightSpec:
     loss_normalizer: str = "weight_sum"
     end_of_turn: str = "turn"
     empty_reasoning: str = "ignore"
+    # A mixture's sources, each with the role weights it overrides (sft.data.mixture): () = one table for every row
+    source_role_weights: tuple[dict[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         self.role_weights = parse_role_weights(self.role_weights)
+        self.source_role_weights = tuple(parse_role_weights(r) for r in self.source_role_weights)
         if not _finite(self.prompt_loss_weight) or not 0.0 <= float(self.prompt_loss_weight) <= 1.0:
             raise UserError(
                 f"prompt_loss_weight must be in [0, 1], got {self.prompt_loss_weight}: "
@@ -87,6 +90,17 @@ class WeightSpec:
             out[code] = float(self.role_weights.get(ROLE_NAMES[code], out[ASSISTANT]))
         out[TEXT] = 1.0  # plain text has no prompt: every token is the target, whatever w
         return out + [w]
+
+    def for_source(self, k: int) -> "WeightSpec":
+        """The spec of a mixture's source k: the run's, with the role weights that source gives over the run's."""
+        return replace(self, role_weights={**self.role_weights, **self.source_role_weights[k]}, source_role_weights=())
+
+    def tables(self, w: float | None = None) -> list[list[float]] | list[float]:
+        """table(w), or, where the sources of a mixture give role weights of their own, one table per source and the
+        run's own last (for examples of no source, such as an explicit eval_data): [S + 1][codes]."""
+        if not self.source_role_weights:
+            return self.table(w)
+        return [self.for_source(k).table(w) for k in range(len(self.source_role_weights))] + [self.table(w)]
 
 
 def _finite(x) -> bool:
