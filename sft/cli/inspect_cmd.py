@@ -24,7 +24,7 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.tokenizer)
     stats, ds, _ = inspect_data(cfg, tokenizer, by=args.by)
     if args.export:  # the masks, auditable token by token: one line per example, in the input's order
-        stats["exported"] = {"path": args.export, "examples": export_masks(ds, args.export)}
+        stats["exported"] = {"path": args.export, "examples": export_masks(ds, args.export, list(stats.get("sources") or []))}
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     examples = sys.stderr if args.json else sys.stdout  # stdout stays one JSON object with --json
     colour = examples.isatty()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from typing import Any
 
+import datasets
 import numpy as np
 
 from sft.core.prepare import tokenize_rows
@@ -11,7 +14,8 @@ from sft.data.config import DataConfig
 from sft.data.conversations import ROLE_NAMES, TEXT
 from sft.data.errors import UserError
 from sft.data.io import write_jsonl
-from sft.data.rows import TEXT_FIELD, load_rows
+from sft.data.mixture import SOURCE, is_mixture, parse_mixture
+from sft.data.rows import TEXT_FIELD, LoadReport, load_rows, row_kind
 from sft.data.stats import length_stats, tokens_by_role, weight_by_role
 
 COLOURS = {"zero": "\033[2;37m", "prompt": "\033[33m", "response": "\033[32m", "reset": "\033[0m"}
@@ -23,8 +27,12 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
     `by` names a column (e.g. the demo's `family`): the statistics are then also given per value of it,
     under `stats["groups"]`, in order of first appearance. Every row is tokenized once.
     """
-    rows, report = load_rows(cfg.data, cfg.column_map, cfg.on_bad_rows, keep_column=by)
-    ds, tok = tokenize_rows(rows, tokenizer, cfg, name="inspect")  # carries the `by` column of the rows kept
+    if is_mixture(cfg.data):
+        rows, report, ds, tok, sources = inspect_mixture(cfg, tokenizer, by)
+    else:
+        rows, report = load_rows(cfg.data, cfg.column_map, cfg.on_bad_rows, keep_column=by)
+        ds, tok = tokenize_rows(rows, tokenizer, cfg, name="inspect")  # carries the `by` column of the rows kept
+        sources = None
     if len(ds) == 0:
         raise UserError(f"{cfg.data}: all {len(rows)} rows are longer than max_length={cfg.max_length} tokens and "
                          "truncation=drop dropped them; raise --max-length or pass --truncation trim.")
@@ -54,6 +62,8 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
     # every token's role (instruction rows: template, user, assistant); its total weight under these settings
     stats["tokens_by_role"] = tokens_by_role(ds, instruction_rows=True)
     stats["weight_by_role"] = weight_by_role(ds)
+    if sources is not None:  # a mixture: each source's rows once (training draws from them by the ratios: plan)
+        stats["sources"] = sources
     if chat:  # the tokenized conversations carry every token's role and turn (--show renders them)
         stats["conversations_turns_mean"] = float(np.mean([len(r["messages"]) for r in rows]))
     if by is not None:
@@ -63,12 +73,54 @@ def inspect_data(cfg: DataConfig, tokenizer, by: str | None = None) -> tuple[dic
     return stats, ds, rows
 
 
-def export_masks(ds, path) -> int:
+def inspect_mixture(cfg: DataConfig, tokenizer, by: str | None = None):
+    """A mixture's sources for inspect-data, each row once in the mixture's order (source by source), each source's
+    examples weighed by its own role weights and carrying its `source` index: (rows, the sources' load reports
+    merged, dataset, tokenize report of the first source with the counts summed, per-source figures)."""
+    sources = parse_mixture(cfg.data)
+    spec = dataclasses.replace(cfg.weight_spec(), source_role_weights=tuple(s.role_weights for s in sources))
+    rows, parts, figures = [], [], {}
+    report = LoadReport(source=str(cfg.data))
+    tok = None
+    for k, s in enumerate(sources):
+        part, rep = load_rows(s.path, cfg.column_map, cfg.on_bad_rows, keep_column=by)
+        if rows and row_kind(part[0]) != row_kind(rows[0]):
+            raise UserError(f"source {s.name} ({s.path}) holds {row_kind(part[0])} while source {sources[0].name} "
+                            f"holds {row_kind(rows[0])}: a mixture's sources hold one kind.")
+        ds, t = tokenize_rows(part, tokenizer, cfg, name="inspect", spec=spec.for_source(k))
+        parts.append(ds.add_column(SOURCE, [k] * len(ds)))
+        rows += part
+        for name in ("rows_read", "rows_kept"):
+            setattr(report, name, getattr(report, name) + getattr(rep, name))
+        report.rows_dropped.update(rep.rows_dropped)
+        report.unknown_message_keys.update(rep.unknown_message_keys)
+        report.first_bad_rows += rep.first_bad_rows[: 5 - len(report.first_bad_rows)]
+        report.ignored_columns += [c for c in rep.ignored_columns if c not in report.ignored_columns]
+        report.column_mapping.update(rep.column_mapping)
+        tok = t if tok is None else dataclasses.replace(
+            tok, examples_in=tok.examples_in + t.examples_in, examples_out=tok.examples_out + t.examples_out,
+            examples_dropped_too_long=tok.examples_dropped_too_long + t.examples_dropped_too_long,
+            examples_truncated=tok.examples_truncated + t.examples_truncated,
+            truncation_counts=dict(Counter(tok.truncation_counts) + Counter(t.truncation_counts)))
+        figures[s.name] = {"path": s.path, "ratio": s.ratio, "role_weights": s.role_weights,
+                           "rows_read": rep.rows_read, "examples": len(ds), "tokens": int(sum(ds["length"])),
+                           "weight_by_role": weight_by_role(ds)}
+    total = sum(s.ratio for s in sources)
+    for s in sources:
+        figures[s.name]["share"] = s.ratio / total
+    return rows, report, datasets.concatenate_datasets(parts), tok, figures
+
+
+def export_masks(ds, path, sources: list[str] | None = None) -> int:
     """Write one line per example, in the input's order: input_ids, roles (the role name of every token) and
-    weights (its final weight under the settings given). Returns the number of lines."""
-    cols = ds.select_columns(["input_ids", "roles", "loss_weights"]).to_dict()
+    weights (its final weight under the settings given); from a mixture also its source (the name of `sources`
+    its `source` index points at). Returns the number of lines."""
+    names = ["input_ids", "roles", "loss_weights"] + ([SOURCE] if sources and SOURCE in ds.column_names else [])
+    cols = ds.select_columns(names).to_dict()
     lines = [{"input_ids": ids, "roles": [ROLE_NAMES[r] for r in roles], "weights": [float(w) for w in weights]}
              for ids, roles, weights in zip(cols["input_ids"], cols["roles"], cols["loss_weights"])]
+    for line, k in zip(lines, cols.get(SOURCE, ())):
+        line[SOURCE] = sources[k]
     write_jsonl(path, lines)
     return len(lines)
 
@@ -163,6 +215,10 @@ def format_stats(stats: dict[str, Any]) -> str:
             lines += [f"  {k:26s} {v[0]}"] + [f"  {'':26s} {where}" for where in v[1:]]
             continue
         lines.append(f"  {k:26s} {v:.3f}" if isinstance(v, float) else f"  {k:26s} {v}")
+    for name, src in (stats.get("sources") or {}).items():  # a mixture: each source's rows once
+        lines.append(f"  source {name:19s} {src['path']}: share {src['share']:.4f}, {src['rows_read']:,} rows read, "
+                     f"{src['examples']:,} examples, {src['tokens']:,} tokens"
+                     + (f", role weights {src['role_weights']}" if src["role_weights"] else ""))
     if stats.get("groups"):
         lines += ["", "| group | examples | prompt tokens | response tokens (with EOS) | instruction/output | R_g |",
                   "|---|---|---|---|---|---|"]

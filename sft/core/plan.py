@@ -39,6 +39,7 @@ from sft.core.costs import (
 )
 from sft.core.prepare import prepare_data
 from sft.data.errors import UserError
+from sft.data.mixture import SOURCE
 from sft.data.stats import tokens_by_role
 from sft.data.weights import WeightSpec
 from sft.models.checks import check_inputs
@@ -178,7 +179,21 @@ def data_figures(d, data, lengths: np.ndarray, response: np.ndarray, heldout: in
             "max_length": d.max_length, "truncated": data.info["train_tokenize"]["examples_truncated"],
             "prompt_tokens": int(lengths.sum() - response.sum()), "response_tokens": int(response.sum()),
             "real_tokens_per_epoch": int(lengths.sum()), "longest_example": int(lengths.max()),
-            **({"tokens_by_role": roles} if roles else {})}
+            **({"tokens_by_role": roles} if roles else {}), **({"sources": source_figures(data, lengths, response)}
+                                                              if data.sources else {})}
+
+
+def source_figures(data, lengths: np.ndarray, response: np.ndarray) -> dict[str, dict[str, Any]]:
+    """A mixture's training examples and tokens per epoch by source (after the draw: repeats counted), with its
+    share and the examples it had before the draw."""
+    source = np.asarray(data.train[SOURCE], dtype=np.int64)
+    out = {}
+    for k, (name, mix) in enumerate(zip(data.sources, data.info["mixture"])):
+        mine = source == k
+        out[name] = {"share": mix["share"], "available_examples": mix["training_examples"],
+                     "examples": int(mine.sum()), "tokens": int(lengths[mine].sum()),
+                     "response_tokens": int(response[mine].sum())}
+    return out
 
 
 def padding_of(lengths: np.ndarray, t, mode: str) -> dict[str, Any]:
@@ -279,6 +294,10 @@ def format_plan(p: dict[str, Any]) -> str:
         lines.append("          by role: " + " + ".join(f"{name} {n:,}" for name, n in r.items())
                      + f" ({d['response_tokens']:,} trained, {reply - d['response_tokens']:,} in earlier replies "
                      "outside the loss)")
+    for name, src in d.get("sources", {}).items():  # a mixture: what each source gives an epoch
+        lines.append(f"          source {name}: {src['examples']:,} examples (share {src['share']:.4f} of "
+                     f"{d['train_examples']:,}, drawn from {src['available_examples']:,}), {src['tokens']:,} tokens "
+                     f"({src['response_tokens']:,} response)")
     for mode, b in p["by_batching"].items():
         mark = "  <- this run" if mode == p["batching"] else ""
         lines.append(f"          {mode:7s}: {b['tokens_per_epoch']:,} computed, {b['padding_per_epoch']:,} padding "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sft.data.errors import UserError
+from sft.data.mixture import is_mixture, parse_mixture
 from sft.data.weights import WeightSpec, parse_weight_rules
 
 PROMPT_TAIL_TOKENS = 16  # a trimmed prompt keeps its last tokens, so "### Response:" stays next to the response
@@ -14,7 +15,7 @@ PROMPT_TAIL_TOKENS = 16  # a trimmed prompt keeps its last tokens, so "### Respo
 class DataConfig:
     """Where the rows come from and how they become weighted token sequences."""
 
-    data: str = "Dataset/demo/train.jsonl"  # a .json/.jsonl/.parquet/.csv file, a folder of them, or a hub dataset id
+    data: str = "Dataset/demo/train.jsonl"  # a .json/.jsonl/.parquet/.csv file, a folder of them, a hub dataset id, or a mixture: a.jsonl:0.7,b.jsonl:0.3 or mix.yaml (a list of {path, ratio, role_weights, name}; ratios are shares of the training examples)
     eval_data: str | None = None  # an explicit held-out file; None = a seeded split of `data` (setting data without eval_data drops a preset's)
     eval_size: float = 0.05  # held-out share of `data` (< 1) or number of rows (>= 1), when eval_data is None
     split_seed: int = 42  # the held-out split is a function of (data, split_seed) only
@@ -48,6 +49,8 @@ class DataConfig:
         if self.on_bad_rows not in ("error", "skip"):
             raise UserError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}.")
         parse_weight_rules(self.weight_rules)  # checked up front: a bad rule is an error before any tokenization
+        if is_mixture(self.data):  # a bad ratio or a missing source is an error before a tokenizer or model loads
+            parse_mixture(self.data)
         if self.reasoning_history not in ("keep", "drop"):
             raise UserError(f"--reasoning-history must be keep or drop, got {self.reasoning_history!r}: drop removes "
                             "earlier assistant turns' reasoning from the rendered conversation (Qwen3-style), keep "

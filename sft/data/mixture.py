@@ -46,7 +46,8 @@ def is_mixture(data: str) -> bool:
         return True
     if Path(text).exists():
         return False
-    return any(_ratio_text(part) is not None or Path(part.rpartition(":")[0]).exists() for part in text.split(","))
+    heads = (part.rpartition(":")[0] for part in text.split(","))
+    return any(_ratio_text(part) is not None for part in text.split(",")) or any(h and Path(h).exists() for h in heads)
 
 
 def _ratio_text(part: str) -> str | None:
