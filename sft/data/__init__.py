@@ -7,6 +7,7 @@
     files          which files of a folder are data (the suffixes read; a user's Dataset/ folder)
     readers        one file read into records (JSON, JSON Lines, CSV, Parquet), bad bytes and lines named
     splits         the seeded held-out split, a function of (data, seed) only
+    mixture        a mixture's sources (PATH:RATIO entries or a YAML list) checked; its draw of training examples
     weights        WeightSpec: how the roles of tokens become loss weights (w, role weights, train_on, schedule,
                    normaliser); per-token weights from roles and the data's message weights
     stats          token statistics of tokenized data (lengths, generation ratio, tokens by role)
