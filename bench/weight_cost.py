@@ -6,7 +6,8 @@ once for the step's normaliser (_get_num_items_in_batch) and once in compute_los
 calls on real GSM8K batches (Qwen2.5 tokenizer), against the WeightedLossTrainer's own training step of a model
 (default: a small Qwen2 over Qwen2.5's whole vocabulary, whose cheap step is the worst case for the share;
 --model PATH for a real one). It also times the one-off pass that adds the weight columns to the dataset
-(with_weights), which replaced re-tokenizing for every new weight.
+(with_weights), which replaced re-tokenizing for every new weight, and what the loss per role and per source of
+every log adds to a step (issue #38: the NLL grouped by role, and by source in a mixture).
 
     python bench/weight_cost.py                       # CPU, small model, 4 x 2 micro-batches of 4 examples
     python bench/weight_cost.py --model Qwen/Qwen2.5-0.5B --device cuda
@@ -35,6 +36,7 @@ from sft.core.prepare import tokenize_rows  # noqa: E402
 from sft.core.trainer import WeightedLossTrainer  # noqa: E402
 from sft.core.weights import with_weights  # noqa: E402
 from sft.data.config import DataConfig  # noqa: E402
+from sft.data.mixture import SOURCE  # noqa: E402
 from sft.data.rows import load_rows  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -109,13 +111,42 @@ def main() -> None:
                 trainer.training_step(model, dict(b), num)
             model.zero_grad(set_to_none=True)
 
+        # The loss per role (and, in a mixture, per source) that every log carries: the micro-batch's per-token NLL
+        # grouped by two scatter_add_ calls in _accumulate. Timed on the step's own masks (any NLL values cost the same),
+        # against the response/prompt sums alone (what _accumulate did before), with one source and with two.
+        mixed = WeightedLossTrainer(model=model, args=targs, weight_spec=cfg.weight_spec(), source_names=["a", "b"],
+                                    data_collator=trainer.data_collator, train_dataset=ds)
+        scored = []
+        for b in micro:
+            masks = target_weights(b, trainer._weight_table())
+            source = (torch.arange(b["input_ids"].shape[1], device=args.device) % 2).expand_as(b["input_ids"])
+            scored.append((b, {**b, SOURCE: source}, masks, torch.rand_like(masks["weights"]),
+                           (masks["weights"] > 0).float()))
+
+        def sums_of_a_step():  # the response/prompt sums alone
+            for b, _, masks, nll, seen in scored:
+                trainer._accumulate(nll, masks, seen, "train")
+
+        def roles_of_a_step():  # with the loss per role (one source: no source column)
+            for b, _, masks, nll, seen in scored:
+                trainer._accumulate(nll, masks, seen, "train", b)
+
+        def sources_of_a_step():  # with the loss per role and per source (a mixture of two)
+            for _, b, masks, nll, seen in scored:
+                mixed._accumulate(nll, masks, seen, "train", b)
+
         w_new, w_old, step = (timed(f, args.repeat) for f in (weights_of_a_step, old_weights_of_a_step, training_step))
+        sums, roles, sources = (timed(f, args.repeat) for f in (sums_of_a_step, roles_of_a_step, sources_of_a_step))
     result = {"device": args.device, "model": args.model or "2-layer Qwen2 (hidden 64) over Qwen2.5's vocabulary",
               "tokens_per_step": tokens, "training_step_s": round(step, 4),
               "weights_from_roles_per_step_s": round(w_new, 6), "cached_weights_per_step_s": round(w_old, 6),
               "share_of_step_percent": round(100 * w_new / step, 3),
               "extra_over_cached_percent": round(100 * (w_new - w_old) / step, 3),
-              "with_weights_pass_s": round(weigh, 3), "with_weights_rows": len(ds)}
+              "with_weights_pass_s": round(weigh, 3), "with_weights_rows": len(ds),
+              "log_sums_per_step_s": round(sums, 6), "loss_per_role_per_step_s": round(roles, 6),
+              "loss_per_role_and_source_per_step_s": round(sources, 6),
+              "loss_per_role_extra_percent_of_step": round(100 * (roles - sums) / step, 4),
+              "loss_per_source_extra_percent_of_step": round(100 * (sources - sums) / step, 4)}
     print(json.dumps(result, indent=2))
 
 
