@@ -143,7 +143,8 @@ def plan_run(cfg: ExperimentConfig, world_size: int = 1, mfu: float = MFU, batch
     steps = optimizer_steps(len(lengths), t.per_device_train_batch_size, t.gradient_accumulation_steps,
                             t.num_train_epochs, t.max_steps, world_size, drop_last)
     by_mode = {m: padding_of(lengths, t, m) for m in ("padded", "grouped", "packed")}
-    work = run_flops(cfg, shape, lengths, data.train, held_len, steps, by_mode[mode]["tokens_per_epoch"], mode)
+    work = run_flops(cfg, shape, lengths, data.train, held_len, steps, by_mode[mode]["tokens_per_epoch"], mode,
+                     data.weight_spec)
     mb_tokens = t.per_device_train_batch_size * int(lengths.max())  # the largest micro-batch possible
     checkpointing = bool(t.extra.get("gradient_checkpointing", False))
     common = {"activations": activation_memory(shape, mb_tokens, checkpointing),
@@ -221,18 +222,27 @@ def head_positions(train, spec: WeightSpec) -> int:
     codes = pc.list_flatten(table.column("weight_codes")).to_numpy().astype(np.int64)
     scale = pc.list_flatten(table.column("weight_scale")).to_numpy()
     lengths = pc.list_value_length(table.column("weight_codes")).to_numpy().astype(np.int64)
-    scored = np.asarray(spec.table(largest_prompt_weight(spec)), dtype=np.float32)[codes] * scale > 0
+    tables = np.asarray(spec.tables(largest_prompt_weight(spec)), dtype=np.float32)
+    if tables.ndim == 2:  # a mixture whose sources weigh roles their own way: each token by its source's table
+        source = np.repeat(np.asarray(table.column(SOURCE), dtype=np.int64), lengths) if SOURCE in \
+            table.column_names else np.full(len(codes), len(tables) - 1)
+        tables = tables[source, codes]
+    else:
+        tables = tables[codes]
+    scored = tables * scale > 0
     starts = np.cumsum(lengths) - lengths
     scored[starts[lengths > 0]] = False  # an example's first token is no position's target
     return int(scored.sum())
 
 
 def run_flops(cfg: ExperimentConfig, shape: dict[str, Any], lengths: np.ndarray, train,
-              held_len: np.ndarray, steps: dict[str, int], computed: int, mode: str) -> dict[str, Any]:
-    """Training and evaluation FLOPs of the run, and the per-epoch token counts they are made of."""
+              held_len: np.ndarray, steps: dict[str, int], computed: int, mode: str,
+              spec: WeightSpec | None = None) -> dict[str, Any]:
+    """Training and evaluation FLOPs of the run, and the per-epoch token counts they are made of (spec: the run's
+    weight spec, a mixture's with its sources' role weights; default cfg.data's)."""
     t = cfg.train
     epochs = steps["max_steps"] / steps["steps_per_epoch"]  # exact for whole epochs
-    spec = cfg.data.weight_spec()
+    spec = spec or cfg.data.weight_spec()
     head_tokens = head_positions(train, spec) if t.selective_head else computed
     head_note = (f"the positions whose target weighs > 0 at w = {largest_prompt_weight(spec):g}, role and message "
                  "weights included" if t.selective_head else "every position: no selective head")

@@ -43,6 +43,9 @@ def test_two_processes_equal_one_with_twice_the_batch(demo_root, tmp_path):
     loss2 = [h["loss"] for h in history(demo_root, "ddp2") if "loss" in h]
     loss1 = [h["loss"] for h in history(demo_root, "ddp1") if "loss" in h]
     assert len(loss1) == 3 and loss2 == pytest.approx(loss1, rel=1e-5)
+    for key in ("template_loss", "user_loss", "assistant_loss"):  # the loss per role, summed over processes
+        per_role2 = [h[key] for h in history(demo_root, "ddp2") if "loss" in h]
+        assert per_role2 == pytest.approx([h[key] for h in history(demo_root, "ddp1") if "loss" in h], rel=1e-5), key
     w2, w1 = weights(demo_root, "ddp2"), weights(demo_root, "ddp1")
     for k in w1:  # float32, gloo all-reduce sums in another order: equal to ~1e-6 relative
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)

@@ -135,3 +135,15 @@ def test_a_mixture_of_gsm8k_parts_with_the_qwen_tokenizer(gsm8k_path, qwen_token
     for ex in (data.train[0], data.train[len(data.train) - 1]):  # small's user tokens weigh 1, large's w = 0
         user = {w for r, w in zip(ex["roles"], ex["loss_weights"]) if ROLE_NAMES[r] == "user"}
         assert user == ({1.0} if ex["source"] == 0 else {0.0})
+
+
+def test_plan_counts_the_head_positions_under_each_sources_role_weights(two_sources, qwen_tokenizer, tmp_path):
+    from sft.core.plan import head_positions
+
+    (tmp_path / "mix.yaml").write_text("- {path: a.jsonl, role_weights: {user: 0}}\n- {path: b.jsonl}\n")
+    cfg = DataConfig(data=str(tmp_path / "mix.yaml"), eval_size=2, cache_dir=str(tmp_path / "cache"),
+                     prompt_loss_weight=0.1)
+    data = prepare_data(cfg, qwen_tokenizer)
+    by_hand = sum(w > 0 for ex in data.train for w in ex["loss_weights"][1:])  # a target of non-zero weight
+    assert head_positions(data.train, data.weight_spec) == by_hand
+    assert head_positions(data.train, cfg.weight_spec()) > by_hand  # the run's table alone counts a's user tokens
