@@ -67,3 +67,15 @@ def test_bases_needs_two_sweeps_and_endpoints():
         render_spec(f"bases {A} --also {B}", ROOT)
     with pytest.raises(UserError, match="no row sft_demo_nope"):
         render_spec(f"bases {A} --also {B} --endpoints sft_demo_nope:exact_match", ROOT)
+
+
+def test_bases_default_to_the_first_sweeps_declared_endpoints(tmp_path):
+    from helpers import fake_sweep
+
+    a, b = fake_sweep(tmp_path / "sweep-pretrained"), fake_sweep(tmp_path / "sweep-random-init")
+    table = render_spec(f"bases {a} --also {b}")
+    assert "over the 1 endpoint(s) x weights of each sweep" in table
+    assert table.count("`sweep-pretrained` mean (3 seeds)") == 1 and "`sweep-random-init` - smallest w" in table
+    rows = endpoint_rows(a, [("sft_demo_short", "exact_match")])
+    primary = pd.read_csv(a / "primary.csv").iloc[0]  # the sweep's own primary test: the same p, one test, Holm = p
+    assert rows[1]["p"] == pytest.approx(primary["p"], rel=1e-2) and rows[1]["p_holm"] == rows[1]["p"]
