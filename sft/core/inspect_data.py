@@ -77,6 +77,9 @@ def inspect_mixture(cfg: DataConfig, tokenizer, by: str | None = None):
     """A mixture's sources for inspect-data, each row once in the mixture's order (source by source), each source's
     examples weighed by its own role weights and carrying its `source` index: (rows, the sources' load reports
     merged, dataset, tokenize report of the first source with the counts summed, per-source figures)."""
+    if by == SOURCE:
+        raise UserError(f"--by {SOURCE}: a mixture gives every example its own `{SOURCE}` (the source it came from), "
+                        "and inspect-data reports each source's figures under `sources`; group by another column.")
     sources = parse_mixture(cfg.data)
     spec = dataclasses.replace(cfg.weight_spec(), source_role_weights=tuple(s.role_weights for s in sources))
     rows, parts, figures = [], [], {}

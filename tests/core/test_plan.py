@@ -329,3 +329,30 @@ def test_plan_of_plain_text_counts_every_token_as_a_target(plan_root, monkeypatc
     d = p["data"]  # every token (EOS included) is a target: no prompt tokens, the head on every predicted position
     assert d["prompt_tokens"] == 0 and d["response_tokens"] == d["real_tokens_per_epoch"] == sum(lengths)
     assert head_positions(prepare_data(cfg.data, qwen_tokenizer).train, cfg.data.weight_spec()) == sum(lengths) - len(lengths)
+
+
+@pytest.mark.slow  # a plan: 6 s of CPU
+def test_plan_counts_the_examples_and_tokens_of_each_source_of_a_mixture(plan_root, monkeypatch, capsys, caplog):
+    import logging
+
+    from sft.cli.main import main
+
+    (plan_root / "more.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS * 4))
+    monkeypatch.chdir(plan_root)
+    with caplog.at_level(logging.INFO, logger="sft"):
+        assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "rows.jsonl:0.7,more.jsonl:0.3",
+                     "--eval-size", "1", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["data"]
+    # 4 + 19 training examples: rows gives 0.7 x 23 = 16.1 -> 16 (its 4 each 4 times), more 6.9 -> 7 of its 19
+    assert {k: (v["examples"], v["available_examples"]) for k, v in d["sources"].items()} == {"rows": (16, 4),
+                                                                                              "more": (7, 19)}
+    assert d["train_examples"] == 23 and d["heldout_examples"] == 2
+    assert sum(v["tokens"] for v in d["sources"].values()) == d["real_tokens_per_epoch"]
+    assert sum(v["response_tokens"] for v in d["sources"].values()) == d["response_tokens"]
+    assert "mixture rows: share 0.7000, 4 training examples -> 16 drawn (fewer than its share: repeated, every " \
+           "example 4x)" in caplog.text
+    assert "mixture more: share 0.3000, 19 training examples -> 7 drawn (12 not drawn: a seeded choice of 7)" in caplog.text
+    assert main(["plan", "--preset", "qwen2.5-0.5b-alpaca", "--data", "rows.jsonl:0.7,more.jsonl:0.3",
+                 "--eval-size", "1"]) == 0
+    assert (f"source rows: 16 examples (share 0.7000 of 23, drawn from 4), {d['sources']['rows']['tokens']:,} tokens"
+            in capsys.readouterr().out)

@@ -147,3 +147,11 @@ def test_plan_counts_the_head_positions_under_each_sources_role_weights(two_sour
     by_hand = sum(w > 0 for ex in data.train for w in ex["loss_weights"][1:])  # a target of non-zero weight
     assert head_positions(data.train, data.weight_spec) == by_hand
     assert head_positions(data.train, cfg.weight_spec()) > by_hand  # the run's table alone counts a's user tokens
+
+
+def test_grouping_a_mixture_by_a_column_named_source_is_refused(two_sources, tmp_path):
+    from sft.core.inspect_data import inspect_data
+
+    a, b = two_sources
+    with pytest.raises(UserError, match="--by source: a mixture gives every example its own `source`"):
+        inspect_data(DataConfig(data=f"{a}:1,{b}:1", cache_dir=str(tmp_path / "cache")), None, by="source")
