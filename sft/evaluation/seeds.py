@@ -82,7 +82,8 @@ def parse_values(text) -> list[float]:
     return [float(v) for v in str(text).split()]
 
 
-def _seeds(n: int | None) -> str:
+def seeds_cell(n: int | None) -> str:
+    """A table's count of seeds needed: '> 10,000' where seeds_needed gave up."""
     return f"> {MAX_SEEDS:,}" if n is None else str(n)
 
 
@@ -100,8 +101,8 @@ def seeds_table(diffs, pairs: list[tuple[float, float]], targets: list[float]) -
         table.append([f"`{r['dataset']}` {r['metric'].split(':', 1)[-1].replace('_', ' ')}",
                       f"w = {float(r['w_a']):g} - w = {float(r['w_b']):g}", str(n), f"{float(r['diff']):+.2f}",
                       f"{sd:.2f}", f"{m:.2f}",
-                      _seeds(seeds_needed(sd, float(r["diff"]))) if float(r["diff"]) else "- (no difference)",
-                      *(_seeds(seeds_needed(sd, d)) for d in targets)])
+                      seeds_cell(seeds_needed(sd, float(r["diff"]))) if float(r["diff"]) else "- (no difference)",
+                      *(seeds_cell(seeds_needed(sd, d)) for d in targets)])
     if pairs:  # in the order the pairs were asked for
         order = {f"w = {a:g} - w = {b:g}": i for i, (a, b) in enumerate(pairs)}
         table[1:] = sorted(table[1:], key=lambda row: order[row[1]])

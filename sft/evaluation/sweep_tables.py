@@ -13,9 +13,9 @@ from sft.evaluation.multiplicity import declaration_text, holm, parse_endpoints,
 from sft.evaluation.report import base_metric
 from sft.evaluation.seeds import (
     ALPHA,
-    MAX_SEEDS,
     POWER,
     parse_values,
+    seeds_cell,
     seeds_needed,
     seeds_table,
     spread,
@@ -164,16 +164,12 @@ def primary_table(args) -> str:
                       str(r["seeds"]), interval(r["diff"], r["ci_low"], r["ci_high"], digits=1),
                       f"{r['p']:.3g}", f"{r['p_holm']:.3g}" + ("" if r["significant_holm"] == "yes" else " ns"),
                       combined, f"{float(r['mdd']):.1f}",
-                      _needed(seeds_needed(sd, float(r["diff"]))) if float(r["diff"]) else "- (no difference)",
-                      *(_needed(seeds_needed(sd, d)) for d in targets)])
+                      seeds_cell(seeds_needed(sd, float(r["diff"]))) if float(r["diff"]) else "- (no difference)",
+                      *(seeds_cell(seeds_needed(sd, d)) for d in targets)])
     note = ("\nNo interval over seeds and items (`-`): some runs of this sweep kept no per-item score table "
             "(item_scores.csv; sweeps evaluated before it existed lack it), so the intervals are over seeds only and "
             "treat each run's score as exact.\n") if missing else ""
     return intro + "\n" + format_markdown(table) + note
-
-
-def _needed(n: int | None) -> str:
-    return f"> {MAX_SEEDS:,}" if n is None else str(n)
 
 
 def _post_hoc_rows(root: Path, endpoints: list[tuple[str, str]], record: dict | None) -> tuple[pd.DataFrame, str]:
