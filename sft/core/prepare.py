@@ -290,7 +290,11 @@ def prepare_mixture(d: DataConfig, tokenizer) -> PreparedData:
     if d.eval_data:
         eval_rows, eval_report = load_rows(d.eval_data, d.column_map, d.on_bad_rows)
         log_load(eval_report)
-        eval_ = tokenize_rows(eval_rows, tokenizer, d, name="eval")[0]
+        if row_kind(eval_rows[0]) != row_kind(loaded[0][0][0]):
+            raise UserError(f"eval_data {d.eval_data} holds {row_kind(eval_rows[0])} but the mixture's sources hold "
+                            f"{row_kind(loaded[0][0][0])}: the held-out rows must be of the training kind. Pass "
+                            "--eval-data with such rows, or --eval-data none to split each source's off it.")
+        eval_ = tokenize_rows(eval_rows, tokenizer, d, name="eval")[0]  # of no source: the run's role weights
     else:
         eval_ = datasets.concatenate_datasets(evals)
     info = {

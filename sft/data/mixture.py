@@ -3,7 +3,7 @@ and checked here; the draw (how many training examples each source gives) is `dr
 
 The ratio is a share of **training examples**: of the examples a run trains on per epoch, source i gives
 round(share_i * N), N being the sum of the sources' own training examples (after the held-out split and
-tokenization), shares the ratios divided by their sum (they need not sum to 1). A source with fewer examples
+tokenization; a source of ratio 0 counts none), shares the ratios divided by their sum (they need not sum to 1). A source with fewer examples
 than its share is repeated (every example the same number of times, a seeded choice of them once more); one with
 more gives a seeded choice of them; both are counted and printed, never silent. The draw is a function of the
 data, the ratios and split_seed: the same examples in every regime of a comparison, and in every epoch (the Trainer
@@ -177,9 +177,9 @@ def shares(sources: list[Source]) -> list[float]:
 
 
 def draw_counts(available: list[int], share: list[float]) -> list[int]:
-    """Training examples drawn from each source: share_i of N = sum(available), rounded by the largest remainder
-    so that they sum to N exactly."""
-    total = sum(available)
+    """Training examples drawn from each source: share_i of N, the training examples of the sources of a share above 0
+    (a source of ratio 0 adds none), rounded by the largest remainder so that they sum to N exactly."""
+    total = sum(n for n, p in zip(available, share) if p > 0)
     exact = [p * total for p in share]
     counts = [math.floor(x) for x in exact]
     for k in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[: total - sum(counts)]:

@@ -155,3 +155,14 @@ def test_grouping_a_mixture_by_a_column_named_source_is_refused(two_sources, tmp
     a, b = two_sources
     with pytest.raises(UserError, match="--by source: a mixture gives every example its own `source`"):
         inspect_data(DataConfig(data=f"{a}:1,{b}:1", cache_dir=str(tmp_path / "cache")), None, by="source")
+
+
+def test_a_source_of_ratio_0_is_held_out_only_and_eval_data_has_no_source(two_sources, qwen_tokenizer, tmp_path):
+    a, b = two_sources
+    data = prepare_data(DataConfig(data=f"{a}:1,{b}:0", eval_size=2, cache_dir=str(tmp_path / "cache")),
+                        qwen_tokenizer)
+    assert Counter(data.train["source"]) == {0: 8}  # a's 8 training examples, once: b's 28 count for nothing
+    assert Counter(data.eval["source"]) == {0: 2, 1: 2}  # b is still evaluated (eval_source_b_loss)
+    data = prepare_data(DataConfig(data=f"{a}:1,{b}:1", eval_data=str(a), cache_dir=str(tmp_path / "cache")),
+                        qwen_tokenizer)
+    assert Counter(data.train["source"]) == {0: 20, 1: 20} and "source" not in data.eval.column_names

@@ -97,6 +97,10 @@ def test_short_run_lowers_held_out_response_loss_and_logs_everything(demo_root):
     assert train_logs and all({"prompt_loss", "response_perplexity", "train_tokens_per_second"} <= h.keys()
                               for h in train_logs)
     assert {"eval_prompt_loss", "eval_response_perplexity"} <= next(h for h in history if "eval_loss" in h).keys()
+    # the loss per role in every log; one source: no source_<name>_loss (and no source column in the batches)
+    assert all({"template_loss", "user_loss", "assistant_loss"} <= h.keys() for h in train_logs)
+    assert not any(k.startswith("source_") for h in history for k in h)
+    assert "source" not in trainer.train_dataset.column_names
 
     # Checkpoints, final model, manifest that loads back, TensorBoard tags.
     out = run_dir(cfg)

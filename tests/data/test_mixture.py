@@ -95,7 +95,8 @@ def test_a_bad_ratio_exits_2_with_one_paragraph_on_the_command_line(tmp_path, ca
 def test_counts_are_exact_shares_of_all_the_examples_by_the_largest_remainder():
     assert draw_counts([8, 28], [0.7, 0.3]) == [25, 11]  # 25.2 and 10.8 of 36: the .8 gets the spare one
     assert draw_counts([10, 10, 10], [1 / 3] * 3) == [10, 10, 10]
-    assert draw_counts([5, 95], [0.0, 1.0]) == [0, 100]  # ratio 0: the source gives no training example
+    assert draw_counts([5, 95], [0.0, 1.0]) == [0, 95]  # ratio 0: the source gives none, nor counts in N
+    assert draw_counts([10, 1000], [1.0, 0.0]) == [10, 0]  # (not 1,010 of a's 10 examples)
     assert sum(draw_counts([7, 13, 1], [0.2, 0.5, 0.3])) == 21
 
 
