@@ -198,7 +198,8 @@ class WeightedLossTrainer(Trainer):
 
     def _accumulate(self, nll, masks, scored, split: str, inputs: dict | None = None) -> None:
         """Add this micro-batch's response/prompt NLL sums and token count to the running log sums, and the NLL and
-        scored tokens of each role and (a mixture) each source: the loss's own per-token NLL, grouped."""
+        tokens of each role (those scored) and of each source of a mixture (its response tokens): the loss's own
+        per-token NLL, grouped."""
         seen_prompt = masks["prompt"] * scored  # prompt positions scored in this micro-batch
         sums = torch.stack([
             (nll * masks["response"]).sum(), masks["response"].sum(),
@@ -215,9 +216,10 @@ class WeightedLossTrainer(Trainer):
         values = torch.stack([nll.flatten() * seen, seen]).double()
         groups = self._groups[split].to(values.device)
         groups.scatter_add_(1, shift_left(inputs["weight_codes"]).long().flatten().expand(2, -1), values)
-        if self.source_names and SOURCE in inputs:
+        if self.source_names and SOURCE in inputs:  # a source's response tokens, as response_loss counts them
+            response = masks["response"].flatten()
             slot = shift_left(inputs[SOURCE]).long().flatten() + len(ROLE_GROUPS)
-            groups.scatter_add_(1, slot.expand(2, -1), values)
+            groups.scatter_add_(1, slot.expand(2, -1), torch.stack([nll.flatten() * response, response]).double())
         self._groups[split] = groups
 
     def _drain(self, split: str) -> dict[str, float]:
@@ -233,8 +235,10 @@ class WeightedLossTrainer(Trainer):
         out["response_perplexity"] = math.exp(min(out["response_loss"], 50.0))
         if p_n:  # none scored: a masked run between logging steps
             out["prompt_loss"] = p_nll / p_n
-        # Unweighted means, like response_loss: each role's and source's tokens scored since the last log (a role
-        # weighing 0 is scored on the logging step's batch only, as prompt_loss is).
+        # Unweighted means: each role's tokens scored since the last log (a role weighing 0 is scored on the logging
+        # step's batch only, as prompt_loss is); each source's response tokens, so that source_<name>_loss means the
+        # same in every regime, as response_loss does, and the sources' losses weighted by their response tokens
+        # give response_loss.
         names = [f"{r}_loss" for r in ROLE_GROUPS] + [f"source_{n}_loss" for n in self.source_names]
         out.update({name: total / n for name, total, n in zip(names, group_nll, group_n) if n})
         out["tokens"] = tokens

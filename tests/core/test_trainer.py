@@ -40,8 +40,9 @@ def test_the_loss_per_source_and_per_role_is_the_models_nll_grouped(demo_root, t
         nll = nll[0, :-1].double()  # position t predicts token t + 1
         w = torch.tensor(ex["loss_weights"][1:], dtype=torch.float64)
         weighted, weights = weighted + float((w * nll).sum()), weights + float(w.sum())
-        for t, code in enumerate(ex["weight_codes"][1:]):
-            for group in (f"{ROLE_NAMES[code]}_loss", f"source_{'ab'[ex['source']]}_loss"):
+        for t, (code, response) in enumerate(zip(ex["weight_codes"][1:], ex["response_mask"][1:])):
+            # every token by its role; a source's response tokens (the trained reply) by its source
+            for group in (f"{ROLE_NAMES[code]}_loss", *([f"source_{'ab'[ex['source']]}_loss"] if response else [])):
                 nll_sum[group] += float(nll[t])
                 count[group] += 1
     by_hand = {k: nll_sum[k] / count[k] for k in nll_sum}
@@ -49,10 +50,11 @@ def test_the_loss_per_source_and_per_role_is_the_models_nll_grouped(demo_root, t
     assert {k: log[k] for k in by_hand} == pytest.approx(by_hand, rel=1e-4, abs=1e-5)
     # b's user tokens weigh 0.5, a's 0.1: the logged loss is sum(w * nll) / sum(w) with each source's weights
     assert log["loss"] == pytest.approx(weighted / weights, rel=1e-4)
-    # the sources' means weighted by their tokens give the mean over all tokens, as the roles' do
+    # the sources' losses weighted by their response tokens give response_loss (instruction rows: the assistant's)
     total = sum(count[f"source_{s}_loss"] for s in "ab")
-    assert sum(by_hand[f"source_{s}_loss"] * count[f"source_{s}_loss"] for s in "ab") / total == pytest.approx(
-        sum(by_hand[r] * count[r] for r in ("template_loss", "user_loss", "assistant_loss")) / total, rel=1e-9)
+    by_sources = sum(log[f"source_{s}_loss"] * count[f"source_{s}_loss"] for s in "ab") / total
+    assert by_sources == pytest.approx(log["response_loss"], rel=1e-5)
+    assert total == count["assistant_loss"] and log["response_loss"] == pytest.approx(by_hand["assistant_loss"], 1e-4)
 
     evals = next(h for h in trainer.state.log_history if "eval_loss" in h)
     assert {"eval_source_a_loss", "eval_source_b_loss", "eval_user_loss", "eval_assistant_loss"} <= evals.keys()
