@@ -31,9 +31,10 @@ from sft.data.weights import UNTRAINED, WeightSpec
 
 RUN_TOTALS = "RunTotals"  # the key of the run's totals in trainer_state.json's stateful_callbacks
 SUMS = ("response_nll", "response_tokens", "prompt_nll", "prompt_tokens", "tokens")  # accumulated between logs
-# The loss per role logged as <role>_loss (the role of the token predicted, as the held-out metrics name them); the
-# reply tokens outside the loss (train_on="last": earlier turns' text, tool calls and reasoning) as assistant_untrained.
-ROLE_GROUPS = (*ROLE_NAMES[:UNTRAINED], "assistant_untrained")  # index = weight_codes (the untrained slot last)
+# The loss per role logged as <role>_loss (the role of the token predicted, as the held-out metrics name them), by the
+# batch's weight_codes: a reply role counts its tokens inside the loss, and the reply tokens outside it (train_on="last":
+# earlier turns' text, tool calls and reasoning, one slot) are untrained_reply_loss.
+ROLE_GROUPS = (*ROLE_NAMES[:UNTRAINED], "untrained_reply")  # index = weight_codes (the untrained slot last)
 NORM_DIGITS = 6  # significant digits of each step's gradient norm kept in the checkpoint (the run's clipping stats)
 
 

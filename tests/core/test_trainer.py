@@ -65,3 +65,32 @@ def test_the_loss_per_source_and_per_role_is_the_models_nll_grouped(demo_root, t
     tags = set(EventAccumulator(str(tensorboard_dir(cfg))).Reload().Tags()["scalars"])
     assert {"train/source_a_loss", "train/source_b_loss", "train/user_loss", "train/assistant_loss",
             "eval/source_a_loss", "eval/user_loss"} <= tags
+
+
+def test_the_groups_of_a_micro_batch_by_hand(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM, TrainingArguments
+
+    from sft.core.loss import target_weights
+    from sft.core.trainer import WeightedLossTrainer
+    from sft.data.weights import UNTRAINED, WeightSpec
+
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = WeightedLossTrainer(model=model, args=args, weight_spec=WeightSpec(), source_names=["a", "b"])
+    # Two examples of 5 tokens (padded batch): roles template, user, assistant, untrained reply, assistant.
+    codes = torch.tensor([[0, 2, 3, UNTRAINED, 3], [0, 2, 2, 3, 3]])
+    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1] * 5, [1] * 4 + [0]]),
+             "weight_codes": codes, "weight_scale": torch.ones(2, 5), "source": torch.tensor([[0] * 5, [1] * 5]),
+             "response_mask": (codes == 3).long(), "loss_weights": (codes == 3).float()}
+    masks = target_weights(batch)
+    nll = torch.arange(1.0, 11.0).view(2, 5)  # position t's NLL (it predicts token t + 1)
+    scored = masks["response"] + masks["prompt"]  # every real target scored (a logging step)
+    trainer._accumulate(nll, masks, scored, "train", batch)
+    logs = trainer._drain("train")
+    # example 0 predicts user (1), assistant (2), untrained (3), assistant (4); example 1 user (6), user (7),
+    # assistant (8) and nothing after its last real token
+    assert {k: v for k, v in logs.items() if k.endswith("_loss") and k not in ("response_loss", "prompt_loss")} == {
+        "user_loss": (1 + 6 + 7) / 3, "assistant_loss": (2 + 4 + 8) / 3, "untrained_reply_loss": 3.0,
+        "source_a_loss": (2 + 4) / 2, "source_b_loss": 8.0}  # a source's response tokens only
+    assert logs["response_loss"] == (2 + 4 + 8) / 3
