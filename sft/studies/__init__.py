@@ -8,6 +8,7 @@
     tools               its synthetic tool-use conversations (a call, the tool's reply, the answer from it)
     tiny_model          the demo's base: a byte-level BPE and a randomly initialised Qwen2 built offline
     corpus              the pretraining corpus: every family's facts as plain statements, no template
+    prose               the corpus's everyday sentences: the prompts' words in other sentences, never their own
     facts               the fact each demo row asks about, and the seeded facts fine-tuning never shows
     pretrain            the demo's pretrained base: the tiny init trained on the corpus (sft.core.train)
     tasks               the demo's and the dialogues' lm-eval tasks (handed to evaluation as GeneratedTasks)

@@ -17,7 +17,7 @@ from sft.data.errors import UserError
 from sft.evaluation.compare import compare
 from sft.evaluation.evaluate import evaluate_models
 from sft.runs.layout import run_dir
-from sft.studies import corpus, dialogues, facts, long_families, short_families, synthetic, tools, vocab
+from sft.studies import corpus, dialogues, facts, long_families, prose, short_families, synthetic, tools, vocab
 from sft.studies.pretrain import ensure_pretrained_base
 from sft.studies.synthetic import generate_rows
 from sft.studies.tasks import DEMO_GROUP, SEEN_GROUP, STUDY_TASKS
@@ -82,7 +82,7 @@ def ensure_corpus(demo: DemoConfig, paths: dict[str, Path]) -> dict[str, Path]:
     """Write the pretraining corpus to <dataset_dir>/corpus from the splits (every fact they ask about) unless the
     same one is there: same splits, corpus seed and corpus code."""
     out = Path(demo.dataset_dir) / "corpus"
-    key = hashlib.sha256(b"".join([*(p.read_bytes() for p in paths.values()), Path(corpus.__file__).read_bytes(),
+    key = hashlib.sha256(b"".join([*(p.read_bytes() for p in paths.values()), *(Path(m.__file__).read_bytes() for m in (corpus, prose)),
                                    str(demo.corpus_seed).encode()])).hexdigest()[:16]
     manifest = out / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("source") == key:

@@ -26,12 +26,12 @@ from sft.models.checks import check_base_weights, weights_sha256
 from sft.models.tokenizer import load_tokenizer
 from sft.runs.layout import BUILD_INFO, run_dir
 from sft.studies import corpus as corpus_module
-from sft.studies import facts, tiny_model
+from sft.studies import facts, prose, tiny_model
 from sft.studies.tiny_model import TinyModelConfig, ensure_demo_base, read_build_fingerprint
 
 PRETRAIN_RUN = "base-pretraining"  # the pretraining run's folder, beside the base (model/demo/base-pretraining)
 RANDOM_INIT = ".base-random-init"  # the random init it starts from, beside the base
-BUILD_CODE = (corpus_module.__file__, facts.__file__, __file__, tiny_model.__file__)  # editing one rebuilds the base
+BUILD_CODE = (corpus_module.__file__, prose.__file__, facts.__file__, __file__, tiny_model.__file__)  # editing one rebuilds the base
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -2,6 +2,7 @@
 instruction phrasing; the pretrained base is built with the project's trainer, cached, and carries its gate figures."""
 
 import json
+import random
 import re
 
 import pytest
@@ -9,6 +10,22 @@ import pytest
 from helpers import demo_config
 from sft.studies.corpus import build_corpus
 from sft.studies.synthetic import FAMILIES, build_demo_dataset, make_row
+from sft.studies.short_families import CAPITALS
+from sft.studies.vocab import DECOR_PREFIXES, DECOR_SUFFIXES, find_key
+
+
+def normal(text):
+    """Lowercase words and numbers, punctuation dropped."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def undecorate(instruction):
+    """The instruction without the neutral prefix and suffix sft.studies.vocab.decorate may have added."""
+    for prefix in filter(None, DECOR_PREFIXES):
+        instruction = instruction.removeprefix(prefix)
+    for suffix in filter(None, DECOR_SUFFIXES):
+        instruction = instruction.removesuffix(suffix)
+    return instruction
 
 
 def read(path):
@@ -20,20 +37,23 @@ def test_the_corpus_states_every_asked_fact_and_no_instruction(tmp_path):
     rows = [r for s in ("train", "heldout", "test") for r in read(tmp_path / "data" / f"{s}.jsonl")]
     paths = build_corpus(tmp_path / "corpus", rows, seed=0)
     text = " ".join(r["text"] for r in read(paths["train"]))
-    assert "###" not in text and "Below is an instruction" not in text
-    # none of the families' instruction phrasings (every template's fixed words, 200 draws per family)
-    import random
-
+    for header in ("### Instruction", "### Input", "### Response", "Instruction:", "Response:"):
+        assert header not in text, header
+    # neither a clause of the Alpaca preamble nor any instruction (its decoration taken off), compared on words only:
+    # case and punctuation ignored, so "which is larger 3 or 8" would be found in "asked which is larger, 3 or 8"
+    words = f" {normal(text)} "
+    for clause in ("below is an instruction that describes a task", "paired with an input that provides further context",
+                   "write a response that appropriately completes the request"):
+        assert f" {clause} " not in words, clause
     rng = random.Random(0)
-    for family in FAMILIES:
-        for _ in range(200):
-            instruction = make_row(family, rng)["instruction"]
-            assert instruction not in text, instruction
+    cores = {undecorate(make_row(family, rng)["instruction"]) for family in FAMILIES for _ in range(200)}
+    for core in cores:
+        assert f" {normal(core)} " not in words, core
     # every held-out and test answer is stated next to its fact: capitals, sums, lists and sentences
     for r in rows:
         f, out, x = r["family"], r["output"], r.get("input") or ""
         if f == "capital":
-            assert f"is the capital city of" in text and f" {out} " in f" {text} "
+            assert f"The capital of {find_key(r['instruction'], CAPITALS)} is {out}." in text, r
         elif f in ("count_up", "count_down", "day_list", "month_list"):
             assert f": {out}." in text, r
         elif f in ("count", "last_word", "extract"):
