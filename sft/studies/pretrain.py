@@ -97,6 +97,10 @@ def pretrain(demo, init: Path, corpus_paths: dict[str, Path]) -> tuple[Path, dic
     """Train the random init on the corpus with sft.core.train (text rows: every token a target); return the run
     folder and its final held-out corpus loss."""
     base = Path(demo.base_dir)
+    # The pretraining run is the base's cache, always rebuilt whole: what an interrupted build left of it (the run
+    # an --overwrite keeps aside until its first checkpoint) is dropped here, not left for the user to restore.
+    for old in [*base.parent.glob(f"{PRETRAIN_RUN}.old-*"), *(base.parent / "tensorboard").glob(f"*/{PRETRAIN_RUN}_*.old-*")]:
+        shutil.rmtree(old)
     cfg = load_config(
         "demo", data=str(corpus_paths["train"]), eval_data=str(corpus_paths["heldout"]), model=str(init),
         model_root=str(base.parent.parent), run_name=PRETRAIN_RUN, tensorboard_root=str(base.parent / "tensorboard"),
