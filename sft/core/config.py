@@ -99,11 +99,11 @@ class DemoConfig:
     num_key_value_heads: int = 2  # grouped-query attention, as in Qwen2.5
     intermediate_size: int = 512  # MLP width
     model_seed: int = 0  # random init of the base model (before pretraining): 0 or 1 are the two studied
-    split_by_fact: bool = False  # held-out and test ask about facts no training row holds (sft/studies/facts.py), plus n_test_seen rows about trained facts; off: the earlier split (disjoint on instruction and input only). Off until issue #36 re-runs the study on it
+    split_by_fact: bool = True  # held-out and test ask about facts no training row holds (sft/studies/facts.py), plus n_test_seen rows about trained facts; false: the earlier random init studies' split (disjoint on instruction and input only)
     n_test_seen: int = 400  # with split_by_fact: test rows about facts a training row holds, reworded (25 per family), scored as group sft_demo_seen
-    base: str = "random"  # random: the random init | pretrained: that init pretrained on the plain-text corpus (sft/studies/corpus.py, sft/studies/pretrain.py). random until the pretrained base's first make demo is measured within 10 minutes on 2 quiet cores (issue #36)
+    base: str = "pretrained"  # pretrained: the random init pretrained on the plain text corpus (sft/studies/corpus.py, sft/studies/pretrain.py) | random: that init untrained, the earlier studies' base
     corpus_seed: int = 0  # seed of the pretraining corpus's phrasings and documents, apart from data_seed
-    pretrain_epochs: float = 3.0  # passes over the corpus; sized for the first make demo to stay within 10 minutes on 2 cores
+    pretrain_epochs: float = 3.0  # passes over the corpus (about 350K tokens): the first make demo stays within 10 minutes on 2 cores (docs/results.md)
     pretrain_batch_size: int = 16  # corpus documents per step (packed, as the fine-tunes' rows)
     pretrain_learning_rate: float = 3e-3  # as the fine-tunes; linear decay after 5% warmup
     dialogues: bool = False  # the demo-chat preset: fine-tune on synthetic dialogues (sft/studies/dialogues.py) from the demo's base

@@ -40,7 +40,7 @@ def tiny_model_config(demo: DemoConfig):
 
 
 GENERATORS = [synthetic, vocab, short_families, long_families, facts]  # the demo families' code: editing it rebuilds the data
-BASES = ("pretrained", "random")  # DemoConfig.base: the corpus-pretrained base, or its random init (the default until #36)
+BASES = ("pretrained", "random")  # DemoConfig.base: the corpus-pretrained base (the default), or its random init
 
 
 def ensure_splits(out: str | Path, wanted: dict[str, int], seed: int, sources: list, build,
@@ -114,9 +114,9 @@ def ensure_demo_assets(demo: DemoConfig) -> Path:
     """
     Path(demo.dataset_dir).parent.mkdir(parents=True, exist_ok=True)
     if demo.base not in BASES:
-        raise UserError(f"--demo.base must be one of {', '.join(BASES)}, got {demo.base!r}: random = the tiny model's "
-                        "random init (the default for now), pretrained = that init pretrained on the demo's plain-text "
-                        "corpus.")
+        raise UserError(f"--demo.base must be one of {', '.join(BASES)}, got {demo.base!r}: pretrained = the tiny "
+                        "model's random init pretrained on the demo's plain-text corpus (the default), random = that "
+                        "init untrained.")
     with FileLock(f"{Path(demo.dataset_dir)}.lock"):
         paths = ensure_demo_dataset(demo)
         if demo.dialogues:

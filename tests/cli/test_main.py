@@ -172,7 +172,8 @@ def test_a_sweeps_default_plot_lies_in_its_own_folder_so_sweeps_never_overwrite_
 def test_build_demo_takes_the_demo_presets_as_preset(tmp_path, monkeypatch, capsys):
     """`python -m sft build-demo --preset demo` was a TypeError (the preset given twice to load_config)."""
     monkeypatch.chdir(tmp_path)
-    assert main(["build-demo", "--preset", "demo"]) == 0
+    # the random init: this tests the preset's parsing, not the pretraining (tests/studies/test_pretrain.py)
+    assert main(["build-demo", "--preset", "demo", "--demo.base", "random", "--demo.split-by-fact", "false"]) == 0
     assert "demo base model: model/demo/base" in capsys.readouterr().out
     assert (tmp_path / "model/demo/base/model.safetensors").is_file()
     with pytest.raises(SystemExit):  # any other preset has no demo to build: argparse names the choices
