@@ -271,7 +271,9 @@ def check_items_match_summary(run) -> int:
     summary = _summary_scores(run)
     means = items.groupby(["task", "metric", "model"])["score"].mean()
     for key, mean in means.items():
-        assert abs(float(summary[key]) - mean) <= 0.005 + 1e-9, (run, key, mean, summary[key])
+        # the summary rounds the exact mean to 2 decimals; the item table writes each score to 4 (16.6667), which
+        # moves a mean by up to 5e-5: 13.4249999 shows as 13.42 while its items average 13.425001
+        assert abs(float(summary[key]) - mean) <= 0.005 + 5e-5, (run, key, mean, summary[key])
     groups = items[items["group"].astype(str) != "nan"].groupby("task")["group"].unique()
     assert all(len(g) == 1 for g in groups), "a task belongs to one group"
     return len(means)

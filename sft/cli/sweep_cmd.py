@@ -8,7 +8,7 @@ from pathlib import Path
 from sft.data.errors import UserError
 from sft.evaluation.multiplicity import parse_endpoints, parse_pairs
 from sft.runs.layout import RESULTS_ROOT, SWEEP_PLOT, sweep_results_dir
-from sft.studies.sweep import parse_weights, run_sweep, seeds_report
+from sft.studies.sweep import parse_seeds, parse_weights, run_sweep, seeds_report
 from sft.studies.variants import compare_variants, split_axes
 
 
@@ -22,9 +22,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             root = sweep_results_dir(name, RESULTS_ROOT)
         print(seeds_report(root, args.target_difference), end="")
         return 0
-    seeds = list(range(1, args.seeds + 1)) if args.seeds > 0 else []
-    if not seeds:
-        raise UserError(f"--seeds must be at least 1, got {args.seeds}.")
+    seeds = parse_seeds(args.seeds)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
     if args.heldout_only and tasks:
         raise UserError("--heldout-only runs no lm-eval task; drop --tasks, or drop --heldout-only.")

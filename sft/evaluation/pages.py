@@ -40,6 +40,8 @@ The tables (TABLE):
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import re
 import shlex
 from pathlib import Path
@@ -143,7 +145,10 @@ def members(order: list[str], groups: set[str], group: str) -> list[str]:
         if d in groups:
             break
         before.insert(0, d)
-    return before or [d for d in order if d not in groups and d.startswith(group + "_")]
+    # a task of a longer-named group beside it (sft_demo_seen_add of sft_demo_seen) is not one of sft_demo's
+    nested = [g for g in groups if g.startswith(group + "_")]
+    return before or [d for d in order if d not in groups and d.startswith(group + "_")
+                      and not any(d.startswith(g + "_") for g in nested)]
 
 
 def _short_name(dataset: str, groups: set[str]) -> str:
@@ -293,11 +298,37 @@ def heldout_table(args) -> str:
     return compact(roles_markdown(frame) if args.roles else heldout_markdown(frame))
 
 
+def gate_table(args) -> str:
+    """The demo base's gate figures (its published base.json): how it was pretrained, its held-out corpus loss, its
+    and its random init's mean loss on the SFT held-out rows by role, beside ln V (a uniform guess)."""
+    path = Path(args.source) / "base.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the gate figures come with a demo evaluation made by `python -m sft demo` "
+                        "and published with `python -m sft publish`.")
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if "gate" not in info:
+        return "The base is the random init (`--demo.base random`): not pretrained, no gate figures.\n"
+    p, g = info["pretraining"], info["gate"]
+    lines = [f"Pretrained on {p['corpus_tokens']['train']:,} corpus tokens x {p['epochs']:g} epochs ({p['steps']} "
+             f"steps of {p['batch_size']} documents, learning rate {p['learning_rate']:g}): {p['wall_seconds']:.0f} s "
+             f"wall, {p['cpu_seconds']:.0f} s CPU, {p['torch_threads']} torch threads; held-out corpus loss "
+             f"{p['heldout_corpus_loss']:.3f} ({p['corpus_tokens']['heldout']:,} tokens).", "",
+             f"| mean loss (nats) on the {g['sft_heldout_rows']} SFT held-out rows' tokens | pretrained base | "
+             "its random init | ln V - pretrained |", "|---|---|---|---|"]
+    for role, label in (("prompt", "prompt (template and user)"), ("template", "template (preamble, headers)"),
+                        ("user", "user (instruction and input)"), ("response", "response")):
+        b, r = g["base"][f"{role}_loss"], g["random_init"][f"{role}_loss"]
+        lines.append(f"| {label} | {b:.3f} | {r:.3f} | {g['ln_vocab'] - b:+.3f} |")
+    lines.append(f"| ln V (a uniform guess over {round(math.exp(g['ln_vocab'])):,} tokens) | {g['ln_vocab']:.3f} | "
+                 f"{g['ln_vocab']:.3f} | |")
+    return "\n".join(lines) + "\n"
+
+
 WRITERS = {"groups": groups_table, "tasks": tasks_table, "differences": differences_table, "across": across_table,
            "heldout": heldout_table, "side-effects": side_effects_table,
            "sweep": sweep_table, "sweep-differences": sweep_differences_table, "seeds": sweep_seeds_table,
            "variants": variants_table, "primary": primary_table,
-           "provenance": provenance_table, "bases": bases_table}
+           "provenance": provenance_table, "bases": bases_table, "gate": gate_table}
 
 
 def render(args) -> str:

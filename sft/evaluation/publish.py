@@ -3,8 +3,8 @@ committed evaluation_results/ (the same path without `raw/`). Studies write only
 command that adds results to the repository.
 
     evaluation  raw/<name>/<ts>/ -> <name>/<ts>/: summary/ (summary, differences, confidence as csv, md, txt),
-                settings.json, heldout.json, item_scores.csv, and Comparison.png, Dataset_results.xlsx where
-                `compare` wrote them; not the predictions, lm-eval's own json or the task copies
+                settings.json, heldout.json, item_scores.csv, and base.json (the demo's), Comparison.png,
+                Dataset_results.xlsx where `compare` wrote them; not the predictions, lm-eval's own json or the task copies
     sweep       raw/sweep-<name>/ -> sweep-<name>/: its own files (sweep.csv, differences, variants, primary, summary/,
                 the plot, provenance.json: its sessions' commands, machine and wall times)
                 and each pair's newest evaluation, as above
@@ -33,7 +33,8 @@ from sft.evaluation.report import format_csv
 from sft.runs.layout import COMPARISON_FILES, ITEM_SCORES, RAW_RESULTS_ROOT, published_path
 
 SUMMARY_DIR = "summary"  # an evaluation's (or a sweep's) tables, published whole
-FILES = ("settings.json", "heldout.json", ITEM_SCORES, *COMPARISON_FILES)  # an evaluation's other published files
+# an evaluation's other published files; base.json: the demo base's gate figures (sft.studies.demo.base_gate)
+FILES = ("settings.json", "heldout.json", "base.json", ITEM_SCORES, *COMPARISON_FILES)
 CASE_STUDY_FILES = (".md", ".json")  # a case study's table and settings; its .jsonl of raw generations stays local
 
 
@@ -87,7 +88,7 @@ def evaluation_files(run: Path) -> dict[str, Path | str]:
 
 def sweep_files(root: Path) -> dict[str, Path | str]:
     """A sweep's own files and summary/, and the newest finished evaluation of each pair."""
-    files: dict[str, Path | str] = {p.name: p for p in sorted(root.iterdir()) if p.is_file()}
+    files: dict[str, Path | str] = {p.name: p for p in sorted(root.iterdir()) if p.is_file() and p.suffix != ".lock"}
     files.update({f"{SUMMARY_DIR}/{p.name}": p for p in sorted((root / SUMMARY_DIR).glob("*")) if p.is_file()})
     for pair in sorted(d for d in root.iterdir() if d.is_dir() and d.name != SUMMARY_DIR):
         done = sorted(pair.glob(f"*/{SUMMARY_DIR}/summary_*.csv"))

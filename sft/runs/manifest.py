@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from sft.data.errors import UserError
 from sft.runs.layout import MANIFEST, REPO_ROOT, SWEEP_SESSIONS
 
@@ -142,20 +144,29 @@ def _write_sessions(root: Path, sessions: list[dict]) -> None:
     tmp.replace(root / SWEEP_SESSIONS)  # atomic: an interrupted write leaves the previous record
 
 
+def _sessions_lock(root: Path) -> FileLock:
+    """Two processes on one sweep (disjoint --seeds) read and rewrite provenance.json one at a time."""
+    root.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(root / (SWEEP_SESSIONS + ".lock")))
+
+
 def start_session(root: Path) -> tuple[int, float]:
     """Append this invocation to a sweep's provenance.json (command, commit, machine, start); (its index, start)."""
-    sessions = _read_sessions(root)
-    sessions.append({"command": command_line(), "git_commit": git_commit(), "machine": machine_info(),
-                     "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
-                     "wall_seconds": None})  # stays None where the session was interrupted
-    _write_sessions(root, sessions)
+    record = {"command": command_line(), "git_commit": git_commit(), "machine": machine_info(),
+              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished_at": None,
+              "wall_seconds": None}  # stays None where the session was interrupted
+    with _sessions_lock(root):
+        sessions = _read_sessions(root)
+        sessions.append(record)
+        _write_sessions(root, sessions)
     return len(sessions) - 1, time.perf_counter()
 
 
 def end_session(root: Path, session: tuple[int, float]) -> None:
     """Record the session's end and wall time (every pair trained, evaluated or skipped, and the summary)."""
     index, start = session
-    sessions = _read_sessions(root)
-    sessions[index].update(finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           wall_seconds=round(time.perf_counter() - start, 1))
-    _write_sessions(root, sessions)
+    with _sessions_lock(root):
+        sessions = _read_sessions(root)
+        sessions[index].update(finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               wall_seconds=round(time.perf_counter() - start, 1))
+        _write_sessions(root, sessions)

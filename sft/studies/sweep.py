@@ -86,6 +86,19 @@ def parse_weights(text: str) -> list[float]:
     return sorted(set(weights))
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'8' -> seeds 1..8; '5-8' -> seeds 5..8 (a second process on the same sweep takes other seeds)."""
+    lo, sep, hi = str(text).partition("-")
+    try:
+        first, last = (int(lo), int(hi)) if sep else (1, int(lo))
+    except ValueError:
+        first, last = 0, -1
+    if first < 1 or last < first:
+        raise UserError(f"--seeds takes N (seeds 1..N) or A-B (seeds A..B, 1 <= A <= B), got {text!r}: e.g. --seeds 8, "
+                         "or --seeds 1-4 and --seeds 5-8 in two processes, then --seeds 8 to summarise them all.")
+    return list(range(first, last + 1))
+
+
 def latest_evaluation(folder: Path) -> Path | None:
     """The newest finished evaluation folder (one with a summary) under evaluation_results/.../<pair>/."""
     done = sorted(p for p in folder.glob("*/summary/summary_*.csv")) if folder.is_dir() else []

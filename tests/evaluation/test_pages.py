@@ -12,7 +12,7 @@ from sft.runs.layout import RAW_RESULTS_ROOT
 
 PAGES = pages(ROOT)
 DEMO = "evaluation_results/demo/20261202_111738"  # a committed result with known figures
-NEWEST_DEMO = "evaluation_results/demo/20261206_192601"  # the run the README shows
+NEWEST_DEMO = "evaluation_results/demo/20261207_234922"  # the run the README shows
 
 
 def _id(page):
@@ -92,6 +92,9 @@ def test_members_are_the_task_rows_before_their_group():
     assert members(order, groups, "t_short") == ["t_a", "t_b"]
     assert members(order, groups, "t_long") == ["t_c"]
     assert members(order, groups, "t") == ["t_a", "t_b", "t_c"]  # a group of groups: every task of its prefix
+    # a group beside it whose name extends the prefix keeps its own tasks (sft_demo_seen_add is not sft_demo's)
+    order = [*order, "t_seen_a", "t_seen"]
+    assert members(order, groups | {"t_seen"}, "t") == ["t_a", "t_b", "t_c"]
 
 
 def test_variants_table_pairs_each_variant_with_the_first_at_each_weight(tmp_path):
@@ -235,3 +238,26 @@ def test_a_sweeps_side_effects_per_weight_with_intervals_over_seeds():
     assert diffs.splitlines()[-1].startswith("| `sft_demo_long` stop failure | -")
     with pytest.raises(ValueError, match="side effects among"):
         render_spec(f"sweep {source} --metrics exact_match", ROOT)
+
+
+def test_gate_table_renders_the_demo_base_json_and_names_a_missing_one(tmp_path):
+    """`pages gate`: the base's losses by role beside ln V, from the published base.json; the random init says so."""
+    import json
+    import math
+
+    roles = ("prompt", "template", "user", "response")
+    info = {"pretraining": {"corpus_tokens": {"train": 1000, "heldout": 50}, "epochs": 3.0, "steps": 12, "batch_size": 16,
+                            "learning_rate": 0.003, "wall_seconds": 9.4, "cpu_seconds": 17.0, "torch_threads": 2,
+                            "heldout_corpus_loss": 1.25},
+            "gate": {"ln_vocab": math.log(1536), "sft_heldout_rows": 4,
+                     "base": {f"{r}_loss": 4.0 + i for i, r in enumerate(roles)},
+                     "random_init": {f"{r}_loss": 7.0 for r in roles}}}
+    (tmp_path / "base.json").write_text(json.dumps(info))
+    text = render_spec(f"gate {tmp_path}")
+    assert "1,000 corpus tokens x 3 epochs (12 steps of 16 documents" in text and "held-out corpus loss 1.250" in text
+    assert "| user (instruction and input) | 6.000 | 7.000 | +1.337 |" in text  # ln 1536 = 7.337
+    assert "uniform guess over 1,536 tokens" in text
+    (tmp_path / "base.json").write_text(json.dumps({"config": {}}))
+    assert "the random init" in render_spec(f"gate {tmp_path}")
+    with pytest.raises(ValueError, match="base.json is missing"):
+        render_spec(f"gate {tmp_path / 'nowhere'}")

@@ -201,3 +201,13 @@ def test_sweep_on_conversations_reports_the_held_out_loss_of_each_role(demo_root
     # w = 1 trains on the user turns, w = 0 never: after six steps the user turns' loss tells the two apart.
     assert mean["user_loss", "1.0"] < mean["user_loss", "0.0"]
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_seeds_are_a_count_or_a_range():
+    """--seeds 8 is seeds 1..8; --seeds 5-8 lets a second process take other seeds of the same sweep."""
+    from sft.studies.sweep import parse_seeds
+
+    assert parse_seeds("3") == [1, 2, 3] and parse_seeds("5-8") == [5, 6, 7, 8] and parse_seeds("2-2") == [2]
+    for bad in ("0", "-1", "4-2", "a", "1-b", "0-3"):
+        with pytest.raises(ValueError, match="--seeds takes N"):
+            parse_seeds(bad)
