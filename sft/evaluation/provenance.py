@@ -116,7 +116,9 @@ def provenance_rows(*folders: str | Path) -> list[list[str]]:
     walls = [s["wall_seconds"] for s in sessions if s.get("wall_seconds") is not None]
     if sweep:
         interrupted = sum(1 for s in sessions if s.get("wall_seconds") is None)
+        clock = _clock_seconds(sessions)
         total = (f"{_seconds(sum(walls))} over {len(walls)} session(s)" if walls else NOT_RECORDED) + \
+            (f", {_seconds(clock)} of clock time (sessions ran side by side)" if walls and clock < sum(walls) - 1 else "") + \
             (f"; {interrupted} session(s) interrupted, not counted" if interrupted else "")
         rows.append(["wall time, whole sweep", total])
     train = [r.get("train_run_seconds", r.get("train_runtime")) for r in runs]
@@ -133,6 +135,18 @@ def provenance_rows(*folders: str | Path) -> list[list[str]]:
                          f"median {_seconds(statistics.median(gaps))} between consecutive runs' ends (training and "
                          f"evaluation; {len(gaps)} gaps, derived from the manifests' written_at)"])
     return rows
+
+
+def _clock_seconds(sessions: list[dict]) -> float:
+    """The clock time the finished sessions cover: their intervals' union (two processes on disjoint seeds overlap)."""
+    spans = sorted((datetime.fromisoformat(s["finished_at"]).timestamp() - s["wall_seconds"],
+                    datetime.fromisoformat(s["finished_at"]).timestamp())
+                   for s in sessions if s.get("wall_seconds") is not None and s.get("finished_at"))
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        total += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return total
 
 
 def provenance_table(args) -> str:

@@ -85,3 +85,16 @@ def test_one_block_covers_a_studys_variants():
                         "evaluation_results/sweep-template-rw-template0.5", ROOT)
     assert table.splitlines()[0] == "| provenance | `sweep-template-rw-template0` + `sweep-template-rw-template0.5` |"
     assert "| runs | 6 fine-tuned (6 evaluations) |" in table
+
+
+def test_sessions_side_by_side_count_their_clock_time_once():
+    """Two processes on disjoint seeds of one sweep: the sessions' times add up to more than the clock time they
+    cover (their intervals' union), which the table gives beside the sum."""
+    from sft.evaluation.provenance import _clock_seconds
+
+    def session(start, end):
+        return {"finished_at": f"2026-12-08T00:{end:02d}:00+00:00", "wall_seconds": 60.0 * (end - start)}
+
+    assert _clock_seconds([session(0, 30), session(1, 31), session(40, 41)]) == 60.0 * 32  # 0-31 and 40-41
+    assert _clock_seconds([session(0, 10), session(10, 20)]) == 1200.0  # one after the other: the sum
+    assert _clock_seconds([{"finished_at": None, "wall_seconds": None}]) == 0.0  # an interrupted session
