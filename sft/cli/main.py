@@ -157,9 +157,9 @@ def _add_sweep(sub) -> None:
     p = _config_command(sub, "sweep", "train and evaluate every (prompt-loss weight, seed) pair; summary and plot",
                         "sweep_cmd:cmd_sweep")
     p.add_argument("--prompt-loss-weights", default="0,0.01,0.1,0.5,1", help="comma-separated weights in [0, 1]")
-    p.add_argument("--seeds", default="3", metavar="N|A-B",
-                   help="seeds 1..N per weight, or A..B: two processes on disjoint seeds share one sweep (then --seeds N "
-                        "summarises them all)")
+    p.add_argument("--seeds", default="3", metavar="N|A-B|LIST",
+                   help="seeds 1..N per weight, A..B, or a list such as 1,2,5: two processes on disjoint seeds share one "
+                        "sweep (then --seeds N summarises them all)")
     p.add_argument("--name", help="names model/<preset>/sweep-<name>/ and evaluation_results/raw/sweep-<name>/")
     p.add_argument("--limit", type=float, help="test items per task (lm-eval --limit)")
     p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups per pair (default for the demo: sft_demo; "

@@ -87,16 +87,23 @@ def parse_weights(text: str) -> list[float]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'8' -> seeds 1..8; '5-8' -> seeds 5..8 (a second process on the same sweep takes other seeds)."""
-    lo, sep, hi = str(text).partition("-")
+    """'8' -> seeds 1..8; '5-8' -> seeds 5..8 (a second process on the same sweep takes other seeds); '1,2,5' -> those
+    seeds (a summary of the seeds two processes finished)."""
+    text = str(text).strip()
     try:
-        first, last = (int(lo), int(hi)) if sep else (1, int(lo))
+        if "," in text:
+            seeds = sorted({int(x) for x in text.split(",") if x.strip()})
+        else:
+            lo, sep, hi = text.partition("-")
+            first, last = (int(lo), int(hi)) if sep else (1, int(lo))
+            seeds = list(range(first, last + 1))
     except ValueError:
-        first, last = 0, -1
-    if first < 1 or last < first:
-        raise UserError(f"--seeds takes N (seeds 1..N) or A-B (seeds A..B, 1 <= A <= B), got {text!r}: e.g. --seeds 8, "
-                         "or --seeds 1-4 and --seeds 5-8 in two processes, then --seeds 8 to summarise them all.")
-    return list(range(first, last + 1))
+        seeds = []
+    if not seeds or seeds[0] < 1:
+        raise UserError(f"--seeds takes N (seeds 1..N), A-B (seeds A..B, 1 <= A <= B) or a list (1,2,5), got "
+                         f"{text!r}: e.g. --seeds 8, or --seeds 1-4 and --seeds 5-8 in two processes, then --seeds 8 "
+                         "to summarise them all.")
+    return seeds
 
 
 def latest_evaluation(folder: Path) -> Path | None:

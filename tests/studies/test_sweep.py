@@ -208,6 +208,7 @@ def test_seeds_are_a_count_or_a_range():
     from sft.studies.sweep import parse_seeds
 
     assert parse_seeds("3") == [1, 2, 3] and parse_seeds("5-8") == [5, 6, 7, 8] and parse_seeds("2-2") == [2]
-    for bad in ("0", "-1", "4-2", "a", "1-b", "0-3"):
+    assert parse_seeds("1,2,3,5,6") == [1, 2, 3, 5, 6] and parse_seeds("3,1,3") == [1, 3]
+    for bad in ("0", "-1", "4-2", "a", "1-b", "0-3", "0,1", "1,x", ","):
         with pytest.raises(ValueError, match="--seeds takes N"):
             parse_seeds(bad)
