@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sft.data.errors import UserError
-from sft.data.weights import parse_role_weights
+from sft.data.weights import nonnegative, parse_role_weights
 
 SOURCE = "source"  # the example column that says which source of a mixture an example came from (its index)
 YAML_SUFFIXES = (".yaml", ".yml")  # a --data file with one of these suffixes is a mixture's list of sources
@@ -99,11 +99,8 @@ def _looks_hub(path: str) -> bool:
 
 def _check_ratio(value, where: str) -> float:
     """A ratio as a float >= 0, or a UserError naming where it was given."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = float("nan")
-    if isinstance(value, bool) or not math.isfinite(x) or x < 0:
+    x = nonnegative(value)
+    if x is None:
         raise UserError(f"{where}, field ratio: must be a number >= 0, got {value!r}. Give each source its share "
                         "of the training examples, e.g. 0.7 and 0.3 (they are divided by their sum, so 7 and 3 "
                         "give the same mixture).")

@@ -107,6 +107,16 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
+def nonnegative(value) -> float | None:
+    """A weight or ratio as given (a number or its text) as a float >= 0, or None where it is not one (a bool,
+    NaN, inf, a negative number, anything float() refuses): the callers raise, naming where it was given."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if isinstance(value, bool) or not math.isfinite(x) or x < 0 else x
+
+
 def parse_role_weights(value) -> dict[str, float]:
     """{role: weight} from a dict, a JSON-less "template=0,system=0,user=0.5" string, or None; an unknown role, a
     value that is not a number, below 0 or NaN is a ValueError naming the flag and the roles."""
@@ -132,11 +142,8 @@ def parse_role_weights(value) -> dict[str, float]:
         if name not in ROLE_NAMES:
             raise UserError(f"--role-weights: unknown role {name!r}; the roles are {', '.join(ROLE_NAMES)} "
                              "(e.g. --role-weights template=0,system=0,user=0.5).")
-        try:
-            x = float(num)
-        except (TypeError, ValueError):
-            x = float("nan")
-        if isinstance(num, bool) or not math.isfinite(x) or x < 0:
+        x = nonnegative(num)
+        if x is None:
             raise UserError(f"--role-weights: the weight of {name} must be a number >= 0, got {num!r}; e.g. "
                              f"{name}=0.5.")
         out[name] = x
@@ -250,11 +257,8 @@ def parse_weight_rules(value) -> tuple[WeightRule, ...]:
         if role not in RULE_ROLES:
             raise UserError(f"--weight-rules: unknown role {role!r} in {item!r:.60}; the roles are "
                             f"{', '.join(RULE_ROLES)}.")
-        try:
-            weight = float(item.get("weight"))
-        except (TypeError, ValueError):
-            weight = float("nan")
-        if isinstance(item.get("weight"), bool) or not math.isfinite(weight) or weight < 0:
+        weight = nonnegative(item.get("weight"))
+        if weight is None:
             raise UserError(f"--weight-rules: the weight of {pattern!r} must be a number >= 0, got "
                             f"{item.get('weight')!r}; {example}.")
         if not isinstance(pattern, str) or not pattern:
