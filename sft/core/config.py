@@ -49,7 +49,7 @@ class TrainConfig:
     lr_scheduler_type: str = "cosine"  # decay after warmup
     warmup_ratio: float = 0.03  # share of the steps spent warming up linearly
     weight_decay: float = 0.0  # AdamW weight decay
-    max_grad_norm: float = 1.0  # gradient clipping
+    max_grad_norm: float = 1.0  # clip each step's gradient to this norm (0: no clipping; the norm is logged either way)
     logging_steps: int = 10  # optimizer steps between training logs (loss, response_loss, prompt_loss, tokens/s)
     eval_steps: int = 100  # optimizer steps between held-out evaluations
     save_steps: int = 200  # optimizer steps between checkpoints

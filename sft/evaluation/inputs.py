@@ -63,6 +63,8 @@ def describe_model(path: str) -> dict[str, Any]:
             if key in trained:
                 info["manifest"][key] = trained[key]
         info["manifest"]["base_model"] = m.get("config", {}).get("model", {}).get("model")
+        if m.get("base_weights_sha256"):  # absent in runs trained before it was recorded
+            info["manifest"]["base_weights_sha256"] = m["base_weights_sha256"]
         # provenance (python -m sft pages provenance): the training's wall time (train_run_seconds: every session of a
         # resumed run), where and by what command it ran; absent in runs trained before they were recorded
         for key in ("train_runtime", "train_run_seconds"):

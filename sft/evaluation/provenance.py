@@ -1,7 +1,8 @@
 """`python -m sft pages provenance SOURCE`: where and how a published result was made, in one generated block: the
-commit(s), the machine (CPU model, cores, torch threads), the date(s), the command(s) and the wall time, total and
-per run, read from the files publish copies (settings.json of each evaluation, with its runs' manifest excerpts; a
-sweep's provenance.json of sessions). What a result predates is said as "not recorded", never guessed.
+commit(s), the base (its path and weights SHA-256), the machine (CPU model, cores, torch threads), the date(s), the
+command(s) and the wall time, total and per run, read from the files publish copies (settings.json of each
+evaluation, with its runs' manifest excerpts; a sweep's provenance.json of sessions). What a result predates is
+said as "not recorded", never guessed.
 
 Per run of a sweep: training seconds (train_run_seconds, every session of a resumed run) and evaluation seconds
 (settings.json's timings_s) where recorded; for sweeps made before either was kept, the median gap between
@@ -45,6 +46,16 @@ def _commits(values: list[str]) -> str:
     for v in values:
         counts[v or "unknown"] = counts.get(v or "unknown", 0) + 1
     return "; ".join(f"`{_short(c)}`" + (f" ({n})" if len(counts) > 1 else "") for c, n in counts.items())
+
+
+def _bases(runs: list[dict]) -> str:
+    """The base each run started from: its path and the SHA-256 of its weights where the manifest records it."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        sha = r.get("base_weights_sha256")
+        key = f"`{r.get('base_model') or '?'}` " + (f"`{sha[:12]}`" if sha else NOT_RECORDED)
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(k + (f" ({n})" if len(counts) > 1 else "") for k, n in counts.items())
 
 
 def _machine(machines: list[dict]) -> str:
@@ -107,6 +118,8 @@ def provenance_rows(*folders: str | Path) -> list[list[str]]:
     rows.append(["commit (training)", _commits([r.get("git_commit") for r in runs]) if runs else "-"])
     rows.append(["commit (evaluation)", _commits([s.get("git_commit") for s in settings])])
     rows.append(["date", _dates(settings, runs)])
+    if runs:
+        rows.append(["base (weights SHA-256)", _bases(runs)])
     machines = [s["machine"] for s in sessions if s.get("machine")] + \
                [r["machine"] for r in runs if r.get("machine")] + [s["machine"] for s in settings if s.get("machine")]
     rows.append(["machine", _machine(machines)])

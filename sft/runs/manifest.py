@@ -17,7 +17,7 @@ from typing import Any
 from filelock import FileLock
 
 from sft.data.errors import UserError
-from sft.runs.layout import MANIFEST, REPO_ROOT, SWEEP_SESSIONS
+from sft.runs.layout import BUILD_INFO, MANIFEST, REPO_ROOT, SWEEP_SESSIONS
 
 # The optimiser's regime over every step of a run (sft.core.trainer, in results.train): the share of steps whose gradient
 # norm exceeded max_grad_norm (clipped), the median norm before clipping, and how many steps they cover.
@@ -76,6 +76,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def recorded_weights_sha256(model_dir: str | Path) -> str | None:
+    """The weights_sha256 a base built by the project records in its build_info.json (checked against its
+    model.safetensors before every run: sft.models.checks.check_base_weights); None for any other model."""
+    try:
+        return json.loads((Path(model_dir) / BUILD_INFO).read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError):
+        return None
+
+
 def write_manifest(run_dir: str | Path, cfg, data_info: dict[str, Any], status: str,
                    results: dict[str, Any] | None = None, world_size: int = 1,
                    segments: list[dict[str, Any]] | None = None) -> Path:
@@ -91,6 +100,9 @@ def write_manifest(run_dir: str | Path, cfg, data_info: dict[str, Any], status: 
         "prompt_loss_weight": cfg.data.prompt_loss_weight,
         "template": cfg.data.template,
         "config": cfg.to_dict(),
+        # the weights the run started from, where the base records them (a base the project built): two builds of one
+        # fingerprint can differ in the last bits (pretraining at 1 or 2 torch threads), so the path alone is not enough
+        "base_weights_sha256": recorded_weights_sha256(cfg.model.model),
         "world_size": world_size,  # processes: the global batch is per-device batch x accumulation x world_size
         "data": data_info,
         "versions": package_versions(),

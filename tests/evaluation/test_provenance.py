@@ -42,6 +42,7 @@ def test_an_old_sweep_says_what_it_did_not_record_and_derives_the_run_time_from_
     # the 16 manifests' written_at, sorted: 15 gaps whose median (the 8th) is 102 s
     assert rows["wall time per run, from timestamps"].startswith("median 102 s between consecutive runs' ends")
     assert rows["date"] == "evaluated 2026-12-06 19:56 to 2026-12-06 20:22"
+    assert rows["base (weights SHA-256)"] == "`model/demo/base` not recorded"  # trained before runs recorded it
 
 
 @pytest.mark.slow  # start_session asks git for the commit (a process)
@@ -54,6 +55,8 @@ def test_a_sweep_with_sessions_gives_its_command_machine_and_wall_times(tmp_path
         settings = json.loads((run / "settings.json").read_text())
         manifest = settings["models"]["masked"]["manifest"]
         manifest.update(train_run_seconds=train_s, machine={"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2})
+        if pair == "w0_s1":  # one run records the base's weights, the other predates the record
+            manifest["base_weights_sha256"] = "ab" * 32
         settings["models"] = {pair: settings["models"]["masked"]}
         settings["timings_s"] = {pair: timings}
         (run / "settings.json").write_text(json.dumps(settings))
@@ -72,6 +75,7 @@ def test_a_sweep_with_sessions_gives_its_command_machine_and_wall_times(tmp_path
     assert rows["wall time, evaluation per model"] == "median 11 s [10-12 s] over 2 models"
     assert "Test CPU, 2 logical cores, torch threads 2" in rows["machine"]
     assert "wall time per run, from timestamps" not in rows  # recorded, so not derived
+    assert rows["base (weights SHA-256)"] == "`model/demo/base` `abababababab` (1); `model/demo/base` not recorded (1)"
 
 
 def test_the_provenance_table_is_a_page_block():

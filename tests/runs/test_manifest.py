@@ -1,4 +1,5 @@
-"""sft.runs.manifest: a sweep's provenance.json keeps every session of two processes that share the sweep."""
+"""sft.runs.manifest: the base weights a run records; a sweep's provenance.json keeps every session of two processes
+that share the sweep."""
 
 import json
 import subprocess
@@ -8,6 +9,8 @@ import time
 import pytest
 
 from helpers import ROOT
+
+from sft.runs.manifest import recorded_weights_sha256
 
 SESSIONS = """
 import sys, time
@@ -32,3 +35,11 @@ def test_two_processes_on_one_sweep_keep_every_session(tmp_path):
     sessions = json.loads((tmp_path / "provenance.json").read_text())["sessions"]
     assert len(sessions) == 30
     assert all(s["finished_at"] and s["wall_seconds"] is not None for s in sessions)
+
+
+def test_a_run_records_the_base_weights_only_where_the_base_records_them(tmp_path):
+    (tmp_path / "build_info.json").write_text(json.dumps({"fingerprint": "f", "weights_sha256": "ab" * 32}))
+    assert recorded_weights_sha256(tmp_path) == "ab" * 32
+    (tmp_path / "build_info.json").write_text("{not json")  # a damaged record: nothing claimed, no crash
+    assert recorded_weights_sha256(tmp_path) is None
+    assert recorded_weights_sha256("Qwen/Qwen2.5-0.5B") is None  # a hub id: no build record to read

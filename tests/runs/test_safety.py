@@ -298,6 +298,9 @@ def test_papermill_overrides_given_as_a_json_string(demo_root, tmp_path):
                                parameters={"overrides": overrides, "run_name": "nb-string"}, progress_bar=False)
     manifest = json.loads((demo_root / "model/demo/nb-string/run_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["config"]["train"]["max_steps"] == 2
+    # the weights it started from, as the base records them (the path alone names two builds that differ in bits)
+    built = json.loads((demo_root / "model/demo/base/build_info.json").read_text())
+    assert manifest["base_weights_sha256"] == built["weights_sha256"] and len(built["weights_sha256"]) == 64
 
 
 def test_the_demo_base_is_checked_by_its_weights_not_only_its_config(demo_root, tmp_path):
