@@ -58,6 +58,16 @@ def _bases(runs: list[dict]) -> str:
     return "; ".join(k + (f" ({n})" if len(counts) > 1 else "") for k, n in counts.items())
 
 
+def _evaluated_base(folders: list[Path]) -> str:
+    """The weights of the base an evaluation scored beside its runs (its base.json: the demo's), where it has one."""
+    shas = []
+    for folder in folders:
+        if (folder / "base.json").is_file():
+            shas.append(json.loads((folder / "base.json").read_text()).get("weights_sha256"))
+    shas = [s for s in dict.fromkeys(shas) if s]
+    return f"; the base evaluated beside them (base.json): {', '.join(f'`{s[:12]}`' for s in shas)}" if shas else ""
+
+
 def _machine(machines: list[dict]) -> str:
     if not machines:
         return NOT_RECORDED
@@ -119,7 +129,7 @@ def provenance_rows(*folders: str | Path) -> list[list[str]]:
     rows.append(["commit (evaluation)", _commits([s.get("git_commit") for s in settings])])
     rows.append(["date", _dates(settings, runs)])
     if runs:
-        rows.append(["base (weights SHA-256)", _bases(runs)])
+        rows.append(["base (weights SHA-256)", _bases(runs) + _evaluated_base(folders)])
     machines = [s["machine"] for s in sessions if s.get("machine")] + \
                [r["machine"] for r in runs if r.get("machine")] + [s["machine"] for s in settings if s.get("machine")]
     rows.append(["machine", _machine(machines)])

@@ -82,6 +82,10 @@ def test_the_provenance_table_is_a_page_block():
     table = render_spec(f"provenance {DEMO}", ROOT)
     assert table.splitlines()[0] == "| provenance | `demo/20261206_192601` |"
     assert "| machine | not recorded |" in table and "| commit (training) | `bc75c0d890e1+dirty` |" in table
+    # the pretrained demo: its runs predate the record, its base.json names the weights the base column scored
+    table = render_spec("provenance evaluation_results/demo/20261207_234922", ROOT)
+    assert ("| base (weights SHA-256) | `model/demo/base` not recorded; the base evaluated beside them (base.json): "
+            "`b4bd2513eae2` |") in table
 
 
 def test_one_block_covers_a_studys_variants():
