@@ -176,8 +176,8 @@ def _demo() -> ExperimentConfig:
         ),
         model=ModelConfig(model=demo.base_dir, dtype="float32"),
         train=TrainConfig(
-            # 8000 rows x 2 epochs, batch 8: 2000 steps, ~2.5 min per run on 2 CPU cores. lr 1e-3: on the pretrained base
-            # both arms reach a lower held-out response loss at 1e-3 than at 3e-3 (make sweep-lr, 3 seeds each;
+            # 8000 rows x 2 epochs, batch 8: 2000 steps. lr 1e-3: on the pretrained base both arms reach a lower held-out
+            # response loss at 1e-3 than at 3e-3 (make sweep-lr, 3 seeds each;
             # docs/results.md#the-learning-rate-both-arms-share), so the study's sweeps and the demo share it.
             num_train_epochs=2.0,
             per_device_train_batch_size=8,

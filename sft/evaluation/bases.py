@@ -3,9 +3,10 @@
 One table per endpoint (a group's average, e.g. sft_demo_short:exact_match): per weight w, each sweep's mean over
 seeds [95% t-interval] and its difference from the sweep's smallest w, paired by seed [95% t-interval], with the
 paired t-test's p and Holm's p. Holm adjusts, within each sweep, every (endpoint, w against the smallest) test the
-tables show: with the sweep's declared endpoints (primary.json, the default) that is its primary family. Intervals
-and p-values are recomputed from the per-seed values the sweep kept (sweep.csv, differences.csv) with scipy
-(sft.evaluation.seeds), so sweeps summarised by older code read the same way as new ones. `--plot PATH` also draws
+tables show: with the sweep's declared endpoints (primary.json, the default) that is its primary family, and the p
+and Holm p are then the declared test's own (primary.csv). Otherwise intervals and p-values are recomputed from the
+per-seed values the sweep kept (sweep.csv, differences.csv) with scipy (sft.evaluation.seeds), so sweeps summarised
+by older code read the same way as new ones. `--plot PATH` also draws
 each endpoint against w, a line and 95% band per sweep.
 """
 
@@ -70,6 +71,25 @@ def endpoint_rows(folder: Path, endpoints: list[tuple[str, str]]) -> list[dict]:
             rows.append(row)
     for r, p in zip(rows, holm([r["p"] for r in rows])):  # one family per sweep: every test its tables show
         r["p_holm"] = p
+    return _declared_p(folder, rows)
+
+
+def _declared_p(folder: Path, rows: list[dict]) -> list[dict]:
+    """Where the tables' tests are exactly the sweep's declared family (primary.csv), its p and Holm p: the figures
+    the declared test wrote from unrounded per-seed values, which a recomputation from differences.csv's rounded
+    ones can miss in the third digit (0.0697 for 0.0698), so that one page never gives two p for one test."""
+    path = folder / "primary.csv"
+    tested = [r for r in rows if r["diff"] is not None]
+    if not path.is_file() or not tested:
+        return rows
+    declared = {(e, float(a), float(b)): (float(p), float(h)) for e, a, b, p, h in
+                pd.read_csv(path)[["endpoint", "w_a", "w_b", "p", "p_holm"]].itertuples(index=False)}
+    w0 = min(r["w"] for r in rows)
+    keys = [(":".join(r["endpoint"]), float(r["w"]), float(w0)) for r in tested]
+    if sorted(keys) != sorted(declared):
+        return rows
+    for r, key in zip(tested, keys):
+        r["p"], r["p_holm"] = declared[key]
     return rows
 
 

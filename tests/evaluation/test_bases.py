@@ -79,3 +79,19 @@ def test_bases_default_to_the_first_sweeps_declared_endpoints(tmp_path):
     rows = endpoint_rows(a, [("sft_demo_short", "exact_match")])
     primary = pd.read_csv(a / "primary.csv").iloc[0]  # the sweep's own primary test: the same p, one test, Holm = p
     assert rows[1]["p"] == pytest.approx(primary["p"], rel=1e-2) and rows[1]["p_holm"] == rows[1]["p"]
+
+
+def test_a_declared_familys_p_are_the_declared_tests_own():
+    """sweep-pretrained declared both endpoints at every w: its tables give primary.csv's p and Holm p (written from
+    unrounded per-seed values), not a recomputation from differences.csv's rounded ones (Holm 0.0697 there)."""
+    declared = pd.read_csv(ROOT / "evaluation_results/sweep-pretrained/primary.csv")
+    rows = endpoint_rows(ROOT / "evaluation_results/sweep-pretrained", ENDPOINTS)
+    got = {(":".join(r["endpoint"]), r["w"]): (r["p"], r["p_holm"]) for r in rows if r["diff"] is not None}
+    columns = declared[["endpoint", "w_a", "p", "p_holm"]]
+    assert got == {(e, a): (p, h) for e, a, p, h in columns.itertuples(index=False)}
+    assert got[("sft_demo_long:edit_similarity", 1.0)] == (0.00872, 0.0698)
+    # one endpoint is not the declared family: recomputed, Holm over its 4 tests
+    one = endpoint_rows(ROOT / "evaluation_results/sweep-pretrained", ENDPOINTS[1:])
+    p = [r["p"] for r in one if r["diff"] is not None]
+    assert len(p) == 4 and p[-1] == pytest.approx(stats.ttest_1samp(
+        _values("evaluation_results/sweep-pretrained", *ENDPOINTS[1]), 0).pvalue)
