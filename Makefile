@@ -42,7 +42,7 @@ sweep: install
 sweep-tools: install
 	$(PY) -m sft sweep --preset demo-chat --prompt-loss-weights 0.5 --role-weights tool_output=0,0.5,1 --seeds 3 --name tools
 
-# Issue #36's three sweeps on the fact-held-out split (docs/sweeps.md has what each runs and costs; docs/results.md
+# Issue #36's sweeps on the fact-held-out split (docs/sweeps.md has what each runs and costs; docs/results.md
 # reads what they publish). All score both test groups (sft_demo: facts no fine-tuning row holds; sft_demo_seen: seen
 # facts, new phrasing) and declare the two primary endpoints before their first run. Each resumes where it stopped
 # when run again, then publishes into evaluation_results/sweep-<name>/ (commit that folder).
@@ -68,6 +68,12 @@ sweep-pretrained: install
 sweep-random: install
 	$(PY) -m sft sweep $(STUDY) --demo.base random --learning-rate $(SWEEP_LR) --prompt-loss-weights 0,0.1,0.5,1 --seeds 8 --name random-init
 	$(PY) -m sft publish evaluation_results/raw/sweep-random-init
+
+# The clipping control on the pretrained base: w in {0, 1} x 8 seeds with gradient clipping off for both arms (16 runs),
+# so neither arm trains on norm-bounded steps (at clipping 1.0 the masked arm clips on most steps, the unmasked on few).
+sweep-noclip: install
+	$(PY) -m sft sweep $(STUDY) --demo.base pretrained --learning-rate $(SWEEP_LR) --max-grad-norm 0 --prompt-loss-weights 0,1 --seeds 8 --name pretrained-noclip
+	$(PY) -m sft publish evaluation_results/raw/sweep-pretrained-noclip
 
 # The reference experiment's commands end to end on a tiny Qwen2.5 stand-in (needs ../shared; offline, CPU, ~2-4 min).
 # Works in .cache/reference-check/, never in your model/ or Dataset/.

@@ -12,6 +12,7 @@ each endpoint against w, a line and 95% band per sweep.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -148,6 +149,49 @@ def bases_table(args) -> str:
     if getattr(args, "plot", None):
         plot_bases(per, endpoints, Path(args.plot))
     return "\n".join(out)
+
+
+HELDOUT_LOSSES = (("prompt_loss", "prompt loss"), ("response_loss", "response loss"))
+
+
+def heldout_losses(folder: Path) -> dict[float, dict[str, list[float]]]:
+    """{w: {prompt_loss: [per seed], response_loss: [...]}} from each pair's published heldout.json (w<w>_s<seed>/<ts>/:
+    its newest evaluation), so a sweep summarised before its summary kept the prompt loss still has it."""
+    out: dict[float, dict[str, list[float]]] = {}
+    for pair in sorted(folder.glob("w*_s*"), key=lambda p: int(p.name.rsplit("_s", 1)[1])):
+        runs = sorted(p for p in pair.iterdir() if (p / "heldout.json").is_file())
+        if not runs:
+            raise UserError(f"{pair}: no evaluation with a heldout.json; publish the sweep with "
+                             "`python -m sft publish`.")
+        models = json.loads((runs[-1] / "heldout.json").read_text())["models"]
+        m = models.get(pair.name) or next(iter(models.values()))
+        w = float(pair.name[1:].rsplit("_s", 1)[0])
+        for key, _ in HELDOUT_LOSSES:
+            if m.get(key) is not None:
+                out.setdefault(w, {}).setdefault(key, []).append(float(m[key]))
+    return out
+
+
+def prompt_loss_table(args) -> str:
+    """Held-out prompt and response loss per w of one or more sweeps (SOURCE and --also), mean over seeds [95%
+    t-interval]: what the loss on the prompt did to the model's modelling of the prompts it was trained on."""
+    folders = [Path(p) for p in [args.source, *args.also]]
+    per = {f: heldout_losses(f) for f in folders}
+    weights = sorted({w for losses in per.values() for w in losses})
+    header = ["mean over seeds [95% CI] (nats)"]
+    for f in folders:
+        n = "/".join(map(str, sorted({len(v) for losses in per[f].values() for v in losses.values()})))
+        header += [f"`{f.name}` {label} ({n} seeds)" for _, label in HELDOUT_LOSSES]
+    table = [header]
+    for w in weights:
+        cells = [weight_label(w)]
+        for f in folders:
+            for key, _ in HELDOUT_LOSSES:
+                values = per[f].get(w, {}).get(key)
+                cells.append("-" if not values else "{:.3f} [{:.3f}, {:.3f}]".format(*t_interval(values)))
+        table.append(cells)
+    return ("Each run's held-out split (its `heldout.json`): the mean loss per prompt token (template and user) and "
+            "per response token.\n\n" + format_markdown(table))
 
 
 def plot_bases(per: dict[Path, list[dict]], endpoints: list[tuple[str, str]], path: Path) -> Path:

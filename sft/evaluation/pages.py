@@ -32,6 +32,8 @@ The tables (TABLE):
     bases              the same endpoints of several sweeps (SOURCE and --also) side by side: per w each sweep's
                        mean [t-interval], difference from its smallest w with paired-t p and Holm's p (--endpoints,
                        default the first sweep's primary.json; --plot PATH draws them, sft.evaluation.bases)
+    prompt-loss        the held-out prompt and response loss per w of one or more sweeps (SOURCE and --also), mean
+                       over seeds [t-interval], from each pair's heldout.json
     provenance         a published evaluation's or sweep's commit(s), machine (CPU, cores, torch threads), date(s),
                        command(s) and wall time, total and per run (sft.evaluation.provenance); "not recorded" where
                        the result predates a field
@@ -49,7 +51,7 @@ from pathlib import Path
 import pandas as pd
 
 from sft.data.errors import UserError
-from sft.evaluation.bases import bases_table
+from sft.evaluation.bases import bases_table, prompt_loss_table
 from sft.evaluation.compare import (
     heldout_frame,
     heldout_markdown,
@@ -328,7 +330,8 @@ WRITERS = {"groups": groups_table, "tasks": tasks_table, "differences": differen
            "heldout": heldout_table, "side-effects": side_effects_table,
            "sweep": sweep_table, "sweep-differences": sweep_differences_table, "seeds": sweep_seeds_table,
            "variants": variants_table, "primary": primary_table,
-           "provenance": provenance_table, "bases": bases_table, "gate": gate_table}
+           "provenance": provenance_table, "bases": bases_table, "prompt-loss": prompt_loss_table,
+           "gate": gate_table}
 
 
 def render(args) -> str:

@@ -82,7 +82,7 @@ class GenerationSettings:
 
 
 TABLES = ("groups", "tasks", "differences", "across", "heldout", "side-effects", "sweep", "sweep-differences", "seeds",
-          "variants", "primary", "provenance", "bases", "gate")
+          "variants", "primary", "provenance", "bases", "prompt-loss", "gate")
 
 
 def add_page_arguments(p: argparse.ArgumentParser) -> None:

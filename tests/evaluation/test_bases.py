@@ -10,7 +10,7 @@ from scipy import stats
 
 from sft.cli.main import main
 from sft.data.errors import UserError
-from sft.evaluation.bases import endpoint_rows
+from sft.evaluation.bases import endpoint_rows, heldout_losses
 from sft.evaluation.pages import render_spec
 
 A, B = "evaluation_results/sweep-demo", "evaluation_results/sweep-long-output"
@@ -95,3 +95,25 @@ def test_a_declared_familys_p_are_the_declared_tests_own():
     p = [r["p"] for r in one if r["diff"] is not None]
     assert len(p) == 4 and p[-1] == pytest.approx(stats.ttest_1samp(
         _values("evaluation_results/sweep-pretrained", *ENDPOINTS[1]), 0).pvalue)
+
+
+def test_prompt_loss_per_weight_comes_from_each_pairs_heldout_json(tmp_path):
+    """pages prompt-loss reads every pair's heldout.json: its response loss per w equals the sweep's own summary
+    (sweep.csv), and its prompt loss is the mean of the pairs' values (the summary never kept it)."""
+    import json
+
+    folder = ROOT / "evaluation_results/sweep-pretrained"
+    table = render_spec("prompt-loss evaluation_results/sweep-pretrained", ROOT)
+    sweep = pd.read_csv(folder / "sweep.csv")
+    for w in (0.0, 0.01, 0.1, 0.5, 1.0):
+        response = sweep[(sweep["dataset"] == "heldout") & (sweep["metric"] == "response_loss")
+                         & (sweep["prompt_loss_weight"] == w)].iloc[0]
+        pairs = [f"w{w:g}_s{s}" for s in range(1, 9)]
+        prompt = [json.loads(next((folder / p).glob("*/heldout.json")).read_text())["models"][p]["prompt_loss"]
+                  for p in pairs]
+        row = next(line for line in table.splitlines() if line.startswith(f"| w = {w:g} |"))
+        cells = row.split(" | ")
+        assert cells[1].startswith(f"{sum(prompt) / 8:.3f} [") and cells[2].startswith(f"{response['mean']:.3f} [")
+    (tmp_path / "w0_s1" / "20261208_000000").mkdir(parents=True)  # a pair whose evaluation was not published
+    with pytest.raises(UserError, match=r"w0_s1: no evaluation with a heldout.json; publish the sweep"):
+        heldout_losses(tmp_path)
