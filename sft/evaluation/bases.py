@@ -26,6 +26,7 @@ from sft.evaluation.sweep_tables import (
     format_markdown,
     interval,
     metric_name,
+    published_pairs,
     weight_label,
 )
 
@@ -72,10 +73,10 @@ def endpoint_rows(folder: Path, endpoints: list[tuple[str, str]]) -> list[dict]:
             rows.append(row)
     for r, p in zip(rows, holm([r["p"] for r in rows])):  # one family per sweep: every test its tables show
         r["p_holm"] = p
-    return _declared_p(folder, rows)
+    return _declared_p(folder, rows, w0)
 
 
-def _declared_p(folder: Path, rows: list[dict]) -> list[dict]:
+def _declared_p(folder: Path, rows: list[dict], w0: float) -> list[dict]:
     """Where the tables' tests are exactly the sweep's declared family (primary.csv), its p and Holm p: the figures
     the declared test wrote from unrounded per-seed values, which a recomputation from differences.csv's rounded
     ones can miss in the third digit (0.0697 for 0.0698), so that one page never gives two p for one test."""
@@ -85,7 +86,6 @@ def _declared_p(folder: Path, rows: list[dict]) -> list[dict]:
         return rows
     declared = {(e, float(a), float(b)): (float(p), float(h)) for e, a, b, p, h in
                 pd.read_csv(path)[["endpoint", "w_a", "w_b", "p", "p_holm"]].itertuples(index=False)}
-    w0 = min(r["w"] for r in rows)
     keys = [(":".join(r["endpoint"]), float(r["w"]), float(w0)) for r in tested]
     if sorted(keys) != sorted(declared):
         return rows
@@ -158,14 +158,12 @@ def heldout_losses(folder: Path) -> dict[float, dict[str, list[float]]]:
     """{w: {prompt_loss: [per seed], response_loss: [...]}} from each pair's published heldout.json (w<w>_s<seed>/<ts>/:
     its newest evaluation), so a sweep summarised before its summary kept the prompt loss still has it."""
     out: dict[float, dict[str, list[float]]] = {}
-    for pair in sorted(folder.glob("w*_s*"), key=lambda p: int(p.name.rsplit("_s", 1)[1])):
-        runs = sorted(p for p in pair.iterdir() if (p / "heldout.json").is_file())
-        if not runs:
+    for w, _, pair, run in published_pairs(folder):
+        if run is None or not (run / "heldout.json").is_file():
             raise UserError(f"{pair}: no evaluation with a heldout.json; publish the sweep with "
                              "`python -m sft publish`.")
-        models = json.loads((runs[-1] / "heldout.json").read_text())["models"]
+        models = json.loads((run / "heldout.json").read_text())["models"]
         m = models.get(pair.name) or next(iter(models.values()))
-        w = float(pair.name[1:].rsplit("_s", 1)[0])
         for key, _ in HELDOUT_LOSSES:
             if m.get(key) is not None:
                 out.setdefault(w, {}).setdefault(key, []).append(float(m[key]))

@@ -207,14 +207,24 @@ def _post_hoc_rows(root: Path, endpoints: list[tuple[str, str]], record: dict | 
     return pd.DataFrame(out), intro
 
 
+def published_pairs(root: Path, w: float | None = None) -> list[tuple[float, int, Path, Path | None]]:
+    """A published sweep's pairs (w<w>_s<seed>/: every weight's, or w's), as (w, seed, the pair's folder, its newest
+    evaluation folder: the newest with a summary, or None where it has none), in folder-name order."""
+    out = []
+    for pair in sorted(root.glob("w*_s*" if w is None else f"w{w:g}_s*")):
+        weight, seed = pair.name[1:].rsplit("_s", 1)
+        runs = sorted(p for p in pair.iterdir() if (p / "summary").is_dir())
+        out.append((float(weight), int(seed), pair, runs[-1] if runs else None))
+    return out
+
+
 def _published_items(root: Path, w: float) -> pd.DataFrame | None:
     """Every seed's item table of weight w (its newest evaluation, with the seed), or None where a run has none."""
     tables = []
-    for pair in sorted(root.glob(f"w{w:g}_s*")):
-        runs = sorted(p for p in pair.iterdir() if (p / "summary").is_dir())
-        if not runs or not (runs[-1] / ITEM_SCORES).is_file():
+    for _, seed, _, run in published_pairs(root, w):
+        if run is None or not (run / ITEM_SCORES).is_file():
             return None
-        tables.append(read_item_scores(runs[-1] / ITEM_SCORES).assign(seed=int(pair.name.rsplit("_s", 1)[1])))
+        tables.append(read_item_scores(run / ITEM_SCORES).assign(seed=seed))
     return pd.concat(tables) if tables else None
 
 
