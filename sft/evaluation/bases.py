@@ -157,8 +157,12 @@ HELDOUT_LOSSES = (("prompt_loss", "prompt loss"), ("response_loss", "response lo
 def heldout_losses(folder: Path) -> dict[float, dict[str, list[float]]]:
     """{w: {prompt_loss: [per seed], response_loss: [...]}} from each pair's published heldout.json (w<w>_s<seed>/<ts>/:
     its newest evaluation), so a sweep summarised before its summary kept the prompt loss still has it."""
+    pairs = published_pairs(folder) if folder.is_dir() else []
+    if not pairs:
+        raise UserError(f"{folder}: no pair folders (w<w>_s<seed>/) here: pass a published sweep, e.g. "
+                         "evaluation_results/sweep-pretrained.")
     out: dict[float, dict[str, list[float]]] = {}
-    for w, _, pair, run in published_pairs(folder):
+    for w, _, pair, run in pairs:
         if run is None or not (run / "heldout.json").is_file():
             raise UserError(f"{pair}: no evaluation with a heldout.json; publish the sweep with "
                              "`python -m sft publish`.")

@@ -114,6 +114,9 @@ def test_prompt_loss_per_weight_comes_from_each_pairs_heldout_json(tmp_path):
         row = next(line for line in table.splitlines() if line.startswith(f"| w = {w:g} |"))
         cells = row.split(" | ")
         assert cells[1].startswith(f"{sum(prompt) / 8:.3f} [") and cells[2].startswith(f"{response['mean']:.3f} [")
+    for wrong in (tmp_path, tmp_path / "absent"):  # an empty folder, a path that does not exist: not a sweep
+        with pytest.raises(UserError, match=r"no pair folders \(w<w>_s<seed>/\) here: pass a published sweep"):
+            heldout_losses(wrong)
     (tmp_path / "w0_s1" / "20261208_000000").mkdir(parents=True)  # a pair whose evaluation was not published
     with pytest.raises(UserError, match=r"w0_s1: no evaluation with a heldout.json; publish the sweep"):
         heldout_losses(tmp_path)
